@@ -1,0 +1,153 @@
+//! Typed message content (seed 004's union). On input a plain JSON string is shorthand
+//! for plain text.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// One message's content, discriminated by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Content {
+    Text(TextContent),
+    Reasoning(ReasoningContent),
+    Data(DataContent),
+    ToolRequest(ToolRequestContent),
+    ToolResponse(ToolResponseContent),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextFormat {
+    #[default]
+    Plain,
+    Markdown,
+    Code,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextContent {
+    #[serde(default)]
+    pub format: TextFormat,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasoningContent {
+    #[serde(default)]
+    pub summary: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataContent {
+    pub data: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRequestContent {
+    pub tool_call_id: String,
+    pub name: String,
+    pub arguments: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolResponseContent {
+    pub tool_call_id: String,
+    pub name: String,
+    pub content: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
+}
+
+impl Content {
+    /// Plain text content.
+    pub fn text(text: impl Into<String>) -> Self {
+        Content::Text(TextContent {
+            format: TextFormat::Plain,
+            content: text.into(),
+        })
+    }
+
+    /// The content's `type` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Content::Text(_) => "text",
+            Content::Reasoning(_) => "reasoning",
+            Content::Data(_) => "data",
+            Content::ToolRequest(_) => "tool_request",
+            Content::ToolResponse(_) => "tool_response",
+        }
+    }
+
+    /// The text of a text message, if it is one.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Content::Text(text) => Some(&text.content),
+            _ => None,
+        }
+    }
+
+    /// Reads content as clients send it: a plain string is text, an object is typed.
+    /// Use with `#[serde(deserialize_with = "Content::deserialize_lenient")]`.
+    pub fn deserialize_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shorthand {
+            Plain(String),
+            Typed(Value),
+        }
+        match Shorthand::deserialize(d)? {
+            Shorthand::Plain(text) => Ok(Content::text(text)),
+            Shorthand::Typed(value) => {
+                Content::deserialize(value).map_err(serde::de::Error::custom)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Deserialize)]
+    struct Holder {
+        #[serde(deserialize_with = "Content::deserialize_lenient")]
+        content: Content,
+    }
+
+    #[test]
+    fn plain_string_is_plain_text() {
+        let h: Holder = serde_json::from_value(json!({"content": "hi"})).unwrap();
+        assert_eq!(h.content, Content::text("hi"));
+    }
+
+    #[test]
+    fn typed_content_round_trips_with_its_type_tag() {
+        let value = json!({"type": "tool_request", "tool_call_id": "c1", "name": "search", "arguments": {"q": "x"}});
+        let h: Holder = serde_json::from_value(json!({"content": value.clone()})).unwrap();
+        assert_eq!(h.content.kind(), "tool_request");
+        assert_eq!(serde_json::to_value(&h.content).unwrap(), value);
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_rejected() {
+        let unknown_field = json!({"content": {"type": "text", "content": "x", "colour": 1}});
+        assert!(serde_json::from_value::<Holder>(unknown_field).is_err());
+        let unknown_type = json!({"content": {"type": "video", "url": "x"}});
+        assert!(serde_json::from_value::<Holder>(unknown_type).is_err());
+    }
+
+    #[test]
+    fn text_format_defaults_to_plain() {
+        let h: Holder =
+            serde_json::from_value(json!({"content": {"type": "text", "content": "x"}})).unwrap();
+        assert_eq!(h.content, Content::text("x"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Errors per layer: what a storage adapter may report, what a claim may report, and
+//! what the service reports to its callers (the HTTP adapter maps these to envelopes).
+
+use std::error::Error as StdError;
+
+use crate::model::ActiveTurn;
+
+/// What a storage adapter may report. Adapters translate their database errors into
+/// these at their seam; no database type crosses into the domain.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is overloaded right now; retrying may help.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data this build cannot read, or any other unexpected failure.
+    #[error("storage error: {0}")]
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn internal(err: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::Internal(err.into())
+    }
+}
+
+/// What appending a message and claiming the task's next turn may report.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The task does not exist or belongs to another agent (the two are not told apart).
+    #[error("task not found")]
+    TaskNotFound,
+    /// A turn is running; nothing was stored.
+    #[error("task is busy with turn {}", .0.turn_id)]
+    TaskBusy(ActiveTurn),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One invalid field of a request: where it is and why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the service reports to its callers. Each variant has one stable error code in
+/// the HTTP adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("missing, invalid or revoked API key")]
+    Unauthorized,
+    #[error("agent not found")]
+    AgentNotFound,
+    #[error("task not found")]
+    TaskNotFound,
+    #[error("task is busy with turn {}", .0.turn_id)]
+    TaskBusy(ActiveTurn),
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ServiceError::Validation(vec![FieldError::new(field, reason)])
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(why) => ServiceError::Unavailable(why),
+            other => ServiceError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<ClaimError> for ServiceError {
+    fn from(err: ClaimError) -> Self {
+        match err {
+            ClaimError::TaskNotFound => ServiceError::TaskNotFound,
+            ClaimError::TaskBusy(active) => ServiceError::TaskBusy(active),
+            ClaimError::Store(store) => store.into(),
+        }
+    }
+}

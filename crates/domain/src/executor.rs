@@ -1,0 +1,283 @@
+//! The turn executor: runs accepted turns in the background, with a bounded number at
+//! once, and always ends them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::error::ServiceError;
+use crate::model::{AgentId, FinishTurn, TaskId, TurnError, TurnId, TurnOutcome, TurnStatus};
+use crate::ports::{AgentStore, Clock, TaskStore, TurnChange, TurnNotifier};
+use crate::runner::{RunnerRegistry, TurnInput, TurnOutput, TurnSink};
+
+/// Buffered sink items per turn before the runner waits for the executor.
+const SINK_CAPACITY: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorConfig {
+    /// Turns played at once by this process; more accepted turns wait for a slot.
+    pub max_concurrent_turns: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            max_concurrent_turns: 64,
+        }
+    }
+}
+
+/// A turn that was claimed and committed, ready to be played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartedTurn {
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+}
+
+/// Runs turns on a runtime it owns a handle to, never on the caller's: actix workers
+/// are single-threaded, and a turn must not share a request worker's thread.
+#[derive(Clone)]
+pub struct TurnExecutor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TurnExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnExecutor")
+            .field("runners", &self.inner.runners)
+            .field("in_flight", &*self.inner.in_flight.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    tasks: Arc<dyn TaskStore>,
+    agents: Arc<dyn AgentStore>,
+    runners: RunnerRegistry,
+    notifier: Arc<dyn TurnNotifier>,
+    clock: Arc<dyn Clock>,
+    permits: Arc<Semaphore>,
+    handle: Handle,
+    /// Turns handed to this executor and not yet ended (waiting or playing).
+    in_flight: watch::Sender<usize>,
+}
+
+/// Counts a turn as in flight from hand-over to its end, even if its task panics.
+struct InFlight(watch::Sender<usize>);
+
+impl InFlight {
+    fn enter(sender: &watch::Sender<usize>) -> Self {
+        sender.send_modify(|n| *n += 1);
+        InFlight(sender.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl TurnExecutor {
+    /// An executor that spawns on `handle` (keep it the multi-thread runtime's).
+    pub fn new(
+        tasks: Arc<dyn TaskStore>,
+        agents: Arc<dyn AgentStore>,
+        runners: RunnerRegistry,
+        notifier: Arc<dyn TurnNotifier>,
+        clock: Arc<dyn Clock>,
+        config: ExecutorConfig,
+        handle: Handle,
+    ) -> Self {
+        TurnExecutor {
+            inner: Arc::new(Inner {
+                tasks,
+                agents,
+                runners,
+                notifier,
+                clock,
+                permits: Arc::new(Semaphore::new(config.max_concurrent_turns.max(1))),
+                handle,
+                in_flight: watch::channel(0).0,
+            }),
+        }
+    }
+
+    pub fn runners(&self) -> &RunnerRegistry {
+        &self.inner.runners
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    /// Runs `work` to completion on the executor's runtime even if the caller stops
+    /// waiting. A client that disconnects drops its request's future; the claim and
+    /// its commit, and the hand-over of the turn, must happen anyway.
+    pub(crate) async fn detached<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, ServiceError>> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        self.inner
+            .handle
+            .spawn(work)
+            .await
+            .map_err(|join| ServiceError::Internal(Box::new(join)))?
+    }
+
+    /// Hands a committed turn over to be played in the background.
+    pub fn spawn(&self, turn: StartedTurn) {
+        let inner = self.inner.clone();
+        let in_flight = InFlight::enter(&inner.in_flight);
+        let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id);
+        self.inner.handle.spawn(
+            async move {
+                let _in_flight = in_flight;
+                inner.execute(turn).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Turns handed over and not yet ended.
+    pub fn in_flight(&self) -> usize {
+        *self.inner.in_flight.borrow()
+    }
+
+    /// Waits until no turn is in flight or `grace` has passed; returns how many are
+    /// still in flight.
+    pub async fn wait_idle(&self, grace: Duration) -> usize {
+        let mut watcher = self.inner.in_flight.subscribe();
+        let _ = tokio::time::timeout(grace, watcher.wait_for(|n| *n == 0)).await;
+        self.in_flight()
+    }
+}
+
+impl Inner {
+    async fn execute(&self, turn: StartedTurn) {
+        // The semaphore is never closed, so acquiring can only wait.
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (outcome, messages) = self.play(turn).await;
+        let status = match &outcome {
+            TurnOutcome::Completed => TurnStatus::Completed,
+            TurnOutcome::Failed(_) => TurnStatus::Failed,
+        };
+        if let TurnOutcome::Failed(err) = &outcome {
+            warn!(code = %err.code, message = %err.message, "turn failed");
+        }
+        let finish = FinishTurn {
+            task_id: turn.task_id,
+            turn_id: turn.turn_id,
+            outcome,
+            messages,
+            now: self.clock.now(),
+        };
+        match self.tasks.finish_turn(finish).await {
+            Ok(true) => {
+                info!(%status, "turn ended");
+                self.notifier.turn_changed(TurnChange {
+                    task_id: turn.task_id,
+                    turn_id: turn.turn_id,
+                    status,
+                });
+            }
+            Ok(false) => info!("turn had already ended; its output was discarded"),
+            Err(err) => error!(error = %err, "could not record the end of the turn"),
+        }
+    }
+
+    /// Plays the turn and returns how it ended with what it produced. Never fails:
+    /// every problem becomes the turn's error.
+    async fn play(&self, turn: StartedTurn) -> (TurnOutcome, Vec<crate::content::Content>) {
+        let failed = |code: &str, message: String| {
+            (
+                TurnOutcome::Failed(TurnError {
+                    code: code.to_owned(),
+                    message,
+                }),
+                Vec::new(),
+            )
+        };
+        let agent = match self.agents.get_agent(turn.agent_id).await {
+            Ok(Some(agent)) => agent,
+            Ok(None) => {
+                return failed(
+                    "agent_not_found",
+                    format!("agent {} no longer exists", turn.agent_id),
+                );
+            }
+            Err(err) => {
+                return failed(
+                    "storage_unavailable",
+                    format!("could not load the agent: {err}"),
+                );
+            }
+        };
+        let Some(runner) = self.runners.get(&agent.runner.kind) else {
+            return failed(
+                "runner_not_found",
+                format!(
+                    "no runner of kind {:?} is registered in this server",
+                    agent.runner.kind
+                ),
+            );
+        };
+        let (task, history) = match self.tasks.load_turn_input(turn.task_id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return failed("task_not_found", "the task no longer exists".to_owned()),
+            Err(err) => {
+                return failed(
+                    "storage_unavailable",
+                    format!("could not load the history: {err}"),
+                );
+            }
+        };
+        let input = TurnInput {
+            agent,
+            task,
+            turn_id: turn.turn_id,
+            history,
+        };
+
+        let (sink, mut items) = TurnSink::channel(SINK_CAPACITY);
+        // The runner gets its own task so that a panic in it is caught as a JoinError
+        // instead of taking the executor (and the turn's ending) down with it.
+        let mut run = self
+            .handle
+            .spawn(async move { runner.run(input, sink).await });
+        let mut output = TurnOutput::default();
+        let joined = loop {
+            tokio::select! {
+                Some(item) = items.recv() => output.push(item),
+                joined = &mut run => break joined,
+            }
+        };
+        items.close();
+        while let Ok(item) = items.try_recv() {
+            output.push(item);
+        }
+        let outcome = match joined {
+            Ok(Ok(())) => TurnOutcome::Completed,
+            Ok(Err(err)) => TurnOutcome::Failed(TurnError {
+                code: err.code,
+                message: err.message,
+            }),
+            Err(join) if join.is_panic() => TurnOutcome::Failed(TurnError {
+                code: "runner_panicked".to_owned(),
+                message: "the agent's runner crashed; the turn was ended".to_owned(),
+            }),
+            Err(_) => TurnOutcome::Failed(TurnError {
+                code: "runner_aborted".to_owned(),
+                message: "the agent's runner was stopped before it finished".to_owned(),
+            }),
+        };
+        (outcome, output.finish())
+    }
+}

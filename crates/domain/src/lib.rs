@@ -1,0 +1,27 @@
+//! baton's domain: the entities (agents, keys, tasks, turns, messages), the ports the
+//! adapters implement, and the claim-and-spawn service with its turn executor.
+//!
+//! This crate names no web framework, database or HTTP client; adapters depend on it,
+//! never the reverse.
+
+pub mod content;
+pub mod error;
+pub mod executor;
+pub mod keys;
+pub mod model;
+pub mod notify;
+pub mod page;
+pub mod ports;
+pub mod runner;
+pub mod service;
+pub mod validate;
+
+pub use content::{Content, TextFormat};
+pub use error::{ClaimError, FieldError, ServiceError, StoreError};
+pub use executor::{ExecutorConfig, TurnExecutor};
+pub use model::*;
+pub use notify::LocalNotifier;
+pub use page::{Page, PageRequest};
+pub use ports::{AgentStore, Clock, SystemClock, TaskStore, TurnNotifier};
+pub use runner::{RunnerError, RunnerRegistry, SinkClosed, TurnInput, TurnRunner, TurnSink};
+pub use service::{AdminService, CreatedKey, Principal, TaskService};

@@ -1,0 +1,281 @@
+//! The entities. A task's status is never stored: it is derived from its turns.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::content::Content;
+
+macro_rules! id_type {
+    ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
+        #[$doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+
+id_type!(
+    /// An agent's primary key.
+    AgentId,
+    /// An API key's primary key (not the secret).
+    ApiKeyId,
+    /// A task's primary key.
+    TaskId,
+    /// A turn's primary key.
+    TurnId,
+    /// A message's primary key.
+    MessageId,
+);
+
+/// Free-form correlation data, passed through unchanged.
+pub type Metadata = Map<String, Value>;
+
+/// Which runner plays an agent, and that runner's own configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerSpec {
+    pub kind: String,
+    #[serde(default = "empty_object")]
+    pub config: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: AgentId,
+    pub name: String,
+    pub runner: RunnerSpec,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAgent {
+    pub name: String,
+    pub runner: RunnerSpec,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as stored: only the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub agent_id: AgentId,
+    /// The public, non-secret start of the token, shown in listings.
+    pub prefix: String,
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewApiKey {
+    pub agent_id: AgentId,
+    pub prefix: String,
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownVariant;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(UnknownVariant(other.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+/// A stored enum column held a value this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value {0:?}")]
+pub struct UnknownVariant(pub String);
+
+string_enum!(
+    /// A turn's lifecycle: `running`, then exactly one terminal state.
+    TurnStatus { Running => "running", Completed => "completed", Failed => "failed", Cancelled => "cancelled" }
+);
+
+string_enum!(
+    /// A task's status, derived from its latest turn (the only one that can be running).
+    TaskStatus { Running => "running", Completed => "completed", Failed => "failed", Cancelled => "cancelled" }
+);
+
+string_enum!(
+    /// Who wrote a message.
+    Role { User => "user", Assistant => "assistant", System => "system", Tool => "tool" }
+);
+
+string_enum!(
+    /// Whether an agent message is still being streamed.
+    StreamingStatus { InProgress => "in_progress", Done => "done" }
+);
+
+impl TurnStatus {
+    pub fn is_terminal(self) -> bool {
+        self != TurnStatus::Running
+    }
+}
+
+impl From<TurnStatus> for TaskStatus {
+    fn from(status: TurnStatus) -> Self {
+        match status {
+            TurnStatus::Running => TaskStatus::Running,
+            TurnStatus::Completed => TaskStatus::Completed,
+            TurnStatus::Failed => TaskStatus::Failed,
+            TurnStatus::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// Why a turn failed: a stable machine-readable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    pub id: TurnId,
+    pub task_id: TaskId,
+    pub status: TurnStatus,
+    pub error: Option<TurnError>,
+    /// The metadata of the request that started this turn.
+    pub metadata: Metadata,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: TaskId,
+    pub agent_id: AgentId,
+    pub metadata: Metadata,
+    /// The content of the message that started the latest turn.
+    pub input: Content,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A task with what its status is derived from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    pub task: Task,
+    pub latest_turn: Turn,
+    pub latest_agent_message: Option<Message>,
+}
+
+impl TaskView {
+    /// The task's status: that of its latest turn. At most one turn per task runs, and
+    /// it is always the latest, so "the active turn, else the last outcome" is this.
+    pub fn status(&self) -> TaskStatus {
+        self.latest_turn.status.into()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub id: MessageId,
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub role: Role,
+    pub content: Content,
+    pub streaming_status: Option<StreamingStatus>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message as a client or a runner submits it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub role: Role,
+    pub content: Content,
+}
+
+/// Everything needed to create a task with its first message and first turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub agent_id: AgentId,
+    pub message: NewMessage,
+    pub metadata: Metadata,
+    pub now: DateTime<Utc>,
+}
+
+/// Everything needed to append a message and claim the task for its next turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAppend {
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
+    pub message: NewMessage,
+    pub metadata: Metadata,
+    pub now: DateTime<Utc>,
+}
+
+/// The answer to an accepted message: the turn it started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub task_id: TaskId,
+    pub agent_id: AgentId,
+    pub turn_id: TurnId,
+    pub accepted_at: DateTime<Utc>,
+    pub metadata: Metadata,
+}
+
+/// The running turn that made a task busy, so a client can follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveTurn {
+    pub turn_id: TurnId,
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a turn ended, with what it produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnOutcome {
+    Completed,
+    Failed(TurnError),
+}
+
+/// The end of a turn as the executor records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishTurn {
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub outcome: TurnOutcome,
+    /// The agent's messages, in the order the runner produced them.
+    pub messages: Vec<Content>,
+    pub now: DateTime<Utc>,
+}

@@ -1,0 +1,114 @@
+//! The ports: what the domain needs from storage, notification and time. The turn
+//! runner port lives in [`crate::runner`].
+//!
+//! Ports are coarse: one method is one atomic step of a use case, and the adapter owns
+//! the transaction, so atomicity cannot leak upward.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::{ClaimError, StoreError};
+use crate::model::*;
+use crate::page::{Page, PageRequest};
+
+/// Tasks, turns and messages.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Creates a task, its first message and its first (running) turn in one
+    /// transaction, and returns only after it is durably committed.
+    async fn create_task(&self, new: NewTask) -> Result<Accepted, StoreError>;
+
+    /// Stores the message and starts the task's next turn in one transaction, only if
+    /// the task has no running turn.
+    ///
+    /// MUST return [`ClaimError::TaskNotFound`] when the task does not exist or belongs
+    /// to another agent, and [`ClaimError::TaskBusy`] naming the running turn when one
+    /// runs; in both cases nothing is stored. Two concurrent calls for one idle task:
+    /// exactly one succeeds.
+    async fn append_and_claim(&self, append: NewAppend) -> Result<Accepted, ClaimError>;
+
+    /// The task with its latest turn and latest agent message, if the agent owns it.
+    async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError>;
+
+    /// The agent's tasks, newest first.
+    async fn list_tasks(
+        &self,
+        agent: AgentId,
+        page: PageRequest,
+    ) -> Result<Page<TaskView>, StoreError>;
+
+    /// A task's messages, oldest first; `None` if the agent does not own the task.
+    async fn list_messages(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        page: PageRequest,
+    ) -> Result<Option<Page<Message>>, StoreError>;
+
+    /// Everything a runner needs to play a turn: the task and its full history in order.
+    async fn load_turn_input(
+        &self,
+        task: TaskId,
+    ) -> Result<Option<(Task, Vec<Message>)>, StoreError>;
+
+    /// Ends a running turn: stores the agent's messages and the outcome in one
+    /// transaction. Returns `false`, storing nothing, if the turn was no longer running
+    /// (so late output can never flip an ended turn).
+    async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError>;
+
+    /// Ends every running turn as failed with `error`, returning how many. Used at
+    /// start-up of a single-instance deployment, where any running turn is an orphan
+    /// of a previous process.
+    async fn interrupt_running_turns(
+        &self,
+        error: TurnError,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Agents and their API keys.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait AgentStore: Send + Sync + 'static {
+    async fn create_agent(&self, new: NewAgent) -> Result<Agent, StoreError>;
+    async fn get_agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError>;
+    async fn count_agents(&self) -> Result<u64, StoreError>;
+    /// MUST fail with [`StoreError::Conflict`] if the prefix or hash already exists.
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, StoreError>;
+    /// The key with this secret hash, revoked or not.
+    async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// Revokes the key with this prefix; `false` if there is none or it was revoked.
+    async fn revoke_api_key(&self, prefix: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+}
+
+/// A change in a turn's state, published so waiters can go and look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnChange {
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub status: TurnStatus,
+}
+
+/// Tells whoever waits on a task that one of its turns changed state. A notification
+/// means "go and look", never "this is the data": waiters re-read the store.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait TurnNotifier: Send + Sync + 'static {
+    fn turn_changed(&self, change: TurnChange);
+}
+
+/// The time, as a port, so tests can fix it.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

@@ -1,0 +1,480 @@
+//! Unit tests of claim-and-spawn with mocked ports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::content::Content;
+use crate::error::ClaimError;
+use crate::executor::ExecutorConfig;
+use crate::ports::{MockAgentStore, MockClock, MockTaskStore, MockTurnNotifier, TurnChange};
+use crate::runner::{MockTurnRunner, RunnerError, RunnerRegistry, TurnRunner};
+
+const AGENT: AgentId = AgentId(7);
+const WHO: Principal = Principal {
+    agent_id: AGENT,
+    key_id: ApiKeyId(1),
+};
+
+fn at(secs: i64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).single().unwrap()
+}
+
+fn agent() -> Agent {
+    Agent {
+        id: AGENT,
+        name: "a".into(),
+        runner: RunnerSpec {
+            kind: "mock".into(),
+            config: json!({}),
+        },
+        created_at: at(0),
+    }
+}
+
+fn task(id: i64) -> Task {
+    Task {
+        id: TaskId(id),
+        agent_id: AGENT,
+        metadata: Metadata::new(),
+        input: Content::text("hello"),
+        created_at: at(0),
+        updated_at: at(0),
+    }
+}
+
+fn user_message(task_id: i64, turn_id: i64) -> Message {
+    Message {
+        id: MessageId(1),
+        task_id: TaskId(task_id),
+        turn_id: TurnId(turn_id),
+        role: Role::User,
+        content: Content::text("hello"),
+        streaming_status: None,
+        created_at: at(0),
+    }
+}
+
+fn submit(agent_id: AgentId) -> SubmitMessage {
+    SubmitMessage {
+        agent_id,
+        message: NewMessage {
+            role: Role::User,
+            content: Content::text("hello"),
+        },
+        metadata: json!({"trace": "t-1"}).as_object().cloned().unwrap(),
+    }
+}
+
+fn accepted(task_id: i64, turn_id: i64) -> Accepted {
+    Accepted {
+        task_id: TaskId(task_id),
+        agent_id: AGENT,
+        turn_id: TurnId(turn_id),
+        accepted_at: at(1),
+        metadata: Metadata::new(),
+    }
+}
+
+/// The mocks a turn touches once it is handed to the executor, with every ended turn
+/// sent to the returned receiver.
+struct Harness {
+    tasks: MockTaskStore,
+    agents: MockAgentStore,
+    notifier: MockTurnNotifier,
+    runner: MockTurnRunner,
+    limit: usize,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut clock_agents = MockAgentStore::new();
+        clock_agents
+            .expect_get_agent()
+            .returning(|_| Ok(Some(agent())));
+        Harness {
+            tasks: MockTaskStore::new(),
+            agents: clock_agents,
+            notifier: MockTurnNotifier::new(),
+            runner: MockTurnRunner::new(),
+            limit: 8,
+        }
+    }
+
+    /// Expects turns to be played: history is loaded and each end is recorded.
+    fn expect_turns_played(&mut self) -> mpsc::UnboundedReceiver<FinishTurn> {
+        let (ended, ended_rx) = mpsc::unbounded_channel();
+        self.tasks
+            .expect_load_turn_input()
+            .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+        self.tasks.expect_finish_turn().returning(move |finish| {
+            ended.send(finish).unwrap();
+            Ok(true)
+        });
+        ended_rx
+    }
+
+    fn build(self) -> TaskService {
+        let mut clock = MockClock::new();
+        clock.expect_now().returning(|| at(1));
+        let tasks: Arc<dyn TaskStore> = Arc::new(self.tasks);
+        let agents: Arc<dyn AgentStore> = Arc::new(self.agents);
+        let executor = TurnExecutor::new(
+            tasks.clone(),
+            agents.clone(),
+            RunnerRegistry::new().with("mock", Arc::new(self.runner)),
+            Arc::new(self.notifier),
+            Arc::new(clock),
+            ExecutorConfig {
+                max_concurrent_turns: self.limit,
+            },
+            tokio::runtime::Handle::current(),
+        );
+        TaskService::new(tasks, agents, executor)
+    }
+}
+
+async fn next_end(rx: &mut mpsc::UnboundedReceiver<FinishTurn>) -> FinishTurn {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the turn was not ended within 5 s")
+        .expect("the store mock was dropped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_task_commits_then_plays_the_turn_and_completes_it() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_create_task()
+        .withf(|new| new.agent_id == AGENT && new.metadata["trace"] == "t-1" && new.now == at(1))
+        .times(1)
+        .returning(|_| Ok(accepted(3, 30)));
+    let mut ended = h.expect_turns_played();
+    h.runner
+        .expect_run()
+        .withf(|input, _| input.turn_id == TurnId(30) && input.history.len() == 1)
+        .times(1)
+        .returning(|_, _| Ok(()));
+    h.notifier
+        .expect_turn_changed()
+        .withf(|c| {
+            *c == TurnChange {
+                task_id: TaskId(3),
+                turn_id: TurnId(30),
+                status: TurnStatus::Completed,
+            }
+        })
+        .times(1)
+        .return_const(());
+    let service = h.build();
+
+    let got = service.create_task(&WHO, submit(AGENT)).await.unwrap();
+    assert_eq!(got, accepted(3, 30));
+
+    let end = next_end(&mut ended).await;
+    assert_eq!(end.turn_id, TurnId(30));
+    assert_eq!(end.outcome, TurnOutcome::Completed);
+    assert!(end.messages.is_empty());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while service.executor().in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_text_becomes_the_turns_message() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_append_and_claim()
+        .returning(|_| Ok(accepted(3, 31)));
+    let mut ended = h.expect_turns_played();
+    h.runner.expect_run().returning(|_, _| Ok(()));
+    // A runner that streams is awkward to express with a synchronous mock closure, so
+    // this one is a real implementation of the port.
+    struct Streaming;
+    #[async_trait::async_trait]
+    impl TurnRunner for Streaming {
+        fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+            Ok(())
+        }
+        async fn run(
+            &self,
+            _: crate::runner::TurnInput,
+            sink: crate::runner::TurnSink,
+        ) -> Result<(), RunnerError> {
+            for word in ["echo: ", "hello ", "world"] {
+                sink.text_delta(word)
+                    .await
+                    .map_err(|e| RunnerError::new("closed", e.to_string()))?;
+            }
+            Ok(())
+        }
+    }
+    h.notifier.expect_turn_changed().return_const(());
+    let mut clock = MockClock::new();
+    clock.expect_now().returning(|| at(1));
+    let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
+    let agents: Arc<dyn AgentStore> = Arc::new(h.agents);
+    let executor = TurnExecutor::new(
+        tasks.clone(),
+        agents.clone(),
+        RunnerRegistry::new().with("mock", Arc::new(Streaming)),
+        Arc::new(h.notifier),
+        Arc::new(clock),
+        ExecutorConfig::default(),
+        tokio::runtime::Handle::current(),
+    );
+    let service = TaskService::new(tasks, agents, executor);
+
+    service
+        .append_message(&WHO, TaskId(3), submit(AGENT))
+        .await
+        .unwrap();
+    let end = next_end(&mut ended).await;
+    assert_eq!(end.outcome, TurnOutcome::Completed);
+    assert_eq!(end.messages, vec![Content::text("echo: hello world")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_while_running_is_task_busy_and_starts_nothing() {
+    let mut h = Harness::new();
+    let active = ActiveTurn {
+        turn_id: TurnId(9),
+        started_at: at(-5),
+    };
+    h.tasks
+        .expect_append_and_claim()
+        .times(1)
+        .returning(move |_| Err(ClaimError::TaskBusy(active)));
+    // No runner, history or finish expectations: touching them fails the test.
+    let service = h.build();
+
+    let err = service
+        .append_message(&WHO, TaskId(3), submit(AGENT))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::TaskBusy(got) if got == active),
+        "{err:?}"
+    );
+    assert_eq!(service.executor().in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_to_unknown_task_is_task_not_found() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_append_and_claim()
+        .times(1)
+        .returning(|_| Err(ClaimError::TaskNotFound));
+    let service = h.build();
+
+    let err = service
+        .append_message(&WHO, TaskId(404), submit(AGENT))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::TaskNotFound), "{err:?}");
+    assert_eq!(service.executor().in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_agents_task_is_looked_up_as_ours_and_not_found() {
+    let mut h = Harness::new();
+    // The store is asked for the task *as this key's agent*, which is how ownership is
+    // enforced: another agent's task is simply not found.
+    h.tasks
+        .expect_append_and_claim()
+        .withf(|append| append.agent_id == AGENT && append.task_id == TaskId(5))
+        .times(1)
+        .returning(|_| Err(ClaimError::TaskNotFound));
+    h.tasks
+        .expect_get_task()
+        .withf(|agent, task| *agent == AGENT && *task == TaskId(5))
+        .times(1)
+        .returning(|_, _| Ok(None));
+    let service = h.build();
+
+    let err = service
+        .append_message(&WHO, TaskId(5), submit(AGENT))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::TaskNotFound), "{err:?}");
+    let err = service.get_task(&WHO, TaskId(5)).await.unwrap_err();
+    assert!(matches!(err, ServiceError::TaskNotFound), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_agent_id_other_than_the_keys_is_agent_not_found_and_touches_nothing() {
+    let h = Harness::new(); // no store expectations at all
+    let service = h.build();
+
+    let err = service
+        .create_task(&WHO, submit(AgentId(8)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::AgentNotFound), "{err:?}");
+    let err = service
+        .append_message(&WHO, TaskId(1), submit(AgentId(8)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::AgentNotFound), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_message_is_a_validation_error_and_touches_nothing() {
+    let service = Harness::new().build();
+    let mut bad = submit(AGENT);
+    bad.message.content = Content::text("   ");
+    let err = service.create_task(&WHO, bad).await.unwrap_err();
+    let ServiceError::Validation(fields) = err else {
+        panic!("expected a validation error, got {err:?}");
+    };
+    assert_eq!(fields[0].field, "message.content");
+}
+
+async fn turn_that_ends_badly(runner: MockTurnRunner) -> FinishTurn {
+    let mut h = Harness::new();
+    h.runner = runner;
+    h.tasks
+        .expect_create_task()
+        .returning(|_| Ok(accepted(3, 32)));
+    let mut ended = h.expect_turns_played();
+    h.notifier
+        .expect_turn_changed()
+        .withf(|c| c.status == TurnStatus::Failed && c.turn_id == TurnId(32))
+        .times(1)
+        .return_const(());
+    let service = h.build();
+    service.create_task(&WHO, submit(AGENT)).await.unwrap();
+    next_end(&mut ended).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_error_fails_the_turn_with_its_code_so_the_task_leaves_running() {
+    let mut runner = MockTurnRunner::new();
+    runner
+        .expect_run()
+        .returning(|_, _| Err(RunnerError::new("model_unavailable", "upstream said 503")));
+    let end = turn_that_ends_badly(runner).await;
+    assert_eq!(
+        end.outcome,
+        TurnOutcome::Failed(TurnError {
+            code: "model_unavailable".into(),
+            message: "upstream said 503".into(),
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_panic_fails_the_turn_so_the_task_leaves_running() {
+    let mut runner = MockTurnRunner::new();
+    runner.expect_run().returning(|_, _| panic!("runner bug"));
+    let end = turn_that_ends_badly(runner).await;
+    let TurnOutcome::Failed(error) = end.outcome else {
+        panic!("expected a failed turn");
+    };
+    assert_eq!(error.code, "runner_panicked");
+    assert!(
+        !error.message.contains("runner bug"),
+        "internals must not leak into the turn error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_never_plays_more_turns_at_once_than_its_limit() {
+    struct Counting {
+        now: AtomicUsize,
+        peak: AtomicUsize,
+    }
+    #[async_trait::async_trait]
+    impl TurnRunner for Counting {
+        fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+            Ok(())
+        }
+        async fn run(
+            &self,
+            _: crate::runner::TurnInput,
+            _: crate::runner::TurnSink,
+        ) -> Result<(), RunnerError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let runner = Arc::new(Counting {
+        now: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+    });
+    let mut h = Harness::new();
+    let next_turn = Arc::new(AtomicUsize::new(100));
+    h.tasks.expect_create_task().returning(move |_| {
+        let turn = next_turn.fetch_add(1, Ordering::SeqCst) as i64;
+        Ok(accepted(turn, turn))
+    });
+    let mut ended = h.expect_turns_played();
+    h.notifier.expect_turn_changed().return_const(());
+    let mut clock = MockClock::new();
+    clock.expect_now().returning(|| at(1));
+    let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
+    let agents: Arc<dyn AgentStore> = Arc::new(h.agents);
+    let executor = TurnExecutor::new(
+        tasks.clone(),
+        agents.clone(),
+        RunnerRegistry::new().with("mock", runner.clone()),
+        Arc::new(h.notifier),
+        Arc::new(clock),
+        ExecutorConfig {
+            max_concurrent_turns: 2,
+        },
+        tokio::runtime::Handle::current(),
+    );
+    let service = TaskService::new(tasks, agents, executor);
+
+    for _ in 0..7 {
+        service.create_task(&WHO, submit(AGENT)).await.unwrap();
+    }
+    for _ in 0..7 {
+        assert_eq!(next_end(&mut ended).await.outcome, TurnOutcome::Completed);
+    }
+    assert_eq!(runner.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        service.executor().wait_idle(Duration::from_secs(5)).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_unknown_keys_are_unauthorized() {
+    let mut h = Harness::new();
+    let token = crate::keys::generate();
+    let live_hash = token.secret_hash.clone();
+    h.agents.expect_find_api_key().returning(move |hash| {
+        Ok((hash == live_hash).then(|| ApiKey {
+            id: ApiKeyId(1),
+            agent_id: AGENT,
+            prefix: "p".into(),
+            secret_hash: hash.to_owned(),
+            created_at: at(0),
+            revoked_at: Some(at(1)),
+        }))
+    });
+    let service = h.build();
+    assert!(matches!(
+        service.authenticate(&token.token).await,
+        Err(ServiceError::Unauthorized)
+    ));
+    assert!(matches!(
+        service.authenticate("bt_nope").await,
+        Err(ServiceError::Unauthorized)
+    ));
+}

@@ -1,0 +1,140 @@
+//! Validation of what clients submit, done once at the edge of the domain so every
+//! storage backend accepts and refuses the same input.
+
+use serde_json::Value;
+
+use crate::content::Content;
+use crate::error::FieldError;
+use crate::model::{Metadata, NewMessage, Role};
+
+/// Longest agent name accepted.
+pub const MAX_AGENT_NAME_LEN: usize = 200;
+
+/// Checks a message a client submits to start a turn.
+pub fn client_message(message: &NewMessage, errors: &mut Vec<FieldError>) {
+    if message.role != Role::User {
+        errors.push(FieldError::new(
+            "message.role",
+            format!(
+                "must be \"user\" to start a turn (got \"{}\")",
+                message.role
+            ),
+        ));
+    }
+    match &message.content {
+        Content::Text(text) if text.content.trim().is_empty() => {
+            errors.push(FieldError::new("message.content", "must not be empty"));
+        }
+        Content::Text(_) | Content::Data(_) => {}
+        other => errors.push(FieldError::new(
+            "message.content.type",
+            format!("a user message may be text or data, not {}", other.kind()),
+        )),
+    }
+    if let Ok(value) = serde_json::to_value(&message.content) {
+        no_nul("message.content", &value, errors);
+    }
+}
+
+/// Checks request metadata.
+pub fn metadata(metadata: &Metadata, errors: &mut Vec<FieldError>) {
+    for (key, value) in metadata {
+        if key.contains('\0') {
+            errors.push(FieldError::new(
+                "metadata",
+                "keys must not contain the NUL character",
+            ));
+        }
+        no_nul(&format!("metadata.{key}"), value, errors);
+    }
+}
+
+/// PostgreSQL's text and JSON types refuse the NUL character where SQLite stores it;
+/// refusing it everywhere keeps both backends answering the same.
+fn no_nul(field: &str, value: &Value, errors: &mut Vec<FieldError>) {
+    let found = match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(|v| {
+            let mut inner = Vec::new();
+            no_nul(field, v, &mut inner);
+            !inner.is_empty()
+        }),
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            let mut inner = Vec::new();
+            no_nul(field, v, &mut inner);
+            k.contains('\0') || !inner.is_empty()
+        }),
+        _ => false,
+    };
+    if found {
+        errors.push(FieldError::new(field, "must not contain the NUL character"));
+    }
+}
+
+/// Checks an agent's name.
+pub fn agent_name(name: &str, errors: &mut Vec<FieldError>) {
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        errors.push(FieldError::new("name", "must not be empty"));
+    } else if trimmed.chars().count() > MAX_AGENT_NAME_LEN {
+        errors.push(FieldError::new(
+            "name",
+            format!("must be at most {MAX_AGENT_NAME_LEN} characters"),
+        ));
+    } else if trimmed.contains('\0') {
+        errors.push(FieldError::new(
+            "name",
+            "must not contain the NUL character",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(message: NewMessage) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        client_message(&message, &mut errors);
+        errors
+    }
+
+    #[test]
+    fn user_text_is_valid_and_blank_text_is_not() {
+        assert!(
+            check(NewMessage {
+                role: Role::User,
+                content: Content::text("hi")
+            })
+            .is_empty()
+        );
+        let errors = check(NewMessage {
+            role: Role::User,
+            content: Content::text("  "),
+        });
+        assert_eq!(
+            errors,
+            vec![FieldError::new("message.content", "must not be empty")]
+        );
+    }
+
+    #[test]
+    fn non_user_roles_and_nul_characters_are_refused() {
+        let errors = check(NewMessage {
+            role: Role::Assistant,
+            content: Content::text("a\0b"),
+        });
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["message.role", "message.content"]);
+    }
+
+    #[test]
+    fn nul_in_nested_metadata_is_refused() {
+        let meta = json!({"a": {"b": ["ok", "bad\u{0}"]}});
+        let mut errors = Vec::new();
+        metadata(meta.as_object().unwrap(), &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "metadata.a");
+    }
+}
