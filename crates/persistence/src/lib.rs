@@ -1,1 +1,180 @@
+//! baton's storage adapters: the domain's [`TaskStore`] and [`AgentStore`] ports over
+//! Diesel + diesel-async + deadpool. SQLite (a file) is the embedded default.
 
+mod backend;
+mod error;
+mod models;
+mod queries;
+mod schema;
+
+use async_trait::async_trait;
+use baton_domain::*;
+use chrono::{DateTime, Utc};
+
+pub use backend::{SqliteOptions, SqliteSync};
+pub use error::PersistenceError;
+
+use backend::{DatabaseUrl, SqlitePools};
+use error::from_pool;
+
+/// Options for opening a database, per backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub sqlite: SqliteOptions,
+}
+
+/// The SQL storage adapter, on whichever database its URL names.
+pub struct SqlStore {
+    db: Db,
+}
+
+enum Db {
+    Sqlite(SqlitePools),
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.db {
+            Db::Sqlite(_) => "sqlite",
+        };
+        f.debug_struct("SqlStore")
+            .field("backend", &backend)
+            .finish()
+    }
+}
+
+impl SqlStore {
+    /// Opens the database the URL names (`sqlite://PATH` or a file path), applies
+    /// pending migrations, and returns the store with the names of the migrations run.
+    pub async fn open(
+        url: &str,
+        options: StoreOptions,
+    ) -> Result<(SqlStore, Vec<String>), PersistenceError> {
+        let applied = SqlStore::migrate(url).await?;
+        let db = match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Sqlite(url) => {
+                Db::Sqlite(backend::open_sqlite(&url, options.sqlite).await?)
+            }
+        };
+        Ok((SqlStore { db }, applied))
+    }
+
+    /// Applies pending migrations to the database the URL names; returns their names.
+    pub async fn migrate(url: &str) -> Result<Vec<String>, PersistenceError> {
+        match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Sqlite(url) => backend::migrate_sqlite(&url).await,
+        }
+    }
+
+    /// Which backend this store runs on (`sqlite`).
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Runs `$body` with `$conn` bound to a connection of the named role (`writer` or
+/// `readers`) and `q` bound to that backend's queries.
+macro_rules! on_conn {
+    ($store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {
+        match &$store.db {
+            Db::Sqlite(pools) => {
+                let mut object = pools.$role.get().await.map_err(from_pool)?;
+                let $conn = &mut *object;
+                use crate::queries::sqlite as $q;
+                $body
+            }
+        }
+    };
+}
+
+#[async_trait]
+impl TaskStore for SqlStore {
+    async fn create_task(&self, new: NewTask) -> Result<Accepted, StoreError> {
+        on_conn!(self, writer, |conn, q| q::create_task(conn, &new).await)
+    }
+
+    async fn append_and_claim(&self, append: NewAppend) -> Result<Accepted, ClaimError> {
+        on_conn!(self, writer, |conn, q| q::append_and_claim(conn, &append)
+            .await)
+    }
+
+    async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::get_task(conn, agent, task)
+            .await)
+    }
+
+    async fn list_tasks(
+        &self,
+        agent: AgentId,
+        page: PageRequest,
+    ) -> Result<Page<TaskView>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_tasks(conn, agent, page)
+            .await)
+    }
+
+    async fn list_messages(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        page: PageRequest,
+    ) -> Result<Option<Page<Message>>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_messages(
+            conn, agent, task, page
+        )
+        .await)
+    }
+
+    async fn load_turn_input(
+        &self,
+        task: TaskId,
+    ) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::load_turn_input(conn, task)
+            .await)
+    }
+
+    async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
+        on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await)
+    }
+
+    async fn interrupt_running_turns(
+        &self,
+        error: TurnError,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        on_conn!(self, writer, |conn, q| q::interrupt_running_turns(
+            conn, &error, now
+        )
+        .await)
+    }
+}
+
+#[async_trait]
+impl AgentStore for SqlStore {
+    async fn create_agent(&self, new: NewAgent) -> Result<Agent, StoreError> {
+        on_conn!(self, writer, |conn, q| q::create_agent(conn, &new).await)
+    }
+
+    async fn get_agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::get_agent(conn, id).await)
+    }
+
+    async fn count_agents(&self) -> Result<u64, StoreError> {
+        on_conn!(self, readers, |conn, q| q::count_agents(conn).await)
+    }
+
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, StoreError> {
+        on_conn!(self, writer, |conn, q| q::create_api_key(conn, &new).await)
+    }
+
+    async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::find_api_key(conn, secret_hash)
+            .await)
+    }
+
+    async fn revoke_api_key(&self, prefix: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        on_conn!(self, writer, |conn, q| q::revoke_api_key(conn, prefix, now)
+            .await)
+    }
+}

@@ -1,0 +1,54 @@
+//! The seam where database errors become the domain's [`StoreError`]s. Nothing of
+//! Diesel or deadpool crosses it.
+
+use baton_domain::StoreError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// Errors opening a database or migrating it.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistenceError {
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH (or a plain file path) for the embedded database"
+    )]
+    UnsupportedUrl(String),
+    #[error("could not open the database: {0}")]
+    Connect(String),
+    #[error("could not apply migrations: {0}")]
+    Migrate(String),
+}
+
+/// A stored value this build cannot read.
+pub(crate) fn corrupt(why: String) -> StoreError {
+    StoreError::internal(format!("unreadable stored data: {why}"))
+}
+
+pub(crate) fn from_diesel(err: DieselError) -> StoreError {
+    match &err {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            StoreError::Conflict(info.message().to_owned())
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+            StoreError::Unavailable("the database connection was closed".to_owned())
+        }
+        // SQLite's "database is locked" reaches Diesel untyped. Writes go through one
+        // writer connection with BEGIN IMMEDIATE, so this is only a residual case
+        // (another process holding the file); it is worth a retry, not a 500.
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+            if info.message().contains("database is locked") =>
+        {
+            StoreError::Unavailable("the database is locked by another process".to_owned())
+        }
+        _ => StoreError::internal(err),
+    }
+}
+
+pub(crate) fn from_pool<E: std::fmt::Display>(err: deadpool::managed::PoolError<E>) -> StoreError {
+    use deadpool::managed::PoolError;
+    match err {
+        PoolError::Timeout(_) => {
+            StoreError::Unavailable("timed out waiting for a database connection".to_owned())
+        }
+        PoolError::Closed => StoreError::Unavailable("the connection pool is closed".to_owned()),
+        other => StoreError::Unavailable(format!("could not get a database connection: {other}")),
+    }
+}

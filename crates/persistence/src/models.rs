@@ -1,0 +1,256 @@
+//! Row types and their conversions to and from the domain's types.
+
+use baton_domain::*;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use crate::error::corrupt;
+use crate::schema::*;
+
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| corrupt(format!("timestamp {micros} out of range")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(StoreError::internal)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|err| corrupt(format!("{column}: {err}")))
+}
+
+fn parse_enum<T: std::str::FromStr<Err = UnknownVariant>>(
+    column: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|err: UnknownVariant| corrupt(format!("{column}: {err}")))
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = agents)]
+pub(crate) struct AgentRow {
+    pub id: i64,
+    pub name: String,
+    pub runner_kind: String,
+    pub runner_config: String,
+    pub created_at: i64,
+}
+
+impl AgentRow {
+    pub fn into_domain(self) -> Result<Agent, StoreError> {
+        Ok(Agent {
+            id: AgentId(self.id),
+            name: self.name,
+            runner: RunnerSpec {
+                kind: self.runner_kind,
+                config: parse_json("agents.runner_config", &self.runner_config)?,
+            },
+            created_at: from_micros(self.created_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = agents)]
+pub(crate) struct NewAgentRow {
+    pub name: String,
+    pub runner_kind: String,
+    pub runner_config: String,
+    pub created_at: i64,
+}
+
+impl NewAgentRow {
+    pub fn from_domain(new: &NewAgent) -> Result<Self, StoreError> {
+        Ok(NewAgentRow {
+            name: new.name.clone(),
+            runner_kind: new.runner.kind.clone(),
+            runner_config: json(&new.runner.config)?,
+            created_at: micros(new.created_at),
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = api_keys)]
+pub(crate) struct ApiKeyRow {
+    pub id: i64,
+    pub agent_id: i64,
+    pub prefix: String,
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl ApiKeyRow {
+    pub fn into_domain(self) -> Result<ApiKey, StoreError> {
+        Ok(ApiKey {
+            id: ApiKeyId(self.id),
+            agent_id: AgentId(self.agent_id),
+            prefix: self.prefix,
+            secret_hash: self.secret_hash,
+            created_at: from_micros(self.created_at)?,
+            revoked_at: self.revoked_at.map(from_micros).transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = api_keys)]
+pub(crate) struct NewApiKeyRow<'a> {
+    pub agent_id: i64,
+    pub prefix: &'a str,
+    pub secret_hash: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = tasks)]
+pub(crate) struct TaskRow {
+    pub id: i64,
+    pub agent_id: i64,
+    pub metadata: String,
+    pub input: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl TaskRow {
+    pub fn into_domain(self) -> Result<Task, StoreError> {
+        Ok(Task {
+            id: TaskId(self.id),
+            agent_id: AgentId(self.agent_id),
+            metadata: parse_json("tasks.metadata", &self.metadata)?,
+            input: parse_json("tasks.input", &self.input)?,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = tasks)]
+pub(crate) struct NewTaskRow {
+    pub agent_id: i64,
+    pub metadata: String,
+    pub input: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = turns)]
+pub(crate) struct TurnRow {
+    pub id: i64,
+    pub task_id: i64,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub metadata: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+}
+
+impl TurnRow {
+    pub fn into_domain(self) -> Result<Turn, StoreError> {
+        let error = match (self.error_code, self.error_message) {
+            (Some(code), message) => Some(TurnError {
+                code,
+                message: message.unwrap_or_default(),
+            }),
+            (None, _) => None,
+        };
+        Ok(Turn {
+            id: TurnId(self.id),
+            task_id: TaskId(self.task_id),
+            status: parse_enum("turns.status", &self.status)?,
+            error,
+            metadata: parse_json("turns.metadata", &self.metadata)?,
+            started_at: from_micros(self.started_at)?,
+            ended_at: self.ended_at.map(from_micros).transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = turns)]
+pub(crate) struct NewTurnRow {
+    pub task_id: i64,
+    pub status: &'static str,
+    pub metadata: String,
+    pub started_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub(crate) struct MessageRow {
+    pub id: i64,
+    pub task_id: i64,
+    pub turn_id: i64,
+    pub role: String,
+    pub content: String,
+    pub streaming_status: Option<String>,
+    pub created_at: i64,
+}
+
+impl MessageRow {
+    pub fn into_domain(self) -> Result<Message, StoreError> {
+        Ok(Message {
+            id: MessageId(self.id),
+            task_id: TaskId(self.task_id),
+            turn_id: TurnId(self.turn_id),
+            role: parse_enum("messages.role", &self.role)?,
+            content: parse_json("messages.content", &self.content)?,
+            streaming_status: self
+                .streaming_status
+                .as_deref()
+                .map(|s| parse_enum("messages.streaming_status", s))
+                .transpose()?,
+            created_at: from_micros(self.created_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = messages)]
+pub(crate) struct NewMessageRow {
+    pub task_id: i64,
+    pub turn_id: i64,
+    pub role: &'static str,
+    pub content: String,
+    pub streaming_status: Option<&'static str>,
+    pub created_at: i64,
+}
+
+impl NewMessageRow {
+    pub fn new(
+        task: TaskId,
+        turn: TurnId,
+        role: Role,
+        content: &Content,
+        streaming: Option<StreamingStatus>,
+        at: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        Ok(NewMessageRow {
+            task_id: task.0,
+            turn_id: turn.0,
+            role: role.as_str(),
+            content: json(content)?,
+            streaming_status: streaming.map(StreamingStatus::as_str),
+            created_at: micros(at),
+        })
+    }
+}
+
+pub(crate) fn metadata_json(metadata: &Metadata) -> Result<String, StoreError> {
+    json(metadata)
+}
+
+pub(crate) fn content_json(content: &Content) -> Result<String, StoreError> {
+    json(content)
+}

@@ -1,0 +1,65 @@
+//! One table set for every backend, in portable types: ids and timestamps (UTC Unix
+//! microseconds) are `BigInt`, JSON and enums are `Text`.
+
+diesel::table! {
+    agents (id) {
+        id -> BigInt,
+        name -> Text,
+        runner_kind -> Text,
+        runner_config -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> BigInt,
+        agent_id -> BigInt,
+        prefix -> Text,
+        secret_hash -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    tasks (id) {
+        id -> BigInt,
+        agent_id -> BigInt,
+        metadata -> Text,
+        input -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    turns (id) {
+        id -> BigInt,
+        task_id -> BigInt,
+        status -> Text,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        metadata -> Text,
+        started_at -> BigInt,
+        ended_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> BigInt,
+        task_id -> BigInt,
+        turn_id -> BigInt,
+        role -> Text,
+        content -> Text,
+        streaming_status -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(api_keys -> agents (agent_id));
+diesel::joinable!(tasks -> agents (agent_id));
+diesel::joinable!(turns -> tasks (task_id));
+diesel::joinable!(messages -> tasks (task_id));
+diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, tasks, turns, messages);
