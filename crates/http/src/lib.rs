@@ -1,1 +1,76 @@
+//! baton's HTTP adapter: the V1 API on actix-web, and the mapping of every error into
+//! the V1 envelope.
 
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod routes;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware::from_fn, web};
+use baton_domain::TaskService;
+
+pub use error::{ApiError, ErrorCode};
+
+/// Default limit of a request body: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub tasks: TaskService,
+    /// Largest request body accepted, in bytes; larger ones are a 413.
+    pub body_limit: usize,
+}
+
+/// How the HTTP server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// actix workers, each a single-threaded event loop (turns run elsewhere).
+    pub workers: usize,
+    /// How long a stopping server lets in-flight requests finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            workers: 2,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Adds the V1 API, its envelope for unknown routes, and the request-id middleware to
+/// an app. Used by the server and by tests alike.
+pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .configure(routes::configure);
+    }
+}
+
+/// Serves the API on `listener`. Signals are left to the caller, which coordinates the
+/// stop of the server with the stop of running turns.
+pub fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    options: ServerOptions,
+) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(middleware::envelope_and_request_id))
+            .configure(configure(state.clone()))
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(options.workers.max(1))
+    .shutdown_timeout(options.shutdown_timeout.as_secs())
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,165 @@
+//! The JSON shapes of the V1 API.
+
+use baton_domain::{
+    Accepted, Content, Message, Metadata, NewMessage, Role, StreamingStatus, TaskStatus, TaskView,
+    Turn, TurnError, TurnStatus,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::extract::encode_cursor;
+
+/// Body of `POST /v1/chat/tasks` and `POST /v1/chat/tasks/{task_id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    pub agent_id: i64,
+    pub message: MessageBody,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageBody {
+    #[serde(default = "user_role")]
+    pub role: Role,
+    #[serde(deserialize_with = "Content::deserialize_lenient")]
+    pub content: Content,
+}
+
+fn user_role() -> Role {
+    Role::User
+}
+
+impl SubmitBody {
+    pub fn into_submit(self) -> baton_domain::service::SubmitMessage {
+        baton_domain::service::SubmitMessage {
+            agent_id: baton_domain::AgentId(self.agent_id),
+            message: NewMessage {
+                role: self.message.role,
+                content: self.message.content,
+            },
+            metadata: self.metadata.unwrap_or_default(),
+        }
+    }
+}
+
+/// The 202 answer to an accepted message.
+#[derive(Debug, Serialize)]
+pub struct AcceptedBody {
+    pub task_id: i64,
+    pub agent_id: i64,
+    pub turn_id: i64,
+    pub status: TaskStatus,
+    pub accepted_at: DateTime<Utc>,
+    pub metadata: Metadata,
+}
+
+impl From<Accepted> for AcceptedBody {
+    fn from(a: Accepted) -> Self {
+        AcceptedBody {
+            task_id: a.task_id.0,
+            agent_id: a.agent_id.0,
+            turn_id: a.turn_id.0,
+            status: TaskStatus::Running,
+            accepted_at: a.accepted_at,
+            metadata: a.metadata,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TurnBody {
+    pub turn_id: i64,
+    pub status: TurnStatus,
+    pub error: Option<TurnError>,
+    pub metadata: Metadata,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl From<Turn> for TurnBody {
+    fn from(t: Turn) -> Self {
+        TurnBody {
+            turn_id: t.id.0,
+            status: t.status,
+            error: t.error,
+            metadata: t.metadata,
+            started_at: t.started_at,
+            ended_at: t.ended_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageOut {
+    pub message_id: i64,
+    pub task_id: i64,
+    pub turn_id: i64,
+    pub role: Role,
+    pub content: Content,
+    pub streaming_status: Option<StreamingStatus>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Message> for MessageOut {
+    fn from(m: Message) -> Self {
+        MessageOut {
+            message_id: m.id.0,
+            task_id: m.task_id.0,
+            turn_id: m.turn_id.0,
+            role: m.role,
+            content: m.content,
+            streaming_status: m.streaming_status,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// A task, with the latest turn and the latest agent message it is derived from.
+#[derive(Debug, Serialize)]
+pub struct TaskBody {
+    pub task_id: i64,
+    pub agent_id: i64,
+    pub status: TaskStatus,
+    pub metadata: Metadata,
+    pub input: Content,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub latest_turn: TurnBody,
+    pub latest_message: Option<MessageOut>,
+}
+
+impl From<TaskView> for TaskBody {
+    fn from(v: TaskView) -> Self {
+        TaskBody {
+            status: v.status(),
+            task_id: v.task.id.0,
+            agent_id: v.task.agent_id.0,
+            metadata: v.task.metadata,
+            input: v.task.input,
+            created_at: v.task.created_at,
+            updated_at: v.task.updated_at,
+            latest_turn: v.latest_turn.into(),
+            latest_message: v.latest_agent_message.map(Into::into),
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Serialize)]
+pub struct PageBody<T> {
+    pub data: Vec<T>,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> PageBody<T> {
+    pub fn new<U: Into<T>>(page: baton_domain::Page<U>) -> Self {
+        PageBody {
+            data: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_after.map(encode_cursor),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The V1 error envelope and the one table of stable error codes.
+//!
+//! Every error the server answers with — from the service, from parsing, from the
+//! framework (unknown route, wrong method, oversized body) and from panics — is
+//! rendered here, as
+//! `{"error": {"code", "message", "request_id", "fields"?, "active_turn"?}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use baton_domain::{ActiveTurn, FieldError, ServiceError};
+use serde::Serialize;
+
+macro_rules! error_codes {
+    ($($variant:ident => ($status:ident, $code:literal)),* $(,)?) => {
+        /// Every error code the API can answer with, and its HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode { $($variant),* }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code),* }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status),* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    MalformedJson => (BAD_REQUEST, "malformed_json"),
+    BadRequest => (BAD_REQUEST, "bad_request"),
+    Unauthorized => (UNAUTHORIZED, "unauthorized"),
+    NotFound => (NOT_FOUND, "not_found"),
+    AgentNotFound => (NOT_FOUND, "agent_not_found"),
+    TaskNotFound => (NOT_FOUND, "task_not_found"),
+    MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
+    TaskBusy => (CONFLICT, "task_busy"),
+    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large"),
+    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+    ValidationFailed => (UNPROCESSABLE_ENTITY, "validation_failed"),
+    InternalError => (INTERNAL_SERVER_ERROR, "internal_error"),
+    ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable"),
+}
+
+/// One invalid field in a validation error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldProblem {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The running turn a `task_busy` error names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveTurnBody {
+    pub turn_id: i64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An error answer. `source` is for the log only and never reaches the client.
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub fields: Vec<FieldProblem>,
+    pub active_turn: Option<ActiveTurnBody>,
+    /// Set when the error is rendered outside the request (after a panic), so that
+    /// the response can still carry the request's id.
+    pub request_id: Option<String>,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: EnvelopeBody<'a>,
+}
+
+#[derive(Serialize)]
+struct EnvelopeBody<'a> {
+    code: &'static str,
+    message: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    fields: &'a [FieldProblem],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_turn: Option<&'a ActiveTurnBody>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+            active_turn: None,
+            request_id: None,
+            source: None,
+        }
+    }
+
+    pub fn invalid(fields: Vec<FieldProblem>) -> Self {
+        let summary = fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError {
+            fields,
+            ..ApiError::new(
+                ErrorCode::ValidationFailed,
+                format!("The request is invalid: {summary}"),
+            )
+        }
+    }
+
+    pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::invalid(vec![FieldProblem {
+            field: field.into(),
+            reason: reason.into(),
+        }])
+    }
+
+    pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError {
+            source: Some(source.into()),
+            ..ApiError::new(
+                ErrorCode::InternalError,
+                "An unexpected error occurred. Report the request_id to the operator.",
+            )
+        }
+    }
+
+    pub fn task_not_found() -> Self {
+        ApiError::new(
+            ErrorCode::TaskNotFound,
+            "No task with this id exists for your agent.",
+        )
+    }
+
+    /// The envelope's JSON for a given request id.
+    pub fn envelope(&self, request_id: &str) -> serde_json::Value {
+        serde_json::to_value(Envelope {
+            error: EnvelopeBody {
+                code: self.code.as_str(),
+                message: &self.message,
+                request_id,
+                fields: &self.fields,
+                active_turn: self.active_turn.as_ref(),
+            },
+        })
+        .unwrap_or_else(
+            |_| serde_json::json!({"error": {"code": "internal_error", "request_id": request_id}}),
+        )
+    }
+
+    /// The full response for a given request id.
+    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        let mut response = HttpResponse::build(self.code.status());
+        match self.code {
+            ErrorCode::Unauthorized => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            ErrorCode::TaskBusy | ErrorCode::ServiceUnavailable => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
+        }
+        response.json(self.envelope(request_id))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// Rendered with the request id if the error carries one; otherwise the
+    /// request-id middleware renders it again with the id, which only it knows.
+    fn error_response(&self) -> HttpResponse {
+        let id = self.request_id.as_deref().unwrap_or("");
+        let mut response = self.to_response(id);
+        if let Ok(value) = HeaderValue::from_str(id) {
+            if !id.is_empty() {
+                response
+                    .headers_mut()
+                    .insert(crate::middleware::REQUEST_ID_HEADER, value);
+            }
+        }
+        response
+    }
+}
+
+fn fields(errors: Vec<FieldError>) -> Vec<FieldProblem> {
+    errors
+        .into_iter()
+        .map(|e| FieldProblem {
+            field: e.field,
+            reason: e.reason,
+        })
+        .collect()
+}
+
+fn busy(active: ActiveTurn) -> ApiError {
+    ApiError {
+        active_turn: Some(ActiveTurnBody {
+            turn_id: active.turn_id.0,
+            started_at: active.started_at,
+        }),
+        ..ApiError::new(
+            ErrorCode::TaskBusy,
+            format!(
+                "The task is running turn {}. Poll GET on this task until its status leaves \"running\", then send the message again.",
+                active.turn_id
+            ),
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Unauthorized => ApiError::new(
+                ErrorCode::Unauthorized,
+                "Send a valid, unrevoked API key as 'Authorization: Bearer <key>'.",
+            ),
+            ServiceError::AgentNotFound => ApiError::new(
+                ErrorCode::AgentNotFound,
+                "No such agent for this API key: agent_id must be the agent the key belongs to.",
+            ),
+            ServiceError::TaskNotFound => ApiError::task_not_found(),
+            ServiceError::TaskBusy(active) => busy(active),
+            ServiceError::Validation(errors) => ApiError::invalid(fields(errors)),
+            ServiceError::Unavailable(why) => ApiError {
+                source: Some(why.into()),
+                ..ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    "The service is temporarily unavailable; retry shortly.",
+                )
+            },
+            ServiceError::Internal(source) => ApiError::internal(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_domain::TurnId;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
+            assert!(
+                code.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
+        }
+    }
+
+    #[test]
+    fn busy_envelope_names_the_active_turn() {
+        let started = chrono::Utc
+            .timestamp_opt(1_700_000_000, 0)
+            .single()
+            .unwrap();
+        let err = ApiError::from(ServiceError::TaskBusy(ActiveTurn {
+            turn_id: TurnId(9),
+            started_at: started,
+        }));
+        let body = err.envelope("req-1");
+        assert_eq!(body["error"]["code"], "task_busy");
+        assert_eq!(body["error"]["request_id"], "req-1");
+        assert_eq!(
+            body["error"]["active_turn"],
+            json!({"turn_id": 9, "started_at": "2023-11-14T22:13:20Z"})
+        );
+        assert!(body["error"].get("fields").is_none());
+    }
+
+    #[test]
+    fn internal_errors_say_nothing_of_their_cause() {
+        let err = ApiError::from(ServiceError::Internal("db password is hunter2".into()));
+        let text = err.envelope("r").to_string();
+        assert!(!text.contains("hunter2"));
+        assert_eq!(err.code.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

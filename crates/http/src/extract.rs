@@ -1,0 +1,224 @@
+//! Reading requests: the bearer key, the task id in the path, JSON bodies and page
+//! queries, each refusal as an [`ApiError`]. Handlers call these in order —
+//! authentication first — so an unauthenticated request is a 401 whatever its body.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use baton_domain::page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use baton_domain::{PageRequest, Principal, TaskId};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::ApiState;
+use crate::error::{ApiError, ErrorCode, FieldProblem};
+
+/// The principal for the request's `Authorization: Bearer <key>` header.
+pub async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::from(baton_domain::ServiceError::Unauthorized))?;
+    Ok(state.tasks.authenticate(token).await?)
+}
+
+/// The `{task_id}` path segment. A segment that is not an id names no task: 404.
+pub fn task_id(req: &HttpRequest) -> Result<TaskId, ApiError> {
+    req.match_info()
+        .get("task_id")
+        .and_then(|raw| raw.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(TaskId)
+        .ok_or_else(ApiError::task_not_found)
+}
+
+/// Reads and parses a JSON body: `application/json` only, at most `limit` bytes, and
+/// every refusal names what was wrong (the field path for a wrong value).
+pub async fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Send the body as 'Content-Type: application/json' (got {content_type:?})."),
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("Could not read the body: {err}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_json(&body)
+}
+
+/// Parses in two steps so that any syntax error anywhere in the body is reported as
+/// such (`malformed_json`) before any field is judged (`validation_failed`).
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|err| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("The body is not valid JSON: {err}."),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::invalid_field("body", "must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::invalid(vec![FieldProblem {
+            field,
+            reason: err.into_inner().to_string(),
+        }])
+    })
+}
+
+/// `?limit=&cursor=` of a listing.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// The page a listing's query asks for; a bad limit or cursor is a 422 naming it.
+pub fn page(req: &HttpRequest) -> Result<PageRequest, ApiError> {
+    let query = web::Query::<PageQuery>::from_query(req.query_string()).map_err(|err| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("Could not read the query string: {err}"),
+        )
+    })?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                )
+            })?,
+    };
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(decode_cursor(raw).ok_or_else(|| {
+            ApiError::invalid_field(
+                "cursor",
+                "is not a cursor this API returned (use next_cursor as given)",
+            )
+        })?),
+    };
+    Ok(PageRequest { limit, after })
+}
+
+/// Cursors are opaque to clients; today they wrap the last row's id.
+pub fn encode_cursor(after: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1:{after}"))
+}
+
+fn decode_cursor(raw: &str) -> Option<i64> {
+    let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.strip_prefix("v1:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        agent_id: i64,
+        inner: Inner,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u8,
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        for bad in [&b"{"[..], b"", b"{\"agent_id\": 1,}", b"{} x"] {
+            let err = parse_json::<Body>(bad).unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::MalformedJson,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_values_name_their_field() {
+        let err = parse_json::<Body>(br#"{"agent_id": 1, "inner": {"n": 300}}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationFailed);
+        assert_eq!(err.fields[0].field, "inner.n");
+        let err = parse_json::<Body>(br#"{"inner": {"n": 1}}"#).unwrap_err();
+        assert_eq!(err.fields[0].field, "body");
+        assert!(
+            err.fields[0].reason.contains("agent_id"),
+            "{:?}",
+            err.fields
+        );
+        let err = parse_json::<Body>(br#"[1]"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationFailed);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        assert_eq!(decode_cursor("42"), None);
+        assert_eq!(decode_cursor("!!"), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! The V1 routes.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use baton_domain::Accepted;
+
+use crate::ApiState;
+use crate::dto::{AcceptedBody, MessageOut, PageBody, SubmitBody, TaskBody};
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{authenticate, json_body, page, task_id};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/chat/tasks")
+            .route(web::post().to(create_task))
+            .route(web::get().to(list_tasks))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/tasks/{task_id}")
+            .route(web::get().to(get_task))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/tasks/{task_id}/messages")
+            .route(web::post().to(append_message))
+            .route(web::get().to(list_messages))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "No route for {} {}. The API lives under /v1; see docs/api.md.",
+            req.method(),
+            req.path()
+        ),
+    ))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}.", req.method(), req.path()),
+    ))
+}
+
+fn accepted(accepted: Accepted) -> HttpResponse {
+    let location = format!("/v1/chat/tasks/{}", accepted.task_id);
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location))
+        .json(AcceptedBody::from(accepted))
+}
+
+async fn create_task(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let body: SubmitBody = json_body(&req, payload, state.body_limit).await?;
+    let done = state.tasks.create_task(&who, body.into_submit()).await?;
+    Ok(accepted(done))
+}
+
+async fn append_message(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let body: SubmitBody = json_body(&req, payload, state.body_limit).await?;
+    let done = state
+        .tasks
+        .append_message(&who, task, body.into_submit())
+        .await?;
+    Ok(accepted(done))
+}
+
+async fn get_task(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let view = state.tasks.get_task(&who, task).await?;
+    Ok(HttpResponse::Ok().json(TaskBody::from(view)))
+}
+
+async fn list_tasks(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let page = page(&req)?;
+    let tasks = state.tasks.list_tasks(&who, page).await?;
+    Ok(HttpResponse::Ok().json(PageBody::<TaskBody>::new(tasks)))
+}
+
+async fn list_messages(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let page = page(&req)?;
+    let messages = state.tasks.list_messages(&who, task, page).await?;
+    Ok(HttpResponse::Ok().json(PageBody::<MessageOut>::new(messages)))
+}

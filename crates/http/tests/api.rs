@@ -1,0 +1,847 @@
+//! The V1 API end to end: real HTTP through the actix server, a real SQLite file, the
+//! echo runner.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_domain::*;
+use baton_http::{ApiState, ServerOptions, serve};
+use baton_persistence::{SqlStore, StoreOptions};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct TestApp {
+    base: String,
+    http: reqwest::Client,
+    admin: AdminService,
+    /// An echo agent that replies at once, and a key for it.
+    agent: i64,
+    token: String,
+    _dir: tempfile::TempDir,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl TestApp {
+    async fn start() -> TestApp {
+        TestApp::with_body_limit(baton_http::DEFAULT_BODY_LIMIT).await
+    }
+
+    async fn with_body_limit(body_limit: usize) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+        let (store, _) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
+        let store = Arc::new(store);
+        let executor = TurnExecutor::new(
+            store.clone(),
+            store.clone(),
+            baton_runners::builtin(),
+            Arc::new(LocalNotifier::default()),
+            Arc::new(SystemClock),
+            ExecutorConfig::default(),
+            tokio::runtime::Handle::current(),
+        );
+        let tasks = TaskService::new(store.clone(), store.clone(), executor.clone());
+        let admin = AdminService::new(store, executor);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = serve(
+            listener,
+            ApiState { tasks, body_limit },
+            ServerOptions {
+                workers: 2,
+                ..ServerOptions::default()
+            },
+        )
+        .unwrap();
+        let handle = server.handle();
+        tokio::spawn(server);
+        let mut app = TestApp {
+            base,
+            http: reqwest::Client::new(),
+            admin,
+            agent: 0,
+            token: String::new(),
+            _dir: dir,
+            _server: handle,
+        };
+        let (agent, token) = app.agent_with_key(json!({})).await;
+        app.agent = agent;
+        app.token = token;
+        app
+    }
+
+    /// A new echo agent with this runner config, and a key for it.
+    async fn agent_with_key(&self, config: Value) -> (i64, String) {
+        let agent = self
+            .admin
+            .create_agent(
+                "echo",
+                RunnerSpec {
+                    kind: "echo".into(),
+                    config,
+                },
+            )
+            .await
+            .unwrap();
+        let key = self.admin.create_key(agent.id).await.unwrap();
+        (agent.id.0, key.token)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(
+        &self,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(response).await;
+        (status, body)
+    }
+
+    async fn create(&self, token: &str, agent: i64, text: &str) -> Value {
+        let (status, _, body) = self
+            .post(
+                token,
+                "/v1/chat/tasks",
+                json!({"agent_id": agent, "message": {"role": "user", "content": text}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// Polls the task until its status leaves `running`.
+    async fn settled(&self, token: &str, task: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get(token, &format!("/v1/chat/tasks/{task}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["status"] != "running" {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task} still running after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))
+    };
+    (status, headers, body)
+}
+
+/// Asserts an error envelope with this status and code whose request id is the
+/// response header's.
+fn assert_envelope(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want: StatusCode,
+    code: &str,
+) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    let header = headers
+        .get("x-request-id")
+        .expect("every response has a request id");
+    assert_eq!(
+        body["error"]["request_id"],
+        header.to_str().unwrap(),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_task_is_accepted_with_location_and_the_echo_turn_completes() {
+    let app = TestApp::start().await;
+    let (status, headers, body) = app
+        .post(
+            &app.token,
+            "/v1/chat/tasks",
+            json!({"agent_id": app.agent, "message": {"content": "hello"}, "metadata": {"trace": {"id": 7}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task = body["task_id"].as_i64().unwrap();
+    assert_eq!(
+        headers["location"],
+        format!("/v1/chat/tasks/{task}").as_str()
+    );
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(body["agent_id"], app.agent);
+    assert_eq!(body["status"], "running");
+    assert!(body["turn_id"].as_i64().is_some());
+    assert_eq!(body["metadata"], json!({"trace": {"id": 7}}));
+    assert!(body["accepted_at"].as_str().unwrap().ends_with('Z'));
+
+    let done = app.settled(&app.token, task).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["metadata"],
+        json!({"trace": {"id": 7}}),
+        "metadata passes through unchanged"
+    );
+    assert_eq!(done["latest_turn"]["turn_id"], body["turn_id"]);
+    assert_eq!(done["latest_turn"]["error"], Value::Null);
+    assert_eq!(done["latest_message"]["role"], "assistant");
+    assert_eq!(
+        done["latest_message"]["content"],
+        json!({"type": "text", "format": "plain", "content": "echo: hello"})
+    );
+    assert_eq!(
+        done["input"],
+        json!({"type": "text", "format": "plain", "content": "hello"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_turn_conversation_with_a_busy_409_that_names_the_running_turn() {
+    let app = TestApp::start().await;
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 400})).await;
+    let first = app.create(&token, agent, "one").await;
+    let task = first["task_id"].as_i64().unwrap();
+    let path = format!("/v1/chat/tasks/{task}/messages");
+
+    let (status, headers, body) = app
+        .post(
+            &token,
+            &path,
+            json!({"agent_id": agent, "message": {"role": "user", "content": "two"}}),
+        )
+        .await;
+    assert_envelope(status, &headers, &body, StatusCode::CONFLICT, "task_busy");
+    assert_eq!(body["error"]["active_turn"]["turn_id"], first["turn_id"]);
+    assert!(body["error"]["active_turn"]["started_at"].is_string());
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("running")
+    );
+    assert_eq!(headers["retry-after"], "1");
+
+    assert_eq!(app.settled(&token, task).await["status"], "completed");
+    let (status, headers, second) = app
+        .post(
+            &token,
+            &path,
+            json!({"agent_id": agent, "message": {"role": "user", "content": "two"}, "metadata": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    assert_eq!(
+        headers["location"],
+        format!("/v1/chat/tasks/{task}").as_str()
+    );
+    assert_eq!(second["task_id"], task);
+    assert_ne!(second["turn_id"], first["turn_id"]);
+    let done = app.settled(&token, task).await;
+    assert_eq!(done["latest_turn"]["metadata"], json!({"n": 2}));
+    assert_eq!(done["latest_message"]["content"]["content"], "echo: two");
+
+    let (status, history) = app.get(&token, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    let texts: Vec<_> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"]["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("user", "one"),
+        ("assistant", "echo: one"),
+        ("user", "two"),
+        ("assistant", "echo: two"),
+    ];
+    assert_eq!(texts, want.map(|(r, t)| (r.to_owned(), t.to_owned())));
+    assert_eq!(history["next_cursor"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_appends_to_an_idle_task_give_one_202_and_49_task_busy() {
+    let app = Arc::new(TestApp::start().await);
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 300})).await;
+    let first = app.create(&token, agent, "start").await;
+    let task = first["task_id"].as_i64().unwrap();
+    app.settled(&token, task).await;
+
+    let path = format!("/v1/chat/tasks/{task}/messages");
+    let requests = (0..50).map(|i| {
+        let app = app.clone();
+        let token = token.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            app.post(
+                &token,
+                &path,
+                json!({"agent_id": agent, "message": {"content": format!("m{i}")}}),
+            )
+            .await
+        })
+    });
+    let mut accepted = Vec::new();
+    let mut busy = 0;
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        match status {
+            StatusCode::ACCEPTED => accepted.push(body),
+            StatusCode::CONFLICT => {
+                assert_eq!(body["error"]["code"], "task_busy");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((accepted.len(), busy), (1, 49));
+    let done = app.settled(&token, task).await;
+    assert_eq!(done["latest_turn"]["turn_id"], accepted[0]["turn_id"]);
+
+    // Exactly one new turn: every turn starts with one user message, so count the
+    // distinct turns of the stored user messages.
+    let (_, history) = app.get(&token, &format!("{path}?limit=100")).await;
+    let user_turns: std::collections::BTreeSet<_> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["turn_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(user_turns.len(), 2, "{history}");
+    assert_eq!(history["data"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_runner_fails_the_turn_and_the_task_accepts_the_next_message() {
+    let app = TestApp::start().await;
+    let (agent, token) = app.agent_with_key(json!({"fail": true})).await;
+    let task = app.create(&token, agent, "x").await["task_id"]
+        .as_i64()
+        .unwrap();
+    let done = app.settled(&token, task).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["latest_turn"]["status"], "failed");
+    assert_eq!(done["latest_turn"]["error"]["code"], "echo_failed");
+    assert!(done["latest_turn"]["ended_at"].is_string());
+    let (status, _, body) = app
+        .post(
+            &token,
+            &format!("/v1/chat/tasks/{task}/messages"),
+            json!({"agent_id": agent, "message": {"content": "again"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_and_messages_page_with_opaque_cursors() {
+    let app = TestApp::start().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.create(&app.token, app.agent, &format!("t{i}")).await["task_id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let (status, page1) = app.get(&app.token, "/v1/chat/tasks?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    let got: Vec<_> = page1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [ids[2], ids[1]], "newest first");
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = app
+        .get(
+            &app.token,
+            &format!("/v1/chat/tasks?limit=2&cursor={cursor}"),
+        )
+        .await;
+    let got: Vec<_> = page2["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [ids[0]]);
+    assert_eq!(page2["next_cursor"], Value::Null);
+
+    app.settled(&app.token, ids[0]).await;
+    let (_, m1) = app
+        .get(
+            &app.token,
+            &format!("/v1/chat/tasks/{}/messages?limit=1", ids[0]),
+        )
+        .await;
+    assert_eq!(m1["data"][0]["role"], "user");
+    let cursor = m1["next_cursor"].as_str().unwrap();
+    let (_, m2) = app
+        .get(
+            &app.token,
+            &format!("/v1/chat/tasks/{}/messages?limit=1&cursor={cursor}", ids[0]),
+        )
+        .await;
+    assert_eq!(m2["data"][0]["role"], "assistant");
+    assert_eq!(m2["next_cursor"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_page_parameters_are_422_naming_the_parameter() {
+    let app = TestApp::start().await;
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=x", "limit"),
+        ("cursor=42", "cursor"),
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/chat/tasks?{query}")))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(
+            body["error"]["fields"][0]["field"], field,
+            "{query}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_invalid_and_revoked_keys_are_401() {
+    let app = TestApp::start().await;
+    let body = json!({"agent_id": app.agent, "message": {"content": "x"}});
+    let no_key = app
+        .http
+        .post(app.url("/v1/chat/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.headers()["www-authenticate"], "Bearer");
+    let (status, headers, envelope) = read(no_key).await;
+    assert_envelope(
+        status,
+        &headers,
+        &envelope,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    for token in ["bt_wrong_key", ""] {
+        let (status, headers, envelope) = app.post(token, "/v1/chat/tasks", body.clone()).await;
+        assert_envelope(
+            status,
+            &headers,
+            &envelope,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+    }
+    let basic = app
+        .http
+        .get(app.url("/v1/chat/tasks"))
+        .header("authorization", format!("Basic {}", app.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+
+    // An unauthenticated request is a 401 whatever its body.
+    let response = app
+        .http
+        .post(app.url("/v1/chat/tasks"))
+        .header("content-type", "text/plain")
+        .body("{{{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let (agent, token) = app.agent_with_key(json!({})).await;
+    assert_eq!(app.get(&token, "/v1/chat/tasks").await.0, StatusCode::OK);
+    assert!(app.admin.revoke_key(&token).await.unwrap());
+    let (status, headers, envelope) = app
+        .post(
+            &token,
+            "/v1/chat/tasks",
+            json!({"agent_id": agent, "message": {"content": "x"}}),
+        )
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &envelope,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_agents_task_is_404_task_not_found_on_every_route() {
+    let app = TestApp::start().await;
+    let (other_agent, other_token) = app.agent_with_key(json!({})).await;
+    let theirs = app.create(&other_token, other_agent, "private").await["task_id"]
+        .as_i64()
+        .unwrap();
+    for path in [
+        format!("/v1/chat/tasks/{theirs}"),
+        format!("/v1/chat/tasks/{theirs}/messages"),
+    ] {
+        let response = app
+            .http
+            .get(app.url(&path))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+        );
+    }
+    let (status, headers, body) = app
+        .post(
+            &app.token,
+            &format!("/v1/chat/tasks/{theirs}/messages"),
+            json!({"agent_id": app.agent, "message": {"content": "x"}}),
+        )
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+    );
+    // The same answer as for a task that does not exist at all.
+    for missing in [
+        "/v1/chat/tasks/999999",
+        "/v1/chat/tasks/not-a-number",
+        "/v1/chat/tasks/0/messages",
+    ] {
+        let response = app
+            .http
+            .get(app.url(missing))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+        );
+    }
+    // And their task is not in our listing.
+    let (_, listing) = app.get(&app.token, "/v1/chat/tasks").await;
+    assert!(listing["data"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_id_other_than_the_keys_is_404_agent_not_found_and_creates_nothing() {
+    let app = TestApp::start().await;
+    let (other_agent, _) = app.agent_with_key(json!({})).await;
+    let (status, headers, body) = app
+        .post(
+            &app.token,
+            "/v1/chat/tasks",
+            json!({"agent_id": other_agent, "message": {"content": "x"}}),
+        )
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::NOT_FOUND,
+        "agent_not_found",
+    );
+    let task = app.create(&app.token, app.agent, "mine").await["task_id"]
+        .as_i64()
+        .unwrap();
+    app.settled(&app.token, task).await;
+    let (status, headers, body) = app
+        .post(
+            &app.token,
+            &format!("/v1/chat/tasks/{task}/messages"),
+            json!({"agent_id": other_agent, "message": {"content": "x"}}),
+        )
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::NOT_FOUND,
+        "agent_not_found",
+    );
+    let (_, listing) = app.get(&app.token, "/v1/chat/tasks").await;
+    assert_eq!(listing["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_bodies_are_422_naming_the_field_and_change_nothing() {
+    let app = TestApp::start().await;
+    let cases = [
+        (
+            json!({"agent_id": app.agent, "message": {"content": "  "}}),
+            "message.content",
+        ),
+        (
+            json!({"agent_id": app.agent, "message": {"role": "assistant", "content": "x"}}),
+            "message.role",
+        ),
+        (
+            json!({"agent_id": app.agent, "message": {"role": "robot", "content": "x"}}),
+            "message.role",
+        ),
+        (
+            json!({"agent_id": "seven", "message": {"content": "x"}}),
+            "agent_id",
+        ),
+        (
+            json!({"agent_id": app.agent, "message": {"content": "x", "colour": "red"}}),
+            "message.colour",
+        ),
+        (
+            json!({"agent_id": app.agent, "message": {"content": "x"}, "metdata": {}}),
+            "metdata",
+        ),
+        (json!({"agent_id": app.agent}), "body"),
+        (
+            json!({"agent_id": app.agent, "message": {"content": {"type": "video"}}}),
+            "message.content",
+        ),
+        (
+            json!({"agent_id": app.agent, "message": {"content": "x"}, "metadata": []}),
+            "metadata",
+        ),
+        (
+            json!({"agent_id": app.agent, "message": {"content": "nul \u{0} here"}}),
+            "message.content",
+        ),
+        (json!([1, 2]), "body"),
+    ];
+    for (body, field) in cases {
+        let (status, headers, envelope) =
+            app.post(&app.token, "/v1/chat/tasks", body.clone()).await;
+        assert_envelope(
+            status,
+            &headers,
+            &envelope,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(
+            envelope["error"]["fields"][0]["field"], field,
+            "{body}: {envelope}"
+        );
+        assert!(
+            envelope["error"]["fields"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
+    }
+    let (_, listing) = app.get(&app.token, "/v1/chat/tasks").await;
+    assert!(
+        listing["data"].as_array().unwrap().is_empty(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_wrong_content_type_and_oversized_bodies_have_their_codes() {
+    let app = TestApp::with_body_limit(2048).await;
+    let send = |content_type: &'static str, body: Vec<u8>| {
+        app.http
+            .post(app.url("/v1/chat/tasks"))
+            .bearer_auth(&app.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let (status, headers, body) = read(
+        send("application/json", b"{\"agent_id\": ".to_vec())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    );
+    let (status, headers, body) = read(
+        send("application/json", b"{} trailing".to_vec())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    );
+
+    let valid =
+        serde_json::to_vec(&json!({"agent_id": app.agent, "message": {"content": "x"}})).unwrap();
+    let (status, headers, body) = read(send("text/plain", valid.clone()).await.unwrap()).await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let (status, _, body) = read(
+        send("application/json; charset=utf-8", valid)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let huge = serde_json::to_vec(
+        &json!({"agent_id": app.agent, "message": {"content": "x".repeat(4096)}}),
+    )
+    .unwrap();
+    let (status, headers, body) = read(send("application/json", huge).await.unwrap()).await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("2048"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_wrong_methods_are_enveloped() {
+    let app = TestApp::start().await;
+    let response = app.http.get(app.url("/v2/nothing")).send().await.unwrap();
+    let (status, headers, body) = read(response).await;
+    assert_envelope(status, &headers, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let response = app
+        .http
+        .delete(app.url("/v1/chat/tasks"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = read(response).await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    let response = app
+        .http
+        .put(app.url("/v1/chat/tasks/1/messages"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = read(response).await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_a_request_id_and_a_sane_client_id_is_kept() {
+    let app = TestApp::start().await;
+    let response = app
+        .http
+        .get(app.url("/v1/chat/tasks"))
+        .bearer_auth(&app.token)
+        .header("x-request-id", "client-abc_1.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-abc_1.2");
+    let response = app
+        .http
+        .get(app.url("/v1/chat/tasks"))
+        .bearer_auth(&app.token)
+        .header("x-request-id", "has spaces and is not kept")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+}
