@@ -1,1 +1,331 @@
-fn main() {}
+//! `baton`: the agent task server and its administration commands.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "a command-line program prints its results"
+)]
+
+mod config;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use baton_domain::*;
+use baton_http::{ApiState, ServerOptions};
+use baton_persistence::SqlStore;
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+
+use config::{Config, LogFormat, Overrides};
+
+/// baton runs AI-agent conversations as tasks: append a message, get 202 at once, and
+/// follow the agent's turn in the background.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version)]
+struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, global = true, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
+    /// The database: sqlite://PATH (or a file path).
+    #[arg(long, global = true, env = "BATON_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "BATON_LISTEN")]
+        listen: Option<String>,
+        /// HTTP worker threads.
+        #[arg(long, env = "BATON_WORKERS")]
+        workers: Option<usize>,
+        /// Create a demo echo agent and a key for it, and print a ready-to-paste curl.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Create an agent; prints its id.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The runner that plays the agent (built in: echo).
+        #[arg(long)]
+        runner: String,
+        /// The runner's configuration as JSON, e.g. '{"delay_ms": 1500}' for echo.
+        #[arg(long, default_value = "{}")]
+        runner_config: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create an API key for an agent; prints the key, which is shown only this once.
+    Create {
+        #[arg(long)]
+        agent: i64,
+    },
+    /// Revoke a key, given its prefix or the whole key.
+    Revoke { key: String },
+}
+
+/// The composition root: the one place that knows every adapter.
+struct App {
+    store: Arc<SqlStore>,
+    tasks: TaskService,
+    admin: AdminService,
+}
+
+impl App {
+    async fn open(config: &Config) -> anyhow::Result<App> {
+        let (store, applied) = SqlStore::open(&config.database_url, config.store)
+            .await
+            .with_context(|| format!("opening {}", config.database_url))?;
+        for name in &applied {
+            info!(migration = %name, "applied migration");
+        }
+        let store = Arc::new(store);
+        let executor = TurnExecutor::new(
+            store.clone(),
+            store.clone(),
+            baton_runners::builtin(),
+            Arc::new(LocalNotifier::default()),
+            Arc::new(SystemClock),
+            ExecutorConfig {
+                max_concurrent_turns: config.max_concurrent_turns,
+            },
+            tokio::runtime::Handle::current(),
+        );
+        Ok(App {
+            tasks: TaskService::new(store.clone(), store.clone(), executor.clone()),
+            admin: AdminService::new(store.clone(), executor),
+            store,
+        })
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A service error as a CLI message.
+fn cli_error(err: ServiceError) -> anyhow::Error {
+    match err {
+        ServiceError::Validation(fields) => {
+            let lines: Vec<_> = fields
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.reason))
+                .collect();
+            anyhow::anyhow!("invalid: {}", lines.join("; "))
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut overrides = Overrides {
+        config_file: cli.config.clone(),
+        database_url: cli.database_url.clone(),
+        log_format: cli.log_format,
+        ..Overrides::default()
+    };
+    if let Command::Serve {
+        listen, workers, ..
+    } = &cli.command
+    {
+        overrides.listen = listen.clone();
+        overrides.workers = *workers;
+    }
+    let config = Config::resolve(&overrides)?;
+    init_logging(config.log_format);
+
+    match cli.command {
+        Command::Serve { demo, .. } => serve(config, demo).await,
+        Command::Migrate => {
+            let applied = SqlStore::migrate(&config.database_url).await?;
+            println!("applied {} migration(s)", applied.len());
+            Ok(())
+        }
+        Command::Agent(AgentCommand::Create {
+            name,
+            runner,
+            runner_config,
+        }) => {
+            let config_json: serde_json::Value =
+                serde_json::from_str(&runner_config).context("--runner-config must be JSON")?;
+            let app = App::open(&config).await?;
+            let spec = RunnerSpec {
+                kind: runner,
+                config: config_json,
+            };
+            let agent = app
+                .admin
+                .create_agent(&name, spec)
+                .await
+                .map_err(cli_error)?;
+            println!("{}", agent.id);
+            Ok(())
+        }
+        Command::Key(KeyCommand::Create { agent }) => {
+            let app = App::open(&config).await?;
+            let created = app
+                .admin
+                .create_key(AgentId(agent))
+                .await
+                .map_err(|err| match err {
+                    ServiceError::AgentNotFound => anyhow::anyhow!("no agent with id {agent}"),
+                    other => cli_error(other),
+                })?;
+            println!("{}", created.token);
+            eprintln!(
+                "This key is shown only once. Its prefix is {}.",
+                created.key.prefix
+            );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Revoke { key }) => {
+            let app = App::open(&config).await?;
+            if !app.admin.revoke_key(&key).await.map_err(cli_error)? {
+                bail!("no live key matches {key:?}");
+            }
+            println!("revoked");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    let app = App::open(&config).await?;
+
+    // The embedded database serves one instance, so a turn still marked running at
+    // start-up was orphaned by a previous process that died. End it now rather than
+    // leave its task busy forever.
+    let orphaned = app
+        .store
+        .interrupt_running_turns(interrupted(), SystemClock.now())
+        .await
+        .context("ending turns orphaned by a previous run")?;
+    if orphaned > 0 {
+        warn!(
+            turns = orphaned,
+            "ended turns left running by a previous process"
+        );
+    }
+
+    let listener = TcpListener::bind(&config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    if demo {
+        print_demo(&app, &address.to_string()).await?;
+    } else if app.admin.count_agents().await.map_err(cli_error)? == 0 {
+        warn!(
+            "the database has no agents yet: create one with `baton agent create --name NAME --runner echo`, \
+             then a key with `baton key create --agent ID`, or restart with `baton serve --demo`"
+        );
+    }
+    let server = baton_http::serve(
+        listener,
+        ApiState {
+            tasks: app.tasks.clone(),
+            body_limit: config.body_limit,
+        },
+        ServerOptions {
+            workers: config.workers,
+            ..ServerOptions::default()
+        },
+    )?;
+    let handle = server.handle();
+    let running = tokio::spawn(server);
+    println!("baton listening on http://{address}");
+    info!(%address, database = %config.database_url, "serving");
+
+    let signal = shutdown_signal().await?;
+    info!(
+        signal,
+        "stopping: no new requests; letting running turns finish"
+    );
+    handle.stop(true).await;
+    running.await.context("the HTTP server task")??;
+    let left = app.tasks.executor().wait_idle(config.shutdown_grace).await;
+    if left > 0 {
+        let ended = app
+            .store
+            .interrupt_running_turns(interrupted(), SystemClock.now())
+            .await?;
+        warn!(
+            turns = ended,
+            "ended turns still running after the shutdown grace period"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn interrupted() -> TurnError {
+    TurnError {
+        code: "turn_interrupted".to_owned(),
+        message: "the server stopped while the turn was running; send the message again".to_owned(),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM and says which.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => { result?; Ok("SIGINT") }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+async fn print_demo(app: &App, address: &str) -> anyhow::Result<()> {
+    let spec = RunnerSpec {
+        kind: "echo".to_owned(),
+        config: serde_json::json!({"delay_ms": 3000}),
+    };
+    let agent = app
+        .admin
+        .create_agent("demo", spec)
+        .await
+        .map_err(cli_error)?;
+    let key = app.admin.create_key(agent.id).await.map_err(cli_error)?;
+    println!(
+        "Demo echo agent {} (replies after 3 s). Paste this into another terminal:\n",
+        agent.id
+    );
+    println!("export BATON_KEY={}", key.token);
+    println!(
+        "curl -i -X POST http://{address}/v1/chat/tasks \\\n  -H \"Authorization: Bearer $BATON_KEY\" -H 'Content-Type: application/json' \\\n  -d '{{\"agent_id\": {}, \"message\": {{\"role\": \"user\", \"content\": \"hello\"}}}}'\n",
+        agent.id
+    );
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Configuration: defaults, then an optional TOML file, then environment variables and
+//! flags (clap merges those two). Unknown keys in the file are an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_persistence::{SqliteOptions, SqliteSync, StoreOptions};
+use serde::Deserialize;
+
+/// The configuration file's shape. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub workers: Option<usize>,
+    pub body_limit_bytes: Option<usize>,
+    pub max_concurrent_turns: Option<usize>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub sqlite: SqliteFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteFile {
+    pub synchronous: Option<SqliteSync>,
+    pub busy_timeout_ms: Option<u64>,
+    pub readers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub listen: String,
+    pub workers: usize,
+    pub body_limit: usize,
+    pub max_concurrent_turns: usize,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub store: StoreOptions,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+}
+
+/// Values given on the command line or in `BATON_…` variables, which win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub workers: Option<usize>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    pub fn resolve(overrides: &Overrides) -> anyhow::Result<Config> {
+        let file = FileConfig::load(overrides.config_file.as_deref())?;
+        let defaults = SqliteOptions::default();
+        let config = Config {
+            database_url: overrides
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            listen: overrides
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            workers: overrides.workers.or(file.workers).unwrap_or(2),
+            body_limit: file
+                .body_limit_bytes
+                .unwrap_or(baton_http::DEFAULT_BODY_LIMIT),
+            max_concurrent_turns: file.max_concurrent_turns.unwrap_or(64),
+            shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
+            log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            store: StoreOptions {
+                sqlite: SqliteOptions {
+                    synchronous: file.sqlite.synchronous.unwrap_or(defaults.synchronous),
+                    busy_timeout: file
+                        .sqlite
+                        .busy_timeout_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(defaults.busy_timeout),
+                    readers: file.sqlite.readers.unwrap_or(defaults.readers),
+                    pool_wait: defaults.pool_wait,
+                },
+            },
+        };
+        anyhow::ensure!(config.workers >= 1, "workers must be at least 1");
+        anyhow::ensure!(
+            config.body_limit >= 1024,
+            "body_limit_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            config.max_concurrent_turns >= 1,
+            "max_concurrent_turns must be at least 1"
+        );
+        anyhow::ensure!(
+            config.store.sqlite.readers >= 1,
+            "sqlite.readers must be at least 1"
+        );
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn flags_and_env_win_over_the_file_which_wins_over_defaults() {
+        let file = write(
+            "database_url = \"sqlite://from-file.db\"\nlisten = \"127.0.0.1:9000\"\n[sqlite]\nsynchronous = \"normal\"\n",
+        );
+        let config = Config::resolve(&Overrides {
+            config_file: Some(file.path().to_owned()),
+            listen: Some("127.0.0.1:9999".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.database_url, "sqlite://from-file.db");
+        assert_eq!(config.listen, "127.0.0.1:9999");
+        assert_eq!(config.store.sqlite.synchronous, SqliteSync::Normal);
+        let defaults = Config::resolve(&Overrides::default()).unwrap();
+        assert_eq!(defaults.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(defaults.store.sqlite.synchronous, SqliteSync::Full);
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_naming_the_key() {
+        let file = write("databse_url = \"x\"\n");
+        let err = Config::resolve(&Overrides {
+            config_file: Some(file.path().to_owned()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("databse_url"), "{err:#}");
+    }
+}

@@ -1,0 +1,381 @@
+//! The `baton` binary as a user runs it: CLI commands, `serve`, signals, restarts.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+fn baton(db: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
+        .env("BATON_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env_remove("BATON_CONFIG")
+        .env_remove("BATON_LISTEN");
+    command
+}
+
+/// Runs a CLI command; returns (success, stdout, stderr).
+fn run(db: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = baton(db).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn agent_and_key(db: &Path, runner_config: &str) -> (i64, String) {
+    let (ok, agent, err) = run(
+        db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "t",
+            "--runner",
+            "echo",
+            "--runner-config",
+            runner_config,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
+    assert!(ok, "{err}");
+    assert!(err.contains("shown only once"), "{err}");
+    (agent.parse().unwrap(), token)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    stdout: Vec<String>,
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str]) -> Server {
+        let mut child = baton(db)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stdout = Vec::new();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("baton exited before listening")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("baton listening on ") {
+                break url.to_owned();
+            }
+            stdout.push(line);
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base,
+            stdout,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baton did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Api<'a> {
+    http: Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Api<'_> {
+    fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(self.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        (response.status(), response.json().unwrap())
+    }
+
+    fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.token)
+            .send()
+            .unwrap();
+        (response.status(), response.json().unwrap())
+    }
+
+    fn settled(&self, task: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = self.get(&format!("/v1/chat/tasks/{task}"));
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["status"] != "running" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "task still running: {body}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+#[test]
+fn readme_walkthrough_against_the_real_binary_then_revoke_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 800}"#);
+    let mut server = Server::start(&db, &[]);
+    let api = Api {
+        http: Client::new(),
+        base: &server.base,
+        token: &token,
+    };
+
+    let (status, first) = api.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"role": "user", "content": "hello"}}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let task = first["task_id"].as_i64().unwrap();
+    let messages = format!("/v1/chat/tasks/{task}/messages");
+    let (status, busy) = api.post(
+        &messages,
+        json!({"agent_id": agent, "message": {"content": "again"}}),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{busy}");
+    assert_eq!(busy["error"]["code"], "task_busy");
+    assert_eq!(
+        api.settled(task)["latest_message"]["content"]["content"],
+        "echo: hello"
+    );
+    let (status, second) = api.post(
+        &messages,
+        json!({"agent_id": agent, "message": {"content": "again"}}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    assert_eq!(
+        api.settled(task)["latest_message"]["content"]["content"],
+        "echo: again"
+    );
+    let (_, history) = api.get(&messages);
+    assert_eq!(history["data"].as_array().unwrap().len(), 4);
+
+    // The CLI writes to the same database while the server runs.
+    let (ok, out, err) = run(&db, &["key", "revoke", &token]);
+    assert!(ok && out == "revoked", "{out} {err}");
+    assert_eq!(api.get("/v1/chat/tasks").0, StatusCode::UNAUTHORIZED);
+    let (ok, _, err) = run(&db, &["key", "revoke", &token]);
+    assert!(!ok && err.contains("no live key"), "{err}");
+
+    server.signal("-TERM");
+    assert!(
+        server.wait_exit(Duration::from_secs(15)).success(),
+        "SIGTERM is a clean exit"
+    );
+}
+
+#[test]
+fn sigterm_mid_turn_lets_the_turn_finish_before_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 1000}"#);
+    let mut server = Server::start(&db, &[]);
+    let base = server.base.clone();
+    let api = Api {
+        http: Client::new(),
+        base: &base,
+        token: &token,
+    };
+    let (status, first) = api.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "late"}}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED);
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+
+    let server = Server::start(&db, &[]);
+    let api = Api {
+        http: Client::new(),
+        base: &server.base,
+        token: &token,
+    };
+    let done = api.settled(first["task_id"].as_i64().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["latest_message"]["content"]["content"], "echo: late");
+}
+
+#[test]
+fn sigkill_mid_turn_then_restart_ends_the_orphaned_turn_and_keeps_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 30000}"#);
+    let mut server = Server::start(&db, &[]);
+    let base = server.base.clone();
+    let api = Api {
+        http: Client::new(),
+        base: &base,
+        token: &token,
+    };
+    let (_, first) = api.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "kept"}}),
+    );
+    let task = first["task_id"].as_i64().unwrap();
+    server.signal("-KILL");
+    server.wait_exit(Duration::from_secs(5));
+
+    let server = Server::start(&db, &[]);
+    let api = Api {
+        http: Client::new(),
+        base: &server.base,
+        token: &token,
+    };
+    let (_, view) = api.get(&format!("/v1/chat/tasks/{task}"));
+    assert_eq!(
+        view["status"], "failed",
+        "no task stays running after a crash: {view}"
+    );
+    assert_eq!(view["latest_turn"]["error"]["code"], "turn_interrupted");
+    assert_eq!(
+        view["input"]["content"], "kept",
+        "the accepted message survived the kill"
+    );
+    let (status, _) = api.post(
+        &format!("/v1/chat/tasks/{task}/messages"),
+        json!({"agent_id": agent, "message": {"content": "retry"}}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[test]
+fn serve_on_an_empty_database_explains_how_to_get_a_key_and_demo_makes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let mut child = baton(&db)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hint = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("no agents") {
+            hint = line;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        hint.contains("baton agent create") && hint.contains("--demo"),
+        "{hint}"
+    );
+
+    let server = Server::start(&db, &["--demo"]);
+    let printed = server.stdout.join("\n");
+    let token = server
+        .stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("export BATON_KEY="))
+        .expect("--demo prints a key")
+        .to_owned();
+    assert!(printed.contains("curl -i -X POST"), "{printed}");
+    let api = Api {
+        http: Client::new(),
+        base: &server.base,
+        token: &token,
+    };
+    assert_eq!(api.get("/v1/chat/tasks").0, StatusCode::OK);
+}
+
+#[test]
+fn cli_refuses_bad_input_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let (ok, _, err) = run(&db, &["agent", "create", "--name", "x", "--runner", "nope"]);
+    assert!(!ok && err.contains("unknown runner"), "{err}");
+    let (ok, _, err) = run(
+        &db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "x",
+            "--runner",
+            "echo",
+            "--runner-config",
+            "{\"delay\": 1}",
+        ],
+    );
+    assert!(!ok && err.contains("runner.config"), "{err}");
+    let (ok, _, err) = run(
+        &db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "x",
+            "--runner",
+            "echo",
+            "--runner-config",
+            "not json",
+        ],
+    );
+    assert!(!ok && err.contains("must be JSON"), "{err}");
+    let (ok, _, err) = run(&db, &["key", "create", "--agent", "999"]);
+    assert!(!ok && err.contains("no agent with id 999"), "{err}");
+
+    let config = dir.path().join("baton.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlistne = 1\n").unwrap();
+    let (ok, _, err) = run(&db, &["--config", config.to_str().unwrap(), "migrate"]);
+    assert!(!ok && err.contains("listne"), "{err}");
+
+    let (ok, out, err) = run(&db, &["migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("applied"), "{out}");
+    let (ok, _, err) = run(
+        &dir.path().join("x"),
+        &["--database-url", "mysql://nope", "migrate"],
+    );
+    assert!(!ok && err.contains("sqlite://PATH"), "{err}");
+}
