@@ -1,5 +1,7 @@
 //! The storage ports on a real SQLite file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+
 use std::sync::Arc;
 
 use baton_domain::*;

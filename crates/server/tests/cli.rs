@@ -1,5 +1,7 @@
 //! The `baton` binary as a user runs it: CLI commands, `serve`, signals, restarts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
