@@ -186,8 +186,13 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let id = self.request_id.as_deref().unwrap_or("");
         let mut response = self.to_response(id);
-        if let Some(value) = (!id.is_empty()).then(|| HeaderValue::from_str(id).ok()).flatten() {
-            response.headers_mut().insert(crate::middleware::REQUEST_ID_HEADER, value);
+        if let Some(value) = (!id.is_empty())
+            .then(|| HeaderValue::from_str(id).ok())
+            .flatten()
+        {
+            response
+                .headers_mut()
+                .insert(crate::middleware::REQUEST_ID_HEADER, value);
         }
         response
     }

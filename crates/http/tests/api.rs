@@ -1,7 +1,11 @@
 //! The V1 API end to end: real HTTP through the actix server, a real SQLite file, the
 //! echo runner.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::net::TcpListener;
 use std::sync::Arc;

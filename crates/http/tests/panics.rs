@@ -1,6 +1,10 @@
 //! Unexpected errors and panics become a 500 envelope that says nothing internal.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, test, web};

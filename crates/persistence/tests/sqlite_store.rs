@@ -1,6 +1,10 @@
 //! The storage ports on a real SQLite file.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::sync::Arc;
 

@@ -1,6 +1,10 @@
 //! The `baton` binary as a user runs it: CLI commands, `serve`, signals, restarts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on the first surprise")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
