@@ -1,6 +1,7 @@
 //! The turn executor: runs accepted turns in the background, with a bounded number at
 //! once, and always ends them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ impl Default for ExecutorConfig {
 }
 
 /// A turn that was claimed and committed, ready to be played.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StartedTurn {
     pub agent_id: AgentId,
     pub task_id: TaskId,
@@ -50,7 +51,7 @@ impl std::fmt::Debug for TurnExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnExecutor")
             .field("runners", &self.inner.runners)
-            .field("in_flight", &*self.inner.in_flight.borrow())
+            .field("in_flight", &self.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -64,22 +65,32 @@ struct Inner {
     permits: Arc<Semaphore>,
     handle: Handle,
     /// Turns handed to this executor and not yet ended (waiting or playing).
-    in_flight: watch::Sender<usize>,
+    in_flight: watch::Sender<HashMap<TurnId, StartedTurn>>,
 }
 
-/// Counts a turn as in flight from hand-over to its end, even if its task panics.
-struct InFlight(watch::Sender<usize>);
+/// Holds a turn in the in-flight set from hand-over to its end, even if its task panics.
+struct InFlight {
+    set: watch::Sender<HashMap<TurnId, StartedTurn>>,
+    turn: TurnId,
+}
 
 impl InFlight {
-    fn enter(sender: &watch::Sender<usize>) -> Self {
-        sender.send_modify(|n| *n += 1);
-        InFlight(sender.clone())
+    fn enter(set: &watch::Sender<HashMap<TurnId, StartedTurn>>, turn: StartedTurn) -> Self {
+        set.send_modify(|turns| {
+            turns.insert(turn.turn_id, turn);
+        });
+        InFlight {
+            set: set.clone(),
+            turn: turn.turn_id,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.set.send_modify(|turns| {
+            turns.remove(&self.turn);
+        });
     }
 }
 
@@ -103,7 +114,7 @@ impl TurnExecutor {
                 clock,
                 permits: Arc::new(Semaphore::new(config.max_concurrent_turns.max(1))),
                 handle,
-                in_flight: watch::channel(0).0,
+                in_flight: watch::channel(HashMap::new()).0,
             }),
         }
     }
@@ -133,7 +144,7 @@ impl TurnExecutor {
     /// Hands a committed turn over to be played in the background.
     pub fn spawn(&self, turn: StartedTurn) {
         let inner = self.inner.clone();
-        let in_flight = InFlight::enter(&inner.in_flight);
+        let in_flight = InFlight::enter(&inner.in_flight, turn);
         let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id);
         self.inner.handle.spawn(
             async move {
@@ -146,15 +157,46 @@ impl TurnExecutor {
 
     /// Turns handed over and not yet ended.
     pub fn in_flight(&self) -> usize {
-        *self.inner.in_flight.borrow()
+        self.inner.in_flight.borrow().len()
     }
 
     /// Waits until no turn is in flight or `grace` has passed; returns how many are
     /// still in flight.
     pub async fn wait_idle(&self, grace: Duration) -> usize {
         let mut watcher = self.inner.in_flight.subscribe();
-        let _ = tokio::time::timeout(grace, watcher.wait_for(|n| *n == 0)).await;
+        let _ = tokio::time::timeout(grace, watcher.wait_for(HashMap::is_empty)).await;
         self.in_flight()
+    }
+
+    /// Ends every turn this executor still holds as failed with `error`, and returns
+    /// how many it ended. Used when stopping: only this process's turns are touched,
+    /// never those of another instance. A runner still going afterwards finds its turn
+    /// ended, and its late output is discarded.
+    pub async fn interrupt_unfinished(&self, error: TurnError) -> usize {
+        let turns: Vec<StartedTurn> = self.inner.in_flight.borrow().values().copied().collect();
+        let mut ended = 0;
+        for turn in turns {
+            let finish = FinishTurn {
+                task_id: turn.task_id,
+                turn_id: turn.turn_id,
+                outcome: TurnOutcome::Failed(error.clone()),
+                messages: Vec::new(),
+                now: self.inner.clock.now(),
+            };
+            match self.inner.tasks.finish_turn(finish).await {
+                Ok(true) => {
+                    ended += 1;
+                    self.inner.notifier.turn_changed(TurnChange {
+                        task_id: turn.task_id,
+                        turn_id: turn.turn_id,
+                        status: TurnStatus::Failed,
+                    });
+                }
+                Ok(false) => {}
+                Err(err) => error!(turn_id = %turn.turn_id, error = %err, "could not end an unfinished turn"),
+            }
+        }
+        ended
     }
 }
 

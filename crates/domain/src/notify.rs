@@ -1,14 +1,34 @@
-//! The in-process notifier: a broadcast of turn changes to waiters in this process.
+//! The in-process hub of turn changes: every waiter in this process (long-polls, and
+//! later streams) subscribes here. On one instance the executor publishes into it; with
+//! several instances a database relay feeds it the changes made elsewhere.
 
 use tokio::sync::broadcast;
 
 use crate::ports::{TurnChange, TurnNotifier};
 
-/// Fans turn changes out to every subscriber in this process. Enough for a single
-/// instance; several instances add a database-backed relay that feeds it.
+/// What a waiter is woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A turn of this task changed state.
+    Turn(TurnChange),
+    /// Changes may have been missed (a relay reconnected): every waiter re-reads.
+    Everything,
+}
+
+impl Wakeup {
+    /// Whether a waiter on `task` should go and look.
+    pub fn concerns(&self, task: crate::model::TaskId) -> bool {
+        match self {
+            Wakeup::Turn(change) => change.task_id == task,
+            Wakeup::Everything => true,
+        }
+    }
+}
+
+/// Fans wake-ups out to every subscriber in this process.
 #[derive(Debug, Clone)]
 pub struct LocalNotifier {
-    sender: broadcast::Sender<TurnChange>,
+    sender: broadcast::Sender<Wakeup>,
 }
 
 impl LocalNotifier {
@@ -17,10 +37,15 @@ impl LocalNotifier {
         LocalNotifier { sender }
     }
 
-    /// Receives every change published after this call. A receiver that falls more than
-    /// the capacity behind gets `Lagged` and must re-read the store.
-    pub fn subscribe(&self) -> broadcast::Receiver<TurnChange> {
+    /// Receives every wake-up published after this call. A receiver that falls more
+    /// than the capacity behind gets `Lagged` and must re-read the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<Wakeup> {
         self.sender.subscribe()
+    }
+
+    /// Tells every waiter to re-read, because changes may have been missed.
+    pub fn resync(&self) {
+        let _ = self.sender.send(Wakeup::Everything);
     }
 }
 
@@ -33,7 +58,7 @@ impl Default for LocalNotifier {
 impl TurnNotifier for LocalNotifier {
     fn turn_changed(&self, change: TurnChange) {
         // No subscriber is not an error: nobody is waiting.
-        let _ = self.sender.send(change);
+        let _ = self.sender.send(Wakeup::Turn(change));
     }
 }
 
@@ -53,7 +78,11 @@ mod tests {
         notifier.turn_changed(change); // nobody listens yet: dropped, no error
         let mut rx = notifier.subscribe();
         notifier.turn_changed(change);
-        assert_eq!(rx.recv().await.unwrap(), change);
+        notifier.resync();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got, Wakeup::Turn(change));
+        assert!(got.concerns(TaskId(1)) && !got.concerns(TaskId(2)));
+        assert!(rx.recv().await.unwrap().concerns(TaskId(2)), "a resync concerns every task");
         assert!(rx.try_recv().is_err());
     }
 }

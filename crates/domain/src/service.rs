@@ -2,11 +2,15 @@
 //! history, and administer agents and keys.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{ServiceError, StoreError};
 use crate::executor::{StartedTurn, TurnExecutor};
 use crate::keys;
 use crate::model::*;
+use crate::notify::LocalNotifier;
 use crate::page::{Page, PageRequest};
 use crate::ports::{AgentStore, TaskStore};
 use crate::validate;
@@ -33,7 +37,11 @@ pub struct TaskService {
     tasks: Arc<dyn TaskStore>,
     agents: Arc<dyn AgentStore>,
     executor: TurnExecutor,
+    hub: LocalNotifier,
 }
+
+/// The longest a long-poll may wait; longer requests wait this long.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for TaskService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,15 +52,19 @@ impl std::fmt::Debug for TaskService {
 }
 
 impl TaskService {
+    /// `hub` is where this process learns of turn changes (the executor's notifier
+    /// publishes into it; on PostgreSQL, so does the relay of other instances' changes).
     pub fn new(
         tasks: Arc<dyn TaskStore>,
         agents: Arc<dyn AgentStore>,
         executor: TurnExecutor,
+        hub: LocalNotifier,
     ) -> Self {
         TaskService {
             tasks,
             agents,
             executor,
+            hub,
         }
     }
 
@@ -137,6 +149,35 @@ impl TaskService {
             .get_task(who.agent_id, task_id)
             .await?
             .ok_or(ServiceError::TaskNotFound)
+    }
+
+    /// The task once its status is not `running`, or as it is after `wait` (capped at
+    /// [`MAX_WAIT`]). Woken by turn changes, never by polling the store: the store is
+    /// read once, then once per wake-up that concerns this task.
+    pub async fn wait_task(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+        wait: Duration,
+    ) -> Result<TaskView, ServiceError> {
+        // Subscribe before reading, so a change between the read and the wait is seen.
+        let mut wakeups = self.hub.subscribe();
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            let view = self.get_task(who, task_id).await?;
+            if view.status() != TaskStatus::Running || wait.is_zero() {
+                return Ok(view);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, wakeups.recv()).await {
+                    Err(_elapsed) => return Ok(view),
+                    Ok(Ok(wakeup)) if !wakeup.concerns(task_id) => continue,
+                    // A wake-up for this task, or missed ones: go and look.
+                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
+                    Ok(Err(RecvError::Closed)) => return Ok(view),
+                }
+            }
+        }
     }
 
     pub async fn list_tasks(

@@ -7,15 +7,39 @@ use deadpool::Runtime;
 use diesel::{Connection, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::error::PersistenceError;
 
 pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub(crate) type PgConn = AsyncPgConnection;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+/// The advisory lock that serializes migrations of instances starting together.
+const MIGRATION_LOCK: i64 = 0x6261_746f_6e00; // "baton\0"
+
+/// Settings of a PostgreSQL database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Connections per instance (the LISTEN connection is one more, outside the pool).
+    pub pool_size: usize,
+    /// How long a request waits for a pooled connection (and a new one to connect).
+    pub pool_wait: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 10,
+            pool_wait: Duration::from_secs(10),
+        }
+    }
+}
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -58,12 +82,15 @@ impl Default for SqliteOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DatabaseUrl {
     Sqlite(String),
+    Postgres(String),
 }
 
 impl DatabaseUrl {
     pub(crate) fn parse(url: &str) -> Result<Self, PersistenceError> {
         let unsupported = || PersistenceError::UnsupportedUrl(url.to_owned());
-        if url.starts_with("sqlite:") {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url.to_owned()))
+        } else if url.starts_with("sqlite:") {
             let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
             if path.is_empty() || path == ":memory:" {
                 return Err(unsupported());
@@ -165,6 +192,64 @@ pub(crate) async fn open_sqlite(
     Ok(pools)
 }
 
+pub(crate) fn pg_pool(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, PersistenceError> {
+    let manager = AsyncDieselConnectionManager::<PgConn>::new(url);
+    Pool::builder(manager)
+        .max_size(opts.pool_size.max(1))
+        .wait_timeout(Some(opts.pool_wait))
+        .create_timeout(Some(opts.pool_wait))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|err| PersistenceError::Connect(err.to_string()))
+}
+
+pub(crate) async fn open_postgres(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, PersistenceError> {
+    let pool = pg_pool(url, opts)?;
+    drop(pool.get().await.map_err(|err| PersistenceError::Connect(err.to_string()))?);
+    Ok(pool)
+}
+
+/// Applies pending migrations under an advisory lock, so instances starting together
+/// migrate one after the other (the second finds nothing pending). Runs Diesel's sync
+/// harness over diesel-async's wrapper in a blocking thread: no libpq, any runtime.
+pub(crate) async fn migrate_postgres(url: &str) -> Result<Vec<String>, PersistenceError> {
+    use diesel::RunQueryDsl;
+    use diesel::sql_types::BigInt;
+
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = <AsyncConnectionWrapper<PgConn> as diesel::Connection>::establish(&url)
+            .map_err(|err| PersistenceError::Connect(err.to_string()))?;
+        let lock = |conn: &mut AsyncConnectionWrapper<PgConn>, sql: &str| {
+            diesel::sql_query(sql)
+                .bind::<BigInt, _>(MIGRATION_LOCK)
+                .execute(conn)
+                .map_err(|err| PersistenceError::Migrate(err.to_string()))
+        };
+        lock(&mut conn, "SELECT pg_advisory_lock($1)")?;
+        let applied = conn
+            .run_pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+            .map_err(|err| PersistenceError::Migrate(err.to_string()));
+        lock(&mut conn, "SELECT pg_advisory_unlock($1)")?;
+        applied
+    })
+    .await
+    .map_err(|err| PersistenceError::Migrate(err.to_string()))?
+}
+
+/// The two migration sets must stay in step: same names, same order.
+#[cfg(test)]
+pub(crate) fn migration_names() -> (Vec<String>, Vec<String>) {
+    use diesel::migration::MigrationSource;
+    let names = |source: &EmbeddedMigrations| -> Vec<String> {
+        MigrationSource::<diesel::sqlite::Sqlite>::migrations(source)
+            .map(|all| all.iter().map(|m| m.name().to_string()).collect())
+            .unwrap_or_default()
+    };
+    (names(&SQLITE_MIGRATIONS), names(&POSTGRES_MIGRATIONS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,9 +264,21 @@ mod tests {
             DatabaseUrl::parse("data/baton.db").unwrap(),
             DatabaseUrl::Sqlite("data/baton.db".into())
         );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@h/db").unwrap(),
+            DatabaseUrl::Postgres("postgres://u@h/db".into())
+        );
+        assert!(matches!(DatabaseUrl::parse("postgresql://h/db"), Ok(DatabaseUrl::Postgres(_))));
         for bad in ["", ":memory:", "sqlite://", "mysql://x/y"] {
             let err = DatabaseUrl::parse(bad).unwrap_err();
             assert!(err.to_string().contains("sqlite://PATH"), "{err}");
         }
+    }
+
+    #[test]
+    fn both_migration_sets_have_the_same_migrations_in_the_same_order() {
+        let (sqlite, postgres) = migration_names();
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, postgres);
     }
 }

@@ -8,7 +8,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 #[derive(Debug, thiserror::Error)]
 pub enum PersistenceError {
     #[error(
-        "unsupported database URL {0:?}: use sqlite://PATH (or a plain file path) for the embedded database"
+        "unsupported database URL {0:?}: use sqlite://PATH (or a plain file path) for the embedded database, or postgres://USER@HOST/DB"
     )]
     UnsupportedUrl(String),
     #[error("could not open the database: {0}")]

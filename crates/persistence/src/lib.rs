@@ -1,8 +1,12 @@
 //! baton's storage adapters: the domain's [`TaskStore`] and [`AgentStore`] ports over
-//! Diesel + diesel-async + deadpool. SQLite (a file) is the embedded default.
+//! Diesel + diesel-async + deadpool — SQLite (a file, the embedded default) or
+//! PostgreSQL (several instances) — and [`MemoryStore`], the same ports in memory for
+//! embedders' tests.
 
 mod backend;
 mod error;
+mod listen;
+mod memory;
 mod models;
 mod queries;
 mod schema;
@@ -11,16 +15,19 @@ use async_trait::async_trait;
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 
-pub use backend::{SqliteOptions, SqliteSync};
+pub use backend::{PgOptions, SqliteOptions, SqliteSync};
 pub use error::PersistenceError;
+pub use memory::MemoryStore;
 
-use backend::{DatabaseUrl, SqlitePools};
+use backend::{DatabaseUrl, PgConn, SqlitePools};
+use diesel_async::pooled_connection::deadpool::Pool;
 use error::from_pool;
 
 /// Options for opening a database, per backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreOptions {
     pub sqlite: SqliteOptions,
+    pub postgres: PgOptions,
 }
 
 /// The SQL storage adapter, on whichever database its URL names.
@@ -30,31 +37,24 @@ pub struct SqlStore {
 
 enum Db {
     Sqlite(SqlitePools),
+    Postgres(Pool<PgConn>),
 }
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let backend = match self.db {
-            Db::Sqlite(_) => "sqlite",
-        };
-        f.debug_struct("SqlStore")
-            .field("backend", &backend)
-            .finish()
+        f.debug_struct("SqlStore").field("backend", &self.backend()).finish()
     }
 }
 
 impl SqlStore {
-    /// Opens the database the URL names (`sqlite://PATH` or a file path), applies
-    /// pending migrations, and returns the store with the names of the migrations run.
-    pub async fn open(
-        url: &str,
-        options: StoreOptions,
-    ) -> Result<(SqlStore, Vec<String>), PersistenceError> {
+    /// Opens the database the URL names (`sqlite://PATH`, a file path, or
+    /// `postgres://…`), applies pending migrations, and returns the store with the
+    /// names of the migrations run.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<(SqlStore, Vec<String>), PersistenceError> {
         let applied = SqlStore::migrate(url).await?;
         let db = match DatabaseUrl::parse(url)? {
-            DatabaseUrl::Sqlite(url) => {
-                Db::Sqlite(backend::open_sqlite(&url, options.sqlite).await?)
-            }
+            DatabaseUrl::Sqlite(url) => Db::Sqlite(backend::open_sqlite(&url, options.sqlite).await?),
+            DatabaseUrl::Postgres(url) => Db::Postgres(backend::open_postgres(&url, options.postgres).await?),
         };
         Ok((SqlStore { db }, applied))
     }
@@ -63,19 +63,37 @@ impl SqlStore {
     pub async fn migrate(url: &str) -> Result<Vec<String>, PersistenceError> {
         match DatabaseUrl::parse(url)? {
             DatabaseUrl::Sqlite(url) => backend::migrate_sqlite(&url).await,
+            DatabaseUrl::Postgres(url) => backend::migrate_postgres(&url).await,
         }
     }
 
-    /// Which backend this store runs on (`sqlite`).
+    /// Which backend this store runs on: `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match self.db {
             Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether only one process can use this database at a time (SQLite), so that any
+    /// turn marked running at start-up was orphaned by a previous process.
+    pub fn is_single_instance(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
+    }
+
+    /// Starts feeding turn changes made by other instances into `hub` (PostgreSQL's
+    /// LISTEN/NOTIFY). `None` for SQLite, where there are no other instances.
+    pub fn relay_changes(&self, hub: LocalNotifier) -> Option<tokio::task::JoinHandle<()>> {
+        match &self.db {
+            Db::Sqlite(_) => None,
+            Db::Postgres(pool) => Some(listen::spawn_relay(pool.clone(), hub)),
         }
     }
 }
 
 /// Runs `$body` with `$conn` bound to a connection of the named role (`writer` or
-/// `readers`) and `q` bound to that backend's queries.
+/// `readers`, on SQLite) and `$q` bound to that backend's queries. The body is
+/// expanded once per backend.
 macro_rules! on_conn {
     ($store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {
         match &$store.db {
@@ -83,6 +101,13 @@ macro_rules! on_conn {
                 let mut object = pools.$role.get().await.map_err(from_pool)?;
                 let $conn = &mut *object;
                 use crate::queries::sqlite as $q;
+                $body
+            }
+            // One pool: PostgreSQL has no single-writer rule.
+            Db::Postgres(pool) => {
+                let mut object = pool.get().await.map_err(from_pool)?;
+                let $conn = &mut *object;
+                use crate::queries::postgres as $q;
                 $body
             }
         }

@@ -1,9 +1,13 @@
 //! Every query baton runs, written once. `define_queries!` expands the same bodies
 //! once per backend connection type, so Diesel type-checks each query against each
 //! backend: a construct a backend lacks fails to compile instead of failing at run
-//! time. The only per-backend inputs are the connection type and how a write
-//! transaction begins (SQLite needs `BEGIN IMMEDIATE` so writers queue behind the
-//! busy timeout instead of failing with SQLITE_BUSY).
+//! time. The only per-backend inputs are:
+//! - the connection type;
+//! - how a write transaction begins (SQLite needs `BEGIN IMMEDIATE` so writers queue
+//!   behind the busy timeout instead of failing with SQLITE_BUSY);
+//! - how a committed turn change is announced to other instances (PostgreSQL:
+//!   `pg_notify` inside the transaction, delivered only if it commits; SQLite serves
+//!   one process, whose executor announces changes in-process).
 
 use baton_domain::{ActiveTurn, StoreError};
 use diesel::result::Error as DieselError;
@@ -45,8 +49,32 @@ impl TxError {
     }
 }
 
+/// Announces turn changes to other instances, per backend.
+pub(crate) mod announce {
+    use baton_domain::TurnChange;
+    use diesel::QueryResult;
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+
+    use crate::backend::{PgConn, SqliteConn};
+    use crate::listen::{CHANNEL, encode};
+
+    pub(crate) async fn sqlite(_conn: &mut SqliteConn, _change: &TurnChange) -> QueryResult<()> {
+        Ok(())
+    }
+
+    pub(crate) async fn postgres(conn: &mut PgConn, change: &TurnChange) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_notify($1, $2)")
+            .bind::<Text, _>(CHANNEL)
+            .bind::<Text, _>(encode(change))
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}
+
 macro_rules! define_queries {
-    ($Conn:ty, $begin_write:ident) => {
+    ($Conn:ty, $begin_write:ident, $announce:path) => {
         use std::collections::HashMap;
 
         use baton_domain::*;
@@ -65,6 +93,14 @@ macro_rules! define_queries {
         type Conn = $Conn;
 
         const RUNNING: &str = "running";
+
+        fn started(task: i64, turn: i64) -> TurnChange {
+            TurnChange {
+                task_id: TaskId(task),
+                turn_id: TurnId(turn),
+                status: TurnStatus::Running,
+            }
+        }
 
         async fn running_turn(conn: &mut Conn, task: i64) -> Result<Option<ActiveTurn>, TxError> {
             let found: Option<(i64, i64)> = turns::table
@@ -206,6 +242,7 @@ macro_rules! define_queries {
                             .set((tasks::input.eq(&input), tasks::updated_at.eq(now)))
                             .execute(conn)
                             .await?;
+                        $announce(conn, &started(task, turn)).await?;
                         Ok::<_, TxError>(turn)
                     })
                     .await;
@@ -465,28 +502,42 @@ macro_rules! define_queries {
                     .set(tasks::updated_at.eq(now))
                     .execute(conn)
                     .await?;
+                let change = TurnChange {
+                    task_id: finish.task_id,
+                    turn_id: finish.turn_id,
+                    status,
+                };
+                $announce(conn, &change).await?;
                 Ok::<_, TxError>(true)
             })
             .await
             .map_err(TxError::into_store)
         }
 
-        pub(crate) async fn interrupt_running_turns(
-            conn: &mut Conn,
-            error: &TurnError,
-            at: DateTime<Utc>,
-        ) -> Result<u64, StoreError> {
-            let ended = diesel::update(turns::table.filter(turns::status.eq(RUNNING)))
-                .set((
-                    turns::status.eq(TurnStatus::Failed.as_str()),
-                    turns::error_code.eq(&error.code),
-                    turns::error_message.eq(&error.message),
-                    turns::ended_at.eq(micros(at)),
-                ))
-                .execute(conn)
-                .await
-                .map_err(from_diesel)?;
-            Ok(ended as u64)
+        pub(crate) async fn interrupt_running_turns(conn: &mut Conn, error: &TurnError, at: DateTime<Utc>) -> Result<u64, StoreError> {
+            conn.$begin_write(async |conn| {
+                let ended: Vec<(i64, i64)> = diesel::update(turns::table.filter(turns::status.eq(RUNNING)))
+                    .set((
+                        turns::status.eq(TurnStatus::Failed.as_str()),
+                        turns::error_code.eq(&error.code),
+                        turns::error_message.eq(&error.message),
+                        turns::ended_at.eq(micros(at)),
+                    ))
+                    .returning((turns::id, turns::task_id))
+                    .get_results(conn)
+                    .await?;
+                for (turn, task) in &ended {
+                    let change = TurnChange {
+                        task_id: TaskId(*task),
+                        turn_id: TurnId(*turn),
+                        status: TurnStatus::Failed,
+                    };
+                    $announce(conn, &change).await?;
+                }
+                Ok::<_, TxError>(ended.len() as u64)
+            })
+            .await
+            .map_err(TxError::into_store)
         }
 
         pub(crate) async fn create_agent(
@@ -584,5 +635,10 @@ macro_rules! define_queries {
 
 /// The queries on SQLite.
 pub(crate) mod sqlite {
-    define_queries!(crate::backend::SqliteConn, immediate_transaction);
+    define_queries!(crate::backend::SqliteConn, immediate_transaction, crate::queries::announce::sqlite);
+}
+
+/// The queries on PostgreSQL.
+pub(crate) mod postgres {
+    define_queries!(crate::backend::PgConn, transaction, crate::queries::announce::postgres);
 }

@@ -135,7 +135,7 @@ impl Harness {
             },
             tokio::runtime::Handle::current(),
         );
-        TaskService::new(tasks, agents, executor)
+        TaskService::new(tasks, agents, executor, crate::LocalNotifier::default())
     }
 }
 
@@ -232,7 +232,7 @@ async fn streamed_text_becomes_the_turns_message() {
         ExecutorConfig::default(),
         tokio::runtime::Handle::current(),
     );
-    let service = TaskService::new(tasks, agents, executor);
+    let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
 
     service
         .append_message(&WHO, TaskId(3), submit(AGENT))
@@ -438,7 +438,7 @@ async fn executor_never_plays_more_turns_at_once_than_its_limit() {
         },
         tokio::runtime::Handle::current(),
     );
-    let service = TaskService::new(tasks, agents, executor);
+    let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
 
     for _ in 0..7 {
         service.create_task(&WHO, submit(AGENT)).await.unwrap();

@@ -1,0 +1,98 @@
+//! Cross-instance wake-ups on PostgreSQL: writers `pg_notify` turn changes inside their
+//! transactions; each instance keeps one connection on `LISTEN` and feeds what arrives
+//! into its in-process hub, so a long-poll on one instance wakes when a turn ends on
+//! another.
+
+use std::time::Duration;
+
+use baton_domain::{LocalNotifier, TaskId, TurnChange, TurnId, TurnNotifier, TurnStatus};
+use deadpool::managed::Object;
+use diesel_async::RunQueryDsl;
+use diesel_async::pooled_connection::deadpool::Pool;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::backend::PgConn;
+
+/// The channel turn changes are announced on.
+pub(crate) const CHANNEL: &str = "baton_turns";
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// `task:turn:status`, small and unambiguous.
+pub(crate) fn encode(change: &TurnChange) -> String {
+    format!("{}:{}:{}", change.task_id, change.turn_id, change.status)
+}
+
+pub(crate) fn decode(payload: &str) -> Option<TurnChange> {
+    let mut parts = payload.splitn(3, ':');
+    let task_id = TaskId(parts.next()?.parse().ok()?);
+    let turn_id = TurnId(parts.next()?.parse().ok()?);
+    let status: TurnStatus = parts.next()?.parse().ok()?;
+    Some(TurnChange {
+        task_id,
+        turn_id,
+        status,
+    })
+}
+
+/// Relays notifications into `hub` until aborted, reconnecting with capped exponential
+/// backoff. Notifications sent while disconnected are lost, so every (re)connection
+/// tells all waiters to re-read.
+pub(crate) fn spawn_relay(pool: Pool<PgConn>, hub: LocalNotifier) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = BACKOFF_START;
+        loop {
+            match listen(&pool, &hub, &mut backoff).await {
+                Ok(()) => warn!("the LISTEN connection closed; reconnecting"),
+                Err(err) => warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
+async fn listen(pool: &Pool<PgConn>, hub: &LocalNotifier, backoff: &mut Duration) -> Result<(), String> {
+    let object = pool.get().await.map_err(|err| err.to_string())?;
+    // Taken out of the pool for good: a connection that has run LISTEN buffers
+    // notifications until read and must never serve another query.
+    let mut conn = Object::take(object);
+    diesel::sql_query(format!("LISTEN {CHANNEL}"))
+        .execute(&mut conn)
+        .await
+        .map_err(|err| err.to_string())?;
+    *backoff = BACKOFF_START;
+    info!(channel = CHANNEL, "listening for turn changes of other instances");
+    // Anything that happened while not listening is unknown: everyone re-reads.
+    hub.resync();
+    let mut notifications = std::pin::pin!(conn.notifications_stream());
+    while let Some(notification) = notifications.next().await {
+        let notification = notification.map_err(|err| err.to_string())?;
+        match decode(&notification.payload) {
+            Some(change) => hub.turn_changed(change),
+            None => warn!(payload = %notification.payload, "ignoring a malformed turn notification"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_garbage_is_refused() {
+        let change = TurnChange {
+            task_id: TaskId(12),
+            turn_id: TurnId(345),
+            status: TurnStatus::Completed,
+        };
+        assert_eq!(decode(&encode(&change)), Some(change));
+        for bad in ["", "1:2", "x:2:completed", "1:2:done", "1:2:completed:extra"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
+    }
+}

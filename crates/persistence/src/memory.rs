@@ -1,0 +1,297 @@
+//! The storage ports in memory, for embedders' tests and examples. It keeps the same
+//! contract as the SQL stores (the conformance suite runs against all of them), but
+//! nothing survives the process.
+
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use baton_domain::*;
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Default)]
+struct State {
+    agents: Vec<Agent>,
+    keys: Vec<ApiKey>,
+    tasks: Vec<Task>,
+    turns: Vec<Turn>,
+    messages: Vec<Message>,
+}
+
+/// Tasks, turns, messages, agents and keys in memory. Ids start at 1 per kind.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+fn next_id(len: usize) -> i64 {
+    len as i64 + 1
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError::internal("the in-memory store was poisoned by a panic"))
+    }
+}
+
+impl State {
+    fn owned_task(&self, agent: AgentId, task: TaskId) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id == task && t.agent_id == agent)
+    }
+
+    fn running_turn(&self, task: TaskId) -> Option<&Turn> {
+        self.turns
+            .iter()
+            .find(|t| t.task_id == task && t.status == TurnStatus::Running)
+    }
+
+    fn start_turn(&mut self, task: TaskId, message: &NewMessage, metadata: &Metadata, now: DateTime<Utc>) -> TurnId {
+        let turn_id = TurnId(next_id(self.turns.len()));
+        self.turns.push(Turn {
+            id: turn_id,
+            task_id: task,
+            status: TurnStatus::Running,
+            error: None,
+            metadata: metadata.clone(),
+            started_at: now,
+            ended_at: None,
+        });
+        self.push_message(task, turn_id, message.role, message.content.clone(), now);
+        turn_id
+    }
+
+    fn push_message(&mut self, task: TaskId, turn: TurnId, role: Role, content: Content, now: DateTime<Utc>) {
+        self.messages.push(Message {
+            id: MessageId(next_id(self.messages.len())),
+            task_id: task,
+            turn_id: turn,
+            role,
+            content,
+            streaming_status: None,
+            created_at: now,
+        });
+    }
+
+    fn view(&self, task: &Task) -> Result<TaskView, StoreError> {
+        let latest_turn = self
+            .turns
+            .iter()
+            .filter(|t| t.task_id == task.id)
+            .max_by_key(|t| t.id)
+            .cloned()
+            .ok_or_else(|| StoreError::internal(format!("task {} has no turn", task.id)))?;
+        let latest_agent_message = self
+            .messages
+            .iter()
+            .filter(|m| m.task_id == task.id && m.role == Role::Assistant)
+            .max_by_key(|m| m.id)
+            .cloned();
+        Ok(TaskView {
+            task: task.clone(),
+            latest_turn,
+            latest_agent_message,
+        })
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn create_task(&self, new: NewTask) -> Result<Accepted, StoreError> {
+        let mut state = self.lock()?;
+        let task_id = TaskId(next_id(state.tasks.len()));
+        state.tasks.push(Task {
+            id: task_id,
+            agent_id: new.agent_id,
+            metadata: new.metadata.clone(),
+            input: new.message.content.clone(),
+            created_at: new.now,
+            updated_at: new.now,
+        });
+        let turn_id = state.start_turn(task_id, &new.message, &new.metadata, new.now);
+        Ok(Accepted {
+            task_id,
+            agent_id: new.agent_id,
+            turn_id,
+            accepted_at: new.now,
+            metadata: new.metadata,
+        })
+    }
+
+    async fn append_and_claim(&self, append: NewAppend) -> Result<Accepted, ClaimError> {
+        let mut state = self.lock()?;
+        if state.owned_task(append.agent_id, append.task_id).is_none() {
+            return Err(ClaimError::TaskNotFound);
+        }
+        if let Some(running) = state.running_turn(append.task_id) {
+            return Err(ClaimError::TaskBusy(ActiveTurn {
+                turn_id: running.id,
+                started_at: running.started_at,
+            }));
+        }
+        let turn_id = state.start_turn(append.task_id, &append.message, &append.metadata, append.now);
+        if let Some(task) = state.tasks.iter_mut().find(|t| t.id == append.task_id) {
+            task.input = append.message.content.clone();
+            task.updated_at = append.now;
+        }
+        Ok(Accepted {
+            task_id: append.task_id,
+            agent_id: append.agent_id,
+            turn_id,
+            accepted_at: append.now,
+            metadata: append.metadata,
+        })
+    }
+
+    async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError> {
+        let state = self.lock()?;
+        state.owned_task(agent, task).map(|t| state.view(t)).transpose()
+    }
+
+    async fn list_tasks(&self, agent: AgentId, page: PageRequest) -> Result<Page<TaskView>, StoreError> {
+        let state = self.lock()?;
+        let views = state
+            .tasks
+            .iter()
+            .rev()
+            .filter(|t| t.agent_id == agent && page.after.is_none_or(|after| t.id.0 < after))
+            .take(page.limit as usize + 1)
+            .map(|t| state.view(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(views, page.limit, |v| v.task.id.0))
+    }
+
+    async fn list_messages(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        page: PageRequest,
+    ) -> Result<Option<Page<Message>>, StoreError> {
+        let state = self.lock()?;
+        if state.owned_task(agent, task).is_none() {
+            return Ok(None);
+        }
+        let messages: Vec<Message> = state
+            .messages
+            .iter()
+            .filter(|m| m.task_id == task && page.after.is_none_or(|after| m.id.0 > after))
+            .take(page.limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(Some(Page::from_overfetch(messages, page.limit, |m| m.id.0)))
+    }
+
+    async fn load_turn_input(&self, task: TaskId) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
+        let state = self.lock()?;
+        let Some(found) = state.tasks.iter().find(|t| t.id == task) else {
+            return Ok(None);
+        };
+        let history = state.messages.iter().filter(|m| m.task_id == task).cloned().collect();
+        Ok(Some((found.clone(), history)))
+    }
+
+    async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let Some(turn) = state
+            .turns
+            .iter_mut()
+            .find(|t| t.id == finish.turn_id && t.status == TurnStatus::Running)
+        else {
+            return Ok(false);
+        };
+        match &finish.outcome {
+            TurnOutcome::Completed => turn.status = TurnStatus::Completed,
+            TurnOutcome::Failed(error) => {
+                turn.status = TurnStatus::Failed;
+                turn.error = Some(error.clone());
+            }
+        }
+        turn.ended_at = Some(finish.now);
+        for content in finish.messages {
+            state.push_message(finish.task_id, finish.turn_id, Role::Assistant, content, finish.now);
+        }
+        if let Some(task) = state.tasks.iter_mut().find(|t| t.id == finish.task_id) {
+            task.updated_at = finish.now;
+        }
+        Ok(true)
+    }
+
+    async fn interrupt_running_turns(&self, error: TurnError, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.lock()?;
+        let mut ended = 0;
+        for turn in state.turns.iter_mut().filter(|t| t.status == TurnStatus::Running) {
+            turn.status = TurnStatus::Failed;
+            turn.error = Some(error.clone());
+            turn.ended_at = Some(now);
+            ended += 1;
+        }
+        Ok(ended)
+    }
+}
+
+#[async_trait]
+impl AgentStore for MemoryStore {
+    async fn create_agent(&self, new: NewAgent) -> Result<Agent, StoreError> {
+        let mut state = self.lock()?;
+        let agent = Agent {
+            id: AgentId(next_id(state.agents.len())),
+            name: new.name,
+            runner: new.runner,
+            created_at: new.created_at,
+        };
+        state.agents.push(agent.clone());
+        Ok(agent)
+    }
+
+    async fn get_agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
+        Ok(self.lock()?.agents.iter().find(|a| a.id == id).cloned())
+    }
+
+    async fn count_agents(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.agents.len() as u64)
+    }
+
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, StoreError> {
+        let mut state = self.lock()?;
+        if state
+            .keys
+            .iter()
+            .any(|k| k.prefix == new.prefix || k.secret_hash == new.secret_hash)
+        {
+            return Err(StoreError::Conflict("an API key with this prefix or hash exists".to_owned()));
+        }
+        let key = ApiKey {
+            id: ApiKeyId(next_id(state.keys.len())),
+            agent_id: new.agent_id,
+            prefix: new.prefix,
+            secret_hash: new.secret_hash,
+            created_at: new.created_at,
+            revoked_at: None,
+        };
+        state.keys.push(key.clone());
+        Ok(key)
+    }
+
+    async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.lock()?.keys.iter().find(|k| k.secret_hash == secret_hash).cloned())
+    }
+
+    async fn revoke_api_key(&self, prefix: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        match state
+            .keys
+            .iter_mut()
+            .find(|k| k.prefix == prefix && k.revoked_at.is_none())
+        {
+            Some(key) => {
+                key.revoked_at = Some(now);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
