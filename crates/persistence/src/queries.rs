@@ -177,6 +177,7 @@ macro_rules! define_queries {
                         .values(&message)
                         .execute(conn)
                         .await?;
+                    $announce(conn, &started(task, turn)).await?;
                     Ok::<_, TxError>((task, turn))
                 })
                 .await;

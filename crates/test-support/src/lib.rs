@@ -46,6 +46,15 @@ impl TestDatabase {
     /// A new, migrated, empty database. Panics (failing the test) with what to install
     /// when PostgreSQL is not available.
     pub fn new() -> TestDatabase {
+        TestDatabase::create(Some(TEMPLATE))
+    }
+
+    /// A new database with nothing in it, not even baton's tables.
+    pub fn empty() -> TestDatabase {
+        TestDatabase::create(None)
+    }
+
+    fn create(template: Option<&str>) -> TestDatabase {
         let server = match SERVER.get_or_init(start_server) {
             Ok(server) => server,
             Err(why) => panic!("{why}"),
@@ -57,7 +66,7 @@ impl TestDatabase {
         );
         // A leftover from a crashed run of the same pid is dropped first.
         server.psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        server.psql(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"));
+        server.psql(&format!("CREATE DATABASE {name} TEMPLATE {}", template.unwrap_or("template0")));
         TestDatabase {
             url: format!("{}/{name}", server.base_url),
             name,

@@ -1,0 +1,482 @@
+//! The storage contract, written once against the ports and run unchanged against
+//! every adapter: in memory, SQLite (a file per test) and PostgreSQL (a database per
+//! test, cloned from a migrated template on a throwaway cluster). A new adapter is
+//! done when it passes this suite.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+use std::any::Any;
+use std::sync::Arc;
+
+use baton_domain::*;
+use baton_persistence::{MemoryStore, SqlStore, StoreOptions};
+use baton_test_support::TestDatabase;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+
+/// A store under test and whatever must outlive it (a temp dir, a database).
+struct Fixture<S> {
+    store: Arc<S>,
+    _keep: Box<dyn Any + Send>,
+}
+
+async fn memory() -> Fixture<MemoryStore> {
+    Fixture {
+        store: Arc::new(MemoryStore::new()),
+        _keep: Box::new(()),
+    }
+}
+
+async fn sqlite() -> Fixture<SqlStore> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let (store, applied) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
+    assert!(!applied.is_empty());
+    Fixture {
+        store: Arc::new(store),
+        _keep: Box::new(dir),
+    }
+}
+
+async fn postgres() -> Fixture<SqlStore> {
+    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
+    let (store, applied) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    assert!(applied.is_empty(), "the template database is already migrated");
+    assert_eq!(store.backend(), "postgres");
+    Fixture {
+        store: Arc::new(store),
+        _keep: Box::new(db),
+    }
+}
+
+/// Expands every case into one test per adapter, named `<adapter>::<case>`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod in_memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = super::memory().await;
+                super::$case(fixture.store.clone()).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = super::sqlite().await;
+                super::$case(fixture.store.clone()).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = super::postgres().await;
+                super::$case(fixture.store.clone()).await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    created_task_is_running_with_its_message_and_exact_utc_timestamps,
+    append_while_running_is_busy_naming_the_turn_and_stores_nothing,
+    finished_turn_frees_the_task_and_late_output_is_discarded,
+    fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner,
+    claims_on_different_tasks_do_not_block_each_other,
+    another_agents_task_is_not_found_everywhere,
+    tasks_page_newest_first_with_exact_edges,
+    messages_page_oldest_first_in_the_order_they_were_written,
+    every_content_type_and_metadata_round_trip_unchanged,
+    load_turn_input_is_the_whole_history_in_order,
+    interrupt_ends_only_running_turns,
+    agents_round_trip_and_are_counted,
+    keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
+);
+
+trait Store: TaskStore + AgentStore {}
+impl<S: TaskStore + AgentStore> Store for S {}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    // Microseconds matter: every store must keep them.
+    Utc.timestamp_opt(1_700_000_000 + secs, 123_456_000).single().unwrap()
+}
+
+async fn agent(store: &impl Store, name: &str) -> Agent {
+    store
+        .create_agent(NewAgent {
+            name: name.into(),
+            runner: RunnerSpec {
+                kind: "echo".into(),
+                config: json!({"delay_ms": 5, "nested": {"a": [1, 2]}}),
+            },
+            created_at: at(0),
+        })
+        .await
+        .unwrap()
+}
+
+fn user(text: &str) -> NewMessage {
+    NewMessage {
+        role: Role::User,
+        content: Content::text(text),
+    }
+}
+
+async fn new_task(store: &impl Store, agent: AgentId, text: &str) -> Accepted {
+    store
+        .create_task(NewTask {
+            agent_id: agent,
+            message: user(text),
+            metadata: json!({"k": "v"}).as_object().cloned().unwrap(),
+            now: at(1),
+        })
+        .await
+        .unwrap()
+}
+
+fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
+    NewAppend {
+        agent_id: agent,
+        task_id: task,
+        message: user(text),
+        metadata: json!({"turn": text}).as_object().cloned().unwrap(),
+        now: at(2),
+    }
+}
+
+async fn finish(store: &impl Store, accepted: &Accepted, outcome: TurnOutcome, replies: Vec<Content>) -> bool {
+    store
+        .finish_turn(FinishTurn {
+            task_id: accepted.task_id,
+            turn_id: accepted.turn_id,
+            outcome,
+            messages: replies,
+            now: at(3),
+        })
+        .await
+        .unwrap()
+}
+
+async fn history(store: &impl Store, agent: AgentId, task: TaskId) -> Vec<Message> {
+    store
+        .list_messages(agent, task, PageRequest { limit: 100, after: None })
+        .await
+        .unwrap()
+        .unwrap()
+        .items
+}
+
+fn texts(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.content.as_text().unwrap_or("<not text>").to_owned()).collect()
+}
+
+async fn created_task_is_running_with_its_message_and_exact_utc_timestamps(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let accepted = new_task(&*store, a.id, "hello").await;
+    assert_eq!(accepted.accepted_at, at(1));
+    assert_eq!(accepted.agent_id, a.id);
+    assert_eq!(accepted.metadata["k"], "v");
+
+    let view = store.get_task(a.id, accepted.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Running);
+    assert_eq!(view.latest_turn.id, accepted.turn_id);
+    assert_eq!(view.latest_turn.status, TurnStatus::Running);
+    assert_eq!(view.latest_turn.started_at, at(1));
+    assert_eq!(view.latest_turn.ended_at, None);
+    assert_eq!(view.task.created_at, at(1));
+    assert_eq!(view.task.updated_at, at(1));
+    assert_eq!(view.task.metadata["k"], "v");
+    assert_eq!(view.latest_turn.metadata["k"], "v");
+    assert_eq!(view.task.input, Content::text("hello"));
+    assert!(view.latest_agent_message.is_none());
+
+    let messages = history(&*store, a.id, accepted.task_id).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].role, Role::User);
+    assert_eq!(messages[0].turn_id, accepted.turn_id);
+    assert_eq!(messages[0].created_at, at(1));
+}
+
+async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let first = new_task(&*store, a.id, "one").await;
+    let err = store.append_and_claim(append(a.id, first.task_id, "two")).await.unwrap_err();
+    let ClaimError::TaskBusy(active) = err else {
+        panic!("expected busy, got {err:?}");
+    };
+    assert_eq!(active.turn_id, first.turn_id);
+    assert_eq!(active.started_at, at(1));
+    assert_eq!(texts(&history(&*store, a.id, first.task_id).await), ["one"]);
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.task.input, Content::text("one"), "the refused message changed nothing");
+}
+
+async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let first = new_task(&*store, a.id, "one").await;
+    assert!(finish(&*store, &first, TurnOutcome::Completed, vec![Content::text("echo: one")]).await);
+    assert!(
+        !finish(&*store, &first, TurnOutcome::Completed, vec![Content::text("late")]).await,
+        "an ended turn cannot end again"
+    );
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Completed);
+    assert_eq!(view.latest_turn.ended_at, Some(at(3)));
+    assert_eq!(view.task.updated_at, at(3));
+    let reply = view.latest_agent_message.unwrap();
+    assert_eq!((reply.role, reply.content), (Role::Assistant, Content::text("echo: one")));
+
+    let second = store.append_and_claim(append(a.id, first.task_id, "two")).await.unwrap();
+    assert_ne!(second.turn_id, first.turn_id);
+    assert_eq!(second.metadata["turn"], "two");
+    let failed = TurnOutcome::Failed(TurnError {
+        code: "boom".into(),
+        message: "it broke".into(),
+    });
+    assert!(finish(&*store, &second, failed, vec![Content::text("partial")]).await);
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Failed);
+    assert_eq!(view.latest_turn.id, second.turn_id);
+    assert_eq!(view.latest_turn.metadata["turn"], "two");
+    assert_eq!(view.task.input, Content::text("two"));
+    let error = view.latest_turn.error.unwrap();
+    assert_eq!((error.code.as_str(), error.message.as_str()), ("boom", "it broke"));
+    assert_eq!(texts(&history(&*store, a.id, first.task_id).await), ["one", "echo: one", "two", "partial"]);
+    // After a failure the task takes the next message.
+    store.append_and_claim(append(a.id, first.task_id, "three")).await.unwrap();
+}
+
+async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(store: Arc<impl Store + 'static>) {
+    let a = agent(&*store, "a").await;
+    let first = new_task(&*store, a.id, "one").await;
+    assert!(finish(&*store, &first, TurnOutcome::Completed, vec![]).await);
+    let claims: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_and_claim(append(a.id, first.task_id, &format!("m{i}"))).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut busy = 0;
+    for claim in claims {
+        match claim.await.unwrap() {
+            Ok(accepted) => winners.push(accepted),
+            Err(ClaimError::TaskBusy(active)) => {
+                busy += 1;
+                assert_ne!(active.turn_id, first.turn_id, "busy names the new turn, not the ended one");
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((winners.len(), busy), (1, 49));
+    let stored = history(&*store, a.id, first.task_id).await;
+    assert_eq!(stored.len(), 2, "only the winner's message was stored");
+    assert_eq!(stored[1].turn_id, winners[0].turn_id);
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.latest_turn.id, winners[0].turn_id);
+}
+
+async fn claims_on_different_tasks_do_not_block_each_other(store: Arc<impl Store + 'static>) {
+    let a = agent(&*store, "a").await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let t = new_task(&*store, a.id, &format!("t{i}")).await;
+        assert!(finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+        tasks.push(t.task_id);
+    }
+    let claims: Vec<_> = tasks
+        .iter()
+        .map(|&task| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_and_claim(append(a.id, task, "next")).await })
+        })
+        .collect();
+    for claim in claims {
+        claim.await.unwrap().unwrap();
+    }
+}
+
+async fn another_agents_task_is_not_found_everywhere(store: Arc<impl Store>) {
+    let mine = agent(&*store, "mine").await;
+    let theirs = agent(&*store, "theirs").await;
+    let task = new_task(&*store, theirs.id, "secret").await;
+    assert!(store.get_task(mine.id, task.task_id).await.unwrap().is_none());
+    assert!(
+        store
+            .list_messages(mine.id, task.task_id, PageRequest::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.append_and_claim(append(mine.id, task.task_id, "x")).await,
+        Err(ClaimError::TaskNotFound)
+    ));
+    assert!(store.list_tasks(mine.id, PageRequest::default()).await.unwrap().items.is_empty());
+    assert!(matches!(
+        store.append_and_claim(append(mine.id, TaskId(987_654), "x")).await,
+        Err(ClaimError::TaskNotFound)
+    ));
+    assert!(store.get_task(mine.id, TaskId(987_654)).await.unwrap().is_none());
+    // Their task is untouched and still theirs.
+    assert_eq!(texts(&history(&*store, theirs.id, task.task_id).await), ["secret"]);
+}
+
+async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let other = agent(&*store, "other").await;
+    let empty = store.list_tasks(a.id, PageRequest { limit: 3, after: None }).await.unwrap();
+    assert_eq!((empty.items.len(), empty.next_after), (0, None));
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(new_task(&*store, a.id, &format!("t{i}")).await.task_id);
+        new_task(&*store, other.id, "noise").await;
+    }
+    let page_ids = |page: &Page<TaskView>| page.items.iter().map(|v| v.task.id).collect::<Vec<_>>();
+    let first = store.list_tasks(a.id, PageRequest { limit: 2, after: None }).await.unwrap();
+    assert_eq!(page_ids(&first), [ids[4], ids[3]]);
+    let second = store.list_tasks(a.id, PageRequest { limit: 2, after: first.next_after }).await.unwrap();
+    assert_eq!(page_ids(&second), [ids[2], ids[1]]);
+    let last = store.list_tasks(a.id, PageRequest { limit: 2, after: second.next_after }).await.unwrap();
+    assert_eq!((page_ids(&last), last.next_after), (vec![ids[0]], None));
+    let exact = store.list_tasks(a.id, PageRequest { limit: 5, after: None }).await.unwrap();
+    assert_eq!((exact.items.len(), exact.next_after), (5, None), "a full last page has no cursor");
+    let one = store.list_tasks(a.id, PageRequest { limit: 1, after: None }).await.unwrap();
+    assert_eq!((page_ids(&one), one.next_after), (vec![ids[4]], Some(ids[4].0)));
+    let past_end = store.list_tasks(a.id, PageRequest { limit: 5, after: Some(ids[0].0) }).await.unwrap();
+    assert!(past_end.items.is_empty());
+    // Views in a listing carry their latest turn like a single read does.
+    assert!(first.items.iter().all(|v| v.status() == TaskStatus::Running));
+}
+
+async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "q1").await;
+    let replies = (1..=4).map(|i| Content::text(format!("r{i}"))).collect();
+    assert!(finish(&*store, &t, TurnOutcome::Completed, replies).await);
+    let second = store.append_and_claim(append(a.id, t.task_id, "q2")).await.unwrap();
+    assert!(finish(&*store, &second, TurnOutcome::Completed, vec![Content::text("r5")]).await);
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_messages(a.id, t.task_id, PageRequest { limit: 3, after })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(texts(&seen), ["q1", "r1", "r2", "r3", "r4", "q2", "r5"]);
+    assert!(seen.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(seen[5].turn_id, second.turn_id);
+    let latest = store.get_task(a.id, t.task_id).await.unwrap().unwrap().latest_agent_message.unwrap();
+    assert_eq!(latest.content, Content::text("r5"));
+}
+
+async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let metadata = json!({"unicode": "héllo ✓ 日本", "nested": {"list": [1, 2.5, null, true]}, "empty": {}});
+    let accepted = store
+        .create_task(NewTask {
+            agent_id: a.id,
+            message: NewMessage {
+                role: Role::User,
+                content: serde_json::from_value(json!({"type": "data", "data": {"x": [1, {"y": "z"}]}})).unwrap(),
+            },
+            metadata: metadata.as_object().cloned().unwrap(),
+            now: at(1),
+        })
+        .await
+        .unwrap();
+    let contents: Vec<Content> = [
+        json!({"type": "text", "format": "markdown", "content": "**hi**"}),
+        json!({"type": "reasoning", "summary": ["thought"], "content": ["long thought"]}),
+        json!({"type": "tool_request", "tool_call_id": "c1", "name": "search", "arguments": {"q": "x"}}),
+        json!({"type": "tool_response", "tool_call_id": "c1", "name": "search", "content": [1, 2], "is_error": false}),
+        json!({"type": "data", "data": {}}),
+    ]
+    .into_iter()
+    .map(|v| serde_json::from_value(v).unwrap())
+    .collect();
+    assert!(finish(&*store, &accepted, TurnOutcome::Completed, contents.clone()).await);
+    let stored = history(&*store, a.id, accepted.task_id).await;
+    assert_eq!(stored.iter().skip(1).map(|m| m.content.clone()).collect::<Vec<_>>(), contents);
+    let view = store.get_task(a.id, accepted.task_id).await.unwrap().unwrap();
+    assert_eq!(serde_json::Value::Object(view.task.metadata), metadata);
+    assert_eq!(view.task.input, stored[0].content);
+    let reread = store.get_agent(a.id).await.unwrap().unwrap();
+    assert_eq!(reread.runner.config, json!({"delay_ms": 5, "nested": {"a": [1, 2]}}));
+}
+
+async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "one").await;
+    assert!(finish(&*store, &t, TurnOutcome::Completed, vec![Content::text("echo: one")]).await);
+    let second = store.append_and_claim(append(a.id, t.task_id, "two")).await.unwrap();
+    let (task, messages) = store.load_turn_input(t.task_id).await.unwrap().unwrap();
+    assert_eq!(task.id, t.task_id);
+    assert_eq!(task.input, Content::text("two"));
+    assert_eq!(texts(&messages), ["one", "echo: one", "two"]);
+    assert_eq!(messages[2].turn_id, second.turn_id);
+    assert!(store.load_turn_input(TaskId(987_654)).await.unwrap().is_none());
+}
+
+async fn interrupt_ends_only_running_turns(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let running = new_task(&*store, a.id, "running").await;
+    let done = new_task(&*store, a.id, "done").await;
+    assert!(finish(&*store, &done, TurnOutcome::Completed, vec![]).await);
+    let error = TurnError {
+        code: "turn_interrupted".into(),
+        message: "restart".into(),
+    };
+    assert_eq!(store.interrupt_running_turns(error, at(9)).await.unwrap(), 1);
+    let view = store.get_task(a.id, running.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Failed);
+    assert_eq!(view.latest_turn.error.unwrap().code, "turn_interrupted");
+    assert_eq!(view.latest_turn.ended_at, Some(at(9)));
+    let view = store.get_task(a.id, done.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Completed, "an ended turn is not touched");
+}
+
+async fn agents_round_trip_and_are_counted(store: Arc<impl Store>) {
+    assert_eq!(store.count_agents().await.unwrap(), 0);
+    let a = agent(&*store, "first").await;
+    let b = agent(&*store, "second").await;
+    assert_ne!(a.id, b.id);
+    assert_eq!(store.get_agent(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(a.created_at, at(0));
+    assert_eq!(store.get_agent(AgentId(987_654)).await.unwrap(), None);
+    assert_eq!(store.count_agents().await.unwrap(), 2);
+}
+
+async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let new_key = |prefix: &str, hash: &str| NewApiKey {
+        agent_id: a.id,
+        prefix: prefix.into(),
+        secret_hash: hash.into(),
+        created_at: at(0),
+    };
+    let key = store.create_api_key(new_key("abcd1234", "h1")).await.unwrap();
+    assert_eq!((key.agent_id, key.revoked_at), (a.id, None));
+    assert_eq!(store.find_api_key("h1").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.find_api_key("nope").await.unwrap(), None);
+    for (prefix, hash) in [("abcd1234", "h2"), ("other123", "h1")] {
+        let duplicate = store.create_api_key(new_key(prefix, hash)).await;
+        assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{prefix} {hash}: {duplicate:?}");
+    }
+    assert!(store.revoke_api_key("abcd1234", at(5)).await.unwrap());
+    assert!(!store.revoke_api_key("abcd1234", at(6)).await.unwrap());
+    assert!(!store.revoke_api_key("missing", at(6)).await.unwrap());
+    assert_eq!(store.find_api_key("h1").await.unwrap().unwrap().revoked_at, Some(at(5)));
+}

@@ -1,0 +1,126 @@
+//! What only the SQL backends have: durable files, migrations, cross-instance
+//! notifications.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+use std::time::{Duration, Instant};
+
+use baton_domain::*;
+use baton_persistence::{SqlStore, StoreOptions};
+use baton_test_support::TestDatabase;
+use chrono::Utc;
+use serde_json::json;
+
+async fn seed(store: &SqlStore) -> (Agent, Accepted) {
+    let agent = store
+        .create_agent(NewAgent {
+            name: "a".into(),
+            runner: RunnerSpec {
+                kind: "echo".into(),
+                config: json!({}),
+            },
+            created_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let accepted = store
+        .create_task(NewTask {
+            agent_id: agent.id,
+            message: NewMessage {
+                role: Role::User,
+                content: Content::text("kept"),
+            },
+            metadata: Metadata::new(),
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    (agent, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_data_survives_reopening_and_migrations_are_not_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let (store, applied) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
+    assert!(!applied.is_empty());
+    assert!(store.is_single_instance());
+    assert!(store.relay_changes(LocalNotifier::default()).is_none(), "one instance: nothing to relay");
+    let (agent, accepted) = seed(&store).await;
+    drop(store);
+    let (reopened, applied) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
+    assert!(applied.is_empty());
+    let view = reopened.get_task(agent.id, accepted.task_id).await.unwrap().unwrap();
+    assert_eq!(view.task.input, Content::text("kept"));
+    // A plain path names the same file.
+    let path = dir.path().join("baton.db");
+    let (by_path, _) = SqlStore::open(path.to_str().unwrap(), StoreOptions::default()).await.unwrap();
+    assert!(by_path.get_task(agent.id, accepted.task_id).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_starting_together_migrate_once() {
+    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
+    // The template is migrated, so re-running finds nothing; run several at once to
+    // exercise the advisory lock around the harness.
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url().to_owned();
+            tokio::spawn(async move { SqlStore::migrate(&url).await })
+        })
+        .collect();
+    for run in runs {
+        assert!(run.await.unwrap().unwrap().is_empty());
+    }
+    let (store, _) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    assert!(!store.is_single_instance());
+    seed(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fresh_database_is_migrated_at_open() {
+    let db = tokio::task::spawn_blocking(TestDatabase::empty).await.unwrap();
+    let (store, applied) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    assert!(!applied.is_empty(), "every migration runs on an empty database");
+    seed(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_turn_changes_reach_the_hub_of_another_instance() {
+    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
+    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    let (reader, _) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    let hub = LocalNotifier::default();
+    let mut wakeups = hub.subscribe();
+    let relay = reader.relay_changes(hub.clone()).expect("PostgreSQL relays changes");
+    // The relay announces itself with a resync once it listens.
+    let next = async |wakeups: &mut tokio::sync::broadcast::Receiver<Wakeup>| {
+        tokio::time::timeout(Duration::from_secs(10), wakeups.recv()).await.unwrap().unwrap()
+    };
+    assert_eq!(next(&mut wakeups).await, Wakeup::Everything);
+    let (_, accepted) = seed(&writer).await;
+    let change = |status| {
+        Wakeup::Turn(TurnChange {
+            task_id: accepted.task_id,
+            turn_id: accepted.turn_id,
+            status,
+        })
+    };
+    assert_eq!(next(&mut wakeups).await, change(TurnStatus::Running));
+    let sent = Instant::now();
+    let finish = FinishTurn {
+        task_id: accepted.task_id,
+        turn_id: accepted.turn_id,
+        outcome: TurnOutcome::Completed,
+        messages: vec![],
+        now: Utc::now(),
+    };
+    assert!(writer.finish_turn(finish).await.unwrap());
+    assert_eq!(next(&mut wakeups).await, change(TurnStatus::Completed));
+    eprintln!("finish_turn call to relayed wake-up: {:?}", sent.elapsed());
+    relay.abort();
+}
