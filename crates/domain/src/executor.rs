@@ -193,7 +193,9 @@ impl TurnExecutor {
                     });
                 }
                 Ok(false) => {}
-                Err(err) => error!(turn_id = %turn.turn_id, error = %err, "could not end an unfinished turn"),
+                Err(err) => {
+                    error!(turn_id = %turn.turn_id, error = %err, "could not end an unfinished turn")
+                }
             }
         }
         ended

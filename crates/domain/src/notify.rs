@@ -82,7 +82,10 @@ mod tests {
         let got = rx.recv().await.unwrap();
         assert_eq!(got, Wakeup::Turn(change));
         assert!(got.concerns(TaskId(1)) && !got.concerns(TaskId(2)));
-        assert!(rx.recv().await.unwrap().concerns(TaskId(2)), "a resync concerns every task");
+        assert!(
+            rx.recv().await.unwrap().concerns(TaskId(2)),
+            "a resync concerns every task"
+        );
         assert!(rx.try_recv().is_err());
     }
 }

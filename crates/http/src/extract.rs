@@ -7,6 +7,9 @@ use actix_web::{HttpRequest, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton_domain::page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use std::time::Duration;
+
+use baton_domain::service::MAX_WAIT;
 use baton_domain::{PageRequest, Principal, TaskId};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -154,6 +157,37 @@ pub fn page(req: &HttpRequest) -> Result<PageRequest, ApiError> {
         })?),
     };
     Ok(PageRequest { limit, after })
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// `?wait=N`: seconds a read may wait for the task to leave `running`. Absent is 0;
+/// more than the cap waits the cap.
+pub fn wait(req: &HttpRequest) -> Result<Duration, ApiError> {
+    let query = web::Query::<WaitQuery>::from_query(req.query_string()).map_err(|err| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("Could not read the query string: {err}"),
+        )
+    })?;
+    match query.wait.as_deref() {
+        None | Some("") => Ok(Duration::ZERO),
+        Some(raw) => raw
+            .parse::<u64>()
+            .map(|secs| Duration::from_secs(secs).min(MAX_WAIT))
+            .map_err(|_| {
+                ApiError::invalid_field(
+                    "wait",
+                    format!(
+                        "must be a whole number of seconds (at most {} is waited)",
+                        MAX_WAIT.as_secs()
+                    ),
+                )
+            }),
+    }
 }
 
 /// Cursors are opaque to clients; today they wrap the last row's id.

@@ -7,7 +7,7 @@ use baton_domain::Accepted;
 use crate::ApiState;
 use crate::dto::{AcceptedBody, MessageOut, PageBody, SubmitBody, TaskBody};
 use crate::error::{ApiError, ErrorCode};
-use crate::extract::{authenticate, json_body, page, task_id};
+use crate::extract::{authenticate, json_body, page, task_id, wait};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -83,7 +83,8 @@ async fn append_message(
 async fn get_task(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
-    let view = state.tasks.get_task(&who, task).await?;
+    let wait = wait(&req)?;
+    let view = state.tasks.wait_task(&who, task, wait).await?;
     Ok(HttpResponse::Ok().json(TaskBody::from(view)))
 }
 

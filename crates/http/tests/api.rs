@@ -38,16 +38,17 @@ impl TestApp {
         let url = format!("sqlite://{}", dir.path().join("baton.db").display());
         let (store, _) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
         let store = Arc::new(store);
+        let hub = LocalNotifier::default();
         let executor = TurnExecutor::new(
             store.clone(),
             store.clone(),
             baton_runners::builtin(),
-            Arc::new(LocalNotifier::default()),
+            Arc::new(hub.clone()),
             Arc::new(SystemClock),
             ExecutorConfig::default(),
             tokio::runtime::Handle::current(),
         );
-        let tasks = TaskService::new(store.clone(), store.clone(), executor.clone());
+        let tasks = TaskService::new(store.clone(), store.clone(), executor.clone(), hub);
         let admin = AdminService::new(store, executor);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -850,4 +851,91 @@ async fn every_response_carries_a_request_id_and_a_sane_client_id_is_kept() {
         .unwrap()
         .to_owned();
     assert!(id.starts_with("req_"), "{id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_when_the_turn_ends_not_before_and_not_on_a_timer() {
+    let app = TestApp::start().await;
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 600})).await;
+    let task = app.create(&token, agent, "slow").await["task_id"]
+        .as_i64()
+        .unwrap();
+    let started = Instant::now();
+    let (status, body) = app
+        .get(&token, &format!("/v1/chat/tasks/{task}?wait=30"))
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["latest_message"]["content"]["content"], "echo: slow");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "returned before the turn ended: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // A task that is not running answers at once, whatever the wait.
+    let started = Instant::now();
+    let (_, body) = app
+        .get(&token, &format!("/v1/chat/tasks/{task}?wait=30"))
+        .await;
+    assert_eq!(body["status"], "completed");
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_gives_up_after_wait_seconds_with_the_task_still_running() {
+    let app = TestApp::start().await;
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 10000})).await;
+    let task = app.create(&token, agent, "very slow").await["task_id"]
+        .as_i64()
+        .unwrap();
+    let started = Instant::now();
+    let (status, body) = app
+        .get(&token, &format!("/v1/chat/tasks/{task}?wait=1"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "running");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    // No wait answers at once.
+    let started = Instant::now();
+    let (_, body) = app.get(&token, &format!("/v1/chat/tasks/{task}")).await;
+    assert_eq!(body["status"], "running");
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_wait_is_422_naming_wait_and_other_agents_tasks_are_404_even_when_waiting() {
+    let app = TestApp::start().await;
+    let task = app.create(&app.token, app.agent, "x").await["task_id"]
+        .as_i64()
+        .unwrap();
+    for wait in ["-1", "1.5", "soon"] {
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/chat/tasks/{task}?wait={wait}")))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(body["error"]["fields"][0]["field"], "wait");
+    }
+    let (_, other_token) = app.agent_with_key(json!({})).await;
+    let (status, body) = app
+        .get(&other_token, &format!("/v1/chat/tasks/{task}?wait=5"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "task_not_found");
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use deadpool::Runtime;
 use diesel::{Connection, SqliteConnection};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -203,9 +203,16 @@ pub(crate) fn pg_pool(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, Persis
         .map_err(|err| PersistenceError::Connect(err.to_string()))
 }
 
-pub(crate) async fn open_postgres(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, PersistenceError> {
+pub(crate) async fn open_postgres(
+    url: &str,
+    opts: PgOptions,
+) -> Result<Pool<PgConn>, PersistenceError> {
     let pool = pg_pool(url, opts)?;
-    drop(pool.get().await.map_err(|err| PersistenceError::Connect(err.to_string()))?);
+    drop(
+        pool.get()
+            .await
+            .map_err(|err| PersistenceError::Connect(err.to_string()))?,
+    );
     Ok(pool)
 }
 
@@ -268,7 +275,10 @@ mod tests {
             DatabaseUrl::parse("postgres://u@h/db").unwrap(),
             DatabaseUrl::Postgres("postgres://u@h/db".into())
         );
-        assert!(matches!(DatabaseUrl::parse("postgresql://h/db"), Ok(DatabaseUrl::Postgres(_))));
+        assert!(matches!(
+            DatabaseUrl::parse("postgresql://h/db"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
         for bad in ["", ":memory:", "sqlite://", "mysql://x/y"] {
             let err = DatabaseUrl::parse(bad).unwrap_err();
             assert!(err.to_string().contains("sqlite://PATH"), "{err}");

@@ -42,7 +42,9 @@ enum Db {
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlStore").field("backend", &self.backend()).finish()
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend())
+            .finish()
     }
 }
 
@@ -50,11 +52,18 @@ impl SqlStore {
     /// Opens the database the URL names (`sqlite://PATH`, a file path, or
     /// `postgres://…`), applies pending migrations, and returns the store with the
     /// names of the migrations run.
-    pub async fn open(url: &str, options: StoreOptions) -> Result<(SqlStore, Vec<String>), PersistenceError> {
+    pub async fn open(
+        url: &str,
+        options: StoreOptions,
+    ) -> Result<(SqlStore, Vec<String>), PersistenceError> {
         let applied = SqlStore::migrate(url).await?;
         let db = match DatabaseUrl::parse(url)? {
-            DatabaseUrl::Sqlite(url) => Db::Sqlite(backend::open_sqlite(&url, options.sqlite).await?),
-            DatabaseUrl::Postgres(url) => Db::Postgres(backend::open_postgres(&url, options.postgres).await?),
+            DatabaseUrl::Sqlite(url) => {
+                Db::Sqlite(backend::open_sqlite(&url, options.sqlite).await?)
+            }
+            DatabaseUrl::Postgres(url) => {
+                Db::Postgres(backend::open_postgres(&url, options.postgres).await?)
+            }
         };
         Ok((SqlStore { db }, applied))
     }

@@ -47,7 +47,9 @@ pub(crate) fn spawn_relay(pool: Pool<PgConn>, hub: LocalNotifier) -> JoinHandle<
         loop {
             match listen(&pool, &hub, &mut backoff).await {
                 Ok(()) => warn!("the LISTEN connection closed; reconnecting"),
-                Err(err) => warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection failed"),
+                Err(err) => {
+                    warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection failed")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -55,7 +57,11 @@ pub(crate) fn spawn_relay(pool: Pool<PgConn>, hub: LocalNotifier) -> JoinHandle<
     })
 }
 
-async fn listen(pool: &Pool<PgConn>, hub: &LocalNotifier, backoff: &mut Duration) -> Result<(), String> {
+async fn listen(
+    pool: &Pool<PgConn>,
+    hub: &LocalNotifier,
+    backoff: &mut Duration,
+) -> Result<(), String> {
     let object = pool.get().await.map_err(|err| err.to_string())?;
     // Taken out of the pool for good: a connection that has run LISTEN buffers
     // notifications until read and must never serve another query.
@@ -65,7 +71,10 @@ async fn listen(pool: &Pool<PgConn>, hub: &LocalNotifier, backoff: &mut Duration
         .await
         .map_err(|err| err.to_string())?;
     *backoff = BACKOFF_START;
-    info!(channel = CHANNEL, "listening for turn changes of other instances");
+    info!(
+        channel = CHANNEL,
+        "listening for turn changes of other instances"
+    );
     // Anything that happened while not listening is unknown: everyone re-reads.
     hub.resync();
     let mut notifications = std::pin::pin!(conn.notifications_stream());
@@ -73,7 +82,9 @@ async fn listen(pool: &Pool<PgConn>, hub: &LocalNotifier, backoff: &mut Duration
         let notification = notification.map_err(|err| err.to_string())?;
         match decode(&notification.payload) {
             Some(change) => hub.turn_changed(change),
-            None => warn!(payload = %notification.payload, "ignoring a malformed turn notification"),
+            None => {
+                warn!(payload = %notification.payload, "ignoring a malformed turn notification")
+            }
         }
     }
     Ok(())
@@ -91,7 +102,13 @@ mod tests {
             status: TurnStatus::Completed,
         };
         assert_eq!(decode(&encode(&change)), Some(change));
-        for bad in ["", "1:2", "x:2:completed", "1:2:done", "1:2:completed:extra"] {
+        for bad in [
+            "",
+            "1:2",
+            "x:2:completed",
+            "1:2:done",
+            "1:2:completed:extra",
+        ] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

@@ -41,7 +41,9 @@ impl MemoryStore {
 
 impl State {
     fn owned_task(&self, agent: AgentId, task: TaskId) -> Option<&Task> {
-        self.tasks.iter().find(|t| t.id == task && t.agent_id == agent)
+        self.tasks
+            .iter()
+            .find(|t| t.id == task && t.agent_id == agent)
     }
 
     fn running_turn(&self, task: TaskId) -> Option<&Turn> {
@@ -50,7 +52,13 @@ impl State {
             .find(|t| t.task_id == task && t.status == TurnStatus::Running)
     }
 
-    fn start_turn(&mut self, task: TaskId, message: &NewMessage, metadata: &Metadata, now: DateTime<Utc>) -> TurnId {
+    fn start_turn(
+        &mut self,
+        task: TaskId,
+        message: &NewMessage,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> TurnId {
         let turn_id = TurnId(next_id(self.turns.len()));
         self.turns.push(Turn {
             id: turn_id,
@@ -65,7 +73,14 @@ impl State {
         turn_id
     }
 
-    fn push_message(&mut self, task: TaskId, turn: TurnId, role: Role, content: Content, now: DateTime<Utc>) {
+    fn push_message(
+        &mut self,
+        task: TaskId,
+        turn: TurnId,
+        role: Role,
+        content: Content,
+        now: DateTime<Utc>,
+    ) {
         self.messages.push(Message {
             id: MessageId(next_id(self.messages.len())),
             task_id: task,
@@ -133,7 +148,12 @@ impl TaskStore for MemoryStore {
                 started_at: running.started_at,
             }));
         }
-        let turn_id = state.start_turn(append.task_id, &append.message, &append.metadata, append.now);
+        let turn_id = state.start_turn(
+            append.task_id,
+            &append.message,
+            &append.metadata,
+            append.now,
+        );
         if let Some(task) = state.tasks.iter_mut().find(|t| t.id == append.task_id) {
             task.input = append.message.content.clone();
             task.updated_at = append.now;
@@ -149,10 +169,17 @@ impl TaskStore for MemoryStore {
 
     async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError> {
         let state = self.lock()?;
-        state.owned_task(agent, task).map(|t| state.view(t)).transpose()
+        state
+            .owned_task(agent, task)
+            .map(|t| state.view(t))
+            .transpose()
     }
 
-    async fn list_tasks(&self, agent: AgentId, page: PageRequest) -> Result<Page<TaskView>, StoreError> {
+    async fn list_tasks(
+        &self,
+        agent: AgentId,
+        page: PageRequest,
+    ) -> Result<Page<TaskView>, StoreError> {
         let state = self.lock()?;
         let views = state
             .tasks
@@ -185,12 +212,20 @@ impl TaskStore for MemoryStore {
         Ok(Some(Page::from_overfetch(messages, page.limit, |m| m.id.0)))
     }
 
-    async fn load_turn_input(&self, task: TaskId) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
+    async fn load_turn_input(
+        &self,
+        task: TaskId,
+    ) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
         let state = self.lock()?;
         let Some(found) = state.tasks.iter().find(|t| t.id == task) else {
             return Ok(None);
         };
-        let history = state.messages.iter().filter(|m| m.task_id == task).cloned().collect();
+        let history = state
+            .messages
+            .iter()
+            .filter(|m| m.task_id == task)
+            .cloned()
+            .collect();
         Ok(Some((found.clone(), history)))
     }
 
@@ -212,7 +247,13 @@ impl TaskStore for MemoryStore {
         }
         turn.ended_at = Some(finish.now);
         for content in finish.messages {
-            state.push_message(finish.task_id, finish.turn_id, Role::Assistant, content, finish.now);
+            state.push_message(
+                finish.task_id,
+                finish.turn_id,
+                Role::Assistant,
+                content,
+                finish.now,
+            );
         }
         if let Some(task) = state.tasks.iter_mut().find(|t| t.id == finish.task_id) {
             task.updated_at = finish.now;
@@ -220,10 +261,18 @@ impl TaskStore for MemoryStore {
         Ok(true)
     }
 
-    async fn interrupt_running_turns(&self, error: TurnError, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn interrupt_running_turns(
+        &self,
+        error: TurnError,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let mut state = self.lock()?;
         let mut ended = 0;
-        for turn in state.turns.iter_mut().filter(|t| t.status == TurnStatus::Running) {
+        for turn in state
+            .turns
+            .iter_mut()
+            .filter(|t| t.status == TurnStatus::Running)
+        {
             turn.status = TurnStatus::Failed;
             turn.error = Some(error.clone());
             turn.ended_at = Some(now);
@@ -262,7 +311,9 @@ impl AgentStore for MemoryStore {
             .iter()
             .any(|k| k.prefix == new.prefix || k.secret_hash == new.secret_hash)
         {
-            return Err(StoreError::Conflict("an API key with this prefix or hash exists".to_owned()));
+            return Err(StoreError::Conflict(
+                "an API key with this prefix or hash exists".to_owned(),
+            ));
         }
         let key = ApiKey {
             id: ApiKeyId(next_id(state.keys.len())),
@@ -277,7 +328,12 @@ impl AgentStore for MemoryStore {
     }
 
     async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        Ok(self.lock()?.keys.iter().find(|k| k.secret_hash == secret_hash).cloned())
+        Ok(self
+            .lock()?
+            .keys
+            .iter()
+            .find(|k| k.secret_hash == secret_hash)
+            .cloned())
     }
 
     async fn revoke_api_key(&self, prefix: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {

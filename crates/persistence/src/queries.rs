@@ -515,18 +515,23 @@ macro_rules! define_queries {
             .map_err(TxError::into_store)
         }
 
-        pub(crate) async fn interrupt_running_turns(conn: &mut Conn, error: &TurnError, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        pub(crate) async fn interrupt_running_turns(
+            conn: &mut Conn,
+            error: &TurnError,
+            at: DateTime<Utc>,
+        ) -> Result<u64, StoreError> {
             conn.$begin_write(async |conn| {
-                let ended: Vec<(i64, i64)> = diesel::update(turns::table.filter(turns::status.eq(RUNNING)))
-                    .set((
-                        turns::status.eq(TurnStatus::Failed.as_str()),
-                        turns::error_code.eq(&error.code),
-                        turns::error_message.eq(&error.message),
-                        turns::ended_at.eq(micros(at)),
-                    ))
-                    .returning((turns::id, turns::task_id))
-                    .get_results(conn)
-                    .await?;
+                let ended: Vec<(i64, i64)> =
+                    diesel::update(turns::table.filter(turns::status.eq(RUNNING)))
+                        .set((
+                            turns::status.eq(TurnStatus::Failed.as_str()),
+                            turns::error_code.eq(&error.code),
+                            turns::error_message.eq(&error.message),
+                            turns::ended_at.eq(micros(at)),
+                        ))
+                        .returning((turns::id, turns::task_id))
+                        .get_results(conn)
+                        .await?;
                 for (turn, task) in &ended {
                     let change = TurnChange {
                         task_id: TaskId(*task),
@@ -636,10 +641,18 @@ macro_rules! define_queries {
 
 /// The queries on SQLite.
 pub(crate) mod sqlite {
-    define_queries!(crate::backend::SqliteConn, immediate_transaction, crate::queries::announce::sqlite);
+    define_queries!(
+        crate::backend::SqliteConn,
+        immediate_transaction,
+        crate::queries::announce::sqlite
+    );
 }
 
 /// The queries on PostgreSQL.
 pub(crate) mod postgres {
-    define_queries!(crate::backend::PgConn, transaction, crate::queries::announce::postgres);
+    define_queries!(
+        crate::backend::PgConn,
+        transaction,
+        crate::queries::announce::postgres
+    );
 }

@@ -43,9 +43,16 @@ async fn sqlite() -> Fixture<SqlStore> {
 }
 
 async fn postgres() -> Fixture<SqlStore> {
-    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
-    let (store, applied) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
-    assert!(applied.is_empty(), "the template database is already migrated");
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let (store, applied) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        applied.is_empty(),
+        "the template database is already migrated"
+    );
     assert_eq!(store.backend(), "postgres");
     Fixture {
         store: Arc::new(store),
@@ -101,7 +108,9 @@ impl<S: TaskStore + AgentStore> Store for S {}
 
 fn at(secs: i64) -> DateTime<Utc> {
     // Microseconds matter: every store must keep them.
-    Utc.timestamp_opt(1_700_000_000 + secs, 123_456_000).single().unwrap()
+    Utc.timestamp_opt(1_700_000_000 + secs, 123_456_000)
+        .single()
+        .unwrap()
 }
 
 async fn agent(store: &impl Store, name: &str) -> Agent {
@@ -147,7 +156,12 @@ fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
     }
 }
 
-async fn finish(store: &impl Store, accepted: &Accepted, outcome: TurnOutcome, replies: Vec<Content>) -> bool {
+async fn finish(
+    store: &impl Store,
+    accepted: &Accepted,
+    outcome: TurnOutcome,
+    replies: Vec<Content>,
+) -> bool {
     store
         .finish_turn(FinishTurn {
             task_id: accepted.task_id,
@@ -162,7 +176,14 @@ async fn finish(store: &impl Store, accepted: &Accepted, outcome: TurnOutcome, r
 
 async fn history(store: &impl Store, agent: AgentId, task: TaskId) -> Vec<Message> {
     store
-        .list_messages(agent, task, PageRequest { limit: 100, after: None })
+        .list_messages(
+            agent,
+            task,
+            PageRequest {
+                limit: 100,
+                after: None,
+            },
+        )
         .await
         .unwrap()
         .unwrap()
@@ -170,7 +191,10 @@ async fn history(store: &impl Store, agent: AgentId, task: TaskId) -> Vec<Messag
 }
 
 fn texts(messages: &[Message]) -> Vec<String> {
-    messages.iter().map(|m| m.content.as_text().unwrap_or("<not text>").to_owned()).collect()
+    messages
+        .iter()
+        .map(|m| m.content.as_text().unwrap_or("<not text>").to_owned())
+        .collect()
 }
 
 async fn created_task_is_running_with_its_message_and_exact_utc_timestamps(store: Arc<impl Store>) {
@@ -180,7 +204,11 @@ async fn created_task_is_running_with_its_message_and_exact_utc_timestamps(store
     assert_eq!(accepted.agent_id, a.id);
     assert_eq!(accepted.metadata["k"], "v");
 
-    let view = store.get_task(a.id, accepted.task_id).await.unwrap().unwrap();
+    let view = store
+        .get_task(a.id, accepted.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.status(), TaskStatus::Running);
     assert_eq!(view.latest_turn.id, accepted.turn_id);
     assert_eq!(view.latest_turn.status, TurnStatus::Running);
@@ -203,7 +231,10 @@ async fn created_task_is_running_with_its_message_and_exact_utc_timestamps(store
 async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let first = new_task(&*store, a.id, "one").await;
-    let err = store.append_and_claim(append(a.id, first.task_id, "two")).await.unwrap_err();
+    let err = store
+        .append_and_claim(append(a.id, first.task_id, "two"))
+        .await
+        .unwrap_err();
     let ClaimError::TaskBusy(active) = err else {
         panic!("expected busy, got {err:?}");
     };
@@ -211,15 +242,33 @@ async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: 
     assert_eq!(active.started_at, at(1));
     assert_eq!(texts(&history(&*store, a.id, first.task_id).await), ["one"]);
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
-    assert_eq!(view.task.input, Content::text("one"), "the refused message changed nothing");
+    assert_eq!(
+        view.task.input,
+        Content::text("one"),
+        "the refused message changed nothing"
+    );
 }
 
 async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let first = new_task(&*store, a.id, "one").await;
-    assert!(finish(&*store, &first, TurnOutcome::Completed, vec![Content::text("echo: one")]).await);
     assert!(
-        !finish(&*store, &first, TurnOutcome::Completed, vec![Content::text("late")]).await,
+        finish(
+            &*store,
+            &first,
+            TurnOutcome::Completed,
+            vec![Content::text("echo: one")]
+        )
+        .await
+    );
+    assert!(
+        !finish(
+            &*store,
+            &first,
+            TurnOutcome::Completed,
+            vec![Content::text("late")]
+        )
+        .await,
         "an ended turn cannot end again"
     );
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
@@ -227,9 +276,15 @@ async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<im
     assert_eq!(view.latest_turn.ended_at, Some(at(3)));
     assert_eq!(view.task.updated_at, at(3));
     let reply = view.latest_agent_message.unwrap();
-    assert_eq!((reply.role, reply.content), (Role::Assistant, Content::text("echo: one")));
+    assert_eq!(
+        (reply.role, reply.content),
+        (Role::Assistant, Content::text("echo: one"))
+    );
 
-    let second = store.append_and_claim(append(a.id, first.task_id, "two")).await.unwrap();
+    let second = store
+        .append_and_claim(append(a.id, first.task_id, "two"))
+        .await
+        .unwrap();
     assert_ne!(second.turn_id, first.turn_id);
     assert_eq!(second.metadata["turn"], "two");
     let failed = TurnOutcome::Failed(TurnError {
@@ -243,20 +298,35 @@ async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<im
     assert_eq!(view.latest_turn.metadata["turn"], "two");
     assert_eq!(view.task.input, Content::text("two"));
     let error = view.latest_turn.error.unwrap();
-    assert_eq!((error.code.as_str(), error.message.as_str()), ("boom", "it broke"));
-    assert_eq!(texts(&history(&*store, a.id, first.task_id).await), ["one", "echo: one", "two", "partial"]);
+    assert_eq!(
+        (error.code.as_str(), error.message.as_str()),
+        ("boom", "it broke")
+    );
+    assert_eq!(
+        texts(&history(&*store, a.id, first.task_id).await),
+        ["one", "echo: one", "two", "partial"]
+    );
     // After a failure the task takes the next message.
-    store.append_and_claim(append(a.id, first.task_id, "three")).await.unwrap();
+    store
+        .append_and_claim(append(a.id, first.task_id, "three"))
+        .await
+        .unwrap();
 }
 
-async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(store: Arc<impl Store + 'static>) {
+async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(
+    store: Arc<impl Store + 'static>,
+) {
     let a = agent(&*store, "a").await;
     let first = new_task(&*store, a.id, "one").await;
     assert!(finish(&*store, &first, TurnOutcome::Completed, vec![]).await);
     let claims: Vec<_> = (0..50)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.append_and_claim(append(a.id, first.task_id, &format!("m{i}"))).await })
+            tokio::spawn(async move {
+                store
+                    .append_and_claim(append(a.id, first.task_id, &format!("m{i}")))
+                    .await
+            })
         })
         .collect();
     let mut winners = Vec::new();
@@ -266,7 +336,10 @@ async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(store:
             Ok(accepted) => winners.push(accepted),
             Err(ClaimError::TaskBusy(active)) => {
                 busy += 1;
-                assert_ne!(active.turn_id, first.turn_id, "busy names the new turn, not the ended one");
+                assert_ne!(
+                    active.turn_id, first.turn_id,
+                    "busy names the new turn, not the ended one"
+                );
             }
             Err(other) => panic!("unexpected {other:?}"),
         }
@@ -303,7 +376,13 @@ async fn another_agents_task_is_not_found_everywhere(store: Arc<impl Store>) {
     let mine = agent(&*store, "mine").await;
     let theirs = agent(&*store, "theirs").await;
     let task = new_task(&*store, theirs.id, "secret").await;
-    assert!(store.get_task(mine.id, task.task_id).await.unwrap().is_none());
+    assert!(
+        store
+            .get_task(mine.id, task.task_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .list_messages(mine.id, task.task_id, PageRequest::default())
@@ -312,23 +391,52 @@ async fn another_agents_task_is_not_found_everywhere(store: Arc<impl Store>) {
             .is_none()
     );
     assert!(matches!(
-        store.append_and_claim(append(mine.id, task.task_id, "x")).await,
+        store
+            .append_and_claim(append(mine.id, task.task_id, "x"))
+            .await,
         Err(ClaimError::TaskNotFound)
     ));
-    assert!(store.list_tasks(mine.id, PageRequest::default()).await.unwrap().items.is_empty());
+    assert!(
+        store
+            .list_tasks(mine.id, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     assert!(matches!(
-        store.append_and_claim(append(mine.id, TaskId(987_654), "x")).await,
+        store
+            .append_and_claim(append(mine.id, TaskId(987_654), "x"))
+            .await,
         Err(ClaimError::TaskNotFound)
     ));
-    assert!(store.get_task(mine.id, TaskId(987_654)).await.unwrap().is_none());
+    assert!(
+        store
+            .get_task(mine.id, TaskId(987_654))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Their task is untouched and still theirs.
-    assert_eq!(texts(&history(&*store, theirs.id, task.task_id).await), ["secret"]);
+    assert_eq!(
+        texts(&history(&*store, theirs.id, task.task_id).await),
+        ["secret"]
+    );
 }
 
 async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let other = agent(&*store, "other").await;
-    let empty = store.list_tasks(a.id, PageRequest { limit: 3, after: None }).await.unwrap();
+    let empty = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 3,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((empty.items.len(), empty.next_after), (0, None));
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -336,20 +444,86 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
         new_task(&*store, other.id, "noise").await;
     }
     let page_ids = |page: &Page<TaskView>| page.items.iter().map(|v| v.task.id).collect::<Vec<_>>();
-    let first = store.list_tasks(a.id, PageRequest { limit: 2, after: None }).await.unwrap();
+    let first = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 2,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(page_ids(&first), [ids[4], ids[3]]);
-    let second = store.list_tasks(a.id, PageRequest { limit: 2, after: first.next_after }).await.unwrap();
+    let second = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 2,
+                after: first.next_after,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(page_ids(&second), [ids[2], ids[1]]);
-    let last = store.list_tasks(a.id, PageRequest { limit: 2, after: second.next_after }).await.unwrap();
+    let last = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 2,
+                after: second.next_after,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((page_ids(&last), last.next_after), (vec![ids[0]], None));
-    let exact = store.list_tasks(a.id, PageRequest { limit: 5, after: None }).await.unwrap();
-    assert_eq!((exact.items.len(), exact.next_after), (5, None), "a full last page has no cursor");
-    let one = store.list_tasks(a.id, PageRequest { limit: 1, after: None }).await.unwrap();
-    assert_eq!((page_ids(&one), one.next_after), (vec![ids[4]], Some(ids[4].0)));
-    let past_end = store.list_tasks(a.id, PageRequest { limit: 5, after: Some(ids[0].0) }).await.unwrap();
+    let exact = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 5,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (exact.items.len(), exact.next_after),
+        (5, None),
+        "a full last page has no cursor"
+    );
+    let one = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 1,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (page_ids(&one), one.next_after),
+        (vec![ids[4]], Some(ids[4].0))
+    );
+    let past_end = store
+        .list_tasks(
+            a.id,
+            PageRequest {
+                limit: 5,
+                after: Some(ids[0].0),
+            },
+        )
+        .await
+        .unwrap();
     assert!(past_end.items.is_empty());
     // Views in a listing carry their latest turn like a single read does.
-    assert!(first.items.iter().all(|v| v.status() == TaskStatus::Running));
+    assert!(
+        first
+            .items
+            .iter()
+            .all(|v| v.status() == TaskStatus::Running)
+    );
 }
 
 async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<impl Store>) {
@@ -357,8 +531,19 @@ async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<im
     let t = new_task(&*store, a.id, "q1").await;
     let replies = (1..=4).map(|i| Content::text(format!("r{i}"))).collect();
     assert!(finish(&*store, &t, TurnOutcome::Completed, replies).await);
-    let second = store.append_and_claim(append(a.id, t.task_id, "q2")).await.unwrap();
-    assert!(finish(&*store, &second, TurnOutcome::Completed, vec![Content::text("r5")]).await);
+    let second = store
+        .append_and_claim(append(a.id, t.task_id, "q2"))
+        .await
+        .unwrap();
+    assert!(
+        finish(
+            &*store,
+            &second,
+            TurnOutcome::Completed,
+            vec![Content::text("r5")]
+        )
+        .await
+    );
 
     let mut seen = Vec::new();
     let mut after = None;
@@ -378,19 +563,29 @@ async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<im
     assert_eq!(texts(&seen), ["q1", "r1", "r2", "r3", "r4", "q2", "r5"]);
     assert!(seen.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!(seen[5].turn_id, second.turn_id);
-    let latest = store.get_task(a.id, t.task_id).await.unwrap().unwrap().latest_agent_message.unwrap();
+    let latest = store
+        .get_task(a.id, t.task_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .latest_agent_message
+        .unwrap();
     assert_eq!(latest.content, Content::text("r5"));
 }
 
 async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
-    let metadata = json!({"unicode": "héllo ✓ 日本", "nested": {"list": [1, 2.5, null, true]}, "empty": {}});
+    let metadata =
+        json!({"unicode": "héllo ✓ 日本", "nested": {"list": [1, 2.5, null, true]}, "empty": {}});
     let accepted = store
         .create_task(NewTask {
             agent_id: a.id,
             message: NewMessage {
                 role: Role::User,
-                content: serde_json::from_value(json!({"type": "data", "data": {"x": [1, {"y": "z"}]}})).unwrap(),
+                content: serde_json::from_value(
+                    json!({"type": "data", "data": {"x": [1, {"y": "z"}]}}),
+                )
+                .unwrap(),
             },
             metadata: metadata.as_object().cloned().unwrap(),
             now: at(1),
@@ -409,25 +604,56 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
     .collect();
     assert!(finish(&*store, &accepted, TurnOutcome::Completed, contents.clone()).await);
     let stored = history(&*store, a.id, accepted.task_id).await;
-    assert_eq!(stored.iter().skip(1).map(|m| m.content.clone()).collect::<Vec<_>>(), contents);
-    let view = store.get_task(a.id, accepted.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .skip(1)
+            .map(|m| m.content.clone())
+            .collect::<Vec<_>>(),
+        contents
+    );
+    let view = store
+        .get_task(a.id, accepted.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(serde_json::Value::Object(view.task.metadata), metadata);
     assert_eq!(view.task.input, stored[0].content);
     let reread = store.get_agent(a.id).await.unwrap().unwrap();
-    assert_eq!(reread.runner.config, json!({"delay_ms": 5, "nested": {"a": [1, 2]}}));
+    assert_eq!(
+        reread.runner.config,
+        json!({"delay_ms": 5, "nested": {"a": [1, 2]}})
+    );
 }
 
 async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "one").await;
-    assert!(finish(&*store, &t, TurnOutcome::Completed, vec![Content::text("echo: one")]).await);
-    let second = store.append_and_claim(append(a.id, t.task_id, "two")).await.unwrap();
+    assert!(
+        finish(
+            &*store,
+            &t,
+            TurnOutcome::Completed,
+            vec![Content::text("echo: one")]
+        )
+        .await
+    );
+    let second = store
+        .append_and_claim(append(a.id, t.task_id, "two"))
+        .await
+        .unwrap();
     let (task, messages) = store.load_turn_input(t.task_id).await.unwrap().unwrap();
     assert_eq!(task.id, t.task_id);
     assert_eq!(task.input, Content::text("two"));
     assert_eq!(texts(&messages), ["one", "echo: one", "two"]);
     assert_eq!(messages[2].turn_id, second.turn_id);
-    assert!(store.load_turn_input(TaskId(987_654)).await.unwrap().is_none());
+    assert!(
+        store
+            .load_turn_input(TaskId(987_654))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn interrupt_ends_only_running_turns(store: Arc<impl Store>) {
@@ -439,13 +665,24 @@ async fn interrupt_ends_only_running_turns(store: Arc<impl Store>) {
         code: "turn_interrupted".into(),
         message: "restart".into(),
     };
-    assert_eq!(store.interrupt_running_turns(error, at(9)).await.unwrap(), 1);
-    let view = store.get_task(a.id, running.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        store.interrupt_running_turns(error, at(9)).await.unwrap(),
+        1
+    );
+    let view = store
+        .get_task(a.id, running.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.status(), TaskStatus::Failed);
     assert_eq!(view.latest_turn.error.unwrap().code, "turn_interrupted");
     assert_eq!(view.latest_turn.ended_at, Some(at(9)));
     let view = store.get_task(a.id, done.task_id).await.unwrap().unwrap();
-    assert_eq!(view.status(), TaskStatus::Completed, "an ended turn is not touched");
+    assert_eq!(
+        view.status(),
+        TaskStatus::Completed,
+        "an ended turn is not touched"
+    );
 }
 
 async fn agents_round_trip_and_are_counted(store: Arc<impl Store>) {
@@ -467,16 +704,25 @@ async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<imp
         secret_hash: hash.into(),
         created_at: at(0),
     };
-    let key = store.create_api_key(new_key("abcd1234", "h1")).await.unwrap();
+    let key = store
+        .create_api_key(new_key("abcd1234", "h1"))
+        .await
+        .unwrap();
     assert_eq!((key.agent_id, key.revoked_at), (a.id, None));
     assert_eq!(store.find_api_key("h1").await.unwrap(), Some(key.clone()));
     assert_eq!(store.find_api_key("nope").await.unwrap(), None);
     for (prefix, hash) in [("abcd1234", "h2"), ("other123", "h1")] {
         let duplicate = store.create_api_key(new_key(prefix, hash)).await;
-        assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{prefix} {hash}: {duplicate:?}");
+        assert!(
+            matches!(duplicate, Err(StoreError::Conflict(_))),
+            "{prefix} {hash}: {duplicate:?}"
+        );
     }
     assert!(store.revoke_api_key("abcd1234", at(5)).await.unwrap());
     assert!(!store.revoke_api_key("abcd1234", at(6)).await.unwrap());
     assert!(!store.revoke_api_key("missing", at(6)).await.unwrap());
-    assert_eq!(store.find_api_key("h1").await.unwrap().unwrap().revoked_at, Some(at(5)));
+    assert_eq!(
+        store.find_api_key("h1").await.unwrap().unwrap().revoked_at,
+        Some(at(5))
+    );
 }

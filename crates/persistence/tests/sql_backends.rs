@@ -49,22 +49,39 @@ async fn sqlite_data_survives_reopening_and_migrations_are_not_rerun() {
     let (store, applied) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
     assert!(!applied.is_empty());
     assert!(store.is_single_instance());
-    assert!(store.relay_changes(LocalNotifier::default()).is_none(), "one instance: nothing to relay");
+    assert!(
+        store.relay_changes(LocalNotifier::default()).is_none(),
+        "one instance: nothing to relay"
+    );
     let (agent, accepted) = seed(&store).await;
     drop(store);
     let (reopened, applied) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
     assert!(applied.is_empty());
-    let view = reopened.get_task(agent.id, accepted.task_id).await.unwrap().unwrap();
+    let view = reopened
+        .get_task(agent.id, accepted.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.task.input, Content::text("kept"));
     // A plain path names the same file.
     let path = dir.path().join("baton.db");
-    let (by_path, _) = SqlStore::open(path.to_str().unwrap(), StoreOptions::default()).await.unwrap();
-    assert!(by_path.get_task(agent.id, accepted.task_id).await.unwrap().is_some());
+    let (by_path, _) = SqlStore::open(path.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        by_path
+            .get_task(agent.id, accepted.task_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_instances_starting_together_migrate_once() {
-    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
     // The template is migrated, so re-running finds nothing; run several at once to
     // exercise the advisory lock around the harness.
     let runs: Vec<_> = (0..4)
@@ -76,30 +93,50 @@ async fn postgres_instances_starting_together_migrate_once() {
     for run in runs {
         assert!(run.await.unwrap().unwrap().is_empty());
     }
-    let (store, _) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    let (store, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
     assert!(!store.is_single_instance());
     seed(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_fresh_database_is_migrated_at_open() {
-    let db = tokio::task::spawn_blocking(TestDatabase::empty).await.unwrap();
-    let (store, applied) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
-    assert!(!applied.is_empty(), "every migration runs on an empty database");
+    let db = tokio::task::spawn_blocking(TestDatabase::empty)
+        .await
+        .unwrap();
+    let (store, applied) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        !applied.is_empty(),
+        "every migration runs on an empty database"
+    );
     seed(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_turn_changes_reach_the_hub_of_another_instance() {
-    let db = tokio::task::spawn_blocking(TestDatabase::new).await.unwrap();
-    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
-    let (reader, _) = SqlStore::open(db.url(), StoreOptions::default()).await.unwrap();
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let (reader, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
     let hub = LocalNotifier::default();
     let mut wakeups = hub.subscribe();
-    let relay = reader.relay_changes(hub.clone()).expect("PostgreSQL relays changes");
+    let relay = reader
+        .relay_changes(hub.clone())
+        .expect("PostgreSQL relays changes");
     // The relay announces itself with a resync once it listens.
     let next = async |wakeups: &mut tokio::sync::broadcast::Receiver<Wakeup>| {
-        tokio::time::timeout(Duration::from_secs(10), wakeups.recv()).await.unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(10), wakeups.recv())
+            .await
+            .unwrap()
+            .unwrap()
     };
     assert_eq!(next(&mut wakeups).await, Wakeup::Everything);
     let (_, accepted) = seed(&writer).await;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_persistence::{SqliteOptions, SqliteSync, StoreOptions};
+use baton_persistence::{PgOptions, SqliteOptions, SqliteSync, StoreOptions};
 use serde::Deserialize;
 
 /// The configuration file's shape. Every key is optional.
@@ -21,6 +21,15 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub sqlite: SqliteFile,
+    #[serde(default)]
+    pub postgres: PostgresFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresFile {
+    pub pool_size: Option<usize>,
+    pub pool_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +89,7 @@ impl Config {
     pub fn resolve(overrides: &Overrides) -> anyhow::Result<Config> {
         let file = FileConfig::load(overrides.config_file.as_deref())?;
         let defaults = SqliteOptions::default();
+        let pg_defaults = PgOptions::default();
         let config = Config {
             database_url: overrides
                 .database_url
@@ -109,6 +119,14 @@ impl Config {
                     readers: file.sqlite.readers.unwrap_or(defaults.readers),
                     pool_wait: defaults.pool_wait,
                 },
+                postgres: PgOptions {
+                    pool_size: file.postgres.pool_size.unwrap_or(pg_defaults.pool_size),
+                    pool_wait: file
+                        .postgres
+                        .pool_wait_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(pg_defaults.pool_wait),
+                },
             },
         };
         anyhow::ensure!(config.workers >= 1, "workers must be at least 1");
@@ -123,6 +141,10 @@ impl Config {
         anyhow::ensure!(
             config.store.sqlite.readers >= 1,
             "sqlite.readers must be at least 1"
+        );
+        anyhow::ensure!(
+            config.store.postgres.pool_size >= 1,
+            "postgres.pool_size must be at least 1"
         );
         Ok(config)
     }

@@ -28,7 +28,7 @@ struct Cli {
     /// A TOML configuration file.
     #[arg(long, global = true, env = "BATON_CONFIG")]
     config: Option<PathBuf>,
-    /// The database: sqlite://PATH (or a file path).
+    /// The database: sqlite://PATH (or a file path), or postgres://USER@HOST/DB.
     #[arg(long, global = true, env = "BATON_DATABASE_URL")]
     database_url: Option<String>,
     /// Log format.
@@ -93,6 +93,8 @@ struct App {
     store: Arc<SqlStore>,
     tasks: TaskService,
     admin: AdminService,
+    /// Where this process learns of turn changes, its own and (PostgreSQL) others'.
+    hub: LocalNotifier,
 }
 
 impl App {
@@ -104,11 +106,12 @@ impl App {
             info!(migration = %name, "applied migration");
         }
         let store = Arc::new(store);
+        let hub = LocalNotifier::default();
         let executor = TurnExecutor::new(
             store.clone(),
             store.clone(),
             baton_runners::builtin(),
-            Arc::new(LocalNotifier::default()),
+            Arc::new(hub.clone()),
             Arc::new(SystemClock),
             ExecutorConfig {
                 max_concurrent_turns: config.max_concurrent_turns,
@@ -116,9 +119,10 @@ impl App {
             tokio::runtime::Handle::current(),
         );
         Ok(App {
-            tasks: TaskService::new(store.clone(), store.clone(), executor.clone()),
+            tasks: TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone()),
             admin: AdminService::new(store.clone(), executor),
             store,
+            hub,
         })
     }
 }
@@ -227,20 +231,24 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     let app = App::open(&config).await?;
 
-    // The embedded database serves one instance, so a turn still marked running at
-    // start-up was orphaned by a previous process that died. End it now rather than
-    // leave its task busy forever.
-    let orphaned = app
-        .store
-        .interrupt_running_turns(interrupted(), SystemClock.now())
-        .await
-        .context("ending turns orphaned by a previous run")?;
-    if orphaned > 0 {
-        warn!(
-            turns = orphaned,
-            "ended turns left running by a previous process"
-        );
+    if app.store.is_single_instance() {
+        // The embedded database serves one instance, so a turn still marked running
+        // at start-up was orphaned by a previous process that died. End it now rather
+        // than leave its task busy forever.
+        let orphaned = app
+            .store
+            .interrupt_running_turns(interrupted(), SystemClock.now())
+            .await
+            .context("ending turns orphaned by a previous run")?;
+        if orphaned > 0 {
+            warn!(
+                turns = orphaned,
+                "ended turns left running by a previous process"
+            );
+        }
     }
+    // On PostgreSQL, turn changes of other instances wake this one's waiters.
+    let relay = app.store.relay_changes(app.hub.clone());
 
     let listener = TcpListener::bind(&config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -278,14 +286,19 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     running.await.context("the HTTP server task")??;
     let left = app.tasks.executor().wait_idle(config.shutdown_grace).await;
     if left > 0 {
+        // Only this process's turns: other instances' turns are theirs to end.
         let ended = app
-            .store
-            .interrupt_running_turns(interrupted(), SystemClock.now())
-            .await?;
+            .tasks
+            .executor()
+            .interrupt_unfinished(interrupted())
+            .await;
         warn!(
             turns = ended,
             "ended turns still running after the shutdown grace period"
         );
+    }
+    if let Some(relay) = relay {
+        relay.abort();
     }
     info!("stopped");
     Ok(())

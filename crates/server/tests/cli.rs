@@ -6,167 +6,27 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Api, Server, agent_and_key, baton, run};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
-use serde_json::{Value, json};
+use serde_json::json;
 
-fn baton(db: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
-    command
-        .env("BATON_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env_remove("BATON_CONFIG")
-        .env_remove("BATON_LISTEN");
-    command
-}
-
-/// Runs a CLI command; returns (success, stdout, stderr).
-fn run(db: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = baton(db).args(args).output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-fn agent_and_key(db: &Path, runner_config: &str) -> (i64, String) {
-    let (ok, agent, err) = run(
-        db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "t",
-            "--runner",
-            "echo",
-            "--runner-config",
-            runner_config,
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
-    assert!(ok, "{err}");
-    assert!(err.contains("shown only once"), "{err}");
-    (agent.parse().unwrap(), token)
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    stdout: Vec<String>,
-}
-
-impl Server {
-    fn start(db: &Path, extra: &[&str]) -> Server {
-        let mut child = baton(db)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stdout = Vec::new();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("baton exited before listening")
-                .unwrap();
-            if let Some(url) = line.strip_prefix("baton listening on ") {
-                break url.to_owned();
-            }
-            stdout.push(line);
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            base,
-            stdout,
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "baton did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Api<'a> {
-    http: Client,
-    base: &'a str,
-    token: &'a str,
-}
-
-impl Api<'_> {
-    fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(self.token)
-            .json(&body)
-            .send()
-            .unwrap();
-        (response.status(), response.json().unwrap())
-    }
-
-    fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(self.token)
-            .send()
-            .unwrap();
-        (response.status(), response.json().unwrap())
-    }
-
-    fn settled(&self, task: i64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let (status, body) = self.get(&format!("/v1/chat/tasks/{task}"));
-            assert_eq!(status, StatusCode::OK, "{body}");
-            if body["status"] != "running" {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "task still running: {body}");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
+/// A SQLite database URL in a fresh directory (kept alive by the returned guard).
+fn sqlite_db() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    (dir, url)
 }
 
 #[test]
 fn readme_walkthrough_against_the_real_binary_then_revoke_and_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("baton.db");
+    let (_dir, db) = sqlite_db();
     let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 800}"#);
     let mut server = Server::start(&db, &[]);
     let api = Api {
@@ -220,8 +80,7 @@ fn readme_walkthrough_against_the_real_binary_then_revoke_and_sigterm() {
 
 #[test]
 fn sigterm_mid_turn_lets_the_turn_finish_before_exiting() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("baton.db");
+    let (_dir, db) = sqlite_db();
     let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 1000}"#);
     let mut server = Server::start(&db, &[]);
     let base = server.base.clone();
@@ -251,8 +110,7 @@ fn sigterm_mid_turn_lets_the_turn_finish_before_exiting() {
 
 #[test]
 fn sigkill_mid_turn_then_restart_ends_the_orphaned_turn_and_keeps_the_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("baton.db");
+    let (_dir, db) = sqlite_db();
     let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 30000}"#);
     let mut server = Server::start(&db, &[]);
     let base = server.base.clone();
@@ -294,8 +152,7 @@ fn sigkill_mid_turn_then_restart_ends_the_orphaned_turn_and_keeps_the_message() 
 
 #[test]
 fn serve_on_an_empty_database_explains_how_to_get_a_key_and_demo_makes_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("baton.db");
+    let (_dir, db) = sqlite_db();
     let mut child = baton(&db)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
@@ -336,8 +193,7 @@ fn serve_on_an_empty_database_explains_how_to_get_a_key_and_demo_makes_one() {
 
 #[test]
 fn cli_refuses_bad_input_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("baton.db");
+    let (dir, db) = sqlite_db();
     let (ok, _, err) = run(&db, &["agent", "create", "--name", "x", "--runner", "nope"]);
     assert!(!ok && err.contains("unknown runner"), "{err}");
     let (ok, _, err) = run(
@@ -379,9 +235,6 @@ fn cli_refuses_bad_input_with_a_clear_message() {
     let (ok, out, err) = run(&db, &["migrate"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("applied"), "{out}");
-    let (ok, _, err) = run(
-        &dir.path().join("x"),
-        &["--database-url", "mysql://nope", "migrate"],
-    );
+    let (ok, _, err) = run(&db, &["--database-url", "mysql://nope", "migrate"]);
     assert!(!ok && err.contains("sqlite://PATH"), "{err}");
 }

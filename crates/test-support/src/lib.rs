@@ -66,7 +66,10 @@ impl TestDatabase {
         );
         // A leftover from a crashed run of the same pid is dropped first.
         server.psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        server.psql(&format!("CREATE DATABASE {name} TEMPLATE {}", template.unwrap_or("template0")));
+        server.psql(&format!(
+            "CREATE DATABASE {name} TEMPLATE {}",
+            template.unwrap_or("template0")
+        ));
         TestDatabase {
             url: format!("{}/{name}", server.base_url),
             name,
@@ -89,7 +92,10 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Some(Ok(server)) = SERVER.get() {
             // WITH (FORCE) ends connections a test left open (pools, listeners).
-            let _ = server.try_psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = server.try_psql(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -105,7 +111,10 @@ impl Server {
         if output.status.success() {
             Ok(())
         } else {
-            Err(format!("{sql}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+            Err(format!(
+                "{sql}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
         }
     }
 
@@ -118,7 +127,11 @@ impl Server {
 
 /// Where the PostgreSQL server binaries are.
 fn find_bin_dir() -> Result<PathBuf, String> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres", "psql"].iter().all(|b| dir.join(b).is_file());
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres", "psql"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if has_all(&dir) {
@@ -127,7 +140,12 @@ fn find_bin_dir() -> Result<PathBuf, String> {
         }
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions.into_iter().rev().find(|dir| has_all(dir)).ok_or_else(|| {
@@ -150,7 +168,9 @@ fn start_server() -> Result<Server, String> {
 fn external_server(url: &str) -> Result<Server, String> {
     // Strip the database name: tests make their own databases next to it.
     let base_url = match url.rsplit_once('/') {
-        Some((base, _db)) if base.contains("://") && base.len() > "postgres://".len() => base.to_owned(),
+        Some((base, _db)) if base.contains("://") && base.len() > "postgres://".len() => {
+            base.to_owned()
+        }
         _ => url.trim_end_matches('/').to_owned(),
     };
     let psql = which("psql").ok_or("BATON_TEST_DATABASE_URL is set, but psql is not on PATH")?;
@@ -159,7 +179,9 @@ fn external_server(url: &str) -> Result<Server, String> {
 
 fn which(binary: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(binary)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
 }
 
 fn run(command: &mut Command, what: &str) -> Result<(), String> {
@@ -194,23 +216,42 @@ fn is_root() -> bool {
 }
 
 fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|err| format!("finding a free port: {err}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|err| err.to_string())
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|err| format!("finding a free port: {err}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|err| err.to_string())
 }
 
 fn start_cluster() -> Result<Server, String> {
     let bin = find_bin_dir()?;
     let root = is_root();
-    let dir = std::env::temp_dir().join(format!("baton-pg-{}-{}", std::process::id(), free_port()?));
+    let dir =
+        std::env::temp_dir().join(format!("baton-pg-{}-{}", std::process::id(), free_port()?));
     std::fs::create_dir_all(&dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
     if root {
-        run(Command::new("chown").args([&format!("{SUPERUSER}:{SUPERUSER}")]).arg(&dir), "chown of the cluster directory")?;
+        run(
+            Command::new("chown")
+                .args([&format!("{SUPERUSER}:{SUPERUSER}")])
+                .arg(&dir),
+            "chown of the cluster directory",
+        )?;
     }
     let data = dir.join("data");
     let started = Instant::now();
     run(
         as_server_user(&bin.join("initdb"), root)
-            .args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8", "--no-instructions", "-D"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+                "-D",
+            ])
             .arg(&data),
         "initdb",
     )?;
@@ -243,7 +284,9 @@ fn start_cluster() -> Result<Server, String> {
     while !dir.join("ready").exists() {
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            return Err(format!("postgres did not start within 60 s; its log:\n{log}"));
+            return Err(format!(
+                "postgres did not start within 60 s; its log:\n{log}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -120,6 +120,10 @@ impl Harness {
     }
 
     fn build(self) -> TaskService {
+        self.build_with_hub(crate::LocalNotifier::default())
+    }
+
+    fn build_with_hub(self, hub: crate::LocalNotifier) -> TaskService {
         let mut clock = MockClock::new();
         clock.expect_now().returning(|| at(1));
         let tasks: Arc<dyn TaskStore> = Arc::new(self.tasks);
@@ -135,7 +139,7 @@ impl Harness {
             },
             tokio::runtime::Handle::current(),
         );
-        TaskService::new(tasks, agents, executor, crate::LocalNotifier::default())
+        TaskService::new(tasks, agents, executor, hub)
     }
 }
 
@@ -477,4 +481,195 @@ async fn revoked_and_unknown_keys_are_unauthorized() {
         service.authenticate("bt_nope").await,
         Err(ServiceError::Unauthorized)
     ));
+}
+
+fn view(status: TurnStatus) -> TaskView {
+    TaskView {
+        task: task(3),
+        latest_turn: Turn {
+            id: TurnId(30),
+            task_id: TaskId(3),
+            status,
+            error: None,
+            metadata: Metadata::new(),
+            started_at: at(0),
+            ended_at: None,
+        },
+        latest_agent_message: None,
+    }
+}
+
+fn change(task: i64, status: TurnStatus) -> TurnChange {
+    TurnChange {
+        task_id: TaskId(task),
+        turn_id: TurnId(30),
+        status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_at_once_when_the_task_is_not_running() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_get_task()
+        .times(1)
+        .returning(|_, _| Ok(Some(view(TurnStatus::Completed))));
+    let service = h.build();
+    let started = std::time::Instant::now();
+    let got = service
+        .wait_task(&WHO, TaskId(3), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.status(), TaskStatus::Completed);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_wakes_on_its_tasks_change_and_reads_the_store_only_then() {
+    use crate::ports::TurnNotifier;
+    let hub = crate::LocalNotifier::default();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    let counter = reads.clone();
+    // Running on the first read, completed on the second: the store is read once up
+    // front and once per wake-up for this task, never on a timer.
+    h.tasks.expect_get_task().returning(move |_, _| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(view(if n == 0 {
+            TurnStatus::Running
+        } else {
+            TurnStatus::Completed
+        })))
+    });
+    let service = h.build_with_hub(hub.clone());
+    let waiter = tokio::spawn(async move {
+        service
+            .wait_task(&WHO, TaskId(3), Duration::from_secs(30))
+            .await
+    });
+    while reads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for other in 0..20 {
+        hub.turn_changed(change(100 + other, TurnStatus::Completed));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        1,
+        "other tasks' changes cost no read"
+    );
+    assert!(!waiter.is_finished());
+    hub.turn_changed(change(3, TurnStatus::Completed));
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.status(), TaskStatus::Completed);
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_rereads_after_a_resync() {
+    let hub = crate::LocalNotifier::default();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    let counter = reads.clone();
+    h.tasks.expect_get_task().returning(move |_, _| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(view(if n == 0 {
+            TurnStatus::Running
+        } else {
+            TurnStatus::Failed
+        })))
+    });
+    let service = h.build_with_hub(hub.clone());
+    let waiter = tokio::spawn(async move {
+        service
+            .wait_task(&WHO, TaskId(3), Duration::from_secs(30))
+            .await
+    });
+    while reads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    hub.resync();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.status(), TaskStatus::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_gives_up_after_its_time_with_the_running_task() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_get_task()
+        .times(1)
+        .returning(|_, _| Ok(Some(view(TurnStatus::Running))));
+    let service = h.build();
+    let started = tokio::time::Instant::now();
+    let got = service
+        .wait_task(&WHO, TaskId(3), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got.status(), TaskStatus::Running);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    // And no wait is longer than the cap.
+    let mut h = Harness::new();
+    h.tasks
+        .expect_get_task()
+        .returning(|_, _| Ok(Some(view(TurnStatus::Running))));
+    let service = h.build();
+    let started = tokio::time::Instant::now();
+    service
+        .wait_task(&WHO, TaskId(3), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), crate::service::MAX_WAIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupting_unfinished_turns_ends_only_this_executors_turns() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_create_task()
+        .returning(|_| Ok(accepted(3, 40)));
+    h.tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+    let (ended, mut ended_rx) = mpsc::unbounded_channel();
+    h.tasks.expect_finish_turn().returning(move |finish| {
+        ended.send(finish).unwrap();
+        Ok(true)
+    });
+    h.runner.expect_run().returning(|_, _| {
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    });
+    h.notifier.expect_turn_changed().return_const(());
+    let service = h.build();
+    service.create_task(&WHO, submit(AGENT)).await.unwrap();
+    assert_eq!(
+        service
+            .executor()
+            .wait_idle(Duration::from_millis(20))
+            .await,
+        1
+    );
+    let error = TurnError {
+        code: "turn_interrupted".into(),
+        message: "stopping".into(),
+    };
+    assert_eq!(
+        service.executor().interrupt_unfinished(error.clone()).await,
+        1
+    );
+    let end = next_end(&mut ended_rx).await;
+    assert_eq!(
+        (end.turn_id, end.outcome),
+        (TurnId(40), TurnOutcome::Failed(error))
+    );
 }

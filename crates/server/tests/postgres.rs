@@ -1,0 +1,144 @@
+//! Several `baton` processes on one PostgreSQL database: the same guarantees as one.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton_test_support::TestDatabase;
+use chrono::{DateTime, Utc};
+use common::{Api, Server, agent_and_key};
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::json;
+
+fn api<'a>(server: &'a Server, token: &'a str) -> Api<'a> {
+    Api {
+        http: Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap(),
+        base: &server.base,
+        token,
+    }
+}
+
+#[test]
+fn two_instances_one_winner_of_fifty_appends_and_cross_instance_long_poll() {
+    let db = TestDatabase::new();
+    let (agent, token) = agent_and_key(db.url(), r#"{"delay_ms": 500}"#);
+    let a = Server::start(db.url(), &[]);
+    let b = Server::start(db.url(), &[]);
+    let (on_a, on_b) = (api(&a, &token), api(&b, &token));
+
+    // 50 concurrent appends to one idle task, alternating between the instances.
+    let (status, created) = on_a.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "start"}}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let task = created["task_id"].as_i64().unwrap();
+    on_b.settled(task);
+    let path = format!("/v1/chat/tasks/{task}/messages");
+    let results: Vec<(StatusCode, serde_json::Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let target = if i % 2 == 0 { &on_a } else { &on_b };
+                let path = &path;
+                scope.spawn(move || {
+                    target.post(
+                        path,
+                        json!({"agent_id": agent, "message": {"content": format!("m{i}")}}),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted: Vec<_> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .collect();
+    let busy = results
+        .iter()
+        .filter(|(s, body)| *s == StatusCode::CONFLICT && body["error"]["code"] == "task_busy")
+        .count();
+    assert_eq!((accepted.len(), busy), (1, 49), "{results:?}");
+    let done = on_a.settled(task);
+    assert_eq!(done["latest_turn"]["turn_id"], accepted[0].1["turn_id"]);
+    let (_, history) = on_b.get(&format!("{path}?limit=100"));
+    assert_eq!(
+        history["data"].as_array().unwrap().len(),
+        4,
+        "one winner's message and its reply"
+    );
+
+    // A turn accepted on A, long-polled on B: B wakes when A ends the turn.
+    let mut latencies = Vec::new();
+    for round in 0..5 {
+        let (status, turn) = on_a.post(
+            &path,
+            json!({"agent_id": agent, "message": {"content": format!("r{round}")}}),
+        );
+        assert_eq!(status, StatusCode::ACCEPTED, "{turn}");
+        let (status, view) = on_b.get(&format!("/v1/chat/tasks/{task}?wait=30"));
+        let received = Utc::now();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(view["status"], "completed", "{view}");
+        assert_eq!(view["latest_turn"]["turn_id"], turn["turn_id"]);
+        assert_eq!(
+            view["latest_message"]["content"]["content"],
+            format!("echo: r{round}")
+        );
+        let ended: DateTime<Utc> = view["latest_turn"]["ended_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        latencies.push((received - ended).num_microseconds().unwrap() as f64 / 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    eprintln!(
+        "cross-instance long-poll wake-up after the turn ended on the other instance: median {:.1} ms, max {:.1} ms ({latencies:?})",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    // Loose: the precise figure is in the log; a timer-based wake-up would be far slower.
+    assert!(latencies[latencies.len() / 2] < 1000.0, "{latencies:?}");
+}
+
+#[test]
+fn starting_or_stopping_an_instance_never_ends_another_instances_turn() {
+    let db = TestDatabase::new();
+    let (agent, token) = agent_and_key(db.url(), r#"{"delay_ms": 5000}"#);
+    let a = Server::start(db.url(), &[]);
+    let on_a = api(&a, &token);
+    let (_, created) = on_a.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "mine"}}),
+    );
+    let task = created["task_id"].as_i64().unwrap();
+
+    let started = Instant::now();
+    let mut b = Server::start(db.url(), &[]);
+    let (_, view) = api(&b, &token).get(&format!("/v1/chat/tasks/{task}"));
+    assert_eq!(
+        view["status"], "running",
+        "a new instance does not sweep others' turns: {view}"
+    );
+    b.signal("-TERM");
+    assert!(b.wait_exit(Duration::from_secs(15)).success());
+    assert!(
+        started.elapsed() < Duration::from_millis(4500),
+        "the checks ran while the turn still ran"
+    );
+
+    let done = on_a.settled(task);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["latest_message"]["content"]["content"], "echo: mine");
+}
