@@ -12,7 +12,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::error::ServiceError;
 use crate::model::{AgentId, FinishTurn, TaskId, TurnError, TurnId, TurnOutcome, TurnStatus};
-use crate::ports::{AgentStore, Clock, TaskStore, TurnChange, TurnNotifier};
+use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, TurnInput, TurnOutput, TurnSink};
 
 /// Buffered sink items per turn before the runner waits for the executor.
@@ -60,7 +60,7 @@ struct Inner {
     tasks: Arc<dyn TaskStore>,
     agents: Arc<dyn AgentStore>,
     runners: RunnerRegistry,
-    notifier: Arc<dyn TurnNotifier>,
+    notifier: Arc<dyn TaskNotifier>,
     clock: Arc<dyn Clock>,
     permits: Arc<Semaphore>,
     handle: Handle,
@@ -100,7 +100,7 @@ impl TurnExecutor {
         tasks: Arc<dyn TaskStore>,
         agents: Arc<dyn AgentStore>,
         runners: RunnerRegistry,
-        notifier: Arc<dyn TurnNotifier>,
+        notifier: Arc<dyn TaskNotifier>,
         clock: Arc<dyn Clock>,
         config: ExecutorConfig,
         handle: Handle,
@@ -186,11 +186,7 @@ impl TurnExecutor {
             match self.inner.tasks.finish_turn(finish).await {
                 Ok(true) => {
                     ended += 1;
-                    self.inner.notifier.turn_changed(TurnChange {
-                        task_id: turn.task_id,
-                        turn_id: turn.turn_id,
-                        status: TurnStatus::Failed,
-                    });
+                    self.inner.notifier.task_changed(turn.task_id);
                 }
                 Ok(false) => {}
                 Err(err) => {
@@ -226,11 +222,7 @@ impl Inner {
         match self.tasks.finish_turn(finish).await {
             Ok(true) => {
                 info!(%status, "turn ended");
-                self.notifier.turn_changed(TurnChange {
-                    task_id: turn.task_id,
-                    turn_id: turn.turn_id,
-                    status,
-                });
+                self.notifier.task_changed(turn.task_id);
             }
             Ok(false) => info!("turn had already ended; its output was discarded"),
             Err(err) => error!(error = %err, "could not record the end of the turn"),

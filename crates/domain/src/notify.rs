@@ -1,91 +1,163 @@
-//! The in-process hub of turn changes: every waiter in this process (long-polls, and
-//! later streams) subscribes here. On one instance the executor publishes into it; with
-//! several instances a database relay feeds it the changes made elsewhere.
+//! The in-process hub of task changes. Every waiter in this process (long-polls, SSE
+//! streams) watches the one task it cares about; the executor and the stores' relays
+//! (other instances' changes, on PostgreSQL) publish into it. A change means "go and
+//! look", never "this is the data".
+//!
+//! One slot per watched task, so a change wakes only that task's waiters: ten
+//! thousand idle streams cost nothing when another task streams.
 
-use tokio::sync::broadcast;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::ports::{TurnChange, TurnNotifier};
+use tokio::sync::watch;
 
-/// What a waiter is woken for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wakeup {
-    /// A turn of this task changed state.
-    Turn(TurnChange),
-    /// Changes may have been missed (a relay reconnected): every waiter re-reads.
-    Everything,
+use crate::model::TaskId;
+use crate::ports::TaskNotifier;
+
+#[derive(Debug)]
+struct Slot {
+    generation: watch::Sender<u64>,
+    watchers: usize,
 }
 
-impl Wakeup {
-    /// Whether a waiter on `task` should go and look.
-    pub fn concerns(&self, task: crate::model::TaskId) -> bool {
-        match self {
-            Wakeup::Turn(change) => change.task_id == task,
-            Wakeup::Everything => true,
-        }
-    }
-}
+type Slots = Arc<Mutex<HashMap<TaskId, Slot>>>;
 
-/// Fans wake-ups out to every subscriber in this process.
-#[derive(Debug, Clone)]
+/// Fans task changes out to this process's waiters.
+#[derive(Debug, Clone, Default)]
 pub struct LocalNotifier {
-    sender: broadcast::Sender<Wakeup>,
+    slots: Slots,
+}
+
+fn lock(slots: &Slots) -> MutexGuard<'_, HashMap<TaskId, Slot>> {
+    // The map stays consistent even if a holder panicked: every change is one insert,
+    // increment or removal.
+    slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LocalNotifier {
-    pub fn new(capacity: usize) -> Self {
-        let (sender, _) = broadcast::channel(capacity.max(1));
-        LocalNotifier { sender }
+    pub fn new() -> Self {
+        LocalNotifier::default()
     }
 
-    /// Receives every wake-up published after this call. A receiver that falls more
-    /// than the capacity behind gets `Lagged` and must re-read the store.
-    pub fn subscribe(&self) -> broadcast::Receiver<Wakeup> {
-        self.sender.subscribe()
+    /// Starts watching `task`. Changes published after this call are seen by
+    /// [`TaskWatch::changed`], even those that happen before it is awaited — so watch
+    /// first, then read the store.
+    pub fn watch(&self, task: TaskId) -> TaskWatch {
+        let mut slots = lock(&self.slots);
+        let slot = slots.entry(task).or_insert_with(|| Slot {
+            generation: watch::channel(0).0,
+            watchers: 0,
+        });
+        slot.watchers += 1;
+        let mut receiver = slot.generation.subscribe();
+        receiver.mark_unchanged();
+        TaskWatch {
+            task,
+            receiver,
+            slots: self.slots.clone(),
+        }
     }
 
     /// Tells every waiter to re-read, because changes may have been missed.
     pub fn resync(&self) {
-        let _ = self.sender.send(Wakeup::Everything);
+        for slot in lock(&self.slots).values() {
+            slot.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Tasks watched right now (for tests and metrics).
+    pub fn watched_tasks(&self) -> usize {
+        lock(&self.slots).len()
     }
 }
 
-impl Default for LocalNotifier {
-    fn default() -> Self {
-        LocalNotifier::new(1024)
+impl TaskNotifier for LocalNotifier {
+    fn task_changed(&self, task: TaskId) {
+        // No watcher is not an error: nobody is waiting.
+        if let Some(slot) = lock(&self.slots).get(&task) {
+            slot.generation.send_modify(|g| *g += 1);
+        }
     }
 }
 
-impl TurnNotifier for LocalNotifier {
-    fn turn_changed(&self, change: TurnChange) {
-        // No subscriber is not an error: nobody is waiting.
-        let _ = self.sender.send(Wakeup::Turn(change));
+/// A waiter's interest in one task; dropping it ends the interest.
+#[derive(Debug)]
+pub struct TaskWatch {
+    task: TaskId,
+    receiver: watch::Receiver<u64>,
+    slots: Slots,
+}
+
+impl TaskWatch {
+    /// Returns once the task changed since the watch began or since the last call.
+    pub async fn changed(&mut self) {
+        // The sender lives in the hub as long as this watch does, so this cannot fail.
+        let _ = self.receiver.changed().await;
+    }
+}
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get_mut(&self.task) {
+            slot.watchers -= 1;
+            if slot.watchers == 0 {
+                slots.remove(&self.task);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::model::{TaskId, TurnId, TurnStatus};
+
+    async fn woken(watch: &mut TaskWatch) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), watch.changed())
+            .await
+            .is_ok()
+    }
 
     #[tokio::test]
-    async fn subscribers_receive_changes_published_after_subscribing() {
-        let notifier = LocalNotifier::new(8);
-        let change = TurnChange {
-            task_id: TaskId(1),
-            turn_id: TurnId(2),
-            status: TurnStatus::Completed,
-        };
-        notifier.turn_changed(change); // nobody listens yet: dropped, no error
-        let mut rx = notifier.subscribe();
-        notifier.turn_changed(change);
-        notifier.resync();
-        let got = rx.recv().await.unwrap();
-        assert_eq!(got, Wakeup::Turn(change));
-        assert!(got.concerns(TaskId(1)) && !got.concerns(TaskId(2)));
+    async fn a_watch_sees_changes_of_its_task_only_even_before_it_waits() {
+        let hub = LocalNotifier::new();
+        hub.task_changed(TaskId(1)); // nobody watches yet: dropped, no error
+        let mut one = hub.watch(TaskId(1));
+        let mut two = hub.watch(TaskId(2));
         assert!(
-            rx.recv().await.unwrap().concerns(TaskId(2)),
-            "a resync concerns every task"
+            !woken(&mut one).await,
+            "changes before the watch are not replayed"
         );
-        assert!(rx.try_recv().is_err());
+        hub.task_changed(TaskId(1));
+        hub.task_changed(TaskId(1));
+        assert!(woken(&mut one).await, "a change before waiting is not lost");
+        assert!(
+            !woken(&mut one).await,
+            "two changes before one wait wake it once"
+        );
+        assert!(!woken(&mut two).await);
+        hub.resync();
+        assert!(
+            woken(&mut one).await && woken(&mut two).await,
+            "a resync wakes everyone"
+        );
+    }
+
+    #[tokio::test]
+    async fn slots_go_away_with_their_last_watch() {
+        let hub = LocalNotifier::new();
+        let a = hub.watch(TaskId(1));
+        let b = hub.watch(TaskId(1));
+        let c = hub.watch(TaskId(2));
+        assert_eq!(hub.watched_tasks(), 2);
+        drop(a);
+        assert_eq!(hub.watched_tasks(), 2);
+        drop(b);
+        drop(c);
+        assert_eq!(hub.watched_tasks(), 0);
     }
 }

@@ -82,19 +82,12 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn revoke_api_key(&self, prefix: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 }
 
-/// A change in a turn's state, published so waiters can go and look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TurnChange {
-    pub task_id: TaskId,
-    pub turn_id: TurnId,
-    pub status: TurnStatus,
-}
-
-/// Tells whoever waits on a task that one of its turns changed state. A notification
-/// means "go and look", never "this is the data": waiters re-read the store.
+/// Tells whoever waits on a task that it changed: a turn started or ended, or events
+/// were appended to its log. A notification means "go and look", never "this is the
+/// data": waiters re-read the store.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
-pub trait TurnNotifier: Send + Sync + 'static {
-    fn turn_changed(&self, change: TurnChange);
+pub trait TaskNotifier: Send + Sync + 'static {
+    fn task_changed(&self, task: TaskId);
 }
 
 /// The time, as a port, so tests can fix it.

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
-
 use crate::error::{ServiceError, StoreError};
 use crate::executor::{StartedTurn, TurnExecutor};
 use crate::keys;
@@ -160,22 +158,19 @@ impl TaskService {
         task_id: TaskId,
         wait: Duration,
     ) -> Result<TaskView, ServiceError> {
-        // Subscribe before reading, so a change between the read and the wait is seen.
-        let mut wakeups = self.hub.subscribe();
+        // Watch before reading, so a change between the read and the wait is seen.
+        let mut watch = self.hub.watch(task_id);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
             let view = self.get_task(who, task_id).await?;
             if view.status() != TaskStatus::Running || wait.is_zero() {
                 return Ok(view);
             }
-            loop {
-                match tokio::time::timeout_at(deadline, wakeups.recv()).await {
-                    Err(_elapsed) => return Ok(view),
-                    Ok(Ok(wakeup)) if !wakeup.concerns(task_id) => continue,
-                    // A wake-up for this task, or missed ones: go and look.
-                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
-                    Ok(Err(RecvError::Closed)) => return Ok(view),
-                }
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
+                return Ok(view);
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton_domain::{LocalNotifier, TaskId, TurnChange, TurnId, TurnNotifier, TurnStatus};
+use baton_domain::{LocalNotifier, TaskId, TaskNotifier};
 use deadpool::managed::Object;
 use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -21,21 +21,9 @@ pub(crate) const CHANNEL: &str = "baton_turns";
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// `task:turn:status`, small and unambiguous.
-pub(crate) fn encode(change: &TurnChange) -> String {
-    format!("{}:{}:{}", change.task_id, change.turn_id, change.status)
-}
-
-pub(crate) fn decode(payload: &str) -> Option<TurnChange> {
-    let mut parts = payload.splitn(3, ':');
-    let task_id = TaskId(parts.next()?.parse().ok()?);
-    let turn_id = TurnId(parts.next()?.parse().ok()?);
-    let status: TurnStatus = parts.next()?.parse().ok()?;
-    Some(TurnChange {
-        task_id,
-        turn_id,
-        status,
-    })
+/// The payload is the changed task's id: a notification means "go and look".
+pub(crate) fn decode(payload: &str) -> Option<TaskId> {
+    payload.parse().ok().map(TaskId)
 }
 
 /// Relays notifications into `hub` until aborted, reconnecting with capped exponential
@@ -81,7 +69,7 @@ async fn listen(
     while let Some(notification) = notifications.next().await {
         let notification = notification.map_err(|err| err.to_string())?;
         match decode(&notification.payload) {
-            Some(change) => hub.turn_changed(change),
+            Some(task) => hub.task_changed(task),
             None => {
                 warn!(payload = %notification.payload, "ignoring a malformed turn notification")
             }
@@ -95,20 +83,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_round_trip_and_garbage_is_refused() {
-        let change = TurnChange {
-            task_id: TaskId(12),
-            turn_id: TurnId(345),
-            status: TurnStatus::Completed,
-        };
-        assert_eq!(decode(&encode(&change)), Some(change));
-        for bad in [
-            "",
-            "1:2",
-            "x:2:completed",
-            "1:2:done",
-            "1:2:completed:extra",
-        ] {
+    fn payloads_are_task_ids_and_garbage_is_refused() {
+        assert_eq!(decode("12"), Some(TaskId(12)));
+        for bad in ["", "x", "1:2", "1.5"] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

@@ -49,24 +49,24 @@ impl TxError {
     }
 }
 
-/// Announces turn changes to other instances, per backend.
+/// Announces task changes to other instances, per backend.
 pub(crate) mod announce {
-    use baton_domain::TurnChange;
+    use baton_domain::TaskId;
     use diesel::QueryResult;
     use diesel::sql_types::Text;
     use diesel_async::RunQueryDsl;
 
     use crate::backend::{PgConn, SqliteConn};
-    use crate::listen::{CHANNEL, encode};
+    use crate::listen::CHANNEL;
 
-    pub(crate) async fn sqlite(_conn: &mut SqliteConn, _change: &TurnChange) -> QueryResult<()> {
+    pub(crate) async fn sqlite(_conn: &mut SqliteConn, _task: TaskId) -> QueryResult<()> {
         Ok(())
     }
 
-    pub(crate) async fn postgres(conn: &mut PgConn, change: &TurnChange) -> QueryResult<()> {
+    pub(crate) async fn postgres(conn: &mut PgConn, task: TaskId) -> QueryResult<()> {
         diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<Text, _>(CHANNEL)
-            .bind::<Text, _>(encode(change))
+            .bind::<Text, _>(task.to_string())
             .execute(conn)
             .await
             .map(drop)
@@ -93,14 +93,6 @@ macro_rules! define_queries {
         type Conn = $Conn;
 
         const RUNNING: &str = "running";
-
-        fn started(task: i64, turn: i64) -> TurnChange {
-            TurnChange {
-                task_id: TaskId(task),
-                turn_id: TurnId(turn),
-                status: TurnStatus::Running,
-            }
-        }
 
         async fn running_turn(conn: &mut Conn, task: i64) -> Result<Option<ActiveTurn>, TxError> {
             let found: Option<(i64, i64)> = turns::table
@@ -177,7 +169,7 @@ macro_rules! define_queries {
                         .values(&message)
                         .execute(conn)
                         .await?;
-                    $announce(conn, &started(task, turn)).await?;
+                    $announce(conn, TaskId(task)).await?;
                     Ok::<_, TxError>((task, turn))
                 })
                 .await;
@@ -243,7 +235,7 @@ macro_rules! define_queries {
                             .set((tasks::input.eq(&input), tasks::updated_at.eq(now)))
                             .execute(conn)
                             .await?;
-                        $announce(conn, &started(task, turn)).await?;
+                        $announce(conn, TaskId(task)).await?;
                         Ok::<_, TxError>(turn)
                     })
                     .await;
@@ -503,12 +495,7 @@ macro_rules! define_queries {
                     .set(tasks::updated_at.eq(now))
                     .execute(conn)
                     .await?;
-                let change = TurnChange {
-                    task_id: finish.task_id,
-                    turn_id: finish.turn_id,
-                    status,
-                };
-                $announce(conn, &change).await?;
+                $announce(conn, finish.task_id).await?;
                 Ok::<_, TxError>(true)
             })
             .await
@@ -532,13 +519,8 @@ macro_rules! define_queries {
                         .returning((turns::id, turns::task_id))
                         .get_results(conn)
                         .await?;
-                for (turn, task) in &ended {
-                    let change = TurnChange {
-                        task_id: TaskId(*task),
-                        turn_id: TurnId(*turn),
-                        status: TurnStatus::Failed,
-                    };
-                    $announce(conn, &change).await?;
+                for (_turn, task) in &ended {
+                    $announce(conn, TaskId(*task)).await?;
                 }
                 Ok::<_, TxError>(ended.len() as u64)
             })

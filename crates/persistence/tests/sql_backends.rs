@@ -116,7 +116,7 @@ async fn postgres_fresh_database_is_migrated_at_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_turn_changes_reach_the_hub_of_another_instance() {
+async fn postgres_task_changes_reach_the_hub_of_another_instance() {
     let db = tokio::task::spawn_blocking(TestDatabase::new)
         .await
         .unwrap();
@@ -126,28 +126,21 @@ async fn postgres_turn_changes_reach_the_hub_of_another_instance() {
     let (reader, _) = SqlStore::open(db.url(), StoreOptions::default())
         .await
         .unwrap();
-    let hub = LocalNotifier::default();
-    let mut wakeups = hub.subscribe();
+    let (agent, accepted) = seed(&writer).await;
+    let hub = LocalNotifier::new();
+    let mut watch = hub.watch(accepted.task_id);
+    let woken = async |watch: &mut TaskWatch, within: Duration| {
+        tokio::time::timeout(within, watch.changed()).await.is_ok()
+    };
+
     let relay = reader
         .relay_changes(hub.clone())
         .expect("PostgreSQL relays changes");
-    // The relay announces itself with a resync once it listens.
-    let next = async |wakeups: &mut tokio::sync::broadcast::Receiver<Wakeup>| {
-        tokio::time::timeout(Duration::from_secs(10), wakeups.recv())
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    assert_eq!(next(&mut wakeups).await, Wakeup::Everything);
-    let (_, accepted) = seed(&writer).await;
-    let change = |status| {
-        Wakeup::Turn(TurnChange {
-            task_id: accepted.task_id,
-            turn_id: accepted.turn_id,
-            status,
-        })
-    };
-    assert_eq!(next(&mut wakeups).await, change(TurnStatus::Running));
+    assert!(
+        woken(&mut watch, Duration::from_secs(10)).await,
+        "a (re)connected relay wakes every waiter"
+    );
+
     let sent = Instant::now();
     let finish = FinishTurn {
         task_id: accepted.task_id,
@@ -157,7 +150,25 @@ async fn postgres_turn_changes_reach_the_hub_of_another_instance() {
         now: Utc::now(),
     };
     assert!(writer.finish_turn(finish).await.unwrap());
-    assert_eq!(next(&mut wakeups).await, change(TurnStatus::Completed));
+    assert!(
+        woken(&mut watch, Duration::from_secs(10)).await,
+        "the end of the turn reaches the other instance"
+    );
     eprintln!("finish_turn call to relayed wake-up: {:?}", sent.elapsed());
+
+    // Another task's changes do not wake this waiter.
+    writer
+        .create_task(NewTask {
+            agent_id: agent.id,
+            message: NewMessage {
+                role: Role::User,
+                content: Content::text("other"),
+            },
+            metadata: Metadata::new(),
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert!(!woken(&mut watch, Duration::from_millis(300)).await);
     relay.abort();
 }

@@ -12,7 +12,7 @@ use super::*;
 use crate::content::Content;
 use crate::error::ClaimError;
 use crate::executor::ExecutorConfig;
-use crate::ports::{MockAgentStore, MockClock, MockTaskStore, MockTurnNotifier, TurnChange};
+use crate::ports::{MockAgentStore, MockClock, MockTaskNotifier, MockTaskStore};
 use crate::runner::{MockTurnRunner, RunnerError, RunnerRegistry, TurnRunner};
 
 const AGENT: AgentId = AgentId(7);
@@ -86,7 +86,7 @@ fn accepted(task_id: i64, turn_id: i64) -> Accepted {
 struct Harness {
     tasks: MockTaskStore,
     agents: MockAgentStore,
-    notifier: MockTurnNotifier,
+    notifier: MockTaskNotifier,
     runner: MockTurnRunner,
     limit: usize,
 }
@@ -100,7 +100,7 @@ impl Harness {
         Harness {
             tasks: MockTaskStore::new(),
             agents: clock_agents,
-            notifier: MockTurnNotifier::new(),
+            notifier: MockTaskNotifier::new(),
             runner: MockTurnRunner::new(),
             limit: 8,
         }
@@ -165,14 +165,8 @@ async fn create_task_commits_then_plays_the_turn_and_completes_it() {
         .times(1)
         .returning(|_, _| Ok(()));
     h.notifier
-        .expect_turn_changed()
-        .withf(|c| {
-            *c == TurnChange {
-                task_id: TaskId(3),
-                turn_id: TurnId(30),
-                status: TurnStatus::Completed,
-            }
-        })
+        .expect_task_changed()
+        .withf(|task| *task == TaskId(3))
         .times(1)
         .return_const(());
     let service = h.build();
@@ -222,7 +216,7 @@ async fn streamed_text_becomes_the_turns_message() {
             Ok(())
         }
     }
-    h.notifier.expect_turn_changed().return_const(());
+    h.notifier.expect_task_changed().return_const(());
     let mut clock = MockClock::new();
     clock.expect_now().returning(|| at(1));
     let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
@@ -352,8 +346,8 @@ async fn turn_that_ends_badly(runner: MockTurnRunner) -> FinishTurn {
         .returning(|_| Ok(accepted(3, 32)));
     let mut ended = h.expect_turns_played();
     h.notifier
-        .expect_turn_changed()
-        .withf(|c| c.status == TurnStatus::Failed && c.turn_id == TurnId(32))
+        .expect_task_changed()
+        .withf(|task| *task == TaskId(3))
         .times(1)
         .return_const(());
     let service = h.build();
@@ -426,7 +420,7 @@ async fn executor_never_plays_more_turns_at_once_than_its_limit() {
         Ok(accepted(turn, turn))
     });
     let mut ended = h.expect_turns_played();
-    h.notifier.expect_turn_changed().return_const(());
+    h.notifier.expect_task_changed().return_const(());
     let mut clock = MockClock::new();
     clock.expect_now().returning(|| at(1));
     let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
@@ -499,14 +493,6 @@ fn view(status: TurnStatus) -> TaskView {
     }
 }
 
-fn change(task: i64, status: TurnStatus) -> TurnChange {
-    TurnChange {
-        task_id: TaskId(task),
-        turn_id: TurnId(30),
-        status,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_returns_at_once_when_the_task_is_not_running() {
     let mut h = Harness::new();
@@ -526,7 +512,7 @@ async fn wait_returns_at_once_when_the_task_is_not_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_wakes_on_its_tasks_change_and_reads_the_store_only_then() {
-    use crate::ports::TurnNotifier;
+    use crate::ports::TaskNotifier;
     let hub = crate::LocalNotifier::default();
     let reads = Arc::new(AtomicUsize::new(0));
     let mut h = Harness::new();
@@ -551,7 +537,7 @@ async fn wait_wakes_on_its_tasks_change_and_reads_the_store_only_then() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     for other in 0..20 {
-        hub.turn_changed(change(100 + other, TurnStatus::Completed));
+        hub.task_changed(TaskId(100 + other));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
@@ -560,7 +546,7 @@ async fn wait_wakes_on_its_tasks_change_and_reads_the_store_only_then() {
         "other tasks' changes cost no read"
     );
     assert!(!waiter.is_finished());
-    hub.turn_changed(change(3, TurnStatus::Completed));
+    hub.task_changed(TaskId(3));
     let got = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .unwrap()
@@ -649,7 +635,7 @@ async fn interrupting_unfinished_turns_ends_only_this_executors_turns() {
         std::thread::sleep(Duration::from_millis(200));
         Ok(())
     });
-    h.notifier.expect_turn_changed().return_const(());
+    h.notifier.expect_task_changed().return_const(());
     let service = h.build();
     service.create_task(&WHO, submit(AGENT)).await.unwrap();
     assert_eq!(

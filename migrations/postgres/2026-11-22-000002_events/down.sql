@@ -1,0 +1,2 @@
+DROP TABLE events;
+ALTER TABLE tasks DROP COLUMN last_seq;
