@@ -11,9 +11,11 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::error::ServiceError;
-use crate::model::{AgentId, FinishTurn, TaskId, TurnError, TurnId, TurnOutcome, TurnStatus};
+use crate::model::{
+    AgentId, FinishTurn, OutputOp, RecordOutput, TaskId, TurnError, TurnId, TurnOutcome, TurnStatus,
+};
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
-use crate::runner::{RunnerRegistry, TurnInput, TurnOutput, TurnSink};
+use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
 
 /// Buffered sink items per turn before the runner waits for the executor.
 const SINK_CAPACITY: usize = 64;
@@ -204,7 +206,7 @@ impl Inner {
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
-        let (outcome, messages) = self.play(turn).await;
+        let outcome = self.play(turn).await;
         let status = match &outcome {
             TurnOutcome::Completed => TurnStatus::Completed,
             TurnOutcome::Failed(_) => TurnStatus::Failed,
@@ -216,7 +218,7 @@ impl Inner {
             task_id: turn.task_id,
             turn_id: turn.turn_id,
             outcome,
-            messages,
+            messages: Vec::new(),
             now: self.clock.now(),
         };
         match self.tasks.finish_turn(finish).await {
@@ -231,15 +233,12 @@ impl Inner {
 
     /// Plays the turn and returns how it ended with what it produced. Never fails:
     /// every problem becomes the turn's error.
-    async fn play(&self, turn: StartedTurn) -> (TurnOutcome, Vec<crate::content::Content>) {
+    async fn play(&self, turn: StartedTurn) -> TurnOutcome {
         let failed = |code: &str, message: String| {
-            (
-                TurnOutcome::Failed(TurnError {
-                    code: code.to_owned(),
-                    message,
-                }),
-                Vec::new(),
-            )
+            TurnOutcome::Failed(TurnError {
+                code: code.to_owned(),
+                message,
+            })
         };
         let agent = match self.agents.get_agent(turn.agent_id).await {
             Ok(Some(agent)) => agent,
@@ -288,16 +287,34 @@ impl Inner {
         let mut run = self
             .handle
             .spawn(async move { runner.run(input, sink).await });
-        let mut output = TurnOutput::default();
+        let mut batch = Coalescer::default();
+        let mut flush_at: Option<tokio::time::Instant> = None;
         let joined = loop {
-            tokio::select! {
-                Some(item) = items.recv() => output.push(item),
+            let flush_now = tokio::select! {
+                item = items.recv(), if !items.is_closed() || !items.is_empty() => match item {
+                    Some(item) => {
+                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_INTERVAL);
+                        batch.push(item)
+                    }
+                    None => false,
+                },
+                _ = sleep_until_some(flush_at) => true,
                 joined = &mut run => break joined,
+            };
+            if flush_now {
+                flush_at = None;
+                if let Err(outcome) = self.flush(turn, &mut batch).await {
+                    run.abort();
+                    return outcome;
+                }
             }
         };
-        items.close();
+        // Whatever the runner pushed before it returned is recorded before the end.
         while let Ok(item) = items.try_recv() {
-            output.push(item);
+            batch.push(item);
+        }
+        if let Err(outcome) = self.flush(turn, &mut batch).await {
+            return outcome;
         }
         let outcome = match joined {
             Ok(Ok(())) => TurnOutcome::Completed,
@@ -314,6 +331,127 @@ impl Inner {
                 message: "the agent's runner was stopped before it finished".to_owned(),
             }),
         };
-        (outcome, output.finish())
+        outcome
+    }
+
+    /// Records the batched output of a running turn. An error means the turn must
+    /// stop, with this outcome: its output can no longer be stored, or it was ended
+    /// elsewhere (whatever comes after is discarded).
+    async fn flush(&self, turn: StartedTurn, batch: &mut Coalescer) -> Result<(), TurnOutcome> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let output = RecordOutput {
+            task_id: turn.task_id,
+            turn_id: turn.turn_id,
+            ops: batch.take(),
+            now: self.clock.now(),
+        };
+        match self.tasks.record_output(output).await {
+            Ok(true) => {
+                self.notifier.task_changed(turn.task_id);
+                Ok(())
+            }
+            Ok(false) => Err(TurnOutcome::Failed(TurnError {
+                code: "turn_ended".to_owned(),
+                message: "the turn was ended elsewhere; later output was discarded".to_owned(),
+            })),
+            Err(err) => Err(TurnOutcome::Failed(TurnError {
+                code: "storage_unavailable".to_owned(),
+                message: format!("the turn's output could not be stored: {err}"),
+            })),
+        }
+    }
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Text that waits at most this long before it is stored and streamed.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(25);
+/// Or until this much text is waiting.
+const FLUSH_BYTES: usize = 4096;
+
+/// Batches what a runner pushes into output for the store: adjacent text deltas merge
+/// into one, so a model that streams a token per event does not cost a transaction
+/// per token. It never reorders or drops anything: the deltas of a message,
+/// concatenated, are the message.
+#[derive(Debug, Default)]
+pub(crate) struct Coalescer {
+    ops: Vec<OutputOp>,
+    text_bytes: usize,
+}
+
+impl Coalescer {
+    /// Adds an item; returns whether the batch should be stored now.
+    pub(crate) fn push(&mut self, item: SinkItem) -> bool {
+        match item {
+            SinkItem::TextDelta(delta) => {
+                self.text_bytes += delta.len();
+                match self.ops.last_mut() {
+                    Some(OutputOp::TextDelta(text)) => text.push_str(&delta),
+                    _ => self.ops.push(OutputOp::TextDelta(delta)),
+                }
+                self.text_bytes >= FLUSH_BYTES
+            }
+            // A whole message is worth showing at once.
+            SinkItem::Message(content) => {
+                self.ops.push(OutputOp::Message(content));
+                true
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<OutputOp> {
+        self.text_bytes = 0;
+        std::mem::take(&mut self.ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::{Content, DataContent};
+
+    #[test]
+    fn deltas_merge_in_order_and_a_message_is_a_flush_point() {
+        let mut batch = Coalescer::default();
+        assert!(!batch.push(SinkItem::TextDelta("hel".into())));
+        assert!(!batch.push(SinkItem::TextDelta("lo".into())));
+        let data = Content::Data(DataContent {
+            data: serde_json::Map::new(),
+        });
+        assert!(batch.push(SinkItem::Message(data.clone())));
+        assert!(!batch.push(SinkItem::TextDelta("bye".into())));
+        assert_eq!(
+            batch.take(),
+            vec![
+                OutputOp::TextDelta("hello".into()),
+                OutputOp::Message(data),
+                OutputOp::TextDelta("bye".into())
+            ]
+        );
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn enough_waiting_text_is_a_flush_point() {
+        let mut batch = Coalescer::default();
+        assert!(!batch.push(SinkItem::TextDelta("x".repeat(FLUSH_BYTES - 1))));
+        assert!(batch.push(SinkItem::TextDelta("y".into())));
+        batch.take();
+        assert!(
+            !batch.push(SinkItem::TextDelta("z".into())),
+            "the count starts again"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod content;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod keys;
 pub mod model;

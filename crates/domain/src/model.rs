@@ -145,6 +145,67 @@ string_enum!(
     StreamingStatus { InProgress => "in_progress", Done => "done" }
 );
 
+string_enum!(
+    /// What an entry of a task's event log reports.
+    EventKind {
+        TurnStarted => "turn_started",
+        TextDelta => "text_delta",
+        Message => "message",
+        Final => "final",
+        Error => "error",
+        Cancelled => "cancelled",
+    }
+);
+
+impl EventKind {
+    /// Whether this event ends a turn.
+    pub fn ends_turn(self) -> bool {
+        matches!(
+            self,
+            EventKind::Final | EventKind::Error | EventKind::Cancelled
+        )
+    }
+}
+
+/// One entry of a task's append-only event log. `seq` increases strictly per task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEvent {
+    pub task_id: TaskId,
+    pub seq: i64,
+    pub turn_id: TurnId,
+    pub kind: EventKind,
+    /// The event's JSON, built by [`crate::events`].
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A slice of a task's event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<TaskEvent>,
+    /// The oldest `seq` still kept; a cursor before `first_kept - 1` has missed
+    /// pruned events.
+    pub first_kept: i64,
+}
+
+/// One step of a running turn's output, recorded in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputOp {
+    /// More text of the turn's open streamed text message (opened if none is).
+    TextDelta(String),
+    /// A complete message; an open streamed text message is closed first.
+    Message(Content),
+}
+
+/// Output of a running turn to record, with its events, in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordOutput {
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub ops: Vec<OutputOp>,
+    pub now: DateTime<Utc>,
+}
+
 impl TurnStatus {
     pub fn is_terminal(self) -> bool {
         self != TurnStatus::Running
@@ -169,8 +230,9 @@ pub struct TurnError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Turn {
+    #[serde(rename = "turn_id")]
     pub id: TurnId,
     pub task_id: TaskId,
     pub status: TurnStatus,
@@ -208,8 +270,9 @@ impl TaskView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
+    #[serde(rename = "message_id")]
     pub id: MessageId,
     pub task_id: TaskId,
     pub turn_id: TurnId,
@@ -275,7 +338,8 @@ pub struct FinishTurn {
     pub task_id: TaskId,
     pub turn_id: TurnId,
     pub outcome: TurnOutcome,
-    /// The agent's messages, in the order the runner produced them.
+    /// Last whole messages of the agent, stored before the turn ends (what was
+    /// streamed earlier is already recorded).
     pub messages: Vec<Content>,
     pub now: DateTime<Utc>,
 }

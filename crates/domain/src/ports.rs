@@ -52,10 +52,29 @@ pub trait TaskStore: Send + Sync + 'static {
         task: TaskId,
     ) -> Result<Option<(Task, Vec<Message>)>, StoreError>;
 
-    /// Ends a running turn: stores the agent's messages and the outcome in one
-    /// transaction. Returns `false`, storing nothing, if the turn was no longer running
-    /// (so late output can never flip an ended turn).
+    /// Records output of a running turn and appends its events (`text_delta`,
+    /// `message`) in one transaction. Returns `false`, storing nothing, if the turn is
+    /// no longer running: the runner's output is then discarded.
+    async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError>;
+
+    /// Ends a running turn in one transaction: closes its open streamed message, stores
+    /// the given last messages, sets the outcome and appends the ending event (`final`
+    /// or `error`, with the turn's output). Returns `false`, storing nothing, if the
+    /// turn was no longer running (so late output can never flip an ended turn).
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError>;
+
+    /// Up to `limit` events of the task with `seq > after`, in order, and the oldest
+    /// `seq` still kept; `None` if the agent does not own the task.
+    async fn list_events(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<EventPage>, StoreError>;
+
+    /// Deletes the task's events with `seq < before` (retention); returns how many.
+    async fn prune_events(&self, task: TaskId, before: i64) -> Result<u64, StoreError>;
 
     /// Ends every running turn as failed with `error`, returning how many. Used at
     /// start-up of a single-instance deployment, where any running turn is an orphan

@@ -168,6 +168,29 @@ impl TaskStore for SqlStore {
             .await)
     }
 
+    async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError> {
+        on_conn!(self, writer, |conn, q| q::record_output(conn, &output)
+            .await)
+    }
+
+    async fn list_events(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<EventPage>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_events(
+            conn, agent, task, after, limit
+        )
+        .await)
+    }
+
+    async fn prune_events(&self, task: TaskId, before: i64) -> Result<u64, StoreError> {
+        on_conn!(self, writer, |conn, q| q::prune_events(conn, task, before)
+            .await)
+    }
+
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
         on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await)
     }

@@ -2,6 +2,7 @@
 //! contract as the SQL stores (the conformance suite runs against all of them), but
 //! nothing survives the process.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -15,6 +16,8 @@ struct State {
     tasks: Vec<Task>,
     turns: Vec<Turn>,
     messages: Vec<Message>,
+    events: Vec<TaskEvent>,
+    last_seq: HashMap<TaskId, i64>,
 }
 
 /// Tasks, turns, messages, agents and keys in memory. Ids start at 1 per kind.
@@ -59,18 +62,21 @@ impl State {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> TurnId {
-        let turn_id = TurnId(next_id(self.turns.len()));
-        self.turns.push(Turn {
-            id: turn_id,
+        let turn = Turn {
+            id: TurnId(next_id(self.turns.len())),
             task_id: task,
             status: TurnStatus::Running,
             error: None,
             metadata: metadata.clone(),
             started_at: now,
             ended_at: None,
-        });
-        self.push_message(task, turn_id, message.role, message.content.clone(), now);
-        turn_id
+        };
+        self.turns.push(turn.clone());
+        let content = message.content.clone();
+        let input = self.push_message(task, turn.id, message.role, content, None, now);
+        let data = baton_domain::events::turn_started(&turn, &input);
+        self.push_event(task, turn.id, EventKind::TurnStarted, data, now);
+        turn.id
     }
 
     fn push_message(
@@ -79,17 +85,68 @@ impl State {
         turn: TurnId,
         role: Role,
         content: Content,
+        streaming_status: Option<StreamingStatus>,
         now: DateTime<Utc>,
-    ) {
-        self.messages.push(Message {
+    ) -> Message {
+        let message = Message {
             id: MessageId(next_id(self.messages.len())),
             task_id: task,
             turn_id: turn,
             role,
             content,
-            streaming_status: None,
+            streaming_status,
+            created_at: now,
+        };
+        self.messages.push(message.clone());
+        message
+    }
+
+    fn push_event(
+        &mut self,
+        task: TaskId,
+        turn: TurnId,
+        kind: EventKind,
+        data: serde_json::Value,
+        now: DateTime<Utc>,
+    ) {
+        let seq = self.last_seq.entry(task).or_insert(0);
+        *seq += 1;
+        self.events.push(TaskEvent {
+            task_id: task,
+            seq: *seq,
+            turn_id: turn,
+            kind,
+            data,
             created_at: now,
         });
+    }
+
+    fn open_text(&mut self, turn: TurnId) -> Option<&mut Message> {
+        self.messages
+            .iter_mut()
+            .find(|m| m.turn_id == turn && m.streaming_status == Some(StreamingStatus::InProgress))
+    }
+
+    /// Closes the turn's open streamed message, with its `message` event.
+    fn close_text(&mut self, task: TaskId, turn: TurnId, now: DateTime<Utc>) {
+        if let Some(open) = self.open_text(turn) {
+            open.streaming_status = Some(StreamingStatus::Done);
+            let data = baton_domain::events::message(open);
+            self.push_event(task, turn, EventKind::Message, data, now);
+        }
+    }
+
+    fn whole_message(&mut self, task: TaskId, turn: TurnId, content: Content, now: DateTime<Utc>) {
+        self.close_text(task, turn, now);
+        let message = self.push_message(task, turn, Role::Assistant, content, None, now);
+        let data = baton_domain::events::message(&message);
+        self.push_event(task, turn, EventKind::Message, data, now);
+    }
+
+    fn is_running(&self, turn: TurnId) -> bool {
+        self.turns
+            .iter()
+            .any(|t| t.id == turn && t.status == TurnStatus::Running)
     }
 
     fn view(&self, task: &Task) -> Result<TaskView, StoreError> {
@@ -229,13 +286,46 @@ impl TaskStore for MemoryStore {
         Ok(Some((found.clone(), history)))
     }
 
+    async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let (task, turn, now) = (output.task_id, output.turn_id, output.now);
+        if !state.is_running(turn) {
+            return Ok(false);
+        }
+        for op in output.ops {
+            match op {
+                OutputOp::TextDelta(delta) => {
+                    if state.open_text(turn).is_none() {
+                        let streaming = Some(StreamingStatus::InProgress);
+                        let empty = Content::text("");
+                        state.push_message(task, turn, Role::Assistant, empty, streaming, now);
+                    }
+                    let Some(open) = state.open_text(turn) else {
+                        return Err(StoreError::internal("the streamed message vanished"));
+                    };
+                    if let Content::Text(text) = &mut open.content {
+                        text.content.push_str(&delta);
+                    }
+                    let data = baton_domain::events::text_delta(turn, open.id, &delta);
+                    state.push_event(task, turn, EventKind::TextDelta, data, now);
+                }
+                OutputOp::Message(content) => state.whole_message(task, turn, content, now),
+            }
+        }
+        Ok(true)
+    }
+
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
         let mut state = self.lock()?;
-        let Some(turn) = state
-            .turns
-            .iter_mut()
-            .find(|t| t.id == finish.turn_id && t.status == TurnStatus::Running)
-        else {
+        let (task, turn_id, now) = (finish.task_id, finish.turn_id, finish.now);
+        if !state.is_running(turn_id) {
+            return Ok(false);
+        }
+        state.close_text(task, turn_id, now);
+        for content in finish.messages {
+            state.whole_message(task, turn_id, content, now);
+        }
+        let Some(turn) = state.turns.iter_mut().find(|t| t.id == turn_id) else {
             return Ok(false);
         };
         match &finish.outcome {
@@ -245,20 +335,51 @@ impl TaskStore for MemoryStore {
                 turn.error = Some(error.clone());
             }
         }
-        turn.ended_at = Some(finish.now);
-        for content in finish.messages {
-            state.push_message(
-                finish.task_id,
-                finish.turn_id,
-                Role::Assistant,
-                content,
-                finish.now,
-            );
-        }
-        if let Some(task) = state.tasks.iter_mut().find(|t| t.id == finish.task_id) {
-            task.updated_at = finish.now;
+        turn.ended_at = Some(now);
+        let turn = turn.clone();
+        let output: Vec<Message> = state
+            .messages
+            .iter()
+            .filter(|m| m.turn_id == turn_id && m.role == Role::Assistant)
+            .cloned()
+            .collect();
+        let (kind, data) = baton_domain::events::turn_ended(&turn, &output);
+        state.push_event(task, turn_id, kind, data, now);
+        if let Some(task) = state.tasks.iter_mut().find(|t| t.id == task) {
+            task.updated_at = now;
         }
         Ok(true)
+    }
+
+    async fn list_events(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<EventPage>, StoreError> {
+        let state = self.lock()?;
+        if state.owned_task(agent, task).is_none() {
+            return Ok(None);
+        }
+        let mut kept = state.events.iter().filter(|e| e.task_id == task).peekable();
+        let last_seq = state.last_seq.get(&task).copied().unwrap_or(0);
+        let first_kept = kept.peek().map_or(last_seq + 1, |e| e.seq);
+        let events = kept
+            .filter(|e| e.seq > after)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        Ok(Some(EventPage { events, first_kept }))
+    }
+
+    async fn prune_events(&self, task: TaskId, before: i64) -> Result<u64, StoreError> {
+        let mut state = self.lock()?;
+        let count = state.events.len();
+        state
+            .events
+            .retain(|e| e.task_id != task || e.seq >= before);
+        Ok((count - state.events.len()) as u64)
     }
 
     async fn interrupt_running_turns(

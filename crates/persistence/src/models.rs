@@ -247,6 +247,49 @@ impl NewMessageRow {
     }
 }
 
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = crate::schema::events)]
+pub(crate) struct EventRow {
+    pub task_id: i64,
+    pub seq: i64,
+    pub turn_id: i64,
+    pub kind: String,
+    pub data: String,
+    pub created_at: i64,
+}
+
+impl EventRow {
+    pub fn into_domain(self) -> Result<TaskEvent, StoreError> {
+        Ok(TaskEvent {
+            task_id: TaskId(self.task_id),
+            seq: self.seq,
+            turn_id: TurnId(self.turn_id),
+            kind: parse_enum("events.kind", &self.kind)?,
+            data: parse_json("events.data", &self.data)?,
+            created_at: from_micros(self.created_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = crate::schema::events)]
+pub(crate) struct NewEventRow {
+    pub task_id: i64,
+    pub seq: i64,
+    pub turn_id: i64,
+    pub kind: &'static str,
+    pub data: String,
+    pub created_at: i64,
+}
+
+/// An event about to be appended: its `seq` is handed out when it is written.
+#[derive(Debug)]
+pub(crate) struct EventDraft {
+    pub turn_id: TurnId,
+    pub kind: EventKind,
+    pub data: serde_json::Value,
+}
+
 pub(crate) fn metadata_json(metadata: &Metadata) -> Result<String, StoreError> {
     json(metadata)
 }

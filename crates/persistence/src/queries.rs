@@ -88,7 +88,7 @@ macro_rules! define_queries {
         use crate::error::from_diesel;
         use crate::models::*;
         use crate::queries::TxError;
-        use crate::schema::{agents, api_keys, messages, tasks, turns};
+        use crate::schema::{agents, api_keys, events, messages, tasks, turns};
 
         type Conn = $Conn;
 
@@ -111,19 +111,74 @@ macro_rules! define_queries {
         }
 
         /// Inserts a running turn; the partial unique index refuses a second one.
-        async fn insert_turn(
+        /// Appends events to the task's log, handing out the next sequence numbers
+        /// from `tasks.last_seq` (the row update also serializes concurrent writers).
+        async fn append_events(
             conn: &mut Conn,
             task: i64,
-            metadata: &str,
+            drafts: Vec<EventDraft>,
             now: i64,
-        ) -> Result<i64, TxError> {
+        ) -> Result<(), TxError> {
+            if drafts.is_empty() {
+                return Ok(());
+            }
+            let count = drafts.len() as i64;
+            let last: i64 = diesel::update(tasks::table.find(task))
+                .set(tasks::last_seq.eq(tasks::last_seq + count))
+                .returning(tasks::last_seq)
+                .get_result(conn)
+                .await?;
+            for (seq, draft) in (last - count + 1..).zip(drafts) {
+                let row = NewEventRow {
+                    task_id: task,
+                    seq,
+                    turn_id: draft.turn_id.0,
+                    kind: draft.kind.as_str(),
+                    data: serde_json::to_string(&draft.data).map_err(StoreError::internal)?,
+                    created_at: now,
+                };
+                diesel::insert_into(events::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn insert_message(
+            conn: &mut Conn,
+            task: TaskId,
+            turn: TurnId,
+            role: Role,
+            content: &Content,
+            streaming: Option<StreamingStatus>,
+            at: DateTime<Utc>,
+        ) -> Result<Message, TxError> {
+            let row = NewMessageRow::new(task, turn, role, content, streaming, at)?;
+            let stored: MessageRow = diesel::insert_into(messages::table)
+                .values(&row)
+                .returning(MessageRow::as_returning())
+                .get_result(conn)
+                .await?;
+            Ok(stored.into_domain()?)
+        }
+
+        /// Starts a turn with its message: the turn (the partial unique index refuses
+        /// a second running one), the message, and the `turn_started` event.
+        async fn start_turn(
+            conn: &mut Conn,
+            task: TaskId,
+            message: &NewMessage,
+            metadata: &Metadata,
+            at: DateTime<Utc>,
+        ) -> Result<TurnId, TxError> {
             let row = NewTurnRow {
-                task_id: task,
+                task_id: task.0,
                 status: RUNNING,
-                metadata: metadata.to_owned(),
-                started_at: now,
+                metadata: metadata_json(metadata)?,
+                started_at: micros(at),
             };
-            diesel::insert_into(turns::table)
+            let turn: i64 = diesel::insert_into(turns::table)
                 .values(&row)
                 .returning(turns::id)
                 .get_result(conn)
@@ -133,7 +188,27 @@ macro_rules! define_queries {
                         TxError::Busy(None)
                     }
                     other => TxError::Db(other),
-                })
+                })?;
+            let turn = TurnId(turn);
+            let input =
+                insert_message(conn, task, turn, message.role, &message.content, None, at).await?;
+            let started = Turn {
+                id: turn,
+                task_id: task,
+                status: TurnStatus::Running,
+                error: None,
+                metadata: metadata.clone(),
+                started_at: at,
+                ended_at: None,
+            };
+            let draft = EventDraft {
+                turn_id: turn,
+                kind: EventKind::TurnStarted,
+                data: baton_domain::events::turn_started(&started, &input),
+            };
+            append_events(conn, task.0, vec![draft], micros(at)).await?;
+            $announce(conn, task).await?;
+            Ok(turn)
         }
 
         pub(crate) async fn create_task(
@@ -141,10 +216,9 @@ macro_rules! define_queries {
             new: &NewTask,
         ) -> Result<Accepted, StoreError> {
             let now = micros(new.now);
-            let metadata = metadata_json(&new.metadata)?;
             let task_row = NewTaskRow {
                 agent_id: new.agent_id.0,
-                metadata: metadata.clone(),
+                metadata: metadata_json(&new.metadata)?,
                 input: content_json(&new.message.content)?,
                 created_at: now,
                 updated_at: now,
@@ -156,28 +230,16 @@ macro_rules! define_queries {
                         .returning(tasks::id)
                         .get_result(conn)
                         .await?;
-                    let turn = insert_turn(conn, task, &metadata, now).await?;
-                    let message = NewMessageRow::new(
-                        TaskId(task),
-                        TurnId(turn),
-                        new.message.role,
-                        &new.message.content,
-                        None,
-                        new.now,
-                    )?;
-                    diesel::insert_into(messages::table)
-                        .values(&message)
-                        .execute(conn)
+                    let turn = start_turn(conn, TaskId(task), &new.message, &new.metadata, new.now)
                         .await?;
-                    $announce(conn, TaskId(task)).await?;
-                    Ok::<_, TxError>((task, turn))
+                    Ok::<_, TxError>((TaskId(task), turn))
                 })
                 .await;
-            let (task, turn) = result.map_err(TxError::into_store)?;
+            let (task_id, turn_id) = result.map_err(TxError::into_store)?;
             Ok(Accepted {
-                task_id: TaskId(task),
+                task_id,
                 agent_id: new.agent_id,
-                turn_id: TurnId(turn),
+                turn_id,
                 accepted_at: new.now,
                 metadata: new.metadata.clone(),
             })
@@ -189,16 +251,7 @@ macro_rules! define_queries {
         ) -> Result<Accepted, ClaimError> {
             let now = micros(append.now);
             let task = append.task_id.0;
-            let metadata = metadata_json(&append.metadata)?;
             let input = content_json(&append.message.content)?;
-            let message = NewMessageRow::new(
-                append.task_id,
-                TurnId(0),
-                append.message.role,
-                &append.message.content,
-                None,
-                append.now,
-            )?;
             // A lost race (possible on PostgreSQL, where the unique index decides) is
             // answered by naming the winner; if the winner already ended, the task is
             // idle again and the claim is simply retried.
@@ -221,30 +274,26 @@ macro_rules! define_queries {
                         if let Some(active) = running_turn(conn, task).await? {
                             return Err(TxError::Busy(Some(active)));
                         }
-                        let turn = insert_turn(conn, task, &metadata, now).await?;
-                        let message = NewMessageRow {
-                            turn_id: turn,
-                            content: message.content.clone(),
-                            ..message
-                        };
-                        diesel::insert_into(messages::table)
-                            .values(&message)
-                            .execute(conn)
-                            .await?;
                         diesel::update(tasks::table.find(task))
                             .set((tasks::input.eq(&input), tasks::updated_at.eq(now)))
                             .execute(conn)
                             .await?;
-                        $announce(conn, TaskId(task)).await?;
-                        Ok::<_, TxError>(turn)
+                        start_turn(
+                            conn,
+                            append.task_id,
+                            &append.message,
+                            &append.metadata,
+                            append.now,
+                        )
+                        .await
                     })
                     .await;
                 match result {
-                    Ok(turn) => {
+                    Ok(turn_id) => {
                         return Ok(Accepted {
                             task_id: append.task_id,
                             agent_id: append.agent_id,
-                            turn_id: TurnId(turn),
+                            turn_id,
                             accepted_at: append.now,
                             metadata: append.metadata.clone(),
                         });
@@ -265,6 +314,128 @@ macro_rules! define_queries {
             Err(ClaimError::Store(StoreError::Unavailable(
                 "the task is heavily contended; try again".to_owned(),
             )))
+        }
+
+        /// The turn's open streamed text message, if it has one.
+        async fn open_text(conn: &mut Conn, turn: TurnId) -> Result<Option<Message>, TxError> {
+            let row: Option<MessageRow> = messages::table
+                .filter(
+                    messages::turn_id
+                        .eq(turn.0)
+                        .and(messages::streaming_status.eq(StreamingStatus::InProgress.as_str())),
+                )
+                .select(MessageRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            Ok(row.map(MessageRow::into_domain).transpose()?)
+        }
+
+        /// Stores a streamed message's text so far, and closes it if `close`.
+        async fn save_text(
+            conn: &mut Conn,
+            message: &mut Message,
+            close: bool,
+        ) -> Result<(), TxError> {
+            if close {
+                message.streaming_status = Some(StreamingStatus::Done);
+            }
+            diesel::update(messages::table.find(message.id.0))
+                .set((
+                    messages::content.eq(content_json(&message.content)?),
+                    messages::streaming_status
+                        .eq(message.streaming_status.map(StreamingStatus::as_str)),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+
+        async fn turn_is_running(conn: &mut Conn, turn: TurnId) -> Result<bool, TxError> {
+            let status: Option<String> = turns::table
+                .find(turn.0)
+                .select(turns::status)
+                .first(conn)
+                .await
+                .optional()?;
+            Ok(status.as_deref() == Some(RUNNING))
+        }
+
+        pub(crate) async fn record_output(
+            conn: &mut Conn,
+            output: &RecordOutput,
+        ) -> Result<bool, StoreError> {
+            let (task, turn, at) = (output.task_id, output.turn_id, output.now);
+            conn.$begin_write(async |conn| {
+                if !turn_is_running(conn, turn).await? {
+                    return Ok(false);
+                }
+                let mut drafts = Vec::new();
+                let mut open = open_text(conn, turn).await?;
+                for op in &output.ops {
+                    match op {
+                        OutputOp::TextDelta(delta) => {
+                            if open.is_none() {
+                                let empty = Content::text("");
+                                let opened = insert_message(
+                                    conn,
+                                    task,
+                                    turn,
+                                    Role::Assistant,
+                                    &empty,
+                                    Some(StreamingStatus::InProgress),
+                                    at,
+                                )
+                                .await?;
+                                open = Some(opened);
+                            }
+                            if let Some(message) = open.as_mut() {
+                                if let Content::Text(text) = &mut message.content {
+                                    text.content.push_str(delta);
+                                }
+                                drafts.push(EventDraft {
+                                    turn_id: turn,
+                                    kind: EventKind::TextDelta,
+                                    data: baton_domain::events::text_delta(turn, message.id, delta),
+                                });
+                            }
+                        }
+                        OutputOp::Message(content) => {
+                            if let Some(mut message) = open.take() {
+                                save_text(conn, &mut message, true).await?;
+                                drafts.push(message_event(&message));
+                            }
+                            let whole = insert_message(
+                                conn,
+                                task,
+                                turn,
+                                Role::Assistant,
+                                content,
+                                None,
+                                at,
+                            )
+                            .await?;
+                            drafts.push(message_event(&whole));
+                        }
+                    }
+                }
+                if let Some(mut message) = open {
+                    save_text(conn, &mut message, false).await?;
+                }
+                append_events(conn, task.0, drafts, micros(at)).await?;
+                $announce(conn, task).await?;
+                Ok::<_, TxError>(true)
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        fn message_event(message: &Message) -> EventDraft {
+            EventDraft {
+                turn_id: message.turn_id,
+                kind: EventKind::Message,
+                data: baton_domain::events::message(message),
+            }
         }
 
         /// Builds views for task rows: each task's latest turn and latest agent message.
@@ -451,28 +622,11 @@ macro_rules! define_queries {
                     Some(err.message.as_str()),
                 ),
             };
-            let rows = finish
-                .messages
-                .iter()
-                .map(|content| {
-                    NewMessageRow::new(
-                        finish.task_id,
-                        finish.turn_id,
-                        Role::Assistant,
-                        content,
-                        None,
-                        finish.now,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let (task, turn) = (finish.task_id, finish.turn_id);
             conn.$begin_write(async |conn| {
                 // Only a running turn can end: late output for an ended turn is dropped.
                 let ended = diesel::update(
-                    turns::table.filter(
-                        turns::id
-                            .eq(finish.turn_id.0)
-                            .and(turns::status.eq(RUNNING)),
-                    ),
+                    turns::table.filter(turns::id.eq(turn.0).and(turns::status.eq(RUNNING))),
                 )
                 .set((
                     turns::status.eq(status.as_str()),
@@ -485,21 +639,114 @@ macro_rules! define_queries {
                 if ended == 0 {
                     return Ok(false);
                 }
-                for row in &rows {
-                    diesel::insert_into(messages::table)
-                        .values(row)
-                        .execute(conn)
-                        .await?;
+                let mut drafts = Vec::new();
+                if let Some(mut open) = open_text(conn, turn).await? {
+                    save_text(conn, &mut open, true).await?;
+                    drafts.push(message_event(&open));
                 }
-                diesel::update(tasks::table.find(finish.task_id.0))
+                for content in &finish.messages {
+                    let whole = insert_message(
+                        conn,
+                        task,
+                        turn,
+                        Role::Assistant,
+                        content,
+                        None,
+                        finish.now,
+                    )
+                    .await?;
+                    drafts.push(message_event(&whole));
+                }
+                let output: Vec<Message> = messages::table
+                    .filter(
+                        messages::turn_id
+                            .eq(turn.0)
+                            .and(messages::role.eq(Role::Assistant.as_str())),
+                    )
+                    .order(messages::id.asc())
+                    .select(MessageRow::as_select())
+                    .load(conn)
+                    .await?
+                    .into_iter()
+                    .map(MessageRow::into_domain)
+                    .collect::<Result<_, _>>()?;
+                let ended: TurnRow = turns::table
+                    .find(turn.0)
+                    .select(TurnRow::as_select())
+                    .first(conn)
+                    .await?;
+                let (kind, data) = baton_domain::events::turn_ended(&ended.into_domain()?, &output);
+                drafts.push(EventDraft {
+                    turn_id: turn,
+                    kind,
+                    data,
+                });
+                diesel::update(tasks::table.find(task.0))
                     .set(tasks::updated_at.eq(now))
                     .execute(conn)
                     .await?;
-                $announce(conn, finish.task_id).await?;
+                append_events(conn, task.0, drafts, now).await?;
+                $announce(conn, task).await?;
                 Ok::<_, TxError>(true)
             })
             .await
             .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn list_events(
+            conn: &mut Conn,
+            agent: AgentId,
+            task: TaskId,
+            after: i64,
+            limit: u32,
+        ) -> Result<Option<EventPage>, StoreError> {
+            conn.transaction(async |conn| {
+                let last_seq: Option<i64> = tasks::table
+                    .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
+                    .select(tasks::last_seq)
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let Some(last_seq) = last_seq else {
+                    return Ok(None);
+                };
+                let first: Option<i64> = events::table
+                    .filter(events::task_id.eq(task.0))
+                    .select(diesel::dsl::min(events::seq))
+                    .first(conn)
+                    .await?;
+                let rows: Vec<EventRow> = events::table
+                    .filter(events::task_id.eq(task.0).and(events::seq.gt(after)))
+                    .order(events::seq.asc())
+                    .limit(i64::from(limit))
+                    .select(EventRow::as_select())
+                    .load(conn)
+                    .await?;
+                let events = rows
+                    .into_iter()
+                    .map(EventRow::into_domain)
+                    .collect::<Result<_, _>>()?;
+                Ok::<_, TxError>(Some(EventPage {
+                    events,
+                    first_kept: first.unwrap_or(last_seq + 1),
+                }))
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn prune_events(
+            conn: &mut Conn,
+            task: TaskId,
+            before: i64,
+        ) -> Result<u64, StoreError> {
+            let deleted = diesel::delete(
+                events::table.filter(events::task_id.eq(task.0).and(events::seq.lt(before))),
+            )
+            .execute(conn)
+            .await
+            .map_err(from_diesel)?;
+            Ok(deleted as u64)
         }
 
         pub(crate) async fn interrupt_running_turns(

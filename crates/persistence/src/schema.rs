@@ -30,6 +30,18 @@ diesel::table! {
         input -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        last_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    events (task_id, seq) {
+        task_id -> BigInt,
+        seq -> BigInt,
+        turn_id -> BigInt,
+        kind -> Text,
+        data -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -62,4 +74,5 @@ diesel::joinable!(api_keys -> agents (agent_id));
 diesel::joinable!(tasks -> agents (agent_id));
 diesel::joinable!(turns -> tasks (task_id));
 diesel::joinable!(messages -> tasks (task_id));
-diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, tasks, turns, messages);
+diesel::joinable!(events -> tasks (task_id));
+diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, tasks, turns, messages, events);

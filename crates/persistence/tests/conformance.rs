@@ -101,6 +101,11 @@ conformance!(
     interrupt_ends_only_running_turns,
     agents_round_trip_and_are_counted,
     keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
+    events_number_from_one_per_task_and_tell_the_whole_turn,
+    streamed_text_is_one_message_in_progress_until_closed,
+    output_for_an_ended_turn_is_discarded,
+    failed_turn_ends_with_an_error_event,
+    events_page_after_a_cursor_and_report_pruning,
 );
 
 trait Store: TaskStore + AgentStore {}
@@ -724,5 +729,282 @@ async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<imp
     assert_eq!(
         store.find_api_key("h1").await.unwrap().unwrap().revoked_at,
         Some(at(5))
+    );
+}
+
+fn record(task: &Accepted, ops: Vec<OutputOp>) -> RecordOutput {
+    RecordOutput {
+        task_id: task.task_id,
+        turn_id: task.turn_id,
+        ops,
+        now: at(2),
+    }
+}
+
+fn delta(text: &str) -> OutputOp {
+    OutputOp::TextDelta(text.into())
+}
+
+async fn all_events(store: &impl Store, agent: AgentId, task: TaskId) -> Vec<TaskEvent> {
+    store
+        .list_events(agent, task, 0, 1000)
+        .await
+        .unwrap()
+        .unwrap()
+        .events
+}
+
+async fn events_number_from_one_per_task_and_tell_the_whole_turn(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    let other = new_task(&*store, a.id, "other").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("echo: "), delta("hel")]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("lo")]))
+            .await
+            .unwrap()
+    );
+    let data: Content = serde_json::from_value(json!({"type": "data", "data": {"n": 1}})).unwrap();
+    assert!(
+        store
+            .record_output(record(&t, vec![OutputOp::Message(data.clone())]))
+            .await
+            .unwrap()
+    );
+    assert!(finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "turn_started",
+            "text_delta",
+            "text_delta",
+            "text_delta",
+            "message",
+            "message",
+            "final"
+        ]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.turn_id == t.turn_id && e.task_id == t.task_id)
+    );
+    assert_eq!(events[0].data["input"]["content"]["content"], "hello");
+    assert_eq!(events[0].data["turn"]["status"], "running");
+
+    // The deltas of a message, concatenated, are the stored message.
+    let messages = history(&*store, a.id, t.task_id).await;
+    let streamed = &messages[1];
+    let concatenated: String = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TextDelta && e.data["message_id"] == streamed.id.0)
+        .map(|e| e.data["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(concatenated, "echo: hello");
+    assert_eq!(streamed.content, Content::text("echo: hello"));
+    assert_eq!(streamed.streaming_status, Some(StreamingStatus::Done));
+    assert_eq!(messages[2].content, data);
+    assert_eq!(
+        events[4].data["message"]["message_id"], streamed.id.0,
+        "the streamed one closes first"
+    );
+    assert_eq!(events[5].data["message"]["content"]["type"], "data");
+    let output = events[6].data["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2);
+    assert_eq!(output[0]["content"]["content"], "echo: hello");
+    assert_eq!(events[6].data["status"], "completed");
+    assert_eq!(events[6].data["turn"]["ended_at"].as_str().is_some(), true);
+
+    // Every task has its own numbering.
+    let theirs = all_events(&*store, a.id, other.task_id).await;
+    assert_eq!(theirs.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+}
+
+async fn streamed_text_is_one_message_in_progress_until_closed(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "q").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("par")]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("tial")]))
+            .await
+            .unwrap()
+    );
+    let messages = history(&*store, a.id, t.task_id).await;
+    assert_eq!(
+        messages.len(),
+        2,
+        "one streamed message, however many deltas"
+    );
+    assert_eq!(messages[1].content, Content::text("partial"));
+    assert_eq!(
+        messages[1].streaming_status,
+        Some(StreamingStatus::InProgress)
+    );
+    assert!(
+        finish(
+            &*store,
+            &t,
+            TurnOutcome::Completed,
+            vec![Content::text("tail")]
+        )
+        .await
+    );
+    let messages = history(&*store, a.id, t.task_id).await;
+    assert_eq!(texts(&messages), ["q", "partial", "tail"]);
+    assert_eq!(messages[1].streaming_status, Some(StreamingStatus::Done));
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, EventKind::Final);
+    assert_eq!(last.data["output"].as_array().unwrap().len(), 2);
+    // The next turn streams into a new message.
+    let next = store
+        .append_and_claim(append(a.id, t.task_id, "again"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .record_output(record(&next, vec![delta("new")]))
+            .await
+            .unwrap()
+    );
+    let messages = history(&*store, a.id, t.task_id).await;
+    assert_eq!(texts(&messages)[4], "new");
+    assert_eq!(messages[4].turn_id, next.turn_id);
+}
+
+async fn output_for_an_ended_turn_is_discarded(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "q").await;
+    assert!(finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    let before = all_events(&*store, a.id, t.task_id).await.len();
+    assert!(
+        !store
+            .record_output(record(
+                &t,
+                vec![delta("late"), OutputOp::Message(Content::text("late"))]
+            ))
+            .await
+            .unwrap()
+    );
+    assert_eq!(all_events(&*store, a.id, t.task_id).await.len(), before);
+    assert_eq!(texts(&history(&*store, a.id, t.task_id).await), ["q"]);
+}
+
+async fn failed_turn_ends_with_an_error_event(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "q").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("half")]))
+            .await
+            .unwrap()
+    );
+    let failed = TurnOutcome::Failed(TurnError {
+        code: "model_unavailable".into(),
+        message: "503".into(),
+    });
+    assert!(finish(&*store, &t, failed, vec![]).await);
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::TurnStarted,
+            EventKind::TextDelta,
+            EventKind::Message,
+            EventKind::Error
+        ]
+    );
+    let error = &events[3].data;
+    assert_eq!(error["error"]["code"], "model_unavailable");
+    assert_eq!(error["status"], "failed");
+    assert_eq!(
+        error["output"][0]["content"]["content"], "half",
+        "partial output is kept"
+    );
+}
+
+async fn events_page_after_a_cursor_and_report_pruning(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let intruder = agent(&*store, "intruder").await;
+    let t = new_task(&*store, a.id, "q").await;
+    for word in ["a", "b", "c", "d"] {
+        assert!(
+            store
+                .record_output(record(&t, vec![delta(word)]))
+                .await
+                .unwrap()
+        );
+    }
+    let page = store
+        .list_events(a.id, t.task_id, 2, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert_eq!(page.first_kept, 1);
+    let rest = store
+        .list_events(a.id, t.task_id, 4, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
+    assert!(
+        store
+            .list_events(a.id, t.task_id, 5, 100)
+            .await
+            .unwrap()
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_events(intruder.id, t.task_id, 0, 100)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert_eq!(store.prune_events(t.task_id, 3).await.unwrap(), 2);
+    let page = store
+        .list_events(a.id, t.task_id, 0, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.first_kept, 3);
+    assert_eq!(page.events.first().unwrap().seq, 3);
+    // Appending after a prune continues the numbering.
+    assert!(finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    let page = store
+        .list_events(a.id, t.task_id, 5, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [6, 7]
     );
 }

@@ -108,10 +108,22 @@ impl Harness {
 
     /// Expects turns to be played: history is loaded and each end is recorded.
     fn expect_turns_played(&mut self) -> mpsc::UnboundedReceiver<FinishTurn> {
+        self.expect_turns_played_recording(Arc::new(std::sync::Mutex::new(Vec::new())))
+    }
+
+    /// As above, with every recorded output op appended to `recorded`.
+    fn expect_turns_played_recording(
+        &mut self,
+        recorded: Arc<std::sync::Mutex<Vec<OutputOp>>>,
+    ) -> mpsc::UnboundedReceiver<FinishTurn> {
         let (ended, ended_rx) = mpsc::unbounded_channel();
         self.tasks
             .expect_load_turn_input()
             .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+        self.tasks.expect_record_output().returning(move |output| {
+            recorded.lock().unwrap().extend(output.ops);
+            Ok(true)
+        });
         self.tasks.expect_finish_turn().returning(move |finish| {
             ended.send(finish).unwrap();
             Ok(true)
@@ -193,7 +205,8 @@ async fn streamed_text_becomes_the_turns_message() {
     h.tasks
         .expect_append_and_claim()
         .returning(|_| Ok(accepted(3, 31)));
-    let mut ended = h.expect_turns_played();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut ended = h.expect_turns_played_recording(recorded.clone());
     h.runner.expect_run().returning(|_, _| Ok(()));
     // A runner that streams is awkward to express with a synchronous mock closure, so
     // this one is a real implementation of the port.
@@ -238,7 +251,23 @@ async fn streamed_text_becomes_the_turns_message() {
         .unwrap();
     let end = next_end(&mut ended).await;
     assert_eq!(end.outcome, TurnOutcome::Completed);
-    assert_eq!(end.messages, vec![Content::text("echo: hello world")]);
+    assert!(
+        end.messages.is_empty(),
+        "everything streamed was recorded before the end"
+    );
+    let text: String = recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|op| match op {
+            OutputOp::TextDelta(text) => text.clone(),
+            OutputOp::Message(other) => panic!("unexpected message {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        text, "echo: hello world",
+        "coalescing never reorders or loses text"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
