@@ -316,7 +316,7 @@ impl Inner {
         if let Err(outcome) = self.flush(turn, &mut batch).await {
             return outcome;
         }
-        let outcome = match joined {
+        match joined {
             Ok(Ok(())) => TurnOutcome::Completed,
             Ok(Err(err)) => TurnOutcome::Failed(TurnError {
                 code: err.code,
@@ -330,8 +330,7 @@ impl Inner {
                 code: "runner_aborted".to_owned(),
                 message: "the agent's runner was stopped before it finished".to_owned(),
             }),
-        };
-        outcome
+        }
     }
 
     /// Records the batched output of a running turn. An error means the turn must
