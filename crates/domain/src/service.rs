@@ -175,6 +175,25 @@ impl TaskService {
         }
     }
 
+    /// Up to `limit` events of the task after `after`, with the oldest `seq` kept.
+    pub async fn events(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+        after: i64,
+        limit: u32,
+    ) -> Result<EventPage, ServiceError> {
+        self.tasks
+            .list_events(who.agent_id, task_id, after, limit)
+            .await?
+            .ok_or(ServiceError::TaskNotFound)
+    }
+
+    /// Starts watching a task for changes (see [`LocalNotifier::watch`]).
+    pub fn watch(&self, task_id: TaskId) -> crate::notify::TaskWatch {
+        self.hub.watch(task_id)
+    }
+
     pub async fn list_tasks(
         &self,
         who: &Principal,

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod routes;
+pub mod sse;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub struct ApiState {
     pub tasks: TaskService,
     /// Largest request body accepted, in bytes; larger ones are a 413.
     pub body_limit: usize,
+    /// Heartbeats and retry hints of event streams.
+    pub sse: sse::SseOptions,
 }
 
 /// How the HTTP server runs.

@@ -22,6 +22,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/chat/tasks/{task_id}/stream")
+            .route(web::get().to(stream))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/chat/tasks/{task_id}/messages")
             .route(web::post().to(append_message))
             .route(web::get().to(list_messages))
@@ -107,4 +112,19 @@ async fn list_messages(
     let page = page(&req)?;
     let messages = state.tasks.list_messages(&who, task, page).await?;
     Ok(HttpResponse::Ok().json(PageBody::<MessageOut>::new(messages)))
+}
+
+async fn stream(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let (after, until_final) = crate::sse::cursor(&req)?;
+    crate::sse::stream(
+        state.tasks.clone(),
+        who,
+        task,
+        after,
+        until_final,
+        state.sse,
+    )
+    .await
 }

@@ -266,6 +266,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         ApiState {
             tasks: app.tasks.clone(),
             body_limit: config.body_limit,
+            sse: baton_http::sse::SseOptions::default(),
         },
         ServerOptions {
             workers: config.workers,

@@ -1,0 +1,210 @@
+//! `GET /v1/chat/tasks/{task_id}/stream`: the task's event log as Server-Sent Events.
+//! Everything after the client's cursor is replayed from the log, then the stream
+//! follows the log live. Live events are read from the same log after the last
+//! sequence number sent, so there is no gap and no duplicate at the seam, and it works
+//! whichever instance writes the events.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
+use baton_domain::{Principal, TaskEvent, TaskId, TaskService, TaskWatch};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Events read from the store per query.
+const PAGE: u32 = 256;
+
+/// How a stream behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseOptions {
+    /// A comment line after this long without events keeps proxies from cutting the
+    /// stream (some cut idle streams at about 16 s).
+    pub heartbeat: Duration,
+    /// The reconnection delay suggested to clients (`retry:`).
+    pub retry: Duration,
+}
+
+impl Default for SseOptions {
+    fn default() -> Self {
+        SseOptions {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    after: Option<String>,
+    until: Option<String>,
+}
+
+/// Where the client's cursor is: `Last-Event-ID` (a reconnect) wins over `?after=`.
+pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
+    let query =
+        actix_web::web::Query::<StreamQuery>::from_query(req.query_string()).map_err(|err| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("Could not read the query string: {err}"),
+            )
+        })?;
+    let until_final = match query.until.as_deref() {
+        None | Some("") => false,
+        Some("final") => true,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "until",
+                "the only value is \"final\"",
+            ));
+        }
+    };
+    let parse = |raw: &str, field: &str| {
+        raw.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::invalid_field(field, "must be an event id: a whole number, 0 or more")
+            })
+    };
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok());
+    let after = match (header, query.after.as_deref()) {
+        (Some(id), _) if !id.trim().is_empty() => parse(id, "Last-Event-ID")?,
+        (_, Some(after)) if !after.is_empty() => parse(after, "after")?,
+        _ => 0,
+    };
+    Ok((after, until_final))
+}
+
+fn frame(event: &TaskEvent) -> Bytes {
+    let mut data = event.data.clone();
+    if let Value::Object(object) = &mut data {
+        object.insert("seq".to_owned(), json!(event.seq));
+        object.insert("task_id".to_owned(), json!(event.task_id));
+        object.insert("created_at".to_owned(), json!(event.created_at));
+    }
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        event.seq, event.kind
+    ))
+}
+
+/// The cursor points before what the log still keeps: say so instead of skipping.
+fn reset_frame(after: i64, first_kept: i64) -> Bytes {
+    let data = json!({"missed_after": after, "first_kept": first_kept});
+    Bytes::from(format!(
+        "id: {}\nevent: reset\ndata: {data}\n\n",
+        first_kept - 1
+    ))
+}
+
+struct SseStream {
+    tasks: TaskService,
+    who: Principal,
+    task: TaskId,
+    cursor: i64,
+    until_final: bool,
+    watch: TaskWatch,
+    heartbeat: tokio::time::Interval,
+    pending: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl SseStream {
+    /// The next bytes to send, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Some(bytes);
+            }
+            if self.done {
+                return None;
+            }
+            let page = match self
+                .tasks
+                .events(&self.who, self.task, self.cursor, PAGE)
+                .await
+            {
+                Ok(page) => page,
+                // The task vanished or the store failed: end the stream; the client
+                // reconnects with its Last-Event-ID and is told what happened.
+                Err(_) => return None,
+            };
+            if self.cursor < page.first_kept - 1 {
+                self.pending
+                    .push_back(reset_frame(self.cursor, page.first_kept));
+                self.cursor = page.first_kept - 1;
+                continue;
+            }
+            if !page.events.is_empty() {
+                for event in &page.events {
+                    self.pending.push_back(frame(event));
+                    self.cursor = event.seq;
+                    if self.until_final && event.kind.ends_turn() {
+                        self.done = true;
+                        break;
+                    }
+                }
+                self.heartbeat.reset();
+                continue;
+            }
+            tokio::select! {
+                _ = self.watch.changed() => {}
+                _ = self.heartbeat.tick() => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
+            }
+        }
+    }
+}
+
+/// Answers the stream request. Everything that can refuse it (auth, ownership, a bad
+/// cursor) is decided before the first byte is sent.
+pub async fn stream(
+    tasks: TaskService,
+    who: Principal,
+    task: TaskId,
+    after: i64,
+    until_final: bool,
+    options: SseOptions,
+) -> Result<HttpResponse, ApiError> {
+    // Watch before the first read, so nothing written in between is missed.
+    let watch = tasks.watch(task);
+    tasks.events(&who, task, after, 0).await?;
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + options.heartbeat,
+        options.heartbeat,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = SseStream {
+        tasks,
+        who,
+        task,
+        cursor: after,
+        until_final,
+        watch,
+        heartbeat,
+        pending: VecDeque::from([Bytes::from(format!(
+            "retry: {}\n\n",
+            options.retry.as_millis()
+        ))]),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut state| async move {
+        state
+            .next()
+            .await
+            .map(|bytes| (Ok::<_, actix_web::Error>(bytes), state))
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body))
+}

@@ -1,0 +1,211 @@
+//! The test harness shared by the HTTP tests: a real actix server on a free port, a
+//! real SQLite file, the echo runner.
+
+#![allow(dead_code, reason = "each test binary uses its own subset")]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_domain::*;
+use baton_http::{ApiState, ServerOptions, serve};
+use baton_persistence::{SqlStore, StoreOptions};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub admin: AdminService,
+    /// An echo agent that replies at once, and a key for it.
+    pub agent: i64,
+    pub token: String,
+    _dir: tempfile::TempDir,
+    _server: actix_web::dev::ServerHandle,
+    /// This process's hub of task changes.
+    pub hub: LocalNotifier,
+    pub store: Arc<SqlStore>,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        TestApp::with(
+            baton_http::DEFAULT_BODY_LIMIT,
+            baton_http::sse::SseOptions::default(),
+        )
+        .await
+    }
+
+    pub async fn with_body_limit(body_limit: usize) -> TestApp {
+        TestApp::with(body_limit, baton_http::sse::SseOptions::default()).await
+    }
+
+    pub async fn with(body_limit: usize, sse: baton_http::sse::SseOptions) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+        let (store, _) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
+        let store = Arc::new(store);
+        let hub = LocalNotifier::default();
+        let executor = TurnExecutor::new(
+            store.clone(),
+            store.clone(),
+            baton_runners::builtin(),
+            Arc::new(hub.clone()),
+            Arc::new(SystemClock),
+            ExecutorConfig::default(),
+            tokio::runtime::Handle::current(),
+        );
+        let tasks = TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone());
+        let admin = AdminService::new(store.clone(), executor);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = serve(
+            listener,
+            ApiState {
+                tasks,
+                body_limit,
+                sse,
+            },
+            ServerOptions {
+                workers: 2,
+                ..ServerOptions::default()
+            },
+        )
+        .unwrap();
+        let handle = server.handle();
+        tokio::spawn(server);
+        let mut app = TestApp {
+            base,
+            http: reqwest::Client::new(),
+            admin,
+            agent: 0,
+            token: String::new(),
+            _dir: dir,
+            _server: handle,
+            hub,
+            store,
+        };
+        let (agent, token) = app.agent_with_key(json!({})).await;
+        app.agent = agent;
+        app.token = token;
+        app
+    }
+
+    /// A new echo agent with this runner config, and a key for it.
+    pub async fn agent_with_key(&self, config: Value) -> (i64, String) {
+        let agent = self
+            .admin
+            .create_agent(
+                "echo",
+                RunnerSpec {
+                    kind: "echo".into(),
+                    config,
+                },
+            )
+            .await
+            .unwrap();
+        let key = self.admin.create_key(agent.id).await.unwrap();
+        (agent.id.0, key.token)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(
+        &self,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(response).await;
+        (status, body)
+    }
+
+    pub async fn create(&self, token: &str, agent: i64, text: &str) -> Value {
+        let (status, _, body) = self
+            .post(
+                token,
+                "/v1/chat/tasks",
+                json!({"agent_id": agent, "message": {"role": "user", "content": text}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// Polls the task until its status leaves `running`.
+    pub async fn settled(&self, token: &str, task: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get(token, &format!("/v1/chat/tasks/{task}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["status"] != "running" {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task} still running after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))
+    };
+    (status, headers, body)
+}
+
+/// Asserts an error envelope with this status and code whose request id is the
+/// response header's.
+pub fn assert_envelope(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want: StatusCode,
+    code: &str,
+) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    let header = headers
+        .get("x-request-id")
+        .expect("every response has a request id");
+    assert_eq!(
+        body["error"]["request_id"],
+        header.to_str().unwrap(),
+        "{body}"
+    );
+}
