@@ -142,3 +142,76 @@ fn starting_or_stopping_an_instance_never_ends_another_instances_turn() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["latest_message"]["content"]["content"], "echo: mine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_instance_follows_a_turn_running_on_the_other() {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let url = db.url().to_owned();
+    let (agent, token, a, b) = tokio::task::spawn_blocking(move || {
+        let (agent, token) = agent_and_key(&url, r#"{"delay_ms": 800}"#);
+        (
+            agent,
+            token,
+            Server::start(&url, &[]),
+            Server::start(&url, &[]),
+        )
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{}/v1/chat/tasks", a.base))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": agent, "message": {"content": "across instances we stream"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task = created["task_id"].as_i64().unwrap();
+    let response = http
+        .get(format!(
+            "{}/v1/chat/tasks/{task}/stream?until=final",
+            b.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = response.bytes_stream().eventsource();
+    let mut got = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .unwrap()
+    {
+        got.push(event.unwrap());
+    }
+    let ids: Vec<i64> = got.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert_eq!(ids, (1..=got.len() as i64).collect::<Vec<_>>());
+    assert_eq!(got.first().unwrap().event, "turn_started");
+    assert_eq!(got.last().unwrap().event, "final");
+    let deltas = got.iter().filter(|e| e.event == "text_delta").count();
+    assert!(
+        deltas >= 2,
+        "the turn streamed live across instances, not in one piece: {deltas}"
+    );
+    let text: String = got
+        .iter()
+        .filter(|e| e.event == "text_delta")
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(text, "echo: across instances we stream");
+    drop((a, b));
+}
