@@ -70,6 +70,13 @@ pub fn serve(
             .configure(configure(state.clone()))
             .default_service(web::to(routes::not_found))
     })
+    // Small writes (SSE events, short JSON answers) must leave at once: without
+    // TCP_NODELAY, Nagle's algorithm holds them behind the peer's delayed ACK (~40 ms).
+    .on_connect(|connection, _| {
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
     .workers(options.workers.max(1))
     .shutdown_timeout(options.shutdown_timeout.as_secs())
     .disable_signals()

@@ -1,0 +1,528 @@
+//! `baton-bench`: a load generator for baton, and the suite behind docs/benchmarks.md.
+//!
+//! `baton-bench run` drives a server you started; `baton-bench suite` starts one itself
+//! (pinned to one core, on a fresh SQLite file or a throwaway PostgreSQL database),
+//! creates an echo agent without delay, and runs every scenario at several
+//! concurrencies, printing JSON.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool reports on stdout and stderr"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "baton-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Scenario {
+    /// Create a task and do not wait for its turn.
+    Accept,
+    /// Create a task and long-poll it to completion.
+    Roundtrip,
+    /// `--turns` turns on one task, each long-polled to completion.
+    Multiturn,
+    /// Create a task and read its SSE stream to `final`.
+    Stream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Drive a running server with one scenario.
+    Run {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        #[arg(long, env = "BATON_KEY")]
+        token: String,
+        #[arg(long)]
+        agent: i64,
+        #[arg(long, value_enum)]
+        scenario: Scenario,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Operations in all (tasks, for multiturn).
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        #[arg(long, default_value_t = 5)]
+        turns: usize,
+    },
+    /// Start a server pinned to one core and run every scenario at 1, 16 and 64.
+    Suite {
+        /// The baton binary (build it with `cargo build --release`).
+        #[arg(long, default_value = "target/release/baton")]
+        baton: String,
+        #[arg(long, value_enum, default_value = "sqlite")]
+        database: Backend,
+        /// The core the server is pinned to (run this tool on another one).
+        #[arg(long, default_value_t = 0)]
+        server_cpu: usize,
+        /// Multiplies the number of operations per run.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Idle streams held open for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+    },
+}
+
+/// What one run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: Scenario,
+    concurrency: usize,
+    operations: usize,
+    seconds: f64,
+    per_second: f64,
+    latency_ms: Percentiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_text_delta_ms: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Percentiles {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(index).copied().unwrap_or(f64::NAN)
+    };
+    Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: samples.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    agent: i64,
+}
+
+impl Target {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::ACCEPTED {
+            bail!(
+                "POST {path}: {} {}",
+                response.status(),
+                response.text().await?
+            );
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn create(&self) -> anyhow::Result<i64> {
+        let body =
+            json!({"agent_id": self.agent, "message": {"content": "hello from the benchmark"}});
+        let accepted = self.post("/v1/chat/tasks", body).await?;
+        accepted["task_id"].as_i64().context("no task_id")
+    }
+
+    async fn append(&self, task: i64) -> anyhow::Result<()> {
+        let body = json!({"agent_id": self.agent, "message": {"content": "and again"}});
+        self.post(&format!("/v1/chat/tasks/{task}/messages"), body)
+            .await
+            .map(drop)
+    }
+
+    async fn wait_done(&self, task: i64) -> anyhow::Result<()> {
+        let view: Value = self
+            .http
+            .get(format!("{}/v1/chat/tasks/{task}?wait=30", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if view["status"] == "running" {
+            bail!("task {task} still running after 30 s");
+        }
+        Ok(())
+    }
+
+    /// Reads the stream to `final`; returns when the first text_delta arrived.
+    async fn stream_to_final(&self, task: i64, started: Instant) -> anyhow::Result<Option<f64>> {
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/chat/tasks/{task}/stream?until=final",
+                self.base
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let mut events = response.bytes_stream().eventsource();
+        let mut first_delta = None;
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if event.event == "text_delta" && first_delta.is_none() {
+                first_delta = Some(ms(started));
+            }
+        }
+        Ok(first_delta)
+    }
+}
+
+async fn run(
+    target: &Target,
+    scenario: Scenario,
+    concurrency: usize,
+    operations: usize,
+    turns: usize,
+) -> anyhow::Result<Report> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let target = target.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut first_deltas = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < operations {
+                    let t0 = Instant::now();
+                    match scenario {
+                        Scenario::Accept => {
+                            target.create().await?;
+                            latencies.push(ms(t0));
+                        }
+                        Scenario::Roundtrip => {
+                            let task = target.create().await?;
+                            target.wait_done(task).await?;
+                            latencies.push(ms(t0));
+                        }
+                        Scenario::Multiturn => {
+                            let task = target.create().await?;
+                            target.wait_done(task).await?;
+                            latencies.push(ms(t0));
+                            for _ in 1..turns {
+                                let t1 = Instant::now();
+                                target.append(task).await?;
+                                target.wait_done(task).await?;
+                                latencies.push(ms(t1));
+                            }
+                        }
+                        Scenario::Stream => {
+                            let task = target.create().await?;
+                            if let Some(first) = target.stream_to_final(task, t0).await? {
+                                first_deltas.push(first);
+                            }
+                            latencies.push(ms(t0));
+                        }
+                    }
+                }
+                anyhow::Ok((latencies, first_deltas))
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut first_deltas = Vec::new();
+    for worker in workers {
+        let (l, f) = worker.await??;
+        latencies.extend(l);
+        first_deltas.extend(f);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        scenario,
+        concurrency,
+        operations: latencies.len(),
+        seconds,
+        per_second: latencies.len() as f64 / seconds,
+        latency_ms: percentiles(latencies),
+        first_text_delta_ms: (!first_deltas.is_empty()).then(|| percentiles(first_deltas)),
+    })
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// A baton server started for the suite; stopped when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(baton: &str, url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(baton)
+        .env("BATON_DATABASE_URL", url)
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "baton {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn start_server(baton: &str, url: &str, cpu: usize) -> anyhow::Result<Server> {
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            &cpu.to_string(),
+            baton,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .env("BATON_DATABASE_URL", url)
+        .env("BATON_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the server with taskset")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .context("the server exited before listening")??;
+        if let Some(url) = line.strip_prefix("baton listening on ") {
+            break url.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server { child, base })
+}
+
+/// Opens `count` idle streams over `tasks` settled tasks and returns the server's RSS
+/// growth per stream, in bytes.
+async fn idle_streams(target: &Target, pid: u32, count: usize) -> anyhow::Result<Value> {
+    let tasks = (count / 10).max(1);
+    let mut ids = Vec::new();
+    for _ in 0..tasks {
+        ids.push(target.create().await?);
+    }
+    for id in &ids {
+        target.wait_done(*id).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid)?;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut holders = Vec::new();
+    let ids = Arc::new(ids);
+    let (release, _) = tokio::sync::broadcast::channel::<()>(1);
+    for worker in 0..100 {
+        let target = target.clone();
+        let ids = ids.clone();
+        let opened = opened.clone();
+        let mut release = release.subscribe();
+        holders.push(tokio::spawn(async move {
+            let mut open = Vec::new();
+            for i in (worker..count).step_by(100) {
+                let task = ids[i % ids.len()];
+                let client = reqwest::Client::new();
+                let response = client
+                    .get(format!(
+                        "{}/v1/chat/tasks/{task}/stream?after=1000000",
+                        target.base
+                    ))
+                    .bearer_auth(&target.token)
+                    .send()
+                    .await?;
+                let mut body = response.bytes_stream();
+                // The `retry:` line shows the stream is up.
+                body.next().await;
+                open.push(body);
+                opened.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = release.recv().await;
+            anyhow::Ok(open.len())
+        }));
+    }
+    while opened.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_streams = rss_kib(pid)?;
+    let _ = release.send(());
+    for holder in holders {
+        holder.await??;
+    }
+    Ok(json!({
+        "streams": count,
+        "rss_before_kib": before,
+        "rss_with_streams_kib": with_streams,
+        "bytes_per_stream": ((with_streams.saturating_sub(before)) * 1024) as f64 / count as f64,
+    }))
+}
+
+async fn suite(
+    baton: &str,
+    database: Backend,
+    cpu: usize,
+    scale: f64,
+    streams: usize,
+) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let pg = match database {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            Some(tokio::task::spawn_blocking(baton_test_support::TestDatabase::new).await?)
+        }
+    };
+    let url = match &pg {
+        Some(db) => db.url().to_owned(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    let agent: i64 = cli(
+        baton,
+        &url,
+        &["agent", "create", "--name", "bench", "--runner", "echo"],
+    )?
+    .parse()?;
+    let token = cli(
+        baton,
+        &url,
+        &["key", "create", "--agent", &agent.to_string()],
+    )?;
+    let server = start_server(baton, &url, cpu)?;
+    let pid = server.child.id();
+    let target = Target {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        base: server.base.clone(),
+        token,
+        agent,
+    };
+    // Warm up, then the idle figure.
+    run(&target, Scenario::Roundtrip, 4, 100, 1).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_kib(pid)?;
+    let mut reports = Vec::new();
+    for scenario in [
+        Scenario::Accept,
+        Scenario::Roundtrip,
+        Scenario::Multiturn,
+        Scenario::Stream,
+    ] {
+        for concurrency in [1, 16, 64] {
+            let base = match (scenario, concurrency) {
+                (Scenario::Accept, 1) => 500,
+                (Scenario::Accept, _) => 3000,
+                (Scenario::Multiturn, _) => 100,
+                (_, 1) => 300,
+                _ => 1000,
+            };
+            let operations = ((base as f64 * scale) as usize).max(concurrency);
+            let report = run(&target, scenario, concurrency, operations, 5).await?;
+            eprintln!("{}", serde_json::to_string(&report)?);
+            reports.push(report);
+        }
+    }
+    let streams = if streams > 0 {
+        Some(idle_streams(&target, pid, streams).await?)
+    } else {
+        None
+    };
+    drop(server);
+    Ok(json!({
+        "database": match database { Backend::Sqlite => "sqlite", Backend::Postgres => "postgres" },
+        "server_cpu": cpu,
+        "idle_rss_kib": idle_rss,
+        "runs": reports,
+        "idle_streams": streams,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run {
+            base_url,
+            token,
+            agent,
+            scenario,
+            concurrency,
+            requests,
+            turns,
+        } => {
+            let target = Target {
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()?,
+                base: base_url,
+                token,
+                agent,
+            };
+            let report = run(&target, scenario, concurrency, requests, turns).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Cmd::Suite {
+            baton,
+            database,
+            server_cpu,
+            scale,
+            streams,
+        } => {
+            let results = suite(&baton, database, server_cpu, scale, streams).await?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+    }
+    Ok(())
+}
