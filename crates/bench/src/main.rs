@@ -223,11 +223,12 @@ async fn run(
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut first_deltas = Vec::new();
+                let mut accepted = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < operations {
                     let t0 = Instant::now();
                     match scenario {
                         Scenario::Accept => {
-                            target.create().await?;
+                            accepted.push(target.create().await?);
                             latencies.push(ms(t0));
                         }
                         Scenario::Roundtrip => {
@@ -255,18 +256,25 @@ async fn run(
                         }
                     }
                 }
-                anyhow::Ok((latencies, first_deltas))
+                anyhow::Ok((latencies, first_deltas, accepted))
             })
         })
         .collect();
     let mut latencies = Vec::new();
     let mut first_deltas = Vec::new();
+    let mut accepted = Vec::new();
     for worker in workers {
-        let (l, f) = worker.await??;
+        let (l, f, a) = worker.await??;
         latencies.extend(l);
         first_deltas.extend(f);
+        accepted.extend(a);
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Accepted turns still run after the timed part: let them finish, untimed, so
+    // they do not weigh on the next measurement.
+    for task in accepted {
+        target.wait_done(task).await?;
+    }
     Ok(Report {
         scenario,
         concurrency,
@@ -525,4 +533,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let p = percentiles((1..=100).map(f64::from).rev().collect());
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (51.0, 90.0, 99.0, 100.0));
+        assert!(percentiles(Vec::new()).p50.is_nan());
+    }
 }

@@ -12,3 +12,6 @@ CREATE TABLE events (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (task_id, seq)
 );
+
+-- A turn's messages: its open streamed message and its output are looked up by turn.
+CREATE INDEX messages_by_turn ON messages (turn_id, id);
