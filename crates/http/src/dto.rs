@@ -1,8 +1,7 @@
 //! The JSON shapes of the V1 API.
 
 use baton_domain::{
-    Accepted, Content, Message, Metadata, NewMessage, Role, StreamingStatus, TaskStatus, TaskView,
-    Turn, TurnError, TurnStatus,
+    Accepted, Content, Message, Metadata, NewMessage, Role, TaskStatus, TaskView, Turn,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -69,54 +68,6 @@ impl From<Accepted> for AcceptedBody {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct TurnBody {
-    pub turn_id: i64,
-    pub status: TurnStatus,
-    pub error: Option<TurnError>,
-    pub metadata: Metadata,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
-impl From<Turn> for TurnBody {
-    fn from(t: Turn) -> Self {
-        TurnBody {
-            turn_id: t.id.0,
-            status: t.status,
-            error: t.error,
-            metadata: t.metadata,
-            started_at: t.started_at,
-            ended_at: t.ended_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct MessageOut {
-    pub message_id: i64,
-    pub task_id: i64,
-    pub turn_id: i64,
-    pub role: Role,
-    pub content: Content,
-    pub streaming_status: Option<StreamingStatus>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<Message> for MessageOut {
-    fn from(m: Message) -> Self {
-        MessageOut {
-            message_id: m.id.0,
-            task_id: m.task_id.0,
-            turn_id: m.turn_id.0,
-            role: m.role,
-            content: m.content,
-            streaming_status: m.streaming_status,
-            created_at: m.created_at,
-        }
-    }
-}
-
 /// A task, with the latest turn and the latest agent message it is derived from.
 #[derive(Debug, Serialize)]
 pub struct TaskBody {
@@ -127,8 +78,8 @@ pub struct TaskBody {
     pub input: Content,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub latest_turn: TurnBody,
-    pub latest_message: Option<MessageOut>,
+    pub latest_turn: Turn,
+    pub latest_message: Option<Message>,
 }
 
 impl From<TaskView> for TaskBody {
@@ -141,8 +92,8 @@ impl From<TaskView> for TaskBody {
             input: v.task.input,
             created_at: v.task.created_at,
             updated_at: v.task.updated_at,
-            latest_turn: v.latest_turn.into(),
-            latest_message: v.latest_agent_message.map(Into::into),
+            latest_turn: v.latest_turn,
+            latest_message: v.latest_agent_message,
         }
     }
 }

@@ -5,7 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use baton_domain::Accepted;
 
 use crate::ApiState;
-use crate::dto::{AcceptedBody, MessageOut, PageBody, SubmitBody, TaskBody};
+use baton_domain::Message;
+
+use crate::dto::{AcceptedBody, PageBody, SubmitBody, TaskBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{authenticate, json_body, page, task_id, wait};
 
@@ -111,7 +113,7 @@ async fn list_messages(
     let task = task_id(&req)?;
     let page = page(&req)?;
     let messages = state.tasks.list_messages(&who, task, page).await?;
-    Ok(HttpResponse::Ok().json(PageBody::<MessageOut>::new(messages)))
+    Ok(HttpResponse::Ok().json(PageBody::<Message>::new(messages)))
 }
 
 async fn stream(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
