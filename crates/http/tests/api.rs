@@ -266,14 +266,9 @@ async fn bad_page_parameters_are_422_naming_the_parameter() {
         ("limit=x", "limit"),
         ("cursor=42", "cursor"),
     ] {
-        let response = app
-            .http
-            .get(app.url(&format!("/v1/chat/tasks?{query}")))
-            .bearer_auth(&app.token)
-            .send()
-            .await
-            .unwrap();
-        let (status, headers, body) = read(response).await;
+        let (status, headers, body) = app
+            .get_full(&app.token, &format!("/v1/chat/tasks?{query}"))
+            .await;
         assert_envelope(
             status,
             &headers,
@@ -369,14 +364,7 @@ async fn another_agents_task_is_404_task_not_found_on_every_route() {
         format!("/v1/chat/tasks/{theirs}"),
         format!("/v1/chat/tasks/{theirs}/messages"),
     ] {
-        let response = app
-            .http
-            .get(app.url(&path))
-            .bearer_auth(&app.token)
-            .send()
-            .await
-            .unwrap();
-        let (status, headers, body) = read(response).await;
+        let (status, headers, body) = app.get_full(&app.token, &path).await;
         assert_envelope(
             status,
             &headers,
@@ -405,14 +393,7 @@ async fn another_agents_task_is_404_task_not_found_on_every_route() {
         "/v1/chat/tasks/not-a-number",
         "/v1/chat/tasks/0/messages",
     ] {
-        let response = app
-            .http
-            .get(app.url(missing))
-            .bearer_auth(&app.token)
-            .send()
-            .await
-            .unwrap();
-        let (status, headers, body) = read(response).await;
+        let (status, headers, body) = app.get_full(&app.token, missing).await;
         assert_envelope(
             status,
             &headers,
@@ -547,32 +528,17 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies_have_their_codes
             .body(body)
             .send()
     };
-    let (status, headers, body) = read(
-        send("application/json", b"{\"agent_id\": ".to_vec())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "malformed_json",
-    );
-    let (status, headers, body) = read(
-        send("application/json", b"{} trailing".to_vec())
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "malformed_json",
-    );
+    for malformed in [&b"{\"agent_id\": "[..], b"{} trailing"] {
+        let (status, headers, body) =
+            read(send("application/json", malformed.to_vec()).await.unwrap()).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        );
+    }
 
     let valid =
         serde_json::to_vec(&json!({"agent_id": app.agent, "message": {"content": "x"}})).unwrap();
@@ -734,14 +700,9 @@ async fn bad_wait_is_422_naming_wait_and_other_agents_tasks_are_404_even_when_wa
         .as_i64()
         .unwrap();
     for wait in ["-1", "1.5", "soon"] {
-        let response = app
-            .http
-            .get(app.url(&format!("/v1/chat/tasks/{task}?wait={wait}")))
-            .bearer_auth(&app.token)
-            .send()
-            .await
-            .unwrap();
-        let (status, headers, body) = read(response).await;
+        let (status, headers, body) = app
+            .get_full(&app.token, &format!("/v1/chat/tasks/{task}?wait={wait}"))
+            .await;
         assert_envelope(
             status,
             &headers,

@@ -130,6 +130,16 @@ impl TestApp {
     }
 
     pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.get_full(token, path).await;
+        (status, body)
+    }
+
+    /// A GET with its headers, for checking envelopes.
+    pub async fn get_full(
+        &self,
+        token: &str,
+        path: &str,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let response = self
             .http
             .get(self.url(path))
@@ -137,8 +147,7 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        let (status, _, body) = read(response).await;
-        (status, body)
+        read(response).await
     }
 
     pub async fn create(&self, token: &str, agent: i64, text: &str) -> Value {
