@@ -94,6 +94,21 @@ macro_rules! define_queries {
 
         const RUNNING: &str = "running";
 
+        /// The task's last event `seq` if `agent` owns the task; `None` (never a hint
+        /// that it exists) otherwise.
+        async fn owned_task(
+            conn: &mut Conn,
+            agent: AgentId,
+            task: TaskId,
+        ) -> Result<Option<i64>, TxError> {
+            Ok(tasks::table
+                .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
+                .select(tasks::last_seq)
+                .first(conn)
+                .await
+                .optional()?)
+        }
+
         async fn running_turn(conn: &mut Conn, task: i64) -> Result<Option<ActiveTurn>, TxError> {
             let found: Option<(i64, i64)> = turns::table
                 .filter(turns::task_id.eq(task).and(turns::status.eq(RUNNING)))
@@ -258,17 +273,10 @@ macro_rules! define_queries {
             for _ in 0..3 {
                 let result = conn
                     .$begin_write(async |conn| {
-                        let owned: Option<i64> = tasks::table
-                            .filter(
-                                tasks::id
-                                    .eq(task)
-                                    .and(tasks::agent_id.eq(append.agent_id.0)),
-                            )
-                            .select(tasks::id)
-                            .first(conn)
-                            .await
-                            .optional()?;
-                        if owned.is_none() {
+                        if owned_task(conn, append.agent_id, append.task_id)
+                            .await?
+                            .is_none()
+                        {
                             return Err(TxError::NotFound);
                         }
                         if let Some(active) = running_turn(conn, task).await? {
@@ -552,13 +560,7 @@ macro_rules! define_queries {
             page: PageRequest,
         ) -> Result<Option<Page<Message>>, StoreError> {
             conn.transaction(async |conn| {
-                let owned: Option<i64> = tasks::table
-                    .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
-                    .select(tasks::id)
-                    .first(conn)
-                    .await
-                    .optional()?;
-                if owned.is_none() {
+                if owned_task(conn, agent, task).await?.is_none() {
                     return Ok(None);
                 }
                 let mut query = messages::table
@@ -701,13 +703,7 @@ macro_rules! define_queries {
             limit: u32,
         ) -> Result<Option<EventPage>, StoreError> {
             conn.transaction(async |conn| {
-                let last_seq: Option<i64> = tasks::table
-                    .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
-                    .select(tasks::last_seq)
-                    .first(conn)
-                    .await
-                    .optional()?;
-                let Some(last_seq) = last_seq else {
+                let Some(last_seq) = owned_task(conn, agent, task).await? else {
                     return Ok(None);
                 };
                 let first: Option<i64> = events::table
