@@ -3,7 +3,7 @@
 
 use std::error::Error as StdError;
 
-use crate::model::ActiveTurn;
+use crate::model::{ActiveTurn, TurnStatus};
 
 /// What a storage adapter may report. Adapters translate their database errors into
 /// these at their seam; no database type crosses into the domain.
@@ -35,6 +35,9 @@ pub enum ClaimError {
     /// A turn is running; nothing was stored.
     #[error("task is busy with turn {}", .0.turn_id)]
     TaskBusy(ActiveTurn),
+    /// The idempotency key was first used for a different request; nothing was stored.
+    #[error("idempotency key reused for a different request")]
+    IdempotencyKeyReused,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +70,14 @@ pub enum ServiceError {
     TaskNotFound,
     #[error("task is busy with turn {}", .0.turn_id)]
     TaskBusy(ActiveTurn),
+    /// Cancel found no running turn; the latest turn ended with this status.
+    #[error("task is not running (its latest turn is {0})")]
+    TaskNotRunning(TurnStatus),
+    #[error("idempotency key reused for a different request")]
+    IdempotencyKeyReused,
+    /// Another request with this idempotency key is still being processed.
+    #[error("idempotency key in use by a request still being processed")]
+    IdempotencyKeyInUse,
     #[error("invalid request")]
     Validation(Vec<FieldError>),
     #[error("service unavailable: {0}")]
@@ -95,6 +106,7 @@ impl From<ClaimError> for ServiceError {
         match err {
             ClaimError::TaskNotFound => ServiceError::TaskNotFound,
             ClaimError::TaskBusy(active) => ServiceError::TaskBusy(active),
+            ClaimError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
             ClaimError::Store(store) => store.into(),
         }
     }

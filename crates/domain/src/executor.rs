@@ -1,37 +1,60 @@
 //! The turn executor: runs accepted turns in the background, with a bounded number at
-//! once, and always ends them.
+//! once, under leases it renews, and always ends them: completed, failed, timed out,
+//! or stopped because the turn was ended elsewhere (a cancel, a sweep).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::error::ServiceError;
+use crate::error::{ServiceError, StoreError};
 use crate::model::{
-    AgentId, FinishTurn, OutputOp, RecordOutput, TaskId, TurnError, TurnId, TurnOutcome, TurnStatus,
+    Agent, AgentId, FinishTurn, Lease, LeaseGuard, OutputOp, RecordOutput, Role, TakeOver, TaskId,
+    TurnId, TurnOutcome, TurnPolicy,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
 
 /// Buffered sink items per turn before the runner waits for the executor.
 const SINK_CAPACITY: usize = 64;
+/// Expired turns handled per store read during a sweep.
+const SWEEP_BATCH: u32 = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutorConfig {
     /// Turns played at once by this process; more accepted turns wait for a slot.
     pub max_concurrent_turns: usize,
+    /// This process's name as a lease holder; unique among live instances.
+    pub instance_id: String,
+    /// How long a lease lasts unless renewed. The executor renews its leases every
+    /// third of this, so a turn of a dead instance is found after at most this long.
+    pub lease_ttl: Duration,
+}
+
+impl ExecutorConfig {
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
             max_concurrent_turns: 64,
+            instance_id: new_instance_id(),
+            lease_ttl: ExecutorConfig::DEFAULT_LEASE_TTL,
         }
     }
+}
+
+/// A fresh instance id: the process id and a random part, so a restarted process
+/// never mistakes its predecessor's leases for its own.
+pub fn new_instance_id() -> String {
+    format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 /// A turn that was claimed and committed, ready to be played.
@@ -40,6 +63,25 @@ pub struct StartedTurn {
     pub agent_id: AgentId,
     pub task_id: TaskId,
     pub turn_id: TurnId,
+}
+
+/// What a sweep of expired leases did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Turns ended `failed` with `turn_interrupted`.
+    pub failed: usize,
+    /// Turns taken over and played again here.
+    pub retried: usize,
+}
+
+/// What ending this process's unfinished turns did (see
+/// [`TurnExecutor::end_unfinished`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Ended `failed` with `turn_interrupted` (agents with the `fail` policy).
+    pub failed: usize,
+    /// Leases released for another instance, or the next start, to retry.
+    pub released: usize,
 }
 
 /// Runs turns on a runtime it owns a handle to, never on the caller's: actix workers
@@ -52,11 +94,21 @@ pub struct TurnExecutor {
 impl std::fmt::Debug for TurnExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnExecutor")
+            .field("instance_id", &self.inner.config.instance_id)
             .field("runners", &self.inner.runners)
             .field("in_flight", &self.in_flight())
             .finish_non_exhaustive()
     }
 }
+
+/// A turn handed to this executor, and the signal that stops playing it.
+#[derive(Debug, Clone)]
+struct Entry {
+    turn: StartedTurn,
+    stop: CancellationToken,
+}
+
+type InFlightSet = watch::Sender<HashMap<TurnId, Entry>>;
 
 struct Inner {
     tasks: Arc<dyn TaskStore>,
@@ -64,27 +116,34 @@ struct Inner {
     runners: RunnerRegistry,
     notifier: Arc<dyn TaskNotifier>,
     clock: Arc<dyn Clock>,
+    config: ExecutorConfig,
     permits: Arc<Semaphore>,
     handle: Handle,
     /// Turns handed to this executor and not yet ended (waiting or playing).
-    in_flight: watch::Sender<HashMap<TurnId, StartedTurn>>,
+    in_flight: InFlightSet,
 }
 
 /// Holds a turn in the in-flight set from hand-over to its end, even if its task panics.
 struct InFlight {
-    set: watch::Sender<HashMap<TurnId, StartedTurn>>,
+    set: InFlightSet,
     turn: TurnId,
 }
 
 impl InFlight {
-    fn enter(set: &watch::Sender<HashMap<TurnId, StartedTurn>>, turn: StartedTurn) -> Self {
+    fn enter(set: &InFlightSet, turn: StartedTurn) -> (Self, CancellationToken) {
+        let stop = CancellationToken::new();
+        let entry = Entry {
+            turn,
+            stop: stop.clone(),
+        };
         set.send_modify(|turns| {
-            turns.insert(turn.turn_id, turn);
+            turns.insert(turn.turn_id, entry);
         });
-        InFlight {
+        let guard = InFlight {
             set: set.clone(),
             turn: turn.turn_id,
-        }
+        };
+        (guard, stop)
     }
 }
 
@@ -96,8 +155,16 @@ impl Drop for InFlight {
     }
 }
 
+/// How playing a turn ended: with an outcome to record, or stopped because the turn
+/// was ended (or taken) elsewhere, when there is nothing left to record.
+enum Played {
+    Ended(TurnOutcome),
+    Stopped,
+}
+
 impl TurnExecutor {
-    /// An executor that spawns on `handle` (keep it the multi-thread runtime's).
+    /// An executor that spawns on `handle` (keep it the multi-thread runtime's). It
+    /// renews the leases of its turns in the background for as long as it exists.
     pub fn new(
         tasks: Arc<dyn TaskStore>,
         agents: Arc<dyn AgentStore>,
@@ -107,26 +174,38 @@ impl TurnExecutor {
         config: ExecutorConfig,
         handle: Handle,
     ) -> Self {
-        TurnExecutor {
-            inner: Arc::new(Inner {
-                tasks,
-                agents,
-                runners,
-                notifier,
-                clock,
-                permits: Arc::new(Semaphore::new(config.max_concurrent_turns.max(1))),
-                handle,
-                in_flight: watch::channel(HashMap::new()).0,
-            }),
-        }
+        let inner = Arc::new(Inner {
+            tasks,
+            agents,
+            runners,
+            notifier,
+            clock,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_turns.max(1))),
+            config,
+            handle,
+            in_flight: watch::channel(HashMap::new()).0,
+        });
+        inner
+            .handle
+            .spawn(keep_leases(Arc::downgrade(&inner)).instrument(info_span!("leases")));
+        TurnExecutor { inner }
     }
 
     pub fn runners(&self) -> &RunnerRegistry {
         &self.inner.runners
     }
 
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.inner.config
+    }
+
     pub(crate) fn clock(&self) -> &dyn Clock {
         self.inner.clock.as_ref()
+    }
+
+    /// A new lease held by this instance, from now.
+    pub(crate) fn new_lease(&self, now: DateTime<Utc>) -> Lease {
+        self.inner.lease_from(now)
     }
 
     /// Runs `work` to completion on the executor's runtime even if the caller stops
@@ -146,15 +225,33 @@ impl TurnExecutor {
     /// Hands a committed turn over to be played in the background.
     pub fn spawn(&self, turn: StartedTurn) {
         let inner = self.inner.clone();
-        let in_flight = InFlight::enter(&inner.in_flight, turn);
+        let (in_flight, stop) = InFlight::enter(&inner.in_flight, turn);
         let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id);
         self.inner.handle.spawn(
             async move {
                 let _in_flight = in_flight;
-                inner.execute(turn).await;
+                inner.execute(turn, stop).await;
             }
             .instrument(span),
         );
+    }
+
+    /// Stops playing `turn` if this executor plays it: its runner is dropped and
+    /// nothing more is recorded. Called when the turn was ended elsewhere. Returns
+    /// whether this executor held the turn.
+    pub fn stop(&self, turn: TurnId) -> bool {
+        self.inner.stop(turn)
+    }
+
+    /// [`TurnExecutor::stop`] as a hook for the hub's "turn ended" (it does not keep
+    /// the executor alive).
+    pub fn stop_hook(&self) -> crate::notify::TurnEndHook {
+        let inner = Arc::downgrade(&self.inner);
+        Arc::new(move |turn| {
+            if let Some(inner) = inner.upgrade() {
+                inner.stop(turn);
+            }
+        })
     }
 
     /// Turns handed over and not yet ended.
@@ -170,25 +267,35 @@ impl TurnExecutor {
         self.in_flight()
     }
 
-    /// Ends every turn this executor still holds as failed with `error`, and returns
-    /// how many it ended. Used when stopping: only this process's turns are touched,
-    /// never those of another instance. A runner still going afterwards finds its turn
-    /// ended, and its late output is discarded.
-    pub async fn interrupt_unfinished(&self, error: TurnError) -> usize {
-        let turns: Vec<StartedTurn> = self.inner.in_flight.borrow().values().copied().collect();
-        let mut ended = 0;
-        for turn in turns {
+    /// Ends the turns this executor still holds by their agents' policy, and stops
+    /// their runners. Used when stopping: only this process's turns are touched,
+    /// never another instance's. `fail` agents' turns end `failed` with
+    /// `turn_interrupted`; `retry` agents' turns have their leases released, so any
+    /// instance's next sweep (or this one's next start) plays them again at once.
+    pub async fn end_unfinished(&self) -> ShutdownReport {
+        let inner = &self.inner;
+        let entries: Vec<Entry> = inner.in_flight.borrow().values().cloned().collect();
+        let mut report = ShutdownReport::default();
+        let mut release = Vec::new();
+        for entry in &entries {
+            let turn = entry.turn;
+            let policy = inner.policy_of(turn.agent_id).await;
+            if policy.on_interrupt == crate::model::OnInterrupt::Retry {
+                release.push(turn.turn_id);
+                continue;
+            }
             let finish = FinishTurn {
                 task_id: turn.task_id,
                 turn_id: turn.turn_id,
-                outcome: TurnOutcome::Failed(error.clone()),
+                outcome: interrupted("the server stopped while the turn was running"),
                 messages: Vec::new(),
-                now: self.inner.clock.now(),
+                guard: LeaseGuard::Holder(inner.config.instance_id.clone()),
+                now: inner.clock.now(),
             };
-            match self.inner.tasks.finish_turn(finish).await {
+            match inner.tasks.finish_turn(finish).await {
                 Ok(true) => {
-                    ended += 1;
-                    self.inner.notifier.task_changed(turn.task_id);
+                    report.failed += 1;
+                    inner.notifier.task_changed(turn.task_id);
                 }
                 Ok(false) => {}
                 Err(err) => {
@@ -196,21 +303,190 @@ impl TurnExecutor {
                 }
             }
         }
-        ended
+        if !release.is_empty() {
+            match inner
+                .tasks
+                .release_leases(&inner.config.instance_id, release, inner.clock.now())
+                .await
+            {
+                Ok(released) => report.released = released as usize,
+                Err(err) => {
+                    error!(error = %err, "could not release leases; they expire on their own")
+                }
+            }
+        }
+        for entry in entries {
+            entry.stop.cancel();
+        }
+        report
+    }
+
+    /// Ends or retries, by their agents' policy, running turns whose lease expired at
+    /// or before `cutoff`. Every instance sweeps periodically; the conditional updates
+    /// in the store let exactly one sweep act on each turn.
+    pub async fn sweep(&self, cutoff: DateTime<Utc>) -> Result<SweepReport, StoreError> {
+        let inner = &self.inner;
+        let mut report = SweepReport::default();
+        let mut policies: HashMap<AgentId, TurnPolicy> = HashMap::new();
+        loop {
+            let expired = inner.tasks.expired_turns(cutoff, SWEEP_BATCH).await?;
+            let full = expired.len() as u32 == SWEEP_BATCH;
+            let mut acted = 0;
+            for turn in expired {
+                let policy = match policies.get(&turn.agent_id) {
+                    Some(policy) => *policy,
+                    None => {
+                        let policy = inner.policy_of(turn.agent_id).await;
+                        policies.insert(turn.agent_id, policy);
+                        policy
+                    }
+                };
+                let started = StartedTurn {
+                    agent_id: turn.agent_id,
+                    task_id: turn.task_id,
+                    turn_id: turn.turn_id,
+                };
+                if policy.retries_after(turn.attempt) {
+                    let now = inner.clock.now();
+                    let take = TakeOver {
+                        task_id: turn.task_id,
+                        turn_id: turn.turn_id,
+                        expired_by: cutoff,
+                        lease: inner.lease_from(now),
+                        now,
+                    };
+                    if let Some(attempt) = inner.tasks.take_over_turn(take).await? {
+                        info!(task_id = %turn.task_id, turn_id = %turn.turn_id, attempt, previous_owner = ?turn.owner, "retrying an interrupted turn");
+                        inner.notifier.task_changed(turn.task_id);
+                        self.spawn(started);
+                        report.retried += 1;
+                        acted += 1;
+                    }
+                    continue;
+                }
+                let why = format!(
+                    "the instance playing the turn stopped or lost contact before the turn ended (attempt {})",
+                    turn.attempt
+                );
+                let finish = FinishTurn {
+                    task_id: turn.task_id,
+                    turn_id: turn.turn_id,
+                    outcome: interrupted(&why),
+                    messages: Vec::new(),
+                    guard: LeaseGuard::ExpiredBy(cutoff),
+                    now: inner.clock.now(),
+                };
+                if inner.tasks.finish_turn(finish).await? {
+                    warn!(task_id = %turn.task_id, turn_id = %turn.turn_id, previous_owner = ?turn.owner, "ended an interrupted turn");
+                    inner.notifier.task_changed(turn.task_id);
+                    report.failed += 1;
+                    acted += 1;
+                }
+            }
+            // A full batch of which some were acted on may hide more behind it.
+            if !full || acted == 0 {
+                return Ok(report);
+            }
+        }
+    }
+}
+
+/// The outcome of a turn whose instance stopped playing it.
+fn interrupted(why: &str) -> TurnOutcome {
+    TurnOutcome::failed("turn_interrupted", format!("{why}; send the message again"))
+}
+
+/// Renews this executor's leases every third of their lifetime until the executor is
+/// dropped; a turn whose lease could not be renewed was ended or taken elsewhere and
+/// is stopped here.
+async fn keep_leases(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(inner) => (inner.config.lease_ttl / 3).max(Duration::from_millis(10)),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.renew_leases().await;
     }
 }
 
 impl Inner {
-    async fn execute(&self, turn: StartedTurn) {
-        // The semaphore is never closed, so acquiring can only wait.
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+    fn lease_from(&self, now: DateTime<Utc>) -> Lease {
+        let ttl = chrono::Duration::from_std(self.config.lease_ttl)
+            .unwrap_or(chrono::Duration::seconds(20));
+        Lease {
+            owner: self.config.instance_id.clone(),
+            expires_at: now + ttl,
+        }
+    }
+
+    fn stop(&self, turn: TurnId) -> bool {
+        match self.in_flight.borrow().get(&turn) {
+            Some(entry) => {
+                entry.stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The agent's turn policy; the default one if it cannot be read (an agent that
+    /// vanished, a database that is down).
+    async fn policy_of(&self, agent: AgentId) -> TurnPolicy {
+        match self.agents.get_agent(agent).await {
+            Ok(Some(agent)) => agent.policy,
+            Ok(None) => TurnPolicy::default(),
+            Err(err) => {
+                warn!(agent_id = %agent, error = %err, "could not read the agent's policy; using the default");
+                TurnPolicy::default()
+            }
+        }
+    }
+
+    async fn renew_leases(&self) {
+        let held: Vec<TurnId> = self.in_flight.borrow().keys().copied().collect();
+        if held.is_empty() {
             return;
+        }
+        let lease = self.lease_from(self.clock.now());
+        match self
+            .tasks
+            .renew_leases(&lease.owner, held.clone(), lease.expires_at)
+            .await
+        {
+            Ok(renewed) => {
+                for turn in held.into_iter().filter(|t| !renewed.contains(t)) {
+                    if self.stop(turn) {
+                        warn!(turn_id = %turn, "lost the lease of a turn (ended or taken over elsewhere); stopped playing it");
+                    }
+                }
+            }
+            // The leases run on; the next tick tries again well before they expire.
+            Err(err) => warn!(error = %err, "could not renew turn leases"),
+        }
+    }
+
+    async fn execute(&self, turn: StartedTurn, stop: CancellationToken) {
+        // The semaphore is never closed, so acquiring can only wait; a turn ended
+        // while it waits is never played.
+        let _permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
         };
-        let outcome = self.play(turn).await;
-        let status = match &outcome {
-            TurnOutcome::Completed => TurnStatus::Completed,
-            TurnOutcome::Failed(_) => TurnStatus::Failed,
+        let outcome = match self.play(turn, &stop).await {
+            Played::Ended(outcome) => outcome,
+            Played::Stopped => {
+                info!("the turn was ended elsewhere; stopped playing it");
+                return;
+            }
         };
+        let status = outcome.status();
         if let TurnOutcome::Failed(err) = &outcome {
             warn!(code = %err.code, message = %err.message, "turn failed");
         }
@@ -219,6 +495,7 @@ impl Inner {
             turn_id: turn.turn_id,
             outcome,
             messages: Vec::new(),
+            guard: LeaseGuard::Holder(self.config.instance_id.clone()),
             now: self.clock.now(),
         };
         match self.tasks.finish_turn(finish).await {
@@ -231,55 +508,69 @@ impl Inner {
         }
     }
 
-    /// Plays the turn and returns how it ended with what it produced. Never fails:
-    /// every problem becomes the turn's error.
-    async fn play(&self, turn: StartedTurn) -> TurnOutcome {
-        let failed = |code: &str, message: String| {
-            TurnOutcome::Failed(TurnError {
-                code: code.to_owned(),
-                message,
-            })
-        };
+    /// Loads what the turn needs: its agent and the history the runner sees. Every
+    /// problem becomes the turn's outcome.
+    async fn prepare(&self, turn: StartedTurn) -> Result<(Agent, TurnInput), TurnOutcome> {
         let agent = match self.agents.get_agent(turn.agent_id).await {
             Ok(Some(agent)) => agent,
             Ok(None) => {
-                return failed(
+                return Err(TurnOutcome::failed(
                     "agent_not_found",
                     format!("agent {} no longer exists", turn.agent_id),
-                );
+                ));
             }
             Err(err) => {
-                return failed(
+                return Err(TurnOutcome::failed(
                     "storage_unavailable",
                     format!("could not load the agent: {err}"),
-                );
+                ));
             }
         };
+        let (task, mut history) = match self.tasks.load_turn_input(turn.task_id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Err(TurnOutcome::failed(
+                    "task_not_found",
+                    "the task no longer exists",
+                ));
+            }
+            Err(err) => {
+                return Err(TurnOutcome::failed(
+                    "storage_unavailable",
+                    format!("could not load the history: {err}"),
+                ));
+            }
+        };
+        // The runner sees the conversation up to this turn's input, never output of
+        // this turn recorded by an earlier attempt.
+        history.retain(|m| m.turn_id != turn.turn_id || m.role != Role::Assistant);
+        let input = TurnInput {
+            agent: agent.clone(),
+            task,
+            turn_id: turn.turn_id,
+            history,
+        };
+        Ok((agent, input))
+    }
+
+    /// Plays the turn and returns how it ended. Never fails: every problem becomes the
+    /// turn's error.
+    async fn play(&self, turn: StartedTurn, stop: &CancellationToken) -> Played {
+        let (agent, input) = match self.prepare(turn).await {
+            Ok(prepared) => prepared,
+            Err(outcome) => return Played::Ended(outcome),
+        };
         let Some(runner) = self.runners.get(&agent.runner.kind) else {
-            return failed(
+            return Played::Ended(TurnOutcome::failed(
                 "runner_not_found",
                 format!(
                     "no runner of kind {:?} is registered in this server",
                     agent.runner.kind
                 ),
-            );
+            ));
         };
-        let (task, history) = match self.tasks.load_turn_input(turn.task_id).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return failed("task_not_found", "the task no longer exists".to_owned()),
-            Err(err) => {
-                return failed(
-                    "storage_unavailable",
-                    format!("could not load the history: {err}"),
-                );
-            }
-        };
-        let input = TurnInput {
-            agent,
-            task,
-            turn_id: turn.turn_id,
-            history,
-        };
+        let timeout = agent.policy.turn_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
 
         let (sink, mut items) = TurnSink::channel(SINK_CAPACITY);
         // The runner gets its own task so that a panic in it is caught as a JoinError
@@ -299,50 +590,70 @@ impl Inner {
                     None => false,
                 },
                 _ = sleep_until_some(flush_at) => true,
-                joined = &mut run => break joined,
+                joined = &mut run => break Some(joined),
+                _ = stop.cancelled() => {
+                    // Ended elsewhere: whatever the runner still produces is discarded.
+                    run.abort();
+                    return Played::Stopped;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Timed out: the partial output is kept, the runner is dropped.
+                    run.abort();
+                    break None;
+                }
             };
             if flush_now {
                 flush_at = None;
-                if let Err(outcome) = self.flush(turn, &mut batch).await {
+                if let Err(played) = self.flush(turn, &mut batch).await {
                     run.abort();
-                    return outcome;
+                    return played;
                 }
             }
         };
-        // Whatever the runner pushed before it returned is recorded before the end.
+        // Whatever the runner pushed before it returned (or timed out) is recorded
+        // before the end: a timed-out turn keeps its partial text.
         while let Ok(item) = items.try_recv() {
             batch.push(item);
         }
-        if let Err(outcome) = self.flush(turn, &mut batch).await {
-            return outcome;
+        if let Err(played) = self.flush(turn, &mut batch).await {
+            return played;
         }
-        match joined {
-            Ok(Ok(())) => TurnOutcome::Completed,
-            Ok(Err(err)) => TurnOutcome::Failed(TurnError {
+        let outcome = match joined {
+            None => TurnOutcome::failed(
+                "turn_timeout",
+                format!(
+                    "the turn ran longer than the agent's limit of {} ms and was stopped",
+                    agent.policy.turn_timeout_ms
+                ),
+            ),
+            Some(Ok(Ok(()))) => TurnOutcome::Completed,
+            Some(Ok(Err(err))) => TurnOutcome::Failed(crate::model::TurnError {
                 code: err.code,
                 message: err.message,
             }),
-            Err(join) if join.is_panic() => TurnOutcome::Failed(TurnError {
-                code: "runner_panicked".to_owned(),
-                message: "the agent's runner crashed; the turn was ended".to_owned(),
-            }),
-            Err(_) => TurnOutcome::Failed(TurnError {
-                code: "runner_aborted".to_owned(),
-                message: "the agent's runner was stopped before it finished".to_owned(),
-            }),
-        }
+            Some(Err(join)) if join.is_panic() => TurnOutcome::failed(
+                "runner_panicked",
+                "the agent's runner crashed; the turn was ended",
+            ),
+            Some(Err(_)) => TurnOutcome::failed(
+                "runner_aborted",
+                "the agent's runner was stopped before it finished",
+            ),
+        };
+        Played::Ended(outcome)
     }
 
     /// Records the batched output of a running turn. An error means the turn must
-    /// stop, with this outcome: its output can no longer be stored, or it was ended
-    /// elsewhere (whatever comes after is discarded).
-    async fn flush(&self, turn: StartedTurn, batch: &mut Coalescer) -> Result<(), TurnOutcome> {
+    /// stop: its output can no longer be stored (ended with that outcome), or it was
+    /// ended or taken elsewhere (stopped; whatever comes after is discarded).
+    async fn flush(&self, turn: StartedTurn, batch: &mut Coalescer) -> Result<(), Played> {
         if batch.is_empty() {
             return Ok(());
         }
         let output = RecordOutput {
             task_id: turn.task_id,
             turn_id: turn.turn_id,
+            owner: self.config.instance_id.clone(),
             ops: batch.take(),
             now: self.clock.now(),
         };
@@ -351,14 +662,11 @@ impl Inner {
                 self.notifier.task_changed(turn.task_id);
                 Ok(())
             }
-            Ok(false) => Err(TurnOutcome::Failed(TurnError {
-                code: "turn_ended".to_owned(),
-                message: "the turn was ended elsewhere; later output was discarded".to_owned(),
-            })),
-            Err(err) => Err(TurnOutcome::Failed(TurnError {
-                code: "storage_unavailable".to_owned(),
-                message: format!("the turn's output could not be stored: {err}"),
-            })),
+            Ok(false) => Err(Played::Stopped),
+            Err(err) => Err(Played::Ended(TurnOutcome::failed(
+                "storage_unavailable",
+                format!("the turn's output could not be stored: {err}"),
+            ))),
         }
     }
 }

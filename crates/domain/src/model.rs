@@ -57,6 +57,7 @@ pub struct Agent {
     pub id: AgentId,
     pub name: String,
     pub runner: RunnerSpec,
+    pub policy: TurnPolicy,
     pub created_at: DateTime<Utc>,
 }
 
@@ -64,7 +65,48 @@ pub struct Agent {
 pub struct NewAgent {
     pub name: String,
     pub runner: RunnerSpec,
+    pub policy: TurnPolicy,
     pub created_at: DateTime<Utc>,
+}
+
+/// How an agent's turns are bounded and what happens to one whose instance died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnPolicy {
+    /// What to do with a turn whose lease expired (its instance crashed, was killed,
+    /// or stopped before the turn ended).
+    pub on_interrupt: OnInterrupt,
+    /// With `retry`: how many attempts a turn gets in all, the first included.
+    pub max_attempts: u32,
+    /// A turn playing longer than this ends `failed` with `turn_timeout`.
+    pub turn_timeout_ms: u64,
+}
+
+impl TurnPolicy {
+    /// Ten minutes: long enough for a model with tools, short enough that a hung
+    /// agent does not hold its task for ever.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+    pub const MIN_TIMEOUT_MS: u64 = 100;
+    pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+    pub const MAX_ATTEMPTS: u32 = 10;
+
+    pub fn turn_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.turn_timeout_ms)
+    }
+
+    /// Whether a turn interrupted during `attempt` is played again.
+    pub fn retries_after(&self, attempt: u32) -> bool {
+        self.on_interrupt == OnInterrupt::Retry && attempt < self.max_attempts
+    }
+}
+
+impl Default for TurnPolicy {
+    fn default() -> Self {
+        TurnPolicy {
+            on_interrupt: OnInterrupt::Fail,
+            max_attempts: 3,
+            turn_timeout_ms: TurnPolicy::DEFAULT_TIMEOUT_MS,
+        }
+    }
 }
 
 /// An API key as stored: only the hash of its secret, never the secret.
@@ -136,6 +178,13 @@ string_enum!(
 );
 
 string_enum!(
+    /// What becomes of a turn whose instance stopped holding it: `fail` ends it
+    /// `failed` with `turn_interrupted`; `retry` plays it again (for agents that are
+    /// safe to re-run), up to the policy's attempts.
+    OnInterrupt { Fail => "fail", Retry => "retry" }
+);
+
+string_enum!(
     /// Who wrote a message.
     Role { User => "user", Assistant => "assistant", System => "system", Tool => "tool" }
 );
@@ -197,11 +246,13 @@ pub enum OutputOp {
     Message(Content),
 }
 
-/// Output of a running turn to record, with its events, in one transaction.
+/// Output of a running turn to record, with its events, in one transaction, only
+/// while `owner` holds the turn's lease.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordOutput {
     pub task_id: TaskId,
     pub turn_id: TurnId,
+    pub owner: String,
     pub ops: Vec<OutputOp>,
     pub now: DateTime<Utc>,
 }
@@ -237,6 +288,8 @@ pub struct Turn {
     pub task_id: TaskId,
     pub status: TurnStatus,
     pub error: Option<TurnError>,
+    /// 1 for the first play; more when the turn was retried after its instance died.
+    pub attempt: u32,
     /// The metadata of the request that started this turn.
     pub metadata: Metadata,
     pub started_at: DateTime<Utc>,
@@ -289,6 +342,24 @@ pub struct NewMessage {
     pub content: Content,
 }
 
+/// An instance's hold on a running turn: only the holder plays it, records its output
+/// and ends it normally. The holder renews it while the turn runs; once it expires,
+/// any instance may end or retry the turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An `Idempotency-Key` as stored with the turn it started: the key, the hash of the
+/// request that used it first, and when it may be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub request_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Everything needed to create a task with its first message and first turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTask {
@@ -296,6 +367,9 @@ pub struct NewTask {
     pub message: NewMessage,
     pub metadata: Metadata,
     pub now: DateTime<Utc>,
+    /// The lease the new turn starts under.
+    pub lease: Lease,
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 /// Everything needed to append a message and claim the task for its next turn.
@@ -306,10 +380,29 @@ pub struct NewAppend {
     pub message: NewMessage,
     pub metadata: Metadata,
     pub now: DateTime<Utc>,
+    pub lease: Lease,
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
-/// The answer to an accepted message: the turn it started.
+/// What a claim did: started a turn, or found that the request's idempotency key had
+/// already started one and returned that first answer unchanged.
 #[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    Started(Accepted),
+    Replayed(Accepted),
+}
+
+impl Claim {
+    pub fn accepted(&self) -> &Accepted {
+        match self {
+            Claim::Started(accepted) | Claim::Replayed(accepted) => accepted,
+        }
+    }
+}
+
+/// The answer to an accepted message: the turn it started. Stored as JSON with an
+/// idempotency key, so a replay answers exactly what the first request was told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accepted {
     pub task_id: TaskId,
     pub agent_id: AgentId,
@@ -330,9 +423,39 @@ pub struct ActiveTurn {
 pub enum TurnOutcome {
     Completed,
     Failed(TurnError),
+    Cancelled,
 }
 
-/// The end of a turn as the executor records it.
+impl TurnOutcome {
+    pub fn status(&self) -> TurnStatus {
+        match self {
+            TurnOutcome::Completed => TurnStatus::Completed,
+            TurnOutcome::Failed(_) => TurnStatus::Failed,
+            TurnOutcome::Cancelled => TurnStatus::Cancelled,
+        }
+    }
+
+    pub fn failed(code: &str, message: impl Into<String>) -> Self {
+        TurnOutcome::Failed(TurnError {
+            code: code.to_owned(),
+            message: message.into(),
+        })
+    }
+}
+
+/// Who may end a running turn, checked in the transaction that ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGuard {
+    /// Whoever asks (a client's cancel).
+    Anyone,
+    /// Only the lease's holder (the executor playing the turn): an instance that lost
+    /// the turn to a sweep can never end it a second time.
+    Holder(String),
+    /// Only if the lease expired at or before this time (a sweep).
+    ExpiredBy(DateTime<Utc>),
+}
+
+/// The end of a turn as it is recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FinishTurn {
     pub task_id: TaskId,
@@ -341,5 +464,28 @@ pub struct FinishTurn {
     /// Last whole messages of the agent, stored before the turn ends (what was
     /// streamed earlier is already recorded).
     pub messages: Vec<Content>,
+    pub guard: LeaseGuard,
+    pub now: DateTime<Utc>,
+}
+
+/// A running turn whose lease expired: a sweep ends it or plays it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredTurn {
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub attempt: u32,
+    /// The instance that held it (`None` if it was released on purpose).
+    pub owner: Option<String>,
+}
+
+/// Taking over an expired turn to play it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeOver {
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    /// Only if its lease expired at or before this time.
+    pub expired_by: DateTime<Utc>,
+    pub lease: Lease,
     pub now: DateTime<Utc>,
 }

@@ -5,13 +5,17 @@
 //!
 //! One slot per watched task, so a change wakes only that task's waiters: ten
 //! thousand idle streams cost nothing when another task streams.
+//!
+//! The hub also carries "this turn ended" (a cancel here or on another instance), so
+//! the executor playing the turn stops its runner at once instead of at its next
+//! output or lease renewal.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::watch;
 
-use crate::model::TaskId;
+use crate::model::{TaskId, TurnId};
 use crate::ports::TaskNotifier;
 
 #[derive(Debug)]
@@ -22,10 +26,22 @@ struct Slot {
 
 type Slots = Arc<Mutex<HashMap<TaskId, Slot>>>;
 
+/// What to call when a turn ended somewhere: the executor's "stop playing it".
+pub type TurnEndHook = Arc<dyn Fn(TurnId) + Send + Sync>;
+
 /// Fans task changes out to this process's waiters.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LocalNotifier {
     slots: Slots,
+    turn_end: Arc<RwLock<Option<TurnEndHook>>>,
+}
+
+impl std::fmt::Debug for LocalNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNotifier")
+            .field("watched_tasks", &self.watched_tasks())
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock(slots: &Slots) -> MutexGuard<'_, HashMap<TaskId, Slot>> {
@@ -65,6 +81,28 @@ impl LocalNotifier {
         for slot in lock(&self.slots).values() {
             slot.generation.send_modify(|g| *g += 1);
         }
+    }
+
+    /// A turn ended (cancelled, or ended by another instance): wakes the task's
+    /// waiters and tells this process's executor to stop playing the turn if it is.
+    pub fn turn_ended(&self, task: TaskId, turn: TurnId) {
+        self.task_changed(task);
+        let hook = self
+            .turn_end
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(turn);
+        }
+    }
+
+    /// Sets what [`LocalNotifier::turn_ended`] calls (one hook; a second replaces it).
+    pub fn on_turn_ended(&self, hook: TurnEndHook) {
+        *self
+            .turn_end
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
     }
 
     /// Tasks watched right now (for tests and metrics).

@@ -15,18 +15,26 @@ use crate::page::{Page, PageRequest};
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait TaskStore: Send + Sync + 'static {
-    /// Creates a task, its first message and its first (running) turn in one
-    /// transaction, and returns only after it is durably committed.
-    async fn create_task(&self, new: NewTask) -> Result<Accepted, StoreError>;
+    /// Creates a task, its first message and its first (running) turn under the given
+    /// lease in one transaction, and returns only after it is durably committed.
+    ///
+    /// With an idempotency record, in the same transaction: a live record of the same
+    /// agent and key with the same request hash answers [`Claim::Replayed`] with the
+    /// stored answer and stores nothing; with another hash,
+    /// [`ClaimError::IdempotencyKeyReused`]; otherwise the record is stored with the
+    /// new turn, so neither can exist without the other. Concurrent first uses of one
+    /// key: exactly one starts a turn, the others replay it.
+    async fn create_task(&self, new: NewTask) -> Result<Claim, ClaimError>;
 
     /// Stores the message and starts the task's next turn in one transaction, only if
-    /// the task has no running turn.
+    /// the task has no running turn. Idempotency records as for `create_task`, checked
+    /// before the task's state (a retry of an accepted append replays, never `busy`).
     ///
     /// MUST return [`ClaimError::TaskNotFound`] when the task does not exist or belongs
     /// to another agent, and [`ClaimError::TaskBusy`] naming the running turn when one
     /// runs; in both cases nothing is stored. Two concurrent calls for one idle task:
     /// exactly one succeeds.
-    async fn append_and_claim(&self, append: NewAppend) -> Result<Accepted, ClaimError>;
+    async fn append_and_claim(&self, append: NewAppend) -> Result<Claim, ClaimError>;
 
     /// The task with its latest turn and latest agent message, if the agent owns it.
     async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError>;
@@ -54,13 +62,16 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Records output of a running turn and appends its events (`text_delta`,
     /// `message`) in one transaction. Returns `false`, storing nothing, if the turn is
-    /// no longer running: the runner's output is then discarded.
+    /// no longer running or `owner` no longer holds its lease: the runner's output is
+    /// then discarded.
     async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError>;
 
     /// Ends a running turn in one transaction: closes its open streamed message, stores
-    /// the given last messages, sets the outcome and appends the ending event (`final`
-    /// or `error`, with the turn's output). Returns `false`, storing nothing, if the
-    /// turn was no longer running (so late output can never flip an ended turn).
+    /// the given last messages, sets the outcome, ends the lease and appends the ending
+    /// event (`final`, `error` or `cancelled`, with the turn's output). Returns
+    /// `false`, storing nothing, if the turn was no longer running or the guard refused
+    /// (so late output can never flip an ended turn, and a turn lost to a sweep is
+    /// never ended twice).
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError>;
 
     /// Up to `limit` events of the task with `seq > after`, in order, and the oldest
@@ -76,14 +87,42 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Deletes the task's events with `seq < before` (retention); returns how many.
     async fn prune_events(&self, task: TaskId, before: i64) -> Result<u64, StoreError>;
 
-    /// Ends every running turn as failed with `error`, returning how many. Used at
-    /// start-up of a single-instance deployment, where any running turn is an orphan
-    /// of a previous process.
-    async fn interrupt_running_turns(
+    /// Extends to `expires_at` the leases `owner` holds on these turns, if they still
+    /// run; returns the turns renewed. A turn left out was ended or taken over
+    /// elsewhere, and its holder must stop playing it.
+    async fn renew_leases(
         &self,
-        error: TurnError,
+        owner: &str,
+        turns: Vec<TurnId>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<TurnId>, StoreError>;
+
+    /// Gives up `owner`'s leases on these running turns at once (a stopping instance),
+    /// so any sweep may end or retry them without waiting for expiry. Returns how many.
+    async fn release_leases(
+        &self,
+        owner: &str,
+        turns: Vec<TurnId>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` running turns whose lease expired at or before `cutoff` (or that
+    /// have none), oldest expiry first.
+    async fn expired_turns(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExpiredTurn>, StoreError>;
+
+    /// Takes over a running turn whose lease expired by `expired_by`, for another
+    /// attempt: the new lease, `attempt + 1`, the agent output of the interrupted
+    /// attempt removed, and a `turn_started` event for the new attempt, in one
+    /// transaction. Returns the new attempt number, or `None` (storing nothing) if the
+    /// turn ended or its lease was renewed or taken meanwhile.
+    async fn take_over_turn(&self, take: TakeOver) -> Result<Option<u32>, StoreError>;
+
+    /// Deletes idempotency records that expired at or before `now`; returns how many.
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Agents and their API keys.

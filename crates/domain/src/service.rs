@@ -1,11 +1,13 @@
 //! The use cases: authenticate a key, accept messages (claim-and-spawn), read tasks and
 //! history, and administer agents and keys.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{ServiceError, StoreError};
+use crate::error::{ClaimError, ServiceError, StoreError};
 use crate::executor::{StartedTurn, TurnExecutor};
+use crate::idempotency::{self, IdempotencyConfig, InFlightKeys};
 use crate::keys;
 use crate::model::*;
 use crate::notify::LocalNotifier;
@@ -36,6 +38,8 @@ pub struct TaskService {
     agents: Arc<dyn AgentStore>,
     executor: TurnExecutor,
     hub: LocalNotifier,
+    idempotency: IdempotencyConfig,
+    keys: InFlightKeys,
 }
 
 /// The longest a long-poll may wait; longer requests wait this long.
@@ -51,19 +55,28 @@ impl std::fmt::Debug for TaskService {
 
 impl TaskService {
     /// `hub` is where this process learns of turn changes (the executor's notifier
-    /// publishes into it; on PostgreSQL, so does the relay of other instances' changes).
+    /// publishes into it; on PostgreSQL, so does the relay of other instances'
+    /// changes). A turn ended through the hub stops playing in `executor`.
     pub fn new(
         tasks: Arc<dyn TaskStore>,
         agents: Arc<dyn AgentStore>,
         executor: TurnExecutor,
         hub: LocalNotifier,
     ) -> Self {
+        hub.on_turn_ended(executor.stop_hook());
         TaskService {
             tasks,
             agents,
             executor,
             hub,
+            idempotency: IdempotencyConfig::default(),
+            keys: InFlightKeys::default(),
         }
+    }
+
+    pub fn with_idempotency(mut self, config: IdempotencyConfig) -> Self {
+        self.idempotency = config;
+        self
     }
 
     pub fn executor(&self) -> &TurnExecutor {
@@ -87,55 +100,187 @@ impl TaskService {
         })
     }
 
-    /// Creates a task with its first message and starts its first turn.
+    /// Creates a task with its first message and starts its first turn. With an
+    /// idempotency key, a retry of the same request replays the first answer.
     pub async fn create_task(
         &self,
         who: &Principal,
         submit: SubmitMessage,
-    ) -> Result<Accepted, ServiceError> {
-        check_submission(who, &submit)?;
+        key: Option<String>,
+    ) -> Result<Claim, ServiceError> {
+        check_submission(who, &submit, key.as_deref())?;
+        let now = self.executor.clock().now();
+        let idempotency =
+            self.idempotency_record(key.as_deref(), "create_task", None, &submit, now);
         let new = NewTask {
             agent_id: who.agent_id,
             message: submit.message,
             metadata: submit.metadata,
-            now: self.executor.clock().now(),
+            now,
+            lease: self.executor.new_lease(now),
+            idempotency,
         };
         let tasks = self.tasks.clone();
-        let executor = self.executor.clone();
-        self.executor
-            .detached(async move {
-                let accepted = tasks.create_task(new).await?;
-                executor.spawn(started(&accepted));
-                Ok(accepted)
-            })
+        self.claim(who, key, async move { tasks.create_task(new).await })
             .await
     }
 
     /// Appends a message to an idle task and starts its next turn; a task with a
-    /// running turn is `TaskBusy` and nothing is stored.
+    /// running turn is `TaskBusy` and nothing is stored. Idempotency keys as for
+    /// [`TaskService::create_task`].
     pub async fn append_message(
         &self,
         who: &Principal,
         task_id: TaskId,
         submit: SubmitMessage,
-    ) -> Result<Accepted, ServiceError> {
-        check_submission(who, &submit)?;
+        key: Option<String>,
+    ) -> Result<Claim, ServiceError> {
+        check_submission(who, &submit, key.as_deref())?;
+        let now = self.executor.clock().now();
+        let idempotency = self.idempotency_record(
+            key.as_deref(),
+            "append_message",
+            Some(task_id),
+            &submit,
+            now,
+        );
         let append = NewAppend {
             agent_id: who.agent_id,
             task_id,
             message: submit.message,
             metadata: submit.metadata,
-            now: self.executor.clock().now(),
+            now,
+            lease: self.executor.new_lease(now),
+            idempotency,
         };
         let tasks = self.tasks.clone();
+        self.claim(
+            who,
+            key,
+            async move { tasks.append_and_claim(append).await },
+        )
+        .await
+    }
+
+    fn idempotency_record(
+        &self,
+        key: Option<&str>,
+        operation: &str,
+        task: Option<TaskId>,
+        submit: &SubmitMessage,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<IdempotencyRecord> {
+        let ttl = chrono::Duration::from_std(self.idempotency.ttl).unwrap_or(chrono::Duration::MAX);
+        key.map(|key| IdempotencyRecord {
+            key: key.to_owned(),
+            request_hash: idempotency::request_hash(operation, task, submit),
+            expires_at: now
+                .checked_add_signed(ttl)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        })
+    }
+
+    /// Runs a claim to its end even if the caller stops waiting, and hands a started
+    /// turn to the executor. A request with an idempotency key first holds the key in
+    /// this process, so a concurrent duplicate waits and then replays.
+    async fn claim(
+        &self,
+        who: &Principal,
+        key: Option<String>,
+        claim: impl Future<Output = Result<Claim, ClaimError>> + Send + 'static,
+    ) -> Result<Claim, ServiceError> {
+        let hold = match key {
+            Some(key) => Some(
+                self.keys
+                    .hold(who.agent_id, &key, self.idempotency.in_flight_wait)
+                    .await?,
+            ),
+            None => None,
+        };
         let executor = self.executor.clone();
         self.executor
             .detached(async move {
-                let accepted = tasks.append_and_claim(append).await?;
-                executor.spawn(started(&accepted));
-                Ok(accepted)
+                let claimed = claim.await?;
+                if let Claim::Started(accepted) = &claimed {
+                    executor.spawn(started(accepted));
+                }
+                drop(hold);
+                Ok(claimed)
             })
             .await
+    }
+
+    /// Cancels the task's running turn: it ends `cancelled` at once (its partial text
+    /// kept, a `cancelled` event written) and its runner is stopped wherever it plays.
+    /// Cancelling a turn that is already cancelled answers as the first cancel did; a
+    /// task whose latest turn ended otherwise is [`ServiceError::TaskNotRunning`].
+    pub async fn cancel(&self, who: &Principal, task_id: TaskId) -> Result<TaskView, ServiceError> {
+        let view = self.get_task(who, task_id).await?;
+        let turn = view.latest_turn.id;
+        match view.latest_turn.status {
+            TurnStatus::Cancelled => return Ok(view),
+            TurnStatus::Running => {}
+            other => return Err(ServiceError::TaskNotRunning(other)),
+        }
+        let finish = FinishTurn {
+            task_id,
+            turn_id: turn,
+            outcome: TurnOutcome::Cancelled,
+            messages: Vec::new(),
+            guard: LeaseGuard::Anyone,
+            now: self.executor.clock().now(),
+        };
+        let (tasks, hub) = (self.tasks.clone(), self.hub.clone());
+        self.executor
+            .detached(async move {
+                if tasks.finish_turn(finish).await? {
+                    hub.turn_ended(task_id, turn);
+                }
+                Ok(())
+            })
+            .await?;
+        // Ended by this cancel or a concurrent one: the same answer. Ended otherwise
+        // (it completed first): not running.
+        let view = self.get_task(who, task_id).await?;
+        match view.latest_turn.status {
+            TurnStatus::Cancelled if view.latest_turn.id == turn => Ok(view),
+            other => Err(ServiceError::TaskNotRunning(other)),
+        }
+    }
+
+    /// Sweeps expired leases now and then every `every`, and purges expired
+    /// idempotency keys, until the handle is aborted.
+    pub fn spawn_maintenance(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                service.maintain().await;
+            }
+        })
+    }
+
+    /// One round of maintenance (see [`TaskService::spawn_maintenance`]).
+    pub async fn maintain(&self) {
+        let now = self.executor.clock().now();
+        match self.executor.sweep(now).await {
+            Ok(report) if report != Default::default() => {
+                tracing::warn!(
+                    failed = report.failed,
+                    retried = report.retried,
+                    "swept turns whose instance stopped"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "could not sweep expired turn leases"),
+        }
+        match self.tasks.purge_idempotency_keys(now).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "purged expired idempotency keys"),
+            Err(err) => tracing::warn!(error = %err, "could not purge expired idempotency keys"),
+        }
     }
 
     pub async fn get_task(
@@ -225,11 +370,18 @@ fn started(accepted: &Accepted) -> StartedTurn {
 
 /// A key acts for exactly one agent: naming another is `agent_not_found`, checked
 /// before the body, so a foreign agent's existence is never hinted at.
-fn check_submission(who: &Principal, submit: &SubmitMessage) -> Result<(), ServiceError> {
+fn check_submission(
+    who: &Principal,
+    submit: &SubmitMessage,
+    key: Option<&str>,
+) -> Result<(), ServiceError> {
     if submit.agent_id != who.agent_id {
         return Err(ServiceError::AgentNotFound);
     }
     let mut errors = Vec::new();
+    if let Some(key) = key {
+        idempotency::check_key(key, &mut errors);
+    }
     validate::client_message(&submit.message, &mut errors);
     validate::metadata(&submit.metadata, &mut errors);
     if errors.is_empty() {
@@ -265,14 +417,16 @@ impl AdminService {
     }
 
     /// Creates an agent after checking its name, that its runner kind is registered,
-    /// and that the runner accepts its configuration.
+    /// that the runner accepts its configuration, and its turn policy.
     pub async fn create_agent(
         &self,
         name: &str,
         runner: RunnerSpec,
+        policy: TurnPolicy,
     ) -> Result<Agent, ServiceError> {
         let mut errors = Vec::new();
         validate::agent_name(name, &mut errors);
+        validate::turn_policy(&policy, &mut errors);
         match self.executor.runners().get(&runner.kind) {
             None => {
                 let known: Vec<_> = self.executor.runners().kinds().collect();
@@ -297,6 +451,7 @@ impl AdminService {
         let new = NewAgent {
             name: name.trim().to_owned(),
             runner,
+            policy,
             created_at: self.executor.clock().now(),
         };
         Ok(self.agents.create_agent(new).await?)

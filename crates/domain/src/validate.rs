@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::content::Content;
 use crate::error::FieldError;
-use crate::model::{Metadata, NewMessage, Role};
+use crate::model::{Metadata, NewMessage, Role, TurnPolicy};
 
 /// Longest agent name accepted.
 pub const MAX_AGENT_NAME_LEN: usize = 200;
@@ -85,6 +85,26 @@ pub fn agent_name(name: &str, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new(
             "name",
             "must not contain the NUL character",
+        ));
+    }
+}
+
+pub fn turn_policy(policy: &TurnPolicy, errors: &mut Vec<FieldError>) {
+    if !(1..=TurnPolicy::MAX_ATTEMPTS).contains(&policy.max_attempts) {
+        errors.push(FieldError::new(
+            "policy.max_attempts",
+            format!("must be from 1 to {}", TurnPolicy::MAX_ATTEMPTS),
+        ));
+    }
+    if !(TurnPolicy::MIN_TIMEOUT_MS..=TurnPolicy::MAX_TIMEOUT_MS).contains(&policy.turn_timeout_ms)
+    {
+        errors.push(FieldError::new(
+            "policy.turn_timeout_ms",
+            format!(
+                "must be from {} ms to {} ms (7 days)",
+                TurnPolicy::MIN_TIMEOUT_MS,
+                TurnPolicy::MAX_TIMEOUT_MS
+            ),
         ));
     }
 }

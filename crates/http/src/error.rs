@@ -40,11 +40,15 @@ error_codes! {
     TaskNotFound => (NOT_FOUND, "task_not_found"),
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
     TaskBusy => (CONFLICT, "task_busy"),
+    TaskNotRunning => (CONFLICT, "task_not_running"),
+    IdempotencyKeyReused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+    IdempotencyKeyInUse => (CONFLICT, "idempotency_key_in_use"),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large"),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
     ValidationFailed => (UNPROCESSABLE_ENTITY, "validation_failed"),
     InternalError => (INTERNAL_SERVER_ERROR, "internal_error"),
     ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable"),
+    ShuttingDown => (SERVICE_UNAVAILABLE, "shutting_down"),
 }
 
 /// One invalid field in a validation error.
@@ -167,7 +171,10 @@ impl ApiError {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            ErrorCode::TaskBusy | ErrorCode::ServiceUnavailable => {
+            ErrorCode::TaskBusy
+            | ErrorCode::IdempotencyKeyInUse
+            | ErrorCode::ServiceUnavailable
+            | ErrorCode::ShuttingDown => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             _ => {}
@@ -237,6 +244,18 @@ impl From<ServiceError> for ApiError {
             ),
             ServiceError::TaskNotFound => ApiError::task_not_found(),
             ServiceError::TaskBusy(active) => busy(active),
+            ServiceError::TaskNotRunning(status) => ApiError::new(
+                ErrorCode::TaskNotRunning,
+                format!("The task has no running turn to cancel: its latest turn is {status}."),
+            ),
+            ServiceError::IdempotencyKeyReused => ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "This Idempotency-Key was first used for a different request. Use a new key for a new request.",
+            ),
+            ServiceError::IdempotencyKeyInUse => ApiError::new(
+                ErrorCode::IdempotencyKeyInUse,
+                "A request with this Idempotency-Key is still being processed. Retry after a moment to get its answer.",
+            ),
             ServiceError::Validation(errors) => ApiError::invalid(fields(errors)),
             ServiceError::Unavailable(why) => ApiError {
                 source: Some(why.into()),

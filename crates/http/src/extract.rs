@@ -33,6 +33,20 @@ pub async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<Princip
     Ok(state.tasks.authenticate(token).await?)
 }
 
+/// The `Idempotency-Key` header, if sent. Its form is checked with the body (so all
+/// problems are reported at once); a value that is not text is refused here.
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|key| Some(key.to_owned())).map_err(|_| {
+            ApiError::invalid_field(
+                "Idempotency-Key",
+                "must be visible ASCII characters (a UUID is a good key)",
+            )
+        }),
+    }
+}
+
 /// The `{task_id}` path segment. A segment that is not an id names no task: 404.
 pub fn task_id(req: &HttpRequest) -> Result<TaskId, ApiError> {
     req.match_info()

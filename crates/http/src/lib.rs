@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, middleware::from_fn, web};
 use baton_domain::TaskService;
+use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ErrorCode};
 
@@ -28,6 +29,18 @@ pub struct ApiState {
     pub body_limit: usize,
     /// Heartbeats and retry hints of event streams.
     pub sse: sse::SseOptions,
+    /// The two steps of a graceful stop, as this API sees them.
+    pub shutdown: Shutdown,
+}
+
+/// A graceful stop in two steps. Once `draining`, new requests are refused with a 503
+/// `shutting_down` while requests already being served go on (streams keep
+/// delivering the turns that are finishing). Once `closing`, streams end with a last
+/// comment and long-polls answer at once, so the server can stop.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    pub draining: CancellationToken,
+    pub closing: CancellationToken,
 }
 
 /// How the HTTP server runs.

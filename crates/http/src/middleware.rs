@@ -57,6 +57,21 @@ pub async fn envelope_and_request_id(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
+    let draining = req
+        .app_data::<actix_web::web::Data<crate::ApiState>>()
+        .is_some_and(|state| state.shutdown.draining.is_cancelled());
+    if draining {
+        let refusal = ApiError::new(
+            ErrorCode::ShuttingDown,
+            "The server is shutting down and takes no new requests; retry in a moment (another instance may answer).",
+        );
+        let (req, _) = req.into_parts();
+        let mut response = refusal.to_response(&id);
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        return Ok(ServiceResponse::new(req, response));
+    }
     let method = req.method().clone();
     let path = req.path().to_owned();
     let started = Instant::now();

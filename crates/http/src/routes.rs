@@ -2,14 +2,14 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use baton_domain::Accepted;
+use baton_domain::Claim;
 
 use crate::ApiState;
 use baton_domain::Message;
 
 use crate::dto::{AcceptedBody, PageBody, SubmitBody, TaskBody};
 use crate::error::{ApiError, ErrorCode};
-use crate::extract::{authenticate, json_body, page, task_id, wait};
+use crate::extract::{authenticate, idempotency_key, json_body, page, task_id, wait};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -26,6 +26,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/chat/tasks/{task_id}/stream")
             .route(web::get().to(stream))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/tasks/{task_id}/cancel")
+            .route(web::post().to(cancel))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -54,11 +59,20 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     ))
 }
 
-fn accepted(accepted: Accepted) -> HttpResponse {
+/// The answer to an accepted message. A replay (same idempotency key, same request)
+/// is byte for byte the first answer, marked by `Idempotent-Replayed: true`.
+fn accepted(claim: Claim) -> HttpResponse {
+    let (accepted, replayed) = match claim {
+        Claim::Started(accepted) => (accepted, false),
+        Claim::Replayed(accepted) => (accepted, true),
+    };
     let location = format!("/v1/chat/tasks/{}", accepted.task_id);
-    HttpResponse::Accepted()
-        .insert_header((header::LOCATION, location))
-        .json(AcceptedBody::from(accepted))
+    let mut response = HttpResponse::Accepted();
+    response.insert_header((header::LOCATION, location));
+    if replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    response.json(AcceptedBody::from(accepted))
 }
 
 async fn create_task(
@@ -67,8 +81,12 @@ async fn create_task(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
+    let key = idempotency_key(&req)?;
     let body: SubmitBody = json_body(&req, payload, state.body_limit).await?;
-    let done = state.tasks.create_task(&who, body.into_submit()).await?;
+    let done = state
+        .tasks
+        .create_task(&who, body.into_submit(), key)
+        .await?;
     Ok(accepted(done))
 }
 
@@ -79,19 +97,31 @@ async fn append_message(
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
+    let key = idempotency_key(&req)?;
     let body: SubmitBody = json_body(&req, payload, state.body_limit).await?;
     let done = state
         .tasks
-        .append_message(&who, task, body.into_submit())
+        .append_message(&who, task, body.into_submit(), key)
         .await?;
     Ok(accepted(done))
+}
+
+async fn cancel(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let view = state.tasks.cancel(&who, task).await?;
+    Ok(HttpResponse::Ok().json(TaskBody::from(view)))
 }
 
 async fn get_task(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let wait = wait(&req)?;
-    let view = state.tasks.wait_task(&who, task, wait).await?;
+    // A stopping server answers long-polls at once with the task as it is.
+    let view = tokio::select! {
+        view = state.tasks.wait_task(&who, task, wait) => view?,
+        _ = state.shutdown.closing.cancelled() => state.tasks.get_task(&who, task).await?,
+    };
     Ok(HttpResponse::Ok().json(TaskBody::from(view)))
 }
 
@@ -127,6 +157,7 @@ async fn stream(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResp
         after,
         until_final,
         state.sse,
+        state.shutdown.closing.clone(),
     )
     .await
 }

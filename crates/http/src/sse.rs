@@ -116,6 +116,7 @@ struct SseStream {
     heartbeat: tokio::time::Interval,
     pending: VecDeque<Bytes>,
     done: bool,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl SseStream {
@@ -159,6 +160,12 @@ impl SseStream {
             tokio::select! {
                 _ = self.watch.changed() => {}
                 _ = self.heartbeat.tick() => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
+                // The server is stopping: a last comment, then the end. The client
+                // reconnects (to another instance) with its Last-Event-ID.
+                _ = self.closing.cancelled() => {
+                    self.pending.push_back(Bytes::from_static(b": server shutting down; reconnect with Last-Event-ID\n\n"));
+                    self.done = true;
+                }
             }
         }
     }
@@ -173,6 +180,7 @@ pub async fn stream(
     after: i64,
     until_final: bool,
     options: SseOptions,
+    closing: tokio_util::sync::CancellationToken,
 ) -> Result<HttpResponse, ApiError> {
     // Watch before the first read, so nothing written in between is missed.
     let watch = tasks.watch(task);
@@ -195,6 +203,7 @@ pub async fn stream(
             options.retry.as_millis()
         ))]),
         done: false,
+        closing,
     };
     let body = futures_util::stream::unfold(state, |mut state| async move {
         state

@@ -85,7 +85,8 @@ impl SqlStore {
     }
 
     /// Whether only one process can use this database at a time (SQLite), so that any
-    /// turn marked running at start-up was orphaned by a previous process.
+    /// turn marked running at start-up was orphaned by a previous process, whatever its
+    /// lease says.
     pub fn is_single_instance(&self) -> bool {
         matches!(self.db, Db::Sqlite(_))
     }
@@ -125,11 +126,11 @@ macro_rules! on_conn {
 
 #[async_trait]
 impl TaskStore for SqlStore {
-    async fn create_task(&self, new: NewTask) -> Result<Accepted, StoreError> {
+    async fn create_task(&self, new: NewTask) -> Result<Claim, ClaimError> {
         on_conn!(self, writer, |conn, q| q::create_task(conn, &new).await)
     }
 
-    async fn append_and_claim(&self, append: NewAppend) -> Result<Accepted, ClaimError> {
+    async fn append_and_claim(&self, append: NewAppend) -> Result<Claim, ClaimError> {
         on_conn!(self, writer, |conn, q| q::append_and_claim(conn, &append)
             .await)
     }
@@ -195,15 +196,48 @@ impl TaskStore for SqlStore {
         on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await)
     }
 
-    async fn interrupt_running_turns(
+    async fn renew_leases(
         &self,
-        error: TurnError,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        on_conn!(self, writer, |conn, q| q::interrupt_running_turns(
-            conn, &error, now
+        owner: &str,
+        turns: Vec<TurnId>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<TurnId>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::renew_leases(
+            conn, owner, &turns, expires_at
         )
         .await)
+    }
+
+    async fn release_leases(
+        &self,
+        owner: &str,
+        turns: Vec<TurnId>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        on_conn!(self, writer, |conn, q| q::release_leases(
+            conn, owner, &turns, now
+        )
+        .await)
+    }
+
+    async fn expired_turns(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExpiredTurn>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::expired_turns(
+            conn, cutoff, limit
+        )
+        .await)
+    }
+
+    async fn take_over_turn(&self, take: TakeOver) -> Result<Option<u32>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::take_over_turn(conn, &take).await)
+    }
+
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        on_conn!(self, writer, |conn, q| q::purge_idempotency_keys(conn, now)
+            .await)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton_domain::{LocalNotifier, TaskId, TaskNotifier};
+use baton_domain::{LocalNotifier, TaskId, TaskNotifier, TurnId};
 use deadpool::managed::Object;
 use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -21,9 +21,20 @@ pub(crate) const CHANNEL: &str = "baton_turns";
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// The payload is the changed task's id: a notification means "go and look".
-pub(crate) fn decode(payload: &str) -> Option<TaskId> {
-    payload.parse().ok().map(TaskId)
+/// The payload is the changed task's id, then `:` and the turn's id if the change
+/// ended that turn: a notification means "go and look" (and "stop playing it").
+pub(crate) fn encode(task: TaskId, ended: Option<TurnId>) -> String {
+    match ended {
+        Some(turn) => format!("{task}:{turn}"),
+        None => task.to_string(),
+    }
+}
+
+pub(crate) fn decode(payload: &str) -> Option<(TaskId, Option<TurnId>)> {
+    match payload.split_once(':') {
+        Some((task, turn)) => Some((TaskId(task.parse().ok()?), Some(TurnId(turn.parse().ok()?)))),
+        None => Some((TaskId(payload.parse().ok()?), None)),
+    }
 }
 
 /// Relays notifications into `hub` until aborted, reconnecting with capped exponential
@@ -69,7 +80,8 @@ async fn listen(
     while let Some(notification) = notifications.next().await {
         let notification = notification.map_err(|err| err.to_string())?;
         match decode(&notification.payload) {
-            Some(task) => hub.task_changed(task),
+            Some((task, None)) => hub.task_changed(task),
+            Some((task, Some(turn))) => hub.turn_ended(task, turn),
             None => {
                 warn!(payload = %notification.payload, "ignoring a malformed turn notification")
             }
@@ -83,9 +95,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_are_task_ids_and_garbage_is_refused() {
-        assert_eq!(decode("12"), Some(TaskId(12)));
-        for bad in ["", "x", "1:2", "1.5"] {
+    fn payloads_round_trip_and_garbage_is_refused() {
+        for (task, turn) in [(TaskId(12), None), (TaskId(3), Some(TurnId(40)))] {
+            assert_eq!(decode(&encode(task, turn)), Some((task, turn)));
+        }
+        assert_eq!(decode("1:2"), Some((TaskId(1), Some(TurnId(2)))));
+        for bad in ["", "x", "1:", ":2", "1:x", "1.5", "1:2:3"] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

@@ -18,6 +18,16 @@ struct State {
     messages: Vec<Message>,
     events: Vec<TaskEvent>,
     last_seq: HashMap<TaskId, i64>,
+    /// Running turns' leases: holder (none once released) and expiry.
+    leases: HashMap<TurnId, (Option<String>, DateTime<Utc>)>,
+    idempotency: HashMap<(AgentId, String), StoredKey>,
+}
+
+#[derive(Debug)]
+struct StoredKey {
+    request_hash: String,
+    accepted: Accepted,
+    expires_at: DateTime<Utc>,
 }
 
 /// Tasks, turns, messages, agents and keys in memory. Ids start at 1 per kind.
@@ -60,6 +70,7 @@ impl State {
         task: TaskId,
         message: &NewMessage,
         metadata: &Metadata,
+        lease: &Lease,
         now: DateTime<Utc>,
     ) -> TurnId {
         let turn = Turn {
@@ -67,11 +78,14 @@ impl State {
             task_id: task,
             status: TurnStatus::Running,
             error: None,
+            attempt: 1,
             metadata: metadata.clone(),
             started_at: now,
             ended_at: None,
         };
         self.turns.push(turn.clone());
+        self.leases
+            .insert(turn.id, (Some(lease.owner.clone()), lease.expires_at));
         let content = message.content.clone();
         let input = self.push_message(task, turn.id, message.role, content, None, now);
         let data = baton_domain::events::turn_started(&turn, &input);
@@ -149,6 +163,60 @@ impl State {
             .any(|t| t.id == turn && t.status == TurnStatus::Running)
     }
 
+    fn holds(&self, turn: TurnId, owner: &str) -> bool {
+        self.is_running(turn)
+            && self
+                .leases
+                .get(&turn)
+                .is_some_and(|(holder, _)| holder.as_deref() == Some(owner))
+    }
+
+    fn expired_by(&self, turn: TurnId, cutoff: DateTime<Utc>) -> bool {
+        self.leases
+            .get(&turn)
+            .is_none_or(|(_, expires_at)| *expires_at <= cutoff)
+    }
+
+    /// The stored answer for a live key (see `TaskStore::create_task`).
+    fn replay(
+        &mut self,
+        agent: AgentId,
+        record: Option<&IdempotencyRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Accepted>, ClaimError> {
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let id = (agent, record.key.clone());
+        if self
+            .idempotency
+            .get(&id)
+            .is_some_and(|k| k.expires_at <= now)
+        {
+            self.idempotency.remove(&id);
+        }
+        match self.idempotency.get(&id) {
+            None => Ok(None),
+            Some(stored) if stored.request_hash == record.request_hash => {
+                Ok(Some(stored.accepted.clone()))
+            }
+            Some(_) => Err(ClaimError::IdempotencyKeyReused),
+        }
+    }
+
+    fn remember(&mut self, record: Option<&IdempotencyRecord>, accepted: &Accepted) {
+        if let Some(record) = record {
+            self.idempotency.insert(
+                (accepted.agent_id, record.key.clone()),
+                StoredKey {
+                    request_hash: record.request_hash.clone(),
+                    accepted: accepted.clone(),
+                    expires_at: record.expires_at,
+                },
+            );
+        }
+    }
+
     fn view(&self, task: &Task) -> Result<TaskView, StoreError> {
         let latest_turn = self
             .turns
@@ -173,8 +241,12 @@ impl State {
 
 #[async_trait]
 impl TaskStore for MemoryStore {
-    async fn create_task(&self, new: NewTask) -> Result<Accepted, StoreError> {
+    async fn create_task(&self, new: NewTask) -> Result<Claim, ClaimError> {
         let mut state = self.lock()?;
+        let record = new.idempotency.as_ref();
+        if let Some(first) = state.replay(new.agent_id, record, new.now)? {
+            return Ok(Claim::Replayed(first));
+        }
         let task_id = TaskId(next_id(state.tasks.len()));
         state.tasks.push(Task {
             id: task_id,
@@ -184,20 +256,26 @@ impl TaskStore for MemoryStore {
             created_at: new.now,
             updated_at: new.now,
         });
-        let turn_id = state.start_turn(task_id, &new.message, &new.metadata, new.now);
-        Ok(Accepted {
+        let turn_id = state.start_turn(task_id, &new.message, &new.metadata, &new.lease, new.now);
+        let accepted = Accepted {
             task_id,
             agent_id: new.agent_id,
             turn_id,
             accepted_at: new.now,
-            metadata: new.metadata,
-        })
+            metadata: new.metadata.clone(),
+        };
+        state.remember(record, &accepted);
+        Ok(Claim::Started(accepted))
     }
 
-    async fn append_and_claim(&self, append: NewAppend) -> Result<Accepted, ClaimError> {
+    async fn append_and_claim(&self, append: NewAppend) -> Result<Claim, ClaimError> {
         let mut state = self.lock()?;
         if state.owned_task(append.agent_id, append.task_id).is_none() {
             return Err(ClaimError::TaskNotFound);
+        }
+        let record = append.idempotency.as_ref();
+        if let Some(first) = state.replay(append.agent_id, record, append.now)? {
+            return Ok(Claim::Replayed(first));
         }
         if let Some(running) = state.running_turn(append.task_id) {
             return Err(ClaimError::TaskBusy(ActiveTurn {
@@ -209,19 +287,22 @@ impl TaskStore for MemoryStore {
             append.task_id,
             &append.message,
             &append.metadata,
+            &append.lease,
             append.now,
         );
         if let Some(task) = state.tasks.iter_mut().find(|t| t.id == append.task_id) {
             task.input = append.message.content.clone();
             task.updated_at = append.now;
         }
-        Ok(Accepted {
+        let accepted = Accepted {
             task_id: append.task_id,
             agent_id: append.agent_id,
             turn_id,
             accepted_at: append.now,
-            metadata: append.metadata,
-        })
+            metadata: append.metadata.clone(),
+        };
+        state.remember(record, &accepted);
+        Ok(Claim::Started(accepted))
     }
 
     async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError> {
@@ -289,7 +370,7 @@ impl TaskStore for MemoryStore {
     async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError> {
         let mut state = self.lock()?;
         let (task, turn, now) = (output.task_id, output.turn_id, output.now);
-        if !state.is_running(turn) {
+        if !state.holds(turn, &output.owner) {
             return Ok(false);
         }
         for op in output.ops {
@@ -318,9 +399,17 @@ impl TaskStore for MemoryStore {
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
         let mut state = self.lock()?;
         let (task, turn_id, now) = (finish.task_id, finish.turn_id, finish.now);
-        if !state.is_running(turn_id) {
+        let allowed = match &finish.guard {
+            LeaseGuard::Anyone => state.is_running(turn_id),
+            LeaseGuard::Holder(owner) => state.holds(turn_id, owner),
+            LeaseGuard::ExpiredBy(cutoff) => {
+                state.is_running(turn_id) && state.expired_by(turn_id, *cutoff)
+            }
+        };
+        if !allowed {
             return Ok(false);
         }
+        state.leases.remove(&turn_id);
         state.close_text(task, turn_id, now);
         for content in finish.messages {
             state.whole_message(task, turn_id, content, now);
@@ -328,12 +417,9 @@ impl TaskStore for MemoryStore {
         let Some(turn) = state.turns.iter_mut().find(|t| t.id == turn_id) else {
             return Ok(false);
         };
-        match &finish.outcome {
-            TurnOutcome::Completed => turn.status = TurnStatus::Completed,
-            TurnOutcome::Failed(error) => {
-                turn.status = TurnStatus::Failed;
-                turn.error = Some(error.clone());
-            }
+        turn.status = finish.outcome.status();
+        if let TurnOutcome::Failed(error) = &finish.outcome {
+            turn.error = Some(error.clone());
         }
         turn.ended_at = Some(now);
         let turn = turn.clone();
@@ -382,24 +468,111 @@ impl TaskStore for MemoryStore {
         Ok((count - state.events.len()) as u64)
     }
 
-    async fn interrupt_running_turns(
+    async fn renew_leases(
         &self,
-        error: TurnError,
+        owner: &str,
+        turns: Vec<TurnId>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<TurnId>, StoreError> {
+        let mut state = self.lock()?;
+        let held: Vec<TurnId> = turns
+            .into_iter()
+            .filter(|turn| state.holds(*turn, owner))
+            .collect();
+        for turn in &held {
+            state
+                .leases
+                .insert(*turn, (Some(owner.to_owned()), expires_at));
+        }
+        Ok(held)
+    }
+
+    async fn release_leases(
+        &self,
+        owner: &str,
+        turns: Vec<TurnId>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut state = self.lock()?;
-        let mut ended = 0;
-        for turn in state
-            .turns
-            .iter_mut()
-            .filter(|t| t.status == TurnStatus::Running)
-        {
-            turn.status = TurnStatus::Failed;
-            turn.error = Some(error.clone());
-            turn.ended_at = Some(now);
-            ended += 1;
+        let held: Vec<TurnId> = turns
+            .into_iter()
+            .filter(|turn| state.holds(*turn, owner))
+            .collect();
+        for turn in &held {
+            state.leases.insert(*turn, (None, now));
         }
-        Ok(ended)
+        Ok(held.len() as u64)
+    }
+
+    async fn expired_turns(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ExpiredTurn>, StoreError> {
+        let state = self.lock()?;
+        let mut expired: Vec<(Option<DateTime<Utc>>, ExpiredTurn)> = state
+            .turns
+            .iter()
+            .filter(|t| t.status == TurnStatus::Running && state.expired_by(t.id, cutoff))
+            .filter_map(|t| {
+                let task = state.tasks.iter().find(|task| task.id == t.task_id)?;
+                let lease = state.leases.get(&t.id);
+                Some((
+                    lease.map(|(_, expires_at)| *expires_at),
+                    ExpiredTurn {
+                        agent_id: task.agent_id,
+                        task_id: t.task_id,
+                        turn_id: t.id,
+                        attempt: t.attempt,
+                        owner: lease.and_then(|(owner, _)| owner.clone()),
+                    },
+                ))
+            })
+            .collect();
+        expired.sort_by_key(|(expires_at, _)| *expires_at);
+        Ok(expired
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, turn)| turn)
+            .collect())
+    }
+
+    async fn take_over_turn(&self, take: TakeOver) -> Result<Option<u32>, StoreError> {
+        let mut state = self.lock()?;
+        let (task, turn_id) = (take.task_id, take.turn_id);
+        if !state.is_running(turn_id) || !state.expired_by(turn_id, take.expired_by) {
+            return Ok(None);
+        }
+        state.leases.insert(
+            turn_id,
+            (Some(take.lease.owner.clone()), take.lease.expires_at),
+        );
+        state
+            .messages
+            .retain(|m| m.turn_id != turn_id || m.role != Role::Assistant);
+        let Some(turn) = state.turns.iter_mut().find(|t| t.id == turn_id) else {
+            return Ok(None);
+        };
+        turn.attempt += 1;
+        let restarted = turn.clone();
+        let Some(input) = state
+            .messages
+            .iter()
+            .find(|m| m.turn_id == turn_id)
+            .cloned()
+        else {
+            return Err(StoreError::internal("a turn without its input message"));
+        };
+        let data = baton_domain::events::turn_started(&restarted, &input);
+        state.push_event(task, turn_id, EventKind::TurnStarted, data, take.now);
+        Ok(Some(restarted.attempt))
+    }
+
+    async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.lock()?;
+        let before = state.idempotency.len();
+        state.idempotency.retain(|_, key| key.expires_at > now);
+        Ok((before - state.idempotency.len()) as u64)
     }
 }
 
@@ -411,6 +584,7 @@ impl AgentStore for MemoryStore {
             id: AgentId(next_id(state.agents.len())),
             name: new.name,
             runner: new.runner,
+            policy: new.policy,
             created_at: new.created_at,
         };
         state.agents.push(agent.clone());

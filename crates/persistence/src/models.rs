@@ -40,6 +40,9 @@ pub(crate) struct AgentRow {
     pub runner_kind: String,
     pub runner_config: String,
     pub created_at: i64,
+    pub on_interrupt: String,
+    pub max_attempts: i64,
+    pub turn_timeout_ms: i64,
 }
 
 impl AgentRow {
@@ -51,9 +54,21 @@ impl AgentRow {
                 kind: self.runner_kind,
                 config: parse_json("agents.runner_config", &self.runner_config)?,
             },
+            policy: TurnPolicy {
+                on_interrupt: parse_enum("agents.on_interrupt", &self.on_interrupt)?,
+                max_attempts: count("agents.max_attempts", self.max_attempts)?,
+                turn_timeout_ms: u64::try_from(self.turn_timeout_ms).map_err(|_| {
+                    corrupt(format!("agents.turn_timeout_ms: {}", self.turn_timeout_ms))
+                })?,
+            },
             created_at: from_micros(self.created_at)?,
         })
     }
+}
+
+/// A small positive count stored as BIGINT.
+pub(crate) fn count(column: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| corrupt(format!("{column}: {value}")))
 }
 
 #[derive(Debug, Insertable)]
@@ -63,6 +78,9 @@ pub(crate) struct NewAgentRow {
     pub runner_kind: String,
     pub runner_config: String,
     pub created_at: i64,
+    pub on_interrupt: &'static str,
+    pub max_attempts: i64,
+    pub turn_timeout_ms: i64,
 }
 
 impl NewAgentRow {
@@ -72,6 +90,10 @@ impl NewAgentRow {
             runner_kind: new.runner.kind.clone(),
             runner_config: json(&new.runner.config)?,
             created_at: micros(new.created_at),
+            on_interrupt: new.policy.on_interrupt.as_str(),
+            max_attempts: i64::from(new.policy.max_attempts),
+            turn_timeout_ms: i64::try_from(new.policy.turn_timeout_ms)
+                .map_err(StoreError::internal)?,
         })
     }
 }
@@ -154,6 +176,7 @@ pub(crate) struct TurnRow {
     pub metadata: String,
     pub started_at: i64,
     pub ended_at: Option<i64>,
+    pub attempt: i64,
 }
 
 impl TurnRow {
@@ -170,6 +193,7 @@ impl TurnRow {
             task_id: TaskId(self.task_id),
             status: parse_enum("turns.status", &self.status)?,
             error,
+            attempt: count("turns.attempt", self.attempt)?,
             metadata: parse_json("turns.metadata", &self.metadata)?,
             started_at: from_micros(self.started_at)?,
             ended_at: self.ended_at.map(from_micros).transpose()?,
@@ -184,6 +208,47 @@ pub(crate) struct NewTurnRow {
     pub status: &'static str,
     pub metadata: String,
     pub started_at: i64,
+    pub lease_owner: String,
+    pub lease_expires_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = idempotency_keys)]
+pub(crate) struct IdempotencyRow {
+    pub request_hash: String,
+    pub response: String,
+}
+
+impl IdempotencyRow {
+    pub fn into_accepted(self) -> Result<Accepted, StoreError> {
+        parse_json("idempotency_keys.response", &self.response)
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+pub(crate) struct NewIdempotencyRow {
+    pub agent_id: i64,
+    pub idempotency_key: String,
+    pub request_hash: String,
+    pub turn_id: i64,
+    pub response: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl NewIdempotencyRow {
+    pub fn new(record: &IdempotencyRecord, accepted: &Accepted) -> Result<Self, StoreError> {
+        Ok(NewIdempotencyRow {
+            agent_id: accepted.agent_id.0,
+            idempotency_key: record.key.clone(),
+            request_hash: record.request_hash.clone(),
+            turn_id: accepted.turn_id.0,
+            response: json(accepted)?,
+            created_at: micros(accepted.accepted_at),
+            expires_at: micros(record.expires_at),
+        })
+    }
 }
 
 #[derive(Debug, Queryable, Selectable)]

@@ -24,6 +24,11 @@ pub(crate) enum TxError {
     /// Busy; `None` when the database's unique index caught a concurrent claim and the
     /// winner is not visible yet.
     Busy(Option<ActiveTurn>),
+    /// The idempotency key was first used for another request.
+    KeyReused,
+    /// A concurrent first use of the same idempotency key committed first: run the
+    /// transaction again, and it replays.
+    KeyRace,
 }
 
 impl From<DieselError> for TxError {
@@ -45,28 +50,40 @@ impl TxError {
             TxError::Store(err) => err,
             TxError::NotFound => StoreError::internal("row not found"),
             TxError::Busy(_) => StoreError::internal("unexpected busy answer"),
+            TxError::KeyReused | TxError::KeyRace => {
+                StoreError::internal("unexpected idempotency answer")
+            }
         }
     }
 }
 
-/// Announces task changes to other instances, per backend.
+/// Announces task changes to other instances, per backend: the task, and the turn if
+/// the change ended it (so the instance playing it stops).
 pub(crate) mod announce {
-    use baton_domain::TaskId;
+    use baton_domain::{TaskId, TurnId};
     use diesel::QueryResult;
     use diesel::sql_types::Text;
     use diesel_async::RunQueryDsl;
 
     use crate::backend::{PgConn, SqliteConn};
-    use crate::listen::CHANNEL;
+    use crate::listen::{CHANNEL, encode};
 
-    pub(crate) async fn sqlite(_conn: &mut SqliteConn, _task: TaskId) -> QueryResult<()> {
+    pub(crate) async fn sqlite(
+        _conn: &mut SqliteConn,
+        _task: TaskId,
+        _ended: Option<TurnId>,
+    ) -> QueryResult<()> {
         Ok(())
     }
 
-    pub(crate) async fn postgres(conn: &mut PgConn, task: TaskId) -> QueryResult<()> {
+    pub(crate) async fn postgres(
+        conn: &mut PgConn,
+        task: TaskId,
+        ended: Option<TurnId>,
+    ) -> QueryResult<()> {
         diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<Text, _>(CHANNEL)
-            .bind::<Text, _>(task.to_string())
+            .bind::<Text, _>(encode(task, ended))
             .execute(conn)
             .await
             .map(drop)
@@ -74,7 +91,7 @@ pub(crate) mod announce {
 }
 
 macro_rules! define_queries {
-    ($Conn:ty, $begin_write:ident, $announce:path) => {
+    ($Conn:ty, $Db:ty, $begin_write:ident, $announce:path) => {
         use std::collections::HashMap;
 
         use baton_domain::*;
@@ -88,9 +105,10 @@ macro_rules! define_queries {
         use crate::error::from_diesel;
         use crate::models::*;
         use crate::queries::TxError;
-        use crate::schema::{agents, api_keys, events, messages, tasks, turns};
+        use crate::schema::{agents, api_keys, events, idempotency_keys, messages, tasks, turns};
 
         type Conn = $Conn;
+        type Db = $Db;
 
         const RUNNING: &str = "running";
 
@@ -185,6 +203,7 @@ macro_rules! define_queries {
             task: TaskId,
             message: &NewMessage,
             metadata: &Metadata,
+            lease: &Lease,
             at: DateTime<Utc>,
         ) -> Result<TurnId, TxError> {
             let row = NewTurnRow {
@@ -192,6 +211,8 @@ macro_rules! define_queries {
                 status: RUNNING,
                 metadata: metadata_json(metadata)?,
                 started_at: micros(at),
+                lease_owner: lease.owner.clone(),
+                lease_expires_at: micros(lease.expires_at),
             };
             let turn: i64 = diesel::insert_into(turns::table)
                 .values(&row)
@@ -212,6 +233,7 @@ macro_rules! define_queries {
                 task_id: task,
                 status: TurnStatus::Running,
                 error: None,
+                attempt: 1,
                 metadata: metadata.clone(),
                 started_at: at,
                 ended_at: None,
@@ -222,14 +244,79 @@ macro_rules! define_queries {
                 data: baton_domain::events::turn_started(&started, &input),
             };
             append_events(conn, task.0, vec![draft], micros(at)).await?;
-            $announce(conn, task).await?;
+            $announce(conn, task, None).await?;
             Ok(turn)
+        }
+
+        /// The stored answer for a live idempotency key: `Some` to replay it, `None` if
+        /// the key is new (an expired record of it is deleted first), `KeyReused` if it
+        /// answered another request.
+        async fn replay(
+            conn: &mut Conn,
+            agent: AgentId,
+            record: Option<&IdempotencyRecord>,
+            now: i64,
+        ) -> Result<Option<Accepted>, TxError> {
+            let Some(record) = record else {
+                return Ok(None);
+            };
+            let this_key = idempotency_keys::agent_id
+                .eq(agent.0)
+                .and(idempotency_keys::idempotency_key.eq(&record.key));
+            diesel::delete(
+                idempotency_keys::table.filter(this_key.and(idempotency_keys::expires_at.le(now))),
+            )
+            .execute(conn)
+            .await?;
+            let found: Option<IdempotencyRow> = idempotency_keys::table
+                .filter(this_key)
+                .select(IdempotencyRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            match found {
+                None => Ok(None),
+                Some(row) if row.request_hash == record.request_hash => {
+                    Ok(Some(row.into_accepted()?))
+                }
+                Some(_) => Err(TxError::KeyReused),
+            }
+        }
+
+        /// Stores the key with the answer, in the claim's transaction.
+        async fn remember(
+            conn: &mut Conn,
+            record: Option<&IdempotencyRecord>,
+            accepted: &Accepted,
+        ) -> Result<(), TxError> {
+            let Some(record) = record else { return Ok(()) };
+            diesel::insert_into(idempotency_keys::table)
+                .values(&NewIdempotencyRow::new(record, accepted)?)
+                .execute(conn)
+                .await
+                .map_err(|err| match err {
+                    DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                        TxError::KeyRace
+                    }
+                    other => TxError::Db(other),
+                })?;
+            Ok(())
+        }
+
+        /// How many times a claim is tried when it lost a race it can win on a retry
+        /// (a claim racing the end of the turn it found busy, a key's first use).
+        const CLAIM_TRIES: usize = 3;
+
+        fn contended() -> ClaimError {
+            ClaimError::Store(StoreError::Unavailable(
+                "the task is heavily contended; try again".to_owned(),
+            ))
         }
 
         pub(crate) async fn create_task(
             conn: &mut Conn,
             new: &NewTask,
-        ) -> Result<Accepted, StoreError> {
+        ) -> Result<Claim, ClaimError> {
             let now = micros(new.now);
             let task_row = NewTaskRow {
                 agent_id: new.agent_id.0,
@@ -238,39 +325,61 @@ macro_rules! define_queries {
                 created_at: now,
                 updated_at: now,
             };
-            let result = conn
-                .$begin_write(async |conn| {
-                    let task: i64 = diesel::insert_into(tasks::table)
-                        .values(&task_row)
-                        .returning(tasks::id)
-                        .get_result(conn)
+            let record = new.idempotency.as_ref();
+            for _ in 0..CLAIM_TRIES {
+                let result = conn
+                    .$begin_write(async |conn| {
+                        if let Some(first) = replay(conn, new.agent_id, record, now).await? {
+                            return Ok(Claim::Replayed(first));
+                        }
+                        let task: i64 = diesel::insert_into(tasks::table)
+                            .values(&task_row)
+                            .returning(tasks::id)
+                            .get_result(conn)
+                            .await?;
+                        let task_id = TaskId(task);
+                        let turn_id = start_turn(
+                            conn,
+                            task_id,
+                            &new.message,
+                            &new.metadata,
+                            &new.lease,
+                            new.now,
+                        )
                         .await?;
-                    let turn = start_turn(conn, TaskId(task), &new.message, &new.metadata, new.now)
-                        .await?;
-                    Ok::<_, TxError>((TaskId(task), turn))
-                })
-                .await;
-            let (task_id, turn_id) = result.map_err(TxError::into_store)?;
-            Ok(Accepted {
-                task_id,
-                agent_id: new.agent_id,
-                turn_id,
-                accepted_at: new.now,
-                metadata: new.metadata.clone(),
-            })
+                        let accepted = Accepted {
+                            task_id,
+                            agent_id: new.agent_id,
+                            turn_id,
+                            accepted_at: new.now,
+                            metadata: new.metadata.clone(),
+                        };
+                        remember(conn, record, &accepted).await?;
+                        Ok::<_, TxError>(Claim::Started(accepted))
+                    })
+                    .await;
+                match result {
+                    Ok(claim) => return Ok(claim),
+                    Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
+                    Err(TxError::KeyRace) => continue,
+                    Err(other) => return Err(ClaimError::Store(other.into_store())),
+                }
+            }
+            Err(contended())
         }
 
         pub(crate) async fn append_and_claim(
             conn: &mut Conn,
             append: &NewAppend,
-        ) -> Result<Accepted, ClaimError> {
+        ) -> Result<Claim, ClaimError> {
             let now = micros(append.now);
             let task = append.task_id.0;
             let input = content_json(&append.message.content)?;
-            // A lost race (possible on PostgreSQL, where the unique index decides) is
+            let record = append.idempotency.as_ref();
+            // A lost race (possible on PostgreSQL, where the unique indexes decide) is
             // answered by naming the winner; if the winner already ended, the task is
             // idle again and the claim is simply retried.
-            for _ in 0..3 {
+            for _ in 0..CLAIM_TRIES {
                 let result = conn
                     .$begin_write(async |conn| {
                         if owned_task(conn, append.agent_id, append.task_id)
@@ -279,6 +388,9 @@ macro_rules! define_queries {
                         {
                             return Err(TxError::NotFound);
                         }
+                        if let Some(first) = replay(conn, append.agent_id, record, now).await? {
+                            return Ok(Claim::Replayed(first));
+                        }
                         if let Some(active) = running_turn(conn, task).await? {
                             return Err(TxError::Busy(Some(active)));
                         }
@@ -286,28 +398,32 @@ macro_rules! define_queries {
                             .set((tasks::input.eq(&input), tasks::updated_at.eq(now)))
                             .execute(conn)
                             .await?;
-                        start_turn(
+                        let turn_id = start_turn(
                             conn,
                             append.task_id,
                             &append.message,
                             &append.metadata,
+                            &append.lease,
                             append.now,
                         )
-                        .await
-                    })
-                    .await;
-                match result {
-                    Ok(turn_id) => {
-                        return Ok(Accepted {
+                        .await?;
+                        let accepted = Accepted {
                             task_id: append.task_id,
                             agent_id: append.agent_id,
                             turn_id,
                             accepted_at: append.now,
                             metadata: append.metadata.clone(),
-                        });
-                    }
+                        };
+                        remember(conn, record, &accepted).await?;
+                        Ok(Claim::Started(accepted))
+                    })
+                    .await;
+                match result {
+                    Ok(claim) => return Ok(claim),
                     Err(TxError::NotFound) => return Err(ClaimError::TaskNotFound),
                     Err(TxError::Busy(Some(active))) => return Err(ClaimError::TaskBusy(active)),
+                    Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
+                    Err(TxError::KeyRace) => {}
                     Err(TxError::Busy(None)) => {
                         if let Some(active) = running_turn(conn, task)
                             .await
@@ -319,9 +435,7 @@ macro_rules! define_queries {
                     Err(other) => return Err(ClaimError::Store(other.into_store())),
                 }
             }
-            Err(ClaimError::Store(StoreError::Unavailable(
-                "the task is heavily contended; try again".to_owned(),
-            )))
+            Err(contended())
         }
 
         /// The turn's open streamed text message, if it has one.
@@ -359,14 +473,50 @@ macro_rules! define_queries {
             Ok(())
         }
 
-        async fn turn_is_running(conn: &mut Conn, turn: TurnId) -> Result<bool, TxError> {
-            let status: Option<String> = turns::table
-                .find(turn.0)
-                .select(turns::status)
+        /// Whether `owner` holds the lease of the running turn.
+        async fn holds_turn(conn: &mut Conn, turn: TurnId, owner: &str) -> Result<bool, TxError> {
+            let held: Option<i64> = turns::table
+                .filter(
+                    turns::id
+                        .eq(turn.0)
+                        .and(turns::status.eq(RUNNING))
+                        .and(turns::lease_owner.eq(owner)),
+                )
+                .select(turns::id)
                 .first(conn)
                 .await
                 .optional()?;
-            Ok(status.as_deref() == Some(RUNNING))
+            Ok(held.is_some())
+        }
+
+        /// The condition a guard puts on the turn row that is about to end.
+        fn guard_filter(
+            guard: &LeaseGuard,
+        ) -> Box<
+            dyn BoxableExpression<
+                    turns::table,
+                    Db,
+                    SqlType = diesel::sql_types::Nullable<diesel::sql_types::Bool>,
+                >,
+        > {
+            match guard {
+                LeaseGuard::Anyone => Box::new(turns::status.eq(RUNNING).nullable()),
+                LeaseGuard::Holder(owner) => Box::new(turns::lease_owner.eq(owner.clone())),
+                LeaseGuard::ExpiredBy(cutoff) => Box::new(expired_by(micros(*cutoff))),
+            }
+        }
+
+        /// A lease that expired at or before `cutoff`, or none at all.
+        fn expired_by(
+            cutoff: i64,
+        ) -> diesel::dsl::Or<
+            diesel::dsl::Nullable<diesel::dsl::IsNull<turns::lease_expires_at>>,
+            diesel::dsl::LtEq<turns::lease_expires_at, i64>,
+        > {
+            turns::lease_expires_at
+                .is_null()
+                .nullable()
+                .or(turns::lease_expires_at.le(cutoff))
         }
 
         pub(crate) async fn record_output(
@@ -375,7 +525,7 @@ macro_rules! define_queries {
         ) -> Result<bool, StoreError> {
             let (task, turn, at) = (output.task_id, output.turn_id, output.now);
             conn.$begin_write(async |conn| {
-                if !turn_is_running(conn, turn).await? {
+                if !holds_turn(conn, turn, &output.owner).await? {
                     return Ok(false);
                 }
                 let mut drafts = Vec::new();
@@ -431,7 +581,7 @@ macro_rules! define_queries {
                     save_text(conn, &mut message, false).await?;
                 }
                 append_events(conn, task.0, drafts, micros(at)).await?;
-                $announce(conn, task).await?;
+                $announce(conn, task, None).await?;
                 Ok::<_, TxError>(true)
             })
             .await
@@ -616,25 +766,30 @@ macro_rules! define_queries {
             finish: &FinishTurn,
         ) -> Result<bool, StoreError> {
             let now = micros(finish.now);
-            let (status, code, message) = match &finish.outcome {
-                TurnOutcome::Completed => (TurnStatus::Completed, None, None),
-                TurnOutcome::Failed(err) => (
-                    TurnStatus::Failed,
-                    Some(err.code.as_str()),
-                    Some(err.message.as_str()),
-                ),
+            let status = finish.outcome.status();
+            let (code, message) = match &finish.outcome {
+                TurnOutcome::Failed(err) => (Some(err.code.as_str()), Some(err.message.as_str())),
+                TurnOutcome::Completed | TurnOutcome::Cancelled => (None, None),
             };
             let (task, turn) = (finish.task_id, finish.turn_id);
             conn.$begin_write(async |conn| {
-                // Only a running turn can end: late output for an ended turn is dropped.
+                // Only a running turn can end, and only as its guard allows: late output
+                // for an ended turn is dropped, a lost lease cannot end a turn.
                 let ended = diesel::update(
-                    turns::table.filter(turns::id.eq(turn.0).and(turns::status.eq(RUNNING))),
+                    turns::table.filter(
+                        turns::id
+                            .eq(turn.0)
+                            .and(turns::status.eq(RUNNING))
+                            .and(guard_filter(&finish.guard)),
+                    ),
                 )
                 .set((
                     turns::status.eq(status.as_str()),
                     turns::error_code.eq(code),
                     turns::error_message.eq(message),
                     turns::ended_at.eq(now),
+                    turns::lease_owner.eq(None::<String>),
+                    turns::lease_expires_at.eq(None::<i64>),
                 ))
                 .execute(conn)
                 .await?;
@@ -688,7 +843,7 @@ macro_rules! define_queries {
                     .execute(conn)
                     .await?;
                 append_events(conn, task.0, drafts, now).await?;
-                $announce(conn, task).await?;
+                $announce(conn, task, Some(turn)).await?;
                 Ok::<_, TxError>(true)
             })
             .await
@@ -745,30 +900,156 @@ macro_rules! define_queries {
             Ok(deleted as u64)
         }
 
-        pub(crate) async fn interrupt_running_turns(
+        pub(crate) async fn renew_leases(
             conn: &mut Conn,
-            error: &TurnError,
-            at: DateTime<Utc>,
-        ) -> Result<u64, StoreError> {
+            owner: &str,
+            turns: &[TurnId],
+            expires_at: DateTime<Utc>,
+        ) -> Result<Vec<TurnId>, StoreError> {
+            let ids: Vec<i64> = turns.iter().map(|t| t.0).collect();
             conn.$begin_write(async |conn| {
-                let ended: Vec<(i64, i64)> =
-                    diesel::update(turns::table.filter(turns::status.eq(RUNNING)))
-                        .set((
-                            turns::status.eq(TurnStatus::Failed.as_str()),
-                            turns::error_code.eq(&error.code),
-                            turns::error_message.eq(&error.message),
-                            turns::ended_at.eq(micros(at)),
-                        ))
-                        .returning((turns::id, turns::task_id))
-                        .get_results(conn)
-                        .await?;
-                for (_turn, task) in &ended {
-                    $announce(conn, TaskId(*task)).await?;
-                }
-                Ok::<_, TxError>(ended.len() as u64)
+                let renewed: Vec<i64> = diesel::update(
+                    turns::table.filter(
+                        turns::id
+                            .eq_any(&ids)
+                            .and(turns::status.eq(RUNNING))
+                            .and(turns::lease_owner.eq(owner)),
+                    ),
+                )
+                .set(turns::lease_expires_at.eq(micros(expires_at)))
+                .returning(turns::id)
+                .get_results(conn)
+                .await?;
+                Ok::<_, TxError>(renewed.into_iter().map(TurnId).collect())
             })
             .await
             .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn release_leases(
+            conn: &mut Conn,
+            owner: &str,
+            turns: &[TurnId],
+            now: DateTime<Utc>,
+        ) -> Result<u64, StoreError> {
+            let ids: Vec<i64> = turns.iter().map(|t| t.0).collect();
+            let released = diesel::update(
+                turns::table.filter(
+                    turns::id
+                        .eq_any(&ids)
+                        .and(turns::status.eq(RUNNING))
+                        .and(turns::lease_owner.eq(owner)),
+                ),
+            )
+            .set((
+                turns::lease_owner.eq(None::<String>),
+                turns::lease_expires_at.eq(micros(now)),
+            ))
+            .execute(conn)
+            .await
+            .map_err(from_diesel)?;
+            Ok(released as u64)
+        }
+
+        pub(crate) async fn expired_turns(
+            conn: &mut Conn,
+            cutoff: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<ExpiredTurn>, StoreError> {
+            let rows: Vec<(i64, i64, i64, i64, Option<String>)> = turns::table
+                .inner_join(tasks::table)
+                .filter(turns::status.eq(RUNNING).and(expired_by(micros(cutoff))))
+                .order(turns::lease_expires_at.asc())
+                .limit(i64::from(limit))
+                .select((
+                    tasks::agent_id,
+                    turns::task_id,
+                    turns::id,
+                    turns::attempt,
+                    turns::lease_owner,
+                ))
+                .load(conn)
+                .await
+                .map_err(from_diesel)?;
+            rows.into_iter()
+                .map(|(agent, task, turn, attempt, owner)| {
+                    Ok(ExpiredTurn {
+                        agent_id: AgentId(agent),
+                        task_id: TaskId(task),
+                        turn_id: TurnId(turn),
+                        attempt: count("turns.attempt", attempt)?,
+                        owner,
+                    })
+                })
+                .collect()
+        }
+
+        pub(crate) async fn take_over_turn(
+            conn: &mut Conn,
+            take: &TakeOver,
+        ) -> Result<Option<u32>, StoreError> {
+            let (task, turn) = (take.task_id, take.turn_id);
+            conn.$begin_write(async |conn| {
+                let taken: Option<TurnRow> = diesel::update(
+                    turns::table.filter(
+                        turns::id
+                            .eq(turn.0)
+                            .and(turns::status.eq(RUNNING))
+                            .and(expired_by(micros(take.expired_by))),
+                    ),
+                )
+                .set((
+                    turns::lease_owner.eq(&take.lease.owner),
+                    turns::lease_expires_at.eq(micros(take.lease.expires_at)),
+                    turns::attempt.eq(turns::attempt + 1),
+                ))
+                .returning(TurnRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some(taken) = taken else { return Ok(None) };
+                // The interrupted attempt's output goes: the new attempt starts over.
+                diesel::delete(
+                    messages::table.filter(
+                        messages::turn_id
+                            .eq(turn.0)
+                            .and(messages::role.eq(Role::Assistant.as_str())),
+                    ),
+                )
+                .execute(conn)
+                .await?;
+                let input: MessageRow = messages::table
+                    .filter(messages::turn_id.eq(turn.0))
+                    .order(messages::id.asc())
+                    .select(MessageRow::as_select())
+                    .first(conn)
+                    .await?;
+                let restarted = taken.into_domain()?;
+                let attempt = restarted.attempt;
+                let draft = EventDraft {
+                    turn_id: turn,
+                    kind: EventKind::TurnStarted,
+                    data: baton_domain::events::turn_started(&restarted, &input.into_domain()?),
+                };
+                append_events(conn, task.0, vec![draft], micros(take.now)).await?;
+                $announce(conn, task, None).await?;
+                Ok::<_, TxError>(Some(attempt))
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn purge_idempotency_keys(
+            conn: &mut Conn,
+            now: DateTime<Utc>,
+        ) -> Result<u64, StoreError> {
+            let purged = diesel::delete(
+                idempotency_keys::table.filter(idempotency_keys::expires_at.le(micros(now))),
+            )
+            .execute(conn)
+            .await
+            .map_err(from_diesel)?;
+            Ok(purged as u64)
         }
 
         pub(crate) async fn create_agent(
@@ -868,6 +1149,7 @@ macro_rules! define_queries {
 pub(crate) mod sqlite {
     define_queries!(
         crate::backend::SqliteConn,
+        diesel::sqlite::Sqlite,
         immediate_transaction,
         crate::queries::announce::sqlite
     );
@@ -877,6 +1159,7 @@ pub(crate) mod sqlite {
 pub(crate) mod postgres {
     define_queries!(
         crate::backend::PgConn,
+        diesel::pg::Pg,
         transaction,
         crate::queries::announce::postgres
     );

@@ -8,6 +8,9 @@ diesel::table! {
         runner_kind -> Text,
         runner_config -> Text,
         created_at -> BigInt,
+        on_interrupt -> Text,
+        max_attempts -> BigInt,
+        turn_timeout_ms -> BigInt,
     }
 }
 
@@ -55,6 +58,21 @@ diesel::table! {
         metadata -> Text,
         started_at -> BigInt,
         ended_at -> Nullable<BigInt>,
+        attempt -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (agent_id, idempotency_key) {
+        agent_id -> BigInt,
+        idempotency_key -> Text,
+        request_hash -> Text,
+        turn_id -> BigInt,
+        response -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
     }
 }
 
@@ -75,4 +93,12 @@ diesel::joinable!(tasks -> agents (agent_id));
 diesel::joinable!(turns -> tasks (task_id));
 diesel::joinable!(messages -> tasks (task_id));
 diesel::joinable!(events -> tasks (task_id));
-diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, tasks, turns, messages, events);
+diesel::allow_tables_to_appear_in_same_query!(
+    agents,
+    api_keys,
+    tasks,
+    turns,
+    messages,
+    events,
+    idempotency_keys
+);

@@ -98,7 +98,13 @@ conformance!(
     messages_page_oldest_first_in_the_order_they_were_written,
     every_content_type_and_metadata_round_trip_unchanged,
     load_turn_input_is_the_whole_history_in_order,
-    interrupt_ends_only_running_turns,
+    leases_are_renewed_only_by_their_holder_and_then_expire,
+    an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder,
+    a_taken_over_turn_starts_again_without_the_interrupted_output,
+    released_leases_expire_at_once_and_nobody_holds_them,
+    cancel_ends_a_running_turn_keeping_its_partial_text,
+    idempotency_keys_replay_refuse_other_requests_and_expire,
+    twenty_concurrent_first_uses_of_a_key_start_one_turn,
     agents_round_trip_and_are_counted,
     keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
     events_number_from_one_per_task_and_tell_the_whole_turn,
@@ -126,10 +132,34 @@ async fn agent(store: &impl Store, name: &str) -> Agent {
                 kind: "echo".into(),
                 config: json!({"delay_ms": 5, "nested": {"a": [1, 2]}}),
             },
+            policy: TurnPolicy {
+                on_interrupt: OnInterrupt::Retry,
+                max_attempts: 4,
+                turn_timeout_ms: 1500,
+            },
             created_at: at(0),
         })
         .await
         .unwrap()
+}
+
+/// The instance that claims every turn in these tests.
+const HOLDER: &str = "instance-a";
+
+/// The lease every claim here starts under.
+fn lease() -> Lease {
+    Lease {
+        owner: HOLDER.into(),
+        expires_at: at(60),
+    }
+}
+
+/// The accepted answer of a claim that must have started a turn.
+fn started(claim: Claim) -> Accepted {
+    match claim {
+        Claim::Started(accepted) => accepted,
+        Claim::Replayed(accepted) => panic!("expected a new turn, got a replay of {accepted:?}"),
+    }
 }
 
 fn user(text: &str) -> NewMessage {
@@ -140,15 +170,25 @@ fn user(text: &str) -> NewMessage {
 }
 
 async fn new_task(store: &impl Store, agent: AgentId, text: &str) -> Accepted {
+    started(create(store, agent, text, None).await.unwrap())
+}
+
+async fn create(
+    store: &impl Store,
+    agent: AgentId,
+    text: &str,
+    idempotency: Option<IdempotencyRecord>,
+) -> Result<Claim, ClaimError> {
     store
         .create_task(NewTask {
             agent_id: agent,
             message: user(text),
             metadata: json!({"k": "v"}).as_object().cloned().unwrap(),
             now: at(1),
+            lease: lease(),
+            idempotency,
         })
         .await
-        .unwrap()
 }
 
 fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
@@ -158,6 +198,8 @@ fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
         message: user(text),
         metadata: json!({"turn": text}).as_object().cloned().unwrap(),
         now: at(2),
+        lease: lease(),
+        idempotency: None,
     }
 }
 
@@ -173,6 +215,7 @@ async fn finish(
             turn_id: accepted.turn_id,
             outcome,
             messages: replies,
+            guard: LeaseGuard::Holder(HOLDER.into()),
             now: at(3),
         })
         .await
@@ -289,6 +332,7 @@ async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<im
     let second = store
         .append_and_claim(append(a.id, first.task_id, "two"))
         .await
+        .map(started)
         .unwrap();
     assert_ne!(second.turn_id, first.turn_id);
     assert_eq!(second.metadata["turn"], "two");
@@ -315,6 +359,7 @@ async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<im
     store
         .append_and_claim(append(a.id, first.task_id, "three"))
         .await
+        .map(started)
         .unwrap();
 }
 
@@ -338,7 +383,7 @@ async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(
     let mut busy = 0;
     for claim in claims {
         match claim.await.unwrap() {
-            Ok(accepted) => winners.push(accepted),
+            Ok(claim) => winners.push(started(claim)),
             Err(ClaimError::TaskBusy(active)) => {
                 busy += 1;
                 assert_ne!(
@@ -539,6 +584,7 @@ async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<im
     let second = store
         .append_and_claim(append(a.id, t.task_id, "q2"))
         .await
+        .map(started)
         .unwrap();
     assert!(
         finish(
@@ -594,8 +640,11 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
             },
             metadata: metadata.as_object().cloned().unwrap(),
             now: at(1),
+            lease: lease(),
+            idempotency: None,
         })
         .await
+        .map(started)
         .unwrap();
     let contents: Vec<Content> = [
         json!({"type": "text", "format": "markdown", "content": "**hi**"}),
@@ -646,6 +695,7 @@ async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
     let second = store
         .append_and_claim(append(a.id, t.task_id, "two"))
         .await
+        .map(started)
         .unwrap();
     let (task, messages) = store.load_turn_input(t.task_id).await.unwrap().unwrap();
     assert_eq!(task.id, t.task_id);
@@ -661,33 +711,370 @@ async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
     );
 }
 
-async fn interrupt_ends_only_running_turns(store: Arc<impl Store>) {
+async fn turn_ids(turns: Vec<ExpiredTurn>) -> Vec<TurnId> {
+    let mut ids: Vec<TurnId> = turns.into_iter().map(|t| t.turn_id).collect();
+    ids.sort();
+    ids
+}
+
+async fn leases_are_renewed_only_by_their_holder_and_then_expire(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
-    let running = new_task(&*store, a.id, "running").await;
-    let done = new_task(&*store, a.id, "done").await;
-    assert!(finish(&*store, &done, TurnOutcome::Completed, vec![]).await);
-    let error = TurnError {
-        code: "turn_interrupted".into(),
-        message: "restart".into(),
-    };
+    let one = new_task(&*store, a.id, "one").await;
+    let two = new_task(&*store, a.id, "two").await;
+    let both = vec![one.turn_id, two.turn_id];
+    assert!(store.expired_turns(at(59), 10).await.unwrap().is_empty());
     assert_eq!(
-        store.interrupt_running_turns(error, at(9)).await.unwrap(),
-        1
+        turn_ids(store.expired_turns(at(60), 10).await.unwrap()).await,
+        both,
+        "a lease is expired at its expiry time"
     );
-    let view = store
-        .get_task(a.id, running.task_id)
+    let mut renewed = store
+        .renew_leases(HOLDER, both.clone(), at(100))
         .await
-        .unwrap()
         .unwrap();
+    renewed.sort();
+    assert_eq!(renewed, both);
+    assert!(
+        store
+            .renew_leases("instance-b", both.clone(), at(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "only the holder renews"
+    );
+    assert!(store.expired_turns(at(99), 10).await.unwrap().is_empty());
+    let expired = store.expired_turns(at(100), 1).await.unwrap();
+    assert_eq!(expired.len(), 1, "the limit holds");
+    assert_eq!(expired[0].agent_id, a.id);
+    assert_eq!(expired[0].attempt, 1);
+    assert_eq!(expired[0].owner.as_deref(), Some(HOLDER));
+
+    assert!(finish(&*store, &two, TurnOutcome::Completed, vec![]).await);
+    assert_eq!(
+        store.renew_leases(HOLDER, both, at(200)).await.unwrap(),
+        vec![one.turn_id],
+        "an ended turn has no lease to renew"
+    );
+    assert_eq!(
+        turn_ids(store.expired_turns(at(10_000), 10).await.unwrap()).await,
+        vec![one.turn_id],
+        "ended turns are never expired"
+    );
+}
+
+async fn an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder(
+    store: Arc<impl Store>,
+) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("par")]))
+            .await
+            .unwrap()
+    );
+    let sweep = |cutoff| FinishTurn {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
+        messages: vec![],
+        guard: LeaseGuard::ExpiredBy(cutoff),
+        now: at(61),
+    };
+    assert!(
+        !store.finish_turn(sweep(at(59))).await.unwrap(),
+        "a live lease is never swept"
+    );
+    assert!(store.finish_turn(sweep(at(60))).await.unwrap());
+    assert!(
+        !store.finish_turn(sweep(at(60))).await.unwrap(),
+        "a second sweep finds nothing"
+    );
+    assert!(!finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    assert!(
+        !store
+            .record_output(record(&t, vec![delta("late")]))
+            .await
+            .unwrap()
+    );
+    let view = store.get_task(a.id, t.task_id).await.unwrap().unwrap();
     assert_eq!(view.status(), TaskStatus::Failed);
     assert_eq!(view.latest_turn.error.unwrap().code, "turn_interrupted");
-    assert_eq!(view.latest_turn.ended_at, Some(at(9)));
-    let view = store.get_task(a.id, done.task_id).await.unwrap().unwrap();
+    let messages = history(&*store, a.id, t.task_id).await;
     assert_eq!(
-        view.status(),
-        TaskStatus::Completed,
-        "an ended turn is not touched"
+        texts(&messages),
+        ["hello", "par"],
+        "partial text is kept, closed"
     );
+    assert_eq!(messages[1].streaming_status, Some(StreamingStatus::Done));
+    let events = all_events(&*store, a.id, t.task_id).await;
+    assert_eq!(events.last().unwrap().kind, EventKind::Error);
+    // The task is free again.
+    store
+        .append_and_claim(append(a.id, t.task_id, "again"))
+        .await
+        .map(started)
+        .unwrap();
+}
+
+async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("half an ans")]))
+            .await
+            .unwrap()
+    );
+    let take = |expired_by| TakeOver {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        expired_by,
+        lease: Lease {
+            owner: "instance-b".into(),
+            expires_at: at(120),
+        },
+        now: at(61),
+    };
+    assert_eq!(store.take_over_turn(take(at(59))).await.unwrap(), None);
+    assert_eq!(store.take_over_turn(take(at(60))).await.unwrap(), Some(2));
+    assert_eq!(
+        store.take_over_turn(take(at(60))).await.unwrap(),
+        None,
+        "the new lease is alive: nobody else takes the turn"
+    );
+    // The old holder can neither record nor end it.
+    assert!(
+        !store
+            .record_output(record(&t, vec![delta("zombie")]))
+            .await
+            .unwrap()
+    );
+    assert!(!finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    let view = store.get_task(a.id, t.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Running);
+    assert_eq!(view.latest_turn.attempt, 2);
+    assert_eq!(
+        texts(&history(&*store, a.id, t.task_id).await),
+        ["hello"],
+        "the interrupted attempt's output is gone"
+    );
+    let (task, input) = store.load_turn_input(t.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (task.id, texts(&input)),
+        (t.task_id, vec!["hello".to_owned()])
+    );
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let restart = events.last().unwrap();
+    assert_eq!(restart.kind, EventKind::TurnStarted);
+    assert_eq!(restart.data["turn"]["attempt"], 2);
+    assert_eq!(restart.data["input"]["content"]["content"], "hello");
+
+    let mut retry = record(&t, vec![delta("a whole answer")]);
+    retry.owner = "instance-b".into();
+    assert!(store.record_output(retry).await.unwrap());
+    let done = FinishTurn {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        outcome: TurnOutcome::Completed,
+        messages: vec![],
+        guard: LeaseGuard::Holder("instance-b".into()),
+        now: at(62),
+    };
+    assert!(store.finish_turn(done).await.unwrap());
+    assert_eq!(
+        texts(&history(&*store, a.id, t.task_id).await),
+        ["hello", "a whole answer"]
+    );
+}
+
+async fn released_leases_expire_at_once_and_nobody_holds_them(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    let other = new_task(&*store, a.id, "other").await;
+    assert_eq!(
+        store
+            .release_leases("instance-b", vec![t.turn_id], at(5))
+            .await
+            .unwrap(),
+        0,
+        "only the holder releases"
+    );
+    assert_eq!(
+        store
+            .release_leases(HOLDER, vec![t.turn_id], at(5))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !store
+            .record_output(record(&t, vec![delta("x")]))
+            .await
+            .unwrap()
+    );
+    let expired = store.expired_turns(at(5), 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].turn_id, expired[0].owner.clone()),
+        (t.turn_id, None)
+    );
+    assert!(
+        store
+            .record_output(record(&other, vec![delta("y")]))
+            .await
+            .unwrap()
+    );
+}
+
+async fn cancel_ends_a_running_turn_keeping_its_partial_text(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("so far")]))
+            .await
+            .unwrap()
+    );
+    let cancel = FinishTurn {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        outcome: TurnOutcome::Cancelled,
+        messages: vec![],
+        guard: LeaseGuard::Anyone,
+        now: at(4),
+    };
+    assert!(store.finish_turn(cancel.clone()).await.unwrap());
+    assert!(!store.finish_turn(cancel).await.unwrap());
+    assert!(!finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    let view = store.get_task(a.id, t.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Cancelled);
+    assert!(view.latest_turn.error.is_none());
+    assert_eq!(view.latest_turn.ended_at, Some(at(4)));
+    let partial = view.latest_agent_message.unwrap();
+    assert_eq!(partial.content, Content::text("so far"));
+    assert_eq!(partial.streaming_status, Some(StreamingStatus::Done));
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, EventKind::Cancelled);
+    assert_eq!(last.data["status"], "cancelled");
+    assert_eq!(last.data["output"][0]["content"]["content"], "so far");
+    assert!(
+        store
+            .expired_turns(at(10_000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn key(name: &str, hash: &str, expires: i64) -> Option<IdempotencyRecord> {
+    Some(IdempotencyRecord {
+        key: name.into(),
+        request_hash: hash.into(),
+        expires_at: at(expires),
+    })
+}
+
+async fn idempotency_keys_replay_refuse_other_requests_and_expire(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let b = agent(&*store, "b").await;
+    let first = started(
+        create(&*store, a.id, "hi", key("k1", "h1", 100))
+            .await
+            .unwrap(),
+    );
+    let again = create(&*store, a.id, "hi", key("k1", "h1", 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Claim::Replayed(first.clone()),
+        "the same answer, nothing new"
+    );
+    assert!(matches!(
+        create(&*store, a.id, "other", key("k1", "h2", 100)).await,
+        Err(ClaimError::IdempotencyKeyReused)
+    ));
+    // Keys are per agent.
+    started(
+        create(&*store, b.id, "hi", key("k1", "h1", 100))
+            .await
+            .unwrap(),
+    );
+    let listed = store
+        .list_tasks(a.id, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items.len(),
+        1,
+        "replays and refusals created nothing"
+    );
+
+    // An accepted append retried while its turn runs replays instead of being busy.
+    assert!(finish(&*store, &first, TurnOutcome::Completed, vec![]).await);
+    let mut with_key = append(a.id, first.task_id, "more");
+    with_key.idempotency = key("k2", "h3", 100);
+    let appended = started(store.append_and_claim(with_key.clone()).await.unwrap());
+    assert_eq!(
+        store.append_and_claim(with_key.clone()).await.unwrap(),
+        Claim::Replayed(appended)
+    );
+    with_key.idempotency = key("k2", "h4", 100);
+    assert!(matches!(
+        store.append_and_claim(with_key).await,
+        Err(ClaimError::IdempotencyKeyReused)
+    ));
+    assert_eq!(history(&*store, a.id, first.task_id).await.len(), 2);
+
+    // An expired key is forgotten: the same request starts a new turn.
+    let short = started(
+        create(&*store, a.id, "x", key("k3", "h5", 0))
+            .await
+            .unwrap(),
+    );
+    let later = started(
+        create(&*store, a.id, "x", key("k3", "h5", 100))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(short.task_id, later.task_id);
+    assert_eq!(store.purge_idempotency_keys(at(99)).await.unwrap(), 0);
+    assert_eq!(store.purge_idempotency_keys(at(100)).await.unwrap(), 4);
+    started(
+        create(&*store, a.id, "hi", key("k1", "h2", 200))
+            .await
+            .unwrap(),
+    );
+}
+
+async fn twenty_concurrent_first_uses_of_a_key_start_one_turn(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let claims: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { create(&*store, a.id, "once", key("k", "h", 100)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for claim in claims {
+        answers.push(claim.await.unwrap().unwrap());
+    }
+    let firsts: Vec<&Accepted> = answers
+        .iter()
+        .filter_map(|c| match c {
+            Claim::Started(accepted) => Some(accepted),
+            Claim::Replayed(_) => None,
+        })
+        .collect();
+    assert_eq!(firsts.len(), 1, "exactly one claim started a turn");
+    assert!(answers.iter().all(|c| c.accepted() == firsts[0]));
+    let listed = store
+        .list_tasks(a.id, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
 }
 
 async fn agents_round_trip_and_are_counted(store: Arc<impl Store>) {
@@ -736,6 +1123,7 @@ fn record(task: &Accepted, ops: Vec<OutputOp>) -> RecordOutput {
     RecordOutput {
         task_id: task.task_id,
         turn_id: task.turn_id,
+        owner: HOLDER.into(),
         ops,
         now: at(2),
     }
@@ -879,6 +1267,7 @@ async fn streamed_text_is_one_message_in_progress_until_closed(store: Arc<impl S
     let next = store
         .append_and_claim(append(a.id, t.task_id, "again"))
         .await
+        .map(started)
         .unwrap();
     assert!(
         store

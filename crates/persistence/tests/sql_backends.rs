@@ -23,6 +23,7 @@ async fn seed(store: &SqlStore) -> (Agent, Accepted) {
                 kind: "echo".into(),
                 config: json!({}),
             },
+            policy: TurnPolicy::default(),
             created_at: Utc::now(),
         })
         .await
@@ -36,10 +37,22 @@ async fn seed(store: &SqlStore) -> (Agent, Accepted) {
             },
             metadata: Metadata::new(),
             now: Utc::now(),
+            lease: lease(),
+            idempotency: None,
         })
         .await
         .unwrap();
+    let Claim::Started(accepted) = accepted else {
+        panic!("no idempotency key, no replay");
+    };
     (agent, accepted)
+}
+
+fn lease() -> Lease {
+    Lease {
+        owner: "test".into(),
+        expires_at: Utc::now() + chrono::Duration::seconds(60),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,6 +141,10 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         .unwrap();
     let (agent, accepted) = seed(&writer).await;
     let hub = LocalNotifier::new();
+    let (ended_tx, mut ended_turns) = tokio::sync::mpsc::unbounded_channel();
+    hub.on_turn_ended(std::sync::Arc::new(move |turn| {
+        let _ = ended_tx.send(turn);
+    }));
     let mut watch = hub.watch(accepted.task_id);
     let woken = async |watch: &mut TaskWatch, within: Duration| {
         tokio::time::timeout(within, watch.changed()).await.is_ok()
@@ -147,12 +164,21 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         turn_id: accepted.turn_id,
         outcome: TurnOutcome::Completed,
         messages: vec![],
+        guard: LeaseGuard::Anyone,
         now: Utc::now(),
     };
     assert!(writer.finish_turn(finish).await.unwrap());
     assert!(
         woken(&mut watch, Duration::from_secs(10)).await,
         "the end of the turn reaches the other instance"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), ended_turns.recv())
+        .await
+        .expect("the other instance is told which turn ended");
+    assert_eq!(
+        ended,
+        Some(accepted.turn_id),
+        "so its executor can stop playing it"
     );
     eprintln!("finish_turn call to relayed wake-up: {:?}", sent.elapsed());
 
@@ -166,6 +192,8 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
             },
             metadata: Metadata::new(),
             now: Utc::now(),
+            lease: lease(),
+            idempotency: None,
         })
         .await
         .unwrap();

@@ -99,6 +99,7 @@ mod tests {
                     kind: KIND.into(),
                     config,
                 },
+                policy: TurnPolicy::default(),
                 created_at: now,
             },
             task: Task {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_domain::{ExecutorConfig, IdempotencyConfig};
 use baton_persistence::{PgOptions, SqliteOptions, SqliteSync, StoreOptions};
 use serde::Deserialize;
 
@@ -19,10 +20,30 @@ pub struct FileConfig {
     pub max_concurrent_turns: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub log_format: Option<LogFormat>,
+    /// This instance's name as a lease holder; a fresh one per start by default.
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub leases: LeasesFile,
+    #[serde(default)]
+    pub idempotency: IdempotencyFile,
     #[serde(default)]
     pub sqlite: SqliteFile,
     #[serde(default)]
     pub postgres: PostgresFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesFile {
+    pub ttl_ms: Option<u64>,
+    pub sweep_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyFile {
+    pub ttl_secs: Option<u64>,
+    pub in_flight_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,7 +83,16 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub store: StoreOptions,
+    pub instance_id: String,
+    /// How long a turn's lease lasts unless renewed (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// How often this instance looks for turns whose lease expired.
+    pub sweep_interval: Duration,
+    pub idempotency: IdempotencyConfig,
 }
+
+/// How often each instance sweeps expired leases by default.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 impl FileConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -83,6 +113,10 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub workers: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub instance_id: Option<String>,
+    pub lease_ttl_ms: Option<u64>,
+    pub sweep_interval_ms: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 impl Config {
@@ -90,6 +124,7 @@ impl Config {
         let file = FileConfig::load(overrides.config_file.as_deref())?;
         let defaults = SqliteOptions::default();
         let pg_defaults = PgOptions::default();
+        let idempotency_defaults = IdempotencyConfig::default();
         let config = Config {
             database_url: overrides
                 .database_url
@@ -106,8 +141,40 @@ impl Config {
                 .body_limit_bytes
                 .unwrap_or(baton_http::DEFAULT_BODY_LIMIT),
             max_concurrent_turns: file.max_concurrent_turns.unwrap_or(64),
-            shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
+            shutdown_grace: Duration::from_secs(
+                overrides
+                    .shutdown_grace_secs
+                    .or(file.shutdown_grace_secs)
+                    .unwrap_or(30),
+            ),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            instance_id: overrides
+                .instance_id
+                .clone()
+                .or(file.instance_id)
+                .unwrap_or_else(baton_domain::executor::new_instance_id),
+            lease_ttl: overrides
+                .lease_ttl_ms
+                .or(file.leases.ttl_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(ExecutorConfig::DEFAULT_LEASE_TTL),
+            sweep_interval: overrides
+                .sweep_interval_ms
+                .or(file.leases.sweep_interval_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_SWEEP_INTERVAL),
+            idempotency: IdempotencyConfig {
+                ttl: file
+                    .idempotency
+                    .ttl_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(idempotency_defaults.ttl),
+                in_flight_wait: file
+                    .idempotency
+                    .in_flight_wait_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(idempotency_defaults.in_flight_wait),
+            },
             store: StoreOptions {
                 sqlite: SqliteOptions {
                     synchronous: file.sqlite.synchronous.unwrap_or(defaults.synchronous),
@@ -137,6 +204,22 @@ impl Config {
         anyhow::ensure!(
             config.max_concurrent_turns >= 1,
             "max_concurrent_turns must be at least 1"
+        );
+        anyhow::ensure!(
+            config.lease_ttl >= Duration::from_millis(300),
+            "leases.ttl_ms must be at least 300"
+        );
+        anyhow::ensure!(
+            config.sweep_interval >= Duration::from_millis(50),
+            "leases.sweep_interval_ms must be at least 50"
+        );
+        anyhow::ensure!(
+            !config.instance_id.trim().is_empty() && config.instance_id.len() <= 128,
+            "instance_id must be 1 to 128 characters"
+        );
+        anyhow::ensure!(
+            config.idempotency.ttl >= Duration::from_secs(60),
+            "idempotency.ttl_secs must be at least 60"
         );
         anyhow::ensure!(
             config.store.sqlite.readers >= 1,

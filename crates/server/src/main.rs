@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use baton_domain::*;
-use baton_http::{ApiState, ServerOptions};
+use baton_http::{ApiState, ServerOptions, Shutdown};
 use baton_persistence::SqlStore;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
@@ -51,6 +52,18 @@ enum Command {
         /// Create a demo echo agent and a key for it, and print a ready-to-paste curl.
         #[arg(long)]
         demo: bool,
+        /// This instance's name as a lease holder (default: fresh per start).
+        #[arg(long, env = "BATON_INSTANCE_ID")]
+        instance_id: Option<String>,
+        /// How long a running turn's lease lasts unless renewed, in ms.
+        #[arg(long, env = "BATON_LEASE_TTL_MS")]
+        lease_ttl_ms: Option<u64>,
+        /// How often to look for turns whose lease expired, in ms.
+        #[arg(long, env = "BATON_SWEEP_INTERVAL_MS")]
+        sweep_interval_ms: Option<u64>,
+        /// How long SIGTERM lets running turns finish, in seconds.
+        #[arg(long, env = "BATON_SHUTDOWN_GRACE_SECS")]
+        shutdown_grace_secs: Option<u64>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -74,6 +87,16 @@ enum AgentCommand {
         /// The runner's configuration as JSON, e.g. '{"delay_ms": 1500}' for echo.
         #[arg(long, default_value = "{}")]
         runner_config: String,
+        /// What becomes of a turn whose instance died: `fail` it, or `retry` it (for
+        /// agents that are safe to run twice).
+        #[arg(long, default_value = "fail")]
+        on_interrupt: OnInterrupt,
+        /// With `--on-interrupt retry`: attempts in all, the first included.
+        #[arg(long, default_value_t = TurnPolicy::default().max_attempts)]
+        max_attempts: u32,
+        /// A turn running longer than this ends failed with `turn_timeout`, in ms.
+        #[arg(long, default_value_t = TurnPolicy::DEFAULT_TIMEOUT_MS)]
+        turn_timeout_ms: u64,
     },
 }
 
@@ -115,11 +138,14 @@ impl App {
             Arc::new(SystemClock),
             ExecutorConfig {
                 max_concurrent_turns: config.max_concurrent_turns,
+                instance_id: config.instance_id.clone(),
+                lease_ttl: config.lease_ttl,
             },
             tokio::runtime::Handle::current(),
         );
         Ok(App {
-            tasks: TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone()),
+            tasks: TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone())
+                .with_idempotency(config.idempotency),
             admin: AdminService::new(store.clone(), executor),
             store,
             hub,
@@ -164,11 +190,21 @@ async fn main() -> anyhow::Result<()> {
         ..Overrides::default()
     };
     if let Command::Serve {
-        listen, workers, ..
+        listen,
+        workers,
+        instance_id,
+        lease_ttl_ms,
+        sweep_interval_ms,
+        shutdown_grace_secs,
+        ..
     } = &cli.command
     {
         overrides.listen = listen.clone();
         overrides.workers = *workers;
+        overrides.instance_id = instance_id.clone();
+        overrides.lease_ttl_ms = *lease_ttl_ms;
+        overrides.sweep_interval_ms = *sweep_interval_ms;
+        overrides.shutdown_grace_secs = *shutdown_grace_secs;
     }
     let config = Config::resolve(&overrides)?;
     init_logging(config.log_format);
@@ -184,6 +220,9 @@ async fn main() -> anyhow::Result<()> {
             name,
             runner,
             runner_config,
+            on_interrupt,
+            max_attempts,
+            turn_timeout_ms,
         }) => {
             let config_json: serde_json::Value =
                 serde_json::from_str(&runner_config).context("--runner-config must be JSON")?;
@@ -192,9 +231,14 @@ async fn main() -> anyhow::Result<()> {
                 kind: runner,
                 config: config_json,
             };
+            let policy = TurnPolicy {
+                on_interrupt,
+                max_attempts,
+                turn_timeout_ms,
+            };
             let agent = app
                 .admin
-                .create_agent(&name, spec)
+                .create_agent(&name, spec, policy)
                 .await
                 .map_err(cli_error)?;
             println!("{}", agent.id);
@@ -230,23 +274,29 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     let app = App::open(&config).await?;
+    let executor = app.tasks.executor().clone();
 
-    if app.store.is_single_instance() {
-        // The embedded database serves one instance, so a turn still marked running
-        // at start-up was orphaned by a previous process that died. End it now rather
-        // than leave its task busy forever.
-        let orphaned = app
-            .store
-            .interrupt_running_turns(interrupted(), SystemClock.now())
-            .await
-            .context("ending turns orphaned by a previous run")?;
-        if orphaned > 0 {
-            warn!(
-                turns = orphaned,
-                "ended turns left running by a previous process"
-            );
-        }
+    // Turns left running by a dead instance are ended or retried now, not after their
+    // leases run out. The embedded database serves one process, so every running turn
+    // at start-up is an orphan whatever its lease says; on PostgreSQL only expired
+    // leases are, since other instances may be alive.
+    let cutoff = if app.store.is_single_instance() {
+        DateTime::<Utc>::MAX_UTC
+    } else {
+        SystemClock.now()
+    };
+    let recovered = executor
+        .sweep(cutoff)
+        .await
+        .context("recovering turns left running by a previous process")?;
+    if recovered != SweepReport::default() {
+        warn!(
+            failed = recovered.failed,
+            retried = recovered.retried,
+            "recovered turns left running by a previous process"
+        );
     }
+    let maintenance = app.tasks.spawn_maintenance(config.sweep_interval);
     // On PostgreSQL, turn changes of other instances wake this one's waiters.
     let relay = app.store.relay_changes(app.hub.clone());
 
@@ -261,12 +311,14 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
              then a key with `baton key create --agent ID`, or restart with `baton serve --demo`"
         );
     }
+    let shutdown = Shutdown::default();
     let server = baton_http::serve(
         listener,
         ApiState {
             tasks: app.tasks.clone(),
             body_limit: config.body_limit,
             sse: baton_http::sse::SseOptions::default(),
+            shutdown: shutdown.clone(),
         },
         ServerOptions {
             workers: config.workers,
@@ -276,40 +328,38 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     let handle = server.handle();
     let running = tokio::spawn(server);
     println!("baton listening on http://{address}");
-    info!(%address, database = %config.database_url, "serving");
+    info!(%address, database = %config.database_url, instance_id = %config.instance_id, "serving");
 
     let signal = shutdown_signal().await?;
+    // 1. No new requests (503 shutting_down); requests being served go on.
+    shutdown.draining.cancel();
+    // This instance no longer takes over turns; it is about to give some up.
+    maintenance.abort();
     info!(
         signal,
-        "stopping: no new requests; letting running turns finish"
+        grace_secs = config.shutdown_grace.as_secs(),
+        "stopping: new requests are refused; letting running turns finish"
     );
-    handle.stop(true).await;
-    running.await.context("the HTTP server task")??;
-    let left = app.tasks.executor().wait_idle(config.shutdown_grace).await;
+    // 2. Running turns get the grace period to finish.
+    let left = executor.wait_idle(config.shutdown_grace).await;
+    // 3. The rest end by their agents' policy (failed, or released for a retry).
     if left > 0 {
-        // Only this process's turns: other instances' turns are theirs to end.
-        let ended = app
-            .tasks
-            .executor()
-            .interrupt_unfinished(interrupted())
-            .await;
+        let ended = executor.end_unfinished().await;
         warn!(
-            turns = ended,
+            failed = ended.failed,
+            released_for_retry = ended.released,
             "ended turns still running after the shutdown grace period"
         );
     }
+    // 4. Streams end with a last comment, long-polls answer; then the server stops.
+    shutdown.closing.cancel();
+    handle.stop(true).await;
+    running.await.context("the HTTP server task")??;
     if let Some(relay) = relay {
         relay.abort();
     }
     info!("stopped");
     Ok(())
-}
-
-fn interrupted() -> TurnError {
-    TurnError {
-        code: "turn_interrupted".to_owned(),
-        message: "the server stopped while the turn was running; send the message again".to_owned(),
-    }
 }
 
 /// Waits for SIGINT or SIGTERM and says which.
@@ -328,7 +378,7 @@ async fn print_demo(app: &App, address: &str) -> anyhow::Result<()> {
     };
     let agent = app
         .admin
-        .create_agent("demo", spec)
+        .create_agent("demo", spec, TurnPolicy::default())
         .await
         .map_err(cli_error)?;
     let key = app.admin.create_key(agent.id).await.map_err(cli_error)?;

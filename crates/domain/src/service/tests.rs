@@ -33,6 +33,7 @@ fn agent() -> Agent {
             kind: "mock".into(),
             config: json!({}),
         },
+        policy: TurnPolicy::default(),
         created_at: at(0),
     }
 }
@@ -148,6 +149,7 @@ impl Harness {
             Arc::new(clock),
             ExecutorConfig {
                 max_concurrent_turns: self.limit,
+                ..ExecutorConfig::default()
             },
             tokio::runtime::Handle::current(),
         );
@@ -169,7 +171,7 @@ async fn create_task_commits_then_plays_the_turn_and_completes_it() {
         .expect_create_task()
         .withf(|new| new.agent_id == AGENT && new.metadata["trace"] == "t-1" && new.now == at(1))
         .times(1)
-        .returning(|_| Ok(accepted(3, 30)));
+        .returning(|_| Ok(Claim::Started(accepted(3, 30))));
     let mut ended = h.expect_turns_played();
     h.runner
         .expect_run()
@@ -183,8 +185,11 @@ async fn create_task_commits_then_plays_the_turn_and_completes_it() {
         .return_const(());
     let service = h.build();
 
-    let got = service.create_task(&WHO, submit(AGENT)).await.unwrap();
-    assert_eq!(got, accepted(3, 30));
+    let got = service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    assert_eq!(got, Claim::Started(accepted(3, 30)));
 
     let end = next_end(&mut ended).await;
     assert_eq!(end.turn_id, TurnId(30));
@@ -204,7 +209,7 @@ async fn streamed_text_becomes_the_turns_message() {
     let mut h = Harness::new();
     h.tasks
         .expect_append_and_claim()
-        .returning(|_| Ok(accepted(3, 31)));
+        .returning(|_| Ok(Claim::Started(accepted(3, 31))));
     let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut ended = h.expect_turns_played_recording(recorded.clone());
     h.runner.expect_run().returning(|_, _| Ok(()));
@@ -246,7 +251,7 @@ async fn streamed_text_becomes_the_turns_message() {
     let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
 
     service
-        .append_message(&WHO, TaskId(3), submit(AGENT))
+        .append_message(&WHO, TaskId(3), submit(AGENT), None)
         .await
         .unwrap();
     let end = next_end(&mut ended).await;
@@ -285,7 +290,7 @@ async fn append_while_running_is_task_busy_and_starts_nothing() {
     let service = h.build();
 
     let err = service
-        .append_message(&WHO, TaskId(3), submit(AGENT))
+        .append_message(&WHO, TaskId(3), submit(AGENT), None)
         .await
         .unwrap_err();
     assert!(
@@ -305,7 +310,7 @@ async fn append_to_unknown_task_is_task_not_found() {
     let service = h.build();
 
     let err = service
-        .append_message(&WHO, TaskId(404), submit(AGENT))
+        .append_message(&WHO, TaskId(404), submit(AGENT), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ServiceError::TaskNotFound), "{err:?}");
@@ -330,7 +335,7 @@ async fn another_agents_task_is_looked_up_as_ours_and_not_found() {
     let service = h.build();
 
     let err = service
-        .append_message(&WHO, TaskId(5), submit(AGENT))
+        .append_message(&WHO, TaskId(5), submit(AGENT), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ServiceError::TaskNotFound), "{err:?}");
@@ -344,12 +349,12 @@ async fn body_agent_id_other_than_the_keys_is_agent_not_found_and_touches_nothin
     let service = h.build();
 
     let err = service
-        .create_task(&WHO, submit(AgentId(8)))
+        .create_task(&WHO, submit(AgentId(8)), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ServiceError::AgentNotFound), "{err:?}");
     let err = service
-        .append_message(&WHO, TaskId(1), submit(AgentId(8)))
+        .append_message(&WHO, TaskId(1), submit(AgentId(8)), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ServiceError::AgentNotFound), "{err:?}");
@@ -360,7 +365,7 @@ async fn invalid_message_is_a_validation_error_and_touches_nothing() {
     let service = Harness::new().build();
     let mut bad = submit(AGENT);
     bad.message.content = Content::text("   ");
-    let err = service.create_task(&WHO, bad).await.unwrap_err();
+    let err = service.create_task(&WHO, bad, None).await.unwrap_err();
     let ServiceError::Validation(fields) = err else {
         panic!("expected a validation error, got {err:?}");
     };
@@ -372,7 +377,7 @@ async fn turn_that_ends_badly(runner: MockTurnRunner) -> FinishTurn {
     h.runner = runner;
     h.tasks
         .expect_create_task()
-        .returning(|_| Ok(accepted(3, 32)));
+        .returning(|_| Ok(Claim::Started(accepted(3, 32))));
     let mut ended = h.expect_turns_played();
     h.notifier
         .expect_task_changed()
@@ -380,7 +385,10 @@ async fn turn_that_ends_badly(runner: MockTurnRunner) -> FinishTurn {
         .times(1)
         .return_const(());
     let service = h.build();
-    service.create_task(&WHO, submit(AGENT)).await.unwrap();
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
     next_end(&mut ended).await
 }
 
@@ -446,7 +454,7 @@ async fn executor_never_plays_more_turns_at_once_than_its_limit() {
     let next_turn = Arc::new(AtomicUsize::new(100));
     h.tasks.expect_create_task().returning(move |_| {
         let turn = next_turn.fetch_add(1, Ordering::SeqCst) as i64;
-        Ok(accepted(turn, turn))
+        Ok(Claim::Started(accepted(turn, turn)))
     });
     let mut ended = h.expect_turns_played();
     h.notifier.expect_task_changed().return_const(());
@@ -462,13 +470,17 @@ async fn executor_never_plays_more_turns_at_once_than_its_limit() {
         Arc::new(clock),
         ExecutorConfig {
             max_concurrent_turns: 2,
+            ..ExecutorConfig::default()
         },
         tokio::runtime::Handle::current(),
     );
     let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
 
     for _ in 0..7 {
-        service.create_task(&WHO, submit(AGENT)).await.unwrap();
+        service
+            .create_task(&WHO, submit(AGENT), None)
+            .await
+            .unwrap();
     }
     for _ in 0..7 {
         assert_eq!(next_end(&mut ended).await.outcome, TurnOutcome::Completed);
@@ -514,6 +526,7 @@ fn view(status: TurnStatus) -> TaskView {
             task_id: TaskId(3),
             status,
             error: None,
+            attempt: 1,
             metadata: Metadata::new(),
             started_at: at(0),
             ended_at: None,
@@ -647,11 +660,11 @@ async fn wait_gives_up_after_its_time_with_the_running_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interrupting_unfinished_turns_ends_only_this_executors_turns() {
+async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
     let mut h = Harness::new();
     h.tasks
         .expect_create_task()
-        .returning(|_| Ok(accepted(3, 40)));
+        .returning(|_| Ok(Claim::Started(accepted(3, 40))));
     h.tasks
         .expect_load_turn_input()
         .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
@@ -666,7 +679,10 @@ async fn interrupting_unfinished_turns_ends_only_this_executors_turns() {
     });
     h.notifier.expect_task_changed().return_const(());
     let service = h.build();
-    service.create_task(&WHO, submit(AGENT)).await.unwrap();
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
     assert_eq!(
         service
             .executor()
@@ -674,17 +690,22 @@ async fn interrupting_unfinished_turns_ends_only_this_executors_turns() {
             .await,
         1
     );
-    let error = TurnError {
-        code: "turn_interrupted".into(),
-        message: "stopping".into(),
-    };
+    let report = service.executor().end_unfinished().await;
     assert_eq!(
-        service.executor().interrupt_unfinished(error.clone()).await,
-        1
+        report,
+        crate::executor::ShutdownReport {
+            failed: 1,
+            released: 0
+        }
     );
     let end = next_end(&mut ended_rx).await;
+    assert_eq!(end.turn_id, TurnId(40));
     assert_eq!(
-        (end.turn_id, end.outcome),
-        (TurnId(40), TurnOutcome::Failed(error))
+        end.guard,
+        LeaseGuard::Holder(service.executor().config().instance_id.clone())
     );
+    let TurnOutcome::Failed(error) = end.outcome else {
+        panic!("expected a failed turn, got {:?}", end.outcome);
+    };
+    assert_eq!(error.code, "turn_interrupted");
 }

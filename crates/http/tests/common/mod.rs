@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_domain::*;
-use baton_http::{ApiState, ServerOptions, serve};
+use baton_http::{ApiState, ServerOptions, Shutdown, serve};
 use baton_persistence::{SqlStore, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -25,6 +25,9 @@ pub struct TestApp {
     /// This process's hub of task changes.
     pub hub: LocalNotifier,
     pub store: Arc<SqlStore>,
+    /// The server's graceful-stop signals.
+    pub shutdown: Shutdown,
+    pub tasks: TaskService,
 }
 
 impl TestApp {
@@ -55,16 +58,22 @@ impl TestApp {
             ExecutorConfig::default(),
             tokio::runtime::Handle::current(),
         );
-        let tasks = TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone());
+        let tasks = TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone())
+            .with_idempotency(IdempotencyConfig {
+                in_flight_wait: Duration::from_secs(5),
+                ..IdempotencyConfig::default()
+            });
         let admin = AdminService::new(store.clone(), executor);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = Shutdown::default();
         let server = serve(
             listener,
             ApiState {
-                tasks,
+                tasks: tasks.clone(),
                 body_limit,
                 sse,
+                shutdown: shutdown.clone(),
             },
             ServerOptions {
                 workers: 2,
@@ -84,6 +93,8 @@ impl TestApp {
             _server: handle,
             hub,
             store,
+            shutdown,
+            tasks,
         };
         let (agent, token) = app.agent_with_key(json!({})).await;
         app.agent = agent;
@@ -93,6 +104,11 @@ impl TestApp {
 
     /// A new echo agent with this runner config, and a key for it.
     pub async fn agent_with_key(&self, config: Value) -> (i64, String) {
+        self.agent_with_policy(config, TurnPolicy::default()).await
+    }
+
+    /// As [`TestApp::agent_with_key`], with a turn policy.
+    pub async fn agent_with_policy(&self, config: Value, policy: TurnPolicy) -> (i64, String) {
         let agent = self
             .admin
             .create_agent(
@@ -101,6 +117,7 @@ impl TestApp {
                     kind: "echo".into(),
                     config,
                 },
+                policy,
             )
             .await
             .unwrap();
