@@ -142,6 +142,13 @@ impl InFlightKeys {
     }
 }
 
+#[cfg(test)]
+impl InFlightKeys {
+    pub(crate) fn is_held(&self, agent: AgentId, key: &str) -> bool {
+        lock(&self.held).contains_key(&(agent, key.to_owned()))
+    }
+}
+
 /// A held key; dropping it frees the key and wakes the requests waiting for it.
 #[derive(Debug)]
 pub(crate) struct KeyHold {

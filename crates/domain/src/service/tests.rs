@@ -709,3 +709,5 @@ async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
     };
     assert_eq!(error.code, "turn_interrupted");
 }
+
+mod lifecycle;

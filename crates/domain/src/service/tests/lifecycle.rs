@@ -1,0 +1,587 @@
+//! Unit tests of a turn's life after the claim, with mocked ports: timeouts, stops
+//! (cancel, lost lease), sweeps by policy, shutdown, cancel, and idempotency keys.
+
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::Notify;
+
+use super::*;
+use crate::executor::{ShutdownReport, SweepReport};
+
+/// A runner that streams "partial", then waits for ever. `dropped` flips when its
+/// future is dropped, which is how a stopped turn's runner ends.
+struct Stalling {
+    dropped: Arc<AtomicBool>,
+    streaming: Arc<Notify>,
+}
+
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl TurnRunner for Stalling {
+    fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+    async fn run(
+        &self,
+        _: crate::runner::TurnInput,
+        sink: crate::runner::TurnSink,
+    ) -> Result<(), RunnerError> {
+        let _flag = DropFlag(self.dropped.clone());
+        sink.text_delta("partial")
+            .await
+            .map_err(|e| RunnerError::new("closed", e.to_string()))?;
+        self.streaming.notify_one();
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+fn stalling() -> (Arc<Stalling>, Arc<AtomicBool>, Arc<Notify>) {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let streaming = Arc::new(Notify::new());
+    let runner = Arc::new(Stalling {
+        dropped: dropped.clone(),
+        streaming: streaming.clone(),
+    });
+    (runner, dropped, streaming)
+}
+
+fn agent_with(id: i64, policy: TurnPolicy) -> Agent {
+    Agent {
+        id: AgentId(id),
+        policy,
+        ..agent()
+    }
+}
+
+fn retry(max_attempts: u32) -> TurnPolicy {
+    TurnPolicy {
+        on_interrupt: OnInterrupt::Retry,
+        max_attempts,
+        ..TurnPolicy::default()
+    }
+}
+
+/// A service over these mocks with this runner and executor configuration; the
+/// notifier accepts any change.
+fn service_with(
+    tasks: MockTaskStore,
+    agents: MockAgentStore,
+    runner: Arc<dyn TurnRunner>,
+    config: ExecutorConfig,
+    hub: crate::LocalNotifier,
+) -> TaskService {
+    let mut clock = MockClock::new();
+    clock.expect_now().returning(|| at(1));
+    let mut notifier = MockTaskNotifier::new();
+    notifier.expect_task_changed().return_const(());
+    let tasks: Arc<dyn TaskStore> = Arc::new(tasks);
+    let agents: Arc<dyn AgentStore> = Arc::new(agents);
+    let executor = TurnExecutor::new(
+        tasks.clone(),
+        agents.clone(),
+        RunnerRegistry::new().with("mock", runner),
+        Arc::new(notifier),
+        Arc::new(clock),
+        config,
+        tokio::runtime::Handle::current(),
+    );
+    TaskService::new(tasks, agents, executor, hub)
+}
+
+/// Store mocks for a turn that is created and played: the history loads, output is
+/// recorded into `recorded`, and ends are sent to the returned receiver.
+fn playing_store(
+    recorded: Arc<std::sync::Mutex<Vec<OutputOp>>>,
+) -> (MockTaskStore, mpsc::UnboundedReceiver<FinishTurn>) {
+    let mut tasks = MockTaskStore::new();
+    tasks
+        .expect_create_task()
+        .returning(|_| Ok(Claim::Started(accepted(3, 30))));
+    tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 30)]))));
+    tasks.expect_record_output().returning(move |output| {
+        recorded.lock().unwrap().extend(output.ops);
+        Ok(true)
+    });
+    let (ended, ended_rx) = mpsc::unbounded_channel();
+    tasks.expect_finish_turn().returning(move |finish| {
+        let _ = ended.send(finish);
+        Ok(true)
+    });
+    (tasks, ended_rx)
+}
+
+/// Store mocks for a turn that is created and plays, but must never be ended here.
+fn never_ending_store() -> MockTaskStore {
+    let mut tasks = MockTaskStore::new();
+    tasks
+        .expect_create_task()
+        .returning(|_| Ok(Claim::Started(accepted(3, 30))));
+    tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 30)]))));
+    tasks.expect_record_output().returning(|_| Ok(true));
+    tasks.expect_finish_turn().times(0);
+    tasks
+}
+
+fn agents_returning(agent: Agent) -> MockAgentStore {
+    let mut agents = MockAgentStore::new();
+    agents
+        .expect_get_agent()
+        .returning(move |_| Ok(Some(agent.clone())));
+    agents
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_past_its_agents_timeout_fails_with_turn_timeout_keeping_its_text() {
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tasks, mut ended) = playing_store(recorded.clone());
+    let policy = TurnPolicy {
+        turn_timeout_ms: 150,
+        ..TurnPolicy::default()
+    };
+    let (runner, dropped, _) = stalling();
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(7, policy)),
+        runner,
+        ExecutorConfig::default(),
+        crate::LocalNotifier::default(),
+    );
+    let started = std::time::Instant::now();
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    let end = next_end(&mut ended).await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    let TurnOutcome::Failed(error) = end.outcome else {
+        panic!("expected a failed turn, got {:?}", end.outcome);
+    };
+    assert_eq!(error.code, "turn_timeout");
+    assert!(error.message.contains("150 ms"), "{}", error.message);
+    assert_eq!(
+        *recorded.lock().unwrap(),
+        vec![OutputOp::TextDelta("partial".into())],
+        "what was streamed before the timeout is kept"
+    );
+    eventually("the runner is dropped", || dropped.load(Ordering::SeqCst)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_ended_elsewhere_stops_its_runner_and_records_nothing_more() {
+    let tasks = never_ending_store();
+    let hub = crate::LocalNotifier::default();
+    let (runner, dropped, streaming) = stalling();
+    let service = service_with(
+        tasks,
+        agents_returning(agent()),
+        runner,
+        ExecutorConfig::default(),
+        hub.clone(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), streaming.notified())
+        .await
+        .unwrap();
+    assert!(!dropped.load(Ordering::SeqCst));
+    // What a cancel here or a relayed end from another instance publishes.
+    hub.turn_ended(TaskId(3), TurnId(30));
+    eventually("the runner is dropped", || dropped.load(Ordering::SeqCst)).await;
+    assert_eq!(
+        service.executor().wait_idle(Duration::from_secs(5)).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_runner_at_the_next_renewal() {
+    let mut tasks = never_ending_store();
+    let renewals = Arc::new(AtomicUsize::new(0));
+    let counter = renewals.clone();
+    tasks
+        .expect_renew_leases()
+        .withf(|owner, turns, _| owner == "me" && turns == &[TurnId(30)])
+        .returning(move |_, _, _| {
+            // The first renewal holds; then the turn was taken by a sweep elsewhere.
+            Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![TurnId(30)]
+            } else {
+                vec![]
+            })
+        });
+    let (runner, dropped, _) = stalling();
+    let config = ExecutorConfig {
+        instance_id: "me".into(),
+        lease_ttl: Duration::from_millis(300),
+        ..ExecutorConfig::default()
+    };
+    let service = service_with(
+        tasks,
+        agents_returning(agent()),
+        runner,
+        config,
+        crate::LocalNotifier::default(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    eventually("the runner is dropped", || dropped.load(Ordering::SeqCst)).await;
+    assert_eq!(renewals.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        service.executor().wait_idle(Duration::from_secs(5)).await,
+        0
+    );
+}
+
+fn expired(agent: i64, turn: i64, attempt: u32) -> ExpiredTurn {
+    ExpiredTurn {
+        agent_id: AgentId(agent),
+        task_id: TaskId(turn),
+        turn_id: TurnId(turn),
+        attempt,
+        owner: Some("dead".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
+    let mut agents = MockAgentStore::new();
+    agents.expect_get_agent().returning(|id| {
+        Ok(Some(match id.0 {
+            1 => agent_with(1, TurnPolicy::default()),
+            _ => agent_with(2, retry(3)),
+        }))
+    });
+    let mut tasks = MockTaskStore::new();
+    tasks
+        .expect_expired_turns()
+        .withf(|cutoff, _| *cutoff == at(50))
+        .times(1)
+        .returning(|_, _| {
+            Ok(vec![
+                expired(1, 101, 1), // fail policy
+                expired(2, 102, 1), // retry, attempts left
+                expired(2, 103, 3), // retry, none left
+            ])
+        });
+    tasks
+        .expect_take_over_turn()
+        .withf(|take| {
+            take.turn_id == TurnId(102) && take.expired_by == at(50) && take.lease.owner == "me"
+        })
+        .times(1)
+        .returning(|_| Ok(Some(2)));
+    tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, id.0)]))));
+    let (ended, mut ended_rx) = mpsc::unbounded_channel();
+    tasks.expect_finish_turn().returning(move |finish| {
+        let _ = ended.send(finish);
+        Ok(true)
+    });
+    let mut runner = MockTurnRunner::new();
+    runner
+        .expect_run()
+        .withf(|input, _| input.turn_id == TurnId(102))
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let config = ExecutorConfig {
+        instance_id: "me".into(),
+        ..ExecutorConfig::default()
+    };
+    let service = service_with(
+        tasks,
+        agents,
+        Arc::new(runner),
+        config,
+        crate::LocalNotifier::default(),
+    );
+
+    let report = service.executor().sweep(at(50)).await.unwrap();
+    assert_eq!(
+        report,
+        SweepReport {
+            failed: 2,
+            retried: 1
+        }
+    );
+    let mut ends = Vec::new();
+    for _ in 0..3 {
+        ends.push(next_end(&mut ended_rx).await);
+    }
+    ends.sort_by_key(|f| f.turn_id);
+    for swept in [&ends[0], &ends[2]] {
+        assert_eq!(swept.guard, LeaseGuard::ExpiredBy(at(50)));
+        let TurnOutcome::Failed(error) = &swept.outcome else {
+            panic!("expected failed, got {:?}", swept.outcome);
+        };
+        assert_eq!(error.code, "turn_interrupted");
+    }
+    assert!(matches!(&ends[2].outcome, TurnOutcome::Failed(e) if e.message.contains("attempt 3")));
+    assert_eq!(ends[1].turn_id, TurnId(102));
+    assert_eq!(ends[1].outcome, TurnOutcome::Completed, "the retry played");
+    assert_eq!(ends[1].guard, LeaseGuard::Holder("me".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_releases_retry_agents_leases_and_stops_their_runners() {
+    let mut tasks = never_ending_store();
+    tasks
+        .expect_release_leases()
+        .withf(|owner, turns, _| owner == "me" && turns == &[TurnId(30)])
+        .times(1)
+        .returning(|_, _, _| Ok(1));
+    let (runner, dropped, streaming) = stalling();
+    let config = ExecutorConfig {
+        instance_id: "me".into(),
+        ..ExecutorConfig::default()
+    };
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(7, retry(2))),
+        runner,
+        config,
+        crate::LocalNotifier::default(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), streaming.notified())
+        .await
+        .unwrap();
+    let report = service.executor().end_unfinished().await;
+    assert_eq!(
+        report,
+        ShutdownReport {
+            failed: 0,
+            released: 1
+        }
+    );
+    eventually("the runner is dropped", || dropped.load(Ordering::SeqCst)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_the_running_turn_and_a_repeat_gets_the_same_answer() {
+    let mut h = Harness::new();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counter = reads.clone();
+    h.tasks.expect_get_task().returning(move |_, _| {
+        Ok(Some(view(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            TurnStatus::Running
+        } else {
+            TurnStatus::Cancelled
+        })))
+    });
+    h.tasks
+        .expect_finish_turn()
+        .withf(|finish| {
+            finish.turn_id == TurnId(30)
+                && finish.outcome == TurnOutcome::Cancelled
+                && finish.guard == LeaseGuard::Anyone
+        })
+        .times(1)
+        .returning(|_| Ok(true));
+    let hub = crate::LocalNotifier::default();
+    let mut watch = hub.watch(TaskId(3));
+    let service = h.build_with_hub(hub);
+
+    let first = service.cancel(&WHO, TaskId(3)).await.unwrap();
+    assert_eq!(first.status(), TaskStatus::Cancelled);
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("waiters on the task are woken");
+    let again = service.cancel(&WHO, TaskId(3)).await.unwrap();
+    assert_eq!(again, first, "a repeated cancel answers as the first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_task_that_is_not_running_is_refused_and_changes_nothing() {
+    for status in [TurnStatus::Completed, TurnStatus::Failed] {
+        let mut h = Harness::new();
+        h.tasks
+            .expect_get_task()
+            .returning(move |_, _| Ok(Some(view(status))));
+        // No finish expectation: touching it fails the test.
+        let service = h.build();
+        let err = service.cancel(&WHO, TaskId(3)).await.unwrap_err();
+        assert!(
+            matches!(err, ServiceError::TaskNotRunning(got) if got == status),
+            "{err:?}"
+        );
+    }
+    let mut h = Harness::new();
+    h.tasks.expect_get_task().returning(|_, _| Ok(None));
+    let err = h.build().cancel(&WHO, TaskId(3)).await.unwrap_err();
+    assert!(matches!(err, ServiceError::TaskNotFound), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_loses_to_the_turns_end_is_not_running() {
+    let mut h = Harness::new();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counter = reads.clone();
+    h.tasks.expect_get_task().returning(move |_, _| {
+        Ok(Some(view(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            TurnStatus::Running
+        } else {
+            TurnStatus::Completed
+        })))
+    });
+    h.tasks.expect_finish_turn().returning(|_| Ok(false));
+    let err = h.build().cancel(&WHO, TaskId(3)).await.unwrap_err();
+    assert!(
+        matches!(err, ServiceError::TaskNotRunning(TurnStatus::Completed)),
+        "{err:?}"
+    );
+}
+
+/// A store whose claim takes a while and answers like the SQL stores do for one key:
+/// the first call starts a turn, later ones replay it.
+fn slow_keyed_store(calls: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> MockTaskStore {
+    let mut tasks = MockTaskStore::new();
+    let now = Arc::new(AtomicUsize::new(0));
+    tasks.expect_create_task().returning(move |new| {
+        assert!(new.idempotency.is_some());
+        let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(running, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        now.fetch_sub(1, Ordering::SeqCst);
+        Ok(if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            Claim::Started(accepted(3, 30))
+        } else {
+            Claim::Replayed(accepted(3, 30))
+        })
+    });
+    tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 30)]))));
+    tasks.expect_finish_turn().returning(|_| Ok(true));
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_waits_for_the_first_request_then_gets_its_answer() {
+    let (calls, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut runner = MockTurnRunner::new();
+    runner.expect_run().times(1).returning(|_, _| Ok(()));
+    let service = service_with(
+        slow_keyed_store(calls.clone(), peak.clone()),
+        agents_returning(agent()),
+        Arc::new(runner),
+        ExecutorConfig::default(),
+        crate::LocalNotifier::default(),
+    );
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                service
+                    .create_task(&WHO, submit(AGENT), Some("key-1".into()))
+                    .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for one in both {
+        answers.push(one.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "never two claims with one key at once"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(answers.contains(&Claim::Started(accepted(3, 30))));
+    assert!(answers.contains(&Claim::Replayed(accepted(3, 30))));
+    assert_eq!(
+        service.executor().wait_idle(Duration::from_secs(5)).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_of_a_request_still_in_progress_after_the_wait_is_key_in_use() {
+    let (calls, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut runner = MockTurnRunner::new();
+    runner.expect_run().returning(|_, _| Ok(()));
+    let service = service_with(
+        slow_keyed_store(calls.clone(), peak),
+        agents_returning(agent()),
+        Arc::new(runner),
+        ExecutorConfig::default(),
+        crate::LocalNotifier::default(),
+    )
+    .with_idempotency(crate::IdempotencyConfig {
+        in_flight_wait: Duration::from_millis(20),
+        ..crate::IdempotencyConfig::default()
+    });
+    let first = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            service
+                .create_task(&WHO, submit(AGENT), Some("key-1".into()))
+                .await
+        })
+    };
+    eventually("the first claim holds its key", || {
+        service.keys.is_held(AGENT, "key-1")
+    })
+    .await;
+    let err = service
+        .create_task(&WHO, submit(AGENT), Some("key-1".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::IdempotencyKeyInUse), "{err:?}");
+    assert!(matches!(first.await.unwrap(), Ok(Claim::Started(_))));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the refused duplicate touched nothing"
+    );
+    // Another key is not held up.
+    let other = service
+        .create_task(&WHO, submit(AGENT), Some("key-2".into()))
+        .await;
+    assert!(other.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_key_is_a_validation_error_and_touches_nothing() {
+    let service = Harness::new().build();
+    for bad in ["", "has space", "ü"] {
+        let err = service
+            .create_task(&WHO, submit(AGENT), Some(bad.into()))
+            .await
+            .unwrap_err();
+        let ServiceError::Validation(fields) = err else {
+            panic!("expected a validation error, got {err:?}");
+        };
+        assert_eq!(fields[0].field, "Idempotency-Key");
+    }
+}
