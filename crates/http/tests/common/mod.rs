@@ -146,6 +146,25 @@ impl TestApp {
         read(response).await
     }
 
+    /// A POST with extra headers (an `Idempotency-Key`, say).
+    pub async fn post_with(
+        &self,
+        token: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let (status, _, body) = self.get_full(token, path).await;
         (status, body)
