@@ -157,15 +157,20 @@ impl SseStream {
                 self.heartbeat.reset();
                 continue;
             }
+            // The server is stopping and the log is read to its end: a last comment,
+            // then the end. The client reconnects (to another instance) with its
+            // Last-Event-ID.
+            if self.closing.is_cancelled() {
+                self.pending.push_back(Bytes::from_static(
+                    b": server shutting down; reconnect with Last-Event-ID\n\n",
+                ));
+                self.done = true;
+                continue;
+            }
             tokio::select! {
                 _ = self.watch.changed() => {}
                 _ = self.heartbeat.tick() => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
-                // The server is stopping: a last comment, then the end. The client
-                // reconnects (to another instance) with its Last-Event-ID.
-                _ = self.closing.cancelled() => {
-                    self.pending.push_back(Bytes::from_static(b": server shutting down; reconnect with Last-Event-ID\n\n"));
-                    self.done = true;
-                }
+                _ = self.closing.cancelled() => {}
             }
         }
     }

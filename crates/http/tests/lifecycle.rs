@@ -28,10 +28,10 @@ async fn until_partial_text(app: &TestApp, token: &str, task: i64) -> String {
         let (_, history) = app
             .get(token, &format!("/v1/chat/tasks/{task}/messages"))
             .await;
-        if let Some(text) = history["data"][1]["content"]["content"].as_str() {
-            if !text.is_empty() {
-                return text.to_owned();
-            }
+        if let Some(text) = history["data"][1]["content"]["content"].as_str()
+            && !text.is_empty()
+        {
+            return text.to_owned();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -109,48 +109,6 @@ fn sigterm_mid_turn_lets_the_turn_finish_before_exiting() {
 }
 
 #[test]
-fn sigkill_mid_turn_then_restart_ends_the_orphaned_turn_and_keeps_the_message() {
-    let (_dir, db) = sqlite_db();
-    let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 30000}"#);
-    let mut server = Server::start(&db, &[]);
-    let base = server.base.clone();
-    let api = Api {
-        http: Client::new(),
-        base: &base,
-        token: &token,
-    };
-    let (_, first) = api.post(
-        "/v1/chat/tasks",
-        json!({"agent_id": agent, "message": {"content": "kept"}}),
-    );
-    let task = first["task_id"].as_i64().unwrap();
-    server.signal("-KILL");
-    server.wait_exit(Duration::from_secs(5));
-
-    let server = Server::start(&db, &[]);
-    let api = Api {
-        http: Client::new(),
-        base: &server.base,
-        token: &token,
-    };
-    let (_, view) = api.get(&format!("/v1/chat/tasks/{task}"));
-    assert_eq!(
-        view["status"], "failed",
-        "no task stays running after a crash: {view}"
-    );
-    assert_eq!(view["latest_turn"]["error"]["code"], "turn_interrupted");
-    assert_eq!(
-        view["input"]["content"], "kept",
-        "the accepted message survived the kill"
-    );
-    let (status, _) = api.post(
-        &format!("/v1/chat/tasks/{task}/messages"),
-        json!({"agent_id": agent, "message": {"content": "retry"}}),
-    );
-    assert_eq!(status, StatusCode::ACCEPTED);
-}
-
-#[test]
 fn serve_on_an_empty_database_explains_how_to_get_a_key_and_demo_makes_one() {
     let (_dir, db) = sqlite_db();
     let mut child = baton(&db)

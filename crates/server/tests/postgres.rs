@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_test_support::TestDatabase;
 use chrono::{DateTime, Utc};
-use common::{Api, Server, agent_and_key};
+use common::{Api, CrashAgents, FAST_LEASES, RECOVERY_BOUND, Server, agent_and_key};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::json;
@@ -110,6 +110,37 @@ fn two_instances_one_winner_of_fifty_appends_and_cross_instance_long_poll() {
     );
     // Loose: the precise figure is in the log; a timer-based wake-up would be far slower.
     assert!(latencies[latencies.len() / 2] < 1000.0, "{latencies:?}");
+}
+
+#[test]
+fn a_survivor_recovers_the_turns_of_a_killed_instance_without_a_restart() {
+    let db = TestDatabase::new();
+    let agents = CrashAgents::create(db.url(), 1500);
+    let survivor = Server::start(db.url(), &FAST_LEASES);
+    let mut recovery_times = Vec::new();
+    for cycle in 0..3 {
+        let mut doomed = Server::start(db.url(), &FAST_LEASES);
+        let interrupted = agents.start_turns(&doomed.base, &format!("cycle {cycle}"), 2);
+        doomed.signal("-KILL");
+        doomed.wait_exit(Duration::from_secs(5));
+        let killed = Instant::now();
+        // The last renewal was at most a third of the lease before the kill, so the
+        // lease runs out within its lifetime, and the next sweep finds it.
+        let slack = Duration::from_millis(1500);
+        let first_failed = interrupted.iter().find(|t| !t.retried).unwrap();
+        let on_survivor = api(&survivor, &agents.failing.1);
+        on_survivor.settled_within(first_failed.task, RECOVERY_BOUND + slack);
+        recovery_times.push(killed.elapsed());
+        agents.assert_recovered(
+            &survivor.base,
+            &interrupted,
+            killed + RECOVERY_BOUND + slack,
+        );
+        agents.assert_appends_work(&survivor.base, &interrupted);
+    }
+    eprintln!(
+        "a killed instance's turn ended by the survivor's sweep after (from the kill; bound {RECOVERY_BOUND:?}): {recovery_times:?}"
+    );
 }
 
 #[test]

@@ -31,19 +31,24 @@ pub fn run(db: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 pub fn agent_and_key(db: &str, runner_config: &str) -> (i64, String) {
-    let (ok, agent, err) = run(
-        db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "t",
-            "--runner",
-            "echo",
-            "--runner-config",
-            runner_config,
-        ],
-    );
+    agent_with(db, runner_config, &[])
+}
+
+/// An echo agent with this runner config and extra `agent create` flags (its turn
+/// policy), and a key for it.
+pub fn agent_with(db: &str, runner_config: &str, flags: &[&str]) -> (i64, String) {
+    let mut args = vec![
+        "agent",
+        "create",
+        "--name",
+        "t",
+        "--runner",
+        "echo",
+        "--runner-config",
+        runner_config,
+    ];
+    args.extend_from_slice(flags);
+    let (ok, agent, err) = run(db, &args);
     assert!(ok, "{err}");
     let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
     assert!(ok, "{err}");
@@ -146,7 +151,12 @@ impl Api<'_> {
     }
 
     pub fn settled(&self, task: i64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.settled_within(task, Duration::from_secs(15))
+    }
+
+    /// Polls the task until its status leaves `running`, failing after `within`.
+    pub fn settled_within(&self, task: i64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let (status, body) = self.get(&format!("/v1/chat/tasks/{task}"));
             assert_eq!(status, StatusCode::OK, "{body}");
@@ -155,6 +165,157 @@ impl Api<'_> {
             }
             assert!(Instant::now() < deadline, "task still running: {body}");
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// Lease settings short enough for crash tests: a dead instance's turns are found
+/// within a second and a fifth.
+pub const FAST_LEASES: [&str; 4] = ["--lease-ttl-ms", "1000", "--sweep-interval-ms", "200"];
+/// Lease expiry plus one sweep period, as set by [`FAST_LEASES`].
+pub const RECOVERY_BOUND: Duration = Duration::from_millis(1200);
+
+/// Two echo agents for crash tests: one whose interrupted turns fail (its turns take
+/// 30 s, so they are always mid-turn when killed), one whose turns are retried (as
+/// long as asked: short, so a retry completes quickly).
+pub struct CrashAgents {
+    pub failing: (i64, String),
+    pub retrying: (i64, String),
+}
+
+/// A turn started before a crash.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub retried: bool,
+    pub task: i64,
+    pub text: String,
+}
+
+impl CrashAgents {
+    pub fn create(db: &str, retry_delay_ms: u64) -> CrashAgents {
+        CrashAgents {
+            failing: agent_with(db, r#"{"delay_ms": 30000}"#, &[]),
+            retrying: agent_with(
+                db,
+                &format!(r#"{{"delay_ms": {retry_delay_ms}}}"#),
+                &["--on-interrupt", "retry", "--max-attempts", "5"],
+            ),
+        }
+    }
+
+    fn api<'a>(&'a self, base: &'a str, retried: bool) -> Api<'a> {
+        let (_, token) = if retried {
+            &self.retrying
+        } else {
+            &self.failing
+        };
+        Api {
+            http: Client::new(),
+            base,
+            token,
+        }
+    }
+
+    /// Starts `n` turns of each agent on the server at `base`, and waits until the
+    /// retried ones have streamed some text (so a crash interrupts them mid-output).
+    pub fn start_turns(&self, base: &str, label: &str, n: usize) -> Vec<Started> {
+        let mut started = Vec::new();
+        for i in 0..n {
+            for retried in [false, true] {
+                let (agent, _) = if retried {
+                    &self.retrying
+                } else {
+                    &self.failing
+                };
+                let text = format!("{label} {i} {}", if retried { "retry" } else { "fail" });
+                let (status, body) = self.api(base, retried).post(
+                    "/v1/chat/tasks",
+                    serde_json::json!({"agent_id": agent, "message": {"content": text}}),
+                );
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                started.push(Started {
+                    retried,
+                    task: body["task_id"].as_i64().unwrap(),
+                    text,
+                });
+            }
+        }
+        for turn in started.iter().filter(|t| t.retried) {
+            let api = self.api(base, true);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, history) = api.get(&format!("/v1/chat/tasks/{}/messages", turn.task));
+                if history["data"].as_array().is_some_and(|m| m.len() >= 2) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no output: {history}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        started
+    }
+
+    /// Asserts how the turns interrupted by a crash ended, as seen on `base`: each
+    /// `fail` turn ended `failed` with `turn_interrupted` by `deadline`; each retried
+    /// turn was played again (attempt 2) and completed with its whole reply, without
+    /// the interrupted attempt's text. Every accepted message is still stored.
+    pub fn assert_recovered(&self, base: &str, turns: &[Started], deadline: Instant) {
+        for turn in turns {
+            let api = self.api(base, turn.retried);
+            let path = format!("/v1/chat/tasks/{}", turn.task);
+            let view = loop {
+                let (status, view) = api.get(&path);
+                assert_eq!(status, StatusCode::OK, "{view}");
+                let ended = view["status"] != "running";
+                let retrying = turn.retried && view["latest_turn"]["attempt"] == 2;
+                if ended || retrying {
+                    break view;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "turn of task {} not recovered in time: {view}",
+                    turn.task
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let (_, history) = api.get(&format!("{path}/messages"));
+            let messages = history["data"].as_array().unwrap();
+            assert_eq!(
+                messages[0]["content"]["content"], turn.text,
+                "the accepted message is kept"
+            );
+            if turn.retried {
+                let done = api.settled(turn.task);
+                assert_eq!(done["status"], "completed", "{done}");
+                assert_eq!(done["latest_turn"]["attempt"], 2, "{done}");
+                let (_, history) = api.get(&format!("{path}/messages"));
+                let replies: Vec<&str> = history["data"].as_array().unwrap()[1..]
+                    .iter()
+                    .map(|m| m["content"]["content"].as_str().unwrap())
+                    .collect();
+                assert_eq!(replies, [format!("echo: {}", turn.text)], "{history}");
+            } else {
+                assert_eq!(view["status"], "failed", "{view}");
+                assert_eq!(view["latest_turn"]["error"]["code"], "turn_interrupted");
+                assert_eq!(view["latest_turn"]["attempt"], 1);
+            }
+        }
+    }
+
+    /// A recovered task takes new messages.
+    pub fn assert_appends_work(&self, base: &str, turns: &[Started]) {
+        for turn in turns {
+            let api = self.api(base, turn.retried);
+            let (agent, _) = if turn.retried {
+                &self.retrying
+            } else {
+                &self.failing
+            };
+            let (status, body) = api.post(
+                &format!("/v1/chat/tasks/{}/messages", turn.task),
+                serde_json::json!({"agent_id": agent, "message": {"content": "after the crash"}}),
+            );
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         }
     }
 }
