@@ -144,6 +144,76 @@ fn a_survivor_recovers_the_turns_of_a_killed_instance_without_a_restart() {
 }
 
 #[test]
+fn a_cancel_on_one_instance_stops_the_turn_playing_on_the_other() {
+    let db = TestDatabase::new();
+    let (agent, token) = agent_and_key(db.url(), r#"{"delay_ms": 60000}"#);
+    let mut a = Server::start(db.url(), &["--shutdown-grace-secs", "60"]);
+    let b = Server::start(db.url(), &[]);
+    let (on_a, on_b) = (api(&a, &token), api(&b, &token));
+    let (_, created) = on_a.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "stop me"}}),
+    );
+    let task = created["task_id"].as_i64().unwrap();
+    let (status, cancelled) = on_b.post(&format!("/v1/chat/tasks/{task}/cancel"), json!({}));
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    let (_, seen_on_a) = on_a.get(&format!("/v1/chat/tasks/{task}"));
+    assert_eq!(seen_on_a["status"], "cancelled");
+
+    // A stopped playing the turn at once (told through NOTIFY, not at its next lease
+    // renewal ~6.7 s after the start): stopping A does not wait for anything, where a
+    // turn still in flight would hold it for the grace period (60 s).
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    a.signal("-TERM");
+    assert!(a.wait_exit(Duration::from_secs(20)).success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "A still held the cancelled turn: {:?}",
+        stopping.elapsed()
+    );
+    let (_, after) = on_b.get(&format!("/v1/chat/tasks/{task}"));
+    assert_eq!(after["status"], "cancelled", "{after}");
+    assert_eq!(after["latest_turn"]["error"], serde_json::Value::Null);
+}
+
+#[test]
+fn one_idempotency_key_across_two_instances_starts_one_turn() {
+    let db = TestDatabase::new();
+    let (agent, token) = agent_and_key(db.url(), r#"{"delay_ms": 200}"#);
+    let a = Server::start(db.url(), &[]);
+    let b = Server::start(db.url(), &[]);
+    let bases = [a.base.clone(), b.base.clone()];
+    let answers: Vec<(StatusCode, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (base, token) = (&bases[i % 2], &token);
+                scope.spawn(move || {
+                    let response = Client::new()
+                        .post(format!("{base}/v1/chat/tasks"))
+                        .bearer_auth(token)
+                        .header("idempotency-key", "one-key-two-instances")
+                        .json(&json!({"agent_id": agent, "message": {"content": "once"}}))
+                        .send()
+                        .unwrap();
+                    (response.status(), response.text().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == StatusCode::ACCEPTED && *body == answers[0].1),
+        "{answers:?}"
+    );
+    let (_, tasks) = api(&a, &token).get("/v1/chat/tasks");
+    assert_eq!(tasks["data"].as_array().unwrap().len(), 1, "{tasks}");
+}
+
+#[test]
 fn starting_or_stopping_an_instance_never_ends_another_instances_turn() {
     let db = TestDatabase::new();
     let (agent, token) = agent_and_key(db.url(), r#"{"delay_ms": 5000}"#);
