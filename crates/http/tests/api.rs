@@ -184,9 +184,7 @@ async fn fifty_concurrent_appends_to_an_idle_task_give_one_202_and_49_task_busy(
 async fn failing_runner_fails_the_turn_and_the_task_accepts_the_next_message() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"fail": true})).await;
-    let task = app.create(&token, agent, "x").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "x").await;
     let done = app.settled(&token, task).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["latest_turn"]["status"], "failed");
@@ -208,9 +206,8 @@ async fn tasks_and_messages_page_with_opaque_cursors() {
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(
-            app.create(&app.token, app.agent, &format!("t{i}")).await["task_id"]
-                .as_i64()
-                .unwrap(),
+            app.create_task(&app.token, app.agent, &format!("t{i}"))
+                .await,
         );
     }
     let (status, page1) = app.get(&app.token, "/v1/chat/tasks?limit=2").await;
@@ -357,9 +354,7 @@ async fn missing_invalid_and_revoked_keys_are_401() {
 async fn another_agents_task_is_404_task_not_found_on_every_route() {
     let app = TestApp::start().await;
     let (other_agent, other_token) = app.agent_with_key(json!({})).await;
-    let theirs = app.create(&other_token, other_agent, "private").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let theirs = app.create_task(&other_token, other_agent, "private").await;
     for path in [
         format!("/v1/chat/tasks/{theirs}"),
         format!("/v1/chat/tasks/{theirs}/messages"),
@@ -425,9 +420,7 @@ async fn agent_id_other_than_the_keys_is_404_agent_not_found_and_creates_nothing
         StatusCode::NOT_FOUND,
         "agent_not_found",
     );
-    let task = app.create(&app.token, app.agent, "mine").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&app.token, app.agent, "mine").await;
     app.settled(&app.token, task).await;
     let (status, headers, body) = app
         .post(
@@ -642,9 +635,7 @@ async fn every_response_carries_a_request_id_and_a_sane_client_id_is_kept() {
 async fn long_poll_returns_when_the_turn_ends_not_before_and_not_on_a_timer() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 600})).await;
-    let task = app.create(&token, agent, "slow").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "slow").await;
     let started = Instant::now();
     let (status, body) = app
         .get(&token, &format!("/v1/chat/tasks/{task}?wait=30"))
@@ -672,9 +663,7 @@ async fn long_poll_returns_when_the_turn_ends_not_before_and_not_on_a_timer() {
 async fn long_poll_gives_up_after_wait_seconds_with_the_task_still_running() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 10000})).await;
-    let task = app.create(&token, agent, "very slow").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "very slow").await;
     let started = Instant::now();
     let (status, body) = app
         .get(&token, &format!("/v1/chat/tasks/{task}?wait=1"))
@@ -696,9 +685,7 @@ async fn long_poll_gives_up_after_wait_seconds_with_the_task_still_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_wait_is_422_naming_wait_and_other_agents_tasks_are_404_even_when_waiting() {
     let app = TestApp::start().await;
-    let task = app.create(&app.token, app.agent, "x").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&app.token, app.agent, "x").await;
     for wait in ["-1", "1.5", "soon"] {
         let (status, headers, body) = app
             .get_full(&app.token, &format!("/v1/chat/tasks/{task}?wait={wait}"))

@@ -43,9 +43,7 @@ async fn cancel_ends_the_turn_keeps_partial_text_and_discards_late_output() {
     let app = TestApp::start().await;
     // Four words over 2 s: "echo: " comes after 0.5 s, the rest later.
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 2000})).await;
-    let task = app.create(&token, agent, "one two three").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "one two three").await;
     let partial = until_partial_text(&app, &token, task).await;
     let cancel = format!("/v1/chat/tasks/{task}/cancel");
 
@@ -107,9 +105,7 @@ async fn cancel_ends_the_turn_keeps_partial_text_and_discards_late_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_refusals_are_clear_envelopes() {
     let app = TestApp::start().await;
-    let task = app.create(&app.token, app.agent, "hi").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&app.token, app.agent, "hi").await;
     app.settled(&app.token, task).await;
     let (status, headers, body) = app
         .post(
@@ -175,9 +171,7 @@ async fn a_turn_past_its_timeout_fails_with_turn_timeout() {
     let (agent, token) = app
         .agent_with_policy(json!({"delay_ms": 5000}), policy)
         .await;
-    let task = app.create(&token, agent, "slow").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "slow").await;
     let (_, view) = app
         .get(&token, &format!("/v1/chat/tasks/{task}?wait=10"))
         .await;
@@ -276,9 +270,7 @@ async fn a_retry_after_a_lost_response_replays_and_another_body_is_refused() {
 
     // Appends: a retry while the turn still runs replays instead of `task_busy`.
     let (slow_agent, slow_token) = app.agent_with_key(json!({"delay_ms": 1500})).await;
-    let task = app.create(&slow_token, slow_agent, "a").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&slow_token, slow_agent, "a").await;
     app.settled(&slow_token, task).await;
     let messages = format!("/v1/chat/tasks/{task}/messages");
     let append_key = [("idempotency-key", "append-1")];
@@ -343,9 +335,7 @@ async fn malformed_keys_are_refused_before_anything_is_stored() {
 async fn a_stopping_server_refuses_new_requests_then_closes_streams_and_long_polls() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 60_000})).await;
-    let task = app.create(&token, agent, "long").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "long").await;
     let stream = app
         .http
         .get(app.url(&format!("/v1/chat/tasks/{task}/stream")))

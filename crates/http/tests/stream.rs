@@ -85,9 +85,9 @@ fn streamed_text(events: &[Event]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_zero_tells_the_whole_turn_in_order_then_closes_on_final() {
     let app = TestApp::start().await;
-    let task = app.create(&app.token, app.agent, "hello big world").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app
+        .create_task(&app.token, app.agent, "hello big world")
+        .await;
     app.settled(&app.token, task).await;
 
     let events = all(open(&app, &app.token, task, "?until=final", None).await).await;
@@ -127,9 +127,7 @@ async fn resuming_mid_turn_from_last_event_id_loses_and_repeats_nothing() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 1200})).await;
     let text = "one two three four five six seven eight";
-    let task = app.create(&token, agent, text).await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, text).await;
 
     let mut first = open(&app, &token, task, "", None).await;
     let mut seen = Vec::new();
@@ -160,9 +158,7 @@ async fn resuming_mid_turn_from_last_event_id_loses_and_repeats_nothing() {
 async fn one_stream_follows_the_task_across_two_turns() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 200})).await;
-    let task = app.create(&token, agent, "first").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "first").await;
     let mut stream = open(&app, &token, task, "", None).await;
     let mut events = Vec::new();
     let mut finals = 0;
@@ -195,9 +191,7 @@ async fn one_stream_follows_the_task_across_two_turns() {
 async fn a_client_that_disconnects_mid_turn_leaves_nothing_behind() {
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 800})).await;
-    let task = app.create(&token, agent, "a b c d").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&token, agent, "a b c d").await;
     let mut streams = Vec::new();
     for _ in 0..5 {
         let mut stream = open(&app, &token, task, "", None).await;
@@ -232,9 +226,7 @@ async fn idle_streams_get_heartbeats_and_a_retry_hint() {
         retry: Duration::from_millis(2500),
     };
     let app = TestApp::with(baton_http::DEFAULT_BODY_LIMIT, options).await;
-    let task = app.create(&app.token, app.agent, "x").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&app.token, app.agent, "x").await;
     app.settled(&app.token, task).await;
     // Comments are invisible to an SSE client, so this one test reads the raw bytes.
     let response = app
@@ -260,9 +252,9 @@ async fn idle_streams_get_heartbeats_and_a_retry_hint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_before_the_kept_log_gets_an_explicit_reset_event() {
     let app = TestApp::start().await;
-    let task = app.create(&app.token, app.agent, "one two three").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app
+        .create_task(&app.token, app.agent, "one two three")
+        .await;
     app.settled(&app.token, task).await;
     let pruned = app.store.prune_events(TaskId(task), 4).await.unwrap();
     assert_eq!(pruned, 3);
@@ -280,9 +272,7 @@ async fn a_cursor_before_the_kept_log_gets_an_explicit_reset_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_refused_before_any_byte_when_they_cannot_be_served() {
     let app = TestApp::start().await;
-    let task = app.create(&app.token, app.agent, "x").await["task_id"]
-        .as_i64()
-        .unwrap();
+    let task = app.create_task(&app.token, app.agent, "x").await;
     let (_, other) = app.agent_with_key(json!({})).await;
     let get = |token: String, query: &'static str, last_id: Option<&'static str>| {
         let mut request = app

@@ -12,17 +12,10 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Api, Server, agent_and_key, baton, run};
+use common::{Api, Server, agent_and_key, baton, run, sqlite_db};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::json;
-
-/// A SQLite database URL in a fresh directory (kept alive by the returned guard).
-fn sqlite_db() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
-    (dir, url)
-}
 
 #[test]
 fn readme_walkthrough_against_the_real_binary_then_revoke_and_sigterm() {

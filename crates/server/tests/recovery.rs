@@ -12,16 +12,10 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Api, CrashAgents, FAST_LEASES, RECOVERY_BOUND, Server, agent_and_key};
+use common::{Api, CrashAgents, FAST_LEASES, RECOVERY_BOUND, Server, agent_and_key, sqlite_db};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::json;
-
-fn sqlite_db() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
-    (dir, url)
-}
 
 #[test]
 fn sigkill_mid_turn_again_and_again_loses_nothing_and_leaves_nothing_running() {

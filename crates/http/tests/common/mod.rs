@@ -198,6 +198,12 @@ impl TestApp {
         body
     }
 
+    /// Creates a task and returns its id.
+    pub async fn create_task(&self, token: &str, agent: i64, text: &str) -> i64 {
+        let body = self.create(token, agent, text).await;
+        body["task_id"].as_i64().unwrap()
+    }
+
     /// Polls the task until its status leaves `running`.
     pub async fn settled(&self, token: &str, task: i64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -10,6 +10,13 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
+/// A SQLite database URL in a fresh directory (kept alive by the returned guard).
+pub fn sqlite_db() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    (dir, url)
+}
+
 /// The `baton` binary, on the database at `url` (`sqlite://…` or `postgres://…`).
 pub fn baton(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
