@@ -500,6 +500,8 @@ async fn suite(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // reqwest clients need a TLS crypto provider in this workspace (see baton-webhooks).
+    baton_test_support::init_tls();
     match Cli::parse().command {
         Cmd::Run {
             base_url,

@@ -70,6 +70,7 @@ pub(crate) fn request_hash(
         "agent_id": submit.agent_id,
         "message": {"role": submit.message.role, "content": submit.message.content},
         "metadata": submit.metadata,
+        "webhook": submit.webhook,
     });
     let digest = Sha256::digest(canonical(&request).to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -177,6 +178,7 @@ mod tests {
                 content: Content::text(text),
             },
             metadata: metadata.as_object().cloned().unwrap_or_default(),
+            webhook: None,
         }
     }
 

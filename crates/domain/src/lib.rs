@@ -17,6 +17,8 @@ pub mod ports;
 pub mod runner;
 pub mod service;
 pub mod validate;
+pub mod webhook_sender;
+pub mod webhooks;
 
 pub use content::{Content, TextFormat};
 pub use error::{ClaimError, FieldError, ServiceError, StoreError};
@@ -25,6 +27,10 @@ pub use idempotency::IdempotencyConfig;
 pub use model::*;
 pub use notify::{LocalNotifier, TaskWatch, TurnEndHook};
 pub use page::{Page, PageRequest};
-pub use ports::{AgentStore, Clock, SystemClock, TaskNotifier, TaskStore};
+pub use ports::{
+    AgentStore, Clock, SystemClock, TaskNotifier, TaskStore, WebhookStore, WebhookTransport,
+};
 pub use runner::{RunnerError, RunnerRegistry, SinkClosed, TurnInput, TurnRunner, TurnSink};
-pub use service::{AdminService, CreatedKey, Principal, TaskService};
+pub use service::{AdminService, CreatedKey, Principal, TaskService, WebhookSettings};
+pub use webhook_sender::{SenderConfig, WebhookSender};
+pub use webhooks::{DestinationPolicy, WebhookEndpoint, WebhookTarget};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::content::Content;
+use crate::webhooks::WebhookEndpoint;
 
 macro_rules! id_type {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
@@ -58,6 +59,8 @@ pub struct Agent {
     pub name: String,
     pub runner: RunnerSpec,
     pub policy: TurnPolicy,
+    /// Where this agent's turn ends are delivered when a request names no webhook.
+    pub webhook: Option<WebhookEndpoint>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -66,6 +69,7 @@ pub struct NewAgent {
     pub name: String,
     pub runner: RunnerSpec,
     pub policy: TurnPolicy,
+    pub webhook: Option<WebhookEndpoint>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -370,6 +374,8 @@ pub struct NewTask {
     /// The lease the new turn starts under.
     pub lease: Lease,
     pub idempotency: Option<IdempotencyRecord>,
+    /// Where the turn's end is delivered (else the agent's default webhook, if any).
+    pub webhook: Option<WebhookEndpoint>,
 }
 
 /// Everything needed to append a message and claim the task for its next turn.
@@ -382,6 +388,7 @@ pub struct NewAppend {
     pub now: DateTime<Utc>,
     pub lease: Lease,
     pub idempotency: Option<IdempotencyRecord>,
+    pub webhook: Option<WebhookEndpoint>,
 }
 
 /// What a claim did: started a turn, or found that the request's idempotency key had

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{ClaimError, StoreError};
 use crate::model::*;
 use crate::page::{Page, PageRequest};
+use crate::webhooks::{AttemptResult, DeliveryView, DueDelivery};
 
 /// Tasks, turns and messages.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -67,8 +68,10 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError>;
 
     /// Ends a running turn in one transaction: closes its open streamed message, stores
-    /// the given last messages, sets the outcome, ends the lease and appends the ending
-    /// event (`final`, `error` or `cancelled`, with the turn's output). Returns
+    /// the given last messages, sets the outcome, ends the lease, appends the ending
+    /// event (`final`, `error` or `cancelled`, with the turn's output), and — if the
+    /// turn has a webhook, or else its agent a default one — writes the delivery of
+    /// the turn's end to the webhook outbox ([`crate::webhooks::payload`]), due now. Returns
     /// `false`, storing nothing, if the turn was no longer running or the guard refused
     /// (so late output can never flip an ended turn, and a turn lost to a sweep is
     /// never ended twice).
@@ -123,6 +126,53 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Deletes idempotency records that expired at or before `now`; returns how many.
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// The webhook outbox: deliveries written by `TaskStore::finish_turn`, sent by any
+/// instance's sender.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Claims up to `limit` pending deliveries due at `now` and not claimed by a
+    /// sender whose claim still runs, for this sender until `until`. Concurrent
+    /// senders claim disjoint sets (`FOR UPDATE SKIP LOCKED` on PostgreSQL). A sender
+    /// that dies leaves its claim to run out, and the delivery is sent again.
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError>;
+
+    /// Records an attempt and what becomes of the delivery, and releases the claim.
+    /// `false` (nothing stored) if the delivery is no longer pending.
+    async fn record_attempt(&self, attempt: AttemptResult) -> Result<bool, StoreError>;
+
+    /// The task's deliveries with their attempts, oldest first; `None` if the agent
+    /// does not own the task.
+    async fn list_deliveries(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<DeliveryView>>, StoreError>;
+
+    /// Makes a delivery due again now, starting a new round of the retry schedule
+    /// (an operator's redelivery). `false` if there is no such delivery.
+    async fn redeliver(&self, delivery: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
+}
+
+/// Sends a signed delivery over the network.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait WebhookTransport: Send + Sync + 'static {
+    /// POSTs `body` with `headers` to `url`; the response's status, or why there was
+    /// none (refused destination, connection error, timeout).
+    async fn post(
+        &self,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<u16, String>;
 }
 
 /// Agents and their API keys.

@@ -12,8 +12,9 @@ use crate::keys;
 use crate::model::*;
 use crate::notify::LocalNotifier;
 use crate::page::{Page, PageRequest};
-use crate::ports::{AgentStore, TaskStore};
+use crate::ports::{AgentStore, TaskStore, WebhookStore};
 use crate::validate;
+use crate::webhooks::{self, DeliveryView, DestinationPolicy, WebhookEndpoint, WebhookTarget};
 
 /// Who is calling: the agent the presented key is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,18 @@ pub struct SubmitMessage {
     pub agent_id: AgentId,
     pub message: NewMessage,
     pub metadata: Metadata,
+    /// Where to deliver the end of the turn (else the agent's default webhook).
+    pub webhook: Option<WebhookTarget>,
+}
+
+/// What the services need to know about webhooks.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookSettings {
+    /// Which destinations are refused.
+    pub destinations: DestinationPolicy,
+    /// The server's signing secrets, for a request webhook without a secret whose
+    /// agent has no default webhook secret either. Empty: such a request is refused.
+    pub signing_secrets: Vec<String>,
 }
 
 /// The task API's use cases.
@@ -40,6 +53,8 @@ pub struct TaskService {
     hub: LocalNotifier,
     idempotency: IdempotencyConfig,
     keys: InFlightKeys,
+    webhooks: WebhookSettings,
+    deliveries: Option<Arc<dyn WebhookStore>>,
 }
 
 /// The longest a long-poll may wait; longer requests wait this long.
@@ -71,12 +86,79 @@ impl TaskService {
             hub,
             idempotency: IdempotencyConfig::default(),
             keys: InFlightKeys::default(),
+            webhooks: WebhookSettings::default(),
+            deliveries: None,
         }
     }
 
     pub fn with_idempotency(mut self, config: IdempotencyConfig) -> Self {
         self.idempotency = config;
         self
+    }
+
+    /// Webhook destinations and secrets, and the outbox deliveries are listed from.
+    pub fn with_webhooks(
+        mut self,
+        settings: WebhookSettings,
+        deliveries: Arc<dyn WebhookStore>,
+    ) -> Self {
+        self.webhooks = settings;
+        self.deliveries = Some(deliveries);
+        self
+    }
+
+    /// The endpoint a request's webhook resolves to: its URL with its own secret, or
+    /// the agent's default webhook secrets, or the server's signing secrets.
+    async fn resolve_webhook(
+        &self,
+        agent: AgentId,
+        target: Option<WebhookTarget>,
+    ) -> Result<Option<WebhookEndpoint>, ServiceError> {
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let secrets = match target.secret {
+            Some(secret) => vec![secret],
+            None => {
+                let agent_secrets = self
+                    .agents
+                    .get_agent(agent)
+                    .await?
+                    .and_then(|a| a.webhook)
+                    .map(|w| w.secrets)
+                    .unwrap_or_default();
+                if agent_secrets.is_empty() {
+                    self.webhooks.signing_secrets.clone()
+                } else {
+                    agent_secrets
+                }
+            }
+        };
+        if secrets.is_empty() {
+            return Err(ServiceError::invalid(
+                "webhook.secret",
+                "is required: neither the agent's default webhook nor this server has a signing secret",
+            ));
+        }
+        Ok(Some(WebhookEndpoint {
+            url: target.url,
+            secrets,
+        }))
+    }
+
+    /// The task's webhook deliveries with their attempts.
+    pub async fn list_deliveries(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+    ) -> Result<Vec<DeliveryView>, ServiceError> {
+        let store = self.deliveries.as_ref().ok_or_else(|| {
+            ServiceError::Unavailable("webhooks are not configured on this server".into())
+        })?;
+        store
+            .list_deliveries(who.agent_id, task_id)
+            .await?
+            .ok_or(ServiceError::TaskNotFound)
     }
 
     pub fn executor(&self) -> &TurnExecutor {
@@ -108,10 +190,11 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
-        check_submission(who, &submit, key.as_deref())?;
+        check_submission(who, &submit, key.as_deref(), &self.webhooks.destinations)?;
         let now = self.executor.clock().now();
         let idempotency =
             self.idempotency_record(key.as_deref(), "create_task", None, &submit, now);
+        let webhook = self.resolve_webhook(who.agent_id, submit.webhook).await?;
         let new = NewTask {
             agent_id: who.agent_id,
             message: submit.message,
@@ -119,6 +202,7 @@ impl TaskService {
             now,
             lease: self.executor.new_lease(now),
             idempotency,
+            webhook,
         };
         let tasks = self.tasks.clone();
         self.claim(who, key, async move { tasks.create_task(new).await })
@@ -135,7 +219,7 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
-        check_submission(who, &submit, key.as_deref())?;
+        check_submission(who, &submit, key.as_deref(), &self.webhooks.destinations)?;
         let now = self.executor.clock().now();
         let idempotency = self.idempotency_record(
             key.as_deref(),
@@ -144,6 +228,7 @@ impl TaskService {
             &submit,
             now,
         );
+        let webhook = self.resolve_webhook(who.agent_id, submit.webhook).await?;
         let append = NewAppend {
             agent_id: who.agent_id,
             task_id,
@@ -152,6 +237,7 @@ impl TaskService {
             now,
             lease: self.executor.new_lease(now),
             idempotency,
+            webhook,
         };
         let tasks = self.tasks.clone();
         self.claim(
@@ -374,6 +460,7 @@ fn check_submission(
     who: &Principal,
     submit: &SubmitMessage,
     key: Option<&str>,
+    destinations: &DestinationPolicy,
 ) -> Result<(), ServiceError> {
     if submit.agent_id != who.agent_id {
         return Err(ServiceError::AgentNotFound);
@@ -381,6 +468,9 @@ fn check_submission(
     let mut errors = Vec::new();
     if let Some(key) = key {
         idempotency::check_key(key, &mut errors);
+    }
+    if let Some(webhook) = &submit.webhook {
+        webhooks::check_target(webhook, destinations, "webhook", &mut errors);
     }
     validate::client_message(&submit.message, &mut errors);
     validate::metadata(&submit.metadata, &mut errors);
@@ -403,6 +493,8 @@ pub struct CreatedKey {
 pub struct AdminService {
     agents: Arc<dyn AgentStore>,
     executor: TurnExecutor,
+    destinations: DestinationPolicy,
+    deliveries: Option<Arc<dyn WebhookStore>>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -413,20 +505,52 @@ impl std::fmt::Debug for AdminService {
 
 impl AdminService {
     pub fn new(agents: Arc<dyn AgentStore>, executor: TurnExecutor) -> Self {
-        AdminService { agents, executor }
+        AdminService {
+            agents,
+            executor,
+            destinations: DestinationPolicy::default(),
+            deliveries: None,
+        }
+    }
+
+    /// Which webhook destinations agents may have, and the outbox redeliveries go to.
+    pub fn with_webhooks(
+        mut self,
+        destinations: DestinationPolicy,
+        deliveries: Arc<dyn WebhookStore>,
+    ) -> Self {
+        self.destinations = destinations;
+        self.deliveries = Some(deliveries);
+        self
+    }
+
+    /// Makes a webhook delivery due again now (a new round of retries).
+    pub async fn redeliver(&self, delivery: i64) -> Result<bool, ServiceError> {
+        let store = self.deliveries.as_ref().ok_or_else(|| {
+            ServiceError::Unavailable("webhooks are not configured on this server".into())
+        })?;
+        Ok(store
+            .redeliver(delivery, self.executor.clock().now())
+            .await?)
     }
 
     /// Creates an agent after checking its name, that its runner kind is registered,
-    /// that the runner accepts its configuration, and its turn policy.
+    /// that the runner accepts its configuration, its turn policy and its default
+    /// webhook. A default webhook given without a secret gets a new one (in the
+    /// returned agent, to be handed to the receiver).
     pub async fn create_agent(
         &self,
         name: &str,
         runner: RunnerSpec,
         policy: TurnPolicy,
+        webhook: Option<WebhookTarget>,
     ) -> Result<Agent, ServiceError> {
         let mut errors = Vec::new();
         validate::agent_name(name, &mut errors);
         validate::turn_policy(&policy, &mut errors);
+        if let Some(webhook) = &webhook {
+            webhooks::check_target(webhook, &self.destinations, "webhook", &mut errors);
+        }
         match self.executor.runners().get(&runner.kind) {
             None => {
                 let known: Vec<_> = self.executor.runners().kinds().collect();
@@ -452,6 +576,10 @@ impl AdminService {
             name: name.trim().to_owned(),
             runner,
             policy,
+            webhook: webhook.map(|target| WebhookEndpoint {
+                url: target.url,
+                secrets: vec![target.secret.unwrap_or_else(webhooks::new_secret)],
+            }),
             created_at: self.executor.clock().now(),
         };
         Ok(self.agents.create_agent(new).await?)

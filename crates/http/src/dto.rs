@@ -2,6 +2,7 @@
 
 use baton_domain::{
     Accepted, Content, Message, Metadata, NewMessage, Role, TaskStatus, TaskView, Turn,
+    WebhookTarget,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,9 @@ pub struct SubmitBody {
     pub message: MessageBody,
     #[serde(default)]
     pub metadata: Option<Metadata>,
+    /// Where to deliver the end of the turn: `{url, secret?}`.
+    #[serde(default)]
+    pub webhook: Option<WebhookTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +44,7 @@ impl SubmitBody {
                 content: self.message.content,
             },
             metadata: self.metadata.unwrap_or_default(),
+            webhook: self.webhook,
         }
     }
 }

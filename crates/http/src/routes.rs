@@ -29,6 +29,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/chat/tasks/{task_id}/webhook-deliveries")
+            .route(web::get().to(list_deliveries))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/chat/tasks/{task_id}/cancel")
             .route(web::post().to(cancel))
             .default_service(web::to(method_not_allowed)),
@@ -104,6 +109,16 @@ async fn append_message(
         .append_message(&who, task, body.into_submit(), key)
         .await?;
     Ok(accepted(done))
+}
+
+async fn list_deliveries(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let deliveries = state.tasks.list_deliveries(&who, task).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": deliveries })))
 }
 
 async fn cancel(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {

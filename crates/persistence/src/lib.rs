@@ -12,6 +12,7 @@ mod queries;
 mod schema;
 
 use async_trait::async_trait;
+use baton_domain::webhooks::{AttemptResult, DeliveryView, DueDelivery};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 
@@ -237,6 +238,42 @@ impl TaskStore for SqlStore {
 
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         on_conn!(self, writer, |conn, q| q::purge_idempotency_keys(conn, now)
+            .await)
+    }
+}
+
+#[async_trait]
+impl WebhookStore for SqlStore {
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::claim_deliveries(
+            conn, now, until, limit
+        )
+        .await)
+    }
+
+    async fn record_attempt(&self, attempt: AttemptResult) -> Result<bool, StoreError> {
+        on_conn!(self, writer, |conn, q| q::record_attempt(conn, &attempt)
+            .await)
+    }
+
+    async fn list_deliveries(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<DeliveryView>>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_deliveries(
+            conn, agent, task
+        )
+        .await)
+    }
+
+    async fn redeliver(&self, delivery: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        on_conn!(self, writer, |conn, q| q::redeliver(conn, delivery, now)
             .await)
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use baton_domain::webhooks::{AttemptResult, AttemptView, DeliveryView, DueDelivery, NextStep};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 
@@ -21,6 +22,18 @@ struct State {
     /// Running turns' leases: holder (none once released) and expiry.
     leases: HashMap<TurnId, (Option<String>, DateTime<Utc>)>,
     idempotency: HashMap<(AgentId, String), StoredKey>,
+    /// Turns' own webhooks (from their requests).
+    turn_webhooks: HashMap<TurnId, WebhookEndpoint>,
+    deliveries: Vec<MemoryDelivery>,
+}
+
+#[derive(Debug)]
+struct MemoryDelivery {
+    view: DeliveryView,
+    endpoint: WebhookEndpoint,
+    payload: String,
+    round_start: u32,
+    claimed_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -71,6 +84,7 @@ impl State {
         message: &NewMessage,
         metadata: &Metadata,
         lease: &Lease,
+        webhook: Option<&WebhookEndpoint>,
         now: DateTime<Utc>,
     ) -> TurnId {
         let turn = Turn {
@@ -86,6 +100,9 @@ impl State {
         self.turns.push(turn.clone());
         self.leases
             .insert(turn.id, (Some(lease.owner.clone()), lease.expires_at));
+        if let Some(webhook) = webhook {
+            self.turn_webhooks.insert(turn.id, webhook.clone());
+        }
         let content = message.content.clone();
         let input = self.push_message(task, turn.id, message.role, content, None, now);
         let data = baton_domain::events::turn_started(&turn, &input);
@@ -177,6 +194,42 @@ impl State {
             .is_none_or(|(_, expires_at)| *expires_at <= cutoff)
     }
 
+    /// Writes the delivery of a turn's end, if the turn or its agent has a webhook.
+    fn queue_delivery(&mut self, turn: &Turn, output: &[Message], now: DateTime<Utc>) {
+        let Some(task) = self.tasks.iter().find(|t| t.id == turn.task_id) else {
+            return;
+        };
+        let agent_hook = self
+            .agents
+            .iter()
+            .find(|a| a.id == task.agent_id)
+            .and_then(|a| a.webhook.clone());
+        let Some(endpoint) = self.turn_webhooks.get(&turn.id).cloned().or(agent_hook) else {
+            return;
+        };
+        let payload =
+            baton_domain::webhooks::payload(turn, task.agent_id.0, output, &task.metadata);
+        let view = DeliveryView {
+            delivery_id: self.deliveries.len() as i64 + 1,
+            webhook_id: baton_domain::webhooks::new_delivery_id(),
+            task_id: turn.task_id.0,
+            turn_id: turn.id.0,
+            event_type: baton_domain::webhooks::event_type(turn).to_owned(),
+            url: endpoint.url.clone(),
+            status: "pending".to_owned(),
+            next_attempt_at: Some(now),
+            created_at: now,
+            attempts: Vec::new(),
+        };
+        self.deliveries.push(MemoryDelivery {
+            view,
+            endpoint,
+            payload: payload.to_string(),
+            round_start: 0,
+            claimed_until: None,
+        });
+    }
+
     /// The stored answer for a live key (see `TaskStore::create_task`).
     fn replay(
         &mut self,
@@ -256,7 +309,14 @@ impl TaskStore for MemoryStore {
             created_at: new.now,
             updated_at: new.now,
         });
-        let turn_id = state.start_turn(task_id, &new.message, &new.metadata, &new.lease, new.now);
+        let turn_id = state.start_turn(
+            task_id,
+            &new.message,
+            &new.metadata,
+            &new.lease,
+            new.webhook.as_ref(),
+            new.now,
+        );
         let accepted = Accepted {
             task_id,
             agent_id: new.agent_id,
@@ -288,6 +348,7 @@ impl TaskStore for MemoryStore {
             &append.message,
             &append.metadata,
             &append.lease,
+            append.webhook.as_ref(),
             append.now,
         );
         if let Some(task) = state.tasks.iter_mut().find(|t| t.id == append.task_id) {
@@ -431,6 +492,7 @@ impl TaskStore for MemoryStore {
             .collect();
         let (kind, data) = baton_domain::events::turn_ended(&turn, &output);
         state.push_event(task, turn_id, kind, data, now);
+        state.queue_delivery(&turn, &output, now);
         if let Some(task) = state.tasks.iter_mut().find(|t| t.id == task) {
             task.updated_at = now;
         }
@@ -577,6 +639,100 @@ impl TaskStore for MemoryStore {
 }
 
 #[async_trait]
+impl WebhookStore for MemoryStore {
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let mut state = self.lock()?;
+        let mut due = Vec::new();
+        for delivery in state.deliveries.iter_mut().filter(|d| {
+            d.view.status == "pending"
+                && d.view.next_attempt_at.is_some_and(|at| at <= now)
+                && d.claimed_until.is_none_or(|until| until <= now)
+        }) {
+            if due.len() == limit as usize {
+                break;
+            }
+            delivery.claimed_until = Some(until);
+            due.push(DueDelivery {
+                id: delivery.view.delivery_id,
+                webhook_id: delivery.view.webhook_id.clone(),
+                endpoint: delivery.endpoint.clone(),
+                payload: delivery.payload.clone(),
+                failed_in_round: delivery.view.attempts.len() as u32 - delivery.round_start,
+            });
+        }
+        Ok(due)
+    }
+
+    async fn record_attempt(&self, attempt: AttemptResult) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let Some(delivery) = state
+            .deliveries
+            .iter_mut()
+            .find(|d| d.view.delivery_id == attempt.delivery_id && d.view.status == "pending")
+        else {
+            return Ok(false);
+        };
+        let (status, next) = match attempt.next {
+            NextStep::Delivered => ("delivered", None),
+            NextStep::RetryAt(at) => ("pending", Some(at)),
+            NextStep::GiveUp => ("failed", None),
+        };
+        delivery.view.status = status.to_owned();
+        delivery.view.next_attempt_at = next;
+        delivery.claimed_until = None;
+        let number = delivery.view.attempts.len() as u32 + 1;
+        delivery.view.attempts.push(AttemptView {
+            attempt: number,
+            started_at: attempt.started_at,
+            status_code: attempt.status_code,
+            latency_ms: attempt.latency_ms,
+            error: attempt.error,
+        });
+        Ok(true)
+    }
+
+    async fn list_deliveries(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<DeliveryView>>, StoreError> {
+        let state = self.lock()?;
+        if state.owned_task(agent, task).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            state
+                .deliveries
+                .iter()
+                .filter(|d| d.view.task_id == task.0)
+                .map(|d| d.view.clone())
+                .collect(),
+        ))
+    }
+
+    async fn redeliver(&self, delivery: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let Some(found) = state
+            .deliveries
+            .iter_mut()
+            .find(|d| d.view.delivery_id == delivery)
+        else {
+            return Ok(false);
+        };
+        found.view.status = "pending".to_owned();
+        found.view.next_attempt_at = Some(now);
+        found.claimed_until = None;
+        found.round_start = found.view.attempts.len() as u32;
+        Ok(true)
+    }
+}
+
+#[async_trait]
 impl AgentStore for MemoryStore {
     async fn create_agent(&self, new: NewAgent) -> Result<Agent, StoreError> {
         let mut state = self.lock()?;
@@ -585,6 +741,7 @@ impl AgentStore for MemoryStore {
             name: new.name,
             runner: new.runner,
             policy: new.policy,
+            webhook: new.webhook,
             created_at: new.created_at,
         };
         state.agents.push(agent.clone());

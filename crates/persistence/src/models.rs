@@ -1,5 +1,6 @@
 //! Row types and their conversions to and from the domain's types.
 
+use baton_domain::webhooks::{AttemptView, DeliveryView, DueDelivery};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -43,6 +44,8 @@ pub(crate) struct AgentRow {
     pub on_interrupt: String,
     pub max_attempts: i64,
     pub turn_timeout_ms: i64,
+    pub webhook_url: Option<String>,
+    pub webhook_secrets: Option<String>,
 }
 
 impl AgentRow {
@@ -61,9 +64,15 @@ impl AgentRow {
                     corrupt(format!("agents.turn_timeout_ms: {}", self.turn_timeout_ms))
                 })?,
             },
+            webhook: endpoint(self.webhook_url, self.webhook_secrets),
             created_at: from_micros(self.created_at)?,
         })
     }
+}
+
+/// A webhook stored as its URL and secrets columns.
+pub(crate) fn endpoint(url: Option<String>, secrets: Option<String>) -> Option<WebhookEndpoint> {
+    Some(WebhookEndpoint::from_columns(url?, &secrets?))
 }
 
 /// A small positive count stored as BIGINT.
@@ -81,6 +90,8 @@ pub(crate) struct NewAgentRow {
     pub on_interrupt: &'static str,
     pub max_attempts: i64,
     pub turn_timeout_ms: i64,
+    pub webhook_url: Option<String>,
+    pub webhook_secrets: Option<String>,
 }
 
 impl NewAgentRow {
@@ -94,6 +105,8 @@ impl NewAgentRow {
             max_attempts: i64::from(new.policy.max_attempts),
             turn_timeout_ms: i64::try_from(new.policy.turn_timeout_ms)
                 .map_err(StoreError::internal)?,
+            webhook_url: new.webhook.as_ref().map(|w| w.url.clone()),
+            webhook_secrets: new.webhook.as_ref().map(WebhookEndpoint::secrets_column),
         })
     }
 }
@@ -210,6 +223,97 @@ pub(crate) struct NewTurnRow {
     pub started_at: i64,
     pub lease_owner: String,
     pub lease_expires_at: i64,
+    pub webhook_url: Option<String>,
+    pub webhook_secrets: Option<String>,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = webhook_deliveries)]
+pub(crate) struct DeliveryRow {
+    pub id: i64,
+    pub webhook_id: String,
+    pub task_id: i64,
+    pub turn_id: i64,
+    pub event_type: String,
+    pub url: String,
+    pub secrets: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i64,
+    pub round_start: i64,
+    pub next_attempt_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl DeliveryRow {
+    pub fn into_due(self) -> Result<DueDelivery, StoreError> {
+        Ok(DueDelivery {
+            id: self.id,
+            webhook_id: self.webhook_id,
+            endpoint: WebhookEndpoint::from_columns(self.url, &self.secrets),
+            payload: self.payload,
+            failed_in_round: count(
+                "webhook_deliveries.attempts",
+                self.attempts - self.round_start,
+            )?,
+        })
+    }
+
+    pub fn into_view(self, attempts: Vec<AttemptView>) -> Result<DeliveryView, StoreError> {
+        Ok(DeliveryView {
+            delivery_id: self.id,
+            webhook_id: self.webhook_id,
+            task_id: self.task_id,
+            turn_id: self.turn_id,
+            event_type: self.event_type,
+            url: self.url,
+            status: self.status,
+            next_attempt_at: self.next_attempt_at.map(from_micros).transpose()?,
+            created_at: from_micros(self.created_at)?,
+            attempts,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = webhook_deliveries)]
+pub(crate) struct NewDeliveryRow {
+    pub webhook_id: String,
+    pub task_id: i64,
+    pub turn_id: i64,
+    pub event_type: String,
+    pub url: String,
+    pub secrets: String,
+    pub payload: String,
+    pub status: &'static str,
+    pub next_attempt_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = webhook_attempts)]
+pub(crate) struct AttemptRow {
+    pub delivery_id: i64,
+    pub attempt: i64,
+    pub started_at: i64,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+impl AttemptRow {
+    pub fn into_view(self) -> Result<AttemptView, StoreError> {
+        Ok(AttemptView {
+            attempt: count("webhook_attempts.attempt", self.attempt)?,
+            started_at: from_micros(self.started_at)?,
+            status_code: self
+                .status_code
+                .map(|code| u16::try_from(code).map_err(|_| corrupt(format!("status code {code}"))))
+                .transpose()?,
+            latency_ms: u64::try_from(self.latency_ms).unwrap_or(0),
+            error: self.error,
+        })
+    }
 }
 
 #[derive(Debug, Queryable, Selectable)]

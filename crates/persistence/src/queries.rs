@@ -91,7 +91,7 @@ pub(crate) mod announce {
 }
 
 macro_rules! define_queries {
-    ($Conn:ty, $Db:ty, $begin_write:ident, $announce:path) => {
+    ($Conn:ty, $Db:ty, $begin_write:ident, $announce:path, [$($lock_skip_locked:tt)*]) => {
         use std::collections::HashMap;
 
         use baton_domain::*;
@@ -105,7 +105,13 @@ macro_rules! define_queries {
         use crate::error::from_diesel;
         use crate::models::*;
         use crate::queries::TxError;
-        use crate::schema::{agents, api_keys, events, idempotency_keys, messages, tasks, turns};
+        use crate::schema::{
+            agents, api_keys, events, idempotency_keys, messages, tasks, turns, webhook_attempts,
+            webhook_deliveries,
+        };
+        use baton_domain::webhooks::{
+            AttemptResult, DeliveryView, DueDelivery, NextStep, WebhookEndpoint,
+        };
 
         type Conn = $Conn;
         type Db = $Db;
@@ -204,6 +210,7 @@ macro_rules! define_queries {
             message: &NewMessage,
             metadata: &Metadata,
             lease: &Lease,
+            webhook: Option<&WebhookEndpoint>,
             at: DateTime<Utc>,
         ) -> Result<TurnId, TxError> {
             let row = NewTurnRow {
@@ -213,6 +220,8 @@ macro_rules! define_queries {
                 started_at: micros(at),
                 lease_owner: lease.owner.clone(),
                 lease_expires_at: micros(lease.expires_at),
+                webhook_url: webhook.map(|w| w.url.clone()),
+                webhook_secrets: webhook.map(WebhookEndpoint::secrets_column),
             };
             let turn: i64 = diesel::insert_into(turns::table)
                 .values(&row)
@@ -344,6 +353,7 @@ macro_rules! define_queries {
                             &new.message,
                             &new.metadata,
                             &new.lease,
+                            new.webhook.as_ref(),
                             new.now,
                         )
                         .await?;
@@ -404,6 +414,7 @@ macro_rules! define_queries {
                             &append.message,
                             &append.metadata,
                             &append.lease,
+                            append.webhook.as_ref(),
                             append.now,
                         )
                         .await?;
@@ -832,12 +843,14 @@ macro_rules! define_queries {
                     .select(TurnRow::as_select())
                     .first(conn)
                     .await?;
-                let (kind, data) = baton_domain::events::turn_ended(&ended.into_domain()?, &output);
+                let ended = ended.into_domain()?;
+                let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
                 drafts.push(EventDraft {
                     turn_id: turn,
                     kind,
                     data,
                 });
+                queue_delivery(conn, &ended, &output, now).await?;
                 diesel::update(tasks::table.find(task.0))
                     .set(tasks::updated_at.eq(now))
                     .execute(conn)
@@ -848,6 +861,210 @@ macro_rules! define_queries {
             })
             .await
             .map_err(TxError::into_store)
+        }
+
+        /// Writes the delivery of a turn's end to the outbox, if the turn has a webhook
+        /// or its agent a default one.
+        async fn queue_delivery(
+            conn: &mut Conn,
+            ended: &Turn,
+            output: &[Message],
+            now: i64,
+        ) -> Result<(), TxError> {
+            let (url, secrets): (Option<String>, Option<String>) = turns::table
+                .find(ended.id.0)
+                .select((turns::webhook_url, turns::webhook_secrets))
+                .first(conn)
+                .await?;
+            let (agent_id, task_metadata, agent_url, agent_secrets): (
+                i64,
+                String,
+                Option<String>,
+                Option<String>,
+            ) = tasks::table
+                .inner_join(agents::table)
+                .filter(tasks::id.eq(ended.task_id.0))
+                .select((
+                    tasks::agent_id,
+                    tasks::metadata,
+                    agents::webhook_url,
+                    agents::webhook_secrets,
+                ))
+                .first(conn)
+                .await?;
+            let Some(endpoint) = endpoint(url, secrets).or(endpoint(agent_url, agent_secrets))
+            else {
+                return Ok(());
+            };
+            let task_metadata: Metadata = serde_json::from_str(&task_metadata)
+                .map_err(|err| crate::error::corrupt(format!("tasks.metadata: {err}")))?;
+            let payload = baton_domain::webhooks::payload(ended, agent_id, output, &task_metadata);
+            let row = NewDeliveryRow {
+                webhook_id: baton_domain::webhooks::new_delivery_id(),
+                task_id: ended.task_id.0,
+                turn_id: ended.id.0,
+                event_type: baton_domain::webhooks::event_type(ended).to_owned(),
+                url: endpoint.url.clone(),
+                secrets: endpoint.secrets_column(),
+                payload: serde_json::to_string(&payload).map_err(StoreError::internal)?,
+                status: "pending",
+                next_attempt_at: Some(now),
+                created_at: now,
+            };
+            diesel::insert_into(webhook_deliveries::table)
+                .values(&row)
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn claim_deliveries(
+            conn: &mut Conn,
+            now: DateTime<Utc>,
+            until: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<DueDelivery>, StoreError> {
+            let now = micros(now);
+            conn.$begin_write(async |conn| {
+                let due: Vec<i64> = webhook_deliveries::table
+                    .filter(
+                        webhook_deliveries::status
+                            .eq("pending")
+                            .and(webhook_deliveries::next_attempt_at.le(now))
+                            .and(
+                                webhook_deliveries::claimed_until
+                                    .is_null()
+                                    .or(webhook_deliveries::claimed_until.le(now)),
+                            ),
+                    )
+                    .order(webhook_deliveries::next_attempt_at.asc())
+                    .limit(i64::from(limit))
+                    .select(webhook_deliveries::id)
+                    $($lock_skip_locked)*
+                    .load(conn)
+                    .await?;
+                if due.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let claimed: Vec<DeliveryRow> = diesel::update(
+                    webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(&due)),
+                )
+                .set(webhook_deliveries::claimed_until.eq(micros(until)))
+                .returning(DeliveryRow::as_returning())
+                .get_results(conn)
+                .await?;
+                Ok::<_, TxError>(
+                    claimed
+                        .into_iter()
+                        .map(DeliveryRow::into_due)
+                        .collect::<Result<_, _>>()?,
+                )
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn record_attempt(
+            conn: &mut Conn,
+            attempt: &AttemptResult,
+        ) -> Result<bool, StoreError> {
+            let (status, next_at) = match attempt.next {
+                NextStep::Delivered => ("delivered", None),
+                NextStep::RetryAt(at) => ("pending", Some(micros(at))),
+                NextStep::GiveUp => ("failed", None),
+            };
+            conn.$begin_write(async |conn| {
+                let number: Option<i64> = diesel::update(
+                    webhook_deliveries::table.filter(
+                        webhook_deliveries::id
+                            .eq(attempt.delivery_id)
+                            .and(webhook_deliveries::status.eq("pending")),
+                    ),
+                )
+                .set((
+                    webhook_deliveries::status.eq(status),
+                    webhook_deliveries::attempts.eq(webhook_deliveries::attempts + 1),
+                    webhook_deliveries::next_attempt_at.eq(next_at),
+                    webhook_deliveries::claimed_until.eq(None::<i64>),
+                ))
+                .returning(webhook_deliveries::attempts)
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some(number) = number else { return Ok(false) };
+                let row = AttemptRow {
+                    delivery_id: attempt.delivery_id,
+                    attempt: number,
+                    started_at: micros(attempt.started_at),
+                    status_code: attempt.status_code.map(i64::from),
+                    latency_ms: i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX),
+                    error: attempt.error.clone(),
+                };
+                diesel::insert_into(webhook_attempts::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                Ok::<_, TxError>(true)
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn list_deliveries(
+            conn: &mut Conn,
+            agent: AgentId,
+            task: TaskId,
+        ) -> Result<Option<Vec<DeliveryView>>, StoreError> {
+            conn.transaction(async |conn| {
+                if owned_task(conn, agent, task).await?.is_none() {
+                    return Ok(None);
+                }
+                let rows: Vec<DeliveryRow> = webhook_deliveries::table
+                    .filter(webhook_deliveries::task_id.eq(task.0))
+                    .order(webhook_deliveries::id.asc())
+                    .select(DeliveryRow::as_select())
+                    .load(conn)
+                    .await?;
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let mut attempts: HashMap<i64, Vec<_>> = HashMap::new();
+                let attempt_rows: Vec<AttemptRow> = webhook_attempts::table
+                    .filter(webhook_attempts::delivery_id.eq_any(&ids))
+                    .order((webhook_attempts::delivery_id.asc(), webhook_attempts::attempt.asc()))
+                    .select(AttemptRow::as_select())
+                    .load(conn)
+                    .await?;
+                for row in attempt_rows {
+                    attempts.entry(row.delivery_id).or_default().push(row.into_view()?);
+                }
+                let views = rows
+                    .into_iter()
+                    .map(|row| {
+                        let mine = attempts.remove(&row.id).unwrap_or_default();
+                        row.into_view(mine)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, TxError>(Some(views))
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn redeliver(
+            conn: &mut Conn,
+            delivery: i64,
+            now: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            let updated = diesel::update(webhook_deliveries::table.find(delivery))
+                .set((
+                    webhook_deliveries::status.eq("pending"),
+                    webhook_deliveries::round_start.eq(webhook_deliveries::attempts),
+                    webhook_deliveries::next_attempt_at.eq(Some(micros(now))),
+                    webhook_deliveries::claimed_until.eq(None::<i64>),
+                ))
+                .execute(conn)
+                .await
+                .map_err(from_diesel)?;
+            Ok(updated > 0)
         }
 
         pub(crate) async fn list_events(
@@ -1151,7 +1368,9 @@ pub(crate) mod sqlite {
         crate::backend::SqliteConn,
         diesel::sqlite::Sqlite,
         immediate_transaction,
-        crate::queries::announce::sqlite
+        crate::queries::announce::sqlite,
+        // One writer at a time: the write transaction is the lock.
+        []
     );
 }
 
@@ -1161,6 +1380,8 @@ pub(crate) mod postgres {
         crate::backend::PgConn,
         diesel::pg::Pg,
         transaction,
-        crate::queries::announce::postgres
+        crate::queries::announce::postgres,
+        // Concurrent senders on several instances claim disjoint deliveries.
+        [.for_update().skip_locked()]
     );
 }

@@ -11,6 +11,8 @@ diesel::table! {
         on_interrupt -> Text,
         max_attempts -> BigInt,
         turn_timeout_ms -> BigInt,
+        webhook_url -> Nullable<Text>,
+        webhook_secrets -> Nullable<Text>,
     }
 }
 
@@ -61,6 +63,38 @@ diesel::table! {
         attempt -> BigInt,
         lease_owner -> Nullable<Text>,
         lease_expires_at -> Nullable<BigInt>,
+        webhook_url -> Nullable<Text>,
+        webhook_secrets -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> BigInt,
+        webhook_id -> Text,
+        task_id -> BigInt,
+        turn_id -> BigInt,
+        event_type -> Text,
+        url -> Text,
+        secrets -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        round_start -> BigInt,
+        next_attempt_at -> Nullable<BigInt>,
+        claimed_until -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (delivery_id, attempt) {
+        delivery_id -> BigInt,
+        attempt -> BigInt,
+        started_at -> BigInt,
+        status_code -> Nullable<BigInt>,
+        latency_ms -> BigInt,
+        error -> Nullable<Text>,
     }
 }
 
@@ -100,5 +134,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     turns,
     messages,
     events,
-    idempotency_keys
+    idempotency_keys,
+    webhook_deliveries,
+    webhook_attempts
 );

@@ -12,6 +12,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use baton_domain::webhooks::{AttemptResult, NextStep};
 use baton_domain::*;
 use baton_persistence::{MemoryStore, SqlStore, StoreOptions};
 use baton_test_support::TestDatabase;
@@ -105,6 +106,9 @@ conformance!(
     cancel_ends_a_running_turn_keeping_its_partial_text,
     idempotency_keys_replay_refuse_other_requests_and_expire,
     twenty_concurrent_first_uses_of_a_key_start_one_turn,
+    a_turns_end_is_queued_for_its_webhook_or_its_agents,
+    claims_are_exclusive_until_they_run_out_and_attempts_are_recorded,
+    concurrent_claims_take_disjoint_deliveries,
     agents_round_trip_and_are_counted,
     keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
     events_number_from_one_per_task_and_tell_the_whole_turn,
@@ -137,6 +141,7 @@ async fn agent(store: &impl Store, name: &str) -> Agent {
                 max_attempts: 4,
                 turn_timeout_ms: 1500,
             },
+            webhook: None,
             created_at: at(0),
         })
         .await
@@ -187,6 +192,7 @@ async fn create(
             now: at(1),
             lease: lease(),
             idempotency,
+            webhook: None,
         })
         .await
 }
@@ -200,6 +206,7 @@ fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
         now: at(2),
         lease: lease(),
         idempotency: None,
+        webhook: None,
     }
 }
 
@@ -642,6 +649,7 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
             now: at(1),
             lease: lease(),
             idempotency: None,
+            webhook: None,
         })
         .await
         .map(started)
@@ -1396,4 +1404,315 @@ async fn events_page_after_a_cursor_and_report_pruning(store: Arc<impl Store>) {
         page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [6, 7]
     );
+}
+
+trait WebhookStoreUnderTest: Store + WebhookStore {}
+impl<S: Store + WebhookStore> WebhookStoreUnderTest for S {}
+
+fn hook(url: &str) -> WebhookEndpoint {
+    WebhookEndpoint {
+        url: url.into(),
+        secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+    }
+}
+
+async fn task_with_hook(
+    store: &impl Store,
+    agent: AgentId,
+    webhook: Option<WebhookEndpoint>,
+) -> Accepted {
+    started(
+        store
+            .create_task(NewTask {
+                agent_id: agent,
+                message: user("hook me"),
+                metadata: json!({"trace": "t-9"}).as_object().cloned().unwrap(),
+                now: at(1),
+                lease: lease(),
+                idempotency: None,
+                webhook,
+            })
+            .await
+            .unwrap(),
+    )
+}
+
+async fn a_turns_end_is_queued_for_its_webhook_or_its_agents(
+    store: Arc<impl WebhookStoreUnderTest>,
+) {
+    let a = agent(&*store, "plain").await;
+    let own = task_with_hook(&*store, a.id, Some(hook("https://own.example/hook"))).await;
+    let none = task_with_hook(&*store, a.id, None).await;
+    assert!(
+        store
+            .list_deliveries(a.id, own.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        finish(
+            &*store,
+            &own,
+            TurnOutcome::Completed,
+            vec![Content::text("done")]
+        )
+        .await
+    );
+    assert!(finish(&*store, &none, TurnOutcome::Completed, vec![]).await);
+    let listed = store
+        .list_deliveries(a.id, own.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let delivery = &listed[0];
+    assert_eq!(
+        (
+            delivery.turn_id,
+            delivery.event_type.as_str(),
+            delivery.url.as_str(),
+            delivery.status.as_str()
+        ),
+        (
+            own.turn_id.0,
+            "turn.completed",
+            "https://own.example/hook",
+            "pending"
+        )
+    );
+    assert!(delivery.webhook_id.starts_with("msg_"));
+    assert_eq!(
+        delivery.next_attempt_at,
+        Some(at(3)),
+        "due when the turn ended"
+    );
+    assert!(
+        store
+            .list_deliveries(a.id, none.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty(),
+        "no webhook, no delivery"
+    );
+    let other = agent(&*store, "other").await;
+    assert!(
+        store
+            .list_deliveries(other.id, own.task_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let due = store.claim_deliveries(at(3), at(60), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].endpoint, hook("https://own.example/hook"));
+    let payload: serde_json::Value = serde_json::from_str(&due[0].payload).unwrap();
+    assert_eq!(payload["type"], "turn.completed");
+    assert_eq!(payload["data"]["task_id"], own.task_id.0);
+    assert_eq!(payload["data"]["turn_id"], own.turn_id.0);
+    assert_eq!(payload["data"]["agent_id"], a.id.0);
+    assert_eq!(payload["data"]["status"], "completed");
+    assert_eq!(payload["data"]["output"][0]["content"]["content"], "done");
+    assert_eq!(payload["data"]["task_metadata"]["trace"], "t-9");
+    assert_eq!(payload["data"]["metadata"]["trace"], "t-9");
+    assert!(payload["timestamp"].is_string());
+
+    // An agent's default webhook serves turns that name none; every kind of end.
+    let with_default = store
+        .create_agent(NewAgent {
+            name: "hooked".into(),
+            runner: RunnerSpec {
+                kind: "echo".into(),
+                config: json!({}),
+            },
+            policy: TurnPolicy::default(),
+            webhook: Some(hook("https://agent.example/hook")),
+            created_at: at(0),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_agent(with_default.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .webhook,
+        Some(hook("https://agent.example/hook"))
+    );
+    let cases = [
+        (TurnOutcome::Cancelled, "turn.cancelled"),
+        (
+            TurnOutcome::failed("turn_interrupted", "gone"),
+            "turn.interrupted",
+        ),
+        (TurnOutcome::failed("echo_failed", "no"), "turn.failed"),
+    ];
+    for (outcome, kind) in cases {
+        let t = task_with_hook(&*store, with_default.id, None).await;
+        assert!(finish(&*store, &t, outcome, vec![]).await);
+        let listed = store
+            .list_deliveries(with_default.id, t.task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (listed[0].event_type.as_str(), listed[0].url.as_str()),
+            (kind, "https://agent.example/hook")
+        );
+    }
+}
+
+async fn claims_are_exclusive_until_they_run_out_and_attempts_are_recorded(
+    store: Arc<impl WebhookStoreUnderTest>,
+) {
+    let a = agent(&*store, "a").await;
+    let t = task_with_hook(&*store, a.id, Some(hook("https://h.example/"))).await;
+    assert!(finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    assert!(
+        store
+            .claim_deliveries(at(2), at(10), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let first = store.claim_deliveries(at(3), at(10), 10).await.unwrap();
+    assert_eq!((first.len(), first[0].failed_in_round), (1, 0));
+    assert!(
+        store
+            .claim_deliveries(at(9), at(20), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed"
+    );
+    let again = store.claim_deliveries(at(10), at(20), 10).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "a claim that ran out (its sender died) is due again"
+    );
+    assert_eq!(
+        again[0].webhook_id, first[0].webhook_id,
+        "the same id on every attempt"
+    );
+
+    let attempt = |next, code, error: Option<&str>| AttemptResult {
+        delivery_id: first[0].id,
+        started_at: at(10),
+        status_code: code,
+        latency_ms: 12,
+        error: error.map(str::to_owned),
+        next,
+    };
+    assert!(
+        store
+            .record_attempt(attempt(
+                NextStep::RetryAt(at(40)),
+                Some(503),
+                Some("the receiver answered 503")
+            ))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_deliveries(at(39), at(99), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retry = store.claim_deliveries(at(40), at(99), 10).await.unwrap();
+    assert_eq!(retry[0].failed_in_round, 1);
+    assert!(
+        store
+            .record_attempt(attempt(NextStep::GiveUp, None, Some("timed out")))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_attempt(attempt(NextStep::Delivered, Some(200), None))
+            .await
+            .unwrap(),
+        "no longer pending"
+    );
+    let listed = store
+        .list_deliveries(a.id, t.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed[0].status, "failed");
+    assert_eq!(listed[0].next_attempt_at, None);
+    let log: Vec<(u32, Option<u16>, Option<String>)> = listed[0]
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.status_code, a.error.clone()))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (1, Some(503), Some("the receiver answered 503".into())),
+            (2, None, Some("timed out".into()))
+        ]
+    );
+    assert_eq!(listed[0].attempts[0].latency_ms, 12);
+
+    assert!(store.redeliver(first[0].id, at(100)).await.unwrap());
+    assert!(!store.redeliver(987_654, at(100)).await.unwrap());
+    let redelivered = store.claim_deliveries(at(100), at(130), 10).await.unwrap();
+    assert_eq!(
+        redelivered[0].failed_in_round, 0,
+        "a redelivery starts a new round"
+    );
+    assert!(
+        store
+            .record_attempt(attempt(NextStep::Delivered, Some(204), None))
+            .await
+            .unwrap()
+    );
+    let listed = store
+        .list_deliveries(a.id, t.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (listed[0].status.as_str(), listed[0].attempts.len()),
+        ("delivered", 3)
+    );
+    assert!(
+        store
+            .claim_deliveries(at(1000), at(2000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn concurrent_claims_take_disjoint_deliveries(store: Arc<impl WebhookStoreUnderTest>) {
+    let a = agent(&*store, "a").await;
+    for _ in 0..10 {
+        let t = task_with_hook(&*store, a.id, Some(hook("https://h.example/"))).await;
+        assert!(finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
+    }
+    let claims: Vec<_> = (0..5)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_deliveries(at(3), at(60), 3).await.unwrap() })
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for claim in claims {
+        for due in claim.await.unwrap() {
+            assert!(seen.insert(due.id), "delivery {} claimed twice", due.id);
+        }
+    }
+    for due in store.claim_deliveries(at(3), at(60), 100).await.unwrap() {
+        assert!(seen.insert(due.id), "delivery {} claimed twice", due.id);
+    }
+    assert_eq!(seen.len(), 10);
 }

@@ -24,6 +24,7 @@ async fn seed(store: &SqlStore) -> (Agent, Accepted) {
                 config: json!({}),
             },
             policy: TurnPolicy::default(),
+            webhook: None,
             created_at: Utc::now(),
         })
         .await
@@ -39,6 +40,7 @@ async fn seed(store: &SqlStore) -> (Agent, Accepted) {
             now: Utc::now(),
             lease: lease(),
             idempotency: None,
+            webhook: None,
         })
         .await
         .unwrap();
@@ -194,6 +196,7 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
             now: Utc::now(),
             lease: lease(),
             idempotency: None,
+            webhook: None,
         })
         .await
         .unwrap();

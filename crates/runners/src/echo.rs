@@ -100,6 +100,7 @@ mod tests {
                     config,
                 },
                 policy: TurnPolicy::default(),
+                webhook: None,
                 created_at: now,
             },
             task: Task {

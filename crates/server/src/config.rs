@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_domain::{ExecutorConfig, IdempotencyConfig};
+use baton_domain::webhooks::RetrySchedule;
+use baton_domain::{
+    DestinationPolicy, ExecutorConfig, IdempotencyConfig, SenderConfig, WebhookSettings,
+};
 use baton_persistence::{PgOptions, SqliteOptions, SqliteSync, StoreOptions};
 use serde::Deserialize;
 
@@ -27,6 +30,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub idempotency: IdempotencyFile,
     #[serde(default)]
+    pub webhooks: WebhooksFile,
+    #[serde(default)]
     pub sqlite: SqliteFile,
     #[serde(default)]
     pub postgres: PostgresFile,
@@ -37,6 +42,19 @@ pub struct FileConfig {
 pub struct LeasesFile {
     pub ttl_ms: Option<u64>,
     pub sweep_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksFile {
+    pub signing_secret: Option<String>,
+    pub allow_http: Option<bool>,
+    pub allow_networks: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+    pub claim_ms: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub retry_schedule_ms: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +107,16 @@ pub struct Config {
     /// How often this instance looks for turns whose lease expired.
     pub sweep_interval: Duration,
     pub idempotency: IdempotencyConfig,
+    pub webhooks: Webhooks,
+}
+
+/// Webhook settings: what the services check, how the sender sends.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    pub settings: WebhookSettings,
+    /// How long one delivery attempt may take.
+    pub timeout: Duration,
+    pub sender: SenderConfig,
 }
 
 /// How often each instance sweeps expired leases by default.
@@ -117,6 +145,65 @@ pub struct Overrides {
     pub lease_ttl_ms: Option<u64>,
     pub sweep_interval_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub webhook_secret: Option<String>,
+}
+
+fn resolve_webhooks(file: WebhooksFile, secret: Option<String>) -> anyhow::Result<Webhooks> {
+    let defaults = SenderConfig::default();
+    let signing_secrets: Vec<String> = secret
+        .or(file.signing_secret)
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    for secret in &signing_secrets {
+        baton_domain::webhooks::check_secret(secret)
+            .map_err(|why| anyhow::anyhow!("webhooks.signing_secret {why}"))?;
+    }
+    let allow_networks = file
+        .allow_networks
+        .unwrap_or_default()
+        .iter()
+        .map(|net| {
+            net.parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!("webhooks.allow_networks: {net:?} is not a CIDR network")
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let timeout = Duration::from_millis(file.timeout_ms.unwrap_or(10_000));
+    let claim_for = file
+        .claim_ms
+        .map(Duration::from_millis)
+        .unwrap_or(defaults.claim_for);
+    anyhow::ensure!(
+        claim_for > timeout,
+        "webhooks.claim_ms must be longer than webhooks.timeout_ms"
+    );
+    let schedule = match file.retry_schedule_ms {
+        Some(ms) => RetrySchedule {
+            delays: ms.into_iter().map(Duration::from_millis).collect(),
+        },
+        None => defaults.schedule,
+    };
+    Ok(Webhooks {
+        settings: WebhookSettings {
+            destinations: DestinationPolicy {
+                allow_http: file.allow_http.unwrap_or(false),
+                allow_networks,
+            },
+            signing_secrets,
+        },
+        timeout,
+        sender: SenderConfig {
+            poll_interval: file
+                .poll_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.poll_interval),
+            claim_for,
+            concurrency: file.concurrency.unwrap_or(defaults.concurrency).max(1),
+            schedule,
+        },
+    })
 }
 
 impl Config {
@@ -125,6 +212,7 @@ impl Config {
         let defaults = SqliteOptions::default();
         let pg_defaults = PgOptions::default();
         let idempotency_defaults = IdempotencyConfig::default();
+        let webhooks = resolve_webhooks(file.webhooks, overrides.webhook_secret.clone())?;
         let config = Config {
             database_url: overrides
                 .database_url
@@ -175,6 +263,7 @@ impl Config {
                     .map(Duration::from_millis)
                     .unwrap_or(idempotency_defaults.in_flight_wait),
             },
+            webhooks,
             store: StoreOptions {
                 sqlite: SqliteOptions {
                     synchronous: file.sqlite.synchronous.unwrap_or(defaults.synchronous),

@@ -35,6 +35,14 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// The server's webhook signing secret(s), `whsec_…` (space-separated to rotate).
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    webhook_secret: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +81,18 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Webhook deliveries.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCommand {
+    /// Send a delivery again now, with a fresh round of retries.
+    Redeliver {
+        /// The delivery's `delivery_id` (from GET …/webhook-deliveries).
+        delivery: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +117,13 @@ enum AgentCommand {
         /// A turn running longer than this ends failed with `turn_timeout`, in ms.
         #[arg(long, default_value_t = TurnPolicy::DEFAULT_TIMEOUT_MS)]
         turn_timeout_ms: u64,
+        /// Where this agent's turn ends are delivered when a request names no webhook.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The default webhook's `whsec_…` secret (a new one is made and printed if
+        /// absent).
+        #[arg(long, requires = "webhook_url")]
+        webhook_secret: Option<String>,
     },
 }
 
@@ -143,10 +170,13 @@ impl App {
             },
             tokio::runtime::Handle::current(),
         );
+        let webhooks = &config.webhooks.settings;
         Ok(App {
             tasks: TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone())
-                .with_idempotency(config.idempotency),
-            admin: AdminService::new(store.clone(), executor),
+                .with_idempotency(config.idempotency)
+                .with_webhooks(webhooks.clone(), store.clone()),
+            admin: AdminService::new(store.clone(), executor)
+                .with_webhooks(webhooks.destinations.clone(), store.clone()),
             store,
             hub,
         })
@@ -187,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
         config_file: cli.config.clone(),
         database_url: cli.database_url.clone(),
         log_format: cli.log_format,
+        webhook_secret: cli.webhook_secret.clone(),
         ..Overrides::default()
     };
     if let Command::Serve {
@@ -223,6 +254,8 @@ async fn main() -> anyhow::Result<()> {
             on_interrupt,
             max_attempts,
             turn_timeout_ms,
+            webhook_url,
+            webhook_secret,
         }) => {
             let config_json: serde_json::Value =
                 serde_json::from_str(&runner_config).context("--runner-config must be JSON")?;
@@ -236,12 +269,24 @@ async fn main() -> anyhow::Result<()> {
                 max_attempts,
                 turn_timeout_ms,
             };
+            let generated = webhook_url.is_some() && webhook_secret.is_none();
+            let webhook = webhook_url.map(|url| WebhookTarget {
+                url,
+                secret: webhook_secret,
+            });
             let agent = app
                 .admin
-                .create_agent(&name, spec, policy)
+                .create_agent(&name, spec, policy, webhook)
                 .await
                 .map_err(cli_error)?;
             println!("{}", agent.id);
+            if let Some(hook) = agent.webhook.as_ref().filter(|_| generated) {
+                eprintln!(
+                    "Deliveries to {} are signed with this new secret, shown only once: {}",
+                    hook.url,
+                    hook.secrets.join(" ")
+                );
+            }
             Ok(())
         }
         Command::Key(KeyCommand::Create { agent }) => {
@@ -259,6 +304,14 @@ async fn main() -> anyhow::Result<()> {
                 "This key is shown only once. Its prefix is {}.",
                 created.key.prefix
             );
+            Ok(())
+        }
+        Command::Webhook(WebhookCommand::Redeliver { delivery }) => {
+            let app = App::open(&config).await?;
+            if !app.admin.redeliver(delivery).await.map_err(cli_error)? {
+                bail!("no webhook delivery {delivery}");
+            }
+            println!("due again");
             Ok(())
         }
         Command::Key(KeyCommand::Revoke { key }) => {
@@ -297,6 +350,18 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         );
     }
     let maintenance = app.tasks.spawn_maintenance(config.sweep_interval);
+    let transport = baton_webhooks::HttpTransport::new(
+        config.webhooks.settings.destinations.clone(),
+        config.webhooks.timeout,
+    )
+    .context("building the webhook client")?;
+    let sender = WebhookSender::new(
+        app.store.clone(),
+        Arc::new(transport),
+        Arc::new(SystemClock),
+        config.webhooks.sender.clone(),
+    )
+    .spawn();
     // On PostgreSQL, turn changes of other instances wake this one's waiters.
     let relay = app.store.relay_changes(app.hub.clone());
 
@@ -355,6 +420,9 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     shutdown.closing.cancel();
     handle.stop(true).await;
     running.await.context("the HTTP server task")??;
+    // Deliveries being sent now are abandoned; their claims run out and another
+    // instance (or the next start) sends them again.
+    sender.abort();
     if let Some(relay) = relay {
         relay.abort();
     }
@@ -378,7 +446,7 @@ async fn print_demo(app: &App, address: &str) -> anyhow::Result<()> {
     };
     let agent = app
         .admin
-        .create_agent("demo", spec, TurnPolicy::default())
+        .create_agent("demo", spec, TurnPolicy::default(), None)
         .await
         .map_err(cli_error)?;
     let key = app.admin.create_key(agent.id).await.map_err(cli_error)?;

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::{Api, Server, agent_and_key, baton, run, sqlite_db};
 use reqwest::StatusCode;
-use reqwest::blocking::Client;
 use serde_json::json;
 
 #[test]
@@ -23,7 +22,7 @@ fn readme_walkthrough_against_the_real_binary_then_revoke_and_sigterm() {
     let (agent, token) = agent_and_key(&db, r#"{"delay_ms": 800}"#);
     let mut server = Server::start(&db, &[]);
     let api = Api {
-        http: Client::new(),
+        http: common::client(),
         base: &server.base,
         token: &token,
     };
@@ -78,7 +77,7 @@ fn sigterm_mid_turn_lets_the_turn_finish_before_exiting() {
     let mut server = Server::start(&db, &[]);
     let base = server.base.clone();
     let api = Api {
-        http: Client::new(),
+        http: common::client(),
         base: &base,
         token: &token,
     };
@@ -92,7 +91,7 @@ fn sigterm_mid_turn_lets_the_turn_finish_before_exiting() {
 
     let server = Server::start(&db, &[]);
     let api = Api {
-        http: Client::new(),
+        http: common::client(),
         base: &server.base,
         token: &token,
     };
@@ -135,7 +134,7 @@ fn serve_on_an_empty_database_explains_how_to_get_a_key_and_demo_makes_one() {
         .to_owned();
     assert!(printed.contains("curl -i -X POST"), "{printed}");
     let api = Api {
-        http: Client::new(),
+        http: common::client(),
         base: &server.base,
         token: &token,
     };

@@ -14,15 +14,11 @@ use baton_test_support::TestDatabase;
 use chrono::{DateTime, Utc};
 use common::{Api, CrashAgents, FAST_LEASES, RECOVERY_BOUND, Server, agent_and_key};
 use reqwest::StatusCode;
-use reqwest::blocking::Client;
 use serde_json::json;
 
 fn api<'a>(server: &'a Server, token: &'a str) -> Api<'a> {
     Api {
-        http: Client::builder()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .unwrap(),
+        http: common::client_with_timeout(Duration::from_secs(90)),
         base: &server.base,
         token,
     }
@@ -190,7 +186,7 @@ fn one_idempotency_key_across_two_instances_starts_one_turn() {
             .map(|i| {
                 let (base, token) = (&bases[i % 2], &token);
                 scope.spawn(move || {
-                    let response = Client::new()
+                    let response = common::client()
                         .post(format!("{base}/v1/chat/tasks"))
                         .bearer_auth(token)
                         .header("idempotency-key", "one-key-two-instances")
@@ -264,6 +260,7 @@ async fn a_stream_on_one_instance_follows_a_turn_running_on_the_other() {
     })
     .await
     .unwrap();
+    baton_test_support::init_tls();
     let http = reqwest::Client::new();
     let created: serde_json::Value = http
         .post(format!("{}/v1/chat/tasks", a.base))

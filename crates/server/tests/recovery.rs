@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::{Api, CrashAgents, FAST_LEASES, RECOVERY_BOUND, Server, agent_and_key, sqlite_db};
 use reqwest::StatusCode;
-use reqwest::blocking::Client;
 use serde_json::json;
 
 #[test]
@@ -42,10 +41,7 @@ fn sigkill_mid_turn_again_and_again_loses_nothing_and_leaves_nothing_running() {
 
 /// Reads an SSE response to its end in a thread.
 fn read_stream(base: &str, token: &str, task: i64) -> std::thread::JoinHandle<String> {
-    let mut response = Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    let mut response = common::client_with_timeout(Duration::from_secs(60))
         .get(format!("{base}/v1/chat/tasks/{task}/stream"))
         .bearer_auth(token)
         .send()
@@ -70,7 +66,7 @@ fn sigterm_refuses_new_requests_lets_quick_turns_finish_and_ends_the_rest_by_pol
     let base = server.base.clone();
     let interrupted = agents.start_turns(&base, "stopping", 1);
     let api = Api {
-        http: Client::new(),
+        http: common::client(),
         base: &base,
         token: &quick_token,
     };
@@ -110,7 +106,7 @@ fn sigterm_refuses_new_requests_lets_quick_turns_finish_and_ends_the_rest_by_pol
     // played again at once.
     let server = Server::start(&db, &FAST_LEASES);
     let api = Api {
-        http: Client::new(),
+        http: common::client(),
         base: &server.base,
         token: &quick_token,
     };

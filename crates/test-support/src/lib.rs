@@ -1,3 +1,6 @@
+//! What baton's tests need from outside: a real webhook receiver ([`receiver`]), the
+//! Standard Webhooks reference verifier ([`standard_webhooks`]), and PostgreSQL.
+//!
 //! PostgreSQL for tests, with nobody starting a server: the first test that asks
 //! starts a throwaway cluster (once per test process) on a free loopback port in a
 //! temporary directory, migrates a template database once, and gives every test its
@@ -12,6 +15,15 @@
 //! directory) once the process that started it is gone.
 
 #![allow(clippy::print_stderr, reason = "tests report where their cluster runs")]
+
+pub mod receiver;
+pub mod standard_webhooks;
+
+/// Makes reqwest clients buildable in tests (see
+/// [`baton_webhooks::install_crypto_provider`]).
+pub fn init_tls() {
+    baton_webhooks::install_crypto_provider();
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

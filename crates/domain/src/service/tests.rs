@@ -34,6 +34,7 @@ fn agent() -> Agent {
             config: json!({}),
         },
         policy: TurnPolicy::default(),
+        webhook: None,
         created_at: at(0),
     }
 }
@@ -69,6 +70,7 @@ fn submit(agent_id: AgentId) -> SubmitMessage {
             content: Content::text("hello"),
         },
         metadata: json!({"trace": "t-1"}).as_object().cloned().unwrap(),
+        webhook: None,
     }
 }
 

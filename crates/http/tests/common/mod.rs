@@ -13,6 +13,15 @@ use baton_persistence::{SqlStore, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// A reqwest client for the tests.
+pub fn client() -> reqwest::Client {
+    baton_test_support::init_tls();
+    reqwest::Client::new()
+}
+
+/// The server's webhook signing secret in these tests.
+pub const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
@@ -62,8 +71,16 @@ impl TestApp {
             .with_idempotency(IdempotencyConfig {
                 in_flight_wait: Duration::from_secs(5),
                 ..IdempotencyConfig::default()
-            });
-        let admin = AdminService::new(store.clone(), executor);
+            })
+            .with_webhooks(
+                WebhookSettings {
+                    destinations: DestinationPolicy::default(),
+                    signing_secrets: vec![SIGNING_SECRET.to_owned()],
+                },
+                store.clone(),
+            );
+        let admin = AdminService::new(store.clone(), executor)
+            .with_webhooks(DestinationPolicy::default(), store.clone());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = Shutdown::default();
@@ -85,7 +102,7 @@ impl TestApp {
         tokio::spawn(server);
         let mut app = TestApp {
             base,
-            http: reqwest::Client::new(),
+            http: client(),
             admin,
             agent: 0,
             token: String::new(),
@@ -118,6 +135,7 @@ impl TestApp {
                     config,
                 },
                 policy,
+                None,
             )
             .await
             .unwrap();

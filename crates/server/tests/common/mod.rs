@@ -17,6 +17,18 @@ pub fn sqlite_db() -> (tempfile::TempDir, String) {
     (dir, url)
 }
 
+/// A blocking reqwest client for the tests.
+pub fn client() -> Client {
+    baton_test_support::init_tls();
+    Client::new()
+}
+
+/// A blocking reqwest client that waits up to `timeout` for an answer.
+pub fn client_with_timeout(timeout: Duration) -> Client {
+    baton_test_support::init_tls();
+    Client::builder().timeout(timeout).build().unwrap()
+}
+
 /// The `baton` binary, on the database at `url` (`sqlite://…` or `postgres://…`).
 pub fn baton(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
@@ -217,7 +229,7 @@ impl CrashAgents {
             &self.failing
         };
         Api {
-            http: Client::new(),
+            http: client(),
             base,
             token,
         }

@@ -1,0 +1,177 @@
+//! A real HTTP receiver for webhook tests: it listens on a loopback port, records every
+//! request (headers and body), and answers each by a plan — a status code, or no
+//! answer at all (a receiver that hangs).
+
+#![allow(
+    clippy::expect_used,
+    reason = "a test helper fails its test loudly on the first surprise"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Status(u16),
+    /// Reads the request and never answers.
+    Hang,
+}
+
+/// A request as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a webhook body is JSON")
+    }
+}
+
+type Plan = dyn Fn(usize) -> Reply + Send + Sync;
+
+#[derive(Debug)]
+pub struct Receiver {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers the `n`th request (from 0) with `plan(n)`.
+    pub fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let port = listener.local_addr().expect("bound").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let plan: Arc<Plan> = Arc::new(plan);
+        {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (received, stop, plan) = (received.clone(), stop.clone(), plan.clone());
+                    std::thread::spawn(move || serve(stream, &received, &stop, &*plan));
+                }
+            });
+        }
+        Receiver {
+            port,
+            received,
+            stop,
+        }
+    }
+
+    /// Always answers with this status.
+    pub fn answering(status: u16) -> Receiver {
+        Receiver::start(move |_| Reply::Status(status))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` requests arrived, failing after `within`.
+    pub fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} webhook requests within {within:?}",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, plan: &Plan) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(clone) => clone,
+        Err(_) => return,
+    });
+    let mut headers = Vec::new();
+    let mut line = String::new();
+    // Request line, then headers up to the blank line.
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = trimmed.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let index = {
+        let Ok(mut all) = received.lock() else { return };
+        all.push(Received {
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        all.len() - 1
+    };
+    let mut stream = stream;
+    match plan(index) {
+        Reply::Status(status) => {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+        }
+        Reply::Hang => {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
