@@ -24,11 +24,15 @@ const SERVER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A config file for webhooks to loopback receivers with a fast retry schedule.
 fn config(dir: &tempfile::TempDir, networks: &str, extra: &str) -> String {
+    config_signed_by(dir, SERVER_SECRET, networks, extra)
+}
+
+fn config_signed_by(dir: &tempfile::TempDir, secrets: &str, networks: &str, extra: &str) -> String {
     let path = dir.path().join("baton.toml");
     std::fs::write(
         &path,
         format!(
-            "[webhooks]\nsigning_secret = \"{SERVER_SECRET}\"\nallow_http = true\nallow_networks = [{networks}]\npoll_interval_ms = 50\nretry_schedule_ms = [200, 400]\n{extra}"
+            "[webhooks]\nsigning_secret = \"{secrets}\"\nallow_http = true\nallow_networks = [{networks}]\npoll_interval_ms = 50\nretry_schedule_ms = [200, 400]\n{extra}"
         ),
     )
     .unwrap();
@@ -195,6 +199,38 @@ fn an_agents_default_webhook_with_its_own_secret_and_per_request_secrets() {
     assert_eq!(status, StatusCode::ACCEPTED);
     let third = other.wait_for(1, Duration::from_secs(10));
     assert_eq!(standard_webhooks::verify(&agent_secret, &third), Ok(1));
+}
+
+#[test]
+fn while_a_secret_is_rotated_deliveries_carry_a_signature_per_secret() {
+    let (dir, db) = sqlite_db();
+    let (agent, token) = agent_and_key(&db, "{}");
+    let next = "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+    let both = format!("{next} {SERVER_SECRET}");
+    let server = Server::start(
+        &db,
+        &[
+            "--config",
+            &config_signed_by(&dir, &both, "\"127.0.0.1\"", ""),
+        ],
+    );
+    let receiver = Receiver::answering(200);
+    api(&server, &token).post(
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "x"}, "webhook": {"url": receiver.url()}}),
+    );
+    let got = receiver.wait_for(1, Duration::from_secs(10));
+    assert_eq!(
+        got[0]
+            .header("webhook-signature")
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
+    // Receivers still on the old secret and those already on the new one both verify.
+    assert_eq!(standard_webhooks::verify(SERVER_SECRET, &got), Ok(1));
+    assert_eq!(standard_webhooks::verify(next, &got), Ok(1));
 }
 
 #[test]

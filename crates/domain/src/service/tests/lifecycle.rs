@@ -589,3 +589,69 @@ async fn a_malformed_key_is_a_validation_error_and_touches_nothing() {
         assert_eq!(fields[0].field, "Idempotency-Key");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_webhook_is_signed_with_its_secret_else_the_agents_else_the_servers() {
+    use crate::webhooks::{WebhookEndpoint, WebhookTarget, new_secret};
+    let (own, agents_secret, servers) = (new_secret(), new_secret(), new_secret());
+    let cases = [
+        (Some(own.clone()), None, vec![], Some(own.clone())),
+        (
+            None,
+            Some(agents_secret.clone()),
+            vec![servers.clone()],
+            Some(agents_secret),
+        ),
+        (None, None, vec![servers.clone()], Some(servers)),
+        (None, None, vec![], None),
+    ];
+    for (request_secret, agent_secret, server_secrets, signed_with) in cases {
+        let mut tasks = MockTaskStore::new();
+        let (sent, mut stored) = mpsc::unbounded_channel();
+        tasks.expect_create_task().returning(move |new| {
+            sent.send(new.webhook).unwrap();
+            Ok(Claim::Replayed(accepted(3, 30)))
+        });
+        let hooked = Agent {
+            webhook: agent_secret.map(|secret| WebhookEndpoint {
+                url: "https://agent.example/".into(),
+                secrets: vec![secret],
+            }),
+            ..agent()
+        };
+        let service = service_with(
+            tasks,
+            agents_returning(hooked),
+            Arc::new(MockTurnRunner::new()),
+            ExecutorConfig::default(),
+            crate::LocalNotifier::default(),
+        )
+        .with_webhooks(
+            crate::WebhookSettings {
+                destinations: Default::default(),
+                signing_secrets: server_secrets,
+            },
+            Arc::new(crate::ports::MockWebhookStore::new()),
+        );
+        let mut request = submit(AGENT);
+        request.webhook = Some(WebhookTarget {
+            url: "https://hooks.example.com/x".into(),
+            secret: request_secret,
+        });
+        let result = service.create_task(&WHO, request, None).await;
+        match signed_with {
+            Some(secret) => {
+                result.unwrap();
+                let endpoint = stored.recv().await.unwrap().unwrap();
+                assert_eq!(endpoint.url, "https://hooks.example.com/x");
+                assert_eq!(endpoint.secrets, vec![secret]);
+            }
+            None => {
+                let Err(ServiceError::Validation(fields)) = result else {
+                    panic!("expected a validation error, got {result:?}");
+                };
+                assert_eq!(fields[0].field, "webhook.secret");
+            }
+        }
+    }
+}
