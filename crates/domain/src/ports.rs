@@ -126,6 +126,11 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Deletes idempotency records that expired at or before `now`; returns how many.
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Whether the store can serve: the database answers and its schema is the one
+    /// this build expects (every migration applied). [`StoreError::Unavailable`] says
+    /// why not.
+    async fn check_ready(&self) -> Result<(), StoreError>;
 }
 
 /// The webhook outbox: deliveries written by `TaskStore::finish_turn`, sent by any

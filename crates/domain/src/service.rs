@@ -146,6 +146,11 @@ impl TaskService {
         }))
     }
 
+    /// Whether this instance can serve: its store is reachable and migrated.
+    pub async fn check_ready(&self) -> Result<(), ServiceError> {
+        Ok(self.tasks.check_ready().await?)
+    }
+
     /// The task's webhook deliveries with their attempts.
     pub async fn list_deliveries(
         &self,

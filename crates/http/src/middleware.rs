@@ -57,9 +57,13 @@ pub async fn envelope_and_request_id(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let draining = req
-        .app_data::<actix_web::web::Data<crate::ApiState>>()
-        .is_some_and(|state| state.shutdown.draining.is_cancelled());
+    // Probes and metrics keep answering while the server drains: liveness stays up,
+    // readiness says "shutting down" itself.
+    let probe = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let draining = !probe
+        && req
+            .app_data::<actix_web::web::Data<crate::ApiState>>()
+            .is_some_and(|state| state.shutdown.draining.is_cancelled());
     if draining {
         let refusal = ApiError::new(
             ErrorCode::ShuttingDown,

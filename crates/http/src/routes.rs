@@ -12,6 +12,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::extract::{authenticate, idempotency_key, json_body, page, task_id, wait};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
     cfg.service(
         web::resource("/v1/chat/tasks")
             .route(web::post().to(create_task))
@@ -55,6 +57,28 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
             req.path()
         ),
     ))
+}
+
+/// The process is up and serving HTTP (liveness). Answered even while stopping.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// This instance should get traffic (readiness): not stopping, its database reachable
+/// and migrated.
+async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    if state.shutdown.draining.is_cancelled() {
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "This instance is shutting down.",
+        ));
+    }
+    state.tasks.check_ready().await.map_err(|err| {
+        // Readiness says why, unlike other 503s: operators read it, not clients.
+        let why = err.to_string();
+        ApiError::new(ErrorCode::ServiceUnavailable, why)
+    })?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -406,3 +406,29 @@ async fn a_stopping_server_refuses_new_requests_then_closes_streams_and_long_pol
         "the log up to the close, then nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_probes_and_how_they_answer_while_stopping() {
+    let app = TestApp::start().await;
+    let get = |path: &'static str| {
+        let (http, url) = (app.http.clone(), app.url(path));
+        async move { common::read(http.get(url).send().await.unwrap()).await }
+    };
+    // No key needed: probes are for the platform, not for clients.
+    let (status, _, body) = get("/healthz").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, _, body) = get("/readyz").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ready"})));
+
+    app.shutdown.draining.cancel();
+    let (status, _, _) = get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "a draining process is alive");
+    let (status, headers, body) = get("/readyz").await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+    );
+}

@@ -245,6 +245,16 @@ pub(crate) async fn migrate_postgres(url: &str) -> Result<Vec<String>, Persisten
     .map_err(|err| PersistenceError::Migrate(err.to_string()))?
 }
 
+/// The version of the newest migration this build carries (both sets have the same
+/// names): a database whose newest applied migration is older is not ready.
+pub(crate) fn latest_migration() -> String {
+    use diesel::migration::MigrationSource;
+    MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+        .ok()
+        .and_then(|all| all.last().map(|m| m.name().version().to_string()))
+        .unwrap_or_default()
+}
+
 /// The two migration sets must stay in step: same names, same order.
 #[cfg(test)]
 pub(crate) fn migration_names() -> (Vec<String>, Vec<String>) {

@@ -240,6 +240,11 @@ impl TaskStore for SqlStore {
         on_conn!(self, writer, |conn, q| q::purge_idempotency_keys(conn, now)
             .await)
     }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let latest = backend::latest_migration();
+        on_conn!(self, readers, |conn, q| q::check_ready(conn, &latest).await)
+    }
 }
 
 #[async_trait]

@@ -630,6 +630,10 @@ impl TaskStore for MemoryStore {
         Ok(Some(restarted.attempt))
     }
 
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.lock().map(drop)
+    }
+
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut state = self.lock()?;
         let before = state.idempotency.len();

@@ -1067,6 +1067,28 @@ macro_rules! define_queries {
             Ok(updated > 0)
         }
 
+        #[derive(diesel::QueryableByName)]
+        struct AppliedVersion {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            version: Option<String>,
+        }
+
+        pub(crate) async fn check_ready(conn: &mut Conn, latest: &str) -> Result<(), StoreError> {
+            let applied: AppliedVersion = diesel::sql_query(
+                "SELECT MAX(version) AS version FROM __diesel_schema_migrations",
+            )
+            .get_result(conn)
+            .await
+            .map_err(from_diesel)?;
+            match applied.version {
+                Some(version) if version.as_str() >= latest => Ok(()),
+                other => Err(StoreError::Unavailable(format!(
+                    "the database schema is at migration {} but this build needs {latest}; run `baton migrate`",
+                    other.as_deref().unwrap_or("none")
+                ))),
+            }
+        }
+
         pub(crate) async fn list_events(
             conn: &mut Conn,
             agent: AgentId,

@@ -203,3 +203,42 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
     assert!(!woken(&mut watch, Duration::from_millis(300)).await);
     relay.abort();
 }
+
+/// Deletes the newest applied migration's record, as if the build were newer than the
+/// database.
+async fn forget_latest_migration(url: &str) {
+    let sql = "DELETE FROM __diesel_schema_migrations WHERE version = (SELECT MAX(version) FROM __diesel_schema_migrations)";
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        use diesel::{Connection, RunQueryDsl};
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = diesel::SqliteConnection::establish(&path).unwrap();
+            diesel::sql_query(sql).execute(&mut conn).unwrap();
+        })
+        .await
+        .unwrap();
+    } else {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_needs_every_migration_applied_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    for url in [sqlite.as_str(), db.url()] {
+        let (store, _) = SqlStore::open(url, StoreOptions::default()).await.unwrap();
+        store.check_ready().await.unwrap();
+        forget_latest_migration(url).await;
+        let err = store.check_ready().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(why) if why.contains("baton migrate")),
+            "{err}"
+        );
+    }
+}
