@@ -16,10 +16,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
     Agent, AgentId, FinishTurn, Lease, LeaseGuard, OutputOp, RecordOutput, Role, TakeOver, TaskId,
-    TurnId, TurnOutcome, TurnPolicy,
+    TurnId, TurnOutcome, TurnPolicy, TurnStatus,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
+use crate::telemetry;
 
 /// Buffered sink items per turn before the runner waits for the executor.
 const SINK_CAPACITY: usize = 64;
@@ -138,7 +139,9 @@ impl InFlight {
         };
         set.send_modify(|turns| {
             turns.insert(turn.turn_id, entry);
+            telemetry::turns_in_flight(turns.len());
         });
+        telemetry::turn_started();
         let guard = InFlight {
             set: set.clone(),
             turn: turn.turn_id,
@@ -151,6 +154,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.set.send_modify(|turns| {
             turns.remove(&self.turn);
+            telemetry::turns_in_flight(turns.len());
         });
     }
 }
@@ -295,6 +299,7 @@ impl TurnExecutor {
             match inner.tasks.finish_turn(finish).await {
                 Ok(true) => {
                     report.failed += 1;
+                    telemetry::turn_ended(TurnStatus::Failed, "stopped", None);
                     inner.notifier.task_changed(turn.task_id);
                 }
                 Ok(false) => {}
@@ -377,6 +382,7 @@ impl TurnExecutor {
                     now: inner.clock.now(),
                 };
                 if inner.tasks.finish_turn(finish).await? {
+                    telemetry::turn_ended(TurnStatus::Failed, "swept", None);
                     warn!(task_id = %turn.task_id, turn_id = %turn.turn_id, previous_owner = ?turn.owner, "ended an interrupted turn");
                     inner.notifier.task_changed(turn.task_id);
                     report.failed += 1;
@@ -479,6 +485,7 @@ impl Inner {
             },
             _ = stop.cancelled() => return,
         };
+        let playing = std::time::Instant::now();
         let outcome = match self.play(turn, &stop).await {
             Played::Ended(outcome) => outcome,
             Played::Stopped => {
@@ -501,6 +508,7 @@ impl Inner {
         match self.tasks.finish_turn(finish).await {
             Ok(true) => {
                 info!(%status, "turn ended");
+                telemetry::turn_ended(status, "played", Some(playing.elapsed()));
                 self.notifier.task_changed(turn.task_id);
             }
             Ok(false) => info!("turn had already ended; its output was discarded"),

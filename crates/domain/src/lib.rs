@@ -16,6 +16,7 @@ pub mod page;
 pub mod ports;
 pub mod runner;
 pub mod service;
+pub mod telemetry;
 pub mod validate;
 pub mod webhook_sender;
 pub mod webhooks;

@@ -325,6 +325,7 @@ impl TaskService {
         self.executor
             .detached(async move {
                 if tasks.finish_turn(finish).await? {
+                    crate::telemetry::turn_ended(TurnStatus::Cancelled, "cancelled", None);
                     hub.turn_ended(task_id, turn);
                 }
                 Ok(())

@@ -151,6 +151,11 @@ impl WebhookSender {
                 None => NextStep::GiveUp,
             }
         };
+        crate::telemetry::webhook_attempt(match &next {
+            NextStep::Delivered => "delivered",
+            NextStep::RetryAt(_) => "retry",
+            NextStep::GiveUp => "failed",
+        });
         match &next {
             NextStep::Delivered => {
                 debug!(webhook_id = %delivery.webhook_id, latency_ms, "webhook delivered")

@@ -31,6 +31,18 @@ pub struct ApiState {
     pub sse: sse::SseOptions,
     /// The two steps of a graceful stop, as this API sees them.
     pub shutdown: Shutdown,
+    /// Renders `/metrics` (Prometheus text); `None`: no `/metrics`.
+    pub metrics: Option<MetricsRenderer>,
+}
+
+/// Renders the metrics in Prometheus' text format, at each scrape.
+#[derive(Clone)]
+pub struct MetricsRenderer(pub std::sync::Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsRenderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsRenderer")
+    }
 }
 
 /// A graceful stop in two steps. Once `draining`, new requests are refused with a 503

@@ -14,6 +14,8 @@ use actix_web::{Error, HttpMessage};
 use futures_util::FutureExt;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use baton_domain::telemetry;
+
 use crate::error::{ApiError, ErrorCode};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -78,6 +80,10 @@ pub async fn envelope_and_request_id(
     }
     let method = req.method().clone();
     let path = req.path().to_owned();
+    // The route's pattern, not the path, labels metrics: ids would explode them.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
     let span = info_span!("request", request_id = %id);
 
@@ -96,16 +102,17 @@ pub async fn envelope_and_request_id(
                     err.to_string(),
                 ),
             };
-            return Err(log_done(
-                &span,
-                &method,
-                &path,
+            return Err(Done {
+                span: &span,
+                method: &method,
+                route: &route,
+                path: &path,
                 started,
-                ApiError {
-                    request_id: Some(id),
-                    ..api
-                },
-            ));
+            }
+            .failed(ApiError {
+                request_id: Some(id),
+                ..api
+            }));
         }
         Err(_panic) => {
             span.in_scope(|| error!("handler panicked"));
@@ -113,38 +120,63 @@ pub async fn envelope_and_request_id(
                 ErrorCode::InternalError,
                 "An unexpected error occurred. Report the request_id to the operator.",
             );
-            return Err(log_done(
-                &span,
-                &method,
-                &path,
+            return Err(Done {
+                span: &span,
+                method: &method,
+                route: &route,
+                path: &path,
                 started,
-                ApiError {
-                    request_id: Some(id),
-                    ..api
-                },
-            ));
+            }
+            .failed(ApiError {
+                request_id: Some(id),
+                ..api
+            }));
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    let status = response.status().as_u16();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    span.in_scope(|| info!(%method, %path, status, elapsed_ms, "request"));
+    let done = Done {
+        span: &span,
+        method: &method,
+        route: &route,
+        path: &path,
+        started,
+    };
+    done.record(response.status().as_u16());
     Ok(response)
 }
 
-fn log_done(
-    span: &tracing::Span,
-    method: &actix_web::http::Method,
-    path: &str,
+/// A request that was answered: one log line and its metrics.
+struct Done<'a> {
+    span: &'a tracing::Span,
+    method: &'a actix_web::http::Method,
+    route: &'a str,
+    path: &'a str,
     started: Instant,
-    err: ApiError,
-) -> Error {
-    let status = err.code.status().as_u16();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    span.in_scope(|| info!(%method, %path, status, elapsed_ms, "request"));
-    err.into()
+}
+
+impl Done<'_> {
+    fn record(&self, status: u16) {
+        let elapsed = self.started.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let (method, path) = (self.method, self.path);
+        self.span
+            .in_scope(|| info!(%method, %path, status, elapsed_ms, "request"));
+        let labels = [
+            ("method", method.as_str().to_owned()),
+            ("route", self.route.to_owned()),
+        ];
+        metrics::histogram!(telemetry::HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+        let mut with_status = labels.to_vec();
+        with_status.push(("status", status.to_string()));
+        metrics::counter!(telemetry::HTTP_REQUESTS, &with_status).increment(1);
+    }
+
+    fn failed(&self, err: ApiError) -> Error {
+        self.record(err.code.status().as_u16());
+        err.into()
+    }
 }
 
 /// Renders any error response as the envelope with this request's id, and logs the

@@ -13,7 +13,8 @@ use crate::extract::{authenticate, idempotency_key, json_body, page, task_id, wa
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
     cfg.service(
         web::resource("/v1/chat/tasks")
             .route(web::post().to(create_task))
@@ -57,6 +58,16 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
             req.path()
         ),
     ))
+}
+
+/// Prometheus metrics, when the server renders them.
+async fn metrics(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    match &state.metrics {
+        Some(render) => Ok(HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body((render.0)())),
+        None => not_found(req).await,
+    }
 }
 
 /// The process is up and serving HTTP (liveness). Answered even while stopping.

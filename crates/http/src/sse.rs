@@ -117,6 +117,23 @@ struct SseStream {
     pending: VecDeque<Bytes>,
     done: bool,
     closing: tokio_util::sync::CancellationToken,
+    _open: OpenStream,
+}
+
+/// Counts a stream in the open-streams gauge for as long as it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!(baton_domain::telemetry::STREAMS_OPEN).increment(1.0);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(baton_domain::telemetry::STREAMS_OPEN).decrement(1.0);
+    }
 }
 
 impl SseStream {
@@ -209,6 +226,7 @@ pub async fn stream(
         ))]),
         done: false,
         closing,
+        _open: OpenStream::new(),
     };
     let body = futures_util::stream::unfold(state, |mut state| async move {
         state

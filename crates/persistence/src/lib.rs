@@ -31,6 +31,15 @@ pub struct StoreOptions {
     pub postgres: PgOptions,
 }
 
+/// One connection pool's use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub pool: &'static str,
+    pub in_use: usize,
+    pub idle: usize,
+    pub max: usize,
+}
+
 /// The SQL storage adapter, on whichever database its URL names.
 pub struct SqlStore {
     db: Db,
@@ -90,6 +99,29 @@ impl SqlStore {
     /// lease says.
     pub fn is_single_instance(&self) -> bool {
         matches!(self.db, Db::Sqlite(_))
+    }
+
+    /// Each connection pool's use right now: name, connections in use, idle, maximum.
+    pub fn pool_usage(&self) -> Vec<PoolUsage> {
+        fn usage<M: deadpool::managed::Manager>(
+            name: &'static str,
+            pool: &deadpool::managed::Pool<M>,
+        ) -> PoolUsage {
+            let status = pool.status();
+            PoolUsage {
+                pool: name,
+                in_use: status.size.saturating_sub(status.available),
+                idle: status.available,
+                max: status.max_size,
+            }
+        }
+        match &self.db {
+            Db::Sqlite(pools) => vec![
+                usage("sqlite_writer", &pools.writer),
+                usage("sqlite_readers", &pools.readers),
+            ],
+            Db::Postgres(pool) => vec![usage("postgres", pool)],
+        }
     }
 
     /// Starts feeding turn changes made by other instances into `hub` (PostgreSQL's

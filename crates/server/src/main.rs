@@ -325,8 +325,37 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Installs the Prometheus recorder and returns what renders `/metrics`: the recorded
+/// metrics plus the database pools' use, read at each scrape.
+fn metrics_renderer(store: Arc<SqlStore>) -> anyhow::Result<baton_http::MetricsRenderer> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const SECONDS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0, 600.0,
+    ];
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS)?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    telemetry::describe();
+    Ok(baton_http::MetricsRenderer(Arc::new(move || {
+        for usage in store.pool_usage() {
+            for (state, count) in [
+                ("in_use", usage.in_use),
+                ("idle", usage.idle),
+                ("max", usage.max),
+            ] {
+                metrics::gauge!(telemetry::DB_CONNECTIONS, "pool" => usage.pool, "state" => state)
+                    .set(count as f64);
+            }
+        }
+        prometheus.render()
+    })))
+}
+
 async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     let app = App::open(&config).await?;
+    let metrics = metrics_renderer(app.store.clone())?;
     let executor = app.tasks.executor().clone();
 
     // Turns left running by a dead instance are ended or retried now, not after their
@@ -384,6 +413,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
             body_limit: config.body_limit,
             sse: baton_http::sse::SseOptions::default(),
             shutdown: shutdown.clone(),
+            metrics: Some(metrics),
         },
         ServerOptions {
             workers: config.workers,

@@ -91,6 +91,7 @@ impl TestApp {
                 body_limit,
                 sse,
                 shutdown: shutdown.clone(),
+                metrics: None,
             },
             ServerOptions {
                 workers: 2,
