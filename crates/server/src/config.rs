@@ -1,5 +1,7 @@
-//! Configuration: defaults, then an optional TOML file, then environment variables and
-//! flags (clap merges those two). Unknown keys in the file are an error.
+//! Configuration: defaults, then an optional TOML file, then `BATON_…` environment
+//! variables, then flags. Every file key has a variable: `BATON_` and the key in
+//! capitals, a section's keys prefixed with the section (`[sqlite] readers` is
+//! `BATON_SQLITE_READERS`). Unknown keys, in the file or in variables, are an error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,10 +12,10 @@ use baton_domain::{
     DestinationPolicy, ExecutorConfig, IdempotencyConfig, SenderConfig, WebhookSettings,
 };
 use baton_persistence::{PgOptions, SqliteOptions, SqliteSync, StoreOptions};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The configuration file's shape. Every key is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub database_url: Option<String>,
@@ -37,14 +39,14 @@ pub struct FileConfig {
     pub postgres: PostgresFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeasesFile {
     pub ttl_ms: Option<u64>,
     pub sweep_interval_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksFile {
     pub signing_secret: Option<String>,
@@ -57,21 +59,21 @@ pub struct WebhooksFile {
     pub retry_schedule_ms: Option<Vec<u64>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyFile {
     pub ttl_secs: Option<u64>,
     pub in_flight_wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresFile {
     pub pool_size: Option<usize>,
     pub pool_wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteFile {
     pub synchronous: Option<SqliteSync>,
@@ -79,7 +81,7 @@ pub struct SqliteFile {
     pub readers: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -122,18 +124,78 @@ pub struct Webhooks {
 /// How often each instance sweeps expired leases by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The file's sections, whose keys' variables carry the section's name.
+const SECTIONS: &[&str] = &["leases", "idempotency", "webhooks", "sqlite", "postgres"];
+
+/// `BATON_…` variables that are not settings.
+const NOT_SETTINGS: &[&str] = &["CONFIG", "LOG", "TEST_DATABASE_URL", "KEY"];
+
 impl FileConfig {
-    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-        let Some(path) = path else {
-            return Ok(FileConfig::default());
+    /// The file (if any) with the `BATON_…` variables among `env` laid over it.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<FileConfig> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("in config file {}", path.display()))?
+            }
+            None => toml::Table::new(),
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+        let mut from_env = Vec::new();
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix("BATON_") else {
+                continue;
+            };
+            if NOT_SETTINGS.contains(&key) || key.is_empty() {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            let value = env_value(&raw);
+            let section = SECTIONS.iter().find(|s| {
+                key.strip_prefix(**s)
+                    .is_some_and(|rest| rest.starts_with('_'))
+            });
+            match section {
+                Some(section) => {
+                    let entry = table
+                        .entry(section.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(inner) = entry {
+                        inner.insert(key[section.len() + 1..].to_owned(), value);
+                    }
+                }
+                None => {
+                    table.insert(key, value);
+                }
+            }
+            from_env.push(name);
+        }
+        let where_from = match (path, from_env.is_empty()) {
+            (Some(path), true) => format!("in config file {}", path.display()),
+            (Some(path), false) => format!(
+                "in config file {} or the variables {}",
+                path.display(),
+                from_env.join(", ")
+            ),
+            (None, _) => format!("in the variables {}", from_env.join(", ")),
+        };
+        FileConfig::deserialize(toml::Value::Table(table)).context(where_from)
     }
 }
 
-/// Values given on the command line or in `BATON_…` variables, which win over the file.
+/// A variable's value as TOML (`4`, `true`, `["10.0.0.0/8"]`), or else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Values given on the command line, which win over the variables and the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub config_file: Option<PathBuf>,
@@ -146,6 +208,84 @@ pub struct Overrides {
     pub sweep_interval_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub webhook_secret: Option<String>,
+}
+
+/// Stands for a secret in printed configuration.
+const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// The effective configuration in the file's shape, every key filled in, secrets
+    /// redacted: what `baton config` prints.
+    pub fn effective(&self) -> FileConfig {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let hooks = &self.webhooks;
+        FileConfig {
+            database_url: Some(redact_url(&self.database_url)),
+            listen: Some(self.listen.clone()),
+            workers: Some(self.workers),
+            body_limit_bytes: Some(self.body_limit),
+            max_concurrent_turns: Some(self.max_concurrent_turns),
+            shutdown_grace_secs: Some(self.shutdown_grace.as_secs()),
+            log_format: Some(self.log_format),
+            instance_id: Some(self.instance_id.clone()),
+            leases: LeasesFile {
+                ttl_ms: Some(ms(self.lease_ttl)),
+                sweep_interval_ms: Some(ms(self.sweep_interval)),
+            },
+            idempotency: IdempotencyFile {
+                ttl_secs: Some(self.idempotency.ttl.as_secs()),
+                in_flight_wait_ms: Some(ms(self.idempotency.in_flight_wait)),
+            },
+            webhooks: WebhooksFile {
+                signing_secret: (!hooks.settings.signing_secrets.is_empty())
+                    .then(|| REDACTED.to_owned()),
+                allow_http: Some(hooks.settings.destinations.allow_http),
+                allow_networks: Some(
+                    hooks
+                        .settings
+                        .destinations
+                        .allow_networks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
+                timeout_ms: Some(ms(hooks.timeout)),
+                poll_interval_ms: Some(ms(hooks.sender.poll_interval)),
+                claim_ms: Some(ms(hooks.sender.claim_for)),
+                concurrency: Some(hooks.sender.concurrency),
+                retry_schedule_ms: Some(
+                    hooks
+                        .sender
+                        .schedule
+                        .delays
+                        .iter()
+                        .map(|d| ms(*d))
+                        .collect(),
+                ),
+            },
+            sqlite: SqliteFile {
+                synchronous: Some(self.store.sqlite.synchronous),
+                busy_timeout_ms: Some(ms(self.store.sqlite.busy_timeout)),
+                readers: Some(self.store.sqlite.readers),
+            },
+            postgres: PostgresFile {
+                pool_size: Some(self.store.postgres.pool_size),
+                pool_wait_ms: Some(ms(self.store.postgres.pool_wait)),
+            },
+        }
+    }
+}
+
+/// A database URL with its password replaced.
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Angle brackets would be percent-encoded in a URL.
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => raw.to_owned(),
+    }
 }
 
 fn resolve_webhooks(file: WebhooksFile, secret: Option<String>) -> anyhow::Result<Webhooks> {
@@ -208,7 +348,14 @@ fn resolve_webhooks(file: WebhooksFile, secret: Option<String>) -> anyhow::Resul
 
 impl Config {
     pub fn resolve(overrides: &Overrides) -> anyhow::Result<Config> {
-        let file = FileConfig::load(overrides.config_file.as_deref())?;
+        Config::resolve_with_env(overrides, std::env::vars())
+    }
+
+    pub fn resolve_with_env(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let file = FileConfig::load(overrides.config_file.as_deref(), env)?;
         let defaults = SqliteOptions::default();
         let pg_defaults = PgOptions::default();
         let idempotency_defaults = IdempotencyConfig::default();
@@ -337,16 +484,39 @@ mod tests {
         let file = write(
             "database_url = \"sqlite://from-file.db\"\nlisten = \"127.0.0.1:9000\"\n[sqlite]\nsynchronous = \"normal\"\n",
         );
-        let config = Config::resolve(&Overrides {
-            config_file: Some(file.path().to_owned()),
-            listen: Some("127.0.0.1:9999".into()),
-            ..Overrides::default()
-        })
+        let env = [
+            ("BATON_LISTEN".to_owned(), "127.0.0.1:7000".to_owned()),
+            ("BATON_SQLITE_READERS".to_owned(), "7".to_owned()),
+            ("BATON_WORKERS".to_owned(), "3".to_owned()),
+            (
+                "BATON_WEBHOOKS_ALLOW_NETWORKS".to_owned(),
+                r#"["10.0.0.0/8"]"#.to_owned(),
+            ),
+            ("BATON_LOG".to_owned(), "debug".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let config = Config::resolve_with_env(
+            &Overrides {
+                config_file: Some(file.path().to_owned()),
+                listen: Some("127.0.0.1:9999".into()),
+                ..Overrides::default()
+            },
+            env,
+        )
         .unwrap();
+        assert_eq!(config.workers, 3, "a variable wins over the default");
+        assert_eq!(
+            config.store.sqlite.readers, 7,
+            "section keys have variables too"
+        );
+        assert_eq!(
+            config.webhooks.settings.destinations.allow_networks,
+            vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+        );
         assert_eq!(config.database_url, "sqlite://from-file.db");
         assert_eq!(config.listen, "127.0.0.1:9999");
         assert_eq!(config.store.sqlite.synchronous, SqliteSync::Normal);
-        let defaults = Config::resolve(&Overrides::default()).unwrap();
+        let defaults = Config::resolve_with_env(&Overrides::default(), []).unwrap();
         assert_eq!(defaults.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(defaults.store.sqlite.synchronous, SqliteSync::Full);
     }
@@ -354,11 +524,61 @@ mod tests {
     #[test]
     fn unknown_keys_are_an_error_naming_the_key() {
         let file = write("databse_url = \"x\"\n");
-        let err = Config::resolve(&Overrides {
-            config_file: Some(file.path().to_owned()),
-            ..Overrides::default()
-        })
+        let err = Config::resolve_with_env(
+            &Overrides {
+                config_file: Some(file.path().to_owned()),
+                ..Overrides::default()
+            },
+            [],
+        )
         .unwrap_err();
         assert!(format!("{err:#}").contains("databse_url"), "{err:#}");
+        let typo = [("BATON_WROKERS".to_owned(), "4".to_owned())];
+        let err = Config::resolve_with_env(&Overrides::default(), typo).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("wrokers") && text.contains("BATON_WROKERS"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_effective_configuration_round_trips_with_secrets_redacted() {
+        let env = [
+            (
+                "BATON_DATABASE_URL".to_owned(),
+                "postgres://baton:hunter2@db.internal/baton".to_owned(),
+            ),
+            (
+                "BATON_WEBHOOKS_SIGNING_SECRET".to_owned(),
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+            ),
+        ];
+        let config = Config::resolve_with_env(&Overrides::default(), env).unwrap();
+        let printed = toml::to_string(&config.effective()).unwrap();
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("MfKQ9r8"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("postgres://baton:redacted@db.internal/baton"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("signing_secret = \"<redacted>\""),
+            "{printed}"
+        );
+        // Every key is there, and the printed file is a valid configuration itself.
+        for key in [
+            "readers",
+            "ttl_ms",
+            "retry_schedule_ms",
+            "pool_size",
+            "instance_id",
+        ] {
+            assert!(printed.contains(key), "{key} missing: {printed}");
+        }
+        let reread: FileConfig = toml::from_str(&printed).unwrap();
+        assert_eq!(reread.workers, Some(config.workers));
     }
 }

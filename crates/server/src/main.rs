@@ -30,18 +30,14 @@ struct Cli {
     #[arg(long, global = true, env = "BATON_CONFIG")]
     config: Option<PathBuf>,
     /// The database: sqlite://PATH (or a file path), or postgres://USER@HOST/DB.
-    #[arg(long, global = true, env = "BATON_DATABASE_URL")]
+    #[arg(long, global = true)]
     database_url: Option<String>,
     /// Log format.
-    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum)]
+    #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
-    /// The server's webhook signing secret(s), `whsec_…` (space-separated to rotate).
-    #[arg(
-        long,
-        global = true,
-        env = "BATON_WEBHOOK_SECRET",
-        hide_env_values = true
-    )]
+    /// The server's webhook signing secret(s), `whsec_…` (space-separated to rotate);
+    /// better given as BATON_WEBHOOKS_SIGNING_SECRET, out of the process list.
+    #[arg(long, global = true)]
     webhook_secret: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -52,25 +48,25 @@ enum Command {
     /// Run the server.
     Serve {
         /// Address to listen on.
-        #[arg(long, env = "BATON_LISTEN")]
+        #[arg(long)]
         listen: Option<String>,
         /// HTTP worker threads.
-        #[arg(long, env = "BATON_WORKERS")]
+        #[arg(long)]
         workers: Option<usize>,
         /// Create a demo echo agent and a key for it, and print a ready-to-paste curl.
         #[arg(long)]
         demo: bool,
         /// This instance's name as a lease holder (default: fresh per start).
-        #[arg(long, env = "BATON_INSTANCE_ID")]
+        #[arg(long)]
         instance_id: Option<String>,
         /// How long a running turn's lease lasts unless renewed, in ms.
-        #[arg(long, env = "BATON_LEASE_TTL_MS")]
+        #[arg(long)]
         lease_ttl_ms: Option<u64>,
         /// How often to look for turns whose lease expired, in ms.
-        #[arg(long, env = "BATON_SWEEP_INTERVAL_MS")]
+        #[arg(long)]
         sweep_interval_ms: Option<u64>,
         /// How long SIGTERM lets running turns finish, in seconds.
-        #[arg(long, env = "BATON_SHUTDOWN_GRACE_SECS")]
+        #[arg(long)]
         shutdown_grace_secs: Option<u64>,
     },
     /// Apply pending database migrations and exit.
@@ -84,6 +80,9 @@ enum Command {
     /// Webhook deliveries.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Print the effective configuration (defaults, file, `BATON_…` variables and
+    /// flags merged) as TOML, secrets redacted.
+    Config,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,6 +241,10 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.command {
         Command::Serve { demo, .. } => serve(config, demo).await,
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config.effective())?);
+            Ok(())
+        }
         Command::Migrate => {
             let applied = SqlStore::migrate(&config.database_url).await?;
             println!("applied {} migration(s)", applied.len());

@@ -188,3 +188,41 @@ fn cli_refuses_bad_input_with_a_clear_message() {
     let (ok, _, err) = run(&db, &["--database-url", "mysql://nope", "migrate"]);
     assert!(!ok && err.contains("sqlite://PATH"), "{err}");
 }
+
+#[test]
+fn config_prints_the_effective_settings_and_refuses_unknown_variables() {
+    let (_dir, db) = sqlite_db();
+    let output = baton(&db)
+        .arg("config")
+        .env("BATON_SQLITE_READERS", "9")
+        .env(
+            "BATON_WEBHOOKS_SIGNING_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("readers = 9"), "{printed}");
+    assert!(
+        printed.contains("signing_secret = \"<redacted>\""),
+        "{printed}"
+    );
+    assert!(!printed.contains("MfKQ9r8"), "{printed}");
+    assert!(
+        printed.contains(&format!("database_url = \"{db}\"")),
+        "{printed}"
+    );
+
+    let output = baton(&db)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("BATON_WROKERS", "4")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("BATON_WROKERS") && err.contains("wrokers"),
+        "{err}"
+    );
+}
