@@ -38,6 +38,9 @@ pub enum ClaimError {
     /// The idempotency key was first used for a different request; nothing was stored.
     #[error("idempotency key reused for a different request")]
     IdempotencyKeyReused,
+    /// The agent already runs as many turns as it may; nothing was stored.
+    #[error("the agent already runs {0} turns")]
+    TooManyRunningTurns(u32),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -75,6 +78,9 @@ pub enum ServiceError {
     TaskNotRunning(TurnStatus),
     #[error("idempotency key reused for a different request")]
     IdempotencyKeyReused,
+    /// The agent already runs as many turns as the server allows it.
+    #[error("the agent already runs {0} turns")]
+    TooManyRunningTurns(u32),
     /// Another request with this idempotency key is still being processed.
     #[error("idempotency key in use by a request still being processed")]
     IdempotencyKeyInUse,
@@ -107,6 +113,7 @@ impl From<ClaimError> for ServiceError {
             ClaimError::TaskNotFound => ServiceError::TaskNotFound,
             ClaimError::TaskBusy(active) => ServiceError::TaskBusy(active),
             ClaimError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
+            ClaimError::TooManyRunningTurns(limit) => ServiceError::TooManyRunningTurns(limit),
             ClaimError::Store(store) => store.into(),
         }
     }

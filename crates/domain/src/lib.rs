@@ -32,6 +32,8 @@ pub use ports::{
     AgentStore, Clock, SystemClock, TaskNotifier, TaskStore, WebhookStore, WebhookTransport,
 };
 pub use runner::{RunnerError, RunnerRegistry, SinkClosed, TurnInput, TurnRunner, TurnSink};
-pub use service::{AdminService, CreatedKey, Principal, TaskService, WebhookSettings};
+pub use service::{
+    AdminService, CreatedKey, Principal, SubmitLimits, TaskService, WebhookSettings,
+};
 pub use webhook_sender::{SenderConfig, WebhookSender};
 pub use webhooks::{DestinationPolicy, WebhookEndpoint, WebhookTarget};

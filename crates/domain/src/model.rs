@@ -376,6 +376,8 @@ pub struct NewTask {
     pub idempotency: Option<IdempotencyRecord>,
     /// Where the turn's end is delivered (else the agent's default webhook, if any).
     pub webhook: Option<WebhookEndpoint>,
+    /// At most this many running turns for the agent, this one included.
+    pub max_running_per_agent: Option<u32>,
 }
 
 /// Everything needed to append a message and claim the task for its next turn.
@@ -389,6 +391,7 @@ pub struct NewAppend {
     pub lease: Lease,
     pub idempotency: Option<IdempotencyRecord>,
     pub webhook: Option<WebhookEndpoint>,
+    pub max_running_per_agent: Option<u32>,
 }
 
 /// What a claim did: started a turn, or found that the request's idempotency key had

@@ -55,6 +55,25 @@ pub struct TaskService {
     keys: InFlightKeys,
     webhooks: WebhookSettings,
     deliveries: Option<Arc<dyn WebhookStore>>,
+    limits: SubmitLimits,
+}
+
+/// Limits on what one request may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitLimits {
+    /// A message's content, as JSON, in bytes.
+    pub max_message_bytes: usize,
+    /// Running turns per agent, across instances; `None`: unlimited.
+    pub max_running_turns_per_agent: Option<u32>,
+}
+
+impl Default for SubmitLimits {
+    fn default() -> Self {
+        SubmitLimits {
+            max_message_bytes: 256 * 1024,
+            max_running_turns_per_agent: None,
+        }
+    }
 }
 
 /// The longest a long-poll may wait; longer requests wait this long.
@@ -88,7 +107,13 @@ impl TaskService {
             keys: InFlightKeys::default(),
             webhooks: WebhookSettings::default(),
             deliveries: None,
+            limits: SubmitLimits::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: SubmitLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn with_idempotency(mut self, config: IdempotencyConfig) -> Self {
@@ -195,7 +220,13 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
-        check_submission(who, &submit, key.as_deref(), &self.webhooks.destinations)?;
+        check_submission(
+            who,
+            &submit,
+            key.as_deref(),
+            &self.webhooks.destinations,
+            &self.limits,
+        )?;
         let now = self.executor.clock().now();
         let idempotency =
             self.idempotency_record(key.as_deref(), "create_task", None, &submit, now);
@@ -208,6 +239,7 @@ impl TaskService {
             lease: self.executor.new_lease(now),
             idempotency,
             webhook,
+            max_running_per_agent: self.limits.max_running_turns_per_agent,
         };
         let tasks = self.tasks.clone();
         self.claim(who, key, async move { tasks.create_task(new).await })
@@ -224,7 +256,13 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
-        check_submission(who, &submit, key.as_deref(), &self.webhooks.destinations)?;
+        check_submission(
+            who,
+            &submit,
+            key.as_deref(),
+            &self.webhooks.destinations,
+            &self.limits,
+        )?;
         let now = self.executor.clock().now();
         let idempotency = self.idempotency_record(
             key.as_deref(),
@@ -243,6 +281,7 @@ impl TaskService {
             lease: self.executor.new_lease(now),
             idempotency,
             webhook,
+            max_running_per_agent: self.limits.max_running_turns_per_agent,
         };
         let tasks = self.tasks.clone();
         self.claim(
@@ -467,6 +506,7 @@ fn check_submission(
     submit: &SubmitMessage,
     key: Option<&str>,
     destinations: &DestinationPolicy,
+    limits: &SubmitLimits,
 ) -> Result<(), ServiceError> {
     if submit.agent_id != who.agent_id {
         return Err(ServiceError::AgentNotFound);
@@ -477,6 +517,16 @@ fn check_submission(
     }
     if let Some(webhook) = &submit.webhook {
         webhooks::check_target(webhook, destinations, "webhook", &mut errors);
+    }
+    let size = serde_json::to_vec(&submit.message.content).map_or(0, |json| json.len());
+    if size > limits.max_message_bytes {
+        errors.push(crate::FieldError::new(
+            "message.content",
+            format!(
+                "is {size} bytes; at most {} are accepted",
+                limits.max_message_bytes
+            ),
+        ));
     }
     validate::client_message(&submit.message, &mut errors);
     validate::metadata(&submit.metadata, &mut errors);

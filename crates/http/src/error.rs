@@ -39,6 +39,7 @@ error_codes! {
     AgentNotFound => (NOT_FOUND, "agent_not_found"),
     TaskNotFound => (NOT_FOUND, "task_not_found"),
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
+    JsonTooDeep => (BAD_REQUEST, "json_too_deep"),
     TaskBusy => (CONFLICT, "task_busy"),
     TaskNotRunning => (CONFLICT, "task_not_running"),
     IdempotencyKeyReused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
@@ -46,6 +47,8 @@ error_codes! {
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large"),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
     ValidationFailed => (UNPROCESSABLE_ENTITY, "validation_failed"),
+    RateLimited => (TOO_MANY_REQUESTS, "rate_limited"),
+    TooManyRunningTurns => (TOO_MANY_REQUESTS, "too_many_running_turns"),
     InternalError => (INTERNAL_SERVER_ERROR, "internal_error"),
     ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable"),
     ShuttingDown => (SERVICE_UNAVAILABLE, "shutting_down"),
@@ -72,10 +75,13 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub fields: Vec<FieldProblem>,
-    pub active_turn: Option<ActiveTurnBody>,
+    /// Boxed: rare, and it keeps every `Result<_, ApiError>` small.
+    pub active_turn: Option<Box<ActiveTurnBody>>,
     /// Set when the error is rendered outside the request (after a panic), so that
     /// the response can still carry the request's id.
     pub request_id: Option<String>,
+    /// Seconds for `Retry-After`, when the error says when to come back.
+    pub retry_after: Option<u32>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -104,6 +110,7 @@ impl ApiError {
             fields: Vec::new(),
             active_turn: None,
             request_id: None,
+            retry_after: None,
             source: None,
         }
     }
@@ -155,7 +162,7 @@ impl ApiError {
                 message: &self.message,
                 request_id,
                 fields: &self.fields,
-                active_turn: self.active_turn.as_ref(),
+                active_turn: self.active_turn.as_deref(),
             },
         })
         .unwrap_or_else(
@@ -174,8 +181,11 @@ impl ApiError {
             ErrorCode::TaskBusy
             | ErrorCode::IdempotencyKeyInUse
             | ErrorCode::ServiceUnavailable
-            | ErrorCode::ShuttingDown => {
-                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            | ErrorCode::ShuttingDown
+            | ErrorCode::RateLimited
+            | ErrorCode::TooManyRunningTurns => {
+                let seconds = self.retry_after.unwrap_or(1).max(1);
+                response.insert_header((header::RETRY_AFTER, seconds.to_string()));
             }
             _ => {}
         }
@@ -217,10 +227,10 @@ fn fields(errors: Vec<FieldError>) -> Vec<FieldProblem> {
 
 fn busy(active: ActiveTurn) -> ApiError {
     ApiError {
-        active_turn: Some(ActiveTurnBody {
+        active_turn: Some(Box::new(ActiveTurnBody {
             turn_id: active.turn_id.0,
             started_at: active.started_at,
-        }),
+        })),
         ..ApiError::new(
             ErrorCode::TaskBusy,
             format!(
@@ -247,6 +257,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::TaskNotRunning(status) => ApiError::new(
                 ErrorCode::TaskNotRunning,
                 format!("The task has no running turn to cancel: its latest turn is {status}."),
+            ),
+            ServiceError::TooManyRunningTurns(limit) => ApiError::new(
+                ErrorCode::TooManyRunningTurns,
+                format!(
+                    "Your agent already runs {limit} turns, as many as this server allows; retry when one has ended."
+                ),
             ),
             ServiceError::IdempotencyKeyReused => ApiError::new(
                 ErrorCode::IdempotencyKeyReused,

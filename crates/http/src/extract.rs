@@ -30,7 +30,11 @@ pub async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<Princip
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::from(baton_domain::ServiceError::Unauthorized))?;
-    Ok(state.tasks.authenticate(token).await?)
+    let who = state.tasks.authenticate(token).await?;
+    if let Some(rate) = &state.limits.per_key {
+        rate.check(who.key_id)?;
+    }
+    Ok(who)
 }
 
 /// The `Idempotency-Key` header, if sent. Its form is checked with the body (so all
@@ -62,8 +66,9 @@ pub fn task_id(req: &HttpRequest) -> Result<TaskId, ApiError> {
 pub async fn json_body<T: DeserializeOwned>(
     req: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    state: &ApiState,
 ) -> Result<T, ApiError> {
+    let limit = state.body_limit;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -108,12 +113,12 @@ pub async fn json_body<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    parse_json(&body)
+    parse_json(&body, state.limits.json_depth)
 }
 
 /// Parses in two steps so that any syntax error anywhere in the body is reported as
 /// such (`malformed_json`) before any field is judged (`validation_failed`).
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|err| {
         ApiError::new(
             ErrorCode::MalformedJson,
@@ -122,6 +127,13 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     if !value.is_object() {
         return Err(ApiError::invalid_field("body", "must be a JSON object"));
+    }
+    let depth = crate::limits::depth(&value);
+    if depth > max_depth {
+        return Err(ApiError::new(
+            ErrorCode::JsonTooDeep,
+            format!("The body nests {depth} levels deep; at most {max_depth} are accepted."),
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
@@ -237,7 +249,7 @@ mod tests {
     #[test]
     fn syntax_errors_are_malformed_json() {
         for bad in [&b"{"[..], b"", b"{\"agent_id\": 1,}", b"{} x"] {
-            let err = parse_json::<Body>(bad).unwrap_err();
+            let err = parse_json::<Body>(bad, 32).unwrap_err();
             assert_eq!(
                 err.code,
                 ErrorCode::MalformedJson,
@@ -249,18 +261,36 @@ mod tests {
 
     #[test]
     fn wrong_values_name_their_field() {
-        let err = parse_json::<Body>(br#"{"agent_id": 1, "inner": {"n": 300}}"#).unwrap_err();
+        let err = parse_json::<Body>(br#"{"agent_id": 1, "inner": {"n": 300}}"#, 32).unwrap_err();
         assert_eq!(err.code, ErrorCode::ValidationFailed);
         assert_eq!(err.fields[0].field, "inner.n");
-        let err = parse_json::<Body>(br#"{"inner": {"n": 1}}"#).unwrap_err();
+        let err = parse_json::<Body>(br#"{"inner": {"n": 1}}"#, 32).unwrap_err();
         assert_eq!(err.fields[0].field, "body");
         assert!(
             err.fields[0].reason.contains("agent_id"),
             "{:?}",
             err.fields
         );
-        let err = parse_json::<Body>(br#"[1]"#).unwrap_err();
+        let err = parse_json::<Body>(br#"[1]"#, 32).unwrap_err();
         assert_eq!(err.code, ErrorCode::ValidationFailed);
+    }
+
+    #[test]
+    fn bodies_nested_deeper_than_the_limit_are_refused_before_any_field() {
+        let deep = format!(
+            "{{\"agent_id\": 1, \"x\": {}1{}}}",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let err = parse_json::<Body>(deep.as_bytes(), 32).unwrap_err();
+        assert_eq!(err.code, ErrorCode::JsonTooDeep);
+        assert!(err.message.contains("at most 32"), "{}", err.message);
+        let err = parse_json::<Body>(deep.as_bytes(), 64).unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::ValidationFailed,
+            "within the limit, fields are judged"
+        );
     }
 
     #[test]

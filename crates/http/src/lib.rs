@@ -4,6 +4,7 @@
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod middleware;
 pub mod routes;
 pub mod sse;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub shutdown: Shutdown,
     /// Renders `/metrics` (Prometheus text); `None`: no `/metrics`.
     pub metrics: Option<MetricsRenderer>,
+    /// JSON nesting and per-key request rate.
+    pub limits: limits::RequestLimits,
 }
 
 /// Renders the metrics in Prometheus' text format, at each scrape.

@@ -122,7 +122,7 @@ async fn create_task(
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let key = idempotency_key(&req)?;
-    let body: SubmitBody = json_body(&req, payload, state.body_limit).await?;
+    let body: SubmitBody = json_body(&req, payload, &state).await?;
     let done = state
         .tasks
         .create_task(&who, body.into_submit(), key)
@@ -138,7 +138,7 @@ async fn append_message(
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let key = idempotency_key(&req)?;
-    let body: SubmitBody = json_body(&req, payload, state.body_limit).await?;
+    let body: SubmitBody = json_body(&req, payload, &state).await?;
     let done = state
         .tasks
         .append_message(&who, task, body.into_submit(), key)

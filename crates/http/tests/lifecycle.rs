@@ -432,3 +432,81 @@ async fn health_and_readiness_probes_and_how_they_answer_while_stopping() {
         "shutting_down",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_with_their_own_codes_and_store_nothing() {
+    let app = TestApp::with_limits(
+        baton_http::DEFAULT_BODY_LIMIT,
+        baton_http::sse::SseOptions::default(),
+        baton_http::limits::RequestLimits {
+            json_depth: 8,
+            per_key: baton_http::limits::KeyRate::new(1, 4),
+        },
+        baton_domain::SubmitLimits {
+            max_message_bytes: 1024,
+            max_running_turns_per_agent: Some(1),
+        },
+    )
+    .await;
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 3000})).await;
+
+    let (status, headers, body) = app
+        .post(&token, "/v1/chat/tasks", message(agent, &"x".repeat(2000)))
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(body["error"]["fields"][0]["field"], "message.content");
+
+    let deep = json!({"agent_id": agent, "message": {"content": "x"},
+                      "metadata": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}});
+    let (status, headers, body) = app.post(&token, "/v1/chat/tasks", deep).await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "json_too_deep",
+    );
+
+    let (status, _, first) = app
+        .post(&token, "/v1/chat/tasks", message(agent, "one"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, headers, body) = app
+        .post(&token, "/v1/chat/tasks", message(agent, "two"))
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_running_turns",
+    );
+    assert_eq!(headers["retry-after"], "1");
+
+    // Four requests so far: the burst is spent, and the next waits.
+    let (status, headers, body) = app.get_full(&token, "/v1/chat/tasks").await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    assert_eq!(headers["retry-after"], "1");
+    let (status, _) = app.get(&app.token, "/v1/chat/tasks").await;
+    assert_eq!(status, StatusCode::OK, "another key has its own bucket");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, tasks) = app.get(&token, "/v1/chat/tasks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        tasks["data"].as_array().unwrap().len(),
+        1,
+        "only the accepted task exists"
+    );
+}

@@ -230,6 +230,25 @@ impl State {
         });
     }
 
+    /// Refuses a claim when the agent already runs `limit` turns.
+    fn check_capacity(&self, agent: AgentId, limit: Option<u32>) -> Result<(), ClaimError> {
+        let Some(limit) = limit else { return Ok(()) };
+        let running = self
+            .turns
+            .iter()
+            .filter(|t| t.status == TurnStatus::Running)
+            .filter(|t| {
+                self.tasks
+                    .iter()
+                    .any(|task| task.id == t.task_id && task.agent_id == agent)
+            })
+            .count();
+        if running >= limit as usize {
+            return Err(ClaimError::TooManyRunningTurns(limit));
+        }
+        Ok(())
+    }
+
     /// The stored answer for a live key (see `TaskStore::create_task`).
     fn replay(
         &mut self,
@@ -300,6 +319,7 @@ impl TaskStore for MemoryStore {
         if let Some(first) = state.replay(new.agent_id, record, new.now)? {
             return Ok(Claim::Replayed(first));
         }
+        state.check_capacity(new.agent_id, new.max_running_per_agent)?;
         let task_id = TaskId(next_id(state.tasks.len()));
         state.tasks.push(Task {
             id: task_id,
@@ -343,6 +363,7 @@ impl TaskStore for MemoryStore {
                 started_at: running.started_at,
             }));
         }
+        state.check_capacity(append.agent_id, append.max_running_per_agent)?;
         let turn_id = state.start_turn(
             append.task_id,
             &append.message,

@@ -29,6 +29,8 @@ pub(crate) enum TxError {
     /// A concurrent first use of the same idempotency key committed first: run the
     /// transaction again, and it replays.
     KeyRace,
+    /// The agent runs as many turns as it may.
+    AtCapacity(u32),
 }
 
 impl From<DieselError> for TxError {
@@ -50,8 +52,8 @@ impl TxError {
             TxError::Store(err) => err,
             TxError::NotFound => StoreError::internal("row not found"),
             TxError::Busy(_) => StoreError::internal("unexpected busy answer"),
-            TxError::KeyReused | TxError::KeyRace => {
-                StoreError::internal("unexpected idempotency answer")
+            TxError::KeyReused | TxError::KeyRace | TxError::AtCapacity(_) => {
+                StoreError::internal("unexpected claim answer")
             }
         }
     }
@@ -91,7 +93,7 @@ pub(crate) mod announce {
 }
 
 macro_rules! define_queries {
-    ($Conn:ty, $Db:ty, $begin_write:ident, $announce:path, [$($lock_skip_locked:tt)*]) => {
+    ($Conn:ty, $Db:ty, $begin_write:ident, $announce:path, [$($lock_skip_locked:tt)*], [$($lock_row:tt)*]) => {
         use std::collections::HashMap;
 
         use baton_domain::*;
@@ -312,6 +314,33 @@ macro_rules! define_queries {
             Ok(())
         }
 
+        /// Refuses a claim when the agent already runs `limit` turns. The agent's row is
+        /// locked first (PostgreSQL), so concurrent claims for one agent take turns and
+        /// cannot both see the last free place.
+        async fn check_capacity(
+            conn: &mut Conn,
+            agent: AgentId,
+            limit: Option<u32>,
+        ) -> Result<(), TxError> {
+            let Some(limit) = limit else { return Ok(()) };
+            let _locked: i64 = agents::table
+                .find(agent.0)
+                .select(agents::id)
+                $($lock_row)*
+                .first(conn)
+                .await?;
+            let running: i64 = turns::table
+                .inner_join(tasks::table)
+                .filter(tasks::agent_id.eq(agent.0).and(turns::status.eq(RUNNING)))
+                .count()
+                .get_result(conn)
+                .await?;
+            if running >= i64::from(limit) {
+                return Err(TxError::AtCapacity(limit));
+            }
+            Ok(())
+        }
+
         /// How many times a claim is tried when it lost a race it can win on a retry
         /// (a claim racing the end of the turn it found busy, a key's first use).
         const CLAIM_TRIES: usize = 3;
@@ -341,6 +370,7 @@ macro_rules! define_queries {
                         if let Some(first) = replay(conn, new.agent_id, record, now).await? {
                             return Ok(Claim::Replayed(first));
                         }
+                        check_capacity(conn, new.agent_id, new.max_running_per_agent).await?;
                         let task: i64 = diesel::insert_into(tasks::table)
                             .values(&task_row)
                             .returning(tasks::id)
@@ -371,6 +401,9 @@ macro_rules! define_queries {
                 match result {
                     Ok(claim) => return Ok(claim),
                     Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
+                    Err(TxError::AtCapacity(limit)) => {
+                        return Err(ClaimError::TooManyRunningTurns(limit));
+                    }
                     Err(TxError::KeyRace) => continue,
                     Err(other) => return Err(ClaimError::Store(other.into_store())),
                 }
@@ -404,6 +437,8 @@ macro_rules! define_queries {
                         if let Some(active) = running_turn(conn, task).await? {
                             return Err(TxError::Busy(Some(active)));
                         }
+                        check_capacity(conn, append.agent_id, append.max_running_per_agent)
+                            .await?;
                         diesel::update(tasks::table.find(task))
                             .set((tasks::input.eq(&input), tasks::updated_at.eq(now)))
                             .execute(conn)
@@ -434,6 +469,9 @@ macro_rules! define_queries {
                     Err(TxError::NotFound) => return Err(ClaimError::TaskNotFound),
                     Err(TxError::Busy(Some(active))) => return Err(ClaimError::TaskBusy(active)),
                     Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
+                    Err(TxError::AtCapacity(limit)) => {
+                        return Err(ClaimError::TooManyRunningTurns(limit));
+                    }
                     Err(TxError::KeyRace) => {}
                     Err(TxError::Busy(None)) => {
                         if let Some(active) = running_turn(conn, task)
@@ -1392,6 +1430,7 @@ pub(crate) mod sqlite {
         immediate_transaction,
         crate::queries::announce::sqlite,
         // One writer at a time: the write transaction is the lock.
+        [],
         []
     );
 }
@@ -1404,6 +1443,8 @@ pub(crate) mod postgres {
         transaction,
         crate::queries::announce::postgres,
         // Concurrent senders on several instances claim disjoint deliveries.
-        [.for_update().skip_locked()]
+        [.for_update().skip_locked()],
+        // Concurrent claims of one agent take turns.
+        [.for_update()]
     );
 }

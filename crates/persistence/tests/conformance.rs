@@ -109,6 +109,7 @@ conformance!(
     a_turns_end_is_queued_for_its_webhook_or_its_agents,
     claims_are_exclusive_until_they_run_out_and_attempts_are_recorded,
     concurrent_claims_take_disjoint_deliveries,
+    the_running_turn_limit_per_agent_holds_under_concurrent_claims,
     agents_round_trip_and_are_counted,
     keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
     events_number_from_one_per_task_and_tell_the_whole_turn,
@@ -193,6 +194,7 @@ async fn create(
             lease: lease(),
             idempotency,
             webhook: None,
+            max_running_per_agent: None,
         })
         .await
 }
@@ -207,6 +209,7 @@ fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
         lease: lease(),
         idempotency: None,
         webhook: None,
+        max_running_per_agent: None,
     }
 }
 
@@ -650,6 +653,7 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
             lease: lease(),
             idempotency: None,
             webhook: None,
+            max_running_per_agent: None,
         })
         .await
         .map(started)
@@ -1431,6 +1435,7 @@ async fn task_with_hook(
                 lease: lease(),
                 idempotency: None,
                 webhook,
+                max_running_per_agent: None,
             })
             .await
             .unwrap(),
@@ -1715,4 +1720,61 @@ async fn concurrent_claims_take_disjoint_deliveries(store: Arc<impl WebhookStore
         assert!(seen.insert(due.id), "delivery {} claimed twice", due.id);
     }
     assert_eq!(seen.len(), 10);
+}
+
+async fn the_running_turn_limit_per_agent_holds_under_concurrent_claims(store: Arc<impl Store>) {
+    let a = agent(&*store, "limited").await;
+    let other = agent(&*store, "other").await;
+    let capped = |agent: AgentId, text: String| NewTask {
+        agent_id: agent,
+        message: user(&text),
+        metadata: Metadata::new(),
+        now: at(1),
+        lease: lease(),
+        idempotency: None,
+        webhook: None,
+        max_running_per_agent: Some(3),
+    };
+    let claims: Vec<_> = (0..10)
+        .map(|i| {
+            let (store, new) = (store.clone(), capped(a.id, format!("t{i}")));
+            tokio::spawn(async move { store.create_task(new).await })
+        })
+        .collect();
+    let (mut started_turns, mut refused) = (Vec::new(), 0);
+    for claim in claims {
+        match claim.await.unwrap() {
+            Ok(claim) => started_turns.push(started(claim)),
+            Err(ClaimError::TooManyRunningTurns(3)) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (started_turns.len(), refused),
+        (3, 7),
+        "never more than the limit"
+    );
+    started(
+        store
+            .create_task(capped(other.id, "free".into()))
+            .await
+            .unwrap(),
+    );
+
+    // An idle task of the agent cannot start a turn either, until one ends.
+    assert!(finish(&*store, &started_turns[0], TurnOutcome::Completed, vec![]).await);
+    let mut next = append(a.id, started_turns[0].task_id, "again");
+    next.max_running_per_agent = Some(3);
+    started(store.append_and_claim(next.clone()).await.unwrap());
+    let mut over = append(a.id, started_turns[0].task_id, "over");
+    over.max_running_per_agent = Some(3);
+    assert!(matches!(
+        store.append_and_claim(over).await,
+        Err(ClaimError::TaskBusy(_))
+    ));
+    let more = store.create_task(capped(a.id, "more".into())).await;
+    assert!(
+        matches!(more, Err(ClaimError::TooManyRunningTurns(3))),
+        "{more:?}"
+    );
 }

@@ -41,6 +41,7 @@ async fn seed(store: &SqlStore) -> (Agent, Accepted) {
             lease: lease(),
             idempotency: None,
             webhook: None,
+            max_running_per_agent: None,
         })
         .await
         .unwrap();
@@ -197,6 +198,7 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
             lease: lease(),
             idempotency: None,
             webhook: None,
+            max_running_per_agent: None,
         })
         .await
         .unwrap();

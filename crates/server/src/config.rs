@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_domain::webhooks::RetrySchedule;
 use baton_domain::{
-    DestinationPolicy, ExecutorConfig, IdempotencyConfig, SenderConfig, WebhookSettings,
+    DestinationPolicy, ExecutorConfig, IdempotencyConfig, SenderConfig, SubmitLimits,
+    WebhookSettings,
 };
 use baton_persistence::{PgOptions, SqliteOptions, SqliteSync, StoreOptions};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub webhooks: WebhooksFile,
     #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
     pub sqlite: SqliteFile,
     #[serde(default)]
     pub postgres: PostgresFile,
@@ -57,6 +60,16 @@ pub struct WebhooksFile {
     pub claim_ms: Option<u64>,
     pub concurrency: Option<u32>,
     pub retry_schedule_ms: Option<Vec<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub requests_per_second_per_key: Option<u32>,
+    pub request_burst_per_key: Option<u32>,
+    pub json_depth: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub max_running_turns_per_agent: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -110,6 +123,16 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub idempotency: IdempotencyConfig,
     pub webhooks: Webhooks,
+    pub limits: Limits,
+}
+
+/// Request and turn limits. Zero means "no limit" for the rate and the turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_second_per_key: u32,
+    pub request_burst_per_key: u32,
+    pub json_depth: usize,
+    pub submit: SubmitLimits,
 }
 
 /// Webhook settings: what the services check, how the sender sends.
@@ -125,7 +148,14 @@ pub struct Webhooks {
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The file's sections, whose keys' variables carry the section's name.
-const SECTIONS: &[&str] = &["leases", "idempotency", "webhooks", "sqlite", "postgres"];
+const SECTIONS: &[&str] = &[
+    "leases",
+    "idempotency",
+    "webhooks",
+    "limits",
+    "sqlite",
+    "postgres",
+];
 
 /// `BATON_…` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["CONFIG", "LOG", "TEST_DATABASE_URL", "KEY"];
@@ -261,6 +291,15 @@ impl Config {
                         .iter()
                         .map(|d| ms(*d))
                         .collect(),
+                ),
+            },
+            limits: LimitsFile {
+                requests_per_second_per_key: Some(self.limits.requests_per_second_per_key),
+                request_burst_per_key: Some(self.limits.request_burst_per_key),
+                json_depth: Some(self.limits.json_depth),
+                max_message_bytes: Some(self.limits.submit.max_message_bytes),
+                max_running_turns_per_agent: Some(
+                    self.limits.submit.max_running_turns_per_agent.unwrap_or(0),
                 ),
             },
             sqlite: SqliteFile {
@@ -411,6 +450,24 @@ impl Config {
                     .unwrap_or(idempotency_defaults.in_flight_wait),
             },
             webhooks,
+            limits: Limits {
+                requests_per_second_per_key: file.limits.requests_per_second_per_key.unwrap_or(0),
+                request_burst_per_key: file.limits.request_burst_per_key.unwrap_or(0),
+                json_depth: file
+                    .limits
+                    .json_depth
+                    .unwrap_or(baton_http::limits::DEFAULT_JSON_DEPTH),
+                submit: SubmitLimits {
+                    max_message_bytes: file
+                        .limits
+                        .max_message_bytes
+                        .unwrap_or(SubmitLimits::default().max_message_bytes),
+                    max_running_turns_per_agent: file
+                        .limits
+                        .max_running_turns_per_agent
+                        .filter(|n| *n > 0),
+                },
+            },
             store: StoreOptions {
                 sqlite: SqliteOptions {
                     synchronous: file.sqlite.synchronous.unwrap_or(defaults.synchronous),
@@ -456,6 +513,19 @@ impl Config {
         anyhow::ensure!(
             config.idempotency.ttl >= Duration::from_secs(60),
             "idempotency.ttl_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            (config.limits.requests_per_second_per_key == 0)
+                == (config.limits.request_burst_per_key == 0),
+            "limits.requests_per_second_per_key and limits.request_burst_per_key go together"
+        );
+        anyhow::ensure!(
+            (1..=128).contains(&config.limits.json_depth),
+            "limits.json_depth must be from 1 to 128"
+        );
+        anyhow::ensure!(
+            config.limits.submit.max_message_bytes >= 1024,
+            "limits.max_message_bytes must be at least 1024"
         );
         anyhow::ensure!(
             config.store.sqlite.readers >= 1,

@@ -173,6 +173,7 @@ impl App {
         Ok(App {
             tasks: TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone())
                 .with_idempotency(config.idempotency)
+                .with_limits(config.limits.submit)
                 .with_webhooks(webhooks.clone(), store.clone()),
             admin: AdminService::new(store.clone(), executor)
                 .with_webhooks(webhooks.destinations.clone(), store.clone()),
@@ -409,6 +410,20 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         );
     }
     let shutdown = Shutdown::default();
+    let key_rate = baton_http::limits::KeyRate::new(
+        config.limits.requests_per_second_per_key,
+        config.limits.request_burst_per_key,
+    );
+    // Buckets of keys that went quiet are dropped now and then.
+    let forget = key_rate.clone().map(|rate| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                ticks.tick().await;
+                rate.forget_idle();
+            }
+        })
+    });
     let server = baton_http::serve(
         listener,
         ApiState {
@@ -417,6 +432,10 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
             sse: baton_http::sse::SseOptions::default(),
             shutdown: shutdown.clone(),
             metrics: Some(metrics),
+            limits: baton_http::limits::RequestLimits {
+                json_depth: config.limits.json_depth,
+                per_key: key_rate.clone(),
+            },
         },
         ServerOptions {
             workers: config.workers,
@@ -456,6 +475,9 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     // Deliveries being sent now are abandoned; their claims run out and another
     // instance (or the next start) sends them again.
     sender.abort();
+    if let Some(forget) = forget {
+        forget.abort();
+    }
     if let Some(relay) = relay {
         relay.abort();
     }

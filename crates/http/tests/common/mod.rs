@@ -53,6 +53,21 @@ impl TestApp {
     }
 
     pub async fn with(body_limit: usize, sse: baton_http::sse::SseOptions) -> TestApp {
+        TestApp::with_limits(
+            body_limit,
+            sse,
+            baton_http::limits::RequestLimits::default(),
+            SubmitLimits::default(),
+        )
+        .await
+    }
+
+    pub async fn with_limits(
+        body_limit: usize,
+        sse: baton_http::sse::SseOptions,
+        limits: baton_http::limits::RequestLimits,
+        submit: SubmitLimits,
+    ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("baton.db").display());
         let (store, _) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
@@ -72,6 +87,7 @@ impl TestApp {
                 in_flight_wait: Duration::from_secs(5),
                 ..IdempotencyConfig::default()
             })
+            .with_limits(submit)
             .with_webhooks(
                 WebhookSettings {
                     destinations: DestinationPolicy::default(),
@@ -92,6 +108,7 @@ impl TestApp {
                 sse,
                 shutdown: shutdown.clone(),
                 metrics: None,
+                limits: limits.clone(),
             },
             ServerOptions {
                 workers: 2,
