@@ -226,3 +226,63 @@ fn config_prints_the_effective_settings_and_refuses_unknown_variables() {
         "{err}"
     );
 }
+
+#[test]
+fn json_logs_carry_the_request_id_and_never_a_key_or_a_message() {
+    let (dir, db) = sqlite_db();
+    let (agent, token) = agent_and_key(&db, "{}");
+    let log_path = dir.path().join("baton.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Server::start_logging_to(&db, &["--log-format", "json"], log);
+    let http = common::client();
+    let mut ids = Vec::new();
+    for (body, path) in [
+        (
+            json!({"agent_id": agent, "message": {"content": "confidential words"}}),
+            "/v1/chat/tasks",
+        ),
+        (
+            json!({"agent_id": agent, "message": {"content": ""}}),
+            "/v1/chat/tasks",
+        ),
+        (json!({}), "/v1/nowhere"),
+    ] {
+        let response = http
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(&token)
+            .header("x-request-id", format!("trace-{}", ids.len()))
+            .json(&body)
+            .send()
+            .unwrap();
+        ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{text}");
+    for (line, id) in requests.iter().zip(&ids) {
+        assert_eq!(line["span"]["request_id"], id.as_str(), "{line}");
+        assert!(line["fields"]["status"].is_u64(), "{line}");
+    }
+    assert!(!text.contains(&token), "a key was logged");
+    assert!(
+        !text.contains("confidential words"),
+        "a message body was logged"
+    );
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(!text.contains(secret));
+}

@@ -83,11 +83,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &str, extra: &[&str]) -> Server {
+        Server::start_logging_to(db, extra, Stdio::null())
+    }
+
+    /// As [`Server::start`], with the server's log (stderr) going to `log`.
+    pub fn start_logging_to(db: &str, extra: &[&str], log: impl Into<Stdio>) -> Server {
         let mut child = baton(db)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
