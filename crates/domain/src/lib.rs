@@ -33,7 +33,7 @@ pub use ports::{
 };
 pub use runner::{RunnerError, RunnerRegistry, SinkClosed, TurnInput, TurnRunner, TurnSink};
 pub use service::{
-    AdminService, CreatedKey, Principal, SubmitLimits, TaskService, WebhookSettings,
+    AdminService, AgentChanges, CreatedKey, Principal, SubmitLimits, TaskService, WebhookSettings,
 };
 pub use webhook_sender::{SenderConfig, WebhookSender};
 pub use webhooks::{DestinationPolicy, WebhookEndpoint, WebhookTarget};

@@ -73,6 +73,16 @@ pub struct NewAgent {
     pub created_at: DateTime<Utc>,
 }
 
+/// Changes to an agent; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentUpdate {
+    pub name: Option<String>,
+    pub runner: Option<RunnerSpec>,
+    pub policy: Option<TurnPolicy>,
+    /// `Some(None)` removes the default webhook.
+    pub webhook: Option<Option<WebhookEndpoint>>,
+}
+
 /// How an agent's turns are bounded and what happens to one whose instance died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TurnPolicy {
@@ -123,6 +133,8 @@ pub struct ApiKey {
     pub secret_hash: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When a request last authenticated with it (to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -187,6 +187,18 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn create_agent(&self, new: NewAgent) -> Result<Agent, StoreError>;
     async fn get_agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError>;
     async fn count_agents(&self) -> Result<u64, StoreError>;
+    /// Agents, oldest first.
+    async fn list_agents(&self, page: PageRequest) -> Result<Page<Agent>, StoreError>;
+    /// Applies the changes; `None` if there is no such agent.
+    async fn update_agent(
+        &self,
+        id: AgentId,
+        update: AgentUpdate,
+    ) -> Result<Option<Agent>, StoreError>;
+    /// The agent's keys, revoked ones included, oldest first.
+    async fn list_api_keys(&self, agent: AgentId) -> Result<Vec<ApiKey>, StoreError>;
+    /// Records that the key was used at `now`.
+    async fn touch_api_key(&self, key: ApiKeyId, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// MUST fail with [`StoreError::Conflict`] if the prefix or hash already exists.
     async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, StoreError>;
     /// The key with this secret hash, revoked or not.

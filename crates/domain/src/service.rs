@@ -206,6 +206,15 @@ impl TaskService {
         if key.revoked_at.is_some() {
             return Err(ServiceError::Unauthorized);
         }
+        // Last use is kept to the minute: one write per key per minute at most.
+        let now = self.executor.clock().now();
+        if key
+            .last_used_at
+            .is_none_or(|at| now - at >= chrono::Duration::minutes(1))
+            && let Err(err) = self.agents.touch_api_key(key.id, now).await
+        {
+            tracing::warn!(error = %err, "could not record a key's last use");
+        }
         Ok(Principal {
             agent_id: key.agent_id,
             key_id: key.id,
@@ -537,6 +546,16 @@ fn check_submission(
     }
 }
 
+/// Changes an administrator asks for; `None` leaves a field as it is, and
+/// `webhook: Some(None)` removes the default webhook.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentChanges {
+    pub name: Option<String>,
+    pub runner: Option<RunnerSpec>,
+    pub policy: Option<TurnPolicy>,
+    pub webhook: Option<Option<WebhookTarget>>,
+}
+
 /// A key as created: the token is in this value and nowhere else, ever.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreatedKey {
@@ -607,6 +626,25 @@ impl AdminService {
         if let Some(webhook) = &webhook {
             webhooks::check_target(webhook, &self.destinations, "webhook", &mut errors);
         }
+        self.check_runner(&runner, &mut errors);
+        if !errors.is_empty() {
+            return Err(ServiceError::Validation(errors));
+        }
+        let new = NewAgent {
+            name: name.trim().to_owned(),
+            runner,
+            policy,
+            webhook: webhook.map(|target| WebhookEndpoint {
+                url: target.url,
+                secrets: vec![target.secret.unwrap_or_else(webhooks::new_secret)],
+            }),
+            created_at: self.executor.clock().now(),
+        };
+        Ok(self.agents.create_agent(new).await?)
+    }
+
+    /// That the runner kind is registered and accepts its configuration.
+    fn check_runner(&self, runner: &RunnerSpec, errors: &mut Vec<crate::FieldError>) {
         match self.executor.runners().get(&runner.kind) {
             None => {
                 let known: Vec<_> = self.executor.runners().kinds().collect();
@@ -625,24 +663,76 @@ impl AdminService {
                 }
             }
         }
-        if !errors.is_empty() {
-            return Err(ServiceError::Validation(errors));
-        }
-        let new = NewAgent {
-            name: name.trim().to_owned(),
-            runner,
-            policy,
-            webhook: webhook.map(|target| WebhookEndpoint {
-                url: target.url,
-                secrets: vec![target.secret.unwrap_or_else(webhooks::new_secret)],
-            }),
-            created_at: self.executor.clock().now(),
-        };
-        Ok(self.agents.create_agent(new).await?)
     }
 
     pub async fn count_agents(&self) -> Result<u64, ServiceError> {
         Ok(self.agents.count_agents().await?)
+    }
+
+    pub async fn list_agents(&self, page: PageRequest) -> Result<Page<Agent>, ServiceError> {
+        Ok(self.agents.list_agents(page).await?)
+    }
+
+    pub async fn get_agent(&self, id: AgentId) -> Result<Agent, ServiceError> {
+        self.agents
+            .get_agent(id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)
+    }
+
+    /// Changes an agent, checked as at creation. A new default webhook without a
+    /// secret keeps the current one's secrets, or gets a new secret.
+    pub async fn update_agent(
+        &self,
+        id: AgentId,
+        changes: AgentChanges,
+    ) -> Result<Agent, ServiceError> {
+        let current = self.get_agent(id).await?;
+        let mut errors = Vec::new();
+        if let Some(name) = &changes.name {
+            validate::agent_name(name, &mut errors);
+        }
+        if let Some(policy) = &changes.policy {
+            validate::turn_policy(policy, &mut errors);
+        }
+        if let Some(runner) = &changes.runner {
+            self.check_runner(runner, &mut errors);
+        }
+        if let Some(Some(webhook)) = &changes.webhook {
+            webhooks::check_target(webhook, &self.destinations, "webhook", &mut errors);
+        }
+        if !errors.is_empty() {
+            return Err(ServiceError::Validation(errors));
+        }
+        let webhook = changes.webhook.map(|target| {
+            target.map(|target| WebhookEndpoint {
+                url: target.url,
+                secrets: match target.secret {
+                    Some(secret) => vec![secret],
+                    None => current
+                        .webhook
+                        .as_ref()
+                        .map(|w| w.secrets.clone())
+                        .unwrap_or_else(|| vec![webhooks::new_secret()]),
+                },
+            })
+        });
+        let update = AgentUpdate {
+            name: changes.name.map(|n| n.trim().to_owned()),
+            runner: changes.runner,
+            policy: changes.policy,
+            webhook,
+        };
+        self.agents
+            .update_agent(id, update)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)
+    }
+
+    /// The agent's keys (never their secrets, which are not stored).
+    pub async fn list_keys(&self, agent: AgentId) -> Result<Vec<ApiKey>, ServiceError> {
+        self.get_agent(agent).await?;
+        Ok(self.agents.list_api_keys(agent).await?)
     }
 
     /// Creates a key for an agent and returns its token, which is not stored.

@@ -329,6 +329,28 @@ impl AgentStore for SqlStore {
         on_conn!(self, readers, |conn, q| q::count_agents(conn).await)
     }
 
+    async fn list_agents(&self, page: PageRequest) -> Result<Page<Agent>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_agents(conn, page).await)
+    }
+
+    async fn update_agent(
+        &self,
+        id: AgentId,
+        update: AgentUpdate,
+    ) -> Result<Option<Agent>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::update_agent(conn, id, &update)
+            .await)
+    }
+
+    async fn list_api_keys(&self, agent: AgentId) -> Result<Vec<ApiKey>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_api_keys(conn, agent).await)
+    }
+
+    async fn touch_api_key(&self, key: ApiKeyId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        on_conn!(self, writer, |conn, q| q::touch_api_key(conn, key, now)
+            .await)
+    }
+
     async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, StoreError> {
         on_conn!(self, writer, |conn, q| q::create_api_key(conn, &new).await)
     }

@@ -781,6 +781,59 @@ impl AgentStore for MemoryStore {
         Ok(self.lock()?.agents.len() as u64)
     }
 
+    async fn list_agents(&self, page: PageRequest) -> Result<Page<Agent>, StoreError> {
+        let state = self.lock()?;
+        let agents: Vec<Agent> = state
+            .agents
+            .iter()
+            .filter(|a| page.after.is_none_or(|after| a.id.0 > after))
+            .take(page.limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(Page::from_overfetch(agents, page.limit, |a| a.id.0))
+    }
+
+    async fn update_agent(
+        &self,
+        id: AgentId,
+        update: AgentUpdate,
+    ) -> Result<Option<Agent>, StoreError> {
+        let mut state = self.lock()?;
+        let Some(agent) = state.agents.iter_mut().find(|a| a.id == id) else {
+            return Ok(None);
+        };
+        if let Some(name) = update.name {
+            agent.name = name;
+        }
+        if let Some(runner) = update.runner {
+            agent.runner = runner;
+        }
+        if let Some(policy) = update.policy {
+            agent.policy = policy;
+        }
+        if let Some(webhook) = update.webhook {
+            agent.webhook = webhook;
+        }
+        Ok(Some(agent.clone()))
+    }
+
+    async fn list_api_keys(&self, agent: AgentId) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(self
+            .lock()?
+            .keys
+            .iter()
+            .filter(|k| k.agent_id == agent)
+            .cloned()
+            .collect())
+    }
+
+    async fn touch_api_key(&self, key: ApiKeyId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if let Some(found) = self.lock()?.keys.iter_mut().find(|k| k.id == key) {
+            found.last_used_at = Some(now);
+        }
+        Ok(())
+    }
+
     async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, StoreError> {
         let mut state = self.lock()?;
         if state
@@ -799,6 +852,7 @@ impl AgentStore for MemoryStore {
             secret_hash: new.secret_hash,
             created_at: new.created_at,
             revoked_at: None,
+            last_used_at: None,
         };
         state.keys.push(key.clone());
         Ok(key)

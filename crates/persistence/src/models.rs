@@ -120,6 +120,7 @@ pub(crate) struct ApiKeyRow {
     pub secret_hash: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
 }
 
 impl ApiKeyRow {
@@ -131,6 +132,7 @@ impl ApiKeyRow {
             secret_hash: self.secret_hash,
             created_at: from_micros(self.created_at)?,
             revoked_at: self.revoked_at.map(from_micros).transpose()?,
+            last_used_at: self.last_used_at.map(from_micros).transpose()?,
         })
     }
 }

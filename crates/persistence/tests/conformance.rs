@@ -110,6 +110,7 @@ conformance!(
     claims_are_exclusive_until_they_run_out_and_attempts_are_recorded,
     concurrent_claims_take_disjoint_deliveries,
     the_running_turn_limit_per_agent_holds_under_concurrent_claims,
+    agents_are_listed_updated_and_their_keys_listed_with_last_use,
     agents_round_trip_and_are_counted,
     keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
     events_number_from_one_per_task_and_tell_the_whole_turn,
@@ -1777,4 +1778,110 @@ async fn the_running_turn_limit_per_agent_holds_under_concurrent_claims(store: A
         matches!(more, Err(ClaimError::TooManyRunningTurns(3))),
         "{more:?}"
     );
+}
+
+async fn agents_are_listed_updated_and_their_keys_listed_with_last_use(store: Arc<impl Store>) {
+    let first = agent(&*store, "first").await;
+    let second = agent(&*store, "second").await;
+    let third = agent(&*store, "third").await;
+    let page = store
+        .list_agents(PageRequest {
+            limit: 2,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|a| a.id).collect::<Vec<_>>(),
+        [first.id, second.id]
+    );
+    let rest = store
+        .list_agents(PageRequest {
+            limit: 2,
+            after: page.next_after,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|a| a.id).collect::<Vec<_>>(),
+        [third.id]
+    );
+    assert_eq!(rest.next_after, None);
+
+    let hook = WebhookEndpoint {
+        url: "https://agent.example/".into(),
+        secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+    };
+    let policy = TurnPolicy {
+        on_interrupt: OnInterrupt::Fail,
+        max_attempts: 1,
+        turn_timeout_ms: 9000,
+    };
+    let updated = store
+        .update_agent(
+            second.id,
+            AgentUpdate {
+                name: Some("renamed".into()),
+                policy: Some(policy),
+                webhook: Some(Some(hook.clone())),
+                runner: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            updated.name.as_str(),
+            updated.policy,
+            updated.webhook.clone()
+        ),
+        ("renamed", policy, Some(hook))
+    );
+    assert_eq!(updated.runner, second.runner, "untouched");
+    assert_eq!(store.get_agent(second.id).await.unwrap(), Some(updated));
+    let removed = store
+        .update_agent(
+            second.id,
+            AgentUpdate {
+                webhook: Some(None),
+                ..AgentUpdate::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((removed.webhook, removed.name.as_str()), (None, "renamed"));
+    assert_eq!(
+        store
+            .update_agent(AgentId(987_654), AgentUpdate::default())
+            .await
+            .unwrap(),
+        None
+    );
+
+    for (prefix, hash) in [("p1", "h1"), ("p2", "h2")] {
+        store
+            .create_api_key(NewApiKey {
+                agent_id: first.id,
+                prefix: prefix.into(),
+                secret_hash: hash.into(),
+                created_at: at(1),
+            })
+            .await
+            .unwrap();
+    }
+    let keys = store.list_api_keys(first.id).await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.prefix.as_str()).collect::<Vec<_>>(),
+        ["p1", "p2"]
+    );
+    assert!(keys.iter().all(|k| k.last_used_at.is_none()));
+    store.touch_api_key(keys[1].id, at(7)).await.unwrap();
+    let keys = store.list_api_keys(first.id).await.unwrap();
+    assert_eq!(
+        (keys[0].last_used_at, keys[1].last_used_at),
+        (None, Some(at(7)))
+    );
+    assert!(store.list_api_keys(third.id).await.unwrap().is_empty());
 }

@@ -507,6 +507,7 @@ async fn revoked_and_unknown_keys_are_unauthorized() {
             secret_hash: hash.to_owned(),
             created_at: at(0),
             revoked_at: Some(at(1)),
+            last_used_at: None,
         }))
     });
     let service = h.build();
