@@ -1,6 +1,7 @@
 //! baton's HTTP adapter: the V1 API on actix-web, and the mapping of every error into
 //! the V1 envelope.
 
+pub mod admin;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub metrics: Option<MetricsRenderer>,
     /// JSON nesting and per-key request rate.
     pub limits: limits::RequestLimits,
+    /// The admin API; `None`: its routes do not exist.
+    pub admin: Option<admin::AdminApi>,
 }
 
 /// Renders the metrics in Prometheus' text format, at each scrape.
@@ -81,6 +84,7 @@ impl Default for ServerOptions {
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
+            .configure(admin::configure)
             .configure(routes::configure);
     }
 }

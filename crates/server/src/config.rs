@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// This instance's name as a lease holder; a fresh one per start by default.
     pub instance_id: Option<String>,
+    /// The admin API's bearer token; absent, the admin API is off.
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub leases: LeasesFile,
     #[serde(default)]
@@ -124,6 +126,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub webhooks: Webhooks,
     pub limits: Limits,
+    pub admin_token: Option<String>,
 }
 
 /// Request and turn limits. Zero means "no limit" for the rate and the turns.
@@ -258,6 +261,7 @@ impl Config {
             shutdown_grace_secs: Some(self.shutdown_grace.as_secs()),
             log_format: Some(self.log_format),
             instance_id: Some(self.instance_id.clone()),
+            admin_token: self.admin_token.as_ref().map(|_| REDACTED.to_owned()),
             leases: LeasesFile {
                 ttl_ms: Some(ms(self.lease_ttl)),
                 sweep_interval_ms: Some(ms(self.sweep_interval)),
@@ -450,6 +454,7 @@ impl Config {
                     .unwrap_or(idempotency_defaults.in_flight_wait),
             },
             webhooks,
+            admin_token: file.admin_token.filter(|t| !t.is_empty()),
             limits: Limits {
                 requests_per_second_per_key: file.limits.requests_per_second_per_key.unwrap_or(0),
                 request_burst_per_key: file.limits.request_burst_per_key.unwrap_or(0),
@@ -518,6 +523,10 @@ impl Config {
             (config.limits.requests_per_second_per_key == 0)
                 == (config.limits.request_burst_per_key == 0),
             "limits.requests_per_second_per_key and limits.request_burst_per_key go together"
+        );
+        anyhow::ensure!(
+            config.admin_token.as_ref().is_none_or(|t| t.len() >= 16),
+            "admin_token must be at least 16 characters"
         );
         anyhow::ensure!(
             (1..=128).contains(&config.limits.json_depth),

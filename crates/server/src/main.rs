@@ -436,6 +436,10 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
                 json_depth: config.limits.json_depth,
                 per_key: key_rate.clone(),
             },
+            admin: config
+                .admin_token
+                .as_deref()
+                .map(|token| baton_http::admin::AdminApi::new(app.admin.clone(), token)),
         },
         ServerOptions {
             workers: config.workers,

@@ -286,3 +286,40 @@ fn json_logs_carry_the_request_id_and_never_a_key_or_a_message() {
     let secret = token.rsplit('_').next().unwrap();
     assert!(!text.contains(secret));
 }
+
+#[test]
+fn the_admin_api_exists_only_with_an_admin_token() {
+    let (_dir, db) = sqlite_db();
+    let off = Server::start(&db, &[]);
+    let response = common::client()
+        .get(format!("{}/v1/admin/agents", off.base))
+        .bearer_auth("anything-at-all-really")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    drop(off);
+
+    let mut child = baton(&db)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("BATON_ADMIN_TOKEN", "a-long-admin-token-0123")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(url) = line.strip_prefix("baton listening on ") {
+            break url.to_owned();
+        }
+    };
+    let response = common::client()
+        .post(format!("{base}/v1/admin/agents"))
+        .bearer_auth("a-long-admin-token-0123")
+        .json(&json!({"name": "made over HTTP", "runner": {"kind": "echo"}}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -19,6 +19,9 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The admin token in these tests.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
 /// The server's webhook signing secret in these tests.
 pub const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -109,6 +112,7 @@ impl TestApp {
                 shutdown: shutdown.clone(),
                 metrics: None,
                 limits: limits.clone(),
+                admin: Some(baton_http::admin::AdminApi::new(admin.clone(), ADMIN_TOKEN)),
             },
             ServerOptions {
                 workers: 2,

@@ -1,0 +1,320 @@
+//! The admin API under `/v1/admin`: agents, their keys, webhook redelivery. Behind the
+//! operator's admin token; without one configured, these routes do not exist (404).
+//! The CLI's `agent`, `key` and `webhook` commands use the same `AdminService`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use baton_domain::{
+    AdminService, Agent, AgentChanges, AgentId, ApiKey, OnInterrupt, RunnerSpec, TurnPolicy,
+    WebhookTarget,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ApiState;
+use crate::dto::PageBody;
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{json_body, page};
+
+/// The admin API's service and the hash of its token.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    pub service: AdminService,
+    token_hash: [u8; 32],
+}
+
+impl AdminApi {
+    pub fn new(service: AdminService, token: &str) -> Self {
+        AdminApi {
+            service,
+            token_hash: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/admin/agents")
+            .route(web::post().to(create_agent))
+            .route(web::get().to(list_agents)),
+    )
+    .service(
+        web::resource("/v1/admin/agents/{agent_id}")
+            .route(web::get().to(get_agent))
+            .route(web::patch().to(update_agent)),
+    )
+    .service(
+        web::resource("/v1/admin/agents/{agent_id}/keys")
+            .route(web::post().to(create_key))
+            .route(web::get().to(list_keys)),
+    )
+    .service(web::resource("/v1/admin/keys/{prefix}").route(web::delete().to(revoke_key)))
+    .service(
+        web::resource("/v1/admin/webhook-deliveries/{delivery_id}/redeliver")
+            .route(web::post().to(redeliver)),
+    );
+}
+
+/// The admin service, for a request that presents the admin token.
+fn admin<'a>(state: &'a ApiState, req: &HttpRequest) -> Result<&'a AdminService, ApiError> {
+    let Some(api) = &state.admin else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "The admin API is disabled on this server (no admin_token is configured).",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
+    // Hashes are compared, so the time taken says nothing about the token.
+    match presented {
+        Some(hash) if hash.as_slice() == api.token_hash => Ok(&api.service),
+        _ => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "Send the admin token as 'Authorization: Bearer <token>'.",
+        )),
+    }
+}
+
+fn agent_id(req: &HttpRequest) -> Result<AgentId, ApiError> {
+    req.match_info()
+        .get("agent_id")
+        .and_then(|raw| raw.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(AgentId)
+        .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, "No agent with this id."))
+}
+
+/// An agent as the admin API shows it: never its webhook secrets.
+#[derive(Debug, Serialize)]
+pub struct AgentBody {
+    pub agent_id: i64,
+    pub name: String,
+    pub runner: RunnerSpec,
+    pub policy: TurnPolicy,
+    pub webhook: Option<WebhookUrl>,
+    pub created_at: DateTime<Utc>,
+    /// Only when the server made the webhook's secret in this request: shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookUrl {
+    pub url: String,
+}
+
+impl From<Agent> for AgentBody {
+    fn from(agent: Agent) -> Self {
+        AgentBody {
+            agent_id: agent.id.0,
+            name: agent.name,
+            runner: agent.runner,
+            policy: agent.policy,
+            webhook: agent.webhook.map(|w| WebhookUrl { url: w.url }),
+            created_at: agent.created_at,
+            webhook_secret: None,
+        }
+    }
+}
+
+/// A turn policy in a request: missing fields keep their current (or default) value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    pub on_interrupt: Option<OnInterrupt>,
+    pub max_attempts: Option<u32>,
+    pub turn_timeout_ms: Option<u64>,
+}
+
+impl PolicyBody {
+    fn over(self, base: TurnPolicy) -> TurnPolicy {
+        TurnPolicy {
+            on_interrupt: self.on_interrupt.unwrap_or(base.on_interrupt),
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            turn_timeout_ms: self.turn_timeout_ms.unwrap_or(base.turn_timeout_ms),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgentBody {
+    pub name: String,
+    pub runner: RunnerSpec,
+    #[serde(default)]
+    pub policy: PolicyBody,
+    #[serde(default)]
+    pub webhook: Option<WebhookTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgentBody {
+    pub name: Option<String>,
+    pub runner: Option<RunnerSpec>,
+    pub policy: Option<PolicyBody>,
+    /// Absent: unchanged; `null`: removed.
+    #[serde(default, deserialize_with = "present")]
+    pub webhook: Option<Option<WebhookTarget>>,
+}
+
+/// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A key as listed: its public prefix and dates, never a secret.
+#[derive(Debug, Serialize)]
+pub struct KeyBody {
+    pub prefix: String,
+    pub agent_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for KeyBody {
+    fn from(key: ApiKey) -> Self {
+        KeyBody {
+            prefix: key.prefix,
+            agent_id: key.agent_id.0,
+            created_at: key.created_at,
+            revoked_at: key.revoked_at,
+            last_used_at: key.last_used_at,
+        }
+    }
+}
+
+async fn create_agent(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let body: CreateAgentBody = json_body(&req, payload, &state).await?;
+    let generated = body.webhook.as_ref().is_some_and(|w| w.secret.is_none());
+    let agent = admin
+        .create_agent(
+            &body.name,
+            body.runner,
+            body.policy.over(TurnPolicy::default()),
+            body.webhook,
+        )
+        .await?;
+    let secret = agent
+        .webhook
+        .as_ref()
+        .filter(|_| generated)
+        .map(|w| w.secrets.join(" "));
+    let location = format!("/v1/admin/agents/{}", agent.id);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location))
+        .json(AgentBody {
+            webhook_secret: secret,
+            ..AgentBody::from(agent)
+        }))
+}
+
+async fn list_agents(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let agents = admin.list_agents(page(&req)?).await?;
+    Ok(HttpResponse::Ok().json(PageBody::<AgentBody>::new(agents)))
+}
+
+async fn get_agent(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let agent = admin.get_agent(agent_id(&req)?).await?;
+    Ok(HttpResponse::Ok().json(AgentBody::from(agent)))
+}
+
+async fn update_agent(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let id = agent_id(&req)?;
+    let body: UpdateAgentBody = json_body(&req, payload, &state).await?;
+    let policy = match body.policy {
+        Some(partial) => Some(partial.over(admin.get_agent(id).await?.policy)),
+        None => None,
+    };
+    let changes = AgentChanges {
+        name: body.name,
+        runner: body.runner,
+        policy,
+        webhook: body.webhook,
+    };
+    let agent = admin.update_agent(id, changes).await?;
+    Ok(HttpResponse::Ok().json(AgentBody::from(agent)))
+}
+
+#[derive(Debug, Serialize)]
+struct CreatedKeyBody {
+    /// The key itself: shown in this answer only.
+    key: String,
+    #[serde(flatten)]
+    listed: KeyBody,
+}
+
+async fn create_key(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let created = admin.create_key(agent_id(&req)?).await?;
+    Ok(HttpResponse::Created().json(CreatedKeyBody {
+        key: created.token,
+        listed: created.key.into(),
+    }))
+}
+
+async fn list_keys(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let keys = admin.list_keys(agent_id(&req)?).await?;
+    let data: Vec<KeyBody> = keys.into_iter().map(KeyBody::from).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+}
+
+async fn revoke_key(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let prefix = req.match_info().get("prefix").unwrap_or_default();
+    if admin.revoke_key(prefix).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::NotFound,
+            "No live key has this prefix (it may be revoked already).",
+        ))
+    }
+}
+
+async fn redeliver(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let admin = admin(&state, &req)?;
+    let delivery = req
+        .match_info()
+        .get("delivery_id")
+        .and_then(|raw| raw.parse::<i64>().ok());
+    match delivery {
+        Some(id) if admin.redeliver(id).await? => Ok(HttpResponse::Accepted()
+            .json(serde_json::json!({"delivery_id": id, "status": "pending"}))),
+        _ => Err(ApiError::new(
+            ErrorCode::NotFound,
+            "No webhook delivery with this id.",
+        )),
+    }
+}
