@@ -34,6 +34,16 @@ pub struct SubmitMessage {
     pub webhook: Option<WebhookTarget>,
 }
 
+/// A checked submission with what its claim stores besides the message.
+struct Prepared {
+    message: NewMessage,
+    metadata: Metadata,
+    now: chrono::DateTime<chrono::Utc>,
+    lease: Lease,
+    idempotency: Option<IdempotencyRecord>,
+    webhook: Option<WebhookEndpoint>,
+}
+
 /// What the services need to know about webhooks.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookSettings {
@@ -229,25 +239,15 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
-        check_submission(
-            who,
-            &submit,
-            key.as_deref(),
-            &self.webhooks.destinations,
-            &self.limits,
-        )?;
-        let now = self.executor.clock().now();
-        let idempotency =
-            self.idempotency_record(key.as_deref(), "create_task", None, &submit, now);
-        let webhook = self.resolve_webhook(who.agent_id, submit.webhook).await?;
+        let ready = self.prepare(who, submit, key.as_deref(), None).await?;
         let new = NewTask {
             agent_id: who.agent_id,
-            message: submit.message,
-            metadata: submit.metadata,
-            now,
-            lease: self.executor.new_lease(now),
-            idempotency,
-            webhook,
+            message: ready.message,
+            metadata: ready.metadata,
+            now: ready.now,
+            lease: ready.lease,
+            idempotency: ready.idempotency,
+            webhook: ready.webhook,
             max_running_per_agent: self.limits.max_running_turns_per_agent,
         };
         let tasks = self.tasks.clone();
@@ -265,31 +265,18 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
-        check_submission(
-            who,
-            &submit,
-            key.as_deref(),
-            &self.webhooks.destinations,
-            &self.limits,
-        )?;
-        let now = self.executor.clock().now();
-        let idempotency = self.idempotency_record(
-            key.as_deref(),
-            "append_message",
-            Some(task_id),
-            &submit,
-            now,
-        );
-        let webhook = self.resolve_webhook(who.agent_id, submit.webhook).await?;
+        let ready = self
+            .prepare(who, submit, key.as_deref(), Some(task_id))
+            .await?;
         let append = NewAppend {
             agent_id: who.agent_id,
             task_id,
-            message: submit.message,
-            metadata: submit.metadata,
-            now,
-            lease: self.executor.new_lease(now),
-            idempotency,
-            webhook,
+            message: ready.message,
+            metadata: ready.metadata,
+            now: ready.now,
+            lease: ready.lease,
+            idempotency: ready.idempotency,
+            webhook: ready.webhook,
             max_running_per_agent: self.limits.max_running_turns_per_agent,
         };
         let tasks = self.tasks.clone();
@@ -299,6 +286,35 @@ impl TaskService {
             async move { tasks.append_and_claim(append).await },
         )
         .await
+    }
+
+    /// Checks a submission and works out what its claim stores besides the message:
+    /// the time, the lease, the idempotency record and the webhook. `task` is the task
+    /// appended to, `None` for a new task.
+    async fn prepare(
+        &self,
+        who: &Principal,
+        submit: SubmitMessage,
+        key: Option<&str>,
+        task: Option<TaskId>,
+    ) -> Result<Prepared, ServiceError> {
+        check_submission(who, &submit, key, &self.webhooks.destinations, &self.limits)?;
+        let now = self.executor.clock().now();
+        let operation = if task.is_some() {
+            "append_message"
+        } else {
+            "create_task"
+        };
+        let idempotency = self.idempotency_record(key, operation, task, &submit, now);
+        let webhook = self.resolve_webhook(who.agent_id, submit.webhook).await?;
+        Ok(Prepared {
+            message: submit.message,
+            metadata: submit.metadata,
+            now,
+            lease: self.executor.new_lease(now),
+            idempotency,
+            webhook,
+        })
     }
 
     fn idempotency_record(
