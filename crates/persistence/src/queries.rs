@@ -876,11 +876,16 @@ macro_rules! define_queries {
                     .into_iter()
                     .map(MessageRow::into_domain)
                     .collect::<Result<_, _>>()?;
-                let ended: TurnRow = turns::table
-                    .find(turn.0)
-                    .select(TurnRow::as_select())
-                    .first(conn)
-                    .await?;
+                let (ended, hook_url, hook_secrets): (TurnRow, Option<String>, Option<String>) =
+                    turns::table
+                        .find(turn.0)
+                        .select((
+                            TurnRow::as_select(),
+                            turns::webhook_url,
+                            turns::webhook_secrets,
+                        ))
+                        .first(conn)
+                        .await?;
                 let ended = ended.into_domain()?;
                 let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
                 drafts.push(EventDraft {
@@ -888,7 +893,8 @@ macro_rules! define_queries {
                     kind,
                     data,
                 });
-                queue_delivery(conn, &ended, &output, now).await?;
+                let own_hook = endpoint(hook_url, hook_secrets);
+                queue_delivery(conn, &ended, own_hook, &output, now).await?;
                 diesel::update(tasks::table.find(task.0))
                     .set(tasks::updated_at.eq(now))
                     .execute(conn)
@@ -901,19 +907,15 @@ macro_rules! define_queries {
             .map_err(TxError::into_store)
         }
 
-        /// Writes the delivery of a turn's end to the outbox, if the turn has a webhook
-        /// or its agent a default one.
+        /// Writes the delivery of a turn's end to the outbox, to the turn's own webhook
+        /// (`own_hook`) or else its agent's default one, if there is either.
         async fn queue_delivery(
             conn: &mut Conn,
             ended: &Turn,
+            own_hook: Option<WebhookEndpoint>,
             output: &[Message],
             now: i64,
         ) -> Result<(), TxError> {
-            let (url, secrets): (Option<String>, Option<String>) = turns::table
-                .find(ended.id.0)
-                .select((turns::webhook_url, turns::webhook_secrets))
-                .first(conn)
-                .await?;
             let (agent_id, task_metadata, agent_url, agent_secrets): (
                 i64,
                 String,
@@ -930,8 +932,7 @@ macro_rules! define_queries {
                 ))
                 .first(conn)
                 .await?;
-            let Some(endpoint) = endpoint(url, secrets).or(endpoint(agent_url, agent_secrets))
-            else {
+            let Some(endpoint) = own_hook.or(endpoint(agent_url, agent_secrets)) else {
                 return Ok(());
             };
             let task_metadata: Metadata = serde_json::from_str(&task_metadata)
