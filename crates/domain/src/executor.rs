@@ -240,15 +240,9 @@ impl TurnExecutor {
         );
     }
 
-    /// Stops playing `turn` if this executor plays it: its runner is dropped and
-    /// nothing more is recorded. Called when the turn was ended elsewhere. Returns
-    /// whether this executor held the turn.
-    pub fn stop(&self, turn: TurnId) -> bool {
-        self.inner.stop(turn)
-    }
-
-    /// [`TurnExecutor::stop`] as a hook for the hub's "turn ended" (it does not keep
-    /// the executor alive).
+    /// A hook for the hub's "turn ended": stops playing the turn if this executor
+    /// plays it — its runner is dropped and nothing more is recorded. It does not keep
+    /// the executor alive.
     pub fn stop_hook(&self) -> crate::notify::TurnEndHook {
         let inner = Arc::downgrade(&self.inner);
         Arc::new(move |turn| {

@@ -521,6 +521,22 @@ async fn revoked_and_unknown_keys_are_unauthorized() {
     ));
 }
 
+/// A `get_task` that finds the task running, then with its turn ended as `status`,
+/// counting its reads in `reads`.
+fn running_then(
+    status: TurnStatus,
+    reads: Arc<AtomicUsize>,
+) -> impl FnMut(AgentId, TaskId) -> Result<Option<TaskView>, StoreError> {
+    move |_, _| {
+        let before = reads.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(view(if before == 0 {
+            TurnStatus::Running
+        } else {
+            status
+        })))
+    }
+}
+
 fn view(status: TurnStatus) -> TaskView {
     TaskView {
         task: task(3),
@@ -561,17 +577,11 @@ async fn wait_wakes_on_its_tasks_change_and_reads_the_store_only_then() {
     let hub = crate::LocalNotifier::default();
     let reads = Arc::new(AtomicUsize::new(0));
     let mut h = Harness::new();
-    let counter = reads.clone();
     // Running on the first read, completed on the second: the store is read once up
     // front and once per wake-up for this task, never on a timer.
-    h.tasks.expect_get_task().returning(move |_, _| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        Ok(Some(view(if n == 0 {
-            TurnStatus::Running
-        } else {
-            TurnStatus::Completed
-        })))
-    });
+    h.tasks
+        .expect_get_task()
+        .returning(running_then(TurnStatus::Completed, reads.clone()));
     let service = h.build_with_hub(hub.clone());
     let waiter = tokio::spawn(async move {
         service
@@ -606,15 +616,9 @@ async fn wait_rereads_after_a_resync() {
     let hub = crate::LocalNotifier::default();
     let reads = Arc::new(AtomicUsize::new(0));
     let mut h = Harness::new();
-    let counter = reads.clone();
-    h.tasks.expect_get_task().returning(move |_, _| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        Ok(Some(view(if n == 0 {
-            TurnStatus::Running
-        } else {
-            TurnStatus::Failed
-        })))
-    });
+    h.tasks
+        .expect_get_task()
+        .returning(running_then(TurnStatus::Failed, reads.clone()));
     let service = h.build_with_hub(hub.clone());
     let waiter = tokio::spawn(async move {
         service

@@ -386,28 +386,12 @@ async fn stopping_releases_retry_agents_leases_and_stops_their_runners() {
     eventually("the runner is dropped", || dropped.load(Ordering::SeqCst)).await;
 }
 
-/// A `get_task` that finds the task running, then with its turn ended as `status`
-/// (what a cancel sees before and after it ends the turn).
-fn running_then(
-    status: TurnStatus,
-) -> impl FnMut(AgentId, TaskId) -> Result<Option<TaskView>, StoreError> {
-    let mut reads = 0;
-    move |_, _| {
-        reads += 1;
-        Ok(Some(view(if reads == 1 {
-            TurnStatus::Running
-        } else {
-            status
-        })))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_ends_the_running_turn_and_a_repeat_gets_the_same_answer() {
     let mut h = Harness::new();
     h.tasks
         .expect_get_task()
-        .returning(running_then(TurnStatus::Cancelled));
+        .returning(running_then(TurnStatus::Cancelled, Default::default()));
     h.tasks
         .expect_finish_turn()
         .withf(|finish| {
@@ -456,7 +440,7 @@ async fn a_cancel_that_loses_to_the_turns_end_is_not_running() {
     let mut h = Harness::new();
     h.tasks
         .expect_get_task()
-        .returning(running_then(TurnStatus::Completed));
+        .returning(running_then(TurnStatus::Completed, Default::default()));
     h.tasks.expect_finish_turn().returning(|_| Ok(false));
     let err = h.build().cancel(&WHO, TaskId(3)).await.unwrap_err();
     assert!(
