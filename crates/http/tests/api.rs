@@ -334,20 +334,14 @@ async fn missing_invalid_and_revoked_keys_are_401() {
     let (agent, token) = app.agent_with_key(json!({})).await;
     assert_eq!(app.get(&token, "/v1/chat/tasks").await.0, StatusCode::OK);
     assert!(app.admin.revoke_key(&token).await.unwrap());
-    let (status, headers, envelope) = app
-        .post(
-            &token,
-            "/v1/chat/tasks",
-            json!({"agent_id": agent, "message": {"content": "x"}}),
-        )
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &envelope,
+    app.refused_post(
+        &token,
+        "/v1/chat/tasks",
+        json!({"agent_id": agent, "message": {"content": "x"}}),
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-    );
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,20 +362,14 @@ async fn another_agents_task_is_404_task_not_found_on_every_route() {
             "task_not_found",
         );
     }
-    let (status, headers, body) = app
-        .post(
-            &app.token,
-            &format!("/v1/chat/tasks/{theirs}/messages"),
-            json!({"agent_id": app.agent, "message": {"content": "x"}}),
-        )
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
+    app.refused_post(
+        &app.token,
+        &format!("/v1/chat/tasks/{theirs}/messages"),
+        json!({"agent_id": app.agent, "message": {"content": "x"}}),
         StatusCode::NOT_FOUND,
         "task_not_found",
-    );
+    )
+    .await;
     // The same answer as for a task that does not exist at all.
     for missing in [
         "/v1/chat/tasks/999999",
@@ -406,36 +394,24 @@ async fn another_agents_task_is_404_task_not_found_on_every_route() {
 async fn agent_id_other_than_the_keys_is_404_agent_not_found_and_creates_nothing() {
     let app = TestApp::start().await;
     let (other_agent, _) = app.agent_with_key(json!({})).await;
-    let (status, headers, body) = app
-        .post(
-            &app.token,
-            "/v1/chat/tasks",
-            json!({"agent_id": other_agent, "message": {"content": "x"}}),
-        )
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
+    app.refused_post(
+        &app.token,
+        "/v1/chat/tasks",
+        json!({"agent_id": other_agent, "message": {"content": "x"}}),
         StatusCode::NOT_FOUND,
         "agent_not_found",
-    );
+    )
+    .await;
     let task = app.create_task(&app.token, app.agent, "mine").await;
     app.settled(&app.token, task).await;
-    let (status, headers, body) = app
-        .post(
-            &app.token,
-            &format!("/v1/chat/tasks/{task}/messages"),
-            json!({"agent_id": other_agent, "message": {"content": "x"}}),
-        )
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
+    app.refused_post(
+        &app.token,
+        &format!("/v1/chat/tasks/{task}/messages"),
+        json!({"agent_id": other_agent, "message": {"content": "x"}}),
         StatusCode::NOT_FOUND,
         "agent_not_found",
-    );
+    )
+    .await;
     let (_, listing) = app.get(&app.token, "/v1/chat/tasks").await;
     assert_eq!(listing["data"].as_array().unwrap().len(), 1);
 }

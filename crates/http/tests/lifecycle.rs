@@ -107,20 +107,15 @@ async fn cancel_refusals_are_clear_envelopes() {
     let app = TestApp::start().await;
     let task = app.create_task(&app.token, app.agent, "hi").await;
     app.settled(&app.token, task).await;
-    let (status, headers, body) = app
-        .post(
+    let body = app
+        .refused_post(
             &app.token,
             &format!("/v1/chat/tasks/{task}/cancel"),
             json!({}),
+            StatusCode::CONFLICT,
+            "task_not_running",
         )
         .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::CONFLICT,
-        "task_not_running",
-    );
     assert!(
         body["error"]["message"]
             .as_str()
@@ -129,20 +124,14 @@ async fn cancel_refusals_are_clear_envelopes() {
     );
 
     let (_, other_token) = app.agent_with_key(json!({})).await;
-    let (status, headers, body) = app
-        .post(
-            &other_token,
-            &format!("/v1/chat/tasks/{task}/cancel"),
-            json!({}),
-        )
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
+    app.refused_post(
+        &other_token,
+        &format!("/v1/chat/tasks/{task}/cancel"),
+        json!({}),
         StatusCode::NOT_FOUND,
         "task_not_found",
-    );
+    )
+    .await;
     let response = app
         .http
         .get(app.url(&format!("/v1/chat/tasks/{task}/cancel")))
@@ -450,28 +439,27 @@ async fn limits_answer_with_their_own_codes_and_store_nothing() {
     .await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 3000})).await;
 
-    let (status, headers, body) = app
-        .post(&token, "/v1/chat/tasks", message(agent, &"x".repeat(2000)))
+    let body = app
+        .refused_post(
+            &token,
+            "/v1/chat/tasks",
+            message(agent, &"x".repeat(2000)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
         .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    );
     assert_eq!(body["error"]["fields"][0]["field"], "message.content");
 
     let deep = json!({"agent_id": agent, "message": {"content": "x"},
                       "metadata": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}});
-    let (status, headers, body) = app.post(&token, "/v1/chat/tasks", deep).await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
+    app.refused_post(
+        &token,
+        "/v1/chat/tasks",
+        deep,
         StatusCode::BAD_REQUEST,
         "json_too_deep",
-    );
+    )
+    .await;
 
     let (status, _, first) = app
         .post(&token, "/v1/chat/tasks", message(agent, "one"))

@@ -186,6 +186,21 @@ impl TestApp {
         read(response).await
     }
 
+    /// A POST that must be refused with this status and error code, in the
+    /// envelope (see [`assert_envelope`]); returns the envelope.
+    pub async fn refused_post(
+        &self,
+        token: &str,
+        path: &str,
+        body: Value,
+        status: StatusCode,
+        code: &str,
+    ) -> Value {
+        let (got, headers, envelope) = self.post(token, path, body).await;
+        assert_envelope(got, &headers, &envelope, status, code);
+        envelope
+    }
+
     /// A POST with extra headers (an `Idempotency-Key`, say).
     pub async fn post_with(
         &self,
