@@ -964,6 +964,22 @@ macro_rules! define_queries {
             limit: u32,
         ) -> Result<Vec<DueDelivery>, StoreError> {
             let now = micros(now);
+            // Every instance polls every second: look before taking the write lock (on
+            // SQLite, the single writer) when, as usually, nothing is due.
+            let anything_due: Option<i64> = webhook_deliveries::table
+                .filter(
+                    webhook_deliveries::status
+                        .eq("pending")
+                        .and(webhook_deliveries::next_attempt_at.le(now)),
+                )
+                .select(webhook_deliveries::id)
+                .first(conn)
+                .await
+                .optional()
+                .map_err(from_diesel)?;
+            if anything_due.is_none() {
+                return Ok(Vec::new());
+            }
             conn.$begin_write(async |conn| {
                 let due: Vec<i64> = webhook_deliveries::table
                     .filter(
