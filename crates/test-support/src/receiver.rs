@@ -19,6 +19,8 @@ pub enum Reply {
     Status(u16),
     /// Reads the request and never answers.
     Hang,
+    /// Answers 200 with a body that starts (8 KiB) and never ends.
+    EndlessBody,
 }
 
 /// A request as received.
@@ -118,6 +120,12 @@ impl Drop for Receiver {
     }
 }
 
+fn hang(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, plan: &Plan) {
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(clone) => clone,
@@ -168,10 +176,14 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, 
                 "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
             );
         }
-        Reply::Hang => {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        Reply::Hang => hang(stop),
+        Reply::EndlessBody => {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n{}",
+                "x".repeat(8192)
+            );
+            hang(stop);
         }
     }
 }

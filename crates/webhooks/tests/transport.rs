@@ -85,6 +85,23 @@ async fn internal_destinations_are_refused_literal_or_after_resolution() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_start_of_an_answer_is_read() {
+    // The body never ends: reading it all would run into the timeout.
+    let receiver = Receiver::start(|_| Reply::EndlessBody);
+    let transport = HttpTransport::new(local_dev(), Duration::from_secs(3)).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        transport.post(&receiver.url(), headers(), vec![]).await,
+        Ok(200)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_and_a_silent_receiver_times_out() {
     let receiver = Receiver::start(|n| {
         if n == 0 {
