@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 /// One message's content, discriminated by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Content {
     Text(TextContent),
@@ -16,6 +17,7 @@ pub enum Content {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TextFormat {
     #[default]
@@ -26,6 +28,7 @@ pub enum TextFormat {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TextContent {
     #[serde(default)]
     pub format: TextFormat,
@@ -34,6 +37,7 @@ pub struct TextContent {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReasoningContent {
     #[serde(default)]
     pub summary: Vec<String>,
@@ -43,23 +47,30 @@ pub struct ReasoningContent {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DataContent {
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolRequestContent {
     pub tool_call_id: String,
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub arguments: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolResponseContent {
     pub tool_call_id: String,
     pub name: String,
+    /// Any JSON value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub content: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_error: Option<bool>,

@@ -14,6 +14,7 @@ macro_rules! id_type {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
         #[$doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = i64))]
         #[serde(transparent)]
         pub struct $name(pub i64);
 
@@ -43,9 +44,14 @@ pub type Metadata = Map<String, Value>;
 
 /// Which runner plays an agent, and that runner's own configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"kind": "echo", "config": {}})))]
 pub struct RunnerSpec {
+    /// The runner's registered name, e.g. `echo`.
     pub kind: String,
+    /// The runner's own settings (an object; `{}` when absent).
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub config: Value,
 }
 
@@ -85,6 +91,7 @@ pub struct AgentUpdate {
 
 /// How an agent's turns are bounded and what happens to one whose instance died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TurnPolicy {
     /// What to do with a turn whose lease expired (its instance crashed, was killed,
     /// or stopped before the turn ended).
@@ -149,6 +156,7 @@ macro_rules! string_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),* }
 
@@ -292,12 +300,14 @@ impl From<TurnStatus> for TaskStatus {
 
 /// Why a turn failed: a stable machine-readable code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TurnError {
     pub code: String,
     pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Turn {
     #[serde(rename = "turn_id")]
     pub id: TurnId,
@@ -307,6 +317,7 @@ pub struct Turn {
     /// 1 for the first play; more when the turn was retried after its instance died.
     pub attempt: u32,
     /// The metadata of the request that started this turn.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Metadata,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -340,6 +351,7 @@ impl TaskView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     #[serde(rename = "message_id")]
     pub id: MessageId,

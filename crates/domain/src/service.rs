@@ -661,6 +661,13 @@ impl AdminService {
 
     /// That the runner kind is registered and accepts its configuration.
     fn check_runner(&self, runner: &RunnerSpec, errors: &mut Vec<crate::FieldError>) {
+        if !runner.config.is_object() {
+            errors.push(crate::FieldError::new(
+                "runner.config",
+                "must be a JSON object (leave it out for the runner's defaults)",
+            ));
+            return;
+        }
         match self.executor.runners().get(&runner.kind) {
             None => {
                 let known: Vec<_> = self.executor.runners().kinds().collect();

@@ -23,6 +23,7 @@ use crate::model::{Message, Metadata, Turn, TurnStatus};
 /// Where a turn's end is delivered, as a request or an agent names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookTarget {
     pub url: String,
     /// A `whsec_…` secret; absent, the agent's default webhook secret or the server's
@@ -336,6 +337,7 @@ pub enum NextStep {
 
 /// A delivery as listed to a client or an operator.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryView {
     pub delivery_id: i64,
     pub webhook_id: String,
@@ -351,6 +353,7 @@ pub struct DeliveryView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptView {
     pub attempt: u32,
     pub started_at: DateTime<Utc>,

@@ -11,11 +11,13 @@ use baton_domain::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
-use crate::dto::PageBody;
+use crate::dto::{DataBody, PageBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{json_body, page};
+use crate::openapi::PageParams;
 
 /// The admin API's service and the hash of its token.
 #[derive(Debug, Clone)]
@@ -31,29 +33,6 @@ impl AdminApi {
             token_hash: Sha256::digest(token.as_bytes()).into(),
         }
     }
-}
-
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/admin/agents")
-            .route(web::post().to(create_agent))
-            .route(web::get().to(list_agents)),
-    )
-    .service(
-        web::resource("/v1/admin/agents/{agent_id}")
-            .route(web::get().to(get_agent))
-            .route(web::patch().to(update_agent)),
-    )
-    .service(
-        web::resource("/v1/admin/agents/{agent_id}/keys")
-            .route(web::post().to(create_key))
-            .route(web::get().to(list_keys)),
-    )
-    .service(web::resource("/v1/admin/keys/{prefix}").route(web::delete().to(revoke_key)))
-    .service(
-        web::resource("/v1/admin/webhook-deliveries/{delivery_id}/redeliver")
-            .route(web::post().to(redeliver)),
-    );
 }
 
 /// The admin service, for a request that presents the admin token.
@@ -90,13 +69,22 @@ fn agent_id(req: &HttpRequest) -> Result<AgentId, ApiError> {
         .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, "No agent with this id."))
 }
 
+/// `{agent_id}` in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AgentIdParam {
+    #[param(minimum = 1, example = 1)]
+    pub agent_id: i64,
+}
+
 /// An agent as the admin API shows it: never its webhook secrets.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AgentBody {
     pub agent_id: i64,
     pub name: String,
     pub runner: RunnerSpec,
     pub policy: TurnPolicy,
+    /// The default webhook for the agent's turn ends (its secret is never shown again).
     pub webhook: Option<WebhookUrl>,
     pub created_at: DateTime<Utc>,
     /// Only when the server made the webhook's secret in this request: shown once.
@@ -104,7 +92,7 @@ pub struct AgentBody {
     pub webhook_secret: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookUrl {
     pub url: String,
 }
@@ -124,7 +112,7 @@ impl From<Agent> for AgentBody {
 }
 
 /// A turn policy in a request: missing fields keep their current (or default) value.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     pub on_interrupt: Option<OnInterrupt>,
@@ -142,25 +130,29 @@ impl PolicyBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "support-bot", "runner": {"kind": "echo"}, "policy": {"on_interrupt": "retry"}}))]
 pub struct CreateAgentBody {
     pub name: String,
     pub runner: RunnerSpec,
     #[serde(default)]
     pub policy: PolicyBody,
+    /// The agent's default webhook; without a secret, one is made and shown once.
     #[serde(default)]
     pub webhook: Option<WebhookTarget>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"policy": {"turn_timeout_ms": 60000}, "webhook": null}))]
 pub struct UpdateAgentBody {
     pub name: Option<String>,
     pub runner: Option<RunnerSpec>,
     pub policy: Option<PolicyBody>,
     /// Absent: unchanged; `null`: removed.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<WebhookTarget>)]
     pub webhook: Option<Option<WebhookTarget>>,
 }
 
@@ -172,7 +164,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// A key as listed: its public prefix and dates, never a secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyBody {
     pub prefix: String,
     pub agent_id: i64,
@@ -193,7 +185,13 @@ impl From<ApiKey> for KeyBody {
     }
 }
 
-async fn create_agent(
+#[utoipa::path(post, path = "/v1/admin/agents", tag = "admin",
+    summary = "Create an agent",
+    request_body = CreateAgentBody,
+    responses((status = 201, description = "The agent. `webhook_secret` only when the server made it.", body = AgentBody,
+        headers(("Location" = String, description = "The agent's admin URL.")))),
+    security(("admin_token" = [])))]
+pub(crate) async fn create_agent(
     state: web::Data<ApiState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -223,7 +221,12 @@ async fn create_agent(
         }))
 }
 
-async fn list_agents(
+#[utoipa::path(get, path = "/v1/admin/agents", tag = "admin",
+    summary = "List agents",
+    params(PageParams),
+    responses((status = 200, body = PageBody<AgentBody>)),
+    security(("admin_token" = [])))]
+pub(crate) async fn list_agents(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -232,13 +235,28 @@ async fn list_agents(
     Ok(HttpResponse::Ok().json(PageBody::<AgentBody>::new(agents)))
 }
 
-async fn get_agent(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/admin/agents/{agent_id}", tag = "admin",
+    summary = "Get an agent",
+    params(AgentIdParam),
+    responses((status = 200, body = AgentBody)),
+    security(("admin_token" = [])))]
+pub(crate) async fn get_agent(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let admin = admin(&state, &req)?;
     let agent = admin.get_agent(agent_id(&req)?).await?;
     Ok(HttpResponse::Ok().json(AgentBody::from(agent)))
 }
 
-async fn update_agent(
+#[utoipa::path(patch, path = "/v1/admin/agents/{agent_id}", tag = "admin",
+    summary = "Change an agent",
+    description = "Absent fields stay as they are; policy fields merge into the current policy; `webhook: null` removes the default webhook. Running turns keep the policy they started with.",
+    params(AgentIdParam),
+    request_body = UpdateAgentBody,
+    responses((status = 200, body = AgentBody)),
+    security(("admin_token" = [])))]
+pub(crate) async fn update_agent(
     state: web::Data<ApiState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -260,15 +278,21 @@ async fn update_agent(
     Ok(HttpResponse::Ok().json(AgentBody::from(agent)))
 }
 
-#[derive(Debug, Serialize)]
-struct CreatedKeyBody {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKeyBody {
     /// The key itself: shown in this answer only.
     key: String,
     #[serde(flatten)]
     listed: KeyBody,
 }
 
-async fn create_key(
+#[utoipa::path(post, path = "/v1/admin/agents/{agent_id}/keys", tag = "admin",
+    summary = "Create a key",
+    description = "A new API key for the agent. The key is in this answer only; the server keeps its hash.",
+    params(AgentIdParam),
+    responses((status = 201, body = CreatedKeyBody)),
+    security(("admin_token" = [])))]
+pub(crate) async fn create_key(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -280,14 +304,29 @@ async fn create_key(
     }))
 }
 
-async fn list_keys(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/admin/agents/{agent_id}/keys", tag = "admin",
+    summary = "List an agent's keys",
+    description = "Prefixes and dates, revoked keys included; never a secret.",
+    params(AgentIdParam),
+    responses((status = 200, body = DataBody<KeyBody>)),
+    security(("admin_token" = [])))]
+pub(crate) async fn list_keys(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let admin = admin(&state, &req)?;
     let keys = admin.list_keys(agent_id(&req)?).await?;
     let data: Vec<KeyBody> = keys.into_iter().map(KeyBody::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+    Ok(HttpResponse::Ok().json(DataBody { data }))
 }
 
-async fn revoke_key(
+#[utoipa::path(delete, path = "/v1/admin/keys/{prefix}", tag = "admin",
+    summary = "Revoke a key",
+    description = "Revokes the live key with this prefix (or this whole key); it is refused from then on.",
+    params(("prefix" = String, Path, description = "The key's prefix, as listed (or the whole key).")),
+    responses((status = 204, description = "Revoked.")),
+    security(("admin_token" = [])))]
+pub(crate) async fn revoke_key(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -303,15 +342,36 @@ async fn revoke_key(
     }
 }
 
-async fn redeliver(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// The answer to a redelivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedeliveryBody {
+    pub delivery_id: i64,
+    /// `pending`: a new round of attempts starts now.
+    pub status: &'static str,
+}
+
+#[utoipa::path(post, path = "/v1/admin/webhook-deliveries/{delivery_id}/redeliver", tag = "admin",
+    summary = "Redeliver a webhook",
+    description = "Starts a new round of attempts for a delivery (delivered or failed), with the same webhook id.",
+    params(("delivery_id" = i64, Path, description = "The delivery's id, as listed by the task's webhook deliveries.")),
+    responses((status = 202, body = RedeliveryBody)),
+    security(("admin_token" = [])))]
+pub(crate) async fn redeliver(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let admin = admin(&state, &req)?;
     let delivery = req
         .match_info()
         .get("delivery_id")
         .and_then(|raw| raw.parse::<i64>().ok());
     match delivery {
-        Some(id) if admin.redeliver(id).await? => Ok(HttpResponse::Accepted()
-            .json(serde_json::json!({"delivery_id": id, "status": "pending"}))),
+        Some(id) if admin.redeliver(id).await? => {
+            Ok(HttpResponse::Accepted().json(RedeliveryBody {
+                delivery_id: id,
+                status: "pending",
+            }))
+        }
         _ => Err(ApiError::new(
             ErrorCode::NotFound,
             "No webhook delivery with this id.",

@@ -6,29 +6,52 @@ use baton_domain::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::extract::encode_cursor;
 
 /// Body of `POST /v1/chat/tasks` and `POST /v1/chat/tasks/{task_id}/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"agent_id": 1, "message": {"role": "user", "content": "Hello"}, "metadata": {"ticket": "T-1"}}))]
 pub struct SubmitBody {
+    /// The agent of the key: a key can only talk to its own agent.
     pub agent_id: i64,
     pub message: MessageBody,
+    /// Free-form correlation data (at most 16 keys, 4 KiB), returned unchanged.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Metadata>,
     /// Where to deliver the end of the turn: `{url, secret?}`.
     #[serde(default)]
     pub webhook: Option<WebhookTarget>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageBody {
+    /// `user` when absent.
     #[serde(default = "user_role")]
     pub role: Role,
+    /// A string (plain text), or typed content.
     #[serde(deserialize_with = "Content::deserialize_lenient")]
+    #[schema(schema_with = content_input)]
     pub content: Content,
+}
+
+/// What a client may send as content: a plain string is shorthand for plain text.
+fn content_input() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{OneOfBuilder, Schema, Type};
+    use utoipa::openapi::{ObjectBuilder, Ref};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("Plain text.")),
+        )
+        .item(Ref::from_schema_name(<Content as utoipa::ToSchema>::name()))
+        .build();
+    Schema::OneOf(one_of)
 }
 
 fn user_role() -> Role {
@@ -50,13 +73,14 @@ impl SubmitBody {
 }
 
 /// The 202 answer to an accepted message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AcceptedBody {
     pub task_id: i64,
     pub agent_id: i64,
     pub turn_id: i64,
     pub status: TaskStatus,
     pub accepted_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
     pub metadata: Metadata,
 }
 
@@ -74,11 +98,13 @@ impl From<Accepted> for AcceptedBody {
 }
 
 /// A task, with the latest turn and the latest agent message it is derived from.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskBody {
     pub task_id: i64,
     pub agent_id: i64,
+    /// The status of the latest turn.
     pub status: TaskStatus,
+    #[schema(value_type = Object)]
     pub metadata: Metadata,
     pub input: Content,
     pub created_at: DateTime<Utc>,
@@ -104,7 +130,7 @@ impl From<TaskView> for TaskBody {
 }
 
 /// One page of a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PageBody<T> {
     pub data: Vec<T>,
     /// Pass as `?cursor=` for the next page; `null` on the last page.
@@ -118,4 +144,16 @@ impl<T> PageBody<T> {
             next_cursor: page.next_after.map(encode_cursor),
         }
     }
+}
+
+/// A listing that is never paged (it is short by nature).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DataBody<T> {
+    pub data: Vec<T>,
+}
+
+/// The answer of a probe.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    pub status: &'static str,
 }

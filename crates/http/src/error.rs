@@ -12,8 +12,9 @@ use baton_domain::{ActiveTurn, FieldError, ServiceError};
 use serde::Serialize;
 
 macro_rules! error_codes {
-    ($($variant:ident => ($status:ident, $code:literal)),* $(,)?) => {
-        /// Every error code the API can answer with, and its HTTP status.
+    ($($variant:ident => ($status:ident, $code:literal, $meaning:literal)),* $(,)?) => {
+        /// Every error code the API can answer with, its HTTP status, and what it means
+        /// (the OpenAPI document's description of the code).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum ErrorCode { $($variant),* }
 
@@ -27,42 +28,61 @@ macro_rules! error_codes {
             pub fn status(self) -> StatusCode {
                 match self { $(ErrorCode::$variant => StatusCode::$status),* }
             }
+
+            pub fn meaning(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $meaning),* }
+            }
         }
     };
 }
 
 error_codes! {
-    MalformedJson => (BAD_REQUEST, "malformed_json"),
-    BadRequest => (BAD_REQUEST, "bad_request"),
-    Unauthorized => (UNAUTHORIZED, "unauthorized"),
-    NotFound => (NOT_FOUND, "not_found"),
-    AgentNotFound => (NOT_FOUND, "agent_not_found"),
-    TaskNotFound => (NOT_FOUND, "task_not_found"),
-    MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
-    JsonTooDeep => (BAD_REQUEST, "json_too_deep"),
-    TaskBusy => (CONFLICT, "task_busy"),
-    TaskNotRunning => (CONFLICT, "task_not_running"),
-    IdempotencyKeyReused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
-    IdempotencyKeyInUse => (CONFLICT, "idempotency_key_in_use"),
-    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large"),
-    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-    ValidationFailed => (UNPROCESSABLE_ENTITY, "validation_failed"),
-    RateLimited => (TOO_MANY_REQUESTS, "rate_limited"),
-    TooManyRunningTurns => (TOO_MANY_REQUESTS, "too_many_running_turns"),
-    InternalError => (INTERNAL_SERVER_ERROR, "internal_error"),
-    ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable"),
-    ShuttingDown => (SERVICE_UNAVAILABLE, "shutting_down"),
+    MalformedJson => (BAD_REQUEST, "malformed_json", "The body is not JSON."),
+    BadRequest => (BAD_REQUEST, "bad_request", "The query string cannot be read."),
+    Unauthorized => (UNAUTHORIZED, "unauthorized", "No valid, unrevoked bearer key (or admin token) was sent."),
+    NotFound => (NOT_FOUND, "not_found", "Nothing is at this path (or the admin API is disabled, or no such key or delivery exists)."),
+    AgentNotFound => (NOT_FOUND, "agent_not_found", "The agent does not exist, or is not the agent of the key."),
+    TaskNotFound => (NOT_FOUND, "task_not_found", "The task does not exist for the key's agent."),
+    MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed", "The path exists but not with this method."),
+    JsonTooDeep => (BAD_REQUEST, "json_too_deep", "The body nests deeper than the server's JSON depth limit."),
+    TaskBusy => (CONFLICT, "task_busy", "The task is running a turn; `active_turn` names it. Retry when it has ended."),
+    TaskNotRunning => (CONFLICT, "task_not_running", "The task has no running turn to cancel."),
+    IdempotencyKeyReused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was first used for a different request."),
+    IdempotencyKeyInUse => (CONFLICT, "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed."),
+    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large", "The body is larger than the server's body limit."),
+    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The body is not sent as application/json."),
+    ValidationFailed => (UNPROCESSABLE_ENTITY, "validation_failed", "A field is missing or invalid; `fields` names each one."),
+    RateLimited => (TOO_MANY_REQUESTS, "rate_limited", "The key sent more requests than its rate allows; see Retry-After."),
+    TooManyRunningTurns => (TOO_MANY_REQUESTS, "too_many_running_turns", "The agent runs as many turns as the server allows; see Retry-After."),
+    InternalError => (INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error; report the request_id to the operator."),
+    ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable", "The database is unreachable or the instance is not ready; retry shortly."),
+    ShuttingDown => (SERVICE_UNAVAILABLE, "shutting_down", "This instance is stopping; retry (another instance, or after Retry-After)."),
+}
+
+impl ErrorCode {
+    /// Whether answers with this code carry `Retry-After`.
+    pub fn says_when_to_retry(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::TaskBusy
+                | ErrorCode::IdempotencyKeyInUse
+                | ErrorCode::ServiceUnavailable
+                | ErrorCode::ShuttingDown
+                | ErrorCode::RateLimited
+                | ErrorCode::TooManyRunningTurns
+        )
+    }
 }
 
 /// One invalid field in a validation error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
     pub field: String,
     pub reason: String,
 }
 
 /// The running turn a `task_busy` error names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ActiveTurnBody {
     pub turn_id: i64,
     pub started_at: chrono::DateTime<chrono::Utc>,
@@ -86,20 +106,50 @@ pub struct ApiError {
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: EnvelopeBody<'a>,
+/// Every error answer: `{"error": {...}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
 }
 
-#[derive(Serialize)]
-struct EnvelopeBody<'a> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// Stable and machine-readable; branch on this, not on the message.
+    #[schema(schema_with = error_code_schema)]
     code: &'static str,
+    /// For people; may change between releases.
     message: &'a str,
+    /// Also in the `X-Request-Id` header; quote it when reporting a problem.
     request_id: &'a str,
+    /// With `validation_failed`: each invalid field and why.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Vec<FieldProblem>)]
     fields: &'a [FieldProblem],
+    /// With `task_busy`: the turn the task is running.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ActiveTurnBody>)]
     active_turn: Option<&'a ActiveTurnBody>,
+}
+
+/// The schema of an envelope's `code`: the table above, each code with its meaning.
+fn error_code_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let table: String = ErrorCode::ALL
+        .iter()
+        .map(|c| {
+            format!(
+                "\n- `{}` ({}): {}",
+                c.as_str(),
+                c.status().as_u16(),
+                c.meaning()
+            )
+        })
+        .collect();
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+        .description(Some(format!("One of:{table}")))
+        .build()
 }
 
 impl ApiError {
@@ -156,8 +206,8 @@ impl ApiError {
 
     /// The envelope's JSON for a given request id.
     pub fn envelope(&self, request_id: &str) -> serde_json::Value {
-        serde_json::to_value(Envelope {
-            error: EnvelopeBody {
+        serde_json::to_value(ErrorEnvelope {
+            error: ErrorBody {
                 code: self.code.as_str(),
                 message: &self.message,
                 request_id,
@@ -173,21 +223,12 @@ impl ApiError {
     /// The full response for a given request id.
     pub fn to_response(&self, request_id: &str) -> HttpResponse {
         let mut response = HttpResponse::build(self.code.status());
-        match self.code {
-            ErrorCode::Unauthorized => {
-                response
-                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-            }
-            ErrorCode::TaskBusy
-            | ErrorCode::IdempotencyKeyInUse
-            | ErrorCode::ServiceUnavailable
-            | ErrorCode::ShuttingDown
-            | ErrorCode::RateLimited
-            | ErrorCode::TooManyRunningTurns => {
-                let seconds = self.retry_after.unwrap_or(1).max(1);
-                response.insert_header((header::RETRY_AFTER, seconds.to_string()));
-            }
-            _ => {}
+        if self.code == ErrorCode::Unauthorized {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        if self.code.says_when_to_retry() {
+            let seconds = self.retry_after.unwrap_or(1).max(1);
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         response.json(self.envelope(request_id))
     }

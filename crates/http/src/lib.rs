@@ -2,11 +2,13 @@
 //! the V1 envelope.
 
 pub mod admin;
+pub mod api;
 pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 pub mod sse;
 
@@ -84,8 +86,7 @@ impl Default for ServerOptions {
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
-            .configure(admin::configure)
-            .configure(routes::configure);
+            .configure(api::configure);
     }
 }
 

@@ -6,48 +6,12 @@ use baton_domain::Claim;
 
 use crate::ApiState;
 use baton_domain::Message;
+use baton_domain::webhooks::DeliveryView;
 
-use crate::dto::{AcceptedBody, PageBody, SubmitBody, TaskBody};
+use crate::dto::{AcceptedBody, DataBody, PageBody, StatusBody, SubmitBody, TaskBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{authenticate, idempotency_key, json_body, page, task_id, wait};
-
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
-    cfg.service(
-        web::resource("/v1/chat/tasks")
-            .route(web::post().to(create_task))
-            .route(web::get().to(list_tasks))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/chat/tasks/{task_id}")
-            .route(web::get().to(get_task))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/chat/tasks/{task_id}/stream")
-            .route(web::get().to(stream))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/chat/tasks/{task_id}/webhook-deliveries")
-            .route(web::get().to(list_deliveries))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/chat/tasks/{task_id}/cancel")
-            .route(web::post().to(cancel))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/chat/tasks/{task_id}/messages")
-            .route(web::post().to(append_message))
-            .route(web::get().to(list_messages))
-            .default_service(web::to(method_not_allowed)),
-    );
-}
+use crate::openapi::{IdempotencyKey, PageParams, StreamParams, TaskIdParam, WaitParam};
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
@@ -61,7 +25,15 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// Prometheus metrics, when the server renders them.
-async fn metrics(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
+    description = "The server's metrics in Prometheus' text format (see docs/operations.md). `404 not_found` when metrics are turned off.",
+    responses((status = 200, description = "Prometheus text exposition format.", content_type = "text/plain; version=0.0.4", body = String,
+        example = "baton_turns_in_flight 0\n")))]
+pub(crate) async fn metrics(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     match &state.metrics {
         Some(render) => Ok(HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4")
@@ -71,13 +43,21 @@ async fn metrics(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpRes
 }
 
 /// The process is up and serving HTTP (liveness). Answered even while stopping.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Liveness",
+    description = "The process is up and serving HTTP. Answered even while the instance stops; it checks nothing else.",
+    responses((status = 200, body = StatusBody, example = json!({"status": "ok"}))))]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(StatusBody { status: "ok" })
 }
 
 /// This instance should get traffic (readiness): not stopping, its database reachable
 /// and migrated.
-async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness",
+    description = "The instance should get traffic: its database is reachable and carries every migration this build knows, and it is not stopping. Otherwise 503, with the reason in the message.",
+    responses((status = 200, body = StatusBody, example = json!({"status": "ready"}))))]
+pub(crate) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     if state.shutdown.draining.is_cancelled() {
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
@@ -89,10 +69,10 @@ async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         let why = err.to_string();
         ApiError::new(ErrorCode::ServiceUnavailable, why)
     })?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(StatusBody { status: "ready" }))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
         ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}.", req.method(), req.path()),
@@ -115,7 +95,15 @@ fn accepted(claim: Claim) -> HttpResponse {
     response.json(AcceptedBody::from(accepted))
 }
 
-async fn create_task(
+#[utoipa::path(post, path = "/v1/chat/tasks", tag = "tasks",
+    summary = "Start a task",
+    description = "Creates a task with its first message and starts the agent's turn in the background; answers at once. Follow the turn with `GET /v1/chat/tasks/{task_id}?wait=`, the event stream, or a webhook.",
+    params(IdempotencyKey),
+    request_body = SubmitBody,
+    responses((status = 202, description = "Accepted: the turn runs. A replay of an Idempotency-Key is the first answer again.", body = AcceptedBody,
+        headers(("Location" = String, description = "The task's URL."), ("Idempotent-Replayed" = String, description = "`true` when this is a replayed answer.")))),
+    security(("agent_key" = [])))]
+pub(crate) async fn create_task(
     state: web::Data<ApiState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -130,7 +118,15 @@ async fn create_task(
     Ok(accepted(done))
 }
 
-async fn append_message(
+#[utoipa::path(post, path = "/v1/chat/tasks/{task_id}/messages", tag = "tasks",
+    summary = "Send the next message",
+    description = "Appends a message to a task whose last turn has ended and starts the next turn. A task runs one turn at a time: while one runs, this is `409 task_busy`.",
+    params(TaskIdParam, IdempotencyKey),
+    request_body = SubmitBody,
+    responses((status = 202, description = "Accepted: the turn runs.", body = AcceptedBody,
+        headers(("Location" = String, description = "The task's URL."), ("Idempotent-Replayed" = String, description = "`true` when this is a replayed answer.")))),
+    security(("agent_key" = [])))]
+pub(crate) async fn append_message(
     state: web::Data<ApiState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -146,24 +142,48 @@ async fn append_message(
     Ok(accepted(done))
 }
 
-async fn list_deliveries(
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/webhook-deliveries", tag = "tasks",
+    summary = "The task's webhook deliveries",
+    description = "Every webhook delivery of the task's turns, newest first, with each attempt's status code, latency and error.",
+    params(TaskIdParam),
+    responses((status = 200, body = DataBody<DeliveryView>)),
+    security(("agent_key" = [])))]
+pub(crate) async fn list_deliveries(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let deliveries = state.tasks.list_deliveries(&who, task).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": deliveries })))
+    Ok(HttpResponse::Ok().json(DataBody { data: deliveries }))
 }
 
-async fn cancel(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/v1/chat/tasks/{task_id}/cancel", tag = "tasks",
+    summary = "Cancel the running turn",
+    description = "Stops the task's running turn: the text streamed so far is kept, the turn ends `cancelled`. Cancelling a cancelled task answers the same; a completed or failed one is `409 task_not_running`.",
+    params(TaskIdParam),
+    responses((status = 200, description = "The task, now `cancelled`.", body = TaskBody)),
+    security(("agent_key" = [])))]
+pub(crate) async fn cancel(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let view = state.tasks.cancel(&who, task).await?;
     Ok(HttpResponse::Ok().json(TaskBody::from(view)))
 }
 
-async fn get_task(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}", tag = "tasks",
+    summary = "Get a task (long-poll with `wait`)",
+    description = "The task with its latest turn and latest agent message. With `wait=N` the answer waits up to N seconds (at most 60) for the task to leave `running`.",
+    params(TaskIdParam, WaitParam),
+    responses((status = 200, body = TaskBody)),
+    security(("agent_key" = [])))]
+pub(crate) async fn get_task(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let wait = wait(&req)?;
@@ -175,7 +195,13 @@ async fn get_task(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(TaskBody::from(view)))
 }
 
-async fn list_tasks(
+#[utoipa::path(get, path = "/v1/chat/tasks", tag = "tasks",
+    summary = "List the agent's tasks",
+    description = "The key's agent's tasks, newest first, a page at a time.",
+    params(PageParams),
+    responses((status = 200, body = PageBody<TaskBody>)),
+    security(("agent_key" = [])))]
+pub(crate) async fn list_tasks(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -185,7 +211,13 @@ async fn list_tasks(
     Ok(HttpResponse::Ok().json(PageBody::<TaskBody>::new(tasks)))
 }
 
-async fn list_messages(
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/messages", tag = "tasks",
+    summary = "A task's history",
+    description = "The task's messages, oldest first, a page at a time. A message being streamed has `streaming_status: in_progress`.",
+    params(TaskIdParam, PageParams),
+    responses((status = 200, body = PageBody<Message>)),
+    security(("agent_key" = [])))]
+pub(crate) async fn list_messages(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -196,7 +228,17 @@ async fn list_messages(
     Ok(HttpResponse::Ok().json(PageBody::<Message>::new(messages)))
 }
 
-async fn stream(state: web::Data<ApiState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/stream", tag = "tasks",
+    summary = "The task's events (Server-Sent Events)",
+    description = "The task's event log as Server-Sent Events: `turn_started`, `text_delta`, `message`, `final`, `error`, `cancelled`, each with its `id` (the event's `seq`). Reconnect with `Last-Event-ID` (or `?after=`) to resume exactly after the last event seen. Without `until=final` the stream stays open for the task's next turns (comment heartbeats keep it alive). See docs/api.md for each event's data.",
+    params(TaskIdParam, StreamParams),
+    responses((status = 200, description = "An event stream: each event as `StreamEvent` describes it.", content_type = "text/event-stream", body = crate::sse::schema::StreamEvent,
+        example = "retry: 2000\n\nid: 1\nevent: turn_started\ndata: {\"turn_id\":1,\"seq\":1,\"task_id\":1,\"created_at\":\"2026-01-01T00:00:00Z\"}\n\n")),
+    security(("agent_key" = [])))]
+pub(crate) async fn stream(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let (after, until_final) = crate::sse::cursor(&req)?;

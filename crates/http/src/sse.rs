@@ -240,3 +240,133 @@ pub async fn stream(
         .insert_header(("x-accel-buffering", "no"))
         .streaming(body))
 }
+
+/// The stream's events as the OpenAPI document describes them: each event's `data` is
+/// JSON whose shape depends on its `event` name. These types are never built; they
+/// describe what `frame` and `reset_frame` write (the fuzzing in CI checks every event
+/// it reads against them).
+pub mod schema {
+    use std::borrow::Cow;
+
+    use baton_domain::{Message, Turn, TurnError, TurnStatus};
+    use chrono::{DateTime, Utc};
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::{Ref, RefOr};
+    use utoipa::{PartialSchema, ToSchema};
+
+    /// In every event's data but `reset`'s.
+    #[derive(Debug, ToSchema)]
+    pub struct EventFields {
+        /// The event's place in the task's log; also its `id`.
+        pub seq: i64,
+        pub task_id: i64,
+        pub turn_id: i64,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// `turn_started`: a turn began (again, with `turn.attempt` > 1, after a retry).
+    #[derive(Debug, ToSchema)]
+    pub struct TurnStartedData {
+        #[serde(flatten)]
+        pub fields: EventFields,
+        pub turn: Turn,
+        /// The message that started the turn.
+        pub input: Message,
+    }
+
+    /// `text_delta`: more text of the message being streamed.
+    #[derive(Debug, ToSchema)]
+    pub struct TextDeltaData {
+        #[serde(flatten)]
+        pub fields: EventFields,
+        pub message_id: i64,
+        pub delta: String,
+    }
+
+    /// `message`: an agent message is complete.
+    #[derive(Debug, ToSchema)]
+    pub struct MessageData {
+        #[serde(flatten)]
+        pub fields: EventFields,
+        pub message: Message,
+    }
+
+    /// `final`, `error` or `cancelled`: the turn ended.
+    #[derive(Debug, ToSchema)]
+    pub struct TurnEndedData {
+        #[serde(flatten)]
+        pub fields: EventFields,
+        pub turn: Turn,
+        pub status: TurnStatus,
+        /// The agent's messages of this turn.
+        pub output: Vec<Message>,
+        /// With `error`: why the turn failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<TurnError>,
+    }
+
+    /// `reset`: the cursor pointed before the oldest event the log keeps; the stream
+    /// goes on from `first_kept` (read the task and its messages to catch up).
+    #[derive(Debug, ToSchema)]
+    pub struct ResetData {
+        pub missed_after: i64,
+        pub first_kept: i64,
+    }
+
+    /// One event of the stream: `event` names it, `data` is JSON of that event's shape.
+    #[derive(Debug)]
+    pub struct StreamEvent;
+
+    impl PartialSchema for StreamEvent {
+        fn schema() -> RefOr<Schema> {
+            let kinds: [(&[&str], Cow<'static, str>); 5] = [
+                (&["turn_started"], TurnStartedData::name()),
+                (&["text_delta"], TextDeltaData::name()),
+                (&["message"], MessageData::name()),
+                (&["final", "error", "cancelled"], TurnEndedData::name()),
+                (&["reset"], ResetData::name()),
+            ];
+            let mut one_of = OneOfBuilder::new().description(Some(
+                "An event as Server-Sent Events carry it: `id` is its `seq`, `data` is JSON.",
+            ));
+            for (names, data) in kinds {
+                let event = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(names.iter().copied()));
+                let mut payload = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json")
+                    .build();
+                payload.content_schema = Some(Box::new(Ref::from_schema_name(data).into()));
+                let id = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]+$"));
+                one_of = one_of.item(
+                    ObjectBuilder::new()
+                        .property("event", event)
+                        .property("data", payload)
+                        .property("id", id)
+                        .required("event")
+                        .required("data")
+                        .required("id"),
+                );
+            }
+            RefOr::T(Schema::OneOf(one_of.build()))
+        }
+    }
+
+    impl ToSchema for StreamEvent {
+        fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            fn add<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                schemas.push((T::name().into_owned(), T::schema()));
+                T::schemas(schemas);
+            }
+            add::<EventFields>(schemas);
+            add::<TurnStartedData>(schemas);
+            add::<TextDeltaData>(schemas);
+            add::<MessageData>(schemas);
+            add::<TurnEndedData>(schemas);
+            add::<ResetData>(schemas);
+        }
+    }
+}

@@ -132,6 +132,15 @@ async fn agents_are_created_listed_read_and_updated() {
             "runner.kind",
         ),
         (json!({"name": "", "runner": {"kind": "echo"}}), "name"),
+        // Found by schemathesis: a null configuration was stored as null.
+        (
+            json!({"name": "x", "runner": {"kind": "echo", "config": null}}),
+            "runner.config",
+        ),
+        (
+            json!({"name": "x", "runner": {"kind": "echo", "config": [1]}}),
+            "runner.config",
+        ),
         (
             json!({"name": "x", "runner": {"kind": "echo"}, "policy": {"max_attempts": 0}}),
             "policy.max_attempts",

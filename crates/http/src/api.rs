@@ -1,0 +1,118 @@
+//! Every route of the server, in one table. The routes are registered from it and the
+//! OpenAPI document's error answers are added from it, and a test holds the document
+//! to it: a route that exists but is not described fails that test.
+
+use actix_web::web;
+
+use crate::error::ErrorCode::{self, *};
+use crate::{admin, openapi, routes};
+
+/// One method on one path, as registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The path as actix and OpenAPI both write it: `/v1/chat/tasks/{task_id}`.
+    pub path: &'static str,
+    /// Lower case, as OpenAPI writes it: `get`, `post`, …
+    pub method: &'static str,
+    /// The error codes this route can answer with, besides [`ANY_ROUTE`]'s.
+    pub errors: &'static [&'static [ErrorCode]],
+}
+
+/// Any route can meet an unexpected error. (While the instance stops, every route but
+/// the probes and `/metrics` answers `shutting_down`.)
+pub const ANY_ROUTE: &[ErrorCode] = &[InternalError];
+/// A route behind an agent's key.
+const KEYED: &[ErrorCode] = &[Unauthorized, RateLimited, ShuttingDown, ServiceUnavailable];
+/// A route behind the admin token (`not_found` when the admin API is disabled).
+const ADMIN: &[ErrorCode] = &[Unauthorized, NotFound, ShuttingDown, ServiceUnavailable];
+/// A route that reads a JSON body.
+const JSON_BODY: &[ErrorCode] = &[
+    MalformedJson,
+    JsonTooDeep,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+];
+/// A route that reads `?limit=&cursor=`.
+const PAGED: &[ErrorCode] = &[BadRequest, ValidationFailed];
+
+macro_rules! api {
+    ($($path:literal { $($method:ident => $handler:path, errors: [$($errors:expr),* $(,)?];)+ })+) => {
+        /// Every route, in registration order.
+        pub const ROUTES: &[Route] = &[$($(Route {
+            path: $path,
+            method: stringify!($method),
+            errors: &[$($errors),*],
+        },)+)+];
+
+        /// Registers every route; a known path with another method is a 405 envelope.
+        pub fn configure(cfg: &mut web::ServiceConfig) {
+            $(cfg.service(
+                web::resource($path)
+                    $(.route(web::$method().to($handler)))+
+                    .default_service(web::to(routes::method_not_allowed)),
+            );)+
+        }
+    };
+}
+
+api! {
+    "/healthz" { get => routes::healthz, errors: []; }
+    "/readyz" { get => routes::readyz, errors: [&[ShuttingDown, ServiceUnavailable]]; }
+    "/metrics" { get => routes::metrics, errors: [&[NotFound]]; }
+    "/openapi.json" { get => openapi::document, errors: [&[ShuttingDown]]; }
+    "/docs" { get => openapi::docs_root, errors: [&[ShuttingDown]]; }
+    "/docs/" { get => openapi::docs_dir, errors: [&[ShuttingDown]]; }
+    "/docs/{file}" { get => openapi::docs_file, errors: [&[ShuttingDown, NotFound]]; }
+    "/v1/chat/tasks" {
+        post => routes::create_task, errors: [KEYED, JSON_BODY, &[AgentNotFound, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
+        get => routes::list_tasks, errors: [KEYED, PAGED];
+    }
+    "/v1/chat/tasks/{task_id}" {
+        get => routes::get_task, errors: [KEYED, &[BadRequest, ValidationFailed, TaskNotFound]];
+    }
+    "/v1/chat/tasks/{task_id}/messages" {
+        post => routes::append_message, errors: [KEYED, JSON_BODY, &[AgentNotFound, TaskNotFound, TaskBusy, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
+        get => routes::list_messages, errors: [KEYED, PAGED, &[TaskNotFound]];
+    }
+    "/v1/chat/tasks/{task_id}/stream" {
+        get => routes::stream, errors: [KEYED, &[BadRequest, ValidationFailed, TaskNotFound]];
+    }
+    "/v1/chat/tasks/{task_id}/cancel" {
+        post => routes::cancel, errors: [KEYED, &[TaskNotFound, TaskNotRunning]];
+    }
+    "/v1/chat/tasks/{task_id}/webhook-deliveries" {
+        get => routes::list_deliveries, errors: [KEYED, &[TaskNotFound]];
+    }
+    "/v1/admin/agents" {
+        post => admin::create_agent, errors: [ADMIN, JSON_BODY];
+        get => admin::list_agents, errors: [ADMIN, PAGED];
+    }
+    "/v1/admin/agents/{agent_id}" {
+        get => admin::get_agent, errors: [ADMIN, &[AgentNotFound]];
+        patch => admin::update_agent, errors: [ADMIN, JSON_BODY, &[AgentNotFound]];
+    }
+    "/v1/admin/agents/{agent_id}/keys" {
+        post => admin::create_key, errors: [ADMIN, &[AgentNotFound]];
+        get => admin::list_keys, errors: [ADMIN, &[AgentNotFound]];
+    }
+    "/v1/admin/keys/{prefix}" {
+        delete => admin::revoke_key, errors: [ADMIN];
+    }
+    "/v1/admin/webhook-deliveries/{delivery_id}/redeliver" {
+        post => admin::redeliver, errors: [ADMIN];
+    }
+}
+
+impl Route {
+    /// Every code this route can answer with, [`ANY_ROUTE`]'s included, each once.
+    pub fn error_codes(&self) -> Vec<ErrorCode> {
+        let mut codes: Vec<ErrorCode> = Vec::new();
+        for code in self.errors.iter().copied().flatten().chain(ANY_ROUTE) {
+            if !codes.contains(code) {
+                codes.push(*code);
+            }
+        }
+        codes
+    }
+}

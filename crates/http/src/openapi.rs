@@ -1,0 +1,364 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the types
+//! they answer with, served at `/openapi.json`; and Swagger UI at `/docs`, built into
+//! the binary so that it needs no network.
+//!
+//! The error answers are not written on each handler: they come from the route table
+//! ([`crate::api::ROUTES`]), grouped by status, with an example envelope per code.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse};
+use utoipa::openapi::path::{HttpMethod, Operation};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder, Schema,
+    example::Example, schema::Type,
+};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use crate::api::{ROUTES, Route};
+use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
+
+/// `{task_id}` in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskIdParam {
+    /// The task's id, as `POST /v1/chat/tasks` answered it.
+    #[param(minimum = 1, example = 1)]
+    pub task_id: i64,
+}
+
+/// The `Idempotency-Key` header.
+#[derive(Debug, IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+pub struct IdempotencyKey(
+    /// 1 to 255 visible ASCII characters (a UUID is a good key). A retry with the same
+    /// key and the same request gets the first answer again (`Idempotent-Replayed:
+    /// true`); with a different request, `422 idempotency_key_reused`. Kept 24 hours.
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        example = "7b1f6c2e-8d4a-4c53-9a57-1f0e2d3c4b5a"
+    )]
+    pub Option<String>,
+);
+
+/// `?wait=` on a task read.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParam {
+    /// Seconds to wait for the task to leave `running` (more than 60 waits 60). Absent:
+    /// answer at once.
+    #[param(minimum = 0, example = 30)]
+    pub wait: Option<u64>,
+}
+
+/// `?limit=&cursor=` on a listing.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page (default 20).
+    #[param(minimum = 1, maximum = 100, example = 20)]
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`, as given.
+    pub cursor: Option<String>,
+}
+
+/// Where an event stream starts and when it ends.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Start after this event id (0: from the start). `Last-Event-ID` wins when both are sent.
+    #[param(minimum = 0, example = 0)]
+    pub after: Option<i64>,
+    /// `final`: close the stream after the turn's last event (`final`, `error` or `cancelled`).
+    #[param(inline)]
+    pub until: Option<StreamUntil>,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum StreamUntil {
+    Final,
+}
+
+/// The `Last-Event-ID` header of a reconnecting event stream.
+#[derive(Debug, IntoParams)]
+#[into_params(names("Last-Event-ID"), parameter_in = Header)]
+pub struct LastEventId(
+    /// The id of the last event received: the stream resumes right after it.
+    #[param(pattern = "^[0-9]+$", example = "12")]
+    pub Option<String>,
+);
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "baton",
+        description = "Runs AI-agent conversations as tasks. Append a message and get `202 Accepted` at once; the agent's turn runs in the background; follow it by long-poll, a resumable event stream, or a signed webhook. One turn at a time per task.\n\nEvery error is an envelope `{\"error\": {\"code\", \"message\", \"request_id\", ...}}`; every answer carries `X-Request-Id`. See docs/api.md for the walk-through.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(
+        crate::routes::healthz,
+        crate::routes::readyz,
+        crate::routes::metrics,
+        document,
+        docs_root,
+        docs_dir,
+        docs_file,
+        crate::routes::create_task,
+        crate::routes::list_tasks,
+        crate::routes::get_task,
+        crate::routes::append_message,
+        crate::routes::list_messages,
+        crate::routes::stream,
+        crate::routes::cancel,
+        crate::routes::list_deliveries,
+        crate::admin::create_agent,
+        crate::admin::list_agents,
+        crate::admin::get_agent,
+        crate::admin::update_agent,
+        crate::admin::create_key,
+        crate::admin::list_keys,
+        crate::admin::revoke_key,
+        crate::admin::redeliver,
+    ),
+    components(schemas(ErrorEnvelope)),
+    modifiers(&Security, &ErrorAnswers, &TaggedContent),
+    tags(
+        (name = "tasks", description = "Tasks, their messages and turns: what agents' clients use, with an agent's key."),
+        (name = "admin", description = "Agents and their keys, with the operator's admin token. Disabled (404) unless the server has an admin token."),
+        (name = "operations", description = "Probes, metrics and this document."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The two bearer schemes: an agent's key and the operator's admin token.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let bearer = |what: &str| {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.description = Some(what.to_owned());
+            SecurityScheme::Http(http)
+        };
+        components.add_security_scheme(
+            "agent_key",
+            bearer("An agent's API key (`bt_…`), made by `baton key create` or the admin API."),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            bearer("The server's admin token (`admin_token` / `BATON_ADMIN_TOKEN`)."),
+        );
+    }
+}
+
+/// Content parts are tagged by `type` in `Content`'s schema (an `allOf` of the part
+/// and its tag). Each part refuses unknown fields, so its schema is generated with
+/// `additionalProperties: false`, which would refuse the `type` tag beside it: the
+/// parts' schemas leave that to the server, which names any unknown field in a 422.
+struct TaggedContent;
+
+impl Modify for TaggedContent {
+    fn modify(&self, doc: &mut Document) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        for part in [
+            <baton_domain::content::TextContent as ToSchema>::name(),
+            <baton_domain::content::ReasoningContent as ToSchema>::name(),
+            <baton_domain::content::DataContent as ToSchema>::name(),
+            <baton_domain::content::ToolRequestContent as ToSchema>::name(),
+            <baton_domain::content::ToolResponseContent as ToSchema>::name(),
+        ] {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&*part) {
+                object.additional_properties = None;
+            }
+        }
+    }
+}
+
+/// Adds each route's error answers from the route table.
+struct ErrorAnswers;
+
+impl Modify for ErrorAnswers {
+    fn modify(&self, doc: &mut Document) {
+        for route in ROUTES {
+            if let Some(operation) = operation_mut(doc, route) {
+                add_errors(operation, route);
+            }
+        }
+    }
+}
+
+fn http_method(route: &Route) -> Option<HttpMethod> {
+    Some(match route.method {
+        "get" => HttpMethod::Get,
+        "post" => HttpMethod::Post,
+        "put" => HttpMethod::Put,
+        "patch" => HttpMethod::Patch,
+        "delete" => HttpMethod::Delete,
+        _ => return None,
+    })
+}
+
+/// The document's operation for a route, if the document has it.
+pub fn operation_mut<'a>(doc: &'a mut Document, route: &Route) -> Option<&'a mut Operation> {
+    let item = doc.paths.paths.get_mut(route.path)?;
+    match http_method(route)? {
+        HttpMethod::Get => item.get.as_mut(),
+        HttpMethod::Post => item.post.as_mut(),
+        HttpMethod::Put => item.put.as_mut(),
+        HttpMethod::Patch => item.patch.as_mut(),
+        HttpMethod::Delete => item.delete.as_mut(),
+        _ => None,
+    }
+}
+
+fn add_errors(operation: &mut Operation, route: &Route) {
+    let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
+    for code in route.error_codes() {
+        by_status
+            .entry(code.status().as_u16())
+            .or_default()
+            .push(code);
+    }
+    for (status, codes) in by_status {
+        let listed: Vec<String> = codes.iter().map(|c| format!("`{}`", c.as_str())).collect();
+        let examples = codes.iter().map(|code| {
+            let envelope = ApiError::new(*code, code.meaning()).envelope("3f2a9c1e7b6d4a58");
+            let example = Example::builder()
+                .summary(code.meaning())
+                .value(Some(envelope))
+                .build();
+            (code.as_str(), example)
+        });
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name(
+                <ErrorEnvelope as ToSchema>::name(),
+            )))
+            .examples_from_iter(examples);
+        let mut response = ResponseBuilder::new()
+            .description(format!("An error envelope: {}.", listed.join(", ")))
+            .content("application/json", content.build());
+        if codes.iter().any(|c| c.says_when_to_retry()) {
+            response = response.header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(Some(integer_schema()))
+                    .description(Some("Seconds to wait before retrying."))
+                    .build(),
+            );
+        }
+        if codes.contains(&ErrorCode::Unauthorized) {
+            response = response.header(
+                "WWW-Authenticate",
+                HeaderBuilder::new()
+                    .schema(Some(string_schema()))
+                    .description(Some("`Bearer`."))
+                    .build(),
+            );
+        }
+        operation
+            .responses
+            .responses
+            .insert(status.to_string(), response.build().into());
+    }
+}
+
+fn integer_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .build()
+}
+
+fn string_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(Type::String)
+        .build()
+}
+
+/// The document, built once.
+pub fn api_doc() -> &'static Document {
+    static DOC: OnceLock<Document> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as JSON, rendered once.
+fn api_doc_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| serde_json::to_string(api_doc()).unwrap_or_default())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    summary = "This OpenAPI document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this server.", content_type = "application/json", body = Object)))]
+pub(crate) async fn document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(api_doc_json())
+}
+
+/// `/docs` and `/docs/` lead to the page, whose assets are relative to it.
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    summary = "Interactive API docs",
+    description = "Redirects to Swagger UI at `/docs/index.html`, served by the binary itself (no network needed).",
+    responses((status = 308, description = "To `/docs/index.html`.", headers(("Location" = String)))))]
+pub(crate) async fn docs_root() -> HttpResponse {
+    to_docs_page()
+}
+
+#[utoipa::path(get, path = "/docs/", tag = "operations",
+    summary = "Interactive API docs",
+    description = "Redirects to Swagger UI at `/docs/index.html`.",
+    responses((status = 308, description = "To `/docs/index.html`.", headers(("Location" = String)))))]
+pub(crate) async fn docs_dir() -> HttpResponse {
+    to_docs_page()
+}
+
+fn to_docs_page() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((header::LOCATION, "/docs/index.html"))
+        .finish()
+}
+
+fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
+    static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            Arc::new(
+                utoipa_swagger_ui::Config::from("/openapi.json")
+                    .try_it_out_enabled(true)
+                    .persist_authorization(true),
+            )
+        })
+        .clone()
+}
+
+/// Swagger UI's page and assets.
+#[utoipa::path(get, path = "/docs/{file}", tag = "operations",
+    summary = "Interactive API docs (page and assets)",
+    params(("file" = String, Path, description = "`index.html`, or one of its scripts and stylesheets.", example = "index.html")),
+    responses((status = 200, description = "The page or one of its assets.", content_type = "text/html", body = String)))]
+pub(crate) async fn docs_file(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let file = req.match_info().get("file").unwrap_or_default();
+    let found = utoipa_swagger_ui::serve(file, swagger_config())
+        .map_err(|err| ApiError::internal(err.to_string()))?;
+    let Some(found) = found else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("The docs have no file {file:?}; start at /docs."),
+        ));
+    };
+    let mut response = HttpResponse::Ok();
+    response.content_type(found.content_type);
+    if found.gzpipped {
+        response.insert_header((header::CONTENT_ENCODING, "gzip"));
+    }
+    Ok(response.body(found.bytes.into_owned()))
+}

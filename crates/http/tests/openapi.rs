@@ -1,0 +1,233 @@
+//! The OpenAPI document against the routes the server registers, and the docs page
+//! through the real server.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use baton_http::ErrorCode;
+use baton_http::api::ROUTES;
+use common::*;
+use reqwest::StatusCode;
+use reqwest::redirect::Policy;
+use serde_json::Value;
+
+fn document() -> Value {
+    serde_json::to_value(baton_http::openapi::api_doc()).unwrap()
+}
+
+/// Every `(path, method)` the document describes.
+fn described(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            if item.get(method).is_some() {
+                found.insert((path.clone(), method.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_registered_route_is_described_and_nothing_else() {
+    let doc = document();
+    let registered: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.path.to_owned(), r.method.to_owned()))
+        .collect();
+    assert_eq!(
+        registered.len(),
+        ROUTES.len(),
+        "a route is registered twice"
+    );
+    let described = described(&doc);
+    let undocumented: Vec<_> = registered.difference(&described).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes the OpenAPI document does not describe: {undocumented:?}"
+    );
+    let phantom: Vec<_> = described.difference(&registered).collect();
+    assert!(
+        phantom.is_empty(),
+        "the document describes routes that do not exist: {phantom:?}"
+    );
+}
+
+#[test]
+fn every_operation_says_what_it_answers_and_every_error_it_can_give() {
+    let doc = document();
+    for route in ROUTES {
+        let op = &doc["paths"][route.path][route.method];
+        let name = format!("{} {}", route.method, route.path);
+        assert!(
+            op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{name}: no summary"
+        );
+        let responses = op["responses"].as_object().unwrap();
+        assert!(
+            responses
+                .keys()
+                .any(|s| s.starts_with('2') || s.starts_with('3')),
+            "{name}: no success answer"
+        );
+        for code in route.error_codes() {
+            let status = code.status().as_u16().to_string();
+            let answer = &responses
+                .get(&status)
+                .unwrap_or_else(|| panic!("{name}: {status} for {} missing", code.as_str()));
+            let content = &answer["content"]["application/json"];
+            assert_eq!(
+                content["schema"]["$ref"], "#/components/schemas/ErrorEnvelope",
+                "{name} {status}"
+            );
+            let example = &content["examples"][code.as_str()]["value"]["error"];
+            assert_eq!(
+                example["code"],
+                code.as_str(),
+                "{name}: no example of {code:?}"
+            );
+            if code.says_when_to_retry() {
+                assert!(
+                    answer["headers"]["Retry-After"].is_object(),
+                    "{name} {status}"
+                );
+            }
+        }
+        // Authenticated routes name their scheme.
+        if route.path.starts_with("/v1/") {
+            let scheme = if route.path.starts_with("/v1/admin/") {
+                "admin_token"
+            } else {
+                "agent_key"
+            };
+            assert!(op["security"][0][scheme].is_array(), "{name}: no {scheme}");
+        }
+    }
+}
+
+#[test]
+fn the_error_code_table_is_the_documents() {
+    let doc = document();
+    let listed: Vec<&str> = doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let table: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, table);
+    // Every code but those of no particular route (a wrong method) is some route's.
+    let answered: Vec<ErrorCode> = ROUTES.iter().flat_map(|r| r.error_codes()).collect();
+    for code in ErrorCode::ALL {
+        if *code != ErrorCode::MethodNotAllowed {
+            assert!(answered.contains(code), "{code:?} is no route's answer");
+        }
+    }
+}
+
+/// Every `$ref` in the document points at a schema it has.
+#[test]
+fn every_reference_resolves() {
+    fn walk(value: &Value, schemas: &serde_json::Map<String, Value>, seen: &mut usize) {
+        match value {
+            Value::Object(object) => {
+                if let Some(Value::String(target)) = object.get("$ref") {
+                    let name = target
+                        .strip_prefix("#/components/schemas/")
+                        .unwrap_or_else(|| panic!("unexpected reference {target}"));
+                    assert!(schemas.contains_key(name), "dangling reference {target}");
+                    *seen += 1;
+                }
+                object.values().for_each(|v| walk(v, schemas, seen));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, schemas, seen)),
+            _ => {}
+        }
+    }
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let mut seen = 0;
+    walk(&doc, schemas, &mut seen);
+    assert!(seen > 50, "only {seen} references: is the document built?");
+}
+
+#[tokio::test]
+async fn the_document_and_the_docs_page_are_served_without_network() {
+    let app = TestApp::start().await;
+    let (status, headers, body) =
+        read(app.http.get(app.url("/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(body, document());
+
+    let no_redirects = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    for entry in ["/docs", "/docs/"] {
+        let response = no_redirects.get(app.url(entry)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT, "{entry}");
+        assert_eq!(response.headers()["location"], "/docs/index.html");
+    }
+    let page = app
+        .http
+        .get(app.url("/docs/index.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui-bundle.js"), "{html}");
+    // The page's script and its configuration come from this server, not a CDN.
+    assert!(
+        !html.contains("https://"),
+        "the page loads something from the network"
+    );
+    let script = app
+        .http
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(script.bytes().await.unwrap().len() > 100_000);
+    let init = app
+        .http
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("\"/openapi.json\""), "{init}");
+
+    let (status, headers, body) = read(
+        app.http
+            .get(app.url("/docs/nothing-here.js"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_envelope(status, &headers, &body, StatusCode::NOT_FOUND, "not_found");
+}
