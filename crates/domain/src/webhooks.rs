@@ -25,10 +25,17 @@ use crate::model::{Message, Metadata, Turn, TurnStatus};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookTarget {
+    /// `https://…` (plain `http` only where the server allows it), no credentials, and
+    /// not an internal address.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(format = "uri", example = "https://example.com/hooks/baton")
+    )]
     pub url: String,
     /// A `whsec_…` secret; absent, the agent's default webhook secret or the server's
     /// signing secret is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$"))]
     pub secret: Option<String>,
 }
 

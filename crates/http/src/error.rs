@@ -102,6 +102,8 @@ pub struct ApiError {
     pub request_id: Option<String>,
     /// Seconds for `Retry-After`, when the error says when to come back.
     pub retry_after: Option<u32>,
+    /// With `method_not_allowed`: the path's methods, for the `Allow` header.
+    pub allow: Option<String>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -161,6 +163,7 @@ impl ApiError {
             active_turn: None,
             request_id: None,
             retry_after: None,
+            allow: None,
             source: None,
         }
     }
@@ -225,6 +228,9 @@ impl ApiError {
         let mut response = HttpResponse::build(self.code.status());
         if self.code == ErrorCode::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        if let Some(methods) = &self.allow {
+            response.insert_header((header::ALLOW, methods.as_str()));
         }
         if self.code.says_when_to_retry() {
             let seconds = self.retry_after.unwrap_or(1).max(1);

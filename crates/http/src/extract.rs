@@ -201,10 +201,14 @@ pub fn wait(req: &HttpRequest) -> Result<Duration, ApiError> {
     })?;
     match query.wait.as_deref() {
         None | Some("") => Ok(Duration::ZERO),
+        // An int64, as the API's integers are: a number beyond one is refused, not
+        // read as "very long".
         Some(raw) => raw
-            .parse::<u64>()
+            .parse::<i64>()
+            .ok()
+            .and_then(|secs| u64::try_from(secs).ok())
             .map(|secs| Duration::from_secs(secs).min(MAX_WAIT))
-            .map_err(|_| {
+            .ok_or_else(|| {
                 ApiError::invalid_field(
                     "wait",
                     format!(

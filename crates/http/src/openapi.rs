@@ -52,7 +52,7 @@ pub struct WaitParam {
     /// Seconds to wait for the task to leave `running` (more than 60 waits 60). Absent:
     /// answer at once.
     #[param(minimum = 0, example = 30)]
-    pub wait: Option<u64>,
+    pub wait: Option<i64>,
 }
 
 /// `?limit=&cursor=` on a listing.

@@ -73,10 +73,24 @@ pub(crate) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, A
 }
 
 pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        format!("{} is not allowed on {}.", req.method(), req.path()),
-    ))
+    let pattern = req.match_pattern();
+    let allowed: Vec<String> = crate::api::ROUTES
+        .iter()
+        .filter(|route| pattern.as_deref() == Some(route.path))
+        .map(|route| route.method.to_ascii_uppercase())
+        .collect();
+    Err(ApiError {
+        allow: Some(allowed.join(", ")),
+        ..ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {}; it allows {}.",
+                req.method(),
+                req.path(),
+                allowed.join(", ")
+            ),
+        )
+    })
 }
 
 /// The answer to an accepted message. A replay (same idempotency key, same request)

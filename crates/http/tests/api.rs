@@ -564,20 +564,24 @@ async fn unknown_routes_and_wrong_methods_are_enveloped() {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
     );
-    let response = app
-        .http
-        .put(app.url("/v1/chat/tasks/1/messages"))
-        .send()
-        .await
-        .unwrap();
-    let (status, headers, body) = read(response).await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    );
+    // RFC 9110: a 405 lists what the path allows (found by schemathesis).
+    assert_eq!(headers["allow"], "POST, GET");
+    for (path, allowed) in [
+        ("/v1/chat/tasks/1/messages", "POST, GET"),
+        ("/v1/admin/agents/1", "GET, PATCH"),
+        ("/healthz", "GET"),
+    ] {
+        let response = app.http.put(app.url(path)).send().await.unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        );
+        assert_eq!(headers["allow"], allowed, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,7 +666,8 @@ async fn long_poll_gives_up_after_wait_seconds_with_the_task_still_running() {
 async fn bad_wait_is_422_naming_wait_and_other_agents_tasks_are_404_even_when_waiting() {
     let app = TestApp::start().await;
     let task = app.create_task(&app.token, app.agent, "x").await;
-    for wait in ["-1", "1.5", "soon"] {
+    // 2^63 is past an int64, as found by schemathesis.
+    for wait in ["-1", "1.5", "soon", "9223372036854775808"] {
         let (status, headers, body) = app
             .get_full(&app.token, &format!("/v1/chat/tasks/{task}?wait={wait}"))
             .await;
