@@ -99,11 +99,11 @@ pub struct ApiError {
     pub active_turn: Option<Box<ActiveTurnBody>>,
     /// Set when the error is rendered outside the request (after a panic), so that
     /// the response can still carry the request's id.
-    pub request_id: Option<String>,
+    pub request_id: Option<Box<str>>,
     /// Seconds for `Retry-After`, when the error says when to come back.
     pub retry_after: Option<u32>,
     /// With `method_not_allowed`: the path's methods, for the `Allow` header.
-    pub allow: Option<String>,
+    pub allow: Option<Box<str>>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -230,7 +230,7 @@ impl ApiError {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
         if let Some(methods) = &self.allow {
-            response.insert_header((header::ALLOW, methods.as_str()));
+            response.insert_header((header::ALLOW, &**methods));
         }
         if self.code.says_when_to_retry() {
             let seconds = self.retry_after.unwrap_or(1).max(1);

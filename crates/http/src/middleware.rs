@@ -110,7 +110,7 @@ pub async fn envelope_and_request_id(
                 started,
             }
             .failed(ApiError {
-                request_id: Some(id),
+                request_id: Some(id.into()),
                 ..api
             }));
         }
@@ -128,7 +128,7 @@ pub async fn envelope_and_request_id(
                 started,
             }
             .failed(ApiError {
-                request_id: Some(id),
+                request_id: Some(id.into()),
                 ..api
             }));
         }

@@ -80,7 +80,7 @@ pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse,
         .map(|route| route.method.to_ascii_uppercase())
         .collect();
     Err(ApiError {
-        allow: Some(allowed.join(", ")),
+        allow: Some(allowed.join(", ").into()),
         ..ApiError::new(
             ErrorCode::MethodNotAllowed,
             format!(
