@@ -18,7 +18,7 @@ pub struct SubmitBody {
     /// The agent of the key: a key can only talk to its own agent.
     pub agent_id: i64,
     pub message: MessageBody,
-    /// Free-form correlation data (at most 16 keys, 4 KiB), returned unchanged.
+    /// Any JSON object (without NUL characters), returned unchanged.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Metadata>,
@@ -30,10 +30,10 @@ pub struct SubmitBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageBody {
-    /// `user` when absent.
+    /// `user` when absent, and only `user` starts a turn.
     #[serde(default = "user_role")]
     pub role: Role,
-    /// A string (plain text), or typed content.
+    /// A string (plain text), or typed content: a client sends `text` or `data`.
     #[serde(deserialize_with = "Content::deserialize_lenient")]
     #[schema(schema_with = content_input)]
     pub content: Content,

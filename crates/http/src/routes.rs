@@ -247,7 +247,7 @@ pub(crate) async fn list_messages(
     description = "The task's event log as Server-Sent Events: `turn_started`, `text_delta`, `message`, `final`, `error`, `cancelled`, each with its `id` (the event's `seq`). Reconnect with `Last-Event-ID` (or `?after=`) to resume exactly after the last event seen. Without `until=final` the stream stays open for the task's next turns (comment heartbeats keep it alive). See docs/api.md for each event's data.",
     params(TaskIdParam, StreamParams),
     responses((status = 200, description = "An event stream: each event as `StreamEvent` describes it.", content_type = "text/event-stream", body = crate::sse::schema::StreamEvent,
-        example = "retry: 2000\n\nid: 1\nevent: turn_started\ndata: {\"turn_id\":1,\"seq\":1,\"task_id\":1,\"created_at\":\"2026-01-01T00:00:00Z\"}\n\n")),
+        example = "retry: 2000\n\nid: 3\nevent: text_delta\ndata: {\"turn_id\":1,\"message_id\":2,\"delta\":\"Hel\",\"seq\":3,\"task_id\":1,\"created_at\":\"2026-11-22T19:29:53.004211Z\"}\n\n")),
     security(("agent_key" = [])))]
 pub(crate) async fn stream(
     state: web::Data<ApiState>,
