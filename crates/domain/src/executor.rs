@@ -16,7 +16,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
     Agent, AgentId, FinishTurn, Lease, LeaseGuard, OutputOp, RecordOutput, Role, TakeOver, TaskId,
-    TurnId, TurnOutcome, TurnPolicy, TurnStatus,
+    TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
@@ -162,7 +162,8 @@ impl Drop for InFlight {
 /// How playing a turn ended: with an outcome to record, or stopped because the turn
 /// was ended (or taken) elsewhere, when there is nothing left to record.
 enum Played {
-    Ended(TurnOutcome),
+    /// With what the runner last reported using, if anything.
+    Ended(TurnOutcome, Option<Usage>),
     Stopped,
 }
 
@@ -287,6 +288,7 @@ impl TurnExecutor {
                 turn_id: turn.turn_id,
                 outcome: interrupted("the server stopped while the turn was running"),
                 messages: Vec::new(),
+                usage: None,
                 guard: LeaseGuard::Holder(inner.config.instance_id.clone()),
                 now: inner.clock.now(),
             };
@@ -372,6 +374,7 @@ impl TurnExecutor {
                     turn_id: turn.turn_id,
                     outcome: interrupted(&why),
                     messages: Vec::new(),
+                    usage: None,
                     guard: LeaseGuard::ExpiredBy(cutoff),
                     now: inner.clock.now(),
                 };
@@ -480,8 +483,8 @@ impl Inner {
             _ = stop.cancelled() => return,
         };
         let playing = std::time::Instant::now();
-        let outcome = match self.play(turn, &stop).await {
-            Played::Ended(outcome) => outcome,
+        let (outcome, usage) = match self.play(turn, &stop).await {
+            Played::Ended(outcome, usage) => (outcome, usage),
             Played::Stopped => {
                 info!("the turn was ended elsewhere; stopped playing it");
                 return;
@@ -496,6 +499,7 @@ impl Inner {
             turn_id: turn.turn_id,
             outcome,
             messages: Vec::new(),
+            usage,
             guard: LeaseGuard::Holder(self.config.instance_id.clone()),
             now: self.clock.now(),
         };
@@ -560,16 +564,19 @@ impl Inner {
     async fn play(&self, turn: StartedTurn, stop: &CancellationToken) -> Played {
         let (agent, input) = match self.prepare(turn).await {
             Ok(prepared) => prepared,
-            Err(outcome) => return Played::Ended(outcome),
+            Err(outcome) => return Played::Ended(outcome, None),
         };
         let Some(runner) = self.runners.get(&agent.runner.kind) else {
-            return Played::Ended(TurnOutcome::failed(
-                "runner_not_found",
-                format!(
-                    "no runner of kind {:?} is registered in this server",
-                    agent.runner.kind
+            return Played::Ended(
+                TurnOutcome::failed(
+                    "runner_not_found",
+                    format!(
+                        "no runner of kind {:?} is registered in this server",
+                        agent.runner.kind
+                    ),
                 ),
-            ));
+                None,
+            );
         };
         let timeout = agent.policy.turn_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -642,7 +649,7 @@ impl Inner {
                 "the agent's runner was stopped before it finished",
             ),
         };
-        Played::Ended(outcome)
+        Played::Ended(outcome, batch.usage)
     }
 
     /// Records the batched output of a running turn. An error means the turn must
@@ -665,10 +672,13 @@ impl Inner {
                 Ok(())
             }
             Ok(false) => Err(Played::Stopped),
-            Err(err) => Err(Played::Ended(TurnOutcome::failed(
-                "storage_unavailable",
-                format!("the turn's output could not be stored: {err}"),
-            ))),
+            Err(err) => Err(Played::Ended(
+                TurnOutcome::failed(
+                    "storage_unavailable",
+                    format!("the turn's output could not be stored: {err}"),
+                ),
+                batch.usage,
+            )),
         }
     }
 }
@@ -694,6 +704,8 @@ const FLUSH_BYTES: usize = 4096;
 pub(crate) struct Coalescer {
     ops: Vec<OutputOp>,
     text_bytes: usize,
+    /// The runner's latest report of what it used: recorded when the turn ends.
+    usage: Option<Usage>,
 }
 
 impl Coalescer {
@@ -712,6 +724,10 @@ impl Coalescer {
             SinkItem::Message(content) => {
                 self.ops.push(OutputOp::Message(content));
                 true
+            }
+            SinkItem::Usage(usage) => {
+                self.usage = Some(usage);
+                false
             }
         }
     }

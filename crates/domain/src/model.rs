@@ -321,6 +321,17 @@ pub struct Turn {
     pub metadata: Metadata,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// What the model reported using, when the agent's runner reports it.
+    pub usage: Option<Usage>,
+}
+
+/// Tokens a model reported for a turn (the last report of the turn's last attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -498,6 +509,8 @@ pub struct FinishTurn {
     /// Last whole messages of the agent, stored before the turn ends (what was
     /// streamed earlier is already recorded).
     pub messages: Vec<Content>,
+    /// What the runner reported using.
+    pub usage: Option<Usage>,
     pub guard: LeaseGuard,
     pub now: DateTime<Utc>,
 }

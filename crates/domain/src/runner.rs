@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::content::Content;
-use crate::model::{Agent, Message, Task, TurnId};
+use crate::model::{Agent, Message, Task, TurnId, Usage};
 
 /// What a runner is given for one turn.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +57,8 @@ pub enum SinkItem {
     TextDelta(String),
     /// A complete message. A streamed text message still open is closed before it.
     Message(Content),
+    /// What the model used so far; the last report is recorded on the turn.
+    Usage(Usage),
 }
 
 /// The turn has ended (or its executor is gone): stop producing output.
@@ -87,6 +89,13 @@ impl TurnSink {
     pub async fn text_delta(&self, text: impl Into<String>) -> Result<(), SinkClosed> {
         self.sender
             .send(SinkItem::TextDelta(text.into()))
+            .await
+            .map_err(|_| SinkClosed)
+    }
+
+    pub async fn usage(&self, usage: Usage) -> Result<(), SinkClosed> {
+        self.sender
+            .send(SinkItem::Usage(usage))
             .await
             .map_err(|_| SinkClosed)
     }

@@ -382,6 +382,7 @@ impl TaskService {
             turn_id: turn,
             outcome: TurnOutcome::Cancelled,
             messages: Vec::new(),
+            usage: None,
             guard: LeaseGuard::Anyone,
             now: self.executor.clock().now(),
         };

@@ -96,6 +96,7 @@ impl State {
             metadata: metadata.clone(),
             started_at: now,
             ended_at: None,
+            usage: None,
         };
         self.turns.push(turn.clone());
         self.leases
@@ -504,6 +505,7 @@ impl TaskStore for MemoryStore {
             turn.error = Some(error.clone());
         }
         turn.ended_at = Some(now);
+        turn.usage = finish.usage;
         let turn = turn.clone();
         let output: Vec<Message> = state
             .messages

@@ -17,7 +17,7 @@ pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| corrupt(format!("timestamp {micros} out of range")))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(StoreError::internal)
 }
 
@@ -192,6 +192,7 @@ pub(crate) struct TurnRow {
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub attempt: i64,
+    pub usage: Option<String>,
 }
 
 impl TurnRow {
@@ -212,6 +213,11 @@ impl TurnRow {
             metadata: parse_json("turns.metadata", &self.metadata)?,
             started_at: from_micros(self.started_at)?,
             ended_at: self.ended_at.map(from_micros).transpose()?,
+            usage: self
+                .usage
+                .as_deref()
+                .map(|raw| parse_json("turns.usage", raw))
+                .transpose()?,
         })
     }
 }

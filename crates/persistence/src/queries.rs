@@ -248,6 +248,7 @@ macro_rules! define_queries {
                 metadata: metadata.clone(),
                 started_at: at,
                 ended_at: None,
+                usage: None,
             };
             let draft = EventDraft {
                 turn_id: turn,
@@ -821,6 +822,7 @@ macro_rules! define_queries {
                 TurnOutcome::Completed | TurnOutcome::Cancelled => (None, None),
             };
             let (task, turn) = (finish.task_id, finish.turn_id);
+            let usage = finish.usage.as_ref().map(crate::models::json).transpose()?;
             conn.$begin_write(async |conn| {
                 // Only a running turn can end, and only as its guard allows: late output
                 // for an ended turn is dropped, a lost lease cannot end a turn.
@@ -839,6 +841,7 @@ macro_rules! define_queries {
                     turns::ended_at.eq(now),
                     turns::lease_owner.eq(None::<String>),
                     turns::lease_expires_at.eq(None::<i64>),
+                    turns::usage.eq(usage.as_deref()),
                 ))
                 .execute(conn)
                 .await?;

@@ -66,6 +66,7 @@ diesel::table! {
         lease_expires_at -> Nullable<BigInt>,
         webhook_url -> Nullable<Text>,
         webhook_secrets -> Nullable<Text>,
+        usage -> Nullable<Text>,
     }
 }
 

@@ -118,6 +118,7 @@ conformance!(
     output_for_an_ended_turn_is_discarded,
     failed_turn_ends_with_an_error_event,
     events_page_after_a_cursor_and_report_pruning,
+    a_turns_usage_is_recorded_with_its_end,
 );
 
 trait Store: TaskStore + AgentStore {}
@@ -226,6 +227,7 @@ async fn finish(
             turn_id: accepted.turn_id,
             outcome,
             messages: replies,
+            usage: None,
             guard: LeaseGuard::Holder(HOLDER.into()),
             now: at(3),
         })
@@ -306,6 +308,45 @@ async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: 
         Content::text("one"),
         "the refused message changed nothing"
     );
+}
+
+async fn a_turns_usage_is_recorded_with_its_end(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let first = new_task(&*store, a.id, "one").await;
+    let used = Usage {
+        input_tokens: 12,
+        output_tokens: 5,
+        total_tokens: 17,
+    };
+    let ended = store
+        .finish_turn(FinishTurn {
+            task_id: first.task_id,
+            turn_id: first.turn_id,
+            outcome: TurnOutcome::Completed,
+            messages: vec![Content::text("hi")],
+            usage: Some(used),
+            guard: LeaseGuard::Holder(HOLDER.into()),
+            now: at(3),
+        })
+        .await
+        .unwrap();
+    assert!(ended);
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.latest_turn.usage, Some(used));
+    // The turn_ended event carries the turn as ended, usage included.
+    let events = all_events(&*store, a.id, first.task_id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.data["turn"]["usage"]["total_tokens"], 17);
+
+    // A runner that reports nothing leaves no usage.
+    let second = store
+        .append_and_claim(append(a.id, first.task_id, "two"))
+        .await
+        .map(started)
+        .unwrap();
+    assert!(finish(&*store, &second, TurnOutcome::Completed, vec![]).await);
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.latest_turn.usage, None);
 }
 
 async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<impl Store>) {
@@ -791,6 +832,7 @@ async fn an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder(
         turn_id: t.turn_id,
         outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
         messages: vec![],
+        usage: None,
         guard: LeaseGuard::ExpiredBy(cutoff),
         now: at(61),
     };
@@ -891,6 +933,7 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
         turn_id: t.turn_id,
         outcome: TurnOutcome::Completed,
         messages: vec![],
+        usage: None,
         guard: LeaseGuard::Holder("instance-b".into()),
         now: at(62),
     };
@@ -954,6 +997,7 @@ async fn cancel_ends_a_running_turn_keeping_its_partial_text(store: Arc<impl Sto
         turn_id: t.turn_id,
         outcome: TurnOutcome::Cancelled,
         messages: vec![],
+        usage: None,
         guard: LeaseGuard::Anyone,
         now: at(4),
     };

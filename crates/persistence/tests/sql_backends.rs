@@ -167,6 +167,7 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         turn_id: accepted.turn_id,
         outcome: TurnOutcome::Completed,
         messages: vec![],
+        usage: None,
         guard: LeaseGuard::Anyone,
         now: Utc::now(),
     };

@@ -549,6 +549,7 @@ fn view(status: TurnStatus) -> TaskView {
             metadata: Metadata::new(),
             started_at: at(0),
             ended_at: None,
+            usage: None,
         },
         latest_agent_message: None,
     }

@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::executor::{ShutdownReport, SweepReport};
+use crate::runner::{TurnInput, TurnSink};
 
 /// A runner that streams "partial", then waits for ever. `dropped` flips when its
 /// future is dropped, which is how a stopped turn's runner ends.
@@ -638,4 +639,69 @@ async fn a_request_webhook_is_signed_with_its_secret_else_the_agents_else_the_se
             }
         }
     }
+}
+
+/// Reports what it used twice, as a streaming model does, around its text.
+struct Reporting;
+
+#[async_trait::async_trait]
+impl TurnRunner for Reporting {
+    fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(&self, _: TurnInput, sink: TurnSink) -> Result<(), RunnerError> {
+        let early = Usage {
+            input_tokens: 9,
+            output_tokens: 0,
+            total_tokens: 9,
+        };
+        sink.usage(early)
+            .await
+            .map_err(|_| RunnerError::new("closed", ""))?;
+        sink.text_delta("hi")
+            .await
+            .map_err(|_| RunnerError::new("closed", ""))?;
+        let last = Usage {
+            input_tokens: 9,
+            output_tokens: 2,
+            total_tokens: 11,
+        };
+        sink.usage(last)
+            .await
+            .map_err(|_| RunnerError::new("closed", ""))?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_usage_a_runner_reports_is_recorded_with_the_turns_end() {
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tasks, mut ended) = playing_store(recorded.clone());
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(7, TurnPolicy::default())),
+        Arc::new(Reporting),
+        ExecutorConfig::default(),
+        crate::LocalNotifier::default(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    let end = next_end(&mut ended).await;
+    assert_eq!(end.outcome, TurnOutcome::Completed);
+    assert_eq!(
+        end.usage,
+        Some(Usage {
+            input_tokens: 9,
+            output_tokens: 2,
+            total_tokens: 11,
+        })
+    );
+    assert_eq!(
+        *recorded.lock().unwrap(),
+        vec![OutputOp::TextDelta("hi".into())],
+        "usage is not output"
+    );
 }

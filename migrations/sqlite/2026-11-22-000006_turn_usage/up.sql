@@ -1,0 +1,2 @@
+-- What a model reported using for the turn (JSON: input, output and total tokens).
+ALTER TABLE turns ADD COLUMN usage TEXT;
