@@ -1,14 +1,19 @@
 //! baton's `TurnRunner` adapters.
 
 pub mod echo;
+pub mod openai;
 
 pub use echo::EchoRunner;
+pub use openai::OpenAiRunner;
 
 use std::sync::Arc;
 
 use baton_domain::RunnerRegistry;
 
-/// Every runner this crate provides, registered under its kind name.
-pub fn builtin() -> RunnerRegistry {
-    RunnerRegistry::new().with(echo::KIND, Arc::new(EchoRunner))
+/// Every runner this crate provides, registered under its kind name. `http` is the
+/// client the runners that call out use (built by the caller, with its TLS set up).
+pub fn builtin(http: reqwest::Client) -> RunnerRegistry {
+    RunnerRegistry::new()
+        .with(echo::KIND, Arc::new(EchoRunner))
+        .with(openai::KIND, Arc::new(OpenAiRunner::new(http)))
 }

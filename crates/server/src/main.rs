@@ -156,10 +156,17 @@ impl App {
         }
         let store = Arc::new(store);
         let hub = LocalNotifier::default();
+        // The client of the runners that call model endpoints and agent services: the
+        // operator configures those destinations, so no address filter applies.
+        baton_webhooks::install_crypto_provider();
+        let runner_http = reqwest::Client::builder()
+            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the runners' HTTP client")?;
         let executor = TurnExecutor::new(
             store.clone(),
             store.clone(),
-            baton_runners::builtin(),
+            baton_runners::builtin(runner_http),
             Arc::new(hub.clone()),
             Arc::new(SystemClock),
             ExecutorConfig {

@@ -14,18 +14,63 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How the receiver answers one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Status(u16),
     /// Reads the request and never answers.
     Hang,
     /// Answers 200 with a body that starts (8 KiB) and never ends.
     EndlessBody,
+    /// A scripted answer, its body written piece by piece.
+    Answer(Answer),
+}
+
+/// A status, headers, and a body sent in pieces with a pause before each (a model's
+/// or an agent's stream), then the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub pieces: Vec<Vec<u8>>,
+    pub pause: Duration,
+}
+
+impl Answer {
+    /// A `text/event-stream` answer, one piece per given chunk (written as is).
+    pub fn event_stream<S: AsRef<str>>(pieces: &[S], pause: Duration) -> Answer {
+        Answer {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            pieces: pieces
+                .iter()
+                .map(|p| p.as_ref().as_bytes().to_vec())
+                .collect(),
+            pause,
+        }
+    }
+
+    /// A JSON answer with this status (and extra headers).
+    pub fn json(status: u16, body: &serde_json::Value, headers: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("content-type".to_owned(), "application/json".to_owned())];
+        all.extend(
+            headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Answer {
+            status,
+            headers: all,
+            pieces: vec![body.to_string().into_bytes()],
+            pause: Duration::ZERO,
+        }
+    }
 }
 
 /// A request as received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request line's target, e.g. `/v1/chat/completions`.
+    pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub at: Instant,
@@ -137,6 +182,11 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, 
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
         return;
     }
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -162,6 +212,7 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, 
     let index = {
         let Ok(mut all) = received.lock() else { return };
         all.push(Received {
+            path,
             headers,
             body,
             at: Instant::now(),
@@ -177,6 +228,26 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, 
             );
         }
         Reply::Hang => hang(stop),
+        Reply::Answer(answer) => {
+            let mut head = format!("HTTP/1.1 {} X\r\nconnection: close\r\n", answer.status);
+            for (name, value) in &answer.headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            if stream.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            for piece in &answer.pieces {
+                std::thread::sleep(answer.pause);
+                if stream
+                    .write_all(piece)
+                    .and_then(|()| stream.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
         Reply::EndlessBody => {
             let _ = write!(
                 stream,

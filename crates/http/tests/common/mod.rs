@@ -79,7 +79,7 @@ impl TestApp {
         let executor = TurnExecutor::new(
             store.clone(),
             store.clone(),
-            baton_runners::builtin(),
+            baton_runners::builtin(client()),
             Arc::new(hub.clone()),
             Arc::new(SystemClock),
             ExecutorConfig::default(),

@@ -1,0 +1,645 @@
+//! The `openai` runner: an agent that is a model behind an OpenAI-compatible Chat
+//! Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp's server, LiteLLM).
+//!
+//! The task's history becomes chat messages; the call streams (`stream: true`); content
+//! deltas become `text_delta`s, reasoning deltas (`reasoning_content`, or `reasoning`)
+//! one `reasoning` message, and the reported usage is recorded on the turn. Failures
+//! end the turn with a code per class; rate limits, server errors and broken
+//! connections are retried a few times, but only before any text was streamed.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_domain::{
+    Content, Message, RunnerError, TurnInput, TurnRunner, TurnSink, Usage,
+    content::ReasoningContent,
+};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub const KIND: &str = "openai";
+
+/// The most retries a configuration may ask for.
+const MAX_RETRIES: u32 = 5;
+/// The longest `Retry-After` honoured before giving up on a rate limit.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The first pause between attempts when the server names none; doubled each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How much of an error answer is read for its message.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// An `openai` agent's `runner.config`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Up to and including the version: `https://api.openai.com/v1`,
+    /// `http://localhost:11434/v1`. `/chat/completions` is appended.
+    pub base_url: String,
+    pub model: String,
+    /// The name of the environment variable holding the API key (read at each turn;
+    /// the key itself is never stored). Absent: no `Authorization` header.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Sent first, as a `system` message.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Longest wait for the answer to start, and between two of its chunks.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Retries of a rate-limited, failed or unreachable call before any text streamed.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_max_retries() -> u32 {
+    2
+}
+
+impl OpenAiConfig {
+    pub fn parse(config: &Value) -> Result<Self, String> {
+        let config: OpenAiConfig = serde_json::from_value(config.clone())
+            .map_err(|err| format!("invalid openai config: {err}"))?;
+        let url = url::Url::parse(&config.base_url)
+            .map_err(|err| format!("base_url is not a URL: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("base_url must be http:// or https://".to_owned());
+        }
+        if config.model.trim().is_empty() {
+            return Err("model must not be empty".to_owned());
+        }
+        if let Some(name) = &config.api_key_env {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(
+                    "api_key_env must name an environment variable (A-Z, 0-9 and _)".to_owned(),
+                );
+            }
+        }
+        if let Some(t) = config.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err("temperature must be from 0 to 2".to_owned());
+        }
+        if config.max_tokens == Some(0) {
+            return Err("max_tokens must be at least 1".to_owned());
+        }
+        if !(100..=600_000).contains(&config.request_timeout_ms) {
+            return Err("request_timeout_ms must be from 100 to 600000".to_owned());
+        }
+        if config.max_retries > MAX_RETRIES {
+            return Err(format!("max_retries must be at most {MAX_RETRIES}"));
+        }
+        Ok(config)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Calls the model through `http`, a client the server built (with its TLS set up).
+#[derive(Debug, Clone)]
+pub struct OpenAiRunner {
+    http: reqwest::Client,
+}
+
+impl OpenAiRunner {
+    pub fn new(http: reqwest::Client) -> Self {
+        OpenAiRunner { http }
+    }
+}
+
+#[async_trait]
+impl TurnRunner for OpenAiRunner {
+    fn validate_config(&self, config: &Value) -> Result<(), String> {
+        OpenAiConfig::parse(config).map(drop)
+    }
+
+    async fn run(&self, input: TurnInput, sink: TurnSink) -> Result<(), RunnerError> {
+        let config = OpenAiConfig::parse(&input.agent.runner.config)
+            .map_err(|why| RunnerError::new("invalid_runner_config", why))?;
+        let api_key = match &config.api_key_env {
+            None => None,
+            Some(name) => Some(std::env::var(name).map_err(|_| {
+                RunnerError::new(
+                    "model_api_key_missing",
+                    format!(
+                        "the environment variable {name} (api_key_env) is not set on this server"
+                    ),
+                )
+            })?),
+        };
+        let body = request_body(&config, &input.history);
+        let mut attempt = 0;
+        loop {
+            let mut reply = Reply::new(&sink);
+            let result = self
+                .call(&config, api_key.as_deref(), &body, &mut reply)
+                .await;
+            let failure = match result {
+                Ok(()) => return reply.finish().await,
+                Err(failure) => failure,
+            };
+            // Text already streamed cannot be taken back: only a call that produced
+            // nothing is tried again.
+            let retry_in = failure.retry_in(attempt).filter(|_| !reply.streamed());
+            match retry_in {
+                Some(pause) if attempt < config.max_retries => {
+                    attempt += 1;
+                    tracing::info!(attempt, code = failure.code, "retrying the model call");
+                    tokio::time::sleep(pause).await;
+                }
+                _ => {
+                    reply.flush_reasoning().await;
+                    return Err(failure.into_error(attempt));
+                }
+            }
+        }
+    }
+}
+
+impl OpenAiRunner {
+    async fn call(
+        &self,
+        config: &OpenAiConfig,
+        api_key: Option<&str>,
+        body: &Value,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), Failure> {
+        let mut request = self.http.post(config.endpoint()).json(body);
+        if let Some(key) = api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = tokio::time::timeout(config.timeout(), request.send())
+            .await
+            .map_err(|_| Failure::timeout(config))?
+            .map_err(Failure::unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Failure::from_status(response).await);
+        }
+        let mut events = response.bytes_stream().eventsource();
+        loop {
+            let event = tokio::time::timeout(config.timeout(), events.next())
+                .await
+                .map_err(|_| Failure::timeout(config))?;
+            let Some(event) = event else {
+                return Err(Failure::bad_response("the stream ended before [DONE]"));
+            };
+            let event = event
+                .map_err(|err| Failure::bad_response(format!("the stream broke off: {err}")))?;
+            let data = event.data.trim();
+            if data == "[DONE]" {
+                return Ok(());
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let chunk: Value = serde_json::from_str(data)
+                .map_err(|err| Failure::bad_response(format!("a chunk is not JSON: {err}")))?;
+            if let Some(error) = chunk.get("error") {
+                return Err(Failure::stream_error(error));
+            }
+            reply.chunk(&chunk).await?;
+        }
+    }
+}
+
+/// The Chat Completions request for a turn.
+fn request_body(config: &OpenAiConfig, history: &[Message]) -> Value {
+    let mut messages = Vec::new();
+    if let Some(prompt) = &config.system_prompt {
+        messages.push(json!({"role": "system", "content": prompt}));
+    }
+    messages.extend(chat_messages(history));
+    let mut body = json!({
+        "model": config.model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(object) = body.as_object_mut() {
+        if let Some(t) = config.temperature {
+            object.insert("temperature".to_owned(), json!(t));
+        }
+        if let Some(n) = config.max_tokens {
+            object.insert("max_tokens".to_owned(), json!(n));
+        }
+    }
+    body
+}
+
+/// The task's history as chat messages. Reasoning is the model's own and is not sent
+/// back; tool requests of one assistant turn become one message with its tool calls.
+pub fn chat_messages(history: &[Message]) -> Vec<Value> {
+    let mut messages: Vec<Value> = Vec::new();
+    for message in history {
+        let role = message.role.as_str();
+        match &message.content {
+            Content::Text(text) => messages.push(json!({"role": role, "content": text.content})),
+            Content::Data(data) => messages.push(json!({
+                "role": role,
+                "content": Value::Object(data.data.clone()).to_string(),
+            })),
+            Content::Reasoning(_) => {}
+            Content::ToolRequest(call) => {
+                let tool_call = json!({
+                    "id": call.tool_call_id,
+                    "type": "function",
+                    "function": {
+                        "name": call.name,
+                        "arguments": Value::Object(call.arguments.clone()).to_string(),
+                    },
+                });
+                // (`get_mut`, not indexing: indexing a JSON object inserts the key.)
+                let previous_calls = messages
+                    .last_mut()
+                    .filter(|last| last["role"] == "assistant")
+                    .and_then(|last| last.get_mut("tool_calls"))
+                    .and_then(Value::as_array_mut);
+                match previous_calls {
+                    Some(calls) => calls.push(tool_call),
+                    None => messages.push(json!({
+                        "role": "assistant",
+                        "content": null,
+                        "tool_calls": [tool_call],
+                    })),
+                }
+            }
+            Content::ToolResponse(answer) => {
+                let content = match &answer.content {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": answer.tool_call_id,
+                    "content": content,
+                }));
+            }
+        }
+    }
+    messages
+}
+
+/// What one call has produced so far, pushed into the turn as it comes.
+struct Reply<'a> {
+    sink: &'a TurnSink,
+    reasoning: String,
+    text_started: bool,
+}
+
+impl<'a> Reply<'a> {
+    fn new(sink: &'a TurnSink) -> Self {
+        Reply {
+            sink,
+            reasoning: String::new(),
+            text_started: false,
+        }
+    }
+
+    /// Whether text reached the client: the call can no longer be retried.
+    fn streamed(&self) -> bool {
+        self.text_started
+    }
+
+    async fn chunk(&mut self, chunk: &Value) -> Result<(), Failure> {
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            let count = |name: &str| usage[name].as_u64().unwrap_or(0);
+            let (input, output) = (count("prompt_tokens"), count("completion_tokens"));
+            let total = usage["total_tokens"].as_u64().unwrap_or(input + output);
+            self.sink
+                .usage(Usage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    total_tokens: total,
+                })
+                .await
+                .map_err(|_| Failure::closed())?;
+        }
+        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+            return Ok(());
+        };
+        for choice in choices {
+            let delta = &choice["delta"];
+            let reasoning = delta["reasoning_content"]
+                .as_str()
+                .or_else(|| delta["reasoning"].as_str());
+            if let Some(more) = reasoning {
+                self.reasoning.push_str(more);
+            }
+            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                // Thinking comes before the answer: it is one message before the text.
+                self.flush_reasoning().await;
+                self.text_started = true;
+                self.sink
+                    .text_delta(text)
+                    .await
+                    .map_err(|_| Failure::closed())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The reasoning gathered so far, as one `reasoning` message.
+    async fn flush_reasoning(&mut self) {
+        if self.reasoning.is_empty() {
+            return;
+        }
+        let thought = std::mem::take(&mut self.reasoning);
+        let _ = self
+            .sink
+            .message(Content::Reasoning(ReasoningContent {
+                summary: Vec::new(),
+                content: Some(vec![thought]),
+            }))
+            .await;
+    }
+
+    async fn finish(mut self) -> Result<(), RunnerError> {
+        self.flush_reasoning().await;
+        Ok(())
+    }
+}
+
+/// Why a call failed, and whether trying again may help.
+#[derive(Debug)]
+struct Failure {
+    code: &'static str,
+    message: String,
+    retryable: bool,
+    /// What the server asked for (`Retry-After`).
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn timeout(config: &OpenAiConfig) -> Self {
+        Failure {
+            code: "model_timeout",
+            message: format!(
+                "the model endpoint sent nothing for {} ms (request_timeout_ms)",
+                config.request_timeout_ms
+            ),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    fn unreachable(err: reqwest::Error) -> Self {
+        Failure {
+            code: "model_unavailable",
+            message: format!("could not reach the model endpoint: {err}"),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    fn bad_response(why: impl Into<String>) -> Self {
+        Failure {
+            code: "model_bad_response",
+            message: format!(
+                "the model endpoint's answer is not a Chat Completions stream: {}",
+                why.into()
+            ),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    fn closed() -> Self {
+        Failure {
+            code: "turn_closed",
+            message: "the turn no longer accepts output".to_owned(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    fn stream_error(error: &Value) -> Self {
+        let message = error["message"].as_str().unwrap_or("no message").to_owned();
+        Failure {
+            code: "model_error",
+            message: format!("the model endpoint reported an error mid-stream: {message}"),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    async fn from_status(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let detail = error_detail(response).await;
+        let (code, retryable) = match status {
+            401 | 403 => ("model_unauthorized", false),
+            429 => ("model_rate_limited", true),
+            500..=599 => ("model_unavailable", true),
+            _ => ("model_request_refused", false),
+        };
+        Failure {
+            code,
+            message: format!("the model endpoint answered {status}: {detail}"),
+            retryable,
+            retry_after,
+        }
+    }
+
+    /// How long to wait before attempt `attempt + 1`, if trying again may help.
+    fn retry_in(&self, attempt: u32) -> Option<Duration> {
+        if !self.retryable {
+            return None;
+        }
+        match self.retry_after {
+            Some(asked) if asked > MAX_RETRY_AFTER => None,
+            Some(asked) => Some(asked),
+            None => Some(FIRST_BACKOFF * 2u32.saturating_pow(attempt)),
+        }
+    }
+
+    fn into_error(self, retries: u32) -> RunnerError {
+        let message = if retries > 0 {
+            format!("{} (after {retries} retries)", self.message)
+        } else {
+            self.message
+        };
+        RunnerError::new(self.code, message)
+    }
+}
+
+/// The message of an error answer: OpenAI's `{"error": {"message"}}`, else its text,
+/// cut short.
+async fn error_detail(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= ERROR_BODY_LIMIT {
+            body.truncate(ERROR_BODY_LIMIT);
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    match serde_json::from_str::<Map<String, Value>>(&text) {
+        Ok(object) => object
+            .get("error")
+            .and_then(|e| e.get("message").or(Some(e)))
+            .and_then(|m| {
+                m.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| Some(m.to_string()))
+            })
+            .unwrap_or(text),
+        Err(_) if text.trim().is_empty() => "no message".to_owned(),
+        Err(_) => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_domain::content::{ToolRequestContent, ToolResponseContent};
+    use baton_domain::{MessageId, Role, TaskId, TurnId};
+
+    fn message(role: Role, content: Content) -> Message {
+        Message {
+            id: MessageId(1),
+            task_id: TaskId(1),
+            turn_id: TurnId(1),
+            role,
+            content,
+            streaming_status: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn configs_are_checked_when_the_agent_is_made() {
+        let ok = json!({"base_url": "http://localhost:11434/v1", "model": "llama3"});
+        assert!(OpenAiConfig::parse(&ok).is_ok());
+        for (bad, says) in [
+            (json!({"model": "m"}), "base_url"),
+            (json!({"base_url": "ftp://x", "model": "m"}), "http"),
+            (json!({"base_url": "http://x", "model": ""}), "model"),
+            (
+                json!({"base_url": "http://x", "model": "m", "api_key_env": "sk-123"}),
+                "api_key_env",
+            ),
+            (
+                json!({"base_url": "http://x", "model": "m", "temperature": 3}),
+                "temperature",
+            ),
+            (
+                json!({"base_url": "http://x", "model": "m", "max_retries": 9}),
+                "max_retries",
+            ),
+            (
+                json!({"base_url": "http://x", "model": "m", "api_key": "sk"}),
+                "api_key",
+            ),
+        ] {
+            let err = OpenAiConfig::parse(&bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn history_maps_to_chat_messages_with_tool_calls_and_results() {
+        let history = vec![
+            message(Role::User, Content::text("weather in Oslo and Rome?")),
+            message(
+                Role::Assistant,
+                Content::Reasoning(ReasoningContent {
+                    summary: vec![],
+                    content: Some(vec!["two lookups".into()]),
+                }),
+            ),
+            message(
+                Role::Assistant,
+                Content::ToolRequest(ToolRequestContent {
+                    tool_call_id: "call_1".into(),
+                    name: "weather".into(),
+                    arguments: json!({"city": "Oslo"}).as_object().cloned().unwrap(),
+                }),
+            ),
+            message(
+                Role::Assistant,
+                Content::ToolRequest(ToolRequestContent {
+                    tool_call_id: "call_2".into(),
+                    name: "weather".into(),
+                    arguments: json!({"city": "Rome"}).as_object().cloned().unwrap(),
+                }),
+            ),
+            message(
+                Role::Tool,
+                Content::ToolResponse(ToolResponseContent {
+                    tool_call_id: "call_1".into(),
+                    name: "weather".into(),
+                    content: json!({"c": 4}),
+                    is_error: None,
+                }),
+            ),
+            message(
+                Role::Tool,
+                Content::ToolResponse(ToolResponseContent {
+                    tool_call_id: "call_2".into(),
+                    name: "weather".into(),
+                    content: json!("sunny"),
+                    is_error: None,
+                }),
+            ),
+        ];
+        let messages = chat_messages(&history);
+        assert_eq!(
+            messages,
+            vec![
+                json!({"role": "user", "content": "weather in Oslo and Rome?"}),
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Rome\"}"}},
+                ]}),
+                json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"c\":4}"}),
+                json!({"role": "tool", "tool_call_id": "call_2", "content": "sunny"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn retries_back_off_or_follow_retry_after_within_reason() {
+        let failure = |retryable, retry_after| Failure {
+            code: "x",
+            message: String::new(),
+            retryable,
+            retry_after,
+        };
+        assert_eq!(failure(true, None).retry_in(0), Some(FIRST_BACKOFF));
+        assert_eq!(failure(true, None).retry_in(2), Some(FIRST_BACKOFF * 4));
+        let asked = Duration::from_secs(3);
+        assert_eq!(failure(true, Some(asked)).retry_in(0), Some(asked));
+        assert_eq!(
+            failure(true, Some(Duration::from_secs(3600))).retry_in(0),
+            None
+        );
+        assert_eq!(failure(false, None).retry_in(0), None);
+    }
+}
