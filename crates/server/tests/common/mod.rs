@@ -88,7 +88,13 @@ impl Server {
 
     /// As [`Server::start`], with the server's log (stderr) going to `log`.
     pub fn start_logging_to(db: &str, extra: &[&str], log: impl Into<Stdio>) -> Server {
-        let mut child = baton(db)
+        Server::start_command(baton(db), extra, log)
+    }
+
+    /// Starts `baton serve` from `command` (a [`baton`] command with, say, more
+    /// environment).
+    pub fn start_command(mut command: Command, extra: &[&str], log: impl Into<Stdio>) -> Server {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())

@@ -1,0 +1,181 @@
+//! Real agents end to end: the `baton` binary playing turns with the `openai` runner
+//! against a scripted OpenAI-compatible server, driven through the HTTP API.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use baton_test_support::receiver::{Answer, Receiver, Reply};
+use common::*;
+use serde_json::{Value, json};
+
+fn chunk(delta: Value) -> String {
+    let body = json!({
+        "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}],
+    });
+    format!("data: {body}\n\n")
+}
+
+fn model_answer() -> Answer {
+    let usage = json!({
+        "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "m", "choices": [],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 4, "total_tokens": 25},
+    });
+    let pieces = vec![
+        chunk(json!({"role": "assistant", "reasoning_content": "A greeting."})),
+        chunk(json!({"content": "Hello"})),
+        chunk(json!({"content": ", human."})),
+        format!("data: {usage}\n\n"),
+        "data: [DONE]\n\n".to_owned(),
+    ];
+    Answer::event_stream(&pieces, Duration::from_millis(20))
+}
+
+/// An `openai` agent on `model`, its key in `MODEL_KEY`, and a key for the agent.
+fn openai_agent(db: &str, model: &Receiver) -> (i64, String) {
+    let config = json!({
+        "base_url": model.url().replace("/hook", "/v1"),
+        "model": "m",
+        "api_key_env": "MODEL_KEY",
+        "system_prompt": "You are terse.",
+        "max_retries": 0,
+    })
+    .to_string();
+    let (ok, agent, err) = run(
+        db,
+        &["agent", "create", "--name", "model", "--runner", "openai", "--runner-config", &config],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
+    assert!(ok, "{err}");
+    (agent.parse().unwrap(), token)
+}
+
+fn serve_with_model_key(db: &str) -> Server {
+    let mut command = baton(db);
+    command.env("MODEL_KEY", "sk-end-to-end");
+    Server::start_command(command, &[], Stdio::null())
+}
+
+fn settle(server: &Server, token: &str, task: i64) -> Value {
+    client()
+        .get(format!("{}/v1/chat/tasks/{task}?wait=20", server.base))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn a_model_agent_answers_through_the_api_with_its_reasoning_and_usage() {
+    let model = Receiver::start(|_| Reply::Answer(model_answer()));
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = openai_agent(&db, &model);
+    let server = serve_with_model_key(&db);
+
+    let accepted: Value = client()
+        .post(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": agent, "message": {"content": "Hi there"}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let task = accepted["task_id"].as_i64().unwrap();
+    let view = settle(&server, &token, task);
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["latest_message"]["content"]["content"], "Hello, human.");
+    assert_eq!(
+        view["latest_turn"]["usage"],
+        json!({"input_tokens": 21, "output_tokens": 4, "total_tokens": 25})
+    );
+
+    let history: Value = client()
+        .get(format!("{}/v1/chat/tasks/{task}/messages", server.base))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let contents: Vec<Value> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| json!([m["role"], m["content"]]))
+        .collect();
+    assert_eq!(
+        contents,
+        vec![
+            json!(["user", {"type": "text", "format": "plain", "content": "Hi there"}]),
+            json!(["assistant", {"type": "reasoning", "summary": [], "content": ["A greeting."]}]),
+            json!(["assistant", {"type": "text", "format": "plain", "content": "Hello, human."}]),
+        ]
+    );
+
+    let call = &model.received()[0];
+    assert_eq!(call.path, "/v1/chat/completions");
+    assert_eq!(call.header("authorization"), Some("Bearer sk-end-to-end"));
+    assert_eq!(
+        call.json()["messages"],
+        json!([
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi there"},
+        ])
+    );
+
+    // The next turn sends the conversation so far (the reasoning is the model's own).
+    let response = client()
+        .post(format!("{}/v1/chat/tasks/{task}/messages", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": agent, "message": {"content": "And again"}}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(settle(&server, &token, task)["status"], "completed");
+    assert_eq!(
+        model.received()[1].json()["messages"],
+        json!([
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello, human."},
+            {"role": "user", "content": "And again"},
+        ])
+    );
+}
+
+#[test]
+fn a_refusing_model_fails_the_turn_with_its_code_and_message() {
+    let model = Receiver::start(|_| {
+        Reply::Answer(Answer::json(
+            401,
+            &json!({"error": {"message": "Incorrect API key provided: sk-end***"}}),
+            &[],
+        ))
+    });
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = openai_agent(&db, &model);
+    let server = serve_with_model_key(&db);
+    let accepted: Value = client()
+        .post(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": agent, "message": {"content": "Hi"}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let view = settle(&server, &token, accepted["task_id"].as_i64().unwrap());
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["latest_turn"]["error"]["code"], "model_unauthorized");
+    let message = view["latest_turn"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("401") && message.contains("Incorrect API key"), "{message}");
+}
