@@ -1,5 +1,6 @@
 //! baton's `TurnRunner` adapters.
 
+mod call;
 pub mod echo;
 pub mod openai;
 

@@ -17,18 +17,16 @@ use baton_domain::{
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+use crate::call::{self, Failure, Peer};
 
 pub const KIND: &str = "openai";
 
-/// The most retries a configuration may ask for.
-const MAX_RETRIES: u32 = 5;
-/// The longest `Retry-After` honoured before giving up on a rate limit.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// The first pause between attempts when the server names none; doubled each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// How much of an error answer is read for its message.
-const ERROR_BODY_LIMIT: usize = 4096;
+const PEER: Peer = Peer {
+    code_prefix: "model",
+    name: "the model endpoint",
+};
 
 /// An `openai` agent's `runner.config`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -69,24 +67,17 @@ impl OpenAiConfig {
     pub fn parse(config: &Value) -> Result<Self, String> {
         let config: OpenAiConfig = serde_json::from_value(config.clone())
             .map_err(|err| format!("invalid openai config: {err}"))?;
-        let url = url::Url::parse(&config.base_url)
-            .map_err(|err| format!("base_url is not a URL: {err}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err("base_url must be http:// or https://".to_owned());
-        }
+        call::check_common(
+            &config.base_url,
+            config.request_timeout_ms,
+            config.max_retries,
+        )
+        .map_err(|why| format!("base_url: {why}"))?;
         if config.model.trim().is_empty() {
             return Err("model must not be empty".to_owned());
         }
         if let Some(name) = &config.api_key_env {
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            if !valid {
-                return Err(
-                    "api_key_env must name an environment variable (A-Z, 0-9 and _)".to_owned(),
-                );
-            }
+            call::check_env_name("api_key_env", name)?;
         }
         if let Some(t) = config.temperature
             && !(0.0..=2.0).contains(&t)
@@ -95,12 +86,6 @@ impl OpenAiConfig {
         }
         if config.max_tokens == Some(0) {
             return Err("max_tokens must be at least 1".to_owned());
-        }
-        if !(100..=600_000).contains(&config.request_timeout_ms) {
-            return Err("request_timeout_ms must be from 100 to 600000".to_owned());
-        }
-        if config.max_retries > MAX_RETRIES {
-            return Err(format!("max_retries must be at most {MAX_RETRIES}"));
         }
         Ok(config)
     }
@@ -137,41 +122,27 @@ impl TurnRunner for OpenAiRunner {
             .map_err(|why| RunnerError::new("invalid_runner_config", why))?;
         let api_key = match &config.api_key_env {
             None => None,
-            Some(name) => Some(std::env::var(name).map_err(|_| {
-                RunnerError::new(
-                    "model_api_key_missing",
-                    format!(
-                        "the environment variable {name} (api_key_env) is not set on this server"
-                    ),
-                )
-            })?),
+            Some(name) => Some(call::env_secret(PEER, "api_key_env", name)?),
         };
         let body = request_body(&config, &input.history);
-        let mut attempt = 0;
-        loop {
+        call::with_retries(config.max_retries, || async {
             let mut reply = Reply::new(&sink);
-            let result = self
+            match self
                 .call(&config, api_key.as_deref(), &body, &mut reply)
-                .await;
-            let failure = match result {
-                Ok(()) => return reply.finish().await,
-                Err(failure) => failure,
-            };
-            // Text already streamed cannot be taken back: only a call that produced
-            // nothing is tried again.
-            let retry_in = failure.retry_in(attempt).filter(|_| !reply.streamed());
-            match retry_in {
-                Some(pause) if attempt < config.max_retries => {
-                    attempt += 1;
-                    tracing::info!(attempt, code = failure.code, "retrying the model call");
-                    tokio::time::sleep(pause).await;
-                }
-                _ => {
+                .await
+            {
+                Ok(()) => {
                     reply.flush_reasoning().await;
-                    return Err(failure.into_error(attempt));
+                    Ok(())
+                }
+                Err(failure) => {
+                    // Thinking that reached this point is kept with the failure.
+                    reply.flush_reasoning().await;
+                    Err((failure, reply.streamed()))
                 }
             }
-        }
+        })
+        .await
     }
 }
 
@@ -189,22 +160,25 @@ impl OpenAiRunner {
         }
         let response = tokio::time::timeout(config.timeout(), request.send())
             .await
-            .map_err(|_| Failure::timeout(config))?
-            .map_err(Failure::unreachable)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(Failure::from_status(response).await);
+            .map_err(|_| Failure::timeout(PEER, config.request_timeout_ms))?
+            .map_err(|err| Failure::unreachable(PEER, &err))?;
+        if !response.status().is_success() {
+            return Err(Failure::from_status(PEER, response).await);
         }
         let mut events = response.bytes_stream().eventsource();
         loop {
             let event = tokio::time::timeout(config.timeout(), events.next())
                 .await
-                .map_err(|_| Failure::timeout(config))?;
+                .map_err(|_| Failure::timeout(PEER, config.request_timeout_ms))?;
             let Some(event) = event else {
-                return Err(Failure::bad_response("the stream ended before [DONE]"));
+                return Err(Failure::bad_response(
+                    PEER,
+                    "the stream ended before [DONE]",
+                ));
             };
-            let event = event
-                .map_err(|err| Failure::bad_response(format!("the stream broke off: {err}")))?;
+            let event = event.map_err(|err| {
+                Failure::bad_response(PEER, format!("the stream broke off: {err}"))
+            })?;
             let data = event.data.trim();
             if data == "[DONE]" {
                 return Ok(());
@@ -212,10 +186,12 @@ impl OpenAiRunner {
             if data.is_empty() {
                 continue;
             }
-            let chunk: Value = serde_json::from_str(data)
-                .map_err(|err| Failure::bad_response(format!("a chunk is not JSON: {err}")))?;
+            let chunk: Value = serde_json::from_str(data).map_err(|err| {
+                Failure::bad_response(PEER, format!("a chunk is not JSON: {err}"))
+            })?;
             if let Some(error) = chunk.get("error") {
-                return Err(Failure::stream_error(error));
+                let message = error["message"].as_str().unwrap_or("no message");
+                return Err(Failure::reported(PEER, None, message));
             }
             reply.chunk(&chunk).await?;
         }
@@ -372,147 +348,6 @@ impl<'a> Reply<'a> {
             }))
             .await;
     }
-
-    async fn finish(mut self) -> Result<(), RunnerError> {
-        self.flush_reasoning().await;
-        Ok(())
-    }
-}
-
-/// Why a call failed, and whether trying again may help.
-#[derive(Debug)]
-struct Failure {
-    code: &'static str,
-    message: String,
-    retryable: bool,
-    /// What the server asked for (`Retry-After`).
-    retry_after: Option<Duration>,
-}
-
-impl Failure {
-    fn timeout(config: &OpenAiConfig) -> Self {
-        Failure {
-            code: "model_timeout",
-            message: format!(
-                "the model endpoint sent nothing for {} ms (request_timeout_ms)",
-                config.request_timeout_ms
-            ),
-            retryable: true,
-            retry_after: None,
-        }
-    }
-
-    fn unreachable(err: reqwest::Error) -> Self {
-        Failure {
-            code: "model_unavailable",
-            message: format!("could not reach the model endpoint: {err}"),
-            retryable: true,
-            retry_after: None,
-        }
-    }
-
-    fn bad_response(why: impl Into<String>) -> Self {
-        Failure {
-            code: "model_bad_response",
-            message: format!(
-                "the model endpoint's answer is not a Chat Completions stream: {}",
-                why.into()
-            ),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-
-    fn closed() -> Self {
-        Failure {
-            code: "turn_closed",
-            message: "the turn no longer accepts output".to_owned(),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-
-    fn stream_error(error: &Value) -> Self {
-        let message = error["message"].as_str().unwrap_or("no message").to_owned();
-        Failure {
-            code: "model_error",
-            message: format!("the model endpoint reported an error mid-stream: {message}"),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-
-    async fn from_status(response: reqwest::Response) -> Self {
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let detail = error_detail(response).await;
-        let (code, retryable) = match status {
-            401 | 403 => ("model_unauthorized", false),
-            429 => ("model_rate_limited", true),
-            500..=599 => ("model_unavailable", true),
-            _ => ("model_request_refused", false),
-        };
-        Failure {
-            code,
-            message: format!("the model endpoint answered {status}: {detail}"),
-            retryable,
-            retry_after,
-        }
-    }
-
-    /// How long to wait before attempt `attempt + 1`, if trying again may help.
-    fn retry_in(&self, attempt: u32) -> Option<Duration> {
-        if !self.retryable {
-            return None;
-        }
-        match self.retry_after {
-            Some(asked) if asked > MAX_RETRY_AFTER => None,
-            Some(asked) => Some(asked),
-            None => Some(FIRST_BACKOFF * 2u32.saturating_pow(attempt)),
-        }
-    }
-
-    fn into_error(self, retries: u32) -> RunnerError {
-        let message = if retries > 0 {
-            format!("{} (after {retries} retries)", self.message)
-        } else {
-            self.message
-        };
-        RunnerError::new(self.code, message)
-    }
-}
-
-/// The message of an error answer: OpenAI's `{"error": {"message"}}`, else its text,
-/// cut short.
-async fn error_detail(response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= ERROR_BODY_LIMIT {
-            body.truncate(ERROR_BODY_LIMIT);
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&body).into_owned();
-    match serde_json::from_str::<Map<String, Value>>(&text) {
-        Ok(object) => object
-            .get("error")
-            .and_then(|e| e.get("message").or(Some(e)))
-            .and_then(|m| {
-                m.as_str()
-                    .map(str::to_owned)
-                    .or_else(|| Some(m.to_string()))
-            })
-            .unwrap_or(text),
-        Err(_) if text.trim().is_empty() => "no message".to_owned(),
-        Err(_) => text,
-    }
 }
 
 #[cfg(test)]
@@ -540,6 +375,10 @@ mod tests {
         for (bad, says) in [
             (json!({"model": "m"}), "base_url"),
             (json!({"base_url": "ftp://x", "model": "m"}), "http"),
+            (
+                json!({"base_url": "http://x", "model": "m", "request_timeout_ms": 5}),
+                "request_timeout_ms",
+            ),
             (json!({"base_url": "http://x", "model": ""}), "model"),
             (
                 json!({"base_url": "http://x", "model": "m", "api_key_env": "sk-123"}),
@@ -622,24 +461,5 @@ mod tests {
                 json!({"role": "tool", "tool_call_id": "call_2", "content": "sunny"}),
             ]
         );
-    }
-
-    #[test]
-    fn retries_back_off_or_follow_retry_after_within_reason() {
-        let failure = |retryable, retry_after| Failure {
-            code: "x",
-            message: String::new(),
-            retryable,
-            retry_after,
-        };
-        assert_eq!(failure(true, None).retry_in(0), Some(FIRST_BACKOFF));
-        assert_eq!(failure(true, None).retry_in(2), Some(FIRST_BACKOFF * 4));
-        let asked = Duration::from_secs(3);
-        assert_eq!(failure(true, Some(asked)).retry_in(0), Some(asked));
-        assert_eq!(
-            failure(true, Some(Duration::from_secs(3600))).retry_in(0),
-            None
-        );
-        assert_eq!(failure(false, None).retry_in(0), None);
     }
 }

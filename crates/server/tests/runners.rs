@@ -52,7 +52,16 @@ fn openai_agent(db: &str, model: &Receiver) -> (i64, String) {
     .to_string();
     let (ok, agent, err) = run(
         db,
-        &["agent", "create", "--name", "model", "--runner", "openai", "--runner-config", &config],
+        &[
+            "agent",
+            "create",
+            "--name",
+            "model",
+            "--runner",
+            "openai",
+            "--runner-config",
+            &config,
+        ],
     );
     assert!(ok, "{err}");
     let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
@@ -94,7 +103,10 @@ fn a_model_agent_answers_through_the_api_with_its_reasoning_and_usage() {
     let task = accepted["task_id"].as_i64().unwrap();
     let view = settle(&server, &token, task);
     assert_eq!(view["status"], "completed", "{view}");
-    assert_eq!(view["latest_message"]["content"]["content"], "Hello, human.");
+    assert_eq!(
+        view["latest_message"]["content"]["content"],
+        "Hello, human."
+    );
     assert_eq!(
         view["latest_turn"]["usage"],
         json!({"input_tokens": 21, "output_tokens": 4, "total_tokens": 25})
@@ -177,5 +189,8 @@ fn a_refusing_model_fails_the_turn_with_its_code_and_message() {
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["latest_turn"]["error"]["code"], "model_unauthorized");
     let message = view["latest_turn"]["error"]["message"].as_str().unwrap();
-    assert!(message.contains("401") && message.contains("Incorrect API key"), "{message}");
+    assert!(
+        message.contains("401") && message.contains("Incorrect API key"),
+        "{message}"
+    );
 }
