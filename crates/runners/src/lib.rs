@@ -2,9 +2,11 @@
 
 mod call;
 pub mod echo;
+pub mod http_agent;
 pub mod openai;
 
 pub use echo::EchoRunner;
+pub use http_agent::HttpAgentRunner;
 pub use openai::OpenAiRunner;
 
 use std::sync::Arc;
@@ -16,5 +18,6 @@ use baton_domain::RunnerRegistry;
 pub fn builtin(http: reqwest::Client) -> RunnerRegistry {
     RunnerRegistry::new()
         .with(echo::KIND, Arc::new(EchoRunner))
-        .with(openai::KIND, Arc::new(OpenAiRunner::new(http)))
+        .with(openai::KIND, Arc::new(OpenAiRunner::new(http.clone())))
+        .with(http_agent::KIND, Arc::new(HttpAgentRunner::new(http)))
 }

@@ -194,3 +194,121 @@ fn a_refusing_model_fails_the_turn_with_its_code_and_message() {
         "{message}"
     );
 }
+
+/// The example Python agent of docs/agents.md, on a free port, checking signatures
+/// with `secret`.
+struct PythonAgent {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PythonAgent {
+    fn start(secret: &str) -> PythonAgent {
+        use std::io::BufRead;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/agents/python/agent.py"
+        );
+        let mut child = std::process::Command::new(baton_test_support::standard_webhooks::python())
+            .arg(script)
+            .args(["--port", "0"])
+            .env("AGENT_SECRET", secret)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().expect("the agent prints its port").unwrap();
+        let port = line.strip_prefix("agent listening on ").unwrap().to_owned();
+        PythonAgent {
+            child,
+            url: format!("http://127.0.0.1:{port}/turn"),
+        }
+    }
+}
+
+impl Drop for PythonAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const AGENT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// An `http` agent at `url` signing with `$AGENT_SECRET`, a key, and the server with
+/// `secret` in that variable.
+fn http_agent_server(db: &str, url: &str, secret: &str) -> (i64, String, Server) {
+    let config = json!({"url": url, "secret_env": "AGENT_SECRET", "max_retries": 0}).to_string();
+    let (ok, agent, err) = run(
+        db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "py",
+            "--runner",
+            "http",
+            "--runner-config",
+            &config,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
+    assert!(ok, "{err}");
+    let mut command = baton(db);
+    command.env("AGENT_SECRET", secret);
+    let server = Server::start_command(command, &[], Stdio::null());
+    (agent.parse().unwrap(), token, server)
+}
+
+fn start_task(server: &Server, token: &str, agent: i64, text: &str) -> i64 {
+    let accepted: Value = client()
+        .post(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(token)
+        .json(&json!({"agent_id": agent, "message": {"content": text}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    accepted["task_id"].as_i64().unwrap()
+}
+
+#[test]
+fn the_python_example_agent_answers_signed_turns_through_the_api() {
+    let python = PythonAgent::start(AGENT_SECRET);
+    let (_dir, db) = sqlite_db();
+    let (agent, token, server) = http_agent_server(&db, &python.url, AGENT_SECRET);
+    let task = start_task(&server, &token, agent, "one two three");
+    let view = settle(&server, &token, task);
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        view["latest_message"]["content"]["content"],
+        "three two one"
+    );
+    assert_eq!(view["latest_turn"]["usage"]["output_tokens"], 3);
+
+    // A second turn: the agent is sent the history (two user messages and its reply).
+    let response = client()
+        .post(format!("{}/v1/chat/tasks/{task}/messages", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": agent, "message": {"content": "a b"}}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let view = settle(&server, &token, task);
+    assert_eq!(view["latest_message"]["content"]["content"], "b a");
+    assert_eq!(view["latest_turn"]["usage"]["input_tokens"], 3);
+}
+
+#[test]
+fn an_agent_refuses_a_wrongly_signed_turn_and_the_turn_fails_saying_so() {
+    let python = PythonAgent::start(AGENT_SECRET);
+    let (_dir, db) = sqlite_db();
+    // The server signs with another secret than the agent checks.
+    let other = "whsec_dGhpcyBpcyBub3QgdGhlIGFnZW50J3Mgc2VjcmV0IQ==";
+    let (agent, token, server) = http_agent_server(&db, &python.url, other);
+    let task = start_task(&server, &token, agent, "hello");
+    let view = settle(&server, &token, task);
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["latest_turn"]["error"]["code"], "agent_unauthorized");
+}

@@ -31,8 +31,9 @@ fn venv() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/standardwebhooks-venv")
 }
 
-/// The venv's Python, created with the package on first use.
-fn python() -> PathBuf {
+/// The venv's Python, created with the package on first use (also what runs the
+/// example Python agent in the tests).
+pub fn python() -> PathBuf {
     static READY: Mutex<bool> = Mutex::new(false);
     let dir = venv();
     let python = dir.join("bin/python");
