@@ -144,6 +144,12 @@ impl RunnerRegistry {
         self
     }
 
+    /// Adds every runner of `other`, replacing runners of the same kinds.
+    pub fn with_all(mut self, other: RunnerRegistry) -> Self {
+        self.runners.extend(other.runners);
+        self
+    }
+
     pub fn get(&self, kind: &str) -> Option<Arc<dyn TurnRunner>> {
         self.runners.get(kind).cloned()
     }
