@@ -200,7 +200,7 @@ pub fn wait(req: &HttpRequest) -> Result<Duration, ApiError> {
         )
     })?;
     match query.wait.as_deref() {
-        None | Some("") => Ok(Duration::ZERO),
+        None => Ok(Duration::ZERO),
         // An int64, as the API's integers are: a number beyond one is refused, not
         // read as "very long".
         Some(raw) => raw

@@ -53,8 +53,9 @@ pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
                 format!("Could not read the query string: {err}"),
             )
         })?;
+    // A parameter given empty is given wrong, not absent (found by schemathesis).
     let until_final = match query.until.as_deref() {
-        None | Some("") => false,
+        None => false,
         Some("final") => true,
         Some(_) => {
             return Err(ApiError::invalid_field(
@@ -78,7 +79,7 @@ pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
         .and_then(|v| v.to_str().ok());
     let after = match (header, query.after.as_deref()) {
         (Some(id), _) if !id.trim().is_empty() => parse(id, "Last-Event-ID")?,
-        (_, Some(after)) if !after.is_empty() => parse(after, "after")?,
+        (_, Some(after)) => parse(after, "after")?,
         _ => 0,
     };
     Ok((after, until_final))
