@@ -41,6 +41,10 @@ pub enum ClaimError {
     /// The agent already runs as many turns as it may; nothing was stored.
     #[error("the agent already runs {0} turns")]
     TooManyRunningTurns(u32),
+    /// The message does not fit the task's state (a tool answer nobody waits for, or
+    /// anything but one while tool calls wait); nothing was stored.
+    #[error("the message does not fit the task")]
+    Invalid(Vec<FieldError>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -114,6 +118,7 @@ impl From<ClaimError> for ServiceError {
             ClaimError::TaskBusy(active) => ServiceError::TaskBusy(active),
             ClaimError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
             ClaimError::TooManyRunningTurns(limit) => ServiceError::TooManyRunningTurns(limit),
+            ClaimError::Invalid(errors) => ServiceError::Validation(errors),
             ClaimError::Store(store) => store.into(),
         }
     }

@@ -26,6 +26,7 @@ pub fn turn_ended(turn: &Turn, output: &[Message]) -> (EventKind, Value) {
     let kind = match turn.status {
         TurnStatus::Failed => EventKind::Error,
         TurnStatus::Cancelled => EventKind::Cancelled,
+        TurnStatus::RequiresAction => EventKind::RequiresAction,
         TurnStatus::Completed | TurnStatus::Running => EventKind::Final,
     };
     let mut data =

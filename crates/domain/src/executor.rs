@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::content::Content;
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
     Agent, AgentId, FinishTurn, Lease, LeaseGuard, OutputOp, RecordOutput, Role, TakeOver, TaskId,
@@ -36,10 +37,14 @@ pub struct ExecutorConfig {
     /// How long a lease lasts unless renewed. The executor renews its leases every
     /// third of this, so a turn of a dead instance is found after at most this long.
     pub lease_ttl: Duration,
+    /// How long a client has to answer the tool calls a turn asked for; then the turn
+    /// fails with `tool_response_timeout`, so an absent client cannot hold its task.
+    pub tool_response_timeout: Duration,
 }
 
 impl ExecutorConfig {
     pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
+    pub const DEFAULT_TOOL_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 impl Default for ExecutorConfig {
@@ -48,6 +53,7 @@ impl Default for ExecutorConfig {
             max_concurrent_turns: 64,
             instance_id: new_instance_id(),
             lease_ttl: ExecutorConfig::DEFAULT_LEASE_TTL,
+            tool_response_timeout: ExecutorConfig::DEFAULT_TOOL_RESPONSE_TIMEOUT,
         }
     }
 }
@@ -73,6 +79,9 @@ pub struct SweepReport {
     pub failed: usize,
     /// Turns taken over and played again here.
     pub retried: usize,
+    /// Turns whose tool calls went unanswered, ended `failed` with
+    /// `tool_response_timeout`.
+    pub unanswered: usize,
 }
 
 /// What ending this process's unfinished turns did (see
@@ -388,9 +397,40 @@ impl TurnExecutor {
             }
             // A full batch of which some were acted on may hide more behind it.
             if !full || acted == 0 {
-                return Ok(report);
+                break;
             }
         }
+        report.unanswered = self.end_unanswered(cutoff).await?;
+        Ok(report)
+    }
+
+    /// Fails the turns whose tool calls were due at or before `now` and are still
+    /// unanswered. (`now` is this instance's clock, also on SQLite's start-up sweep.)
+    async fn end_unanswered(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let now = inner.clock.now().min(cutoff);
+        let mut ended = 0;
+        for (task_id, turn_id) in inner.tasks.overdue_tool_calls(now, SWEEP_BATCH).await? {
+            let finish = FinishTurn {
+                task_id,
+                turn_id,
+                outcome: TurnOutcome::failed(
+                    "tool_response_timeout",
+                    "the client did not answer the turn's tool calls in time",
+                ),
+                messages: Vec::new(),
+                usage: None,
+                guard: LeaseGuard::AnswersDueBy(now),
+                now,
+            };
+            if inner.tasks.finish_turn(finish).await? {
+                telemetry::turn_ended(TurnStatus::Failed, "unanswered", None);
+                info!(%task_id, %turn_id, "ended a turn whose tool calls went unanswered");
+                inner.notifier.task_changed(task_id);
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 }
 
@@ -635,6 +675,10 @@ impl Inner {
                     agent.policy.turn_timeout_ms
                 ),
             ),
+            // Tool calls for the client: the task waits for their answers.
+            Some(Ok(Ok(()))) if batch.asked_for_tools => TurnOutcome::RequiresAction {
+                respond_by: self.clock.now() + self.config.tool_response_timeout,
+            },
             Some(Ok(Ok(()))) => TurnOutcome::Completed,
             Some(Ok(Err(err))) => TurnOutcome::Failed(crate::model::TurnError {
                 code: err.code,
@@ -706,6 +750,8 @@ pub(crate) struct Coalescer {
     text_bytes: usize,
     /// The runner's latest report of what it used: recorded when the turn ends.
     usage: Option<Usage>,
+    /// Whether the runner asked the client to run tools.
+    asked_for_tools: bool,
 }
 
 impl Coalescer {
@@ -722,6 +768,7 @@ impl Coalescer {
             }
             // A whole message is worth showing at once.
             SinkItem::Message(content) => {
+                self.asked_for_tools |= matches!(content, Content::ToolRequest(_));
                 self.ops.push(OutputOp::Message(content));
                 true
             }

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod runner;
 pub mod service;
 pub mod telemetry;
+pub mod tools;
 pub mod validate;
 pub mod webhook_sender;
 pub mod webhooks;

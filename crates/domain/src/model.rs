@@ -192,13 +192,16 @@ macro_rules! string_enum {
 pub struct UnknownVariant(pub String);
 
 string_enum!(
-    /// A turn's lifecycle: `running`, then exactly one terminal state.
-    TurnStatus { Running => "running", Completed => "completed", Failed => "failed", Cancelled => "cancelled" }
+    /// A turn's lifecycle: `running`, then exactly one terminal state — or
+    /// `requires_action` when the agent asked the client to run tools, until the
+    /// answers start the next turn (the turn is then `completed`) or time runs out
+    /// (`failed`, `tool_response_timeout`).
+    TurnStatus { Running => "running", RequiresAction => "requires_action", Completed => "completed", Failed => "failed", Cancelled => "cancelled" }
 );
 
 string_enum!(
     /// A task's status, derived from its latest turn (the only one that can be running).
-    TaskStatus { Running => "running", Completed => "completed", Failed => "failed", Cancelled => "cancelled" }
+    TaskStatus { Running => "running", RequiresAction => "requires_action", Completed => "completed", Failed => "failed", Cancelled => "cancelled" }
 );
 
 string_enum!(
@@ -227,6 +230,7 @@ string_enum!(
         Final => "final",
         Error => "error",
         Cancelled => "cancelled",
+        RequiresAction => "requires_action",
     }
 );
 
@@ -235,7 +239,7 @@ impl EventKind {
     pub fn ends_turn(self) -> bool {
         matches!(
             self,
-            EventKind::Final | EventKind::Error | EventKind::Cancelled
+            EventKind::Final | EventKind::Error | EventKind::Cancelled | EventKind::RequiresAction
         )
     }
 }
@@ -291,6 +295,7 @@ impl From<TurnStatus> for TaskStatus {
     fn from(status: TurnStatus) -> Self {
         match status {
             TurnStatus::Running => TaskStatus::Running,
+            TurnStatus::RequiresAction => TaskStatus::RequiresAction,
             TurnStatus::Completed => TaskStatus::Completed,
             TurnStatus::Failed => TaskStatus::Failed,
             TurnStatus::Cancelled => TaskStatus::Cancelled,
@@ -323,6 +328,8 @@ pub struct Turn {
     pub ended_at: Option<DateTime<Utc>>,
     /// What the model reported using, when the agent's runner reports it.
     pub usage: Option<Usage>,
+    /// With `requires_action`: when unanswered tool calls fail the turn.
+    pub respond_by: Option<DateTime<Utc>>,
 }
 
 /// Tokens a model reported for a turn (the last report of the turn's last attempt).
@@ -451,9 +458,19 @@ impl Claim {
 pub struct Accepted {
     pub task_id: TaskId,
     pub agent_id: AgentId,
+    /// The turn the message started — or, for a tool answer that leaves other tool
+    /// calls unanswered, the turn still waiting for them.
     pub turn_id: TurnId,
     pub accepted_at: DateTime<Utc>,
     pub metadata: Metadata,
+    /// `running`, or `requires_action` while tool calls remain unanswered. (Records
+    /// kept from before this field answer `running`, which is what they were.)
+    #[serde(default = "running")]
+    pub status: TaskStatus,
+}
+
+fn running() -> TaskStatus {
+    TaskStatus::Running
 }
 
 /// The running turn that made a task busy, so a client can follow it.
@@ -469,6 +486,10 @@ pub enum TurnOutcome {
     Completed,
     Failed(TurnError),
     Cancelled,
+    /// The agent asked the client to run tools; answers are due by `respond_by`.
+    RequiresAction {
+        respond_by: DateTime<Utc>,
+    },
 }
 
 impl TurnOutcome {
@@ -477,6 +498,7 @@ impl TurnOutcome {
             TurnOutcome::Completed => TurnStatus::Completed,
             TurnOutcome::Failed(_) => TurnStatus::Failed,
             TurnOutcome::Cancelled => TurnStatus::Cancelled,
+            TurnOutcome::RequiresAction { .. } => TurnStatus::RequiresAction,
         }
     }
 
@@ -491,13 +513,16 @@ impl TurnOutcome {
 /// Who may end a running turn, checked in the transaction that ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseGuard {
-    /// Whoever asks (a client's cancel).
+    /// Whoever asks (a client's cancel): a running turn, or one waiting for tool
+    /// answers.
     Anyone,
     /// Only the lease's holder (the executor playing the turn): an instance that lost
     /// the turn to a sweep can never end it a second time.
     Holder(String),
     /// Only if the lease expired at or before this time (a sweep).
     ExpiredBy(DateTime<Utc>),
+    /// Only a turn waiting for tool answers that were due at or before this time.
+    AnswersDueBy(DateTime<Utc>),
 }
 
 /// The end of a turn as it is recorded.

@@ -117,6 +117,13 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ExpiredTurn>, StoreError>;
 
+    /// Up to `limit` turns waiting for tool answers that were due at or before `now`.
+    async fn overdue_tool_calls(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TaskId, TurnId)>, StoreError>;
+
     /// Takes over a running turn whose lease expired by `expired_by`, for another
     /// attempt: the new lease, `attempt + 1`, the agent output of the interrupted
     /// attempt removed, and a `turn_started` event for the new attempt, in one

@@ -299,6 +299,10 @@ impl TaskService {
         task: Option<TaskId>,
     ) -> Result<Prepared, ServiceError> {
         check_submission(who, &submit, key, &self.webhooks.destinations, &self.limits)?;
+        if task.is_none() {
+            // A new task has no tool calls to answer.
+            crate::tools::check_not_an_answer(&submit.message).map_err(ServiceError::Validation)?;
+        }
         let now = self.executor.clock().now();
         let operation = if task.is_some() {
             "append_message"
@@ -356,7 +360,10 @@ impl TaskService {
         self.executor
             .detached(async move {
                 let claimed = claim.await?;
-                if let Claim::Started(accepted) = &claimed {
+                // A tool answer that leaves calls unanswered starts no turn.
+                if let Claim::Started(accepted) = &claimed
+                    && accepted.status == TaskStatus::Running
+                {
                     executor.spawn(started(accepted));
                 }
                 drop(hold);

@@ -10,25 +10,26 @@ use crate::model::{Metadata, NewMessage, Role, TurnPolicy};
 /// Longest agent name accepted.
 pub const MAX_AGENT_NAME_LEN: usize = 200;
 
-/// Checks a message a client submits to start a turn.
+/// Checks a message a client submits: a user's text or data, or a tool's answer (which
+/// the claim then checks against the calls the task waits for).
 pub fn client_message(message: &NewMessage, errors: &mut Vec<FieldError>) {
-    if message.role != Role::User {
-        errors.push(FieldError::new(
-            "message.role",
-            format!(
-                "must be \"user\" to start a turn (got \"{}\")",
-                message.role
-            ),
-        ));
-    }
-    match &message.content {
-        Content::Text(text) if text.content.trim().is_empty() => {
+    match (message.role, &message.content) {
+        (Role::User, Content::Text(text)) if text.content.trim().is_empty() => {
             errors.push(FieldError::new("message.content", "must not be empty"));
         }
-        Content::Text(_) | Content::Data(_) => {}
-        other => errors.push(FieldError::new(
+        (Role::User, Content::Text(_) | Content::Data(_))
+        | (Role::Tool, Content::ToolResponse(_)) => {}
+        (Role::User, other) => errors.push(FieldError::new(
             "message.content.type",
             format!("a user message may be text or data, not {}", other.kind()),
+        )),
+        (Role::Tool, _) => errors.push(FieldError::new(
+            "message.content.type",
+            "a tool message carries a tool_response",
+        )),
+        (role, _) => errors.push(FieldError::new(
+            "message.role",
+            format!("must be \"user\" (or \"tool\" to answer a tool call), not \"{role}\""),
         )),
     }
     if let Ok(value) = serde_json::to_value(&message.content) {

@@ -251,6 +251,7 @@ pub fn event_type(turn: &Turn) -> &'static str {
     match turn.status {
         TurnStatus::Completed | TurnStatus::Running => "turn.completed",
         TurnStatus::Cancelled => "turn.cancelled",
+        TurnStatus::RequiresAction => "turn.requires_action",
         TurnStatus::Failed
             if turn
                 .error

@@ -30,10 +30,11 @@ pub struct SubmitBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageBody {
-    /// `user` when absent, and only `user` starts a turn.
+    /// `user` when absent; `tool` to answer a tool call of a `requires_action` task.
     #[serde(default = "user_role")]
     pub role: Role,
-    /// A string (plain text), or typed content: a client sends `text` or `data`.
+    /// A string (plain text), or typed content: `text` or `data` from a user, a
+    /// `tool_response` from a tool.
     #[serde(deserialize_with = "Content::deserialize_lenient")]
     #[schema(schema_with = content_input)]
     pub content: Content,
@@ -72,7 +73,9 @@ impl SubmitBody {
     }
 }
 
-/// The 202 answer to an accepted message.
+/// The 202 answer to an accepted message: `running` (the turn runs), or
+/// `requires_action` for a tool answer while other tool calls still wait (`turn_id` is
+/// then the waiting turn).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AcceptedBody {
     pub task_id: i64,
@@ -90,7 +93,7 @@ impl From<Accepted> for AcceptedBody {
             task_id: a.task_id.0,
             agent_id: a.agent_id.0,
             turn_id: a.turn_id.0,
-            status: TaskStatus::Running,
+            status: a.status,
             accepted_at: a.accepted_at,
             metadata: a.metadata,
         }

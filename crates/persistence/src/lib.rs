@@ -253,6 +253,17 @@ impl TaskStore for SqlStore {
         .await)
     }
 
+    async fn overdue_tool_calls(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TaskId, TurnId)>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::overdue_tool_calls(
+            conn, now, limit
+        )
+        .await)
+    }
+
     async fn expired_turns(
         &self,
         cutoff: DateTime<Utc>,

@@ -97,6 +97,7 @@ impl State {
             started_at: now,
             ended_at: None,
             usage: None,
+            respond_by: None,
         };
         self.turns.push(turn.clone());
         self.leases
@@ -344,6 +345,7 @@ impl TaskStore for MemoryStore {
             turn_id,
             accepted_at: new.now,
             metadata: new.metadata.clone(),
+            status: TaskStatus::Running,
         };
         state.remember(record, &accepted);
         Ok(Claim::Started(accepted))
@@ -364,6 +366,54 @@ impl TaskStore for MemoryStore {
                 started_at: running.started_at,
             }));
         }
+        let waiting = state
+            .turns
+            .iter()
+            .rev()
+            .find(|t| t.task_id == append.task_id)
+            .filter(|t| t.status == TurnStatus::RequiresAction)
+            .map(|t| t.id);
+        if let Some(waiting) = waiting {
+            let contents: Vec<&Content> = state
+                .messages
+                .iter()
+                .filter(|m| m.turn_id == waiting)
+                .map(|m| &m.content)
+                .collect();
+            let requested = tools::requested_calls(contents.iter().copied());
+            let answered = tools::answered_calls(contents.iter().copied());
+            let answer = tools::check_answer(&requested, &answered, &append.message)
+                .map_err(ClaimError::Invalid)?;
+            if answer == tools::Answer::Partial {
+                let message = &append.message;
+                state.push_message(
+                    append.task_id,
+                    waiting,
+                    message.role,
+                    message.content.clone(),
+                    None,
+                    append.now,
+                );
+                if let Some(task) = state.tasks.iter_mut().find(|t| t.id == append.task_id) {
+                    task.updated_at = append.now;
+                }
+                let accepted = Accepted {
+                    task_id: append.task_id,
+                    agent_id: append.agent_id,
+                    turn_id: waiting,
+                    accepted_at: append.now,
+                    metadata: append.metadata.clone(),
+                    status: TaskStatus::RequiresAction,
+                };
+                state.remember(record, &accepted);
+                return Ok(Claim::Started(accepted));
+            }
+            if let Some(turn) = state.turns.iter_mut().find(|t| t.id == waiting) {
+                turn.status = TurnStatus::Completed;
+            }
+        } else {
+            tools::check_not_an_answer(&append.message).map_err(ClaimError::Invalid)?;
+        }
         state.check_capacity(append.agent_id, append.max_running_per_agent)?;
         let turn_id = state.start_turn(
             append.task_id,
@@ -383,6 +433,7 @@ impl TaskStore for MemoryStore {
             turn_id,
             accepted_at: append.now,
             metadata: append.metadata.clone(),
+            status: TaskStatus::Running,
         };
         state.remember(record, &accepted);
         Ok(Claim::Started(accepted))
@@ -483,11 +534,19 @@ impl TaskStore for MemoryStore {
         let mut state = self.lock()?;
         let (task, turn_id, now) = (finish.task_id, finish.turn_id, finish.now);
         let allowed = match &finish.guard {
-            LeaseGuard::Anyone => state.is_running(turn_id),
+            LeaseGuard::Anyone => state.turns.iter().any(|t| {
+                t.id == turn_id
+                    && matches!(t.status, TurnStatus::Running | TurnStatus::RequiresAction)
+            }),
             LeaseGuard::Holder(owner) => state.holds(turn_id, owner),
             LeaseGuard::ExpiredBy(cutoff) => {
                 state.is_running(turn_id) && state.expired_by(turn_id, *cutoff)
             }
+            LeaseGuard::AnswersDueBy(now) => state.turns.iter().any(|t| {
+                t.id == turn_id
+                    && t.status == TurnStatus::RequiresAction
+                    && t.respond_by.is_some_and(|due| due <= *now)
+            }),
         };
         if !allowed {
             return Ok(false);
@@ -506,6 +565,10 @@ impl TaskStore for MemoryStore {
         }
         turn.ended_at = Some(now);
         turn.usage = finish.usage;
+        turn.respond_by = match &finish.outcome {
+            TurnOutcome::RequiresAction { respond_by } => Some(*respond_by),
+            _ => None,
+        };
         let turn = turn.clone();
         let output: Vec<Message> = state
             .messages
@@ -587,6 +650,27 @@ impl TaskStore for MemoryStore {
             state.leases.insert(*turn, (None, now));
         }
         Ok(held.len() as u64)
+    }
+
+    async fn overdue_tool_calls(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(TaskId, TurnId)>, StoreError> {
+        let state = self.lock()?;
+        let mut overdue: Vec<&Turn> = state
+            .turns
+            .iter()
+            .filter(|t| {
+                t.status == TurnStatus::RequiresAction && t.respond_by.is_some_and(|d| d <= now)
+            })
+            .collect();
+        overdue.sort_by_key(|t| t.respond_by);
+        Ok(overdue
+            .into_iter()
+            .take(limit as usize)
+            .map(|t| (t.task_id, t.id))
+            .collect())
     }
 
     async fn expired_turns(

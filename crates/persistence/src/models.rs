@@ -193,6 +193,7 @@ pub(crate) struct TurnRow {
     pub ended_at: Option<i64>,
     pub attempt: i64,
     pub usage: Option<String>,
+    pub respond_by: Option<i64>,
 }
 
 impl TurnRow {
@@ -218,6 +219,7 @@ impl TurnRow {
                 .as_deref()
                 .map(|raw| parse_json("turns.usage", raw))
                 .transpose()?,
+            respond_by: self.respond_by.map(from_micros).transpose()?,
         })
     }
 }

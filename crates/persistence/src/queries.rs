@@ -9,7 +9,7 @@
 //!   `pg_notify` inside the transaction, delivered only if it commits; SQLite serves
 //!   one process, whose executor announces changes in-process).
 
-use baton_domain::{ActiveTurn, StoreError};
+use baton_domain::{ActiveTurn, FieldError, StoreError};
 use diesel::result::Error as DieselError;
 
 use crate::error::from_diesel;
@@ -31,6 +31,8 @@ pub(crate) enum TxError {
     KeyRace,
     /// The agent runs as many turns as it may.
     AtCapacity(u32),
+    /// The message does not fit the task's state (see `baton_domain::tools`).
+    Invalid(Vec<FieldError>),
 }
 
 impl From<DieselError> for TxError {
@@ -52,9 +54,10 @@ impl TxError {
             TxError::Store(err) => err,
             TxError::NotFound => StoreError::internal("row not found"),
             TxError::Busy(_) => StoreError::internal("unexpected busy answer"),
-            TxError::KeyReused | TxError::KeyRace | TxError::AtCapacity(_) => {
-                StoreError::internal("unexpected claim answer")
-            }
+            TxError::KeyReused
+            | TxError::KeyRace
+            | TxError::AtCapacity(_)
+            | TxError::Invalid(_) => StoreError::internal("unexpected claim answer"),
         }
     }
 }
@@ -119,6 +122,7 @@ macro_rules! define_queries {
         type Db = $Db;
 
         const RUNNING: &str = "running";
+        const REQUIRES_ACTION: &str = "requires_action";
 
         /// The task's last event `seq` if `agent` owns the task; `None` (never a hint
         /// that it exists) otherwise.
@@ -249,6 +253,7 @@ macro_rules! define_queries {
                 started_at: at,
                 ended_at: None,
                 usage: None,
+                respond_by: None,
             };
             let draft = EventDraft {
                 turn_id: turn,
@@ -394,6 +399,7 @@ macro_rules! define_queries {
                             turn_id,
                             accepted_at: new.now,
                             metadata: new.metadata.clone(),
+                            status: TaskStatus::Running,
                         };
                         remember(conn, record, &accepted).await?;
                         Ok::<_, TxError>(Claim::Started(accepted))
@@ -438,6 +444,23 @@ macro_rules! define_queries {
                         if let Some(active) = running_turn(conn, task).await? {
                             return Err(TxError::Busy(Some(active)));
                         }
+                        if let Some(waiting) = waiting_turn(conn, task).await? {
+                            let (requested, answered) = tool_calls_of(conn, waiting).await?;
+                            let answer =
+                                tools::check_answer(&requested, &answered, &append.message)
+                                    .map_err(TxError::Invalid)?;
+                            if answer == tools::Answer::Partial {
+                                return answer_waiting_turn(conn, append, waiting, record).await;
+                            }
+                            // The last answer: the waiting turn is done, the next starts.
+                            diesel::update(turns::table.find(waiting.0))
+                                .set(turns::status.eq(TurnStatus::Completed.as_str()))
+                                .execute(conn)
+                                .await?;
+                        } else {
+                            tools::check_not_an_answer(&append.message)
+                                .map_err(TxError::Invalid)?;
+                        }
                         check_capacity(conn, append.agent_id, append.max_running_per_agent)
                             .await?;
                         diesel::update(tasks::table.find(task))
@@ -460,6 +483,7 @@ macro_rules! define_queries {
                             turn_id,
                             accepted_at: append.now,
                             metadata: append.metadata.clone(),
+                            status: TaskStatus::Running,
                         };
                         remember(conn, record, &accepted).await?;
                         Ok(Claim::Started(accepted))
@@ -473,6 +497,7 @@ macro_rules! define_queries {
                     Err(TxError::AtCapacity(limit)) => {
                         return Err(ClaimError::TooManyRunningTurns(limit));
                     }
+                    Err(TxError::Invalid(errors)) => return Err(ClaimError::Invalid(errors)),
                     Err(TxError::KeyRace) => {}
                     Err(TxError::Busy(None)) => {
                         if let Some(active) = running_turn(conn, task)
@@ -486,6 +511,81 @@ macro_rules! define_queries {
                 }
             }
             Err(contended())
+        }
+
+        /// The task's latest turn if it waits for tool answers. The task's row is locked
+        /// first (PostgreSQL), so two answers to one turn take turns: the second sees
+        /// the first, and exactly one of them is the last.
+        async fn waiting_turn(conn: &mut Conn, task: i64) -> Result<Option<TurnId>, TxError> {
+            let _locked: i64 = tasks::table
+                .find(task)
+                .select(tasks::id)
+                $($lock_row)*
+                .first(conn)
+                .await?;
+            let latest: Option<(i64, String)> = turns::table
+                .filter(turns::task_id.eq(task))
+                .order(turns::id.desc())
+                .select((turns::id, turns::status))
+                .first(conn)
+                .await
+                .optional()?;
+            Ok(latest
+                .filter(|(_, status)| status == REQUIRES_ACTION)
+                .map(|(id, _)| TurnId(id)))
+        }
+
+        /// The tool calls a turn asked for, and those answered so far.
+        async fn tool_calls_of(
+            conn: &mut Conn,
+            turn: TurnId,
+        ) -> Result<(Vec<String>, Vec<String>), TxError> {
+            let rows: Vec<MessageRow> = messages::table
+                .filter(messages::turn_id.eq(turn.0))
+                .select(MessageRow::as_select())
+                .load(conn)
+                .await?;
+            let contents = rows
+                .into_iter()
+                .map(|row| row.into_domain().map(|m| m.content))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((
+                tools::requested_calls(&contents),
+                tools::answered_calls(&contents),
+            ))
+        }
+
+        /// Stores an answer to one of the waiting turn's tool calls while others wait.
+        async fn answer_waiting_turn(
+            conn: &mut Conn,
+            append: &NewAppend,
+            waiting: TurnId,
+            record: Option<&IdempotencyRecord>,
+        ) -> Result<Claim, TxError> {
+            insert_message(
+                conn,
+                append.task_id,
+                waiting,
+                append.message.role,
+                &append.message.content,
+                None,
+                append.now,
+            )
+            .await?;
+            diesel::update(tasks::table.find(append.task_id.0))
+                .set(tasks::updated_at.eq(micros(append.now)))
+                .execute(conn)
+                .await?;
+            let accepted = Accepted {
+                task_id: append.task_id,
+                agent_id: append.agent_id,
+                turn_id: waiting,
+                accepted_at: append.now,
+                metadata: append.metadata.clone(),
+                status: TaskStatus::RequiresAction,
+            };
+            remember(conn, record, &accepted).await?;
+            Ok(Claim::Started(accepted))
         }
 
         /// The turn's open streamed text message, if it has one.
@@ -550,9 +650,28 @@ macro_rules! define_queries {
                 >,
         > {
             match guard {
-                LeaseGuard::Anyone => Box::new(turns::status.eq(RUNNING).nullable()),
-                LeaseGuard::Holder(owner) => Box::new(turns::lease_owner.eq(owner.clone())),
-                LeaseGuard::ExpiredBy(cutoff) => Box::new(expired_by(micros(*cutoff))),
+                LeaseGuard::Anyone => Box::new(
+                    turns::status
+                        .eq_any([RUNNING, REQUIRES_ACTION])
+                        .nullable(),
+                ),
+                LeaseGuard::Holder(owner) => Box::new(
+                    turns::status
+                        .eq(RUNNING)
+                        .nullable()
+                        .and(turns::lease_owner.eq(owner.clone())),
+                ),
+                LeaseGuard::ExpiredBy(cutoff) => Box::new(
+                    turns::status
+                        .eq(RUNNING)
+                        .nullable()
+                        .and(expired_by(micros(*cutoff))),
+                ),
+                LeaseGuard::AnswersDueBy(now) => Box::new(
+                    turns::status
+                        .eq(REQUIRES_ACTION)
+                        .and(turns::respond_by.le(micros(*now))),
+                ),
             }
         }
 
@@ -819,20 +938,22 @@ macro_rules! define_queries {
             let status = finish.outcome.status();
             let (code, message) = match &finish.outcome {
                 TurnOutcome::Failed(err) => (Some(err.code.as_str()), Some(err.message.as_str())),
-                TurnOutcome::Completed | TurnOutcome::Cancelled => (None, None),
+                TurnOutcome::Completed
+                | TurnOutcome::Cancelled
+                | TurnOutcome::RequiresAction { .. } => (None, None),
             };
             let (task, turn) = (finish.task_id, finish.turn_id);
             let usage = finish.usage.as_ref().map(crate::models::json).transpose()?;
+            let respond_by = match &finish.outcome {
+                TurnOutcome::RequiresAction { respond_by } => Some(micros(*respond_by)),
+                _ => None,
+            };
             conn.$begin_write(async |conn| {
-                // Only a running turn can end, and only as its guard allows: late output
-                // for an ended turn is dropped, a lost lease cannot end a turn.
+                // Only a running (or, for a cancel or a timeout, a waiting) turn can
+                // end, and only as its guard allows: late output for an ended turn is
+                // dropped, a lost lease cannot end a turn.
                 let ended = diesel::update(
-                    turns::table.filter(
-                        turns::id
-                            .eq(turn.0)
-                            .and(turns::status.eq(RUNNING))
-                            .and(guard_filter(&finish.guard)),
-                    ),
+                    turns::table.filter(turns::id.eq(turn.0).and(guard_filter(&finish.guard))),
                 )
                 .set((
                     turns::status.eq(status.as_str()),
@@ -842,6 +963,7 @@ macro_rules! define_queries {
                     turns::lease_owner.eq(None::<String>),
                     turns::lease_expires_at.eq(None::<i64>),
                     turns::usage.eq(usage.as_deref()),
+                    turns::respond_by.eq(respond_by),
                 ))
                 .execute(conn)
                 .await?;
@@ -1246,6 +1368,29 @@ macro_rules! define_queries {
             .await
             .map_err(from_diesel)?;
             Ok(released as u64)
+        }
+
+        pub(crate) async fn overdue_tool_calls(
+            conn: &mut Conn,
+            now: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<(TaskId, TurnId)>, StoreError> {
+            let rows: Vec<(i64, i64)> = turns::table
+                .filter(
+                    turns::status
+                        .eq(REQUIRES_ACTION)
+                        .and(turns::respond_by.le(micros(now))),
+                )
+                .order(turns::respond_by.asc())
+                .limit(i64::from(limit))
+                .select((turns::task_id, turns::id))
+                .load(conn)
+                .await
+                .map_err(from_diesel)?;
+            Ok(rows
+                .into_iter()
+                .map(|(task, turn)| (TaskId(task), TurnId(turn)))
+                .collect())
         }
 
         pub(crate) async fn expired_turns(

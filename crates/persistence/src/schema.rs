@@ -67,6 +67,7 @@ diesel::table! {
         webhook_url -> Nullable<Text>,
         webhook_secrets -> Nullable<Text>,
         usage -> Nullable<Text>,
+        respond_by -> Nullable<BigInt>,
     }
 }
 

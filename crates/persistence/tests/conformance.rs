@@ -119,6 +119,8 @@ conformance!(
     failed_turn_ends_with_an_error_event,
     events_page_after_a_cursor_and_report_pruning,
     a_turns_usage_is_recorded_with_its_end,
+    a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_turn_starts,
+    unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once,
 );
 
 trait Store: TaskStore + AgentStore {}
@@ -308,6 +310,222 @@ async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: 
         Content::text("one"),
         "the refused message changed nothing"
     );
+}
+
+fn tool_request(id: &str) -> Content {
+    Content::ToolRequest(content::ToolRequestContent {
+        tool_call_id: id.into(),
+        name: "weather".into(),
+        arguments: json!({"city": id}).as_object().cloned().unwrap(),
+    })
+}
+
+fn tool_answer(agent: AgentId, task: TaskId, id: &str) -> NewAppend {
+    NewAppend {
+        message: NewMessage {
+            role: Role::Tool,
+            content: Content::ToolResponse(content::ToolResponseContent {
+                tool_call_id: id.into(),
+                name: "weather".into(),
+                content: json!({"celsius": 4}),
+                is_error: None,
+            }),
+        },
+        ..append(agent, task, "unused")
+    }
+}
+
+/// Ends `accepted`'s turn asking for tools `ids`, answers due by `due`.
+async fn ask_for_tools(store: &impl Store, accepted: &Accepted, ids: &[&str], due: DateTime<Utc>) {
+    let ended = store
+        .finish_turn(FinishTurn {
+            task_id: accepted.task_id,
+            turn_id: accepted.turn_id,
+            outcome: TurnOutcome::RequiresAction { respond_by: due },
+            messages: ids.iter().map(|id| tool_request(id)).collect(),
+            usage: None,
+            guard: LeaseGuard::Holder(HOLDER.into()),
+            now: at(3),
+        })
+        .await
+        .unwrap();
+    assert!(ended);
+}
+
+fn invalid_field(err: ClaimError) -> String {
+    match err {
+        ClaimError::Invalid(errors) => errors[0].field.clone(),
+        other => panic!("expected an invalid message, got {other:?}"),
+    }
+}
+
+async fn a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_turn_starts(
+    store: Arc<impl Store>,
+) {
+    let a = agent(&*store, "a").await;
+    let first = new_task(&*store, a.id, "weather in Oslo and Rome?").await;
+    let task = first.task_id;
+    ask_for_tools(&*store, &first, &["c1", "c2"], at(100)).await;
+    let view = store.get_task(a.id, task).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::RequiresAction);
+    assert_eq!(view.latest_turn.respond_by, Some(at(100)));
+    let events = all_events(&*store, a.id, task).await;
+    assert_eq!(events.last().unwrap().kind, EventKind::RequiresAction);
+
+    // Anything but an answer to a waiting call is refused and changes nothing.
+    let err = store
+        .append_and_claim(append(a.id, task, "hello?"))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(err), "message.content.type");
+    let err = store
+        .append_and_claim(tool_answer(a.id, task, "c9"))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(err), "message.content.tool_call_id");
+
+    // The first answer is kept with the waiting turn; the task still waits.
+    let partial = store
+        .append_and_claim(tool_answer(a.id, task, "c1"))
+        .await
+        .map(started)
+        .unwrap();
+    assert_eq!(partial.status, TaskStatus::RequiresAction);
+    assert_eq!(partial.turn_id, first.turn_id);
+    let err = store
+        .append_and_claim(tool_answer(a.id, task, "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(err), "message.content.tool_call_id");
+    assert!(
+        store
+            .overdue_tool_calls(at(50), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The last answer starts the next turn; the waiting one is done.
+    let next = store
+        .append_and_claim(tool_answer(a.id, task, "c2"))
+        .await
+        .map(started)
+        .unwrap();
+    assert_eq!(next.status, TaskStatus::Running);
+    assert_ne!(next.turn_id, first.turn_id);
+    let view = store.get_task(a.id, task).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Running);
+    assert!(
+        store
+            .overdue_tool_calls(at(500), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let roles: Vec<(Role, &str, TurnId)> = history(&*store, a.id, task)
+        .await
+        .iter()
+        .map(|m| (m.role, m.content.kind(), m.turn_id))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (Role::User, "text", first.turn_id),
+            (Role::Assistant, "tool_request", first.turn_id),
+            (Role::Assistant, "tool_request", first.turn_id),
+            (Role::Tool, "tool_response", first.turn_id),
+            (Role::Tool, "tool_response", next.turn_id),
+        ]
+    );
+    // The next turn sees both answers.
+    let (_, input) = store.load_turn_input(task).await.unwrap().unwrap();
+    assert_eq!(input.len(), 5);
+
+    // Once no call waits, a tool answer is refused.
+    assert!(
+        finish(
+            &*store,
+            &next,
+            TurnOutcome::Completed,
+            vec![Content::text("4 and 4")]
+        )
+        .await
+    );
+    let err = store
+        .append_and_claim(tool_answer(a.id, task, "c2"))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(err), "message.content");
+}
+
+async fn unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let first = new_task(&*store, a.id, "weather?").await;
+    ask_for_tools(&*store, &first, &["c1"], at(10)).await;
+    assert!(
+        store
+            .overdue_tool_calls(at(9), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.overdue_tool_calls(at(10), 10).await.unwrap(),
+        vec![(first.task_id, first.turn_id)]
+    );
+    let time_out = |due| FinishTurn {
+        task_id: first.task_id,
+        turn_id: first.turn_id,
+        outcome: TurnOutcome::failed("tool_response_timeout", "late"),
+        messages: vec![],
+        usage: None,
+        guard: LeaseGuard::AnswersDueBy(due),
+        now: at(11),
+    };
+    assert!(
+        !store.finish_turn(time_out(at(9))).await.unwrap(),
+        "not due yet"
+    );
+    assert!(store.finish_turn(time_out(at(10))).await.unwrap());
+    assert!(
+        !store.finish_turn(time_out(at(10))).await.unwrap(),
+        "ends once"
+    );
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Failed);
+    assert_eq!(
+        view.latest_turn.error.unwrap().code,
+        "tool_response_timeout"
+    );
+    assert!(
+        store
+            .overdue_tool_calls(at(99), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A waiting turn can be cancelled by its client.
+    let second = store
+        .append_and_claim(append(a.id, first.task_id, "again"))
+        .await
+        .map(started)
+        .unwrap();
+    ask_for_tools(&*store, &second, &["c2"], at(10)).await;
+    let cancel = FinishTurn {
+        task_id: first.task_id,
+        turn_id: second.turn_id,
+        outcome: TurnOutcome::Cancelled,
+        messages: vec![],
+        usage: None,
+        guard: LeaseGuard::Anyone,
+        now: at(12),
+    };
+    assert!(store.finish_turn(cancel).await.unwrap());
+    let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
+    assert_eq!(view.status(), TaskStatus::Cancelled);
 }
 
 async fn a_turns_usage_is_recorded_with_its_end(store: Arc<impl Store>) {

@@ -12,12 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_domain::{
     Content, Message, RunnerError, TurnInput, TurnRunner, TurnSink, Usage,
-    content::ReasoningContent,
+    content::{ReasoningContent, ToolRequestContent},
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::call::{self, Failure, Peer};
 
@@ -47,6 +47,12 @@ pub struct OpenAiConfig {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Tools the model may ask the client to run, as Chat Completions takes them:
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
+    /// A turn whose model calls them ends `requires_action`; the client's answers
+    /// start the next turn.
+    #[serde(default)]
+    pub tools: Vec<Value>,
     /// Longest wait for the answer to start, and between two of its chunks.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -86,6 +92,17 @@ impl OpenAiConfig {
         }
         if config.max_tokens == Some(0) {
             return Err("max_tokens must be at least 1".to_owned());
+        }
+        for (i, tool) in config.tools.iter().enumerate() {
+            let named = tool["type"] == "function"
+                && tool["function"]["name"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty());
+            if !named {
+                return Err(format!(
+                    "tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\", …}}}}"
+                ));
+            }
         }
         Ok(config)
     }
@@ -127,14 +144,18 @@ impl TurnRunner for OpenAiRunner {
         let body = request_body(&config, &input.history);
         call::with_retries(config.max_retries, || async {
             let mut reply = Reply::new(&sink);
-            match self
+            let called = self
                 .call(&config, api_key.as_deref(), &body, &mut reply)
-                .await
-            {
+                .await;
+            let ended = match called {
                 Ok(()) => {
                     reply.flush_reasoning().await;
-                    Ok(())
+                    reply.send_tool_calls().await
                 }
+                Err(failure) => Err(failure),
+            };
+            match ended {
+                Ok(()) => Ok(()),
                 Err(failure) => {
                     // Thinking that reached this point is kept with the failure.
                     reply.flush_reasoning().await;
@@ -218,6 +239,9 @@ fn request_body(config: &OpenAiConfig, history: &[Message]) -> Value {
         if let Some(n) = config.max_tokens {
             object.insert("max_tokens".to_owned(), json!(n));
         }
+        if !config.tools.is_empty() {
+            object.insert("tools".to_owned(), json!(config.tools));
+        }
     }
     body
 }
@@ -280,6 +304,8 @@ struct Reply<'a> {
     sink: &'a TurnSink,
     reasoning: String,
     text_started: bool,
+    /// Tool calls as their deltas arrive, by index: id, name, arguments so far.
+    calls: std::collections::BTreeMap<u64, (String, String, String)>,
 }
 
 impl<'a> Reply<'a> {
@@ -288,6 +314,7 @@ impl<'a> Reply<'a> {
             sink,
             reasoning: String::new(),
             text_started: false,
+            calls: std::collections::BTreeMap::new(),
         }
     }
 
@@ -330,6 +357,53 @@ impl<'a> Reply<'a> {
                     .await
                     .map_err(|_| Failure::closed())?;
             }
+            // A call's id and name come first, its arguments in pieces after.
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                let index = call["index"].as_u64().unwrap_or(0);
+                let entry = self.calls.entry(index).or_default();
+                if let Some(id) = call["id"].as_str() {
+                    entry.0.push_str(id);
+                }
+                if let Some(name) = call["function"]["name"].as_str() {
+                    entry.1.push_str(name);
+                }
+                if let Some(more) = call["function"]["arguments"].as_str() {
+                    entry.2.push_str(more);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The model's tool calls, complete, as `tool_request` messages: the turn then
+    /// waits for the client's answers.
+    async fn send_tool_calls(&mut self) -> Result<(), Failure> {
+        for (id, name, arguments) in std::mem::take(&mut self.calls).into_values() {
+            if id.is_empty() || name.is_empty() {
+                return Err(Failure::bad_response(PEER, "a tool call has no id or name"));
+            }
+            let arguments = if arguments.trim().is_empty() {
+                Map::new()
+            } else {
+                match serde_json::from_str::<Value>(&arguments) {
+                    Ok(Value::Object(object)) => object,
+                    _ => {
+                        return Err(Failure::bad_response(
+                            PEER,
+                            format!("the arguments of tool call {id} are not a JSON object"),
+                        ));
+                    }
+                }
+            };
+            let request = Content::ToolRequest(ToolRequestContent {
+                tool_call_id: id,
+                name,
+                arguments,
+            });
+            self.sink
+                .message(request)
+                .await
+                .map_err(|_| Failure::closed())?;
         }
         Ok(())
     }

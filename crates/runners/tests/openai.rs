@@ -350,3 +350,67 @@ async fn a_silent_endpoint_times_out_and_a_stream_that_breaks_after_text_is_not_
     assert_eq!(texts(&items), "half an ans", "what streamed is kept");
     assert_eq!(server.received().len(), 1, "text was streamed: no retry");
 }
+
+/// A model's answer that calls two tools, their arguments cut across chunks as the
+/// API sends them.
+fn tool_calls_answer() -> Answer {
+    let call = |index: u64, id: Option<&str>, name: Option<&str>, args: &str| {
+        let mut call = json!({"index": index, "function": {"arguments": args}});
+        if let Some(id) = id {
+            call["id"] = json!(id);
+            call["type"] = json!("function");
+        }
+        if let Some(name) = name {
+            call["function"]["name"] = json!(name);
+        }
+        chunk(json!({"tool_calls": [call]}))
+    };
+    let mut pieces = vec![
+        chunk(json!({"role": "assistant", "content": null})),
+        call(0, Some("call_abc"), Some("get_weather"), ""),
+        call(0, None, None, "{\"ci"),
+        call(0, None, None, "ty\": \"Oslo\"}"),
+        call(1, Some("call_def"), Some("get_weather"), ""),
+        call(1, None, None, "{\"city\": \"Rome\"}"),
+    ];
+    pieces.extend(ending((30, 12)));
+    Answer::event_stream(&pieces, Duration::from_millis(2))
+}
+
+#[tokio::test]
+async fn tool_calls_split_across_chunks_become_tool_requests_and_tools_are_offered() {
+    let server = Receiver::start(|_| Reply::Answer(tool_calls_answer()));
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }}]);
+    let (result, items) = run(config(&server, json!({"tools": tools.clone()}))).await;
+    result.unwrap();
+    let requests: Vec<&Content> = items
+        .iter()
+        .filter_map(|i| match i {
+            SinkItem::Message(c @ Content::ToolRequest(_)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let expected = |id: &str, city: &str| {
+        Content::ToolRequest(content::ToolRequestContent {
+            tool_call_id: id.into(),
+            name: "get_weather".into(),
+            arguments: json!({"city": city}).as_object().cloned().unwrap(),
+        })
+    };
+    assert_eq!(
+        requests,
+        vec![&expected("call_abc", "Oslo"), &expected("call_def", "Rome")]
+    );
+    assert_eq!(server.received()[0].json()["tools"], tools);
+}
+
+#[test]
+fn tools_must_be_named_functions() {
+    let mut bad = json!({"base_url": "http://x/v1", "model": "m"});
+    bad["tools"] = json!([{"type": "function", "function": {}}]);
+    let err = baton_runners::openai::OpenAiConfig::parse(&bad).unwrap_err();
+    assert!(err.contains("tools[0]"), "{err}");
+}

@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub instance_id: Option<String>,
     /// The admin API's bearer token; absent, the admin API is off.
     pub admin_token: Option<String>,
+    /// How long a client has to answer a turn's tool calls (default an hour).
+    pub tool_response_timeout_secs: Option<u64>,
     #[serde(default)]
     pub leases: LeasesFile,
     #[serde(default)]
@@ -123,6 +125,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// How often this instance looks for turns whose lease expired.
     pub sweep_interval: Duration,
+    /// How long a client has to answer a turn's tool calls.
+    pub tool_response_timeout: Duration,
     pub idempotency: IdempotencyConfig,
     pub webhooks: Webhooks,
     pub limits: Limits,
@@ -262,6 +266,7 @@ impl Config {
             log_format: Some(self.log_format),
             instance_id: Some(self.instance_id.clone()),
             admin_token: self.admin_token.as_ref().map(|_| REDACTED.to_owned()),
+            tool_response_timeout_secs: Some(self.tool_response_timeout.as_secs()),
             leases: LeasesFile {
                 ttl_ms: Some(ms(self.lease_ttl)),
                 sweep_interval_ms: Some(ms(self.sweep_interval)),
@@ -436,6 +441,10 @@ impl Config {
                 .or(file.leases.ttl_ms)
                 .map(Duration::from_millis)
                 .unwrap_or(ExecutorConfig::DEFAULT_LEASE_TTL),
+            tool_response_timeout: file
+                .tool_response_timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(ExecutorConfig::DEFAULT_TOOL_RESPONSE_TIMEOUT),
             sweep_interval: overrides
                 .sweep_interval_ms
                 .or(file.leases.sweep_interval_ms)
@@ -510,6 +519,10 @@ impl Config {
         anyhow::ensure!(
             config.sweep_interval >= Duration::from_millis(50),
             "leases.sweep_interval_ms must be at least 50"
+        );
+        anyhow::ensure!(
+            config.tool_response_timeout >= Duration::from_secs(1),
+            "tool_response_timeout_secs must be at least 1"
         );
         anyhow::ensure!(
             !config.instance_id.trim().is_empty() && config.instance_id.len() <= 128,

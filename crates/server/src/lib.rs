@@ -175,6 +175,7 @@ impl App {
                 max_concurrent_turns: config.max_concurrent_turns,
                 instance_id: config.instance_id.clone(),
                 lease_ttl: config.lease_ttl,
+                tool_response_timeout: config.tool_response_timeout,
             },
             tokio::runtime::Handle::current(),
         );

@@ -312,3 +312,193 @@ fn an_agent_refuses_a_wrongly_signed_turn_and_the_turn_fails_saying_so() {
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["latest_turn"]["error"]["code"], "agent_unauthorized");
 }
+
+/// A model that asks for two tools (their arguments split across chunks), then, given
+/// the answers, replies.
+fn tool_model() -> Receiver {
+    Receiver::start(|n| {
+        if n > 0 {
+            return Reply::Answer(model_answer());
+        }
+        let call = |index: u64, id: Option<&str>, args: &str| {
+            let mut call = json!({"index": index, "function": {"arguments": args}});
+            if let Some(id) = id {
+                call["id"] = json!(id);
+                call["type"] = json!("function");
+                call["function"]["name"] = json!("get_weather");
+            }
+            chunk(json!({"tool_calls": [call]}))
+        };
+        let pieces = vec![
+            chunk(json!({"role": "assistant", "content": null})),
+            call(0, Some("call_abc"), ""),
+            call(0, None, "{\"city\": \"Os"),
+            call(0, None, "lo\"}"),
+            call(1, Some("call_def"), "{\"city\": \"Rome\"}"),
+            "data: [DONE]\n\n".to_owned(),
+        ];
+        Reply::Answer(Answer::event_stream(&pieces, Duration::from_millis(5)))
+    })
+}
+
+fn tool_agent(db: &str, model: &Receiver) -> (i64, String) {
+    let config = json!({
+        "base_url": model.url().replace("/hook", "/v1"),
+        "model": "m",
+        "max_retries": 0,
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+    })
+    .to_string();
+    let (ok, agent, err) = run(
+        db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "tools",
+            "--runner",
+            "openai",
+            "--runner-config",
+            &config,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
+    assert!(ok, "{err}");
+    (agent.parse().unwrap(), token)
+}
+
+fn append(server: &Server, token: &str, task: i64, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}/v1/chat/tasks/{task}/messages", server.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
+fn tool_answer(agent: i64, id: &str, result: Value) -> Value {
+    json!({"agent_id": agent, "message": {"role": "tool", "content": {
+        "type": "tool_response", "tool_call_id": id, "name": "get_weather", "content": result}}})
+}
+
+#[test]
+fn a_models_tool_calls_wait_for_the_clients_answers_which_start_the_next_turn() {
+    let model = tool_model();
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = tool_agent(&db, &model);
+    let server = Server::start(&db, &[]);
+
+    let task = start_task(&server, &token, agent, "Weather in Oslo and Rome?");
+    let view = settle(&server, &token, task);
+    assert_eq!(view["status"], "requires_action", "{view}");
+    assert!(view["latest_turn"]["respond_by"].is_string(), "{view}");
+    let asked = view["latest_message"]["content"].clone();
+    assert_eq!(
+        asked,
+        json!({"type": "tool_request", "tool_call_id": "call_def", "name": "get_weather",
+               "arguments": {"city": "Rome"}})
+    );
+
+    // Not an answer: refused, nothing stored.
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        json!({"agent_id": agent, "message": {"content": "well?"}}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "message.content.type");
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        tool_answer(agent, "call_zzz", json!(1)),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("call_abc, call_def"),
+        "{body}"
+    );
+
+    // One answer: accepted, the task still waits.
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        tool_answer(agent, "call_abc", json!({"celsius": 4})),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "requires_action");
+    assert_eq!(model.received().len(), 1, "no turn yet");
+
+    // The last answer starts the next turn, which sends both results to the model.
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        tool_answer(agent, "call_def", json!("18 degrees")),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "running");
+    let view = settle(&server, &token, task);
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        view["latest_message"]["content"]["content"],
+        "Hello, human."
+    );
+    let messages = model.received()[1].json()["messages"].clone();
+    assert_eq!(
+        messages,
+        json!([
+            {"role": "user", "content": "Weather in Oslo and Rome?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_abc", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"id": "call_def", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "call_abc", "content": "{\"celsius\":4}"},
+            {"role": "tool", "tool_call_id": "call_def", "content": "18 degrees"},
+        ])
+    );
+}
+
+#[test]
+fn unanswered_tool_calls_fail_the_turn_when_they_are_due() {
+    let model = tool_model();
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = tool_agent(&db, &model);
+    let mut command = baton(&db);
+    command.env("BATON_TOOL_RESPONSE_TIMEOUT_SECS", "1");
+    let server = Server::start_command(command, &["--sweep-interval-ms", "100"], Stdio::null());
+
+    let task = start_task(&server, &token, agent, "Weather?");
+    assert_eq!(settle(&server, &token, task)["status"], "requires_action");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = settle(&server, &token, task);
+        if view["status"] != "requires_action" || std::time::Instant::now() > deadline {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(
+        view["latest_turn"]["error"]["code"],
+        "tool_response_timeout"
+    );
+    // A late answer is refused: nothing waits for it any more.
+    let (status, _) = append(
+        &server,
+        &token,
+        task,
+        tool_answer(agent, "call_abc", json!(1)),
+    );
+    assert_eq!(status, 422);
+}

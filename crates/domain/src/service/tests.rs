@@ -81,6 +81,7 @@ fn accepted(task_id: i64, turn_id: i64) -> Accepted {
         turn_id: TurnId(turn_id),
         accepted_at: at(1),
         metadata: Metadata::new(),
+        status: TaskStatus::Running,
     }
 }
 
@@ -550,6 +551,7 @@ fn view(status: TurnStatus) -> TaskView {
             started_at: at(0),
             ended_at: None,
             usage: None,
+            respond_by: None,
         },
         latest_agent_message: None,
     }

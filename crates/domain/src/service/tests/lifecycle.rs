@@ -300,6 +300,12 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
     tasks
         .expect_load_turn_input()
         .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, id.0)]))));
+    // And a turn whose tool calls were due (the clock says at(1)).
+    tasks
+        .expect_overdue_tool_calls()
+        .withf(|now, _| *now == at(1))
+        .times(1)
+        .returning(|_, _| Ok(vec![(TaskId(9), TurnId(109))]));
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     tasks.expect_finish_turn().returning(move |finish| {
         let _ = ended.send(finish);
@@ -328,14 +334,23 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
         report,
         SweepReport {
             failed: 2,
-            retried: 1
+            retried: 1,
+            unanswered: 1
         }
     );
     let mut ends = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         ends.push(next_end(&mut ended_rx).await);
     }
     ends.sort_by_key(|f| f.turn_id);
+    let unanswered = ends.pop().unwrap();
+    assert_eq!(unanswered.turn_id, TurnId(109));
+    assert_eq!(unanswered.guard, LeaseGuard::AnswersDueBy(at(1)));
+    assert!(
+        matches!(&unanswered.outcome, TurnOutcome::Failed(e) if e.code == "tool_response_timeout"),
+        "{:?}",
+        unanswered.outcome
+    );
     for swept in [&ends[0], &ends[2]] {
         assert_eq!(swept.guard, LeaseGuard::ExpiredBy(at(50)));
         let TurnOutcome::Failed(error) = &swept.outcome else {
@@ -703,5 +718,54 @@ async fn the_last_usage_a_runner_reports_is_recorded_with_the_turns_end() {
         *recorded.lock().unwrap(),
         vec![OutputOp::TextDelta("hi".into())],
         "usage is not output"
+    );
+}
+
+/// Asks the client to run a tool.
+struct AsksForTool;
+
+#[async_trait::async_trait]
+impl TurnRunner for AsksForTool {
+    fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(&self, _: TurnInput, sink: TurnSink) -> Result<(), RunnerError> {
+        let call = Content::ToolRequest(crate::content::ToolRequestContent {
+            tool_call_id: "call_1".into(),
+            name: "weather".into(),
+            arguments: Default::default(),
+        });
+        sink.message(call)
+            .await
+            .map_err(|_| RunnerError::new("closed", ""))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_asks_for_tools_ends_waiting_for_answers_until_its_deadline() {
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tasks, mut ended) = playing_store(recorded);
+    let config = ExecutorConfig {
+        tool_response_timeout: Duration::from_secs(90),
+        ..ExecutorConfig::default()
+    };
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(7, TurnPolicy::default())),
+        Arc::new(AsksForTool),
+        config,
+        crate::LocalNotifier::default(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    let end = next_end(&mut ended).await;
+    assert_eq!(
+        end.outcome,
+        TurnOutcome::RequiresAction {
+            respond_by: at(1) + chrono::Duration::seconds(90)
+        }
     );
 }
