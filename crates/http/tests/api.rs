@@ -130,7 +130,9 @@ async fn two_turn_conversation_with_a_busy_409_that_names_the_running_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_appends_to_an_idle_task_give_one_202_and_49_task_busy() {
     let app = Arc::new(TestApp::start().await);
-    let (agent, token) = app.agent_with_key(json!({"delay_ms": 300})).await;
+    // Long enough that the 50 requests all arrive while the winner's turn runs, even
+    // on a loaded 2-core machine (300 ms once let a late request find the task idle).
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 2000})).await;
     let first = app.create(&token, agent, "start").await;
     let task = first["task_id"].as_i64().unwrap();
     app.settled(&token, task).await;
