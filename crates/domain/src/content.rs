@@ -33,6 +33,58 @@ pub struct TextContent {
     #[serde(default)]
     pub format: TextFormat,
     pub content: String,
+    /// Files that come with the text. A client sends each with its bytes (`data`); the
+    /// server keeps them apart and shows them with their `file_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file on a text message: sent with `data` (base64), shown with `file_id`,
+/// `size_bytes` and `sha256` (the bytes at `GET /v1/chat/tasks/{task_id}/files/{file_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Attachment {
+    pub filename: String,
+    /// e.g. `image/png`, `application/pdf`.
+    pub media_type: String,
+    /// The file's bytes, base64: only when a client sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Only as the server shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Hex SHA-256 of the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl Attachment {
+    /// The bytes a client sent, if `data` is valid base64.
+    pub fn decoded(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let data = self.data.as_deref()?;
+        base64::engine::general_purpose::STANDARD.decode(data).ok()
+    }
+
+    /// As the server shows it once stored: no bytes, where to find them.
+    pub fn stored(&self, file_id: i64, bytes: &[u8]) -> Attachment {
+        use sha2::Digest;
+        Attachment {
+            filename: self.filename.clone(),
+            media_type: self.media_type.clone(),
+            data: None,
+            file_id: Some(file_id),
+            size_bytes: Some(bytes.len() as u64),
+            sha256: Some(hex(&sha2::Sha256::digest(bytes))),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,7 +134,16 @@ impl Content {
         Content::Text(TextContent {
             format: TextFormat::Plain,
             content: text.into(),
+            attachments: Vec::new(),
         })
+    }
+
+    /// The attachments of text content (none for other content).
+    pub fn attachments(&self) -> &[Attachment] {
+        match self {
+            Content::Text(text) => &text.attachments,
+            _ => &[],
+        }
     }
 
     /// The content's `type` name.

@@ -90,6 +90,9 @@ pub enum ServiceError {
     IdempotencyKeyInUse,
     #[error("invalid request")]
     Validation(Vec<FieldError>),
+    /// Part of the request is larger than the server accepts (the message says which).
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]

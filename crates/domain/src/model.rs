@@ -381,6 +381,16 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// An attachment's bytes, as the download answers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub file_id: i64,
+    pub task_id: TaskId,
+    pub filename: String,
+    pub media_type: String,
+    pub data: Vec<u8>,
+}
+
 /// A message as a client or a runner submits it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {

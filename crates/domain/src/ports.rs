@@ -117,6 +117,14 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ExpiredTurn>, StoreError>;
 
+    /// An attachment of one of the agent's tasks, with its bytes.
+    async fn get_file(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        file: i64,
+    ) -> Result<Option<StoredFile>, StoreError>;
+
     /// Up to `limit` turns waiting for tool answers that were due at or before `now`.
     async fn overdue_tool_calls(
         &self,

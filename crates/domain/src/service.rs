@@ -71,8 +71,10 @@ pub struct TaskService {
 /// Limits on what one request may ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubmitLimits {
-    /// A message's content, as JSON, in bytes.
+    /// A message's content, as JSON, in bytes (its attachments' bytes not counted).
     pub max_message_bytes: usize,
+    /// One attachment's bytes (decoded); beyond, the request is a 413.
+    pub max_attachment_bytes: usize,
     /// Running turns per agent, across instances; `None`: unlimited.
     pub max_running_turns_per_agent: Option<u32>,
 }
@@ -81,6 +83,7 @@ impl Default for SubmitLimits {
     fn default() -> Self {
         SubmitLimits {
             max_message_bytes: 256 * 1024,
+            max_attachment_bytes: 512 * 1024,
             max_running_turns_per_agent: None,
         }
     }
@@ -184,6 +187,16 @@ impl TaskService {
     /// Whether this instance can serve: its store is reachable and migrated.
     pub async fn check_ready(&self) -> Result<(), ServiceError> {
         Ok(self.tasks.check_ready().await?)
+    }
+
+    /// An attachment of one of the caller's tasks, with its bytes.
+    pub async fn get_file(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+        file: i64,
+    ) -> Result<Option<StoredFile>, ServiceError> {
+        Ok(self.tasks.get_file(who.agent_id, task_id, file).await?)
     }
 
     /// The task's webhook deliveries with their attempts.
@@ -551,7 +564,14 @@ fn check_submission(
     if let Some(webhook) = &submit.webhook {
         webhooks::check_target(webhook, destinations, "webhook", &mut errors);
     }
-    let size = serde_json::to_vec(&submit.message.content).map_or(0, |json| json.len());
+    let attachments = submit.message.content.attachments();
+    let attached: usize = attachments
+        .iter()
+        .map(|a| a.data.as_ref().map_or(0, String::len))
+        .sum();
+    let size = serde_json::to_vec(&submit.message.content)
+        .map_or(0, |json| json.len())
+        .saturating_sub(attached);
     if size > limits.max_message_bytes {
         errors.push(crate::FieldError::new(
             "message.content",
@@ -563,6 +583,15 @@ fn check_submission(
     }
     validate::client_message(&submit.message, &mut errors);
     validate::metadata(&submit.metadata, &mut errors);
+    for (i, attachment) in attachments.iter().enumerate() {
+        let size = validate::attachment(i, attachment, &mut errors);
+        if size > limits.max_attachment_bytes {
+            return Err(ServiceError::TooLarge(format!(
+                "message.content.attachments[{i}] is {size} bytes; at most {} are accepted",
+                limits.max_attachment_bytes
+            )));
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {

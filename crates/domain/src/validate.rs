@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::content::Content;
+use crate::content::{Attachment, Content};
 use crate::error::FieldError;
 use crate::model::{Metadata, NewMessage, Role, TurnPolicy};
 
@@ -34,6 +34,72 @@ pub fn client_message(message: &NewMessage, errors: &mut Vec<FieldError>) {
     }
     if let Ok(value) = serde_json::to_value(&message.content) {
         no_nul("message.content", &value, errors);
+    }
+}
+
+/// Attachments on one message, at most.
+pub const MAX_ATTACHMENTS: usize = 8;
+
+/// Checks the `i`th attachment a client sends; returns its size in bytes (0 if its
+/// data is not base64).
+pub fn attachment(i: usize, attachment: &Attachment, errors: &mut Vec<FieldError>) -> usize {
+    let field = |name: &str| format!("message.content.attachments[{i}].{name}");
+    if i >= MAX_ATTACHMENTS {
+        errors.push(FieldError::new(
+            "message.content.attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments per message"),
+        ));
+    }
+    let name = &attachment.filename;
+    if name.is_empty()
+        || name.len() > 255
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\\')
+    {
+        errors.push(FieldError::new(
+            field("filename"),
+            "must be 1 to 255 characters, without slashes or control characters",
+        ));
+    }
+    let media = &attachment.media_type;
+    let valid_media = media.len() <= 255
+        && media.split_once('/').is_some_and(|(kind, sub)| {
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+            };
+            token(kind) && token(sub)
+        });
+    if !valid_media {
+        errors.push(FieldError::new(
+            field("media_type"),
+            "must be a media type such as image/png",
+        ));
+    }
+    if attachment.file_id.is_some()
+        || attachment.size_bytes.is_some()
+        || attachment.sha256.is_some()
+    {
+        errors.push(FieldError::new(
+            field("file_id"),
+            "file_id, size_bytes and sha256 are the server's to set: send filename, media_type and data",
+        ));
+    }
+    match (&attachment.data, attachment.decoded()) {
+        (None, _) => {
+            errors.push(FieldError::new(
+                field("data"),
+                "is required: the file's bytes, base64",
+            ));
+            0
+        }
+        (Some(_), None) => {
+            errors.push(FieldError::new(field("data"), "is not base64"));
+            0
+        }
+        (Some(_), Some(bytes)) => bytes.len(),
     }
 }
 

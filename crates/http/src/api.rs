@@ -81,6 +81,9 @@ api! {
     "/v1/chat/tasks/{task_id}/cancel" {
         post => routes::cancel, errors: [KEYED, &[TaskNotFound, TaskNotRunning]];
     }
+    "/v1/chat/tasks/{task_id}/files/{file_id}" {
+        get => routes::get_file, errors: [KEYED, &[NotFound, TaskNotFound]];
+    }
     "/v1/chat/tasks/{task_id}/webhook-deliveries" {
         get => routes::list_deliveries, errors: [KEYED, &[TaskNotFound]];
     }

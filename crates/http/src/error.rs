@@ -320,6 +320,7 @@ impl From<ServiceError> for ApiError {
                 "A request with this Idempotency-Key is still being processed. Retry after a moment to get its answer.",
             ),
             ServiceError::Validation(errors) => ApiError::invalid(fields(errors)),
+            ServiceError::TooLarge(what) => ApiError::new(ErrorCode::PayloadTooLarge, what),
             ServiceError::Unavailable(why) => ApiError {
                 source: Some(why.into()),
                 ..ApiError::new(

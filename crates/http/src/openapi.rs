@@ -116,6 +116,7 @@ pub struct LastEventId(
         crate::routes::stream,
         crate::routes::cancel,
         crate::routes::list_deliveries,
+        crate::routes::get_file,
         crate::admin::create_agent,
         crate::admin::list_agents,
         crate::admin::get_agent,

@@ -156,6 +156,55 @@ pub(crate) async fn append_message(
     Ok(accepted(done))
 }
 
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/files/{file_id}", tag = "tasks",
+    summary = "Download an attachment",
+    description = "The bytes of a file attached to one of the task's messages, as its `media_type`, with its `filename` in `Content-Disposition`.",
+    params(TaskIdParam, ("file_id" = i64, Path, description = "The attachment's `file_id`, as the message shows it.", minimum = 1)),
+    responses((status = 200, description = "The file's bytes.", content_type = "application/octet-stream", body = Vec<u8>,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"…\"`.")))),
+    security(("agent_key" = [])))]
+pub(crate) async fn get_file(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let file = req
+        .match_info()
+        .get("file_id")
+        .and_then(|raw| raw.parse::<i64>().ok());
+    let found = match file {
+        Some(file) => state.tasks.get_file(&who, task, file).await?,
+        None => None,
+    };
+    let Some(found) = found else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "No file with this id in this task.",
+        ));
+    };
+    // The name is the client's: only a plain, quoted ASCII form goes in the header.
+    let name: String = found
+        .filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .content_type(found.media_type)
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        ))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(found.data))
+}
+
 #[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/webhook-deliveries", tag = "tasks",
     summary = "The task's webhook deliveries",
     description = "Every webhook delivery of the task's turns, newest first, with each attempt's status code, latency and error.",

@@ -434,6 +434,7 @@ async fn limits_answer_with_their_own_codes_and_store_nothing() {
         baton_domain::SubmitLimits {
             max_message_bytes: 1024,
             max_running_turns_per_agent: Some(1),
+            ..Default::default()
         },
     )
     .await;

@@ -253,6 +253,18 @@ impl TaskStore for SqlStore {
         .await)
     }
 
+    async fn get_file(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        file: i64,
+    ) -> Result<Option<StoredFile>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::get_file(
+            conn, agent, task, file
+        )
+        .await)
+    }
+
     async fn overdue_tool_calls(
         &self,
         now: DateTime<Utc>,

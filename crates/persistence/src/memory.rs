@@ -25,6 +25,7 @@ struct State {
     /// Turns' own webhooks (from their requests).
     turn_webhooks: HashMap<TurnId, WebhookEndpoint>,
     deliveries: Vec<MemoryDelivery>,
+    files: Vec<StoredFile>,
 }
 
 #[derive(Debug)]
@@ -107,6 +108,10 @@ impl State {
         }
         let content = message.content.clone();
         let input = self.push_message(task, turn.id, message.role, content, None, now);
+        // The task's input as stored: attachments by id, never their bytes.
+        if let Some(stored) = self.tasks.iter_mut().find(|t| t.id == task) {
+            stored.input = input.content.clone();
+        }
         let data = baton_domain::events::turn_started(&turn, &input);
         self.push_event(task, turn.id, EventKind::TurnStarted, data, now);
         turn.id
@@ -121,6 +126,7 @@ impl State {
         streaming_status: Option<StreamingStatus>,
         now: DateTime<Utc>,
     ) -> Message {
+        let content = self.store_attachments(task, content);
         let message = Message {
             id: MessageId(next_id(self.messages.len())),
             task_id: task,
@@ -132,6 +138,28 @@ impl State {
         };
         self.messages.push(message.clone());
         message
+    }
+
+    /// Keeps the bytes of attachments sent with `content`; the content as stored.
+    fn store_attachments(&mut self, task: TaskId, content: Content) -> Content {
+        let Content::Text(mut text) = content else {
+            return content;
+        };
+        for attachment in &mut text.attachments {
+            let Some(bytes) = attachment.decoded() else {
+                continue;
+            };
+            let file_id = next_id(self.files.len());
+            *attachment = attachment.stored(file_id, &bytes);
+            self.files.push(StoredFile {
+                file_id,
+                task_id: task,
+                filename: attachment.filename.clone(),
+                media_type: attachment.media_type.clone(),
+                data: bytes,
+            });
+        }
+        Content::Text(text)
     }
 
     fn push_event(
@@ -424,7 +452,6 @@ impl TaskStore for MemoryStore {
             append.now,
         );
         if let Some(task) = state.tasks.iter_mut().find(|t| t.id == append.task_id) {
-            task.input = append.message.content.clone();
             task.updated_at = append.now;
         }
         let accepted = Accepted {
@@ -650,6 +677,23 @@ impl TaskStore for MemoryStore {
             state.leases.insert(*turn, (None, now));
         }
         Ok(held.len() as u64)
+    }
+
+    async fn get_file(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        file: i64,
+    ) -> Result<Option<StoredFile>, StoreError> {
+        let state = self.lock()?;
+        if state.owned_task(agent, task).is_none() {
+            return Ok(None);
+        }
+        Ok(state
+            .files
+            .iter()
+            .find(|f| f.file_id == file && f.task_id == task)
+            .cloned())
     }
 
     async fn overdue_tool_calls(

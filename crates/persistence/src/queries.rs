@@ -111,7 +111,7 @@ macro_rules! define_queries {
         use crate::models::*;
         use crate::queries::TxError;
         use crate::schema::{
-            agents, api_keys, events, idempotency_keys, messages, tasks, turns, webhook_attempts,
+            agents, api_keys, events, files, idempotency_keys, messages, tasks, turns, webhook_attempts,
             webhook_deliveries,
         };
         use baton_domain::webhooks::{
@@ -199,13 +199,52 @@ macro_rules! define_queries {
             streaming: Option<StreamingStatus>,
             at: DateTime<Utc>,
         ) -> Result<Message, TxError> {
-            let row = NewMessageRow::new(task, turn, role, content, streaming, at)?;
+            let content = store_attachments(conn, task, content, at).await?;
+            let row = NewMessageRow::new(task, turn, role, &content, streaming, at)?;
             let stored: MessageRow = diesel::insert_into(messages::table)
                 .values(&row)
                 .returning(MessageRow::as_returning())
                 .get_result(conn)
                 .await?;
             Ok(stored.into_domain()?)
+        }
+
+        /// Keeps the bytes of the attachments sent with `content` in `files`; returns the
+        /// content as it is stored and shown: each attachment by its file id.
+        async fn store_attachments(
+            conn: &mut Conn,
+            task: TaskId,
+            content: &Content,
+            at: DateTime<Utc>,
+        ) -> Result<Content, TxError> {
+            let Content::Text(text) = content else {
+                return Ok(content.clone());
+            };
+            if text.attachments.iter().all(|a| a.data.is_none()) {
+                return Ok(content.clone());
+            }
+            let mut stored = text.clone();
+            for attachment in &mut stored.attachments {
+                let Some(bytes) = attachment.decoded() else {
+                    continue;
+                };
+                let sha = attachment.stored(0, &bytes).sha256.unwrap_or_default();
+                let id: i64 = diesel::insert_into(files::table)
+                    .values((
+                        files::task_id.eq(task.0),
+                        files::filename.eq(&attachment.filename),
+                        files::media_type.eq(&attachment.media_type),
+                        files::size_bytes.eq(bytes.len() as i64),
+                        files::sha256.eq(&sha),
+                        files::data.eq(&bytes),
+                        files::created_at.eq(micros(at)),
+                    ))
+                    .returning(files::id)
+                    .get_result(conn)
+                    .await?;
+                *attachment = attachment.stored(id, &bytes);
+            }
+            Ok(Content::Text(stored))
         }
 
         /// Starts a turn with its message: the turn (the partial unique index refuses
@@ -243,6 +282,11 @@ macro_rules! define_queries {
             let turn = TurnId(turn);
             let input =
                 insert_message(conn, task, turn, message.role, &message.content, None, at).await?;
+            // The task's input as stored: attachments by id, never their bytes.
+            diesel::update(tasks::table.find(task.0))
+                .set(tasks::input.eq(content_json(&input.content)?))
+                .execute(conn)
+                .await?;
             let started = Turn {
                 id: turn,
                 task_id: task,
@@ -424,7 +468,6 @@ macro_rules! define_queries {
         ) -> Result<Claim, ClaimError> {
             let now = micros(append.now);
             let task = append.task_id.0;
-            let input = content_json(&append.message.content)?;
             let record = append.idempotency.as_ref();
             // A lost race (possible on PostgreSQL, where the unique indexes decide) is
             // answered by naming the winner; if the winner already ended, the task is
@@ -464,7 +507,7 @@ macro_rules! define_queries {
                         check_capacity(conn, append.agent_id, append.max_running_per_agent)
                             .await?;
                         diesel::update(tasks::table.find(task))
-                            .set((tasks::input.eq(&input), tasks::updated_at.eq(now)))
+                            .set(tasks::updated_at.eq(now))
                             .execute(conn)
                             .await?;
                         let turn_id = start_turn(
@@ -1368,6 +1411,34 @@ macro_rules! define_queries {
             .await
             .map_err(from_diesel)?;
             Ok(released as u64)
+        }
+
+        pub(crate) async fn get_file(
+            conn: &mut Conn,
+            agent: AgentId,
+            task: TaskId,
+            file: i64,
+        ) -> Result<Option<StoredFile>, StoreError> {
+            let found: Option<(i64, String, String, Vec<u8>)> = files::table
+                .inner_join(tasks::table)
+                .filter(
+                    files::id
+                        .eq(file)
+                        .and(files::task_id.eq(task.0))
+                        .and(tasks::agent_id.eq(agent.0)),
+                )
+                .select((files::id, files::filename, files::media_type, files::data))
+                .first(conn)
+                .await
+                .optional()
+                .map_err(from_diesel)?;
+            Ok(found.map(|(id, filename, media_type, data)| StoredFile {
+                file_id: id,
+                task_id: task,
+                filename,
+                media_type,
+                data,
+            }))
         }
 
         pub(crate) async fn overdue_tool_calls(

@@ -130,7 +130,22 @@ diesel::joinable!(tasks -> agents (agent_id));
 diesel::joinable!(turns -> tasks (task_id));
 diesel::joinable!(messages -> tasks (task_id));
 diesel::joinable!(events -> tasks (task_id));
+diesel::joinable!(files -> tasks (task_id));
+diesel::table! {
+    files (id) {
+        id -> BigInt,
+        task_id -> BigInt,
+        filename -> Text,
+        media_type -> Text,
+        size_bytes -> BigInt,
+        sha256 -> Text,
+        data -> Binary,
+        created_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    files,
     agents,
     api_keys,
     tasks,

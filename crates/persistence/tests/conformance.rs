@@ -121,6 +121,7 @@ conformance!(
     a_turns_usage_is_recorded_with_its_end,
     a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_turn_starts,
     unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once,
+    attachments_are_kept_apart_and_shown_by_id,
 );
 
 trait Store: TaskStore + AgentStore {}
@@ -309,6 +310,81 @@ async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: 
         view.task.input,
         Content::text("one"),
         "the refused message changed nothing"
+    );
+}
+
+async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let other = agent(&*store, "b").await;
+    let attached = Content::Text(content::TextContent {
+        format: TextFormat::Plain,
+        content: "see the file".into(),
+        attachments: vec![content::Attachment {
+            filename: "notes.txt".into(),
+            media_type: "text/plain".into(),
+            data: Some("aGVsbG8gZmlsZQ==".into()), // "hello file"
+            file_id: None,
+            size_bytes: None,
+            sha256: None,
+        }],
+    });
+    let accepted = store
+        .create_task(NewTask {
+            agent_id: a.id,
+            message: NewMessage {
+                role: Role::User,
+                content: attached,
+            },
+            metadata: Metadata::new(),
+            now: at(1),
+            lease: lease(),
+            idempotency: None,
+            webhook: None,
+            max_running_per_agent: None,
+        })
+        .await
+        .map(started)
+        .unwrap();
+    let stored = history(&*store, a.id, accepted.task_id).await;
+    let shown = &stored[0].content.attachments()[0];
+    let file_id = shown.file_id.expect("a stored attachment has an id");
+    assert_eq!(shown.data, None, "the bytes are not in the message");
+    assert_eq!(shown.size_bytes, Some(10));
+    assert_eq!(
+        shown.sha256.as_deref(),
+        Some("f3877e8a3d98f809d9f844060fbea2864a4b66980a22ff22297014d0c168db2e")
+    );
+    let view = store
+        .get_task(a.id, accepted.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.task.input.attachments()[0].file_id, Some(file_id));
+    assert_eq!(view.task.input.attachments()[0].data, None);
+
+    let file = store
+        .get_file(a.id, accepted.task_id, file_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(file.data, b"hello file");
+    assert_eq!(
+        (file.filename.as_str(), file.media_type.as_str()),
+        ("notes.txt", "text/plain")
+    );
+    assert_eq!(
+        store
+            .get_file(other.id, accepted.task_id, file_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_file(a.id, accepted.task_id, file_id + 1)
+            .await
+            .unwrap(),
+        None
     );
 }
 

@@ -73,6 +73,8 @@ pub struct LimitsFile {
     pub request_burst_per_key: Option<u32>,
     pub json_depth: Option<usize>,
     pub max_message_bytes: Option<usize>,
+    /// One attachment's bytes (decoded).
+    pub max_attachment_bytes: Option<usize>,
     pub max_running_turns_per_agent: Option<u32>,
 }
 
@@ -307,6 +309,7 @@ impl Config {
                 request_burst_per_key: Some(self.limits.request_burst_per_key),
                 json_depth: Some(self.limits.json_depth),
                 max_message_bytes: Some(self.limits.submit.max_message_bytes),
+                max_attachment_bytes: Some(self.limits.submit.max_attachment_bytes),
                 max_running_turns_per_agent: Some(
                     self.limits.submit.max_running_turns_per_agent.unwrap_or(0),
                 ),
@@ -476,6 +479,10 @@ impl Config {
                         .limits
                         .max_message_bytes
                         .unwrap_or(SubmitLimits::default().max_message_bytes),
+                    max_attachment_bytes: file
+                        .limits
+                        .max_attachment_bytes
+                        .unwrap_or(SubmitLimits::default().max_attachment_bytes),
                     max_running_turns_per_agent: file
                         .limits
                         .max_running_turns_per_agent
@@ -548,6 +555,13 @@ impl Config {
         anyhow::ensure!(
             config.limits.submit.max_message_bytes >= 1024,
             "limits.max_message_bytes must be at least 1024"
+        );
+        // Base64 takes 4 bytes for every 3: a file as large as allowed must fit a body.
+        anyhow::ensure!(
+            config.limits.submit.max_attachment_bytes / 3 * 4 < config.body_limit,
+            "limits.max_attachment_bytes ({}) must fit a request body of body_limit_bytes ({}) once base64-encoded",
+            config.limits.submit.max_attachment_bytes,
+            config.body_limit
         );
         anyhow::ensure!(
             config.store.sqlite.readers >= 1,
