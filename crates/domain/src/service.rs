@@ -447,7 +447,8 @@ impl TaskService {
                 tracing::warn!(
                     failed = report.failed,
                     retried = report.retried,
-                    "swept turns whose instance stopped"
+                    unanswered = report.unanswered,
+                    "swept turns whose instance stopped or whose tool calls went unanswered"
                 );
             }
             Ok(_) => {}

@@ -292,7 +292,9 @@ pub mod schema {
         pub message: Message,
     }
 
-    /// `final`, `error` or `cancelled`: the turn ended.
+    /// `final`, `error`, `cancelled` or `requires_action`: the turn ended (or, with
+    /// `requires_action`, waits for the client's tool answers; `output` holds the
+    /// `tool_request` messages).
     #[derive(Debug, ToSchema)]
     pub struct TurnEndedData {
         #[serde(flatten)]
@@ -324,7 +326,10 @@ pub mod schema {
                 (&["turn_started"], TurnStartedData::name()),
                 (&["text_delta"], TextDeltaData::name()),
                 (&["message"], MessageData::name()),
-                (&["final", "error", "cancelled"], TurnEndedData::name()),
+                (
+                    &["final", "error", "cancelled", "requires_action"],
+                    TurnEndedData::name(),
+                ),
                 (&["reset"], ResetData::name()),
             ];
             let mut one_of = OneOfBuilder::new().description(Some(

@@ -402,6 +402,24 @@ fn a_models_tool_calls_wait_for_the_clients_answers_which_start_the_next_turn() 
                "arguments": {"city": "Rome"}})
     );
 
+    // The event stream says so, and a stream asked to end at the turn's end ends.
+    let stream = client()
+        .get(format!(
+            "{}/v1/chat/tasks/{task}/stream?until=final",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let last_event = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .last()
+        .unwrap();
+    assert_eq!(last_event, "requires_action", "{stream}");
+
     // Not an answer: refused, nothing stored.
     let (status, body) = append(
         &server,
