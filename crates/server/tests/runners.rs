@@ -416,7 +416,7 @@ fn a_models_tool_calls_wait_for_the_clients_answers_which_start_the_next_turn() 
     let last_event = stream
         .lines()
         .filter_map(|l| l.strip_prefix("event: "))
-        .last()
+        .next_back()
         .unwrap();
     assert_eq!(last_event, "requires_action", "{stream}");
 
