@@ -520,3 +520,52 @@ fn unanswered_tool_calls_fail_the_turn_when_they_are_due() {
     );
     assert_eq!(status, 422);
 }
+
+#[test]
+fn a_retried_turn_request_keeps_its_webhook_id_and_every_attempt_verifies() {
+    let agent_service = Receiver::start(|n| match n {
+        0 => Reply::Status(503),
+        _ => Reply::Answer(Answer {
+            status: 200,
+            headers: vec![("content-type".into(), "application/x-ndjson".into())],
+            pieces: vec![
+                b"{\"type\": \"text_delta\", \"delta\": \"ok\"}\n{\"type\": \"final\"}\n".to_vec(),
+            ],
+            pause: Duration::ZERO,
+        }),
+    });
+    let (_dir, db) = sqlite_db();
+    let config =
+        json!({"url": agent_service.url(), "secret_env": "AGENT_SECRET", "max_retries": 1})
+            .to_string();
+    let (ok, agent, err) = run(
+        &db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "svc",
+            "--runner",
+            "http",
+            "--runner-config",
+            &config,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = run(&db, &["key", "create", "--agent", &agent]);
+    assert!(ok, "{err}");
+    let mut command = baton(&db);
+    command.env("AGENT_SECRET", AGENT_SECRET);
+    let server = Server::start_command(command, &[], Stdio::null());
+
+    let task = start_task(&server, &token, agent.parse().unwrap(), "hi");
+    assert_eq!(settle(&server, &token, task)["status"], "completed");
+    let calls = agent_service.received();
+    assert_eq!(calls.len(), 2, "one retry after the 503");
+    assert_eq!(calls[0].header("webhook-id"), calls[1].header("webhook-id"));
+    // The Standard Webhooks reference library accepts both attempts' signatures.
+    assert_eq!(
+        baton_test_support::standard_webhooks::verify(AGENT_SECRET, &calls),
+        Ok(2)
+    );
+}
