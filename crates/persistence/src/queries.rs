@@ -282,11 +282,14 @@ macro_rules! define_queries {
             let turn = TurnId(turn);
             let input =
                 insert_message(conn, task, turn, message.role, &message.content, None, at).await?;
-            // The task's input as stored: attachments by id, never their bytes.
-            diesel::update(tasks::table.find(task.0))
-                .set(tasks::input.eq(content_json(&input.content)?))
-                .execute(conn)
-                .await?;
+            // The task's input as stored: attachments by id, never their bytes (the
+            // caller wrote the input as sent; only attachments make it differ).
+            if input.content != message.content {
+                diesel::update(tasks::table.find(task.0))
+                    .set(tasks::input.eq(content_json(&input.content)?))
+                    .execute(conn)
+                    .await?;
+            }
             let started = Turn {
                 id: turn,
                 task_id: task,
@@ -507,7 +510,10 @@ macro_rules! define_queries {
                         check_capacity(conn, append.agent_id, append.max_running_per_agent)
                             .await?;
                         diesel::update(tasks::table.find(task))
-                            .set(tasks::updated_at.eq(now))
+                            .set((
+                                tasks::input.eq(content_json(&append.message.content)?),
+                                tasks::updated_at.eq(now),
+                            ))
                             .execute(conn)
                             .await?;
                         let turn_id = start_turn(
