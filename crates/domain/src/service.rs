@@ -584,6 +584,15 @@ fn check_submission(
     }
     validate::client_message(&submit.message, &mut errors);
     validate::metadata(&submit.metadata, &mut errors);
+    if attachments.len() > validate::MAX_ATTACHMENTS {
+        errors.push(crate::FieldError::new(
+            "message.content.attachments",
+            format!(
+                "at most {} attachments per message",
+                validate::MAX_ATTACHMENTS
+            ),
+        ));
+    }
     for (i, attachment) in attachments.iter().enumerate() {
         let size = validate::attachment(i, attachment, &mut errors);
         if size > limits.max_attachment_bytes {

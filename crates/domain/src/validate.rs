@@ -44,12 +44,6 @@ pub const MAX_ATTACHMENTS: usize = 8;
 /// data is not base64).
 pub fn attachment(i: usize, attachment: &Attachment, errors: &mut Vec<FieldError>) -> usize {
     let field = |name: &str| format!("message.content.attachments[{i}].{name}");
-    if i >= MAX_ATTACHMENTS {
-        errors.push(FieldError::new(
-            "message.content.attachments",
-            format!("at most {MAX_ATTACHMENTS} attachments per message"),
-        ));
-    }
     let name = &attachment.filename;
     if name.is_empty()
         || name.len() > 255

@@ -208,7 +208,7 @@ fn http_method(route: &Route) -> Option<HttpMethod> {
 }
 
 /// The document's operation for a route, if the document has it.
-pub fn operation_mut<'a>(doc: &'a mut Document, route: &Route) -> Option<&'a mut Operation> {
+fn operation_mut<'a>(doc: &'a mut Document, route: &Route) -> Option<&'a mut Operation> {
     let item = doc.paths.paths.get_mut(route.path)?;
     match http_method(route)? {
         HttpMethod::Get => item.get.as_mut(),

@@ -157,6 +157,25 @@ async fn too_large_or_malformed_attachments_are_refused_and_nothing_is_stored() 
             "{err}"
         );
     }
+    let nine: Vec<Value> = (0..9)
+        .map(|i| json!({"filename": format!("f{i}.txt"), "media_type": "text/plain", "data": "YQ=="}))
+        .collect();
+    let body = json!({"agent_id": app.agent, "message": {"content": {
+        "type": "text", "content": "x", "attachments": nine}}});
+    let (status, headers, err) = app.post(&app.token, "/v1/chat/tasks", body).await;
+    assert_envelope(
+        status,
+        &headers,
+        &err,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(
+        err["error"]["fields"][0]["field"],
+        "message.content.attachments"
+    );
+    assert_eq!(err["error"]["fields"].as_array().unwrap().len(), 1, "{err}");
+
     let (_, tasks) = app.get(&app.token, "/v1/chat/tasks").await;
     assert_eq!(tasks["data"], json!([]), "nothing was stored");
 }
