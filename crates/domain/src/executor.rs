@@ -16,8 +16,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::content::Content;
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
-    Agent, AgentId, FinishTurn, Lease, LeaseGuard, OutputOp, RecordOutput, Role, TakeOver, TaskId,
-    TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
+    Agent, AgentId, ExpiredTurn, FinishTurn, Holder, Lease, LeaseGuard, OutputOp, RecordOutput,
+    Role, TakeOver, TaskId, TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
@@ -64,12 +64,14 @@ pub fn new_instance_id() -> String {
     format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// A turn that was claimed and committed, ready to be played.
+/// A turn that was claimed and committed, ready to be played: the attempt is the
+/// play's fencing token, checked by every write of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StartedTurn {
     pub agent_id: AgentId,
     pub task_id: TaskId,
     pub turn_id: TurnId,
+    pub attempt: u32,
 }
 
 /// What a sweep of expired leases did.
@@ -136,33 +138,44 @@ struct Inner {
 /// Holds a turn in the in-flight set from hand-over to its end, even if its task panics.
 struct InFlight {
     set: InFlightSet,
-    turn: TurnId,
+    turn: StartedTurn,
 }
 
 impl InFlight {
-    fn enter(set: &InFlightSet, turn: StartedTurn) -> (Self, CancellationToken) {
+    /// Enters the turn, unless this executor already plays it: one process never
+    /// plays a turn twice at once. `None` then.
+    fn enter(set: &InFlightSet, turn: StartedTurn) -> Option<(Self, CancellationToken)> {
         let stop = CancellationToken::new();
         let entry = Entry {
             turn,
             stop: stop.clone(),
         };
-        set.send_modify(|turns| {
+        let entered = set.send_if_modified(|turns| {
+            if turns.contains_key(&turn.turn_id) {
+                return false;
+            }
             turns.insert(turn.turn_id, entry);
             telemetry::turns_in_flight(turns.len());
+            true
         });
+        if !entered {
+            return None;
+        }
         telemetry::turn_started();
         let guard = InFlight {
             set: set.clone(),
-            turn: turn.turn_id,
+            turn,
         };
-        (guard, stop)
+        Some((guard, stop))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.set.send_modify(|turns| {
-            turns.remove(&self.turn);
+            if turns.get(&self.turn.turn_id).map(|e| e.turn) == Some(self.turn) {
+                turns.remove(&self.turn.turn_id);
+            }
             telemetry::turns_in_flight(turns.len());
         });
     }
@@ -236,11 +249,15 @@ impl TurnExecutor {
             .map_err(|join| ServiceError::Internal(Box::new(join)))?
     }
 
-    /// Hands a committed turn over to be played in the background.
+    /// Hands a committed turn over to be played in the background. A turn this
+    /// executor already plays is not played a second time.
     pub fn spawn(&self, turn: StartedTurn) {
         let inner = self.inner.clone();
-        let (in_flight, stop) = InFlight::enter(&inner.in_flight, turn);
-        let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id);
+        let Some((in_flight, stop)) = InFlight::enter(&inner.in_flight, turn) else {
+            error!(task_id = %turn.task_id, turn_id = %turn.turn_id, attempt = turn.attempt, "the turn is already playing here; not playing it twice");
+            return;
+        };
+        let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id, attempt = turn.attempt);
         self.inner.handle.spawn(
             async move {
                 let _in_flight = in_flight;
@@ -298,7 +315,7 @@ impl TurnExecutor {
                 outcome: interrupted("the server stopped while the turn was running"),
                 messages: Vec::new(),
                 usage: None,
-                guard: LeaseGuard::Holder(inner.config.instance_id.clone()),
+                guard: LeaseGuard::Holder(inner.holder(turn)),
                 now: inner.clock.now(),
             };
             match inner.tasks.finish_turn(finish).await {
@@ -338,11 +355,27 @@ impl TurnExecutor {
         let inner = &self.inner;
         let mut report = SweepReport::default();
         let mut policies: HashMap<AgentId, TurnPolicy> = HashMap::new();
+        // The sweep walks the expired turns once, in id order: a turn it takes over
+        // gets a fresh lease and is never met again by the same sweep.
+        let mut after = None;
         loop {
-            let expired = inner.tasks.expired_turns(cutoff, SWEEP_BATCH).await?;
+            let expired = inner
+                .tasks
+                .expired_turns(cutoff, after, SWEEP_BATCH)
+                .await?;
+            let Some(last) = expired.last() else { break };
+            after = Some(last.turn_id);
             let full = expired.len() as u32 == SWEEP_BATCH;
-            let mut acted = 0;
+            let mut retry = Vec::new();
+            let mut fail = Vec::new();
             for turn in expired {
+                // A turn this process plays is never swept here, even if its lease ran
+                // out while the process could not renew it (paused, or the database
+                // was away): the next renewal takes it back, or finds it lost and
+                // stops the play. Taking it over would play it twice at once.
+                if inner.plays(turn.turn_id) {
+                    continue;
+                }
                 let policy = match policies.get(&turn.agent_id) {
                     Some(policy) => *policy,
                     None => {
@@ -351,57 +384,59 @@ impl TurnExecutor {
                         policy
                     }
                 };
-                let started = StartedTurn {
-                    agent_id: turn.agent_id,
-                    task_id: turn.task_id,
-                    turn_id: turn.turn_id,
-                };
                 if policy.retries_after(turn.attempt) {
-                    let now = inner.clock.now();
-                    let take = TakeOver {
-                        task_id: turn.task_id,
-                        turn_id: turn.turn_id,
-                        expired_by: cutoff,
-                        lease: inner.lease_from(now),
-                        now,
-                    };
-                    if let Some(attempt) = inner.tasks.take_over_turn(take).await? {
-                        info!(task_id = %turn.task_id, turn_id = %turn.turn_id, attempt, previous_owner = ?turn.owner, "retrying an interrupted turn");
-                        inner.notifier.task_changed(turn.task_id);
-                        self.spawn(started);
-                        report.retried += 1;
-                        acted += 1;
-                    }
-                    continue;
-                }
-                let why = format!(
-                    "the instance playing the turn stopped or lost contact before the turn ended (attempt {})",
-                    turn.attempt
-                );
-                let finish = FinishTurn {
-                    task_id: turn.task_id,
-                    turn_id: turn.turn_id,
-                    outcome: interrupted(&why),
-                    messages: Vec::new(),
-                    usage: None,
-                    guard: LeaseGuard::ExpiredBy(cutoff),
-                    now: inner.clock.now(),
-                };
-                if inner.tasks.finish_turn(finish).await? {
-                    telemetry::turn_ended(TurnStatus::Failed, "swept", None);
-                    warn!(task_id = %turn.task_id, turn_id = %turn.turn_id, previous_owner = ?turn.owner, "ended an interrupted turn");
-                    inner.notifier.task_changed(turn.task_id);
-                    report.failed += 1;
-                    acted += 1;
+                    retry.push(turn);
+                } else {
+                    fail.push(turn);
                 }
             }
-            // A full batch of which some were acted on may hide more behind it.
-            if !full || acted == 0 {
+            report.retried += self.retry_expired(retry, cutoff).await?;
+            report.failed += inner.fail_expired(fail, cutoff).await?;
+            if !full {
                 break;
             }
         }
         report.unanswered = self.end_unanswered(cutoff).await?;
         Ok(report)
+    }
+
+    /// Takes over these expired turns in one store call and plays each again here.
+    async fn retry_expired(
+        &self,
+        turns: Vec<ExpiredTurn>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        if turns.is_empty() {
+            return Ok(0);
+        }
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let take = TakeOver {
+            turns: turns.iter().map(|t| (t.task_id, t.turn_id)).collect(),
+            expired_by: cutoff,
+            lease: inner.lease_from(now),
+            now,
+        };
+        let taken: HashMap<TurnId, u32> = inner
+            .tasks
+            .take_over_turns(take)
+            .await?
+            .into_iter()
+            .collect();
+        for turn in turns {
+            let Some(&attempt) = taken.get(&turn.turn_id) else {
+                continue;
+            };
+            info!(task_id = %turn.task_id, turn_id = %turn.turn_id, attempt, previous_owner = ?turn.owner, "retrying an interrupted turn");
+            inner.notifier.task_changed(turn.task_id);
+            self.spawn(StartedTurn {
+                agent_id: turn.agent_id,
+                task_id: turn.task_id,
+                turn_id: turn.turn_id,
+                attempt,
+            });
+        }
+        Ok(taken.len())
     }
 
     /// Fails the turns whose tool calls were due at or before `now` and are still
@@ -466,6 +501,57 @@ impl Inner {
         }
     }
 
+    /// The right to write `turn` as this executor plays it.
+    fn holder(&self, turn: StartedTurn) -> Holder {
+        Holder {
+            owner: self.config.instance_id.clone(),
+            attempt: turn.attempt,
+        }
+    }
+
+    /// Whether this executor holds the turn (waiting for a slot or playing).
+    fn plays(&self, turn: TurnId) -> bool {
+        self.in_flight.borrow().contains_key(&turn)
+    }
+
+    /// Ends these expired turns `failed` with `turn_interrupted`, in one store call.
+    async fn fail_expired(
+        &self,
+        turns: Vec<ExpiredTurn>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        if turns.is_empty() {
+            return Ok(0);
+        }
+        let now = self.clock.now();
+        let finishes = turns
+            .iter()
+            .map(|turn| FinishTurn {
+                task_id: turn.task_id,
+                turn_id: turn.turn_id,
+                outcome: interrupted(&format!(
+                    "the instance playing the turn stopped or lost contact before the turn ended (attempt {})",
+                    turn.attempt
+                )),
+                messages: Vec::new(),
+                usage: None,
+                guard: LeaseGuard::ExpiredBy(cutoff),
+                now,
+            })
+            .collect();
+        let ended = self.tasks.finish_turns(finishes).await?;
+        let mut failed = 0;
+        for (turn, ended) in turns.iter().zip(ended) {
+            if ended {
+                telemetry::turn_ended(TurnStatus::Failed, "swept", None);
+                warn!(task_id = %turn.task_id, turn_id = %turn.turn_id, previous_owner = ?turn.owner, "ended an interrupted turn");
+                self.notifier.task_changed(turn.task_id);
+                failed += 1;
+            }
+        }
+        Ok(failed)
+    }
+
     fn stop(&self, turn: TurnId) -> bool {
         match self.in_flight.borrow().get(&turn) {
             Some(entry) => {
@@ -490,7 +576,12 @@ impl Inner {
     }
 
     async fn renew_leases(&self) {
-        let held: Vec<TurnId> = self.in_flight.borrow().keys().copied().collect();
+        let held: Vec<(TurnId, u32)> = self
+            .in_flight
+            .borrow()
+            .values()
+            .map(|entry| (entry.turn.turn_id, entry.turn.attempt))
+            .collect();
         if held.is_empty() {
             return;
         }
@@ -501,7 +592,8 @@ impl Inner {
             .await
         {
             Ok(renewed) => {
-                for turn in held.into_iter().filter(|t| !renewed.contains(t)) {
+                let renewed: std::collections::HashSet<TurnId> = renewed.into_iter().collect();
+                for (turn, _) in held.into_iter().filter(|(t, _)| !renewed.contains(t)) {
                     if self.stop(turn) {
                         warn!(turn_id = %turn, "lost the lease of a turn (ended or taken over elsewhere); stopped playing it");
                     }
@@ -540,7 +632,7 @@ impl Inner {
             outcome,
             messages: Vec::new(),
             usage,
-            guard: LeaseGuard::Holder(self.config.instance_id.clone()),
+            guard: LeaseGuard::Holder(self.holder(turn)),
             now: self.clock.now(),
         };
         match self.tasks.finish_turn(finish).await {
@@ -706,7 +798,7 @@ impl Inner {
         let output = RecordOutput {
             task_id: turn.task_id,
             turn_id: turn.turn_id,
-            owner: self.config.instance_id.clone(),
+            holder: self.holder(turn),
             ops: batch.take(),
             now: self.clock.now(),
         };

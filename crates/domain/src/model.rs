@@ -275,12 +275,12 @@ pub enum OutputOp {
 }
 
 /// Output of a running turn to record, with its events, in one transaction, only
-/// while `owner` holds the turn's lease.
+/// while `holder` holds the turn's lease and plays its current attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordOutput {
     pub task_id: TaskId,
     pub turn_id: TurnId,
-    pub owner: String,
+    pub holder: Holder,
     pub ops: Vec<OutputOp>,
     pub now: DateTime<Utc>,
 }
@@ -407,6 +407,16 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The right to write a running turn: the instance holding its lease and the attempt
+/// it plays. Every write of a playing turn checks both (a fencing token), so a play
+/// that was superseded — taken over by another instance, or by a later attempt — can
+/// never write into the turn again, even from the instance that holds the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub owner: String,
+    pub attempt: u32,
+}
+
 /// An `Idempotency-Key` as stored with the turn it started: the key, the hash of the
 /// request that used it first, and when it may be forgotten.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,9 +536,9 @@ pub enum LeaseGuard {
     /// Whoever asks (a client's cancel): a running turn, or one waiting for tool
     /// answers.
     Anyone,
-    /// Only the lease's holder (the executor playing the turn): an instance that lost
-    /// the turn to a sweep can never end it a second time.
-    Holder(String),
+    /// Only the lease's holder playing this attempt (the executor playing the turn):
+    /// a play that lost the turn to a sweep can never end it a second time.
+    Holder(Holder),
     /// Only if the lease expired at or before this time (a sweep).
     ExpiredBy(DateTime<Utc>),
     /// Only a turn waiting for tool answers that were due at or before this time.
@@ -561,12 +571,11 @@ pub struct ExpiredTurn {
     pub owner: Option<String>,
 }
 
-/// Taking over an expired turn to play it again.
+/// Taking over expired turns to play them again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakeOver {
-    pub task_id: TaskId,
-    pub turn_id: TurnId,
-    /// Only if its lease expired at or before this time.
+    pub turns: Vec<(TaskId, TurnId)>,
+    /// Only those whose lease expired at or before this time.
     pub expired_by: DateTime<Utc>,
     pub lease: Lease,
     pub now: DateTime<Utc>,

@@ -63,8 +63,8 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Records output of a running turn and appends its events (`text_delta`,
     /// `message`) in one transaction. Returns `false`, storing nothing, if the turn is
-    /// no longer running or `owner` no longer holds its lease: the runner's output is
-    /// then discarded.
+    /// no longer running or its lease is no longer held by `output.holder` playing that
+    /// attempt: the runner's output is then discarded.
     async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError>;
 
     /// Ends a running turn in one transaction: closes its open streamed message, stores
@@ -76,6 +76,10 @@ pub trait TaskStore: Send + Sync + 'static {
     /// (so late output can never flip an ended turn, and a turn lost to a sweep is
     /// never ended twice).
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError>;
+
+    /// Ends several turns as [`TaskStore::finish_turn`] would, in one transaction (a
+    /// sweep ending many turns at once); returns, in order, which ended.
+    async fn finish_turns(&self, finishes: Vec<FinishTurn>) -> Result<Vec<bool>, StoreError>;
 
     /// Up to `limit` events of the task with `seq > after`, in order, and the oldest
     /// `seq` still kept; `None` if the agent does not own the task.
@@ -90,13 +94,13 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Deletes the task's events with `seq < before` (retention); returns how many.
     async fn prune_events(&self, task: TaskId, before: i64) -> Result<u64, StoreError>;
 
-    /// Extends to `expires_at` the leases `owner` holds on these turns, if they still
-    /// run; returns the turns renewed. A turn left out was ended or taken over
-    /// elsewhere, and its holder must stop playing it.
+    /// Extends to `expires_at` the leases `owner` holds on these turns, each at the
+    /// attempt given with it, if they still run; returns the turns renewed. A turn
+    /// left out was ended or taken over, and its play must stop.
     async fn renew_leases(
         &self,
         owner: &str,
-        turns: Vec<TurnId>,
+        turns: Vec<(TurnId, u32)>,
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<TurnId>, StoreError>;
 
@@ -110,10 +114,12 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Up to `limit` running turns whose lease expired at or before `cutoff` (or that
-    /// have none), oldest expiry first.
+    /// have none), with ids above `after`, in id order: a sweep walks them all once,
+    /// page by page, whatever it does to each.
     async fn expired_turns(
         &self,
         cutoff: DateTime<Utc>,
+        after: Option<TurnId>,
         limit: u32,
     ) -> Result<Vec<ExpiredTurn>, StoreError>;
 
@@ -132,12 +138,13 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<(TaskId, TurnId)>, StoreError>;
 
-    /// Takes over a running turn whose lease expired by `expired_by`, for another
-    /// attempt: the new lease, `attempt + 1`, the agent output of the interrupted
-    /// attempt removed, and a `turn_started` event for the new attempt, in one
-    /// transaction. Returns the new attempt number, or `None` (storing nothing) if the
-    /// turn ended or its lease was renewed or taken meanwhile.
-    async fn take_over_turn(&self, take: TakeOver) -> Result<Option<u32>, StoreError>;
+    /// Takes over running turns whose lease expired by `expired_by`, for another
+    /// attempt each: the new lease, `attempt + 1`, the agent output of the interrupted
+    /// attempt removed, and a `turn_started` event for the new attempt, all in one
+    /// transaction. Returns the turns taken with their new attempt numbers; a turn
+    /// that ended, or whose lease was renewed or taken meanwhile, is left out and
+    /// nothing is stored for it.
+    async fn take_over_turns(&self, take: TakeOver) -> Result<Vec<(TurnId, u32)>, StoreError>;
 
     /// Deletes idempotency records that expired at or before `now`; returns how many.
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;

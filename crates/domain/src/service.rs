@@ -543,6 +543,8 @@ fn started(accepted: &Accepted) -> StartedTurn {
         agent_id: accepted.agent_id,
         task_id: accepted.task_id,
         turn_id: accepted.turn_id,
+        // A claim starts a turn's first attempt.
+        attempt: 1,
     }
 }
 

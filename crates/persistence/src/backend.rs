@@ -104,6 +104,48 @@ impl DatabaseUrl {
     }
 }
 
+/// The embedded database's one serving process: an exclusive lock on a file beside the
+/// database, held for the process's life. The operating system releases it when the
+/// process ends in any way (a kill -9 included), so a restart never finds a stale one.
+#[derive(Debug)]
+pub struct ServingLock {
+    _file: std::fs::File,
+}
+
+/// The file a SQLite URL names (`sqlite://PATH`, `sqlite:PATH` or a plain path; a
+/// query string is not part of it).
+fn sqlite_path(url: &str) -> &str {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    path.split_once('?').map_or(path, |(path, _)| path)
+}
+
+/// Takes the serving lock of the SQLite database at `url`, or says which server holds it.
+pub(crate) fn lock_sqlite(url: &str) -> Result<ServingLock, PersistenceError> {
+    let database = sqlite_path(url);
+    let lock = format!("{database}.lock");
+    let failed = |why: String| PersistenceError::Lock {
+        lock: lock.clone(),
+        why,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|err| failed(err.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(ServingLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PersistenceError::AlreadyServed {
+            database: database.to_owned(),
+            lock: lock.clone(),
+        }),
+        Err(std::fs::TryLockError::Error(err)) => Err(failed(err.to_string())),
+    }
+}
+
 pub(crate) struct SqlitePools {
     pub writer: Pool<SqliteConn>,
     pub readers: Pool<SqliteConn>,

@@ -15,6 +15,12 @@ pub enum PersistenceError {
     Connect(String),
     #[error("could not apply migrations: {0}")]
     Migrate(String),
+    #[error(
+        "another baton server is already serving the SQLite database {database} (it holds {lock}): the embedded database serves one process. Stop that server first, or use PostgreSQL to run several instances. Commands that add agents or keys may run beside it."
+    )]
+    AlreadyServed { database: String, lock: String },
+    #[error("could not take the serving lock {lock}: {why}")]
+    Lock { lock: String, why: String },
 }
 
 /// A stored value this build cannot read.

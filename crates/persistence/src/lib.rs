@@ -16,7 +16,7 @@ use baton_domain::webhooks::{AttemptResult, DeliveryView, DueDelivery};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 
-pub use backend::{PgOptions, SqliteOptions, SqliteSync};
+pub use backend::{PgOptions, ServingLock, SqliteOptions, SqliteSync};
 pub use error::PersistenceError;
 pub use memory::MemoryStore;
 
@@ -83,6 +83,18 @@ impl SqlStore {
         match DatabaseUrl::parse(url)? {
             DatabaseUrl::Sqlite(url) => backend::migrate_sqlite(&url).await,
             DatabaseUrl::Postgres(url) => backend::migrate_postgres(&url).await,
+        }
+    }
+
+    /// Claims the database for a serving process. The embedded database (SQLite) is
+    /// served by one process at a time: a second one would take the first's live
+    /// turns for orphans, so it is refused with [`PersistenceError::AlreadyServed`].
+    /// The returned lock is held until dropped (or the process ends). PostgreSQL
+    /// serves many instances: `None`.
+    pub fn lock_for_serving(url: &str) -> Result<Option<ServingLock>, PersistenceError> {
+        match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Sqlite(url) => backend::lock_sqlite(&url).map(Some),
+            DatabaseUrl::Postgres(_) => Ok(None),
         }
     }
 
@@ -229,10 +241,15 @@ impl TaskStore for SqlStore {
         on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await)
     }
 
+    async fn finish_turns(&self, finishes: Vec<FinishTurn>) -> Result<Vec<bool>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::finish_turns(conn, &finishes)
+            .await)
+    }
+
     async fn renew_leases(
         &self,
         owner: &str,
-        turns: Vec<TurnId>,
+        turns: Vec<(TurnId, u32)>,
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<TurnId>, StoreError> {
         on_conn!(self, writer, |conn, q| q::renew_leases(
@@ -279,16 +296,18 @@ impl TaskStore for SqlStore {
     async fn expired_turns(
         &self,
         cutoff: DateTime<Utc>,
+        after: Option<TurnId>,
         limit: u32,
     ) -> Result<Vec<ExpiredTurn>, StoreError> {
         on_conn!(self, readers, |conn, q| q::expired_turns(
-            conn, cutoff, limit
+            conn, cutoff, after, limit
         )
         .await)
     }
 
-    async fn take_over_turn(&self, take: TakeOver) -> Result<Option<u32>, StoreError> {
-        on_conn!(self, writer, |conn, q| q::take_over_turn(conn, &take).await)
+    async fn take_over_turns(&self, take: TakeOver) -> Result<Vec<(TurnId, u32)>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::take_over_turns(conn, &take)
+            .await)
     }
 
     async fn purge_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -218,6 +218,70 @@ impl State {
                 .is_some_and(|(holder, _)| holder.as_deref() == Some(owner))
     }
 
+    /// Whether `holder` holds the running turn's lease and plays its current attempt.
+    fn plays(&self, turn: TurnId, holder: &Holder) -> bool {
+        self.holds(turn, &holder.owner)
+            && self
+                .turns
+                .iter()
+                .any(|t| t.id == turn && t.attempt == holder.attempt)
+    }
+
+    /// Ends a turn as `TaskStore::finish_turn` says.
+    fn finish(&mut self, finish: FinishTurn) -> bool {
+        let (task, turn_id, now) = (finish.task_id, finish.turn_id, finish.now);
+        let allowed = match &finish.guard {
+            LeaseGuard::Anyone => self.turns.iter().any(|t| {
+                t.id == turn_id
+                    && matches!(t.status, TurnStatus::Running | TurnStatus::RequiresAction)
+            }),
+            LeaseGuard::Holder(holder) => self.plays(turn_id, holder),
+            LeaseGuard::ExpiredBy(cutoff) => {
+                self.is_running(turn_id) && self.expired_by(turn_id, *cutoff)
+            }
+            LeaseGuard::AnswersDueBy(now) => self.turns.iter().any(|t| {
+                t.id == turn_id
+                    && t.status == TurnStatus::RequiresAction
+                    && t.respond_by.is_some_and(|due| due <= *now)
+            }),
+        };
+        if !allowed {
+            return false;
+        }
+        self.leases.remove(&turn_id);
+        self.close_text(task, turn_id, now);
+        for content in finish.messages {
+            self.whole_message(task, turn_id, content, now);
+        }
+        let Some(turn) = self.turns.iter_mut().find(|t| t.id == turn_id) else {
+            return false;
+        };
+        turn.status = finish.outcome.status();
+        if let TurnOutcome::Failed(error) = &finish.outcome {
+            turn.error = Some(error.clone());
+        }
+        turn.ended_at = Some(now);
+        turn.usage = finish.usage;
+        turn.respond_by = match &finish.outcome {
+            TurnOutcome::RequiresAction { respond_by } => Some(*respond_by),
+            _ => None,
+        };
+        let turn = turn.clone();
+        let output: Vec<Message> = self
+            .messages
+            .iter()
+            .filter(|m| m.turn_id == turn_id && m.role == Role::Assistant)
+            .cloned()
+            .collect();
+        let (kind, data) = baton_domain::events::turn_ended(&turn, &output);
+        self.push_event(task, turn_id, kind, data, now);
+        self.queue_delivery(&turn, &output, now);
+        if let Some(task) = self.tasks.iter_mut().find(|t| t.id == task) {
+            task.updated_at = now;
+        }
+        true
+    }
+
     fn expired_by(&self, turn: TurnId, cutoff: DateTime<Utc>) -> bool {
         self.leases
             .get(&turn)
@@ -531,7 +595,7 @@ impl TaskStore for MemoryStore {
     async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError> {
         let mut state = self.lock()?;
         let (task, turn, now) = (output.task_id, output.turn_id, output.now);
-        if !state.holds(turn, &output.owner) {
+        if !state.plays(turn, &output.holder) {
             return Ok(false);
         }
         for op in output.ops {
@@ -558,58 +622,12 @@ impl TaskStore for MemoryStore {
     }
 
     async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
+        Ok(self.lock()?.finish(finish))
+    }
+
+    async fn finish_turns(&self, finishes: Vec<FinishTurn>) -> Result<Vec<bool>, StoreError> {
         let mut state = self.lock()?;
-        let (task, turn_id, now) = (finish.task_id, finish.turn_id, finish.now);
-        let allowed = match &finish.guard {
-            LeaseGuard::Anyone => state.turns.iter().any(|t| {
-                t.id == turn_id
-                    && matches!(t.status, TurnStatus::Running | TurnStatus::RequiresAction)
-            }),
-            LeaseGuard::Holder(owner) => state.holds(turn_id, owner),
-            LeaseGuard::ExpiredBy(cutoff) => {
-                state.is_running(turn_id) && state.expired_by(turn_id, *cutoff)
-            }
-            LeaseGuard::AnswersDueBy(now) => state.turns.iter().any(|t| {
-                t.id == turn_id
-                    && t.status == TurnStatus::RequiresAction
-                    && t.respond_by.is_some_and(|due| due <= *now)
-            }),
-        };
-        if !allowed {
-            return Ok(false);
-        }
-        state.leases.remove(&turn_id);
-        state.close_text(task, turn_id, now);
-        for content in finish.messages {
-            state.whole_message(task, turn_id, content, now);
-        }
-        let Some(turn) = state.turns.iter_mut().find(|t| t.id == turn_id) else {
-            return Ok(false);
-        };
-        turn.status = finish.outcome.status();
-        if let TurnOutcome::Failed(error) = &finish.outcome {
-            turn.error = Some(error.clone());
-        }
-        turn.ended_at = Some(now);
-        turn.usage = finish.usage;
-        turn.respond_by = match &finish.outcome {
-            TurnOutcome::RequiresAction { respond_by } => Some(*respond_by),
-            _ => None,
-        };
-        let turn = turn.clone();
-        let output: Vec<Message> = state
-            .messages
-            .iter()
-            .filter(|m| m.turn_id == turn_id && m.role == Role::Assistant)
-            .cloned()
-            .collect();
-        let (kind, data) = baton_domain::events::turn_ended(&turn, &output);
-        state.push_event(task, turn_id, kind, data, now);
-        state.queue_delivery(&turn, &output, now);
-        if let Some(task) = state.tasks.iter_mut().find(|t| t.id == task) {
-            task.updated_at = now;
-        }
-        Ok(true)
+        Ok(finishes.into_iter().map(|f| state.finish(f)).collect())
     }
 
     async fn list_events(
@@ -646,13 +664,20 @@ impl TaskStore for MemoryStore {
     async fn renew_leases(
         &self,
         owner: &str,
-        turns: Vec<TurnId>,
+        turns: Vec<(TurnId, u32)>,
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<TurnId>, StoreError> {
         let mut state = self.lock()?;
         let held: Vec<TurnId> = turns
             .into_iter()
-            .filter(|turn| state.holds(*turn, owner))
+            .filter(|(turn, attempt)| {
+                let holder = Holder {
+                    owner: owner.to_owned(),
+                    attempt: *attempt,
+                };
+                state.plays(*turn, &holder)
+            })
+            .map(|(turn, _)| turn)
             .collect();
         for turn in &held {
             state
@@ -720,65 +745,67 @@ impl TaskStore for MemoryStore {
     async fn expired_turns(
         &self,
         cutoff: DateTime<Utc>,
+        after: Option<TurnId>,
         limit: u32,
     ) -> Result<Vec<ExpiredTurn>, StoreError> {
         let state = self.lock()?;
-        let mut expired: Vec<(Option<DateTime<Utc>>, ExpiredTurn)> = state
+        let mut expired: Vec<ExpiredTurn> = state
             .turns
             .iter()
-            .filter(|t| t.status == TurnStatus::Running && state.expired_by(t.id, cutoff))
+            .filter(|t| {
+                t.status == TurnStatus::Running
+                    && state.expired_by(t.id, cutoff)
+                    && after.is_none_or(|after| t.id > after)
+            })
             .filter_map(|t| {
                 let task = state.tasks.iter().find(|task| task.id == t.task_id)?;
                 let lease = state.leases.get(&t.id);
-                Some((
-                    lease.map(|(_, expires_at)| *expires_at),
-                    ExpiredTurn {
-                        agent_id: task.agent_id,
-                        task_id: t.task_id,
-                        turn_id: t.id,
-                        attempt: t.attempt,
-                        owner: lease.and_then(|(owner, _)| owner.clone()),
-                    },
-                ))
+                Some(ExpiredTurn {
+                    agent_id: task.agent_id,
+                    task_id: t.task_id,
+                    turn_id: t.id,
+                    attempt: t.attempt,
+                    owner: lease.and_then(|(owner, _)| owner.clone()),
+                })
             })
             .collect();
-        expired.sort_by_key(|(expires_at, _)| *expires_at);
-        Ok(expired
-            .into_iter()
-            .take(limit as usize)
-            .map(|(_, turn)| turn)
-            .collect())
+        expired.sort_by_key(|turn| turn.turn_id);
+        expired.truncate(limit as usize);
+        Ok(expired)
     }
 
-    async fn take_over_turn(&self, take: TakeOver) -> Result<Option<u32>, StoreError> {
+    async fn take_over_turns(&self, take: TakeOver) -> Result<Vec<(TurnId, u32)>, StoreError> {
         let mut state = self.lock()?;
-        let (task, turn_id) = (take.task_id, take.turn_id);
-        if !state.is_running(turn_id) || !state.expired_by(turn_id, take.expired_by) {
-            return Ok(None);
+        let mut taken = Vec::new();
+        for (task, turn_id) in take.turns {
+            if !state.is_running(turn_id) || !state.expired_by(turn_id, take.expired_by) {
+                continue;
+            }
+            state.leases.insert(
+                turn_id,
+                (Some(take.lease.owner.clone()), take.lease.expires_at),
+            );
+            state
+                .messages
+                .retain(|m| m.turn_id != turn_id || m.role != Role::Assistant);
+            let Some(turn) = state.turns.iter_mut().find(|t| t.id == turn_id) else {
+                continue;
+            };
+            turn.attempt += 1;
+            let restarted = turn.clone();
+            let Some(input) = state
+                .messages
+                .iter()
+                .find(|m| m.turn_id == turn_id)
+                .cloned()
+            else {
+                return Err(StoreError::internal("a turn without its input message"));
+            };
+            let data = baton_domain::events::turn_started(&restarted, &input);
+            state.push_event(task, turn_id, EventKind::TurnStarted, data, take.now);
+            taken.push((turn_id, restarted.attempt));
         }
-        state.leases.insert(
-            turn_id,
-            (Some(take.lease.owner.clone()), take.lease.expires_at),
-        );
-        state
-            .messages
-            .retain(|m| m.turn_id != turn_id || m.role != Role::Assistant);
-        let Some(turn) = state.turns.iter_mut().find(|t| t.id == turn_id) else {
-            return Ok(None);
-        };
-        turn.attempt += 1;
-        let restarted = turn.clone();
-        let Some(input) = state
-            .messages
-            .iter()
-            .find(|m| m.turn_id == turn_id)
-            .cloned()
-        else {
-            return Err(StoreError::internal("a turn without its input message"));
-        };
-        let data = baton_domain::events::turn_started(&restarted, &input);
-        state.push_event(task, turn_id, EventKind::TurnStarted, data, take.now);
-        Ok(Some(restarted.attempt))
+        Ok(taken)
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

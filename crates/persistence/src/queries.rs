@@ -672,14 +672,16 @@ macro_rules! define_queries {
             Ok(())
         }
 
-        /// Whether `owner` holds the lease of the running turn.
-        async fn holds_turn(conn: &mut Conn, turn: TurnId, owner: &str) -> Result<bool, TxError> {
+        /// Whether `holder` holds the lease of the running turn and plays its current
+        /// attempt.
+        async fn holds_turn(conn: &mut Conn, turn: TurnId, holder: &Holder) -> Result<bool, TxError> {
             let held: Option<i64> = turns::table
                 .filter(
                     turns::id
                         .eq(turn.0)
                         .and(turns::status.eq(RUNNING))
-                        .and(turns::lease_owner.eq(owner)),
+                        .and(turns::lease_owner.eq(&holder.owner))
+                        .and(turns::attempt.eq(i64::from(holder.attempt))),
                 )
                 .select(turns::id)
                 .first(conn)
@@ -704,11 +706,12 @@ macro_rules! define_queries {
                         .eq_any([RUNNING, REQUIRES_ACTION])
                         .nullable(),
                 ),
-                LeaseGuard::Holder(owner) => Box::new(
+                LeaseGuard::Holder(holder) => Box::new(
                     turns::status
                         .eq(RUNNING)
                         .nullable()
-                        .and(turns::lease_owner.eq(owner.clone())),
+                        .and(turns::lease_owner.eq(holder.owner.clone()))
+                        .and(turns::attempt.eq(i64::from(holder.attempt)).nullable()),
                 ),
                 LeaseGuard::ExpiredBy(cutoff) => Box::new(
                     turns::status
@@ -743,7 +746,7 @@ macro_rules! define_queries {
         ) -> Result<bool, StoreError> {
             let (task, turn, at) = (output.task_id, output.turn_id, output.now);
             conn.$begin_write(async |conn| {
-                if !holds_turn(conn, turn, &output.owner).await? {
+                if !holds_turn(conn, turn, &output.holder).await? {
                     return Ok(false);
                 }
                 let mut drafts = Vec::new();
@@ -983,6 +986,29 @@ macro_rules! define_queries {
             conn: &mut Conn,
             finish: &FinishTurn,
         ) -> Result<bool, StoreError> {
+            conn.$begin_write(async |conn| finish_in(conn, finish).await)
+                .await
+                .map_err(TxError::into_store)
+        }
+
+        pub(crate) async fn finish_turns(
+            conn: &mut Conn,
+            finishes: &[FinishTurn],
+        ) -> Result<Vec<bool>, StoreError> {
+            conn.$begin_write(async |conn| {
+                let mut ended = Vec::with_capacity(finishes.len());
+                for finish in finishes {
+                    ended.push(finish_in(conn, finish).await?);
+                }
+                Ok::<_, TxError>(ended)
+            })
+            .await
+            .map_err(TxError::into_store)
+        }
+
+        /// Ends a turn inside the caller's write transaction (see
+        /// `TaskStore::finish_turn`).
+        async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bool, TxError> {
             let now = micros(finish.now);
             let status = finish.outcome.status();
             let (code, message) = match &finish.outcome {
@@ -997,7 +1023,7 @@ macro_rules! define_queries {
                 TurnOutcome::RequiresAction { respond_by } => Some(micros(*respond_by)),
                 _ => None,
             };
-            conn.$begin_write(async |conn| {
+            {
                 // Only a running (or, for a cancel or a timeout, a waiting) turn can
                 // end, and only as its guard allows: late output for an ended turn is
                 // dropped, a lost lease cannot end a turn.
@@ -1075,10 +1101,8 @@ macro_rules! define_queries {
                     .await?;
                 append_events(conn, task.0, drafts, now).await?;
                 $announce(conn, task, Some(turn)).await?;
-                Ok::<_, TxError>(true)
-            })
-            .await
-            .map_err(TxError::into_store)
+                Ok(true)
+            }
         }
 
         /// Writes the delivery of a turn's end to the outbox, to the turn's own webhook
@@ -1371,24 +1395,34 @@ macro_rules! define_queries {
         pub(crate) async fn renew_leases(
             conn: &mut Conn,
             owner: &str,
-            turns: &[TurnId],
+            turns: &[(TurnId, u32)],
             expires_at: DateTime<Utc>,
         ) -> Result<Vec<TurnId>, StoreError> {
-            let ids: Vec<i64> = turns.iter().map(|t| t.0).collect();
+            // One update per attempt number among the turns (a handful at most), so
+            // each lease is renewed only for the attempt its holder plays.
+            let mut by_attempt: HashMap<u32, Vec<i64>> = HashMap::new();
+            for (turn, attempt) in turns {
+                by_attempt.entry(*attempt).or_default().push(turn.0);
+            }
             conn.$begin_write(async |conn| {
-                let renewed: Vec<i64> = diesel::update(
-                    turns::table.filter(
-                        turns::id
-                            .eq_any(&ids)
-                            .and(turns::status.eq(RUNNING))
-                            .and(turns::lease_owner.eq(owner)),
-                    ),
-                )
-                .set(turns::lease_expires_at.eq(micros(expires_at)))
-                .returning(turns::id)
-                .get_results(conn)
-                .await?;
-                Ok::<_, TxError>(renewed.into_iter().map(TurnId).collect())
+                let mut renewed = Vec::new();
+                for (attempt, ids) in &by_attempt {
+                    let these: Vec<i64> = diesel::update(
+                        turns::table.filter(
+                            turns::id
+                                .eq_any(ids)
+                                .and(turns::status.eq(RUNNING))
+                                .and(turns::lease_owner.eq(owner))
+                                .and(turns::attempt.eq(i64::from(*attempt))),
+                        ),
+                    )
+                    .set(turns::lease_expires_at.eq(micros(expires_at)))
+                    .returning(turns::id)
+                    .get_results(conn)
+                    .await?;
+                    renewed.extend(these.into_iter().map(TurnId));
+                }
+                Ok::<_, TxError>(renewed)
             })
             .await
             .map_err(TxError::into_store)
@@ -1473,12 +1507,18 @@ macro_rules! define_queries {
         pub(crate) async fn expired_turns(
             conn: &mut Conn,
             cutoff: DateTime<Utc>,
+            after: Option<TurnId>,
             limit: u32,
         ) -> Result<Vec<ExpiredTurn>, StoreError> {
             let rows: Vec<(i64, i64, i64, i64, Option<String>)> = turns::table
                 .inner_join(tasks::table)
-                .filter(turns::status.eq(RUNNING).and(expired_by(micros(cutoff))))
-                .order(turns::lease_expires_at.asc())
+                .filter(
+                    turns::status
+                        .eq(RUNNING)
+                        .and(expired_by(micros(cutoff)))
+                        .and(turns::id.gt(after.map_or(0, |t| t.0))),
+                )
+                .order(turns::id.asc())
                 .limit(i64::from(limit))
                 .select((
                     tasks::agent_id,
@@ -1503,16 +1543,22 @@ macro_rules! define_queries {
                 .collect()
         }
 
-        pub(crate) async fn take_over_turn(
+        pub(crate) async fn take_over_turns(
             conn: &mut Conn,
             take: &TakeOver,
-        ) -> Result<Option<u32>, StoreError> {
-            let (task, turn) = (take.task_id, take.turn_id);
+        ) -> Result<Vec<(TurnId, u32)>, StoreError> {
+            let ids: Vec<i64> = take.turns.iter().map(|(_, turn)| turn.0).collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = micros(take.now);
+            // Set-based, so a sweep of many orphans costs a few statements, not a
+            // transaction per turn.
             conn.$begin_write(async |conn| {
-                let taken: Option<TurnRow> = diesel::update(
+                let taken: Vec<TurnRow> = diesel::update(
                     turns::table.filter(
                         turns::id
-                            .eq(turn.0)
+                            .eq_any(&ids)
                             .and(turns::status.eq(RUNNING))
                             .and(expired_by(micros(take.expired_by))),
                     ),
@@ -1523,36 +1569,49 @@ macro_rules! define_queries {
                     turns::attempt.eq(turns::attempt + 1),
                 ))
                 .returning(TurnRow::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
-                let Some(taken) = taken else { return Ok(None) };
-                // The interrupted attempt's output goes: the new attempt starts over.
+                .get_results(conn)
+                .await?;
+                if taken.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let taken_ids: Vec<i64> = taken.iter().map(|t| t.id).collect();
+                // The interrupted attempts' output goes: each new attempt starts over.
                 diesel::delete(
                     messages::table.filter(
                         messages::turn_id
-                            .eq(turn.0)
+                            .eq_any(&taken_ids)
                             .and(messages::role.eq(Role::Assistant.as_str())),
                     ),
                 )
                 .execute(conn)
                 .await?;
-                let input: MessageRow = messages::table
-                    .filter(messages::turn_id.eq(turn.0))
+                // Each turn's input is its first message.
+                let mut inputs: HashMap<i64, MessageRow> = HashMap::new();
+                let rows: Vec<MessageRow> = messages::table
+                    .filter(messages::turn_id.eq_any(&taken_ids))
                     .order(messages::id.asc())
                     .select(MessageRow::as_select())
-                    .first(conn)
+                    .load(conn)
                     .await?;
-                let restarted = taken.into_domain()?;
-                let attempt = restarted.attempt;
-                let draft = EventDraft {
-                    turn_id: turn,
-                    kind: EventKind::TurnStarted,
-                    data: baton_domain::events::turn_started(&restarted, &input.into_domain()?),
-                };
-                append_events(conn, task.0, vec![draft], micros(take.now)).await?;
-                $announce(conn, task, None).await?;
-                Ok::<_, TxError>(Some(attempt))
+                for row in rows {
+                    inputs.entry(row.turn_id).or_insert(row);
+                }
+                let mut attempts = Vec::with_capacity(taken.len());
+                for row in taken {
+                    let input = inputs.remove(&row.id).ok_or_else(|| {
+                        crate::error::corrupt(format!("turn {} has no input message", row.id))
+                    })?;
+                    let restarted = row.into_domain()?;
+                    let draft = EventDraft {
+                        turn_id: restarted.id,
+                        kind: EventKind::TurnStarted,
+                        data: baton_domain::events::turn_started(&restarted, &input.into_domain()?),
+                    };
+                    append_events(conn, restarted.task_id.0, vec![draft], now).await?;
+                    $announce(conn, restarted.task_id, None).await?;
+                    attempts.push((restarted.id, restarted.attempt));
+                }
+                Ok::<_, TxError>(attempts)
             })
             .await
             .map_err(TxError::into_store)

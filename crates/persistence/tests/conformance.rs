@@ -102,6 +102,8 @@ conformance!(
     leases_are_renewed_only_by_their_holder_and_then_expire,
     an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder,
     a_taken_over_turn_starts_again_without_the_interrupted_output,
+    a_superseded_attempt_never_writes_even_under_the_same_holder,
+    many_expired_turns_are_taken_over_or_ended_in_one_call,
     released_leases_expire_at_once_and_nobody_holds_them,
     cancel_ends_a_running_turn_keeping_its_partial_text,
     idempotency_keys_replay_refuse_other_requests_and_expire,
@@ -156,6 +158,14 @@ async fn agent(store: &impl Store, name: &str) -> Agent {
 
 /// The instance that claims every turn in these tests.
 const HOLDER: &str = "instance-a";
+
+/// The first attempt's play under [`HOLDER`]'s lease.
+fn holder() -> Holder {
+    Holder {
+        owner: HOLDER.into(),
+        attempt: 1,
+    }
+}
 
 /// The lease every claim here starts under.
 fn lease() -> Lease {
@@ -231,7 +241,7 @@ async fn finish(
             outcome,
             messages: replies,
             usage: None,
-            guard: LeaseGuard::Holder(HOLDER.into()),
+            guard: LeaseGuard::Holder(holder()),
             now: at(3),
         })
         .await
@@ -420,7 +430,7 @@ async fn ask_for_tools(store: &impl Store, accepted: &Accepted, ids: &[&str], du
             outcome: TurnOutcome::RequiresAction { respond_by: due },
             messages: ids.iter().map(|id| tool_request(id)).collect(),
             usage: None,
-            guard: LeaseGuard::Holder(HOLDER.into()),
+            guard: LeaseGuard::Holder(holder()),
             now: at(3),
         })
         .await
@@ -619,7 +629,7 @@ async fn a_turns_usage_is_recorded_with_its_end(store: Arc<impl Store>) {
             outcome: TurnOutcome::Completed,
             messages: vec![Content::text("hi")],
             usage: Some(used),
-            guard: LeaseGuard::Holder(HOLDER.into()),
+            guard: LeaseGuard::Holder(holder()),
             now: at(3),
         })
         .await
@@ -1070,41 +1080,75 @@ async fn leases_are_renewed_only_by_their_holder_and_then_expire(store: Arc<impl
     let one = new_task(&*store, a.id, "one").await;
     let two = new_task(&*store, a.id, "two").await;
     let both = vec![one.turn_id, two.turn_id];
-    assert!(store.expired_turns(at(59), 10).await.unwrap().is_empty());
+    let first_attempts = vec![(one.turn_id, 1), (two.turn_id, 1)];
+    assert!(
+        store
+            .expired_turns(at(59), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
-        turn_ids(store.expired_turns(at(60), 10).await.unwrap()).await,
+        turn_ids(store.expired_turns(at(60), None, 10).await.unwrap()).await,
         both,
         "a lease is expired at its expiry time"
     );
     let mut renewed = store
-        .renew_leases(HOLDER, both.clone(), at(100))
+        .renew_leases(HOLDER, first_attempts.clone(), at(100))
         .await
         .unwrap();
     renewed.sort();
     assert_eq!(renewed, both);
     assert!(
         store
-            .renew_leases("instance-b", both.clone(), at(500))
+            .renew_leases("instance-b", first_attempts.clone(), at(500))
             .await
             .unwrap()
             .is_empty(),
         "only the holder renews"
     );
-    assert!(store.expired_turns(at(99), 10).await.unwrap().is_empty());
-    let expired = store.expired_turns(at(100), 1).await.unwrap();
+    assert!(
+        store
+            .renew_leases(HOLDER, vec![(one.turn_id, 2)], at(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "only for the attempt it plays"
+    );
+    assert!(
+        store
+            .expired_turns(at(99), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let expired = store.expired_turns(at(100), None, 1).await.unwrap();
     assert_eq!(expired.len(), 1, "the limit holds");
+    assert_eq!(expired[0].turn_id, one.turn_id, "in id order");
+    let rest = store
+        .expired_turns(at(100), Some(one.turn_id), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        turn_ids(rest).await,
+        vec![two.turn_id],
+        "the next page starts after the last id seen"
+    );
     assert_eq!(expired[0].agent_id, a.id);
     assert_eq!(expired[0].attempt, 1);
     assert_eq!(expired[0].owner.as_deref(), Some(HOLDER));
 
     assert!(finish(&*store, &two, TurnOutcome::Completed, vec![]).await);
     assert_eq!(
-        store.renew_leases(HOLDER, both, at(200)).await.unwrap(),
+        store
+            .renew_leases(HOLDER, first_attempts, at(200))
+            .await
+            .unwrap(),
         vec![one.turn_id],
         "an ended turn has no lease to renew"
     );
     assert_eq!(
-        turn_ids(store.expired_turns(at(10_000), 10).await.unwrap()).await,
+        turn_ids(store.expired_turns(at(10_000), None, 10).await.unwrap()).await,
         vec![one.turn_id],
         "ended turns are never expired"
     );
@@ -1176,8 +1220,7 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
             .unwrap()
     );
     let take = |expired_by| TakeOver {
-        task_id: t.task_id,
-        turn_id: t.turn_id,
+        turns: vec![(t.task_id, t.turn_id)],
         expired_by,
         lease: Lease {
             owner: "instance-b".into(),
@@ -1185,11 +1228,14 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
         },
         now: at(61),
     };
-    assert_eq!(store.take_over_turn(take(at(59))).await.unwrap(), None);
-    assert_eq!(store.take_over_turn(take(at(60))).await.unwrap(), Some(2));
+    assert_eq!(store.take_over_turns(take(at(59))).await.unwrap(), vec![]);
     assert_eq!(
-        store.take_over_turn(take(at(60))).await.unwrap(),
-        None,
+        store.take_over_turns(take(at(60))).await.unwrap(),
+        vec![(t.turn_id, 2)]
+    );
+    assert_eq!(
+        store.take_over_turns(take(at(60))).await.unwrap(),
+        vec![],
         "the new lease is alive: nobody else takes the turn"
     );
     // The old holder can neither record nor end it.
@@ -1219,8 +1265,12 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
     assert_eq!(restart.data["turn"]["attempt"], 2);
     assert_eq!(restart.data["input"]["content"]["content"], "hello");
 
+    let second = Holder {
+        owner: "instance-b".into(),
+        attempt: 2,
+    };
     let mut retry = record(&t, vec![delta("a whole answer")]);
-    retry.owner = "instance-b".into();
+    retry.holder = second.clone();
     assert!(store.record_output(retry).await.unwrap());
     let done = FinishTurn {
         task_id: t.task_id,
@@ -1228,7 +1278,7 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
         outcome: TurnOutcome::Completed,
         messages: vec![],
         usage: None,
-        guard: LeaseGuard::Holder("instance-b".into()),
+        guard: LeaseGuard::Holder(second),
         now: at(62),
     };
     assert!(store.finish_turn(done).await.unwrap());
@@ -1236,6 +1286,148 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
         texts(&history(&*store, a.id, t.task_id).await),
         ["hello", "a whole answer"]
     );
+}
+
+/// The fencing token: a process that took over its own turn (the same lease holder)
+/// plays the new attempt; the old play's writes are refused.
+async fn a_superseded_attempt_never_writes_even_under_the_same_holder(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    let take = TakeOver {
+        turns: vec![(t.task_id, t.turn_id)],
+        expired_by: at(60),
+        lease: Lease {
+            owner: HOLDER.into(),
+            expires_at: at(120),
+        },
+        now: at(61),
+    };
+    assert_eq!(
+        store.take_over_turns(take).await.unwrap(),
+        vec![(t.turn_id, 2)]
+    );
+    assert!(
+        !store
+            .record_output(record(&t, vec![delta("echo: ")]))
+            .await
+            .unwrap(),
+        "attempt 1 records nothing"
+    );
+    assert!(
+        !finish(&*store, &t, TurnOutcome::Completed, vec![]).await,
+        "attempt 1 cannot end the turn"
+    );
+    let second = Holder {
+        owner: HOLDER.into(),
+        attempt: 2,
+    };
+    let mut output = record(&t, vec![delta("echo: hello")]);
+    output.holder = second.clone();
+    assert!(store.record_output(output).await.unwrap());
+    let done = FinishTurn {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        outcome: TurnOutcome::Completed,
+        messages: vec![],
+        usage: None,
+        guard: LeaseGuard::Holder(second),
+        now: at(62),
+    };
+    assert!(store.finish_turn(done).await.unwrap());
+    assert_eq!(
+        texts(&history(&*store, a.id, t.task_id).await),
+        ["hello", "echo: hello"]
+    );
+}
+
+async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let mut started = Vec::new();
+    for i in 0..6 {
+        started.push(new_task(&*store, a.id, &format!("task {i}")).await);
+    }
+    // One of them is alive again: its holder renewed it.
+    let renewed = store
+        .renew_leases(HOLDER, vec![(started[5].turn_id, 1)], at(500))
+        .await
+        .unwrap();
+    assert_eq!(renewed, vec![started[5].turn_id]);
+    for t in &started[..2] {
+        assert!(
+            store
+                .record_output(record(t, vec![delta("half")]))
+                .await
+                .unwrap()
+        );
+    }
+    let refs = |ts: &[Accepted]| -> Vec<(TaskId, TurnId)> {
+        ts.iter().map(|t| (t.task_id, t.turn_id)).collect()
+    };
+    let take = TakeOver {
+        turns: refs(&started[..3])
+            .into_iter()
+            .chain(refs(&started[5..]))
+            .collect(),
+        expired_by: at(60),
+        lease: Lease {
+            owner: "instance-b".into(),
+            expires_at: at(120),
+        },
+        now: at(61),
+    };
+    let mut taken = store.take_over_turns(take).await.unwrap();
+    taken.sort();
+    assert_eq!(
+        taken,
+        started[..3]
+            .iter()
+            .map(|t| (t.turn_id, 2))
+            .collect::<Vec<_>>(),
+        "the live lease is left alone"
+    );
+    for t in &started[..3] {
+        assert_eq!(
+            texts(&history(&*store, a.id, t.task_id).await).len(),
+            1,
+            "only the input is left"
+        );
+        let events = all_events(&*store, a.id, t.task_id).await;
+        assert_eq!(events.last().unwrap().kind, EventKind::TurnStarted);
+        assert_eq!(events.last().unwrap().data["turn"]["attempt"], 2);
+    }
+    let sweep = |t: &Accepted| FinishTurn {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
+        messages: vec![],
+        usage: None,
+        guard: LeaseGuard::ExpiredBy(at(60)),
+        now: at(61),
+    };
+    // Two expired, one taken over (alive under instance-b), one renewed.
+    let ended = store
+        .finish_turns(vec![
+            sweep(&started[3]),
+            sweep(&started[0]),
+            sweep(&started[4]),
+            sweep(&started[5]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ended, [true, false, true, false]);
+    for (i, status) in [
+        (0, TaskStatus::Running),
+        (3, TaskStatus::Failed),
+        (4, TaskStatus::Failed),
+        (5, TaskStatus::Running),
+    ] {
+        let view = store
+            .get_task(a.id, started[i].task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.status(), status, "task {i}");
+    }
 }
 
 async fn released_leases_expire_at_once_and_nobody_holds_them(store: Arc<impl Store>) {
@@ -1263,7 +1455,7 @@ async fn released_leases_expire_at_once_and_nobody_holds_them(store: Arc<impl St
             .await
             .unwrap()
     );
-    let expired = store.expired_turns(at(5), 10).await.unwrap();
+    let expired = store.expired_turns(at(5), None, 10).await.unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(
         (expired[0].turn_id, expired[0].owner.clone()),
@@ -1312,7 +1504,7 @@ async fn cancel_ends_a_running_turn_keeping_its_partial_text(store: Arc<impl Sto
     assert_eq!(last.data["output"][0]["content"]["content"], "so far");
     assert!(
         store
-            .expired_turns(at(10_000), 10)
+            .expired_turns(at(10_000), None, 10)
             .await
             .unwrap()
             .is_empty()
@@ -1474,7 +1666,7 @@ fn record(task: &Accepted, ops: Vec<OutputOp>) -> RecordOutput {
     RecordOutput {
         task_id: task.task_id,
         turn_id: task.turn_id,
-        owner: HOLDER.into(),
+        holder: holder(),
         ops,
         now: at(2),
     }

@@ -220,6 +220,18 @@ fn cli_error(err: ServiceError) -> anyhow::Error {
     }
 }
 
+/// How the `baton` command ends: a failure is one line on stderr — the error and
+/// its causes, never a backtrace, whatever `RUST_BACKTRACE` says — and exit code 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the `baton` command line (arguments from the process) with the built-in
 /// runners and `extra` (an extra runner replaces a built-in one of the same kind).
 pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
@@ -369,6 +381,9 @@ fn metrics_renderer(store: Arc<SqlStore>) -> anyhow::Result<baton_http::MetricsR
 }
 
 async fn serve(config: Config, demo: bool, extra: &RunnerRegistry) -> anyhow::Result<()> {
+    // Before anything reads the turns: a second server on an embedded database would
+    // take the first's live turns for orphans.
+    let _serving = SqlStore::lock_for_serving(&config.database_url)?;
     let app = App::open(&config, extra).await?;
     let metrics = metrics_renderer(app.store.clone())?;
     let executor = app.tasks.executor().clone();

@@ -3,6 +3,6 @@
 use baton_domain::RunnerRegistry;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    baton_server::run(RunnerRegistry::new()).await
+async fn main() -> std::process::ExitCode {
+    baton_server::exit_code(baton_server::run(RunnerRegistry::new()).await)
 }

@@ -187,6 +187,17 @@ fn cli_refuses_bad_input_with_a_clear_message() {
     assert!(out.starts_with("applied"), "{out}");
     let (ok, _, err) = run(&db, &["--database-url", "mysql://nope", "migrate"]);
     assert!(!ok && err.contains("sqlite://PATH"), "{err}");
+
+    // A user's mistake is one line, even when backtraces are asked for.
+    let output = baton(&db)
+        .env("RUST_BACKTRACE", "1")
+        .args(["key", "revoke", "bt_nosuchkey"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_test_support::TestDatabase;
 use chrono::{DateTime, Utc};
-use common::{Api, CrashAgents, FAST_LEASES, RECOVERY_BOUND, Server, agent_and_key};
+use common::{Api, CrashAgents, FAST_LEASES, GatedAgent, RECOVERY_BOUND, Server, agent_and_key};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -111,7 +111,7 @@ fn two_instances_one_winner_of_fifty_appends_and_cross_instance_long_poll() {
 #[test]
 fn a_survivor_recovers_the_turns_of_a_killed_instance_without_a_restart() {
     let db = TestDatabase::new();
-    let agents = CrashAgents::create(db.url(), 1500);
+    let agents = CrashAgents::create(db.url());
     let survivor = Server::start(db.url(), &FAST_LEASES);
     let mut recovery_times = Vec::new();
     for cycle in 0..3 {
@@ -136,6 +136,59 @@ fn a_survivor_recovers_the_turns_of_a_killed_instance_without_a_restart() {
     }
     eprintln!(
         "a killed instance's turn ended by the survivor's sweep after (from the kill; bound {RECOVERY_BOUND:?}): {recovery_times:?}"
+    );
+}
+
+/// An instance paused (SIGSTOP) past its leases finds its own live turns expired when
+/// it resumes. Its sweep must leave them to its renewal: each turn is played once, to
+/// the end, by its first attempt.
+#[test]
+fn a_paused_instance_never_sweeps_its_own_live_turns() {
+    let db = TestDatabase::new();
+    let service = GatedAgent::holding();
+    let (agent, token) = service.agent(
+        db.url(),
+        &["--on-interrupt", "retry", "--max-attempts", "5"],
+    );
+    let server = Server::start(db.url(), &FAST_LEASES);
+    let on = api(&server, &token);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (status, body) = on.post(
+            "/v1/chat/tasks",
+            json!({"agent_id": agent, "message": {"content": format!("paused {i}")}}),
+        );
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        tasks.push(body["task_id"].as_i64().unwrap());
+    }
+    service
+        .receiver
+        .wait_for(tasks.len(), Duration::from_secs(10));
+    // Three pauses, each past the lease (1 s) and several sweep periods (200 ms): on
+    // resuming, the sweep and the renewal are both due at once.
+    for _ in 0..3 {
+        server.signal("-STOP");
+        std::thread::sleep(Duration::from_millis(1600));
+        server.signal("-CONT");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    service.open();
+    for (i, task) in tasks.iter().enumerate() {
+        let done = on.settled_within(*task, Duration::from_secs(20));
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(
+            done["latest_turn"]["attempt"], 1,
+            "never taken over: {done}"
+        );
+        assert_eq!(
+            done["latest_message"]["content"]["content"],
+            format!("echo: paused {i}")
+        );
+    }
+    assert_eq!(
+        service.receiver.received().len(),
+        tasks.len(),
+        "each turn was played once"
     );
 }
 

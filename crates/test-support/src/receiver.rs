@@ -89,7 +89,8 @@ impl Received {
     }
 }
 
-type Plan = dyn Fn(usize) -> Reply + Send + Sync;
+/// Writes the whole answer to the `n`th request; the flag says the receiver stops.
+type Handler = dyn Fn(usize, &Received, &mut TcpStream, &AtomicBool) + Send + Sync;
 
 #[derive(Debug)]
 pub struct Receiver {
@@ -101,11 +102,29 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver that answers the `n`th request (from 0) with `plan(n)`.
     pub fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        Receiver::start_with(move |n, _| plan(n))
+    }
+
+    /// Starts a receiver that answers the `n`th request (from 0) with
+    /// `plan(n, request)`: an answer made from what was asked.
+    pub fn start_with(
+        plan: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        Receiver::start_raw(move |n, request, stream, stop| {
+            answer(plan(n, request), stream, stop);
+        })
+    }
+
+    /// Starts a receiver whose `handler` writes each whole answer itself (status line,
+    /// headers, body) to the connection, which is closed after it returns.
+    pub fn start_raw(
+        handler: impl Fn(usize, &Received, &mut TcpStream, &AtomicBool) + Send + Sync + 'static,
+    ) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
         let port = listener.local_addr().expect("bound").port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let plan: Arc<Plan> = Arc::new(plan);
+        let plan: Arc<Handler> = Arc::new(handler);
         {
             let (received, stop) = (received.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -171,7 +190,7 @@ fn hang(stop: &AtomicBool) {
     }
 }
 
-fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, plan: &Plan) {
+fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, plan: &Handler) {
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(clone) => clone,
         Err(_) => return,
@@ -209,18 +228,23 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, stop: &AtomicBool, 
     if reader.read_exact(&mut body).is_err() {
         return;
     }
+    let request = Received {
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    };
     let index = {
         let Ok(mut all) = received.lock() else { return };
-        all.push(Received {
-            path,
-            headers,
-            body,
-            at: Instant::now(),
-        });
+        all.push(request.clone());
         all.len() - 1
     };
     let mut stream = stream;
-    match plan(index) {
+    plan(index, &request, &mut stream, stop);
+}
+
+fn answer(reply: Reply, stream: &mut TcpStream, stop: &AtomicBool) {
+    match reply {
         Reply::Status(status) => {
             let _ = write!(
                 stream,

@@ -32,6 +32,7 @@ impl TurnRunner for Shout {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    baton_server::run(RunnerRegistry::new().with("shout", Arc::new(Shout))).await
+async fn main() -> std::process::ExitCode {
+    let runners = RunnerRegistry::new().with("shout", Arc::new(Shout));
+    baton_server::exit_code(baton_server::run(runners).await)
 }

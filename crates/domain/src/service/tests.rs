@@ -712,7 +712,10 @@ async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
     assert_eq!(end.turn_id, TurnId(40));
     assert_eq!(
         end.guard,
-        LeaseGuard::Holder(service.executor().config().instance_id.clone())
+        LeaseGuard::Holder(Holder {
+            owner: service.executor().config().instance_id.clone(),
+            attempt: 1
+        })
     );
     let TurnOutcome::Failed(error) = end.outcome else {
         panic!("expected a failed turn, got {:?}", end.outcome);

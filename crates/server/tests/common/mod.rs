@@ -205,12 +205,14 @@ pub const FAST_LEASES: [&str; 4] = ["--lease-ttl-ms", "1000", "--sweep-interval-
 /// Lease expiry plus one sweep period, as set by [`FAST_LEASES`].
 pub const RECOVERY_BOUND: Duration = Duration::from_millis(1200);
 
-/// Two echo agents for crash tests: one whose interrupted turns fail (its turns take
-/// 30 s, so they are always mid-turn when killed), one whose turns are retried (as
-/// long as asked: short, so a retry completes quickly).
+/// Two agents for crash tests: an echo agent whose interrupted turns fail (its turns
+/// take 30 s, so they are always mid-turn when killed), and a [`GatedAgent`] whose
+/// turns are retried: they stream part of the reply, then wait until the test checks
+/// the recovery, so they are mid-turn at the crash whatever the machine's speed.
 pub struct CrashAgents {
     pub failing: (i64, String),
     pub retrying: (i64, String),
+    gate: GatedAgent,
 }
 
 /// A turn started before a crash.
@@ -222,14 +224,12 @@ pub struct Started {
 }
 
 impl CrashAgents {
-    pub fn create(db: &str, retry_delay_ms: u64) -> CrashAgents {
+    pub fn create(db: &str) -> CrashAgents {
+        let gate = GatedAgent::holding();
         CrashAgents {
             failing: agent_with(db, r#"{"delay_ms": 30000}"#, &[]),
-            retrying: agent_with(
-                db,
-                &format!(r#"{{"delay_ms": {retry_delay_ms}}}"#),
-                &["--on-interrupt", "retry", "--max-attempts", "5"],
-            ),
+            retrying: gate.agent(db, &["--on-interrupt", "retry", "--max-attempts", "5"]),
+            gate,
         }
     }
 
@@ -249,6 +249,7 @@ impl CrashAgents {
     /// Starts `n` turns of each agent on the server at `base`, and waits until the
     /// retried ones have streamed some text (so a crash interrupts them mid-output).
     pub fn start_turns(&self, base: &str, label: &str, n: usize) -> Vec<Started> {
+        self.gate.close();
         let mut started = Vec::new();
         for i in 0..n {
             for retried in [false, true] {
@@ -290,6 +291,8 @@ impl CrashAgents {
     /// turn was played again (attempt 2) and completed with its whole reply, without
     /// the interrupted attempt's text. Every accepted message is still stored.
     pub fn assert_recovered(&self, base: &str, turns: &[Started], deadline: Instant) {
+        // The retried turns may finish now.
+        self.gate.open();
         for turn in turns {
             let api = self.api(base, turn.retried);
             let path = format!("/v1/chat/tasks/{}", turn.task);
@@ -347,5 +350,93 @@ impl CrashAgents {
             );
             assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         }
+    }
+}
+
+/// An agent service for the `http` runner that echoes the turn's message: it streams
+/// `echo: ` at once, then waits at a gate the test controls before streaming the rest.
+/// So a turn is mid-play, with output recorded, when the test kills or pauses the
+/// server, and still playing while the test looks — however fast or slow the machine.
+pub struct GatedAgent {
+    pub receiver: baton_test_support::receiver::Receiver,
+    gate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GatedAgent {
+    /// Starts with the gate closed.
+    pub fn holding() -> GatedAgent {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let gate = std::sync::Arc::new(AtomicBool::new(false));
+        let open = gate.clone();
+        let receiver = baton_test_support::receiver::Receiver::start_raw(
+            move |_, request, stream, stop| {
+                let said = request.json()["message"]["content"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let line = |event: Value| format!("{event}\n");
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n";
+                let first = line(serde_json::json!({"type": "text_delta", "delta": "echo: "}));
+                if stream
+                    .write_all(format!("{head}{first}").as_bytes())
+                    .and_then(|()| stream.flush())
+                    .is_err()
+                {
+                    return;
+                }
+                while !open.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let rest = line(serde_json::json!({"type": "text_delta", "delta": said}))
+                    + &line(serde_json::json!({"type": "final"}));
+                let _ = stream.write_all(rest.as_bytes());
+            },
+        );
+        GatedAgent { receiver, gate }
+    }
+
+    /// Lets every turn finish, the waiting ones first.
+    pub fn open(&self) {
+        self.gate.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes turns wait again.
+    pub fn close(&self) {
+        self.gate.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// An `http` agent calling this service with this turn policy, and a key for it.
+    pub fn agent(&self, db: &str, policy: &[&str]) -> (i64, String) {
+        let config = serde_json::json!({"url": self.receiver.url(), "max_retries": 0}).to_string();
+        let mut args = vec![
+            "agent",
+            "create",
+            "--name",
+            "gated",
+            "--runner",
+            "http",
+            "--runner-config",
+            &config,
+        ];
+        args.extend_from_slice(policy);
+        let (ok, agent, err) = run(db, &args);
+        assert!(ok, "{err}");
+        let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
+        assert!(ok, "{err}");
+        (agent.parse().unwrap(), token)
+    }
+
+    /// The task ids of the turns received at or after `since`, one per request.
+    pub fn requests_since(&self, since: Instant) -> Vec<i64> {
+        self.receiver
+            .received()
+            .iter()
+            .filter(|r| r.at >= since)
+            .map(|r| r.json()["task"]["task_id"].as_i64().unwrap())
+            .collect()
     }
 }

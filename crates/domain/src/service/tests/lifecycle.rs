@@ -225,7 +225,7 @@ async fn a_lost_lease_stops_the_runner_at_the_next_renewal() {
     let counter = renewals.clone();
     tasks
         .expect_renew_leases()
-        .withf(|owner, turns, _| owner == "me" && turns == &[TurnId(30)])
+        .withf(|owner, turns, _| owner == "me" && turns == &[(TurnId(30), 1)])
         .returning(move |_, _, _| {
             // The first renewal holds; then the turn was taken by a sweep elsewhere.
             Ok(if counter.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -281,9 +281,9 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
     let mut tasks = MockTaskStore::new();
     tasks
         .expect_expired_turns()
-        .withf(|cutoff, _| *cutoff == at(50))
+        .withf(|cutoff, after, _| *cutoff == at(50) && after.is_none())
         .times(1)
-        .returning(|_, _| {
+        .returning(|_, _, _| {
             Ok(vec![
                 expired(1, 101, 1), // fail policy
                 expired(2, 102, 1), // retry, attempts left
@@ -291,12 +291,14 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
             ])
         });
     tasks
-        .expect_take_over_turn()
+        .expect_take_over_turns()
         .withf(|take| {
-            take.turn_id == TurnId(102) && take.expired_by == at(50) && take.lease.owner == "me"
+            take.turns == [(TaskId(102), TurnId(102))]
+                && take.expired_by == at(50)
+                && take.lease.owner == "me"
         })
         .times(1)
-        .returning(|_| Ok(Some(2)));
+        .returning(|_| Ok(vec![(TurnId(102), 2)]));
     tasks
         .expect_load_turn_input()
         .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, id.0)]))));
@@ -307,10 +309,23 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
         .times(1)
         .returning(|_, _| Ok(vec![(TaskId(9), TurnId(109))]));
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
+    let ended_many = ended.clone();
     tasks.expect_finish_turn().returning(move |finish| {
         let _ = ended.send(finish);
         Ok(true)
     });
+    // The expired turns are ended together.
+    tasks
+        .expect_finish_turns()
+        .withf(|finishes| finishes.len() == 2)
+        .times(1)
+        .returning(move |finishes| {
+            let n = finishes.len();
+            for finish in finishes {
+                let _ = ended_many.send(finish);
+            }
+            Ok(vec![true; n])
+        });
     let mut runner = MockTurnRunner::new();
     runner
         .expect_run()
@@ -361,7 +376,98 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
     assert!(matches!(&ends[2].outcome, TurnOutcome::Failed(e) if e.message.contains("attempt 3")));
     assert_eq!(ends[1].turn_id, TurnId(102));
     assert_eq!(ends[1].outcome, TurnOutcome::Completed, "the retry played");
-    assert_eq!(ends[1].guard, LeaseGuard::Holder("me".into()));
+    assert_eq!(
+        ends[1].guard,
+        LeaseGuard::Holder(Holder {
+            owner: "me".into(),
+            attempt: 2
+        }),
+        "the retry writes as its own attempt"
+    );
+}
+
+/// A process paused past its leases (SIGSTOP, a long GC-like stall) finds its own
+/// live turns expired when it resumes: its sweep must leave them to its renewal, never
+/// take them over and play them a second time, nor fail them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_never_takes_over_or_ends_a_turn_this_process_plays() {
+    let mut tasks = never_ending_store();
+    tasks.expect_expired_turns().returning(|_, after, _| {
+        Ok(match after {
+            None => vec![ExpiredTurn {
+                owner: Some("me".into()),
+                ..expired(1, 30, 1)
+            }],
+            Some(_) => vec![],
+        })
+    });
+    tasks.expect_take_over_turns().times(0);
+    tasks.expect_finish_turns().times(0);
+    tasks
+        .expect_overdue_tool_calls()
+        .returning(|_, _| Ok(vec![]));
+    tasks.expect_release_leases().returning(|_, _, _| Ok(1));
+    let (runner, dropped, streaming) = stalling();
+    let config = ExecutorConfig {
+        instance_id: "me".into(),
+        ..ExecutorConfig::default()
+    };
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(1, retry(3))),
+        runner,
+        config,
+        crate::LocalNotifier::default(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    streaming.notified().await;
+    let report = service.executor().sweep(at(10_000)).await.unwrap();
+    assert_eq!(report, SweepReport::default());
+    assert_eq!(service.executor().in_flight(), 1, "still played once");
+    assert!(!dropped.load(Ordering::SeqCst));
+}
+
+/// A sweep reads the expired turns page by page, each after the last id it saw, so
+/// turns it takes over (with fresh leases) are never met again in the same sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_pages_through_the_expired_turns_once() {
+    let mut tasks = MockTaskStore::new();
+    let pages = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = pages.clone();
+    tasks
+        .expect_expired_turns()
+        .returning(move |_, after, limit| {
+            seen.lock().unwrap().push(after);
+            let first = after.map_or(1, |t| t.0 + 1);
+            // 150 expired turns in all.
+            Ok((first..=150)
+                .take(limit as usize)
+                .map(|id| expired(1, id, 1))
+                .collect())
+        });
+    tasks
+        .expect_finish_turns()
+        .returning(|finishes| Ok(vec![true; finishes.len()]));
+    tasks
+        .expect_overdue_tool_calls()
+        .returning(|_, _| Ok(vec![]));
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(1, TurnPolicy::default())),
+        Arc::new(MockTurnRunner::new()),
+        ExecutorConfig::default(),
+        crate::LocalNotifier::default(),
+    );
+    let report = service.executor().sweep(at(50)).await.unwrap();
+    assert_eq!(report.failed, 150);
+    assert_eq!(
+        *pages.lock().unwrap(),
+        vec![None, Some(TurnId(100))],
+        "a full page is followed by the next; a short one ends the sweep"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
