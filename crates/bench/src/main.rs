@@ -24,6 +24,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod recovery;
+
 #[derive(Debug, Parser)]
 #[command(name = "baton-bench")]
 struct Cli {
@@ -86,6 +88,17 @@ enum Cmd {
         /// Idle streams held open for the memory figure.
         #[arg(long, default_value_t = 10_000)]
         streams: usize,
+    },
+    /// Kill a PostgreSQL instance holding many running turns; time how long a
+    /// surviving instance takes to end or take them over.
+    Recovery {
+        #[arg(long, default_value = "target/release/baton")]
+        baton: String,
+        #[arg(long, default_value_t = 1000)]
+        turns: usize,
+        /// The agent's `on_interrupt` policy.
+        #[arg(long, value_enum, default_value = "fail")]
+        policy: recovery::Policy,
     },
 }
 
@@ -302,6 +315,14 @@ struct Server {
     base: String,
 }
 
+impl Server {
+    /// SIGKILL: no shutdown, nothing released.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -325,7 +346,7 @@ fn cli(baton: &str, url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-fn start_server(baton: &str, url: &str, cpu: usize) -> anyhow::Result<Server> {
+fn start_server(baton: &str, url: &str, cpu: usize, extra: &[&str]) -> anyhow::Result<Server> {
     let mut child = Command::new("taskset")
         .args([
             "-c",
@@ -337,6 +358,7 @@ fn start_server(baton: &str, url: &str, cpu: usize) -> anyhow::Result<Server> {
             "--workers",
             "1",
         ])
+        .args(extra)
         .env("BATON_DATABASE_URL", url)
         .env("BATON_LOG", "warn")
         .stdout(Stdio::piped())
@@ -448,7 +470,7 @@ async fn suite(
         &url,
         &["key", "create", "--agent", &agent.to_string()],
     )?;
-    let server = start_server(baton, &url, cpu)?;
+    let server = start_server(baton, &url, cpu, &[])?;
     let pid = server.child.id();
     let target = Target {
         http: reqwest::Client::builder()
@@ -531,6 +553,14 @@ async fn main() -> anyhow::Result<()> {
             streams,
         } => {
             let results = suite(&baton, database, server_cpu, scale, streams).await?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        Cmd::Recovery {
+            baton,
+            turns,
+            policy,
+        } => {
+            let results = recovery::recovery(&baton, turns, policy).await?;
             println!("{}", serde_json::to_string_pretty(&results)?);
         }
     }

@@ -385,16 +385,17 @@ impl TaskService {
             .await
     }
 
-    /// Cancels the task's running turn: it ends `cancelled` at once (its partial text
-    /// kept, a `cancelled` event written) and its runner is stopped wherever it plays.
-    /// Cancelling a turn that is already cancelled answers as the first cancel did; a
-    /// task whose latest turn ended otherwise is [`ServiceError::TaskNotRunning`].
+    /// Cancels the task's running turn, or the turn waiting for tool answers: it ends
+    /// `cancelled` at once (its partial text kept, a `cancelled` event written) and its
+    /// runner is stopped wherever it plays. Cancelling a turn that is already
+    /// cancelled answers as the first cancel did; a task whose latest turn ended
+    /// otherwise is [`ServiceError::TaskNotRunning`].
     pub async fn cancel(&self, who: &Principal, task_id: TaskId) -> Result<TaskView, ServiceError> {
         let view = self.get_task(who, task_id).await?;
         let turn = view.latest_turn.id;
         match view.latest_turn.status {
             TurnStatus::Cancelled => return Ok(view),
-            TurnStatus::Running => {}
+            TurnStatus::Running | TurnStatus::RequiresAction => {}
             other => return Err(ServiceError::TaskNotRunning(other)),
         }
         let finish = FinishTurn {

@@ -246,18 +246,44 @@ fn request_body(config: &OpenAiConfig, history: &[Message]) -> Value {
     body
 }
 
+/// What a model is told of a tool call the client never answered (its turn failed
+/// with `tool_response_timeout`).
+pub const UNANSWERED_TOOL_CALL: &str =
+    "The client did not answer this tool call in time; no result is available.";
+
 /// The task's history as chat messages. Reasoning is the model's own and is not sent
 /// back; tool requests of one assistant turn become one message with its tool calls.
+///
+/// The result is always a valid conversation for the Chat Completions API: every tool
+/// call is followed by a `tool` message answering it before anything else. A call the
+/// client left unanswered gets [`UNANSWERED_TOOL_CALL`] as its result.
 pub fn chat_messages(history: &[Message]) -> Vec<Value> {
     let mut messages: Vec<Value> = Vec::new();
+    // Calls of the latest assistant tool-call message not answered yet.
+    let mut pending: Vec<String> = Vec::new();
+    let answer_pending = |messages: &mut Vec<Value>, pending: &mut Vec<String>| {
+        for id in pending.drain(..) {
+            messages.push(json!({
+                "role": "tool",
+                "tool_call_id": id,
+                "content": UNANSWERED_TOOL_CALL,
+            }));
+        }
+    };
     for message in history {
         let role = message.role.as_str();
         match &message.content {
-            Content::Text(text) => messages.push(json!({"role": role, "content": text.content})),
-            Content::Data(data) => messages.push(json!({
-                "role": role,
-                "content": Value::Object(data.data.clone()).to_string(),
-            })),
+            Content::Text(text) => {
+                answer_pending(&mut messages, &mut pending);
+                messages.push(json!({"role": role, "content": text.content}));
+            }
+            Content::Data(data) => {
+                answer_pending(&mut messages, &mut pending);
+                messages.push(json!({
+                    "role": role,
+                    "content": Value::Object(data.data.clone()).to_string(),
+                }));
+            }
             Content::Reasoning(_) => {}
             Content::ToolRequest(call) => {
                 let tool_call = json!({
@@ -276,14 +302,19 @@ pub fn chat_messages(history: &[Message]) -> Vec<Value> {
                     .and_then(Value::as_array_mut);
                 match previous_calls {
                     Some(calls) => calls.push(tool_call),
-                    None => messages.push(json!({
-                        "role": "assistant",
-                        "content": null,
-                        "tool_calls": [tool_call],
-                    })),
+                    None => {
+                        answer_pending(&mut messages, &mut pending);
+                        messages.push(json!({
+                            "role": "assistant",
+                            "content": null,
+                            "tool_calls": [tool_call],
+                        }));
+                    }
                 }
+                pending.push(call.tool_call_id.clone());
             }
             Content::ToolResponse(answer) => {
+                pending.retain(|id| *id != answer.tool_call_id);
                 let content = match &answer.content {
                     Value::String(text) => text.clone(),
                     other => other.to_string(),
@@ -296,6 +327,7 @@ pub fn chat_messages(history: &[Message]) -> Vec<Value> {
             }
         }
     }
+    answer_pending(&mut messages, &mut pending);
     messages
 }
 
@@ -535,5 +567,55 @@ mod tests {
                 json!({"role": "tool", "tool_call_id": "call_2", "content": "sunny"}),
             ]
         );
+    }
+
+    #[test]
+    fn calls_left_unanswered_get_a_result_saying_so_before_the_next_message() {
+        let call = |id: &str| {
+            message(
+                Role::Assistant,
+                Content::ToolRequest(ToolRequestContent {
+                    tool_call_id: id.into(),
+                    name: "weather".into(),
+                    arguments: serde_json::Map::new(),
+                }),
+            )
+        };
+        let history = vec![
+            message(Role::User, Content::text("weather?")),
+            call("call_1"),
+            call("call_2"),
+            message(
+                Role::Tool,
+                Content::ToolResponse(ToolResponseContent {
+                    tool_call_id: "call_2".into(),
+                    name: "weather".into(),
+                    content: json!("rain"),
+                    is_error: None,
+                }),
+            ),
+            // The turn timed out waiting for call_1; the user wrote again.
+            message(Role::User, Content::text("hello?")),
+            call("call_3"),
+        ];
+        let messages = chat_messages(&history);
+        let roles: Vec<(&str, Option<&str>)> = messages
+            .iter()
+            .map(|m| (m["role"].as_str().unwrap(), m["tool_call_id"].as_str()))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("user", None),
+                ("assistant", None),
+                ("tool", Some("call_2")),
+                ("tool", Some("call_1")),
+                ("user", None),
+                ("assistant", None),
+                ("tool", Some("call_3")),
+            ]
+        );
+        assert_eq!(messages[3]["content"], UNANSWERED_TOOL_CALL);
+        assert_eq!(messages[6]["content"], UNANSWERED_TOOL_CALL);
     }
 }

@@ -519,6 +519,101 @@ fn unanswered_tool_calls_fail_the_turn_when_they_are_due() {
         tool_answer(agent, "call_abc", json!(1)),
     );
     assert_eq!(status, 422);
+
+    // The user writes again: the model is sent a history it accepts, each of the
+    // unanswered calls followed by a result saying it was not answered.
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        json!({"agent_id": agent, "message": {"content": "still there?"}}),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(settle(&server, &token, task)["status"], "completed");
+    let requests = model.received();
+    let sent = requests.last().unwrap().json();
+    assert_valid_chat(&sent["messages"]);
+    let results: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        [baton_runners::openai::UNANSWERED_TOOL_CALL; 2],
+        "{sent}"
+    );
+}
+
+/// The Chat Completions rule: an assistant message with tool calls is followed by one
+/// `tool` message per call, before any other message.
+fn assert_valid_chat(messages: &Value) {
+    let messages = messages.as_array().unwrap();
+    let mut waiting: Vec<&str> = Vec::new();
+    for message in messages {
+        if message["role"] == "tool" {
+            let id = message["tool_call_id"].as_str().unwrap();
+            assert!(
+                waiting.contains(&id),
+                "a result for no pending call: {messages:?}"
+            );
+            waiting.retain(|w| *w != id);
+            continue;
+        }
+        assert!(
+            waiting.is_empty(),
+            "calls {waiting:?} unanswered: {messages:?}"
+        );
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            waiting.push(call["id"].as_str().unwrap());
+        }
+    }
+    assert!(
+        waiting.is_empty(),
+        "calls {waiting:?} unanswered: {messages:?}"
+    );
+}
+
+#[test]
+fn a_turn_waiting_for_tool_answers_can_be_cancelled() {
+    let model = tool_model();
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = tool_agent(&db, &model);
+    let server = Server::start(&db, &[]);
+    let task = start_task(&server, &token, agent, "Weather?");
+    assert_eq!(settle(&server, &token, task)["status"], "requires_action");
+    let cancel = || {
+        let response = client()
+            .post(format!("{}/v1/chat/tasks/{task}/cancel", server.base))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let (status, view) = cancel();
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["status"], "cancelled");
+    assert_eq!(cancel().0, 200, "a repeated cancel answers the same");
+    // Nothing waits for the answers any more; the task takes a new message.
+    let (status, _) = append(
+        &server,
+        &token,
+        task,
+        tool_answer(agent, "call_abc", json!(1)),
+    );
+    assert_eq!(status, 422);
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        json!({"agent_id": agent, "message": {"content": "never mind"}}),
+    );
+    assert_eq!(status, 202, "{body}");
 }
 
 #[test]

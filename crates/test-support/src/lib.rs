@@ -92,6 +92,35 @@ impl TestDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Runs one SQL statement on this database with `psql`; its rows, unaligned, one
+    /// per line (`psql -tA`).
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let server = SERVER
+            .get()
+            .and_then(|started| started.as_ref().ok())
+            .ok_or("the test cluster is not running")?;
+        let output = Command::new(&server.psql)
+            .args([
+                "--no-psqlrc",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tA",
+                "-d",
+                &self.url,
+            ])
+            .args(["-c", sql])
+            .output()
+            .map_err(|err| format!("running {}: {err}", server.psql.display()))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "{sql}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
 }
 
 impl Default for TestDatabase {
