@@ -27,6 +27,8 @@ use crate::telemetry;
 const SINK_CAPACITY: usize = 64;
 /// Expired turns handled per store read during a sweep.
 const SWEEP_BATCH: u32 = 100;
+/// Turns ended per transaction when a sweep ends a page of them, several at once.
+const FINISH_CHUNK: usize = 25;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutorConfig {
@@ -539,7 +541,27 @@ impl Inner {
                 now,
             })
             .collect();
-        let ended = self.tasks.finish_turns(finishes).await?;
+        // A page is ended in a few transactions side by side: on PostgreSQL each turn's
+        // end is a handful of round trips, and a pool has connections to spare.
+        let mut chunks = tokio::task::JoinSet::new();
+        let mut finishes: Vec<FinishTurn> = finishes;
+        let mut start = 0;
+        while !finishes.is_empty() {
+            let rest = finishes.split_off(finishes.len().min(FINISH_CHUNK));
+            let chunk = std::mem::replace(&mut finishes, rest);
+            let tasks = self.tasks.clone();
+            let len = chunk.len();
+            chunks.spawn(async move { (start, tasks.finish_turns(chunk).await) });
+            start += len;
+        }
+        let mut ended = vec![false; turns.len()];
+        while let Some(joined) = chunks.join_next().await {
+            let (start, result) =
+                joined.map_err(|join| StoreError::internal(format!("ending turns: {join}")))?;
+            for (i, done) in result?.into_iter().enumerate() {
+                ended[start + i] = done;
+            }
+        }
         let mut failed = 0;
         for (turn, ended) in turns.iter().zip(ended) {
             if ended {
@@ -550,6 +572,35 @@ impl Inner {
             }
         }
         Ok(failed)
+    }
+
+    /// Runs a write of a playing turn, trying again with backoff (50 ms doubling to
+    /// 1 s) while it fails — a database restarting, a connection cut — for as long as
+    /// a lease lasts from the first failure. A write either commits whole or not at
+    /// all, and its guard refuses it once the turn was ended or taken elsewhere, so
+    /// trying again is safe; past the lease another instance may rightly have taken
+    /// the turn over.
+    async fn retrying<T, Fut>(
+        &self,
+        what: &str,
+        mut write: impl FnMut() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let give_up = tokio::time::Instant::now() + self.config.lease_ttl;
+        let mut pause = RETRY_FIRST_PAUSE;
+        loop {
+            match write().await {
+                Ok(done) => return Ok(done),
+                Err(err) if tokio::time::Instant::now() + pause < give_up => {
+                    warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "could not {what}; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX_PAUSE);
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     fn stop(&self, turn: TurnId) -> bool {
@@ -635,14 +686,21 @@ impl Inner {
             guard: LeaseGuard::Holder(self.holder(turn)),
             now: self.clock.now(),
         };
-        match self.tasks.finish_turn(finish).await {
+        let ended = self
+            .retrying("record the end of the turn", || {
+                self.tasks.finish_turn(finish.clone())
+            })
+            .await;
+        match ended {
             Ok(true) => {
                 info!(%status, "turn ended");
                 telemetry::turn_ended(status, "played", Some(playing.elapsed()));
                 self.notifier.task_changed(turn.task_id);
             }
             Ok(false) => info!("turn had already ended; its output was discarded"),
-            Err(err) => error!(error = %err, "could not record the end of the turn"),
+            Err(err) => {
+                error!(error = %err, "could not record the end of the turn while its lease lasted; a sweep ends it by its agent's policy")
+            }
         }
     }
 
@@ -802,7 +860,12 @@ impl Inner {
             ops: batch.take(),
             now: self.clock.now(),
         };
-        match self.tasks.record_output(output).await {
+        let recorded = self
+            .retrying("record the turn's output", || {
+                self.tasks.record_output(output.clone())
+            })
+            .await;
+        match recorded {
             Ok(true) => {
                 self.notifier.task_changed(turn.task_id);
                 Ok(())
@@ -826,6 +889,11 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// The first pause before a failed write of a playing turn is tried again, and the
+/// longest.
+const RETRY_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Text that waits at most this long before it is stored and streamed.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(25);

@@ -30,6 +30,7 @@ const JSON_BODY: &[ErrorCode] = &[
     MalformedJson,
     JsonTooDeep,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     ValidationFailed,
 ];

@@ -50,6 +50,7 @@ error_codes! {
     IdempotencyKeyReused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was first used for a different request."),
     IdempotencyKeyInUse => (CONFLICT, "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed."),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large", "The body is larger than the server's body limit."),
+    RequestTimeout => (REQUEST_TIMEOUT, "request_timeout", "The request's body did not arrive within the server's body timeout; send it again."),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The body is not sent as application/json."),
     ValidationFailed => (UNPROCESSABLE_ENTITY, "validation_failed", "A field is missing or invalid; `fields` names each one."),
     RateLimited => (TOO_MANY_REQUESTS, "rate_limited", "The key sent more requests than its rate allows; see Retry-After."),

@@ -100,39 +100,70 @@ pub async fn json_body<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|err| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                format!("Could not read the body: {err}"),
-            )
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let timeout = state.limits.body_timeout;
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|err| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("Could not read the body: {err}"),
+                )
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "The request body did not arrive within {} s.",
+                timeout.as_secs_f64()
+            ),
+        )
+    })??;
     parse_json(&body, state.limits.json_depth)
 }
 
 /// Parses in two steps so that any syntax error anywhere in the body is reported as
 /// such (`malformed_json`) before any field is judged (`validation_failed`).
 fn parse_json<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|err| {
-        ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("The body is not valid JSON: {err}."),
-        )
-    })?;
+    let scan = crate::limits::scan(body);
+    if scan.depth > max_depth {
+        return Err(ApiError::new(
+            ErrorCode::JsonTooDeep,
+            format!(
+                "The body nests {} levels deep; at most {max_depth} are accepted.",
+                scan.depth
+            ),
+        ));
+    }
+    // The depth is checked above, so the parser's own recursion limit (128, which
+    // would answer a different error for the largest allowed depth) is not needed.
+    let mut parser = serde_json::Deserializer::from_slice(body);
+    parser.disable_recursion_limit();
+    let value = serde_json::Value::deserialize(&mut parser)
+        .and_then(|value| parser.end().map(|()| value))
+        .map_err(|err| {
+            ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("The body is not valid JSON: {err}."),
+            )
+        })?;
     if !value.is_object() {
         return Err(ApiError::invalid_field("body", "must be a JSON object"));
     }
-    let depth = crate::limits::depth(&value);
-    if depth > max_depth {
-        return Err(ApiError::new(
-            ErrorCode::JsonTooDeep,
-            format!("The body nests {depth} levels deep; at most {max_depth} are accepted."),
+    if let Some(number) = scan.inexact_number {
+        return Err(ApiError::invalid_field(
+            "body",
+            format!(
+                "the number {number} cannot be kept exactly (integers must fit 64 bits, \
+                 decimals the precision of a double); send it as a string"
+            ),
         ));
     }
     serde_path_to_error::deserialize(value).map_err(|err| {
@@ -295,6 +326,28 @@ mod tests {
             ErrorCode::ValidationFailed,
             "within the limit, fields are judged"
         );
+        // Deeper than the JSON parser's own recursion limit (128): the same code, for
+        // the default limit and the largest one allowed.
+        for nesting in [127, 128, 129, 200, 10_000] {
+            let deep = format!(
+                "{{\"agent_id\": 1, \"x\": {}1{}}}",
+                "[".repeat(nesting),
+                "]".repeat(nesting)
+            );
+            for limit in [32, 128] {
+                let err = parse_json::<Body>(deep.as_bytes(), limit).unwrap_err();
+                let expected = if nesting + 1 > limit {
+                    ErrorCode::JsonTooDeep
+                } else {
+                    ErrorCode::ValidationFailed
+                };
+                assert_eq!(
+                    err.code, expected,
+                    "{nesting} deep, limit {limit}: {}",
+                    err.message
+                );
+            }
+        }
     }
 
     #[test]

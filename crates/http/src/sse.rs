@@ -73,14 +73,16 @@ pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
                 ApiError::invalid_field(field, "must be an event id: a whole number, 0 or more")
             })
     };
-    let header = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+    // One rule for the header and the parameter: present means it must be an event
+    // id. (A browser's EventSource never sends an empty one.)
+    let header = match req.headers().get("last-event-id") {
+        None => None,
+        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}")),
+    };
     let after = match (header, query.after.as_deref()) {
-        (Some(id), _) if !id.trim().is_empty() => parse(id, "Last-Event-ID")?,
-        (_, Some(after)) => parse(after, "after")?,
-        _ => 0,
+        (Some(id), _) => parse(id, "Last-Event-ID")?,
+        (None, Some(after)) => parse(after, "after")?,
+        (None, None) => 0,
     };
     Ok((after, until_final))
 }

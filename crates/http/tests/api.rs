@@ -689,3 +689,54 @@ async fn bad_wait_is_422_naming_wait_and_other_agents_tasks_are_404_even_when_wa
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "task_not_found");
 }
+
+/// Metadata is passed through unchanged, or refused: a number the server could only
+/// round (2^64, a decimal past a double's precision) is a 422 that stores nothing;
+/// the largest 64-bit integers come back digit for digit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_come_back_exactly_or_are_refused() {
+    let app = TestApp::start().await;
+    let post = |metadata: &str| {
+        let body = format!(
+            r#"{{"agent_id": {}, "message": {{"content": "n"}}, "metadata": {metadata}}}"#,
+            app.agent
+        );
+        app.http
+            .post(app.url("/v1/chat/tasks"))
+            .bearer_auth(&app.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for lossy in ["18446744073709551616", "3.14159265358979323846"] {
+        let response = post(&format!(r#"{{"n": {lossy}}}"#)).await.unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_envelope(
+            status,
+            &headers,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        let reason = body["error"]["fields"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains(lossy), "{reason}");
+    }
+    let (_, list) = app.get(&app.token, "/v1/chat/tasks").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "nothing stored");
+
+    let exact = r#"{"max":18446744073709551615,"min":-9223372036854775808,"pi":3.141592653589793}"#;
+    let response = post(exact).await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let task: Value = response.json().await.unwrap();
+    let text = app
+        .http
+        .get(app.url(&format!("/v1/chat/tasks/{}", task["task_id"])))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(exact), "{text}");
+}

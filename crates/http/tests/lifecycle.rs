@@ -430,6 +430,7 @@ async fn limits_answer_with_their_own_codes_and_store_nothing() {
         baton_http::limits::RequestLimits {
             json_depth: 8,
             per_key: baton_http::limits::KeyRate::new(1, 4),
+            ..baton_http::limits::RequestLimits::default()
         },
         baton_domain::SubmitLimits {
             max_message_bytes: 1024,

@@ -274,13 +274,14 @@ async fn streams_are_refused_before_any_byte_when_they_cannot_be_served() {
     let app = TestApp::start().await;
     let task = app.create_task(&app.token, app.agent, "x").await;
     let (_, other) = app.agent_with_key(json!({})).await;
-    let get = |token: String, query: &'static str, last_id: Option<&'static str>| {
+    let get = |token: String, query: &'static str, last_id: Option<&'static [u8]>| {
         let mut request = app
             .http
             .get(app.url(&format!("/v1/chat/tasks/{task}/stream{query}")))
             .bearer_auth(token);
         if let Some(id) = last_id {
-            request = request.header("last-event-id", id);
+            let value = reqwest::header::HeaderValue::from_bytes(id).unwrap();
+            request = request.header("last-event-id", value);
         }
         request.send()
     };
@@ -300,14 +301,20 @@ async fn streams_are_refused_before_any_byte_when_they_cannot_be_served() {
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
+    let none: Option<&'static [u8]> = None;
     for (query, last_id, field) in [
-        ("?after=-1", None, "after"),
-        ("?after=x", None, "after"),
-        ("?until=forever", None, "until"),
+        ("?after=-1", none, "after"),
+        ("?after=x", none, "after"),
+        ("?until=forever", none, "until"),
         // Given empty is given wrong (found by schemathesis).
-        ("?until=", None, "until"),
-        ("?after=", None, "after"),
-        ("", Some("abc"), "Last-Event-ID"),
+        ("?until=", none, "until"),
+        ("?after=", none, "after"),
+        ("", Some(b"abc".as_slice()), "Last-Event-ID"),
+        // The header follows the parameter's rule: empty or unreadable is wrong too.
+        ("", Some(b"".as_slice()), "Last-Event-ID"),
+        ("", Some(b"  ".as_slice()), "Last-Event-ID"),
+        ("", Some(b"\xff7".as_slice()), "Last-Event-ID"),
+        ("?after=3", Some(b"".as_slice()), "Last-Event-ID"),
     ] {
         let (status, headers, body) =
             read(get(app.token.clone(), query, last_id).await.unwrap()).await;

@@ -173,6 +173,38 @@ macro_rules! define_queries {
                 .returning(tasks::last_seq)
                 .get_result(conn)
                 .await?;
+            insert_events(conn, task, last, drafts, now).await
+        }
+
+        /// As `append_events`, also marking the task updated at `now`, in the same
+        /// statement.
+        async fn append_events_touching(
+            conn: &mut Conn,
+            task: i64,
+            drafts: Vec<EventDraft>,
+            now: i64,
+        ) -> Result<(), TxError> {
+            let count = drafts.len() as i64;
+            let last: i64 = diesel::update(tasks::table.find(task))
+                .set((
+                    tasks::last_seq.eq(tasks::last_seq + count),
+                    tasks::updated_at.eq(now),
+                ))
+                .returning(tasks::last_seq)
+                .get_result(conn)
+                .await?;
+            insert_events(conn, task, last, drafts, now).await
+        }
+
+        /// Inserts the events that take the `seq`s up to `last`.
+        async fn insert_events(
+            conn: &mut Conn,
+            task: i64,
+            last: i64,
+            drafts: Vec<EventDraft>,
+            now: i64,
+        ) -> Result<(), TxError> {
+            let count = drafts.len() as i64;
             for (seq, draft) in (last - count + 1..).zip(drafts) {
                 let row = NewEventRow {
                     task_id: task,
@@ -538,26 +570,43 @@ macro_rules! define_queries {
                         Ok(Claim::Started(accepted))
                     })
                     .await;
-                match result {
+                let busy = match result {
                     Ok(claim) => return Ok(claim),
                     Err(TxError::NotFound) => return Err(ClaimError::TaskNotFound),
-                    Err(TxError::Busy(Some(active))) => return Err(ClaimError::TaskBusy(active)),
                     Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
                     Err(TxError::AtCapacity(limit)) => {
                         return Err(ClaimError::TooManyRunningTurns(limit));
                     }
                     Err(TxError::Invalid(errors)) => return Err(ClaimError::Invalid(errors)),
-                    Err(TxError::KeyRace) => {}
-                    Err(TxError::Busy(None)) => {
-                        if let Some(active) = running_turn(conn, task)
-                            .await
-                            .map_err(TxError::into_store)?
-                        {
-                            return Err(ClaimError::TaskBusy(active));
-                        }
-                    }
+                    Err(TxError::KeyRace) => continue,
+                    Err(TxError::Busy(active)) => active,
                     Err(other) => return Err(ClaimError::Store(other.into_store())),
+                };
+                // Busy, perhaps with this very request: on PostgreSQL a duplicate sent
+                // to another instance at the same moment can find the first's turn
+                // (committed after this transaction looked for the key) or be stopped
+                // by the unique index while the first commits. The first's key is
+                // committed with its turn, so looking again decides: a replay wins
+                // over busy.
+                let again = replay(conn, append.agent_id, record, now)
+                    .await
+                    .map_err(|err| match err {
+                        TxError::KeyReused => ClaimError::IdempotencyKeyReused,
+                        other => ClaimError::Store(other.into_store()),
+                    })?;
+                if let Some(first) = again {
+                    return Ok(Claim::Replayed(first));
                 }
+                let active = match busy {
+                    Some(active) => Some(active),
+                    None => running_turn(conn, task)
+                        .await
+                        .map_err(TxError::into_store)?,
+                };
+                if let Some(active) = active {
+                    return Err(ClaimError::TaskBusy(active));
+                }
+                // The winner of the race already ended: the task is idle again.
             }
             Err(contended())
         }
@@ -1040,15 +1089,37 @@ macro_rules! define_queries {
                     turns::usage.eq(usage.as_deref()),
                     turns::respond_by.eq(respond_by),
                 ))
-                .execute(conn)
-                .await?;
-                if ended == 0 {
+                .returning((
+                    TurnRow::as_returning(),
+                    turns::webhook_url,
+                    turns::webhook_secrets,
+                ))
+                .get_result::<(TurnRow, Option<String>, Option<String>)>(conn)
+                .await
+                .optional()?;
+                let Some((ended, hook_url, hook_secrets)) = ended else {
                     return Ok(false);
-                }
+                };
                 let mut drafts = Vec::new();
-                if let Some(mut open) = open_text(conn, turn).await? {
-                    save_text(conn, &mut open, true).await?;
-                    drafts.push(message_event(&open));
+                // The turn's output so far; its open streamed message is closed now.
+                let mut output: Vec<Message> = messages::table
+                    .filter(
+                        messages::turn_id
+                            .eq(turn.0)
+                            .and(messages::role.eq(Role::Assistant.as_str())),
+                    )
+                    .order(messages::id.asc())
+                    .select(MessageRow::as_select())
+                    .load(conn)
+                    .await?
+                    .into_iter()
+                    .map(MessageRow::into_domain)
+                    .collect::<Result<_, _>>()?;
+                for message in &mut output {
+                    if message.streaming_status == Some(StreamingStatus::InProgress) {
+                        save_text(conn, message, true).await?;
+                        drafts.push(message_event(message));
+                    }
                 }
                 for content in &finish.messages {
                     let whole = insert_message(
@@ -1062,30 +1133,8 @@ macro_rules! define_queries {
                     )
                     .await?;
                     drafts.push(message_event(&whole));
+                    output.push(whole);
                 }
-                let output: Vec<Message> = messages::table
-                    .filter(
-                        messages::turn_id
-                            .eq(turn.0)
-                            .and(messages::role.eq(Role::Assistant.as_str())),
-                    )
-                    .order(messages::id.asc())
-                    .select(MessageRow::as_select())
-                    .load(conn)
-                    .await?
-                    .into_iter()
-                    .map(MessageRow::into_domain)
-                    .collect::<Result<_, _>>()?;
-                let (ended, hook_url, hook_secrets): (TurnRow, Option<String>, Option<String>) =
-                    turns::table
-                        .find(turn.0)
-                        .select((
-                            TurnRow::as_select(),
-                            turns::webhook_url,
-                            turns::webhook_secrets,
-                        ))
-                        .first(conn)
-                        .await?;
                 let ended = ended.into_domain()?;
                 let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
                 drafts.push(EventDraft {
@@ -1095,11 +1144,7 @@ macro_rules! define_queries {
                 });
                 let own_hook = endpoint(hook_url, hook_secrets);
                 queue_delivery(conn, &ended, own_hook, &output, now).await?;
-                diesel::update(tasks::table.find(task.0))
-                    .set(tasks::updated_at.eq(now))
-                    .execute(conn)
-                    .await?;
-                append_events(conn, task.0, drafts, now).await?;
+                append_events_touching(conn, task.0, drafts, now).await?;
                 $announce(conn, task, Some(turn)).await?;
                 Ok(true)
             }

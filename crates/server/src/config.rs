@@ -72,6 +72,7 @@ pub struct LimitsFile {
     pub requests_per_second_per_key: Option<u32>,
     pub request_burst_per_key: Option<u32>,
     pub json_depth: Option<usize>,
+    pub body_timeout_secs: Option<u64>,
     pub max_message_bytes: Option<usize>,
     /// One attachment's bytes (decoded).
     pub max_attachment_bytes: Option<usize>,
@@ -141,6 +142,8 @@ pub struct Limits {
     pub requests_per_second_per_key: u32,
     pub request_burst_per_key: u32,
     pub json_depth: usize,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: Duration,
     pub submit: SubmitLimits,
 }
 
@@ -308,6 +311,7 @@ impl Config {
                 requests_per_second_per_key: Some(self.limits.requests_per_second_per_key),
                 request_burst_per_key: Some(self.limits.request_burst_per_key),
                 json_depth: Some(self.limits.json_depth),
+                body_timeout_secs: Some(self.limits.body_timeout.as_secs()),
                 max_message_bytes: Some(self.limits.submit.max_message_bytes),
                 max_attachment_bytes: Some(self.limits.submit.max_attachment_bytes),
                 max_running_turns_per_agent: Some(
@@ -474,6 +478,10 @@ impl Config {
                     .limits
                     .json_depth
                     .unwrap_or(baton_http::limits::DEFAULT_JSON_DEPTH),
+                body_timeout: file.limits.body_timeout_secs.map_or(
+                    baton_http::limits::DEFAULT_BODY_TIMEOUT,
+                    Duration::from_secs,
+                ),
                 submit: SubmitLimits {
                     max_message_bytes: file
                         .limits
@@ -551,6 +559,10 @@ impl Config {
         anyhow::ensure!(
             (1..=128).contains(&config.limits.json_depth),
             "limits.json_depth must be from 1 to 128"
+        );
+        anyhow::ensure!(
+            (1..=3600).contains(&config.limits.body_timeout.as_secs()),
+            "limits.body_timeout_secs must be from 1 to 3600"
         );
         anyhow::ensure!(
             config.limits.submit.max_message_bytes >= 1024,

@@ -461,6 +461,7 @@ async fn serve(config: Config, demo: bool, extra: &RunnerRegistry) -> anyhow::Re
             limits: baton_http::limits::RequestLimits {
                 json_depth: config.limits.json_depth,
                 per_key: key_rate.clone(),
+                body_timeout: config.limits.body_timeout,
             },
             admin: config
                 .admin_token

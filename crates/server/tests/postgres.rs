@@ -192,6 +192,40 @@ fn a_paused_instance_never_sweeps_its_own_live_turns() {
     );
 }
 
+/// The database goes away for a moment (as in a restart) while turns stream and end:
+/// their writes are tried again while their leases last, so every turn completes with
+/// its whole answer — none is thrown away and later ended `turn_interrupted`.
+#[test]
+fn turns_that_end_during_a_short_database_outage_keep_their_output_and_end() {
+    let db = TestDatabase::new();
+    let (agent, token) = agent_and_key(db.url(), r#"{"delay_ms": 400}"#);
+    let server = Server::start(db.url(), &[]);
+    let on = api(&server, &token);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let text = format!("through the outage {i}");
+        let (status, body) = on.post(
+            "/v1/chat/tasks",
+            json!({"agent_id": agent, "message": {"content": text}}),
+        );
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        tasks.push((body["task_id"].as_i64().unwrap(), text));
+    }
+    // The turns stream their words and end while the database refuses everyone.
+    db.set_reachable(false).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    db.set_reachable(true).unwrap();
+    for (task, text) in &tasks {
+        let done = on.settled_within(*task, Duration::from_secs(20));
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(
+            done["latest_message"]["content"]["content"],
+            format!("echo: {text}"),
+            "{done}"
+        );
+    }
+}
+
 #[test]
 fn a_cancel_on_one_instance_stops_the_turn_playing_on_the_other() {
     let db = TestDatabase::new();
@@ -260,6 +294,62 @@ fn one_idempotency_key_across_two_instances_starts_one_turn() {
     );
     let (_, tasks) = api(&a, &token).get("/v1/chat/tasks");
     assert_eq!(tasks["data"].as_array().unwrap().len(), 1, "{tasks}");
+
+    // The same for appends: two identical appends with one key, one to each instance
+    // at once, on an idle task. The key wins over the busy check: both are the same
+    // 202, one of them a replay — never a 409 task_busy.
+    let (quick, quick_token) = agent_and_key(db.url(), r#"{"delay_ms": 10}"#);
+    let on_a = api(&a, &quick_token);
+    let (status, created) = on_a.post(
+        "/v1/chat/tasks",
+        json!({"agent_id": quick, "message": {"content": "start"}}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let task = created["task_id"].as_i64().unwrap();
+    for round in 0..40 {
+        on_a.settled(task);
+        let answers: Vec<(StatusCode, Option<String>, String)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = bases
+                .iter()
+                .map(|base| {
+                    let token = &quick_token;
+                    scope.spawn(move || {
+                        let response = common::client()
+                            .post(format!("{base}/v1/chat/tasks/{task}/messages"))
+                            .bearer_auth(token)
+                            .header("idempotency-key", format!("append-round-{round}"))
+                            .json(&json!({"agent_id": quick, "message": {"content": format!("round {round}")}}))
+                            .send()
+                            .unwrap();
+                        let replayed = response
+                            .headers()
+                            .get("idempotent-replayed")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        (response.status(), replayed, response.text().unwrap())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            answers
+                .iter()
+                .all(|(status, _, body)| *status == StatusCode::ACCEPTED && *body == answers[0].2),
+            "round {round}: {answers:?}"
+        );
+        let replays = answers
+            .iter()
+            .filter(|(_, r, _)| r.as_deref() == Some("true"))
+            .count();
+        assert_eq!(replays, 1, "round {round}: {answers:?}");
+    }
+    on_a.settled(task);
+    let (_, history) = on_a.get(&format!("/v1/chat/tasks/{task}/messages?limit=100"));
+    assert_eq!(
+        history["data"].as_array().unwrap().len(),
+        2 + 40 * 2,
+        "one turn per round"
+    );
 }
 
 #[test]

@@ -93,6 +93,27 @@ impl TestDatabase {
         &self.url
     }
 
+    /// Makes this database unreachable — new connections refused, open ones ended —
+    /// or reachable again: a database outage (a restart, a failover) for one test,
+    /// without touching the other tests' databases.
+    pub fn set_reachable(&self, reachable: bool) -> Result<(), String> {
+        let server = SERVER
+            .get()
+            .and_then(|started| started.as_ref().ok())
+            .ok_or("the test cluster is not running")?;
+        server.try_psql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
+            self.name
+        ))?;
+        if !reachable {
+            server.try_psql(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ))?;
+        }
+        Ok(())
+    }
+
     /// Runs one SQL statement on this database with `psql`; its rows, unaligned, one
     /// per line (`psql -tA`).
     pub fn query(&self, sql: &str) -> Result<String, String> {

@@ -278,6 +278,88 @@ async fn streamed_text_becomes_the_turns_message() {
     );
 }
 
+/// A database that is away for a moment (a restart) fails a turn's writes: they are
+/// tried again while the lease lasts, so the finished output and the end are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_fail_for_a_moment_are_tried_again_and_nothing_is_lost() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_create_task()
+        .returning(|_| Ok(Claim::Started(accepted(3, 31))));
+    h.tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+    let outage = |calls: &std::sync::atomic::AtomicUsize| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
+    };
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (record_calls, kept) = (
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        recorded.clone(),
+    );
+    let counted = record_calls.clone();
+    h.tasks.expect_record_output().returning(move |output| {
+        if outage(&counted) {
+            return Err(StoreError::Unavailable("the database is restarting".into()));
+        }
+        kept.lock().unwrap().extend(output.ops);
+        Ok(true)
+    });
+    let finish_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = finish_calls.clone();
+    let (ended, mut ended_rx) = mpsc::unbounded_channel();
+    h.tasks.expect_finish_turn().returning(move |finish| {
+        if outage(&counted) {
+            return Err(StoreError::Unavailable("the database is restarting".into()));
+        }
+        ended.send(finish).unwrap();
+        Ok(true)
+    });
+    struct SaysHello;
+    #[async_trait::async_trait]
+    impl TurnRunner for SaysHello {
+        fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+            Ok(())
+        }
+        async fn run(
+            &self,
+            _: crate::runner::TurnInput,
+            sink: crate::runner::TurnSink,
+        ) -> Result<(), RunnerError> {
+            sink.text_delta("echo: hello")
+                .await
+                .map_err(|e| RunnerError::new("closed", e.to_string()))
+        }
+    }
+    h.notifier.expect_task_changed().return_const(());
+    let mut clock = MockClock::new();
+    clock.expect_now().returning(|| at(1));
+    let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
+    let agents: Arc<dyn AgentStore> = Arc::new(h.agents);
+    let executor = TurnExecutor::new(
+        tasks.clone(),
+        agents.clone(),
+        RunnerRegistry::new().with("mock", Arc::new(SaysHello)),
+        Arc::new(h.notifier),
+        Arc::new(clock),
+        ExecutorConfig::default(),
+        tokio::runtime::Handle::current(),
+    );
+    let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    let end = next_end(&mut ended_rx).await;
+    assert_eq!(end.outcome, TurnOutcome::Completed);
+    assert_eq!(
+        *recorded.lock().unwrap(),
+        vec![OutputOp::TextDelta("echo: hello".into())]
+    );
+    assert_eq!(record_calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(finish_calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_while_running_is_task_busy_and_starts_nothing() {
     let mut h = Harness::new();
