@@ -66,6 +66,14 @@ pub async fn envelope_and_request_id(
         && req
             .app_data::<actix_web::web::Data<crate::ApiState>>()
             .is_some_and(|state| state.shutdown.draining.is_cancelled());
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    // The route's pattern, not the path, labels metrics: ids would explode them.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let span = info_span!("request", request_id = %id);
     if draining {
         let refusal = ApiError::new(
             ErrorCode::ShuttingDown,
@@ -76,16 +84,17 @@ pub async fn envelope_and_request_id(
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
+        // Logged and counted like every answer.
+        Done {
+            span: &span,
+            method: &method,
+            route: &route,
+            path: &path,
+            started,
+        }
+        .record(response.status().as_u16());
         return Ok(ServiceResponse::new(req, response));
     }
-    let method = req.method().clone();
-    let path = req.path().to_owned();
-    // The route's pattern, not the path, labels metrics: ids would explode them.
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let span = info_span!("request", request_id = %id);
 
     let outcome = AssertUnwindSafe(next.call(req).instrument(span.clone()))
         .catch_unwind()

@@ -124,6 +124,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub store: StoreOptions,
     pub instance_id: String,
+    /// Whether `instance_id` was set, rather than made fresh for this start.
+    pub instance_id_given: bool,
     /// How long a turn's lease lasts unless renewed (renewed every third of it).
     pub lease_ttl: Duration,
     /// How often this instance looks for turns whose lease expired.
@@ -252,25 +254,54 @@ pub struct Overrides {
     pub webhook_secret: Option<String>,
 }
 
-/// Stands for a secret in printed configuration.
-const REDACTED: &str = "<redacted>";
-
 impl Config {
-    /// The effective configuration in the file's shape, every key filled in, secrets
-    /// redacted: what `baton config` prints.
+    /// What `baton config` prints: the effective configuration as a configuration
+    /// file that loads back to it — every key filled in — except what it must not
+    /// show or pin: secrets (the admin token, the webhook signing secret, the
+    /// database password) are left out and `instance_id` is left out unless it was
+    /// set. A comment at the top names each one left out.
+    pub fn printable(&self) -> Result<String, toml::ser::Error> {
+        let mut left_out = Vec::new();
+        if self.admin_token.is_some() {
+            left_out.push("admin_token (a secret: set it with BATON_ADMIN_TOKEN)");
+        }
+        if !self.webhooks.settings.signing_secrets.is_empty() {
+            left_out.push(
+                "[webhooks] signing_secret (a secret: set it with BATON_WEBHOOKS_SIGNING_SECRET)",
+            );
+        }
+        if url::Url::parse(&self.database_url).is_ok_and(|u| u.password().is_some()) {
+            left_out.push(
+                "the password of database_url (a secret: give the whole URL in BATON_DATABASE_URL)",
+            );
+        }
+        if !self.instance_id_given {
+            left_out.push("instance_id (not set: each start makes a fresh one)");
+        }
+        let mut text = String::from("# baton's effective configuration.\n");
+        for what in left_out {
+            text.push_str(&format!("# Left out: {what}.\n"));
+        }
+        text.push('\n');
+        text.push_str(&toml::to_string_pretty(&self.effective())?);
+        Ok(text)
+    }
+
+    /// The effective configuration in the file's shape, every key filled in but those
+    /// [`Config::printable`] leaves out.
     pub fn effective(&self) -> FileConfig {
         let ms = |d: Duration| d.as_millis() as u64;
         let hooks = &self.webhooks;
         FileConfig {
-            database_url: Some(redact_url(&self.database_url)),
+            database_url: Some(without_password(&self.database_url)),
             listen: Some(self.listen.clone()),
             workers: Some(self.workers),
             body_limit_bytes: Some(self.body_limit),
             max_concurrent_turns: Some(self.max_concurrent_turns),
             shutdown_grace_secs: Some(self.shutdown_grace.as_secs()),
             log_format: Some(self.log_format),
-            instance_id: Some(self.instance_id.clone()),
-            admin_token: self.admin_token.as_ref().map(|_| REDACTED.to_owned()),
+            instance_id: self.instance_id_given.then(|| self.instance_id.clone()),
+            admin_token: None,
             tool_response_timeout_secs: Some(self.tool_response_timeout.as_secs()),
             leases: LeasesFile {
                 ttl_ms: Some(ms(self.lease_ttl)),
@@ -281,8 +312,7 @@ impl Config {
                 in_flight_wait_ms: Some(ms(self.idempotency.in_flight_wait)),
             },
             webhooks: WebhooksFile {
-                signing_secret: (!hooks.settings.signing_secrets.is_empty())
-                    .then(|| REDACTED.to_owned()),
+                signing_secret: None,
                 allow_http: Some(hooks.settings.destinations.allow_http),
                 allow_networks: Some(
                     hooks
@@ -331,12 +361,11 @@ impl Config {
     }
 }
 
-/// A database URL with its password replaced.
-fn redact_url(raw: &str) -> String {
+/// A database URL without its password.
+fn without_password(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut parsed) if parsed.password().is_some() => {
-            // Angle brackets would be percent-encoded in a URL.
-            let _ = parsed.set_password(Some("redacted"));
+            let _ = parsed.set_password(None);
             parsed.to_string()
         }
         _ => raw.to_owned(),
@@ -438,6 +467,7 @@ impl Config {
                     .unwrap_or(30),
             ),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            instance_id_given: overrides.instance_id.is_some() || file.instance_id.is_some(),
             instance_id: overrides
                 .instance_id
                 .clone()
@@ -661,7 +691,7 @@ mod tests {
     }
 
     #[test]
-    fn the_effective_configuration_round_trips_with_secrets_redacted() {
+    fn the_printed_configuration_loads_back_to_the_same_settings_without_its_secrets() {
         let env = [
             (
                 "BATON_DATABASE_URL".to_owned(),
@@ -672,31 +702,45 @@ mod tests {
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
             ),
         ];
-        let config = Config::resolve_with_env(&Overrides::default(), env).unwrap();
-        let printed = toml::to_string(&config.effective()).unwrap();
+        let config = Config::resolve_with_env(&Overrides::default(), env.clone()).unwrap();
+        let printed = config.printable().unwrap();
         assert!(
             !printed.contains("hunter2") && !printed.contains("MfKQ9r8"),
             "{printed}"
         );
         assert!(
-            printed.contains("postgres://baton:redacted@db.internal/baton"),
+            printed.contains("postgres://baton@db.internal/baton"),
             "{printed}"
         );
-        assert!(
-            printed.contains("signing_secret = \"<redacted>\""),
-            "{printed}"
-        );
-        // Every key is there, and the printed file is a valid configuration itself.
-        for key in [
-            "readers",
-            "ttl_ms",
-            "retry_schedule_ms",
-            "pool_size",
-            "instance_id",
+        for note in [
+            "[webhooks] signing_secret",
+            "the password of database_url",
+            "instance_id (not set",
         ] {
+            assert!(
+                printed.contains(&format!("# Left out: {note}")),
+                "{printed}"
+            );
+        }
+        for key in ["readers", "ttl_ms", "retry_schedule_ms", "pool_size"] {
             assert!(printed.contains(key), "{key} missing: {printed}");
         }
-        let reread: FileConfig = toml::from_str(&printed).unwrap();
-        assert_eq!(reread.workers, Some(config.workers));
+        // Loaded back as a file, with the secrets given again as variables, it is the
+        // same configuration — and it pins no instance id.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &printed).unwrap();
+        let overrides = Overrides {
+            config_file: Some(file),
+            ..Overrides::default()
+        };
+        let reloaded = Config::resolve_with_env(&overrides, env).unwrap();
+        assert_eq!(reloaded.printable().unwrap(), printed);
+        assert_eq!(reloaded.database_url, config.database_url);
+        assert_eq!(
+            reloaded.webhooks.settings.signing_secrets,
+            config.webhooks.settings.signing_secrets
+        );
+        assert!(!reloaded.instance_id_given);
     }
 }

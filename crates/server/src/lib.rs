@@ -102,7 +102,10 @@ enum AgentCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// The runner that plays the agent (built in: echo).
+        /// The runner that plays the agent. Built in: `echo` (replies `echo: <text>`,
+        /// for trying things out), `openai` (a model behind an OpenAI-compatible Chat
+        /// Completions endpoint), `http` (an agent service of your own); see
+        /// docs/agents.md for each one's --runner-config.
         #[arg(long)]
         runner: String,
         /// The runner's configuration as JSON, e.g. '{"delay_ms": 1500}' for echo.
@@ -266,7 +269,7 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { demo, .. } => serve(config, demo, &extra).await,
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config.effective())?);
+            print!("{}", config.printable()?);
             Ok(())
         }
         Command::Migrate => {
@@ -541,9 +544,9 @@ async fn print_demo(app: &App, address: &str) -> anyhow::Result<()> {
         agent.id
     );
     println!("export BATON_KEY={}", key.token);
+    println!("export BATON_AGENT={}", agent.id);
     println!(
-        "curl -i -X POST http://{address}/v1/chat/tasks \\\n  -H \"Authorization: Bearer $BATON_KEY\" -H 'Content-Type: application/json' \\\n  -d '{{\"agent_id\": {}, \"message\": {{\"role\": \"user\", \"content\": \"hello\"}}}}'\n",
-        agent.id
+        "curl -i -X POST http://{address}/v1/chat/tasks \\\n  -H \"Authorization: Bearer $BATON_KEY\" -H 'Content-Type: application/json' \\\n  -d '{{\"agent_id\": '\"$BATON_AGENT\"', \"message\": {{\"role\": \"user\", \"content\": \"hello\"}}}}'\n"
     );
     Ok(())
 }

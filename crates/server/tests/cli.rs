@@ -188,6 +188,13 @@ fn cli_refuses_bad_input_with_a_clear_message() {
     let (ok, _, err) = run(&db, &["--database-url", "mysql://nope", "migrate"]);
     assert!(!ok && err.contains("sqlite://PATH"), "{err}");
 
+    // The help names every built-in runner.
+    let (ok, help, err) = run(&db, &["agent", "create", "--help"]);
+    assert!(ok, "{err}");
+    for kind in ["echo", "openai", "http"] {
+        assert!(help.contains(&format!("`{kind}`")), "{kind}: {help}");
+    }
+
     // A user's mistake is one line, even when backtraces are asked for.
     let output = baton(&db)
         .env("RUST_BACKTRACE", "1")
@@ -216,10 +223,14 @@ fn config_prints_the_effective_settings_and_refuses_unknown_variables() {
     assert!(output.status.success(), "{printed}");
     assert!(printed.contains("readers = 9"), "{printed}");
     assert!(
-        printed.contains("signing_secret = \"<redacted>\""),
+        printed.contains("# Left out: [webhooks] signing_secret"),
         "{printed}"
     );
     assert!(!printed.contains("MfKQ9r8"), "{printed}");
+    assert!(
+        !printed.contains("instance_id ="),
+        "no instance id pinned: {printed}"
+    );
     assert!(
         printed.contains(&format!("database_url = \"{db}\"")),
         "{printed}"
@@ -272,7 +283,28 @@ fn json_logs_carry_the_request_id_and_never_a_key_or_a_message() {
                 .to_owned(),
         );
     }
+    // A turn that outlasts the SIGTERM keeps the server draining a while: a request
+    // then is refused with 503, and logged like any other.
+    let (slow, slow_token) = agent_and_key(&db, r#"{"delay_ms": 1500}"#);
+    let response = http
+        .post(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(&slow_token)
+        .header("x-request-id", "trace-slow")
+        .json(&json!({"agent_id": slow, "message": {"content": "slow"}}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    ids.push("trace-slow".to_owned());
     server.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let response = http
+        .get(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-draining")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    ids.push("trace-draining".to_owned());
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 
     let text = std::fs::read_to_string(&log_path).unwrap();
@@ -284,7 +316,7 @@ fn json_logs_carry_the_request_id_and_never_a_key_or_a_message() {
         .iter()
         .filter(|l| l["fields"]["message"] == "request")
         .collect();
-    assert_eq!(requests.len(), 3, "{text}");
+    assert_eq!(requests.len(), ids.len(), "{text}");
     for (line, id) in requests.iter().zip(&ids) {
         assert_eq!(line["span"]["request_id"], id.as_str(), "{line}");
         assert!(line["fields"]["status"].is_u64(), "{line}");
@@ -333,4 +365,67 @@ fn the_admin_api_exists_only_with_an_admin_token() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The README's conversation, run as written (only the address differs) by bash
+/// against `serve --demo` on a new database: each step shows what the README says.
+#[test]
+fn the_readme_conversation_works_as_written() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## A conversation with curl")
+        .nth(1)
+        .expect("the README has its conversation");
+    let script = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a sh block");
+    let (_dir, db) = sqlite_db();
+    let server = Server::start(&db, &["--demo"]);
+    let export = |name: &str| {
+        server
+            .stdout
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("serve --demo prints export {name}=…"))
+            .to_owned()
+    };
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script.replace("http://127.0.0.1:8080", &server.base))
+        .env("BATON_KEY", export("BATON_KEY"))
+        .env("BATON_AGENT", export("BATON_AGENT"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    // Each step's answer, in order.
+    let mut rest: &str = &out;
+    for step in [
+        "HTTP/1.1 202 Accepted",
+        "HTTP/1.1 409 Conflict",
+        "\"code\":\"task_busy\"",
+        "\"status\":\"completed\"",
+        "\"content\":\"echo: hello\"",
+        "HTTP/1.1 202 Accepted",
+        // The stream: the first turn replayed, then the second live to its end.
+        "event: final",
+        "event: turn_started",
+        "event: text_delta",
+        "\"delta\":\"again\"",
+        "event: final",
+        // The history, then the cancelled turn with what it had streamed.
+        "\"content\":\"echo: and again\"",
+        "\"status\":\"running\"",
+        "\"status\":\"cancelled\"",
+        "\"content\":\"echo: ",
+        "\"streaming_status\":\"done\"",
+        // The webhook's delivery is listed.
+        "https://hooks.example.com/baton",
+    ] {
+        let at = rest
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} not found after what came before in:\n{out}"));
+        rest = &rest[at + step.len()..];
+    }
 }
