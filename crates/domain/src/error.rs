@@ -12,6 +12,10 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded right now; retrying may help.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The database answers but cannot take writes: its disk is full, or it is
+    /// read-only. Nothing was written; retrying once space returns succeeds.
+    #[error("storage cannot take writes: {0}")]
+    Unwritable(String),
     /// A uniqueness rule refused the write.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -95,6 +99,9 @@ pub enum ServiceError {
     TooLarge(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The database cannot take writes (a full disk, a read-only database).
+    #[error("storage cannot take writes: {0}")]
+    StorageUnwritable(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn StdError + Send + Sync>),
 }
@@ -109,6 +116,7 @@ impl From<StoreError> for ServiceError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(why) => ServiceError::Unavailable(why),
+            StoreError::Unwritable(why) => ServiceError::StorageUnwritable(why),
             other => ServiceError::Internal(Box::new(other)),
         }
     }

@@ -22,7 +22,13 @@ pub struct Route {
 /// the probes and `/metrics` answers `shutting_down`.)
 pub const ANY_ROUTE: &[ErrorCode] = &[InternalError];
 /// A route behind an agent's key.
-const KEYED: &[ErrorCode] = &[Unauthorized, RateLimited, ShuttingDown, ServiceUnavailable];
+const KEYED: &[ErrorCode] = &[
+    Unauthorized,
+    RateLimited,
+    ShuttingDown,
+    ServiceUnavailable,
+    StorageUnwritable,
+];
 /// A route behind the admin token (`not_found` when the admin API is disabled).
 const ADMIN: &[ErrorCode] = &[Unauthorized, NotFound, ShuttingDown, ServiceUnavailable];
 /// A route that reads a JSON body.
@@ -59,7 +65,7 @@ macro_rules! api {
 
 api! {
     "/healthz" { get => routes::healthz, errors: []; }
-    "/readyz" { get => routes::readyz, errors: [&[ShuttingDown, ServiceUnavailable]]; }
+    "/readyz" { get => routes::readyz, errors: [&[ShuttingDown, ServiceUnavailable, StorageUnwritable]]; }
     "/metrics" { get => routes::metrics, errors: [&[NotFound]]; }
     "/openapi.json" { get => openapi::document, errors: [&[ShuttingDown]]; }
     "/docs" { get => openapi::docs_root, errors: [&[ShuttingDown]]; }

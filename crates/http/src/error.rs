@@ -58,6 +58,7 @@ error_codes! {
     InternalError => (INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error; report the request_id to the operator."),
     ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable", "The database is unreachable or the instance is not ready; retry shortly."),
     ShuttingDown => (SERVICE_UNAVAILABLE, "shutting_down", "This instance is stopping; retry (another instance, or after Retry-After)."),
+    StorageUnwritable => (SERVICE_UNAVAILABLE, "storage_unwritable", "The database cannot take writes (its disk is full, or it is read-only); nothing was stored. Retry after Retry-After."),
 }
 
 impl ErrorCode {
@@ -69,11 +70,15 @@ impl ErrorCode {
                 | ErrorCode::IdempotencyKeyInUse
                 | ErrorCode::ServiceUnavailable
                 | ErrorCode::ShuttingDown
+                | ErrorCode::StorageUnwritable
                 | ErrorCode::RateLimited
                 | ErrorCode::TooManyRunningTurns
         )
     }
 }
+
+/// `Retry-After` of a `storage_unwritable` answer: an operator has to free space.
+const STORAGE_RETRY_AFTER_SECS: u32 = 5;
 
 /// One invalid field in a validation error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -327,6 +332,14 @@ impl From<ServiceError> for ApiError {
                 ..ApiError::new(
                     ErrorCode::ServiceUnavailable,
                     "The service is temporarily unavailable; retry shortly.",
+                )
+            },
+            ServiceError::StorageUnwritable(why) => ApiError {
+                retry_after: Some(STORAGE_RETRY_AFTER_SECS),
+                source: Some(why.into()),
+                ..ApiError::new(
+                    ErrorCode::StorageUnwritable,
+                    "The database cannot take writes right now (its disk is full, or it is read-only); nothing was stored. Retry after Retry-After.",
                 )
             },
             ServiceError::Internal(source) => ApiError::internal(source),

@@ -55,7 +55,7 @@ pub(crate) async fn healthz() -> HttpResponse {
 /// and migrated.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     summary = "Readiness",
-    description = "The instance should get traffic: its database is reachable and carries every migration this build knows, and it is not stopping. Otherwise 503, with the reason in the message.",
+    description = "The instance should get traffic: its database is reachable and carries every migration this build knows, it is not stopping, and no write failed for want of space (or a read-only database) in the last 10 s. Otherwise 503, with the reason in the message.",
     responses((status = 200, body = StatusBody, example = json!({"status": "ready"}))))]
 pub(crate) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     if state.shutdown.draining.is_cancelled() {
@@ -67,7 +67,11 @@ pub(crate) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, A
     state.tasks.check_ready().await.map_err(|err| {
         // Readiness says why, unlike other 503s: operators read it, not clients.
         let why = err.to_string();
-        ApiError::new(ErrorCode::ServiceUnavailable, why)
+        let code = match err {
+            baton_domain::ServiceError::StorageUnwritable(_) => ErrorCode::StorageUnwritable,
+            _ => ErrorCode::ServiceUnavailable,
+        };
+        ApiError::new(code, why)
     })?;
     Ok(HttpResponse::Ok().json(StatusBody { status: "ready" }))
 }

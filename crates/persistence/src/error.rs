@@ -44,8 +44,26 @@ pub(crate) fn from_diesel(err: DieselError) -> StoreError {
         {
             StoreError::Unavailable("the database is locked by another process".to_owned())
         }
+        DieselError::DatabaseError(_, info) if is_unwritable(info.message()) => {
+            StoreError::Unwritable(info.message().to_owned())
+        }
         _ => StoreError::internal(err),
     }
+}
+
+/// Whether a database's error says it cannot take writes: a full disk (SQLite's
+/// SQLITE_FULL, PostgreSQL's `disk_full` and failed file extensions) or a read-only
+/// database (SQLITE_READONLY, a read-only PostgreSQL transaction or standby).
+fn is_unwritable(message: &str) -> bool {
+    [
+        "database or disk is full",
+        "attempt to write a readonly database",
+        "No space left on device",
+        "could not extend file",
+        "read-only transaction",
+    ]
+    .iter()
+    .any(|sign| message.contains(sign))
 }
 
 pub(crate) fn from_pool<E: std::fmt::Display>(err: deadpool::managed::PoolError<E>) -> StoreError {

@@ -10,6 +10,7 @@ mod memory;
 mod models;
 mod queries;
 mod schema;
+mod write_health;
 
 use async_trait::async_trait;
 use baton_domain::webhooks::{AttemptResult, DeliveryView, DueDelivery};
@@ -43,6 +44,8 @@ pub struct PoolUsage {
 /// The SQL storage adapter, on whichever database its URL names.
 pub struct SqlStore {
     db: Db,
+    /// Whether writes lately failed for want of space (readiness reports it).
+    writes: write_health::WriteHealth,
 }
 
 enum Db {
@@ -75,7 +78,13 @@ impl SqlStore {
                 Db::Postgres(backend::open_postgres(&url, options.postgres).await?)
             }
         };
-        Ok((SqlStore { db }, applied))
+        Ok((
+            SqlStore {
+                db,
+                writes: write_health::WriteHealth::default(),
+            },
+            applied,
+        ))
     }
 
     /// Applies pending migrations to the database the URL names; returns their names.
@@ -150,7 +159,12 @@ impl SqlStore {
 /// `readers`, on SQLite) and `$q` bound to that backend's queries. The body is
 /// expanded once per backend.
 macro_rules! on_conn {
-    ($store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {
+    ($store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {{
+        let result = on_conn!(@run $store, $role, |$conn, $q| $body);
+        $store.writes.note(stringify!($role) == "writer", &result);
+        result
+    }};
+    (@run $store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {
         match &$store.db {
             Db::Sqlite(pools) => {
                 let mut object = pools.$role.get().await.map_err(from_pool)?;
@@ -316,6 +330,7 @@ impl TaskStore for SqlStore {
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
+        self.writes.check()?;
         let latest = backend::latest_migration();
         on_conn!(self, readers, |conn, q| q::check_ready(conn, &latest).await)
     }
