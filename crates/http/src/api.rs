@@ -18,9 +18,11 @@ pub struct Route {
     pub errors: &'static [&'static [ErrorCode]],
 }
 
-/// Any route can meet an unexpected error. (While the instance stops, every route but
-/// the probes and `/metrics` answers `shutting_down`.)
-pub const ANY_ROUTE: &[ErrorCode] = &[InternalError];
+/// Any route can meet an unexpected error, and any request can be refused before it
+/// reaches a route: unreadable (`bad_request`), too slow (`request_timeout`) or with
+/// headers over the limit. (While the instance stops, every route but the probes and
+/// `/metrics` answers `shutting_down`.)
+pub const ANY_ROUTE: &[ErrorCode] = &[InternalError, BadRequest, RequestTimeout, HeadersTooLarge];
 /// A route behind an agent's key.
 const KEYED: &[ErrorCode] = &[
     Unauthorized,

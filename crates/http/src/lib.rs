@@ -6,6 +6,7 @@ pub mod api;
 pub mod dto;
 pub mod error;
 pub mod extract;
+mod framing_errors;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;
@@ -15,8 +16,9 @@ pub mod sse;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::{App, HttpServer, middleware::from_fn, web};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::dev::{AppConfig, Server};
+use actix_web::{App, middleware::from_fn, web};
 use baton_domain::TaskService;
 use tokio_util::sync::CancellationToken;
 
@@ -92,28 +94,62 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clon
 
 /// Serves the API on `listener`. Signals are left to the caller, which coordinates the
 /// stop of the server with the stop of running turns.
+///
+/// actix-web's `HttpServer`, assembled from its parts with the same settings, so that
+/// each connection's stream is wrapped: the error answers actix-http writes by itself
+/// (`400`, `408`, `431`) go out as envelopes too ([`framing_errors`]).
 pub fn serve(
     listener: TcpListener,
     state: ApiState,
     options: ServerOptions,
 ) -> std::io::Result<Server> {
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(from_fn(middleware::envelope_and_request_id))
-            .configure(configure(state.clone()))
-            .default_service(web::to(routes::not_found))
-    })
-    // Small writes (SSE events, short JSON answers) must leave at once: without
-    // TCP_NODELAY, Nagle's algorithm holds them behind the peer's delayed ACK (~40 ms).
-    .on_connect(|connection, _| {
-        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-    })
-    .workers(options.workers.max(1))
-    .shutdown_timeout(options.shutdown_timeout.as_secs())
-    .disable_signals()
-    .listen(listener)?
-    .run();
+    let builder = Server::build();
+    // Idle keep-alive connections close as soon as the stop begins, as in actix-web's
+    // own server; without it a stop waits for them to time out.
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(options.workers.max(1))
+        .shutdown_timeout(options.shutdown_timeout.as_secs())
+        .disable_signals()
+        .listen("baton", listener, move || {
+            let (state, stopping) = (state.clone(), stopping.clone());
+            let app = App::new()
+                .wrap(from_fn(middleware::envelope_and_request_id))
+                .configure(configure(state))
+                .default_service(web::to(routes::not_found));
+            let http = actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .keep_alive(actix_http::KeepAlive::default())
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .h1_allow_half_closed(true)
+                .finish(map_config(
+                    app.into_factory()
+                        .map_err(|err: actix_web::Error| err.error_response()),
+                    |_| AppConfig::default(),
+                ));
+            fn_service(|stream: actix_web::rt::net::TcpStream| async move {
+                // Small writes (SSE events, short JSON answers) must leave at once:
+                // without TCP_NODELAY, Nagle's algorithm holds them behind the peer's
+                // delayed ACK (~40 ms).
+                let _ = stream.set_nodelay(true);
+                let peer = stream.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    framing_errors::Enveloping::new(stream),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            })
+            .and_then(http)
+        })?
+        .run();
     Ok(server)
 }
+
+/// How long a client has to send a request's head (actix-web's default).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection is given to shut down (actix-web's default).
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);

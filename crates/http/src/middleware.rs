@@ -35,7 +35,12 @@ fn request_id(req: &ServiceRequest) -> String {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("req_{:016x}", rand::random::<u64>()))
+        .unwrap_or_else(new_request_id)
+}
+
+/// A request id made by the server (`req_` and 16 hex digits).
+pub(crate) fn new_request_id() -> String {
+    format!("req_{:016x}", rand::random::<u64>())
 }
 
 /// For an error response that is not already our envelope, the code that fits its
