@@ -858,6 +858,7 @@ impl Inner {
             turn_id: turn.turn_id,
             holder: self.holder(turn),
             ops: batch.take(),
+            batch: batch.taken,
             now: self.clock.now(),
         };
         let recorded = self
@@ -912,6 +913,9 @@ pub(crate) struct Coalescer {
     usage: Option<Usage>,
     /// Whether the runner asked the client to run tools.
     asked_for_tools: bool,
+    /// Batches taken so far: the number of the last one, for the store to recognise
+    /// a batch written twice.
+    taken: u32,
 }
 
 impl Coalescer {
@@ -945,6 +949,7 @@ impl Coalescer {
 
     pub(crate) fn take(&mut self) -> Vec<OutputOp> {
         self.text_bytes = 0;
+        self.taken += 1;
         std::mem::take(&mut self.ops)
     }
 }

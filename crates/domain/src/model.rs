@@ -281,6 +281,10 @@ pub struct RecordOutput {
     pub task_id: TaskId,
     pub turn_id: TurnId,
     pub holder: Holder,
+    /// This batch's number in the play, from 1. A batch the store already recorded
+    /// (written again because the answer to its commit was lost) is not recorded a
+    /// second time.
+    pub batch: u32,
     pub ops: Vec<OutputOp>,
     pub now: DateTime<Utc>,
 }

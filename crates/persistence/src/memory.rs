@@ -26,6 +26,8 @@ struct State {
     turn_webhooks: HashMap<TurnId, WebhookEndpoint>,
     deliveries: Vec<MemoryDelivery>,
     files: Vec<StoredFile>,
+    /// Output batches the current play of each running turn has recorded.
+    output_batches: HashMap<TurnId, u32>,
 }
 
 #[derive(Debug)]
@@ -598,6 +600,12 @@ impl TaskStore for MemoryStore {
         if !state.plays(turn, &output.holder) {
             return Ok(false);
         }
+        let recorded = state.output_batches.entry(turn).or_insert(0);
+        if *recorded >= output.batch {
+            // Written again after its commit: already recorded.
+            return Ok(true);
+        }
+        *recorded = output.batch;
         for op in output.ops {
             match op {
                 OutputOp::TextDelta(delta) => {
@@ -785,6 +793,7 @@ impl TaskStore for MemoryStore {
                 turn_id,
                 (Some(take.lease.owner.clone()), take.lease.expires_at),
             );
+            state.output_batches.remove(&turn_id);
             state
                 .messages
                 .retain(|m| m.turn_id != turn_id || m.role != Role::Assistant);

@@ -721,10 +721,14 @@ macro_rules! define_queries {
             Ok(())
         }
 
-        /// Whether `holder` holds the lease of the running turn and plays its current
-        /// attempt.
-        async fn holds_turn(conn: &mut Conn, turn: TurnId, holder: &Holder) -> Result<bool, TxError> {
-            let held: Option<i64> = turns::table
+        /// How many output batches the play has recorded, if `holder` holds the lease
+        /// of the running turn and plays its current attempt.
+        async fn recorded_batches(
+            conn: &mut Conn,
+            turn: TurnId,
+            holder: &Holder,
+        ) -> Result<Option<i64>, TxError> {
+            Ok(turns::table
                 .filter(
                     turns::id
                         .eq(turn.0)
@@ -732,11 +736,10 @@ macro_rules! define_queries {
                         .and(turns::lease_owner.eq(&holder.owner))
                         .and(turns::attempt.eq(i64::from(holder.attempt))),
                 )
-                .select(turns::id)
+                .select(turns::output_batches)
                 .first(conn)
                 .await
-                .optional()?;
-            Ok(held.is_some())
+                .optional()?)
         }
 
         /// The condition a guard puts on the turn row that is about to end.
@@ -795,9 +798,17 @@ macro_rules! define_queries {
         ) -> Result<bool, StoreError> {
             let (task, turn, at) = (output.task_id, output.turn_id, output.now);
             conn.$begin_write(async |conn| {
-                if !holds_turn(conn, turn, &output.holder).await? {
+                let Some(recorded) = recorded_batches(conn, turn, &output.holder).await? else {
                     return Ok(false);
+                };
+                if recorded >= i64::from(output.batch) {
+                    // Written again after its commit: already recorded.
+                    return Ok(true);
                 }
+                diesel::update(turns::table.find(turn.0))
+                    .set(turns::output_batches.eq(i64::from(output.batch)))
+                    .execute(conn)
+                    .await?;
                 let mut drafts = Vec::new();
                 let mut open = open_text(conn, turn).await?;
                 for op in &output.ops {
@@ -1612,6 +1623,7 @@ macro_rules! define_queries {
                     turns::lease_owner.eq(&take.lease.owner),
                     turns::lease_expires_at.eq(micros(take.lease.expires_at)),
                     turns::attempt.eq(turns::attempt + 1),
+                    turns::output_batches.eq(0),
                 ))
                 .returning(TurnRow::as_returning())
                 .get_results(conn)

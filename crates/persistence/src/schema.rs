@@ -68,6 +68,7 @@ diesel::table! {
         webhook_secrets -> Nullable<Text>,
         usage -> Nullable<Text>,
         respond_by -> Nullable<BigInt>,
+        output_batches -> BigInt,
     }
 }
 

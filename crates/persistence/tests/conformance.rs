@@ -103,6 +103,7 @@ conformance!(
     an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder,
     a_taken_over_turn_starts_again_without_the_interrupted_output,
     a_superseded_attempt_never_writes_even_under_the_same_holder,
+    a_batch_written_again_is_recorded_once,
     many_expired_turns_are_taken_over_or_ended_in_one_call,
     released_leases_expire_at_once_and_nobody_holds_them,
     cancel_ends_a_running_turn_keeping_its_partial_text,
@@ -1340,6 +1341,66 @@ async fn a_superseded_attempt_never_writes_even_under_the_same_holder(store: Arc
     );
 }
 
+/// A play writes a batch again when the answer to its commit was lost: the store
+/// recognises it by its number and records it once. A new attempt counts from 1.
+async fn a_batch_written_again_is_recorded_once(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    let batch = |n: u32, text: &str| RecordOutput {
+        batch: n,
+        ..record(&t, vec![delta(text)])
+    };
+    for (n, text) in [
+        (1, "echo: "),
+        (1, "echo: "),
+        (2, "hel"),
+        (2, "hel"),
+        (1, "echo: "),
+    ] {
+        assert!(store.record_output(batch(n, text)).await.unwrap());
+    }
+    assert!(store.record_output(batch(3, "lo")).await.unwrap());
+    assert_eq!(
+        texts(&history(&*store, a.id, t.task_id).await),
+        ["hello", "echo: hello"]
+    );
+    let deltas: Vec<EventKind> = all_events(&*store, a.id, t.task_id)
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        deltas,
+        [
+            EventKind::TurnStarted,
+            EventKind::TextDelta,
+            EventKind::TextDelta,
+            EventKind::TextDelta
+        ]
+    );
+    // Taken over: the new attempt's batches count from 1 again.
+    let take = TakeOver {
+        turns: vec![(t.task_id, t.turn_id)],
+        expired_by: at(60),
+        lease: Lease {
+            owner: HOLDER.into(),
+            expires_at: at(120),
+        },
+        now: at(61),
+    };
+    assert_eq!(
+        store.take_over_turns(take).await.unwrap(),
+        vec![(t.turn_id, 2)]
+    );
+    let mut again = batch(1, "echo: hello");
+    again.holder.attempt = 2;
+    assert!(store.record_output(again).await.unwrap());
+    assert_eq!(
+        texts(&history(&*store, a.id, t.task_id).await),
+        ["hello", "echo: hello"]
+    );
+}
+
 async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let mut started = Vec::new();
@@ -1662,11 +1723,15 @@ async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<imp
     );
 }
 
+/// A batch of output from the first attempt's play; each call is a new batch (their
+/// numbers only grow, as a play's do).
 fn record(task: &Accepted, ops: Vec<OutputOp>) -> RecordOutput {
+    static BATCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     RecordOutput {
         task_id: task.task_id,
         turn_id: task.turn_id,
         holder: holder(),
+        batch: BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ops,
         now: at(2),
     }
