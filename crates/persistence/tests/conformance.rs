@@ -1220,22 +1220,14 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
             .await
             .unwrap()
     );
-    let take = |expired_by| TakeOver {
-        turns: vec![(t.task_id, t.turn_id)],
-        expired_by,
-        lease: Lease {
-            owner: "instance-b".into(),
-            expires_at: at(120),
-        },
-        now: at(61),
-    };
-    assert_eq!(store.take_over_turns(take(at(59))).await.unwrap(), vec![]);
+    let take = |expired_by| take_over(&t, "instance-b", expired_by);
+    assert_eq!(store.take_over_turns(take(59)).await.unwrap(), vec![]);
     assert_eq!(
-        store.take_over_turns(take(at(60))).await.unwrap(),
+        store.take_over_turns(take(60)).await.unwrap(),
         vec![(t.turn_id, 2)]
     );
     assert_eq!(
-        store.take_over_turns(take(at(60))).await.unwrap(),
+        store.take_over_turns(take(60)).await.unwrap(),
         vec![],
         "the new lease is alive: nobody else takes the turn"
     );
@@ -1266,22 +1258,10 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
     assert_eq!(restart.data["turn"]["attempt"], 2);
     assert_eq!(restart.data["input"]["content"]["content"], "hello");
 
-    let second = Holder {
-        owner: "instance-b".into(),
-        attempt: 2,
-    };
     let mut retry = record(&t, vec![delta("a whole answer")]);
-    retry.holder = second.clone();
+    retry.holder = play("instance-b", 2);
     assert!(store.record_output(retry).await.unwrap());
-    let done = FinishTurn {
-        task_id: t.task_id,
-        turn_id: t.turn_id,
-        outcome: TurnOutcome::Completed,
-        messages: vec![],
-        usage: None,
-        guard: LeaseGuard::Holder(second),
-        now: at(62),
-    };
+    let done = completed_by(&t, play("instance-b", 2));
     assert!(store.finish_turn(done).await.unwrap());
     assert_eq!(
         texts(&history(&*store, a.id, t.task_id).await),
@@ -1294,17 +1274,11 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
 async fn a_superseded_attempt_never_writes_even_under_the_same_holder(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "hello").await;
-    let take = TakeOver {
-        turns: vec![(t.task_id, t.turn_id)],
-        expired_by: at(60),
-        lease: Lease {
-            owner: HOLDER.into(),
-            expires_at: at(120),
-        },
-        now: at(61),
-    };
     assert_eq!(
-        store.take_over_turns(take).await.unwrap(),
+        store
+            .take_over_turns(take_over(&t, HOLDER, 60))
+            .await
+            .unwrap(),
         vec![(t.turn_id, 2)]
     );
     assert!(
@@ -1318,22 +1292,10 @@ async fn a_superseded_attempt_never_writes_even_under_the_same_holder(store: Arc
         !finish(&*store, &t, TurnOutcome::Completed, vec![]).await,
         "attempt 1 cannot end the turn"
     );
-    let second = Holder {
-        owner: HOLDER.into(),
-        attempt: 2,
-    };
     let mut output = record(&t, vec![delta("echo: hello")]);
-    output.holder = second.clone();
+    output.holder = play(HOLDER, 2);
     assert!(store.record_output(output).await.unwrap());
-    let done = FinishTurn {
-        task_id: t.task_id,
-        turn_id: t.turn_id,
-        outcome: TurnOutcome::Completed,
-        messages: vec![],
-        usage: None,
-        guard: LeaseGuard::Holder(second),
-        now: at(62),
-    };
+    let done = completed_by(&t, play(HOLDER, 2));
     assert!(store.finish_turn(done).await.unwrap());
     assert_eq!(
         texts(&history(&*store, a.id, t.task_id).await),
@@ -1379,17 +1341,11 @@ async fn a_batch_written_again_is_recorded_once(store: Arc<impl Store>) {
         ]
     );
     // Taken over: the new attempt's batches count from 1 again.
-    let take = TakeOver {
-        turns: vec![(t.task_id, t.turn_id)],
-        expired_by: at(60),
-        lease: Lease {
-            owner: HOLDER.into(),
-            expires_at: at(120),
-        },
-        now: at(61),
-    };
     assert_eq!(
-        store.take_over_turns(take).await.unwrap(),
+        store
+            .take_over_turns(take_over(&t, HOLDER, 60))
+            .await
+            .unwrap(),
         vec![(t.turn_id, 2)]
     );
     let mut again = batch(1, "echo: hello");
@@ -1721,6 +1677,40 @@ async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<imp
         store.find_api_key("h1").await.unwrap().unwrap().revoked_at,
         Some(at(5))
     );
+}
+
+/// Taking over this one turn for `owner` (lease until 120 s), if expired by `expired_by`.
+fn take_over(t: &Accepted, owner: &str, expired_by: i64) -> TakeOver {
+    TakeOver {
+        turns: vec![(t.task_id, t.turn_id)],
+        expired_by: at(expired_by),
+        lease: Lease {
+            owner: owner.into(),
+            expires_at: at(120),
+        },
+        now: at(61),
+    }
+}
+
+/// The play of attempt `attempt` under `owner`'s lease.
+fn play(owner: &str, attempt: u32) -> Holder {
+    Holder {
+        owner: owner.into(),
+        attempt,
+    }
+}
+
+/// A turn's normal end, as `holder` plays it.
+fn completed_by(t: &Accepted, holder: Holder) -> FinishTurn {
+    FinishTurn {
+        task_id: t.task_id,
+        turn_id: t.turn_id,
+        outcome: TurnOutcome::Completed,
+        messages: vec![],
+        usage: None,
+        guard: LeaseGuard::Holder(holder),
+        now: at(62),
+    }
 }
 
 /// A batch of output from the first attempt's play; each call is a new batch (their

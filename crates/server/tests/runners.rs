@@ -511,24 +511,9 @@ fn unanswered_tool_calls_fail_the_turn_when_they_are_due() {
         view["latest_turn"]["error"]["code"],
         "tool_response_timeout"
     );
-    // A late answer is refused: nothing waits for it any more.
-    let (status, _) = append(
-        &server,
-        &token,
-        task,
-        tool_answer(agent, "call_abc", json!(1)),
-    );
-    assert_eq!(status, 422);
-
     // The user writes again: the model is sent a history it accepts, each of the
     // unanswered calls followed by a result saying it was not answered.
-    let (status, body) = append(
-        &server,
-        &token,
-        task,
-        json!({"agent_id": agent, "message": {"content": "still there?"}}),
-    );
-    assert_eq!(status, 202, "{body}");
+    answers_are_late_and_a_message_starts_a_turn(&server, &token, agent, task, "still there?");
     assert_eq!(settle(&server, &token, task)["status"], "completed");
     let requests = model.received();
     let sent = requests.last().unwrap().json();
@@ -599,19 +584,30 @@ fn a_turn_waiting_for_tool_answers_can_be_cancelled() {
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "cancelled");
     assert_eq!(cancel().0, 200, "a repeated cancel answers the same");
-    // Nothing waits for the answers any more; the task takes a new message.
+    answers_are_late_and_a_message_starts_a_turn(&server, &token, agent, task, "never mind");
+}
+
+/// Once a turn stopped waiting for tool answers, a late answer is refused (nothing
+/// waits for it) and a user's message starts the next turn.
+fn answers_are_late_and_a_message_starts_a_turn(
+    server: &Server,
+    token: &str,
+    agent: i64,
+    task: i64,
+    text: &str,
+) {
     let (status, _) = append(
-        &server,
-        &token,
+        server,
+        token,
         task,
         tool_answer(agent, "call_abc", json!(1)),
     );
     assert_eq!(status, 422);
     let (status, body) = append(
-        &server,
-        &token,
+        server,
+        token,
         task,
-        json!({"agent_id": agent, "message": {"content": "never mind"}}),
+        json!({"agent_id": agent, "message": {"content": text}}),
     );
     assert_eq!(status, 202, "{body}");
 }

@@ -139,7 +139,17 @@ impl Harness {
         self.build_with_hub(crate::LocalNotifier::default())
     }
 
-    fn build_with_hub(self, hub: crate::LocalNotifier) -> TaskService {
+    fn build_with_hub(mut self, hub: crate::LocalNotifier) -> TaskService {
+        let runner = std::mem::replace(&mut self.runner, MockTurnRunner::new());
+        self.build_with_runner(Arc::new(runner), hub)
+    }
+
+    /// With a runner of the test's own instead of the mock.
+    fn build_with_runner(
+        self,
+        runner: Arc<dyn TurnRunner>,
+        hub: crate::LocalNotifier,
+    ) -> TaskService {
         let mut clock = MockClock::new();
         clock.expect_now().returning(|| at(1));
         let tasks: Arc<dyn TaskStore> = Arc::new(self.tasks);
@@ -147,7 +157,7 @@ impl Harness {
         let executor = TurnExecutor::new(
             tasks.clone(),
             agents.clone(),
-            RunnerRegistry::new().with("mock", Arc::new(self.runner)),
+            RunnerRegistry::new().with("mock", runner),
             Arc::new(self.notifier),
             Arc::new(clock),
             ExecutorConfig {
@@ -157,6 +167,30 @@ impl Harness {
             tokio::runtime::Handle::current(),
         );
         TaskService::new(tasks, agents, executor, hub)
+    }
+}
+
+/// A runner that streams these pieces of text. (A runner that streams is awkward to
+/// express with a synchronous mock closure, so this one is a real implementation of
+/// the port.)
+struct Streams(&'static [&'static str]);
+
+#[async_trait::async_trait]
+impl TurnRunner for Streams {
+    fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+    async fn run(
+        &self,
+        _: crate::runner::TurnInput,
+        sink: crate::runner::TurnSink,
+    ) -> Result<(), RunnerError> {
+        for piece in self.0 {
+            sink.text_delta(*piece)
+                .await
+                .map_err(|e| RunnerError::new("closed", e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -215,43 +249,11 @@ async fn streamed_text_becomes_the_turns_message() {
         .returning(|_| Ok(Claim::Started(accepted(3, 31))));
     let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut ended = h.expect_turns_played_recording(recorded.clone());
-    h.runner.expect_run().returning(|_, _| Ok(()));
-    // A runner that streams is awkward to express with a synchronous mock closure, so
-    // this one is a real implementation of the port.
-    struct Streaming;
-    #[async_trait::async_trait]
-    impl TurnRunner for Streaming {
-        fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
-            Ok(())
-        }
-        async fn run(
-            &self,
-            _: crate::runner::TurnInput,
-            sink: crate::runner::TurnSink,
-        ) -> Result<(), RunnerError> {
-            for word in ["echo: ", "hello ", "world"] {
-                sink.text_delta(word)
-                    .await
-                    .map_err(|e| RunnerError::new("closed", e.to_string()))?;
-            }
-            Ok(())
-        }
-    }
     h.notifier.expect_task_changed().return_const(());
-    let mut clock = MockClock::new();
-    clock.expect_now().returning(|| at(1));
-    let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
-    let agents: Arc<dyn AgentStore> = Arc::new(h.agents);
-    let executor = TurnExecutor::new(
-        tasks.clone(),
-        agents.clone(),
-        RunnerRegistry::new().with("mock", Arc::new(Streaming)),
-        Arc::new(h.notifier),
-        Arc::new(clock),
-        ExecutorConfig::default(),
-        tokio::runtime::Handle::current(),
+    let service = h.build_with_runner(
+        Arc::new(Streams(&["echo: ", "hello ", "world"])),
+        crate::LocalNotifier::default(),
     );
-    let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
 
     service
         .append_message(&WHO, TaskId(3), submit(AGENT), None)
@@ -315,37 +317,11 @@ async fn writes_that_fail_for_a_moment_are_tried_again_and_nothing_is_lost() {
         ended.send(finish).unwrap();
         Ok(true)
     });
-    struct SaysHello;
-    #[async_trait::async_trait]
-    impl TurnRunner for SaysHello {
-        fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
-            Ok(())
-        }
-        async fn run(
-            &self,
-            _: crate::runner::TurnInput,
-            sink: crate::runner::TurnSink,
-        ) -> Result<(), RunnerError> {
-            sink.text_delta("echo: hello")
-                .await
-                .map_err(|e| RunnerError::new("closed", e.to_string()))
-        }
-    }
     h.notifier.expect_task_changed().return_const(());
-    let mut clock = MockClock::new();
-    clock.expect_now().returning(|| at(1));
-    let tasks: Arc<dyn TaskStore> = Arc::new(h.tasks);
-    let agents: Arc<dyn AgentStore> = Arc::new(h.agents);
-    let executor = TurnExecutor::new(
-        tasks.clone(),
-        agents.clone(),
-        RunnerRegistry::new().with("mock", Arc::new(SaysHello)),
-        Arc::new(h.notifier),
-        Arc::new(clock),
-        ExecutorConfig::default(),
-        tokio::runtime::Handle::current(),
+    let service = h.build_with_runner(
+        Arc::new(Streams(&["echo: hello"])),
+        crate::LocalNotifier::default(),
     );
-    let service = TaskService::new(tasks, agents, executor, crate::LocalNotifier::default());
     service
         .create_task(&WHO, submit(AGENT), None)
         .await
