@@ -186,8 +186,9 @@ impl Drop for InFlight {
 /// How playing a turn ended: with an outcome to record, or stopped because the turn
 /// was ended (or taken) elsewhere, when there is nothing left to record.
 enum Played {
-    /// With what the runner last reported using, if anything.
-    Ended(TurnOutcome, Option<Usage>),
+    /// With what the runner last reported using, if anything, and the output it
+    /// pushed last, not recorded yet: it is stored with the end, in one write.
+    Ended(TurnOutcome, Option<Usage>, Vec<OutputOp>),
     Stopped,
 }
 
@@ -315,7 +316,7 @@ impl TurnExecutor {
                 task_id: turn.task_id,
                 turn_id: turn.turn_id,
                 outcome: interrupted("the server stopped while the turn was running"),
-                messages: Vec::new(),
+                output: Vec::new(),
                 usage: None,
                 guard: LeaseGuard::Holder(inner.holder(turn)),
                 now: inner.clock.now(),
@@ -455,7 +456,7 @@ impl TurnExecutor {
                     "tool_response_timeout",
                     "the client did not answer the turn's tool calls in time",
                 ),
-                messages: Vec::new(),
+                output: Vec::new(),
                 usage: None,
                 guard: LeaseGuard::AnswersDueBy(now),
                 now,
@@ -535,7 +536,7 @@ impl Inner {
                     "the instance playing the turn stopped or lost contact before the turn ended (attempt {})",
                     turn.attempt
                 )),
-                messages: Vec::new(),
+                output: Vec::new(),
                 usage: None,
                 guard: LeaseGuard::ExpiredBy(cutoff),
                 now,
@@ -666,8 +667,8 @@ impl Inner {
             _ = stop.cancelled() => return,
         };
         let playing = std::time::Instant::now();
-        let (outcome, usage) = match self.play(turn, &stop).await {
-            Played::Ended(outcome, usage) => (outcome, usage),
+        let (outcome, usage, output) = match self.play(turn, &stop).await {
+            Played::Ended(outcome, usage, output) => (outcome, usage, output),
             Played::Stopped => {
                 info!("the turn was ended elsewhere; stopped playing it");
                 return;
@@ -681,7 +682,7 @@ impl Inner {
             task_id: turn.task_id,
             turn_id: turn.turn_id,
             outcome,
-            messages: Vec::new(),
+            output,
             usage,
             guard: LeaseGuard::Holder(self.holder(turn)),
             now: self.clock.now(),
@@ -754,7 +755,7 @@ impl Inner {
     async fn play(&self, turn: StartedTurn, stop: &CancellationToken) -> Played {
         let (agent, input) = match self.prepare(turn).await {
             Ok(prepared) => prepared,
-            Err(outcome) => return Played::Ended(outcome, None),
+            Err(outcome) => return Played::Ended(outcome, None, Vec::new()),
         };
         let Some(runner) = self.runners.get(&agent.runner.kind) else {
             return Played::Ended(
@@ -766,6 +767,7 @@ impl Inner {
                     ),
                 ),
                 None,
+                Vec::new(),
             );
         };
         let timeout = agent.policy.turn_timeout();
@@ -810,12 +812,10 @@ impl Inner {
             }
         };
         // Whatever the runner pushed before it returned (or timed out) is recorded
-        // before the end: a timed-out turn keeps its partial text.
+        // with the end, in the same write: a timed-out turn keeps its partial text,
+        // and a turn that answered within one flush interval costs one write.
         while let Ok(item) = items.try_recv() {
             batch.push(item);
-        }
-        if let Err(played) = self.flush(turn, &mut batch).await {
-            return played;
         }
         let outcome = match joined {
             None => TurnOutcome::failed(
@@ -843,7 +843,7 @@ impl Inner {
                 "the agent's runner was stopped before it finished",
             ),
         };
-        Played::Ended(outcome, batch.usage)
+        Played::Ended(outcome, batch.usage, batch.take())
     }
 
     /// Records the batched output of a running turn. An error means the turn must
@@ -878,6 +878,7 @@ impl Inner {
                     format!("the turn's output could not be stored: {err}"),
                 ),
                 batch.usage,
+                Vec::new(),
             )),
         }
     }

@@ -555,9 +555,10 @@ pub struct FinishTurn {
     pub task_id: TaskId,
     pub turn_id: TurnId,
     pub outcome: TurnOutcome,
-    /// Last whole messages of the agent, stored before the turn ends (what was
-    /// streamed earlier is already recorded).
-    pub messages: Vec<Content>,
+    /// Output the play has not recorded yet — the text and messages of its last
+    /// moments — stored with the end in the same transaction, so a quick turn is
+    /// recorded and ended in one write.
+    pub output: Vec<OutputOp>,
     /// What the runner reported using.
     pub usage: Option<Usage>,
     pub guard: LeaseGuard,

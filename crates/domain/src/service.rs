@@ -402,7 +402,7 @@ impl TaskService {
             task_id,
             turn_id: turn,
             outcome: TurnOutcome::Cancelled,
-            messages: Vec::new(),
+            output: Vec::new(),
             usage: None,
             guard: LeaseGuard::Anyone,
             now: self.executor.clock().now(),

@@ -229,6 +229,37 @@ impl State {
                 .any(|t| t.id == turn && t.attempt == holder.attempt)
     }
 
+    /// Stores a play's output ops, as `TaskStore::record_output` says.
+    fn apply_output(
+        &mut self,
+        task: TaskId,
+        turn: TurnId,
+        ops: Vec<OutputOp>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                OutputOp::TextDelta(delta) => {
+                    if self.open_text(turn).is_none() {
+                        let streaming = Some(StreamingStatus::InProgress);
+                        let empty = Content::text("");
+                        self.push_message(task, turn, Role::Assistant, empty, streaming, now);
+                    }
+                    let Some(open) = self.open_text(turn) else {
+                        return Err(StoreError::internal("the streamed message vanished"));
+                    };
+                    if let Content::Text(text) = &mut open.content {
+                        text.content.push_str(&delta);
+                    }
+                    let data = baton_domain::events::text_delta(turn, open.id, &delta);
+                    self.push_event(task, turn, EventKind::TextDelta, data, now);
+                }
+                OutputOp::Message(content) => self.whole_message(task, turn, content, now),
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a turn as `TaskStore::finish_turn` says.
     fn finish(&mut self, finish: FinishTurn) -> bool {
         let (task, turn_id, now) = (finish.task_id, finish.turn_id, finish.now);
@@ -251,10 +282,13 @@ impl State {
             return false;
         }
         self.leases.remove(&turn_id);
-        self.close_text(task, turn_id, now);
-        for content in finish.messages {
-            self.whole_message(task, turn_id, content, now);
+        if self
+            .apply_output(task, turn_id, finish.output, now)
+            .is_err()
+        {
+            return false;
         }
+        self.close_text(task, turn_id, now);
         let Some(turn) = self.turns.iter_mut().find(|t| t.id == turn_id) else {
             return false;
         };
@@ -606,26 +640,7 @@ impl TaskStore for MemoryStore {
             return Ok(true);
         }
         *recorded = output.batch;
-        for op in output.ops {
-            match op {
-                OutputOp::TextDelta(delta) => {
-                    if state.open_text(turn).is_none() {
-                        let streaming = Some(StreamingStatus::InProgress);
-                        let empty = Content::text("");
-                        state.push_message(task, turn, Role::Assistant, empty, streaming, now);
-                    }
-                    let Some(open) = state.open_text(turn) else {
-                        return Err(StoreError::internal("the streamed message vanished"));
-                    };
-                    if let Content::Text(text) = &mut open.content {
-                        text.content.push_str(&delta);
-                    }
-                    let data = baton_domain::events::text_delta(turn, open.id, &delta);
-                    state.push_event(task, turn, EventKind::TextDelta, data, now);
-                }
-                OutputOp::Message(content) => state.whole_message(task, turn, content, now),
-            }
-        }
+        state.apply_output(task, turn, output.ops, now)?;
         Ok(true)
     }
 

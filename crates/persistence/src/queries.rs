@@ -809,64 +809,82 @@ macro_rules! define_queries {
                     .set(turns::output_batches.eq(i64::from(output.batch)))
                     .execute(conn)
                     .await?;
-                let mut drafts = Vec::new();
-                let mut open = open_text(conn, turn).await?;
-                for op in &output.ops {
-                    match op {
-                        OutputOp::TextDelta(delta) => {
-                            if open.is_none() {
-                                let empty = Content::text("");
-                                let opened = insert_message(
-                                    conn,
-                                    task,
-                                    turn,
-                                    Role::Assistant,
-                                    &empty,
-                                    Some(StreamingStatus::InProgress),
-                                    at,
-                                )
-                                .await?;
-                                open = Some(opened);
-                            }
-                            if let Some(message) = open.as_mut() {
-                                if let Content::Text(text) = &mut message.content {
-                                    text.content.push_str(delta);
-                                }
-                                drafts.push(EventDraft {
-                                    turn_id: turn,
-                                    kind: EventKind::TextDelta,
-                                    data: baton_domain::events::text_delta(turn, message.id, delta),
-                                });
-                            }
-                        }
-                        OutputOp::Message(content) => {
-                            if let Some(mut message) = open.take() {
-                                save_text(conn, &mut message, true).await?;
-                                drafts.push(message_event(&message));
-                            }
-                            let whole = insert_message(
-                                conn,
-                                task,
-                                turn,
-                                Role::Assistant,
-                                content,
-                                None,
-                                at,
-                            )
-                            .await?;
-                            drafts.push(message_event(&whole));
-                        }
-                    }
-                }
-                if let Some(mut message) = open {
-                    save_text(conn, &mut message, false).await?;
-                }
+                let drafts = apply_output(conn, task, turn, &output.ops, at, false).await?;
                 append_events(conn, task.0, drafts, micros(at)).await?;
                 $announce(conn, task, None).await?;
                 Ok::<_, TxError>(true)
             })
             .await
             .map_err(TxError::into_store)
+        }
+
+        /// Stores a play's output ops — text deltas into the turn's open streamed
+        /// message (opened if none is), whole messages — and returns their events.
+        /// With `closing`, the open streamed message is closed too (the turn ends).
+        async fn apply_output(
+            conn: &mut Conn,
+            task: TaskId,
+            turn: TurnId,
+            ops: &[OutputOp],
+            at: DateTime<Utc>,
+            closing: bool,
+        ) -> Result<Vec<EventDraft>, TxError> {
+            let mut drafts = Vec::new();
+            let mut open = open_text(conn, turn).await?;
+            for op in ops {
+                match op {
+                    OutputOp::TextDelta(delta) => {
+                        if open.is_none() {
+                            let empty = Content::text("");
+                            let opened = insert_message(
+                                conn,
+                                task,
+                                turn,
+                                Role::Assistant,
+                                &empty,
+                                Some(StreamingStatus::InProgress),
+                                at,
+                            )
+                            .await?;
+                            open = Some(opened);
+                        }
+                        if let Some(message) = open.as_mut() {
+                            if let Content::Text(text) = &mut message.content {
+                                text.content.push_str(delta);
+                            }
+                            drafts.push(EventDraft {
+                                turn_id: turn,
+                                kind: EventKind::TextDelta,
+                                data: baton_domain::events::text_delta(turn, message.id, delta),
+                            });
+                        }
+                    }
+                    OutputOp::Message(content) => {
+                        if let Some(mut message) = open.take() {
+                            save_text(conn, &mut message, true).await?;
+                            drafts.push(message_event(&message));
+                        }
+                        let whole = insert_message(
+                            conn,
+                            task,
+                            turn,
+                            Role::Assistant,
+                            content,
+                            None,
+                            at,
+                        )
+                        .await?;
+                        drafts.push(message_event(&whole));
+                    }
+                }
+            }
+            if let Some(mut message) = open {
+                save_text(conn, &mut message, closing).await?;
+                if closing {
+                    drafts.push(message_event(&message));
+                }
+            }
+            Ok(drafts)
         }
 
         fn message_event(message: &Message) -> EventDraft {
@@ -1111,9 +1129,11 @@ macro_rules! define_queries {
                 let Some((ended, hook_url, hook_secrets)) = ended else {
                     return Ok(false);
                 };
-                let mut drafts = Vec::new();
-                // The turn's output so far; its open streamed message is closed now.
-                let mut output: Vec<Message> = messages::table
+                // What the play had not recorded yet is stored with the end; the open
+                // streamed message is closed.
+                let mut drafts =
+                    apply_output(conn, task, turn, &finish.output, finish.now, true).await?;
+                let output: Vec<Message> = messages::table
                     .filter(
                         messages::turn_id
                             .eq(turn.0)
@@ -1126,26 +1146,6 @@ macro_rules! define_queries {
                     .into_iter()
                     .map(MessageRow::into_domain)
                     .collect::<Result<_, _>>()?;
-                for message in &mut output {
-                    if message.streaming_status == Some(StreamingStatus::InProgress) {
-                        save_text(conn, message, true).await?;
-                        drafts.push(message_event(message));
-                    }
-                }
-                for content in &finish.messages {
-                    let whole = insert_message(
-                        conn,
-                        task,
-                        turn,
-                        Role::Assistant,
-                        content,
-                        None,
-                        finish.now,
-                    )
-                    .await?;
-                    drafts.push(message_event(&whole));
-                    output.push(whole);
-                }
                 let ended = ended.into_domain()?;
                 let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
                 drafts.push(EventDraft {

@@ -104,6 +104,7 @@ conformance!(
     a_taken_over_turn_starts_again_without_the_interrupted_output,
     a_superseded_attempt_never_writes_even_under_the_same_holder,
     a_batch_written_again_is_recorded_once,
+    a_turns_last_output_is_stored_with_its_end,
     many_expired_turns_are_taken_over_or_ended_in_one_call,
     released_leases_expire_at_once_and_nobody_holds_them,
     cancel_ends_a_running_turn_keeping_its_partial_text,
@@ -240,7 +241,7 @@ async fn finish(
             task_id: accepted.task_id,
             turn_id: accepted.turn_id,
             outcome,
-            messages: replies,
+            output: replies.into_iter().map(OutputOp::Message).collect(),
             usage: None,
             guard: LeaseGuard::Holder(holder()),
             now: at(3),
@@ -429,7 +430,10 @@ async fn ask_for_tools(store: &impl Store, accepted: &Accepted, ids: &[&str], du
             task_id: accepted.task_id,
             turn_id: accepted.turn_id,
             outcome: TurnOutcome::RequiresAction { respond_by: due },
-            messages: ids.iter().map(|id| tool_request(id)).collect(),
+            output: ids
+                .iter()
+                .map(|id| OutputOp::Message(tool_request(id)))
+                .collect(),
             usage: None,
             guard: LeaseGuard::Holder(holder()),
             now: at(3),
@@ -566,7 +570,7 @@ async fn unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once(store:
         task_id: first.task_id,
         turn_id: first.turn_id,
         outcome: TurnOutcome::failed("tool_response_timeout", "late"),
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::AnswersDueBy(due),
         now: at(11),
@@ -605,7 +609,7 @@ async fn unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once(store:
         task_id: first.task_id,
         turn_id: second.turn_id,
         outcome: TurnOutcome::Cancelled,
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::Anyone,
         now: at(12),
@@ -628,7 +632,7 @@ async fn a_turns_usage_is_recorded_with_its_end(store: Arc<impl Store>) {
             task_id: first.task_id,
             turn_id: first.turn_id,
             outcome: TurnOutcome::Completed,
-            messages: vec![Content::text("hi")],
+            output: vec![OutputOp::Message(Content::text("hi"))],
             usage: Some(used),
             guard: LeaseGuard::Holder(holder()),
             now: at(3),
@@ -1170,7 +1174,7 @@ async fn an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder(
         task_id: t.task_id,
         turn_id: t.turn_id,
         outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::ExpiredBy(cutoff),
         now: at(61),
@@ -1357,6 +1361,46 @@ async fn a_batch_written_again_is_recorded_once(store: Arc<impl Store>) {
     );
 }
 
+/// The output a play had not recorded yet comes with the end, in the same write: text
+/// joins the open streamed message, which is closed; messages follow; the ending event
+/// tells all of it.
+async fn a_turns_last_output_is_stored_with_its_end(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "hello").await;
+    assert!(
+        store
+            .record_output(record(&t, vec![delta("par")]))
+            .await
+            .unwrap()
+    );
+    let data: Content = serde_json::from_value(json!({"type": "data", "data": {"n": 1}})).unwrap();
+    let end = FinishTurn {
+        output: vec![delta("tial"), OutputOp::Message(data.clone())],
+        ..completed_by(&t, holder())
+    };
+    assert!(store.finish_turn(end).await.unwrap());
+    let messages = history(&*store, a.id, t.task_id).await;
+    assert_eq!(messages[1].content, Content::text("partial"));
+    assert_eq!(messages[1].streaming_status, Some(StreamingStatus::Done));
+    assert_eq!(messages[2].content, data);
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::TurnStarted,
+            EventKind::TextDelta,
+            EventKind::TextDelta,
+            EventKind::Message,
+            EventKind::Message,
+            EventKind::Final
+        ]
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last.data["output"][0]["content"]["content"], "partial");
+    assert_eq!(last.data["output"][1]["content"]["data"]["n"], 1);
+}
+
 async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let mut started = Vec::new();
@@ -1416,7 +1460,7 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
         task_id: t.task_id,
         turn_id: t.turn_id,
         outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::ExpiredBy(at(60)),
         now: at(61),
@@ -1499,7 +1543,7 @@ async fn cancel_ends_a_running_turn_keeping_its_partial_text(store: Arc<impl Sto
         task_id: t.task_id,
         turn_id: t.turn_id,
         outcome: TurnOutcome::Cancelled,
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::Anyone,
         now: at(4),
@@ -1706,7 +1750,7 @@ fn completed_by(t: &Accepted, holder: Holder) -> FinishTurn {
         task_id: t.task_id,
         turn_id: t.turn_id,
         outcome: TurnOutcome::Completed,
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::Holder(holder),
         now: at(62),

@@ -166,7 +166,7 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         task_id: accepted.task_id,
         turn_id: accepted.turn_id,
         outcome: TurnOutcome::Completed,
-        messages: vec![],
+        output: vec![],
         usage: None,
         guard: LeaseGuard::Anyone,
         now: Utc::now(),
