@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod limits;
 mod recovery;
 
 #[derive(Debug, Parser)]
@@ -89,6 +90,9 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         streams: usize,
     },
+    /// A bare actix-web handler that parses the JSON and answers 202 (the suite starts
+    /// it to measure this machine's HTTP ceiling).
+    BareServer,
     /// Kill a PostgreSQL instance holding many running turns; time how long a
     /// surviving instance takes to end or take them over.
     Recovery {
@@ -347,20 +351,27 @@ fn cli(baton: &str, url: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 fn start_server(baton: &str, url: &str, cpu: usize, extra: &[&str]) -> anyhow::Result<Server> {
+    let mut serve = vec!["serve", "--listen", "127.0.0.1:0", "--workers", "1"];
+    serve.extend_from_slice(extra);
+    start_pinned(
+        cpu,
+        baton,
+        &serve,
+        &[("BATON_DATABASE_URL", url), ("BATON_LOG", "warn")],
+    )
+}
+
+/// Starts `program args` pinned to `cpu` and waits for its `baton listening on URL`.
+fn start_pinned(
+    cpu: usize,
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Server> {
     let mut child = Command::new("taskset")
-        .args([
-            "-c",
-            &cpu.to_string(),
-            baton,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .args(extra)
-        .env("BATON_DATABASE_URL", url)
-        .env("BATON_LOG", "warn")
+        .args(["-c", &cpu.to_string(), program])
+        .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -511,20 +522,68 @@ async fn suite(
         None
     };
     drop(server);
+    let machine = machine_limits(&target, cpu, dir.path(), scale).await?;
+    let accept_c64 = reports
+        .iter()
+        .find(|r| r.scenario == Scenario::Accept && r.concurrency == 64)
+        .map_or(f64::NAN, |r| r.per_second);
+    let ratio = |of: f64, key: &str| of / machine[key].as_f64().unwrap_or(f64::NAN);
+    let ratios = json!({
+        "accept_c64_to_bare_http_c64": ratio(accept_c64, "bare_http_accept_c64_per_s"),
+        "accept_c64_to_sqlite_single_row_commits": ratio(accept_c64, "commits_per_s_1_row"),
+    });
+    eprintln!("machine: {machine}\nratios: {ratios}");
     Ok(json!({
         "database": match database { Backend::Sqlite => "sqlite", Backend::Postgres => "postgres" },
         "server_cpu": cpu,
         "idle_rss_kib": idle_rss,
         "runs": reports,
         "idle_streams": streams,
+        "machine": machine,
+        "ratios": ratios,
     }))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// This machine's limits, in the same run: a bare actix-web handler on the server's
+/// core driven like `accept` at c=64, and SQLite's commit rates on the suite's disk.
+async fn machine_limits(
+    target: &Target,
+    cpu: usize,
+    dir: &std::path::Path,
+    scale: f64,
+) -> anyhow::Result<Value> {
+    let me = std::env::current_exe()?;
+    let bare = start_pinned(cpu, &me.to_string_lossy(), &["bare-server"], &[])?;
+    let bare_target = Target {
+        base: bare.base.clone(),
+        ..target.clone()
+    };
+    let operations = ((20_000.0 * scale) as usize).max(64);
+    let http = run(&bare_target, Scenario::Accept, 64, operations, 1).await?;
+    drop(bare);
+    let dir = dir.to_owned();
+    let mut disk = tokio::task::spawn_blocking(move || limits::sqlite_commits(&dir, 2.0)).await??;
+    disk["bare_http_accept_c64_per_s"] = json!(http.per_second);
+    Ok(disk)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The bare server runs actix's own runtime, not inside Tokio's.
+    if let Cmd::BareServer = cli.command {
+        return limits::bare_server();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(drive(cli))
+}
+
+async fn drive(cli: Cli) -> anyhow::Result<()> {
     // reqwest clients need a TLS crypto provider in this workspace (see baton-webhooks).
     baton_test_support::init_tls();
-    match Cli::parse().command {
+    match cli.command {
+        Cmd::BareServer => bail!("bare-server runs before the Tokio runtime starts"),
         Cmd::Run {
             base_url,
             token,

@@ -13,6 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{ApiError, ErrorCode};
 
+/// The framework's error heads are a status line, `content-length`, `connection` and
+/// `date`: well under this.
+const MAX_FRAMEWORK_HEAD: usize = 512;
+
 /// A connection's stream whose framework-written error answers become envelopes.
 #[derive(Debug)]
 pub(crate) struct Enveloping<T> {
@@ -31,6 +35,11 @@ impl<T> Enveloping<T> {
 /// The envelope for `written`, if it is one of the framework's own bodiless error
 /// answers, written whole (a head that ends the buffer, with `content-length: 0`).
 pub(crate) fn envelope_for(written: &[u8]) -> Option<Vec<u8>> {
+    // Every write passes here: rule out all but a short head with a 4xx status before
+    // looking closer.
+    if written.len() > MAX_FRAMEWORK_HEAD || !written.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
     let text = std::str::from_utf8(written).ok()?;
     let head = text.strip_suffix("\r\n\r\n")?;
     if head.contains("\r\n\r\n") {
