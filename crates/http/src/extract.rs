@@ -132,7 +132,7 @@ pub async fn json_body<T: DeserializeOwned>(
 /// Parses in two steps so that any syntax error anywhere in the body is reported as
 /// such (`malformed_json`) before any field is judged (`validation_failed`).
 fn parse_json<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<T, ApiError> {
-    let scan = crate::limits::scan(body);
+    let scan = crate::json_text::scan(body);
     if scan.depth > max_depth {
         return Err(ApiError::new(
             ErrorCode::JsonTooDeep,

@@ -7,6 +7,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 mod framing_errors;
+mod json_text;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;

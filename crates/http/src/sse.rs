@@ -75,10 +75,11 @@ pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
     };
     // One rule for the header and the parameter: present means it must be an event
     // id. (A browser's EventSource never sends an empty one.)
-    let header = match req.headers().get("last-event-id") {
-        None => None,
-        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}")),
-    };
+    // (A value that is not text reads as empty, which is refused like any.)
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or_default());
     let after = match (header, query.after.as_deref()) {
         (Some(id), _) => parse(id, "Last-Event-ID")?,
         (None, Some(after)) => parse(after, "after")?,
