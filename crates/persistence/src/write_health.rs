@@ -2,6 +2,7 @@
 //! read-only): readiness reports it, so a load balancer can send traffic elsewhere.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_domain::{ClaimError, StoreError};
@@ -14,6 +15,9 @@ const REPORTED_FOR: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct WriteHealth {
     refused: Mutex<Option<(Instant, String)>>,
+    /// Whether `refused` is set: every store call passes here, and the usual one
+    /// (nothing refused) takes no lock.
+    any: AtomicBool,
 }
 
 /// The storage error inside a store method's error, if any.
@@ -40,17 +44,17 @@ impl WriteHealth {
     /// Notes what a store call did: a refused write is remembered, a write that
     /// succeeded clears it.
     pub(crate) fn note<T, E: HasStoreError>(&self, write: bool, result: &Result<T, E>) {
-        let Ok(mut refused) = self.refused.lock() else {
-            return;
+        let refused = match result {
+            Err(err) => match err.store_error() {
+                Some(StoreError::Unwritable(why)) => Some((Instant::now(), why.clone())),
+                _ => return,
+            },
+            Ok(_) if write && self.any.load(Ordering::Acquire) => None,
+            Ok(_) => return,
         };
-        match result {
-            Err(err) => {
-                if let Some(StoreError::Unwritable(why)) = err.store_error() {
-                    *refused = Some((Instant::now(), why.clone()));
-                }
-            }
-            Ok(_) if write => *refused = None,
-            Ok(_) => {}
+        if let Ok(mut slot) = self.refused.lock() {
+            self.any.store(refused.is_some(), Ordering::Release);
+            *slot = refused;
         }
     }
 
