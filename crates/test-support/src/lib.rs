@@ -97,10 +97,7 @@ impl TestDatabase {
     /// or reachable again: a database outage (a restart, a failover) for one test,
     /// without touching the other tests' databases.
     pub fn set_reachable(&self, reachable: bool) -> Result<(), String> {
-        let server = SERVER
-            .get()
-            .and_then(|started| started.as_ref().ok())
-            .ok_or("the test cluster is not running")?;
+        let server = running()?;
         server.try_psql(&format!(
             "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
             self.name
@@ -117,31 +114,16 @@ impl TestDatabase {
     /// Runs one SQL statement on this database with `psql`; its rows, unaligned, one
     /// per line (`psql -tA`).
     pub fn query(&self, sql: &str) -> Result<String, String> {
-        let server = SERVER
-            .get()
-            .and_then(|started| started.as_ref().ok())
-            .ok_or("the test cluster is not running")?;
-        let output = Command::new(&server.psql)
-            .args([
-                "--no-psqlrc",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tA",
-                "-d",
-                &self.url,
-            ])
-            .args(["-c", sql])
-            .output()
-            .map_err(|err| format!("running {}: {err}", server.psql.display()))?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        } else {
-            Err(format!(
-                "{sql}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
+        running()?.psql_on(&self.url, sql)
     }
+}
+
+/// The server the tests' databases are on, once a test has started it.
+fn running() -> Result<&'static Server, String> {
+    SERVER
+        .get()
+        .and_then(|started| started.as_ref().ok())
+        .ok_or_else(|| "the test cluster is not running".to_owned())
 }
 
 impl Default for TestDatabase {
@@ -164,14 +146,27 @@ impl Drop for TestDatabase {
 
 impl Server {
     fn try_psql(&self, sql: &str) -> Result<(), String> {
+        self.psql_on(&format!("{}/postgres", self.base_url), sql)
+            .map(drop)
+    }
+
+    /// Runs `sql` on the database at `url`; its rows, unaligned, one per line.
+    fn psql_on(&self, url: &str, sql: &str) -> Result<String, String> {
         let output = Command::new(&self.psql)
-            .args(["--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-q", "-d"])
-            .arg(format!("{}/postgres", self.base_url))
+            .args([
+                "--no-psqlrc",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-tA",
+                "-d",
+                url,
+            ])
             .args(["-c", sql])
             .output()
             .map_err(|err| format!("running {}: {err}", self.psql.display()))?;
         if output.status.success() {
-            Ok(())
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
         } else {
             Err(format!(
                 "{sql}: {}",
