@@ -140,7 +140,7 @@ struct Inner {
 /// Holds a turn in the in-flight set from hand-over to its end, even if its task panics.
 struct InFlight {
     set: InFlightSet,
-    turn: StartedTurn,
+    turn: TurnId,
 }
 
 impl InFlight {
@@ -166,7 +166,7 @@ impl InFlight {
         telemetry::turn_started();
         let guard = InFlight {
             set: set.clone(),
-            turn,
+            turn: turn.turn_id,
         };
         Some((guard, stop))
     }
@@ -174,10 +174,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // `enter` refuses a turn id already held, so the entry is this guard's.
         self.set.send_modify(|turns| {
-            if turns.get(&self.turn.turn_id).map(|e| e.turn) == Some(self.turn) {
-                turns.remove(&self.turn.turn_id);
-            }
+            turns.remove(&self.turn);
             telemetry::turns_in_flight(turns.len());
         });
     }
@@ -415,7 +414,7 @@ impl TurnExecutor {
         let inner = &self.inner;
         let now = inner.clock.now();
         let take = TakeOver {
-            turns: turns.iter().map(|t| (t.task_id, t.turn_id)).collect(),
+            turns: turns.iter().map(|t| t.turn_id).collect(),
             expired_by: cutoff,
             lease: inner.lease_from(now),
             now,
@@ -527,7 +526,7 @@ impl Inner {
             return Ok(0);
         }
         let now = self.clock.now();
-        let finishes = turns
+        let finishes: Vec<FinishTurn> = turns
             .iter()
             .map(|turn| FinishTurn {
                 task_id: turn.task_id,
@@ -545,15 +544,9 @@ impl Inner {
         // A page is ended in a few transactions side by side: on PostgreSQL each turn's
         // end is a handful of round trips, and a pool has connections to spare.
         let mut chunks = tokio::task::JoinSet::new();
-        let mut finishes: Vec<FinishTurn> = finishes;
-        let mut start = 0;
-        while !finishes.is_empty() {
-            let rest = finishes.split_off(finishes.len().min(FINISH_CHUNK));
-            let chunk = std::mem::replace(&mut finishes, rest);
-            let tasks = self.tasks.clone();
-            let len = chunk.len();
-            chunks.spawn(async move { (start, tasks.finish_turns(chunk).await) });
-            start += len;
+        for (n, chunk) in finishes.chunks(FINISH_CHUNK).enumerate() {
+            let (tasks, chunk) = (self.tasks.clone(), chunk.to_vec());
+            chunks.spawn(async move { (n * FINISH_CHUNK, tasks.finish_turns(chunk).await) });
         }
         let mut ended = vec![false; turns.len()];
         while let Some(joined) = chunks.join_next().await {

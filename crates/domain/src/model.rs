@@ -579,7 +579,7 @@ pub struct ExpiredTurn {
 /// Taking over expired turns to play them again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakeOver {
-    pub turns: Vec<(TaskId, TurnId)>,
+    pub turns: Vec<TurnId>,
     /// Only those whose lease expired at or before this time.
     pub expired_by: DateTime<Utc>,
     pub lease: Lease,

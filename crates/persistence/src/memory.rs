@@ -800,7 +800,7 @@ impl TaskStore for MemoryStore {
     async fn take_over_turns(&self, take: TakeOver) -> Result<Vec<(TurnId, u32)>, StoreError> {
         let mut state = self.lock()?;
         let mut taken = Vec::new();
-        for (task, turn_id) in take.turns {
+        for turn_id in take.turns {
             if !state.is_running(turn_id) || !state.expired_by(turn_id, take.expired_by) {
                 continue;
             }
@@ -817,6 +817,7 @@ impl TaskStore for MemoryStore {
             };
             turn.attempt += 1;
             let restarted = turn.clone();
+            let task = restarted.task_id;
             let Some(input) = state
                 .messages
                 .iter()

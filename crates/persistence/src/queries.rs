@@ -721,25 +721,30 @@ macro_rules! define_queries {
             Ok(())
         }
 
-        /// How many output batches the play has recorded, if `holder` holds the lease
-        /// of the running turn and plays its current attempt.
-        async fn recorded_batches(
-            conn: &mut Conn,
+        /// The running turn, if `holder` holds its lease and plays its current attempt.
+        fn held_by(
             turn: TurnId,
             holder: &Holder,
-        ) -> Result<Option<i64>, TxError> {
-            Ok(turns::table
-                .filter(
-                    turns::id
-                        .eq(turn.0)
-                        .and(turns::status.eq(RUNNING))
-                        .and(turns::lease_owner.eq(&holder.owner))
-                        .and(turns::attempt.eq(i64::from(holder.attempt))),
-                )
-                .select(turns::output_batches)
-                .first(conn)
-                .await
-                .optional()?)
+        ) -> diesel::dsl::Filter<
+            turns::table,
+            diesel::dsl::And<
+                diesel::dsl::And<
+                    diesel::dsl::And<
+                        diesel::dsl::Eq<turns::id, i64>,
+                        diesel::dsl::Eq<turns::status, &'static str>,
+                    >,
+                    diesel::dsl::Eq<turns::lease_owner, String>,
+                >,
+                diesel::dsl::Eq<turns::attempt, i64>,
+            >,
+        > {
+            turns::table.filter(
+                turns::id
+                    .eq(turn.0)
+                    .and(turns::status.eq(RUNNING))
+                    .and(turns::lease_owner.eq(holder.owner.clone()))
+                    .and(turns::attempt.eq(i64::from(holder.attempt))),
+            )
         }
 
         /// The condition a guard puts on the turn row that is about to end.
@@ -798,17 +803,27 @@ macro_rules! define_queries {
         ) -> Result<bool, StoreError> {
             let (task, turn, at) = (output.task_id, output.turn_id, output.now);
             conn.$begin_write(async |conn| {
-                let Some(recorded) = recorded_batches(conn, turn, &output.holder).await? else {
-                    return Ok(false);
-                };
-                if recorded >= i64::from(output.batch) {
-                    // Written again after its commit: already recorded.
-                    return Ok(true);
+                let batch = i64::from(output.batch);
+                // One statement on the usual path: this play's turn, and a batch it
+                // has not recorded yet.
+                let next: Option<i64> = diesel::update(
+                    held_by(turn, &output.holder).filter(turns::output_batches.lt(batch)),
+                )
+                .set(turns::output_batches.eq(batch))
+                .returning(turns::id)
+                .get_result(conn)
+                .await
+                .optional()?;
+                if next.is_none() {
+                    // Not this play's turn any more — or still its turn, and the batch
+                    // was written again after its commit: already recorded.
+                    let held: Option<i64> = held_by(turn, &output.holder)
+                        .select(turns::id)
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    return Ok(held.is_some());
                 }
-                diesel::update(turns::table.find(turn.0))
-                    .set(turns::output_batches.eq(i64::from(output.batch)))
-                    .execute(conn)
-                    .await?;
                 let drafts = apply_output(conn, task, turn, &output.ops, at, false).await?;
                 append_events(conn, task.0, drafts, micros(at)).await?;
                 $announce(conn, task, None).await?;
@@ -1101,64 +1116,62 @@ macro_rules! define_queries {
                 TurnOutcome::RequiresAction { respond_by } => Some(micros(*respond_by)),
                 _ => None,
             };
-            {
-                // Only a running (or, for a cancel or a timeout, a waiting) turn can
-                // end, and only as its guard allows: late output for an ended turn is
-                // dropped, a lost lease cannot end a turn.
-                let ended = diesel::update(
-                    turns::table.filter(turns::id.eq(turn.0).and(guard_filter(&finish.guard))),
+            // Only a running (or, for a cancel or a timeout, a waiting) turn can
+            // end, and only as its guard allows: late output for an ended turn is
+            // dropped, a lost lease cannot end a turn.
+            let ended = diesel::update(
+                turns::table.filter(turns::id.eq(turn.0).and(guard_filter(&finish.guard))),
+            )
+            .set((
+                turns::status.eq(status.as_str()),
+                turns::error_code.eq(code),
+                turns::error_message.eq(message),
+                turns::ended_at.eq(now),
+                turns::lease_owner.eq(None::<String>),
+                turns::lease_expires_at.eq(None::<i64>),
+                turns::usage.eq(usage.as_deref()),
+                turns::respond_by.eq(respond_by),
+            ))
+            .returning((
+                TurnRow::as_returning(),
+                turns::webhook_url,
+                turns::webhook_secrets,
+            ))
+            .get_result::<(TurnRow, Option<String>, Option<String>)>(conn)
+            .await
+            .optional()?;
+            let Some((ended, hook_url, hook_secrets)) = ended else {
+                return Ok(false);
+            };
+            // What the play had not recorded yet is stored with the end; the open
+            // streamed message is closed.
+            let mut drafts =
+                apply_output(conn, task, turn, &finish.output, finish.now, true).await?;
+            let output: Vec<Message> = messages::table
+                .filter(
+                    messages::turn_id
+                        .eq(turn.0)
+                        .and(messages::role.eq(Role::Assistant.as_str())),
                 )
-                .set((
-                    turns::status.eq(status.as_str()),
-                    turns::error_code.eq(code),
-                    turns::error_message.eq(message),
-                    turns::ended_at.eq(now),
-                    turns::lease_owner.eq(None::<String>),
-                    turns::lease_expires_at.eq(None::<i64>),
-                    turns::usage.eq(usage.as_deref()),
-                    turns::respond_by.eq(respond_by),
-                ))
-                .returning((
-                    TurnRow::as_returning(),
-                    turns::webhook_url,
-                    turns::webhook_secrets,
-                ))
-                .get_result::<(TurnRow, Option<String>, Option<String>)>(conn)
-                .await
-                .optional()?;
-                let Some((ended, hook_url, hook_secrets)) = ended else {
-                    return Ok(false);
-                };
-                // What the play had not recorded yet is stored with the end; the open
-                // streamed message is closed.
-                let mut drafts =
-                    apply_output(conn, task, turn, &finish.output, finish.now, true).await?;
-                let output: Vec<Message> = messages::table
-                    .filter(
-                        messages::turn_id
-                            .eq(turn.0)
-                            .and(messages::role.eq(Role::Assistant.as_str())),
-                    )
-                    .order(messages::id.asc())
-                    .select(MessageRow::as_select())
-                    .load(conn)
-                    .await?
-                    .into_iter()
-                    .map(MessageRow::into_domain)
-                    .collect::<Result<_, _>>()?;
-                let ended = ended.into_domain()?;
-                let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
-                drafts.push(EventDraft {
-                    turn_id: turn,
-                    kind,
-                    data,
-                });
-                let own_hook = endpoint(hook_url, hook_secrets);
-                queue_delivery(conn, &ended, own_hook, &output, now).await?;
-                append_events_touching(conn, task.0, drafts, now).await?;
-                $announce(conn, task, Some(turn)).await?;
-                Ok(true)
-            }
+                .order(messages::id.asc())
+                .select(MessageRow::as_select())
+                .load(conn)
+                .await?
+                .into_iter()
+                .map(MessageRow::into_domain)
+                .collect::<Result<_, _>>()?;
+            let ended = ended.into_domain()?;
+            let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
+            drafts.push(EventDraft {
+                turn_id: turn,
+                kind,
+                data,
+            });
+            let own_hook = endpoint(hook_url, hook_secrets);
+            queue_delivery(conn, &ended, own_hook, &output, now).await?;
+            append_events_touching(conn, task.0, drafts, now).await?;
+            $announce(conn, task, Some(turn)).await?;
+            Ok(true)
         }
 
         /// Writes the delivery of a turn's end to the outbox, to the turn's own webhook
@@ -1603,7 +1616,7 @@ macro_rules! define_queries {
             conn: &mut Conn,
             take: &TakeOver,
         ) -> Result<Vec<(TurnId, u32)>, StoreError> {
-            let ids: Vec<i64> = take.turns.iter().map(|(_, turn)| turn.0).collect();
+            let ids: Vec<i64> = take.turns.iter().map(|turn| turn.0).collect();
             if ids.is_empty() {
                 return Ok(Vec::new());
             }

@@ -1421,9 +1421,7 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
                 .unwrap()
         );
     }
-    let refs = |ts: &[Accepted]| -> Vec<(TaskId, TurnId)> {
-        ts.iter().map(|t| (t.task_id, t.turn_id)).collect()
-    };
+    let refs = |ts: &[Accepted]| -> Vec<TurnId> { ts.iter().map(|t| t.turn_id).collect() };
     let take = TakeOver {
         turns: refs(&started[..3])
             .into_iter()
@@ -1726,7 +1724,7 @@ async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<imp
 /// Taking over this one turn for `owner` (lease until 120 s), if expired by `expired_by`.
 fn take_over(t: &Accepted, owner: &str, expired_by: i64) -> TakeOver {
     TakeOver {
-        turns: vec![(t.task_id, t.turn_id)],
+        turns: vec![t.turn_id],
         expired_by: at(expired_by),
         lease: Lease {
             owner: owner.into(),

@@ -293,9 +293,7 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
     tasks
         .expect_take_over_turns()
         .withf(|take| {
-            take.turns == [(TaskId(102), TurnId(102))]
-                && take.expired_by == at(50)
-                && take.lease.owner == "me"
+            take.turns == [TurnId(102)] && take.expired_by == at(50) && take.lease.owner == "me"
         })
         .times(1)
         .returning(|_| Ok(vec![(TurnId(102), 2)]));
