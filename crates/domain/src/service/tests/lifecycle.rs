@@ -384,6 +384,31 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
     );
 }
 
+/// A service whose executor (instance `me`) is playing turn 30 of a `retry` agent
+/// with a runner that streams, then stalls; and whether that runner was dropped.
+async fn playing_a_retry_agents_turn_as_me(tasks: MockTaskStore) -> (TaskService, Arc<AtomicBool>) {
+    let (runner, dropped, streaming) = stalling();
+    let config = ExecutorConfig {
+        instance_id: "me".into(),
+        ..ExecutorConfig::default()
+    };
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(7, retry(2))),
+        runner,
+        config,
+        crate::LocalNotifier::default(),
+    );
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), streaming.notified())
+        .await
+        .unwrap();
+    (service, dropped)
+}
+
 /// A process paused past its leases (SIGSTOP, a long GC-like stall) finds its own
 /// live turns expired when it resumes: its sweep must leave them to its renewal, never
 /// take them over and play them a second time, nor fail them.
@@ -404,24 +429,7 @@ async fn a_sweep_never_takes_over_or_ends_a_turn_this_process_plays() {
     tasks
         .expect_overdue_tool_calls()
         .returning(|_, _| Ok(vec![]));
-    tasks.expect_release_leases().returning(|_, _, _| Ok(1));
-    let (runner, dropped, streaming) = stalling();
-    let config = ExecutorConfig {
-        instance_id: "me".into(),
-        ..ExecutorConfig::default()
-    };
-    let service = service_with(
-        tasks,
-        agents_returning(agent_with(1, retry(3))),
-        runner,
-        config,
-        crate::LocalNotifier::default(),
-    );
-    service
-        .create_task(&WHO, submit(AGENT), None)
-        .await
-        .unwrap();
-    streaming.notified().await;
+    let (service, dropped) = playing_a_retry_agents_turn_as_me(tasks).await;
     let report = service.executor().sweep(at(10_000)).await.unwrap();
     assert_eq!(report, SweepReport::default());
     assert_eq!(service.executor().in_flight(), 1, "still played once");
@@ -476,25 +484,7 @@ async fn stopping_releases_retry_agents_leases_and_stops_their_runners() {
         .withf(|owner, turns, _| owner == "me" && turns == &[TurnId(30)])
         .times(1)
         .returning(|_, _, _| Ok(1));
-    let (runner, dropped, streaming) = stalling();
-    let config = ExecutorConfig {
-        instance_id: "me".into(),
-        ..ExecutorConfig::default()
-    };
-    let service = service_with(
-        tasks,
-        agents_returning(agent_with(7, retry(2))),
-        runner,
-        config,
-        crate::LocalNotifier::default(),
-    );
-    service
-        .create_task(&WHO, submit(AGENT), None)
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), streaming.notified())
-        .await
-        .unwrap();
+    let (service, dropped) = playing_a_retry_agents_turn_as_me(tasks).await;
     let report = service.executor().end_unfinished().await;
     assert_eq!(
         report,
