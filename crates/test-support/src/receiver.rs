@@ -102,17 +102,7 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver that answers the `n`th request (from 0) with `plan(n)`.
     pub fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
-        Receiver::start_with(move |n, _| plan(n))
-    }
-
-    /// Starts a receiver that answers the `n`th request (from 0) with
-    /// `plan(n, request)`: an answer made from what was asked.
-    pub fn start_with(
-        plan: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
-    ) -> Receiver {
-        Receiver::start_raw(move |n, request, stream, stop| {
-            answer(plan(n, request), stream, stop);
-        })
+        Receiver::start_raw(move |n, _, stream, stop| answer(plan(n), stream, stop))
     }
 
     /// Starts a receiver whose `handler` writes each whole answer itself (status line,
