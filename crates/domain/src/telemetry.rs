@@ -16,6 +16,8 @@ pub const TURN_DURATION: &str = "baton_turn_duration_seconds";
 pub const TURNS_IN_FLIGHT: &str = "baton_turns_in_flight";
 pub const STREAMS_OPEN: &str = "baton_sse_streams_open";
 pub const DB_CONNECTIONS: &str = "baton_db_pool_connections";
+pub const SQLITE_WRITE_GROUPS: &str = "baton_sqlite_write_groups_total";
+pub const SQLITE_WRITE_OPERATIONS: &str = "baton_sqlite_write_operations_total";
 pub const WEBHOOK_ATTEMPTS: &str = "baton_webhook_attempts_total";
 
 /// Registers every metric's help text (once, at start-up).
@@ -50,6 +52,14 @@ pub fn describe() {
     describe_gauge!(
         DB_CONNECTIONS,
         "Database pool connections, by pool and state (in_use, idle, max)"
+    );
+    describe_counter!(
+        SQLITE_WRITE_GROUPS,
+        "Transactions SQLite's writer committed (or tried to), each holding a group of operations"
+    );
+    describe_counter!(
+        SQLITE_WRITE_OPERATIONS,
+        "Write operations SQLite's writer ran; divided by the groups, the mean group size"
     );
     describe_counter!(
         WEBHOOK_ATTEMPTS,

@@ -1,20 +1,44 @@
-//! Opening databases: URL parsing, pools, per-connection settings and migrations. The
-//! only module that names concrete connection types.
+//! Opening databases: URL parsing, the connection types, PostgreSQL's pool, SQLite's
+//! serving lock, and migrations. (SQLite's writer and readers are in `sqlite`.)
 
 use std::time::Duration;
 
 use deadpool::Runtime;
 use diesel::{Connection, SqliteConnection};
+use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::future::BoxFuture;
 
 use crate::error::PersistenceError;
 
-pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+/// A SQLite connection whose statements run on the thread that awaits them: each
+/// store operation is sent whole to a thread of its own (the writer's, or a blocking
+/// thread for a read), so no statement needs a hop of its own.
+pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection, OnCallingThread>;
+
+/// Runs a [`SyncConnectionWrapper`]'s blocking work where it is called.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct OnCallingThread;
+
+impl SpawnBlocking for OnCallingThread {
+    fn spawn_blocking<'a, R>(
+        &mut self,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> BoxFuture<'a, Result<R, Box<dyn std::error::Error + Send + Sync + 'static>>>
+    where
+        R: Send + 'static,
+    {
+        Box::pin(std::future::ready(Ok(task())))
+    }
+
+    fn get_runtime() -> Self {
+        OnCallingThread
+    }
+}
 pub(crate) type PgConn = AsyncPgConnection;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -60,10 +84,11 @@ pub struct SqliteOptions {
     pub synchronous: SqliteSync,
     /// How long a writer waits for the file lock before giving up.
     pub busy_timeout: Duration,
-    /// Read connections. Writes always go through one connection: SQLite serializes
-    /// writers anyway, and queueing them in the pool is fairer than its busy handler.
+    /// Read connections. Writes always go through one connection, the writer's
+    /// thread: SQLite serializes writers anyway, and one writer can commit many
+    /// operations together.
     pub readers: usize,
-    /// How long a request waits for a pooled connection.
+    /// How long a request waits for a pooled read connection.
     pub pool_wait: Duration,
 }
 
@@ -146,53 +171,6 @@ pub(crate) fn lock_sqlite(url: &str) -> Result<ServingLock, PersistenceError> {
     }
 }
 
-pub(crate) struct SqlitePools {
-    pub writer: Pool<SqliteConn>,
-    pub readers: Pool<SqliteConn>,
-}
-
-fn sqlite_pool(
-    url: &str,
-    opts: SqliteOptions,
-    size: usize,
-    read_only: bool,
-) -> Result<Pool<SqliteConn>, PersistenceError> {
-    let synchronous = match opts.synchronous {
-        SqliteSync::Full => "FULL",
-        SqliteSync::Normal => "NORMAL",
-    };
-    // Pragmas are per connection, so they are set on every new one.
-    let pragmas = format!(
-        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};{}",
-        opts.busy_timeout.as_millis(),
-        if read_only {
-            " PRAGMA query_only = ON;"
-        } else {
-            ""
-        }
-    );
-    let mut config = ManagerConfig::<SqliteConn>::default();
-    config.custom_setup = Box::new(move |url| {
-        let url = url.to_owned();
-        let pragmas = pragmas.clone();
-        Box::pin(async move {
-            let mut conn = SqliteConn::establish(&url).await?;
-            conn.batch_execute(&pragmas)
-                .await
-                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            Ok(conn)
-        })
-    });
-    let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url, config);
-    Pool::builder(manager)
-        .max_size(size.max(1))
-        .wait_timeout(Some(opts.pool_wait))
-        .create_timeout(Some(opts.pool_wait))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|err| PersistenceError::Connect(err.to_string()))
-}
-
 /// Applies pending migrations and turns on WAL (a property of the file), on a plain
 /// synchronous connection in a blocking thread: this works on any runtime flavour,
 /// unlike diesel-async's harness, which needs a multi-thread runtime.
@@ -203,7 +181,9 @@ pub(crate) async fn migrate_sqlite(url: &str) -> Result<Vec<String>, Persistence
             .map_err(|err| PersistenceError::Connect(err.to_string()))?;
         diesel::connection::SimpleConnection::batch_execute(
             &mut conn,
-            "PRAGMA journal_mode = WAL;",
+            // Waits out another connection's brief lock (a server's writer closing and
+            // checkpointing, a command beside it) instead of failing at once.
+            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;",
         )
         .map_err(|err| PersistenceError::Connect(err.to_string()))?;
         let applied = conn
@@ -213,25 +193,6 @@ pub(crate) async fn migrate_sqlite(url: &str) -> Result<Vec<String>, Persistence
     })
     .await
     .map_err(|err| PersistenceError::Migrate(err.to_string()))?
-}
-
-pub(crate) async fn open_sqlite(
-    url: &str,
-    opts: SqliteOptions,
-) -> Result<SqlitePools, PersistenceError> {
-    let pools = SqlitePools {
-        writer: sqlite_pool(url, opts, 1, false)?,
-        readers: sqlite_pool(url, opts, opts.readers, true)?,
-    };
-    // Open one connection now so a bad path fails at start-up, not at the first request.
-    drop(
-        pools
-            .writer
-            .get()
-            .await
-            .map_err(|err| PersistenceError::Connect(err.to_string()))?,
-    );
-    Ok(pools)
 }
 
 pub(crate) fn pg_pool(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, PersistenceError> {

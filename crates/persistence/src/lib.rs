@@ -5,11 +5,13 @@
 
 mod backend;
 mod error;
+mod group_commit;
 mod listen;
 mod memory;
 mod models;
 mod queries;
 mod schema;
+mod sqlite;
 mod write_health;
 
 use async_trait::async_trait;
@@ -19,11 +21,13 @@ use chrono::{DateTime, Utc};
 
 pub use backend::{PgOptions, ServingLock, SqliteOptions, SqliteSync};
 pub use error::PersistenceError;
+pub use group_commit::WriterStats;
 pub use memory::MemoryStore;
 
-use backend::{DatabaseUrl, PgConn, SqlitePools};
+use backend::{DatabaseUrl, PgConn};
 use diesel_async::pooled_connection::deadpool::Pool;
 use error::from_pool;
+use sqlite::SqliteDb;
 
 /// Options for opening a database, per backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,7 +53,7 @@ pub struct SqlStore {
 }
 
 enum Db {
-    Sqlite(SqlitePools),
+    Sqlite(SqliteDb),
     Postgres(Pool<PgConn>),
 }
 
@@ -71,9 +75,7 @@ impl SqlStore {
     ) -> Result<(SqlStore, Vec<String>), PersistenceError> {
         let applied = SqlStore::migrate(url).await?;
         let db = match DatabaseUrl::parse(url)? {
-            DatabaseUrl::Sqlite(url) => {
-                Db::Sqlite(backend::open_sqlite(&url, options.sqlite).await?)
-            }
+            DatabaseUrl::Sqlite(url) => Db::Sqlite(SqliteDb::open(&url, options.sqlite)?),
             DatabaseUrl::Postgres(url) => {
                 Db::Postgres(backend::open_postgres(&url, options.postgres).await?)
             }
@@ -137,11 +139,25 @@ impl SqlStore {
             }
         }
         match &self.db {
-            Db::Sqlite(pools) => vec![
-                usage("sqlite_writer", &pools.writer),
-                usage("sqlite_readers", &pools.readers),
-            ],
+            Db::Sqlite(sqlite) => {
+                let readers = sqlite.readers();
+                vec![PoolUsage {
+                    pool: "sqlite_readers",
+                    in_use: readers.size.saturating_sub(readers.available),
+                    idle: readers.available,
+                    max: readers.max_size,
+                }]
+            }
             Db::Postgres(pool) => vec![usage("postgres", pool)],
+        }
+    }
+
+    /// What SQLite's writer has done so far: groups committed and the operations in
+    /// them (their ratio is the mean group size). `None` on PostgreSQL.
+    pub fn writer_stats(&self) -> Option<WriterStats> {
+        match &self.db {
+            Db::Sqlite(sqlite) => Some(sqlite.writer_stats()),
+            Db::Postgres(_) => None,
         }
     }
 
@@ -156,31 +172,51 @@ impl SqlStore {
 }
 
 /// Runs `$body` with `$conn` bound to a connection of the named role (`writer` or
-/// `readers`, on SQLite) and `$q` bound to that backend's queries. The body is
-/// expanded once per backend.
+/// `readers`) and `$q` bound to that backend's queries. The body is expanded once per
+/// backend. On SQLite it runs whole on the writer's thread (in its next group commit)
+/// or on a blocking thread (a read), so it takes its inputs by value (`move`).
 macro_rules! on_conn {
-    ($store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {{
-        let result = on_conn!(@run $store, $role, |$conn, $q| $body);
-        $store.writes.note(stringify!($role) == "writer", &result);
+    ($store:expr, writer, |$conn:ident, $q:ident| $body:expr) => {{
+        let result = match &$store.db {
+            Db::Sqlite(sqlite) => {
+                sqlite
+                    .write(move |$conn| {
+                        Box::pin(async move {
+                            use crate::queries::sqlite as $q;
+                            $body
+                        })
+                    })
+                    .await
+            }
+            Db::Postgres(pool) => on_conn!(@postgres pool, |$conn, $q| $body),
+        };
+        $store.writes.note(true, &result);
         result
     }};
-    (@run $store:expr, $role:ident, |$conn:ident, $q:ident| $body:expr) => {
-        match &$store.db {
-            Db::Sqlite(pools) => {
-                let mut object = pools.$role.get().await.map_err(from_pool)?;
-                let $conn = &mut *object;
-                use crate::queries::sqlite as $q;
-                $body
+    ($store:expr, readers, |$conn:ident, $q:ident| $body:expr) => {{
+        let result = match &$store.db {
+            Db::Sqlite(sqlite) => {
+                sqlite
+                    .read(move |$conn| {
+                        Box::pin(async move {
+                            use crate::queries::sqlite as $q;
+                            $body
+                        })
+                    })
+                    .await
             }
-            // One pool: PostgreSQL has no single-writer rule.
-            Db::Postgres(pool) => {
-                let mut object = pool.get().await.map_err(from_pool)?;
-                let $conn = &mut *object;
-                use crate::queries::postgres as $q;
-                $body
-            }
-        }
-    };
+            Db::Postgres(pool) => on_conn!(@postgres pool, |$conn, $q| $body),
+        };
+        $store.writes.note(false, &result);
+        result
+    }};
+    // One pool: PostgreSQL has no single-writer rule.
+    (@postgres $pool:expr, |$conn:ident, $q:ident| $body:expr) => {{
+        let mut object = $pool.get().await.map_err(from_pool)?;
+        let $conn = &mut *object;
+        use crate::queries::postgres as $q;
+        $body
+    }};
 }
 
 #[async_trait]
@@ -266,8 +302,9 @@ impl TaskStore for SqlStore {
         turns: Vec<(TurnId, u32)>,
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<TurnId>, StoreError> {
+        let owner = owner.to_owned();
         on_conn!(self, writer, |conn, q| q::renew_leases(
-            conn, owner, &turns, expires_at
+            conn, &owner, &turns, expires_at
         )
         .await)
     }
@@ -278,8 +315,9 @@ impl TaskStore for SqlStore {
         turns: Vec<TurnId>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        let owner = owner.to_owned();
         on_conn!(self, writer, |conn, q| q::release_leases(
-            conn, owner, &turns, now
+            conn, &owner, &turns, now
         )
         .await)
     }
@@ -413,12 +451,16 @@ impl AgentStore for SqlStore {
     }
 
     async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        on_conn!(self, readers, |conn, q| q::find_api_key(conn, secret_hash)
+        let secret_hash = secret_hash.to_owned();
+        on_conn!(self, readers, |conn, q| q::find_api_key(conn, &secret_hash)
             .await)
     }
 
     async fn revoke_api_key(&self, prefix: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        on_conn!(self, writer, |conn, q| q::revoke_api_key(conn, prefix, now)
-            .await)
+        let prefix = prefix.to_owned();
+        on_conn!(self, writer, |conn, q| q::revoke_api_key(
+            conn, &prefix, now
+        )
+        .await)
     }
 }

@@ -2,9 +2,8 @@
 //! once per backend connection type, so Diesel type-checks each query against each
 //! backend: a construct a backend lacks fails to compile instead of failing at run
 //! time. The only per-backend inputs are:
-//! - the connection type;
-//! - how a write transaction begins (SQLite needs `BEGIN IMMEDIATE` so writers queue
-//!   behind the busy timeout instead of failing with SQLITE_BUSY);
+//! - the connection type (on SQLite, a write operation's transaction is a savepoint
+//!   in the writer's group transaction, see `group_commit`);
 //! - how a committed turn change is announced to other instances (PostgreSQL:
 //!   `pg_notify` inside the transaction, delivered only if it commits; SQLite serves
 //!   one process, whose executor announces changes in-process).
@@ -96,7 +95,7 @@ pub(crate) mod announce {
 }
 
 macro_rules! define_queries {
-    ($Conn:ty, $Db:ty, $begin_write:ident, $announce:path, [$($lock_skip_locked:tt)*], [$($lock_row:tt)*]) => {
+    ($Conn:ty, $Db:ty, $announce:path, [$($lock_skip_locked:tt)*], [$($lock_row:tt)*]) => {
         use std::collections::HashMap;
 
         use baton_domain::*;
@@ -451,7 +450,7 @@ macro_rules! define_queries {
             let record = new.idempotency.as_ref();
             for _ in 0..CLAIM_TRIES {
                 let result = conn
-                    .$begin_write(async |conn| {
+                    .transaction(async |conn| {
                         if let Some(first) = replay(conn, new.agent_id, record, now).await? {
                             return Ok(Claim::Replayed(first));
                         }
@@ -509,7 +508,7 @@ macro_rules! define_queries {
             // idle again and the claim is simply retried.
             for _ in 0..CLAIM_TRIES {
                 let result = conn
-                    .$begin_write(async |conn| {
+                    .transaction(async |conn| {
                         if owned_task(conn, append.agent_id, append.task_id)
                             .await?
                             .is_none()
@@ -802,7 +801,7 @@ macro_rules! define_queries {
             output: &RecordOutput,
         ) -> Result<bool, StoreError> {
             let (task, turn, at) = (output.task_id, output.turn_id, output.now);
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let batch = i64::from(output.batch);
                 // One statement on the usual path: this play's turn, and a batch it
                 // has not recorded yet.
@@ -1079,7 +1078,7 @@ macro_rules! define_queries {
             conn: &mut Conn,
             finish: &FinishTurn,
         ) -> Result<bool, StoreError> {
-            conn.$begin_write(async |conn| finish_in(conn, finish).await)
+            conn.transaction(async |conn| finish_in(conn, finish).await)
                 .await
                 .map_err(TxError::into_store)
         }
@@ -1088,7 +1087,7 @@ macro_rules! define_queries {
             conn: &mut Conn,
             finishes: &[FinishTurn],
         ) -> Result<Vec<bool>, StoreError> {
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let mut ended = Vec::with_capacity(finishes.len());
                 for finish in finishes {
                     ended.push(finish_in(conn, finish).await?);
@@ -1247,7 +1246,7 @@ macro_rules! define_queries {
             if anything_due.is_none() {
                 return Ok(Vec::new());
             }
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let due: Vec<i64> = webhook_deliveries::table
                     .filter(
                         webhook_deliveries::status
@@ -1295,7 +1294,7 @@ macro_rules! define_queries {
                 NextStep::RetryAt(at) => ("pending", Some(micros(at))),
                 NextStep::GiveUp => ("failed", None),
             };
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let number: Option<i64> = diesel::update(
                     webhook_deliveries::table.filter(
                         webhook_deliveries::id
@@ -1473,7 +1472,7 @@ macro_rules! define_queries {
             for (turn, attempt) in turns {
                 by_attempt.entry(*attempt).or_default().push(turn.0);
             }
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let mut renewed = Vec::new();
                 for (attempt, ids) in &by_attempt {
                     let these: Vec<i64> = diesel::update(
@@ -1623,7 +1622,7 @@ macro_rules! define_queries {
             let now = micros(take.now);
             // Set-based, so a sweep of many orphans costs a few statements, not a
             // transaction per turn.
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let taken: Vec<TurnRow> = diesel::update(
                     turns::table.filter(
                         turns::id
@@ -1765,7 +1764,7 @@ macro_rules! define_queries {
             id: AgentId,
             update: &AgentUpdate,
         ) -> Result<Option<Agent>, StoreError> {
-            conn.$begin_write(async |conn| {
+            conn.transaction(async |conn| {
                 let found: Option<AgentRow> = agents::table
                     .find(id.0)
                     .select(AgentRow::as_select())
@@ -1901,9 +1900,8 @@ pub(crate) mod sqlite {
     define_queries!(
         crate::backend::SqliteConn,
         diesel::sqlite::Sqlite,
-        immediate_transaction,
         crate::queries::announce::sqlite,
-        // One writer at a time: the write transaction is the lock.
+        // One writer: its group transaction is the lock.
         [],
         []
     );
@@ -1914,7 +1912,6 @@ pub(crate) mod postgres {
     define_queries!(
         crate::backend::PgConn,
         diesel::pg::Pg,
-        transaction,
         crate::queries::announce::postgres,
         // Concurrent senders on several instances claim disjoint deliveries.
         [.for_update().skip_locked()],

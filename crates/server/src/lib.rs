@@ -356,7 +356,7 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
 }
 
 /// Installs the Prometheus recorder and returns what renders `/metrics`: the recorded
-/// metrics plus the database pools' use, read at each scrape.
+/// metrics plus the database pools' use and SQLite's writer counts, read at each scrape.
 fn metrics_renderer(store: Arc<SqlStore>) -> anyhow::Result<baton_http::MetricsRenderer> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     const SECONDS: &[f64] = &[
@@ -378,6 +378,10 @@ fn metrics_renderer(store: Arc<SqlStore>) -> anyhow::Result<baton_http::MetricsR
                 metrics::gauge!(telemetry::DB_CONNECTIONS, "pool" => usage.pool, "state" => state)
                     .set(count as f64);
             }
+        }
+        if let Some(writer) = store.writer_stats() {
+            metrics::counter!(telemetry::SQLITE_WRITE_GROUPS).absolute(writer.groups);
+            metrics::counter!(telemetry::SQLITE_WRITE_OPERATIONS).absolute(writer.operations);
         }
         prometheus.render()
     })))

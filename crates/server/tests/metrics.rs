@@ -195,9 +195,17 @@ fn metrics_count_requests_turns_streams_pools_and_webhooks() {
         value(
             &samples,
             "baton_db_pool_connections",
-            &[("pool", "sqlite_writer"), ("state", "max")]
+            &[("pool", "sqlite_readers"), ("state", "max")]
         ),
-        Some(1.0)
+        Some(4.0)
+    );
+    // Every write went through the writer's groups: at least one each.
+    let groups = value(&samples, "baton_sqlite_write_groups_total", &[]).unwrap_or(0.0);
+    let operations = value(&samples, "baton_sqlite_write_operations_total", &[]).unwrap_or(0.0);
+    assert!(groups >= 1.0, "{groups} groups");
+    assert!(
+        operations >= groups,
+        "{operations} operations in {groups} groups"
     );
     assert_eq!(
         value(

@@ -1,0 +1,113 @@
+//! The embedded database's connections: one writer thread with group commit (see
+//! [`crate::group_commit`]) and a pool of read-only connections, each read run whole
+//! on a blocking thread. Every connection gets the same per-connection settings.
+
+use baton_domain::StoreError;
+use deadpool::Runtime;
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, SqliteConnection};
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use futures_util::future::BoxFuture;
+
+use crate::backend::{OnCallingThread, SqliteConn, SqliteOptions, SqliteSync};
+use crate::error::{PersistenceError, from_pool};
+use crate::group_commit::{SqliteWriter, WriterStats, run_now};
+
+/// A SQLite database open for serving.
+pub(crate) struct SqliteDb {
+    writer: SqliteWriter,
+    readers: Pool<SqliteConn>,
+}
+
+/// Opens a connection with baton's settings. Pragmas are per connection, so every new
+/// one gets them.
+fn connect(url: &str, opts: SqliteOptions, read_only: bool) -> Result<SqliteConn, String> {
+    let synchronous = match opts.synchronous {
+        SqliteSync::Full => "FULL",
+        SqliteSync::Normal => "NORMAL",
+    };
+    let mut conn = SqliteConnection::establish(url).map_err(|err| err.to_string())?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};{}",
+        opts.busy_timeout.as_millis(),
+        if read_only {
+            " PRAGMA query_only = ON;"
+        } else {
+            ""
+        }
+    ))
+    .map_err(|err| err.to_string())?;
+    Ok(SqliteConn::with_runtime(conn, OnCallingThread))
+}
+
+impl SqliteDb {
+    pub(crate) fn open(url: &str, opts: SqliteOptions) -> Result<SqliteDb, PersistenceError> {
+        // The writer's connection is opened now, so a bad path fails at start-up, not at
+        // the first request.
+        let first = connect(url, opts, false).map_err(PersistenceError::Connect)?;
+        let reopen = url.to_owned();
+        let writer = SqliteWriter::start(first, move || connect(&reopen, opts, false))
+            .map_err(|err| PersistenceError::Connect(err.to_string()))?;
+
+        let mut config = ManagerConfig::<SqliteConn>::default();
+        config.custom_setup = Box::new(move |url| {
+            let url = url.to_owned();
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || connect(&url, opts, true))
+                    .await
+                    .map_err(|err| diesel::ConnectionError::BadConnection(err.to_string()))?
+                    .map_err(diesel::ConnectionError::BadConnection)
+            })
+        });
+        let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url, config);
+        let readers = Pool::builder(manager)
+            .max_size(opts.readers.max(1))
+            .wait_timeout(Some(opts.pool_wait))
+            .create_timeout(Some(opts.pool_wait))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|err| PersistenceError::Connect(err.to_string()))?;
+        Ok(SqliteDb { writer, readers })
+    }
+
+    /// Runs a write operation in the writer's next group.
+    pub(crate) async fn write<T, E>(
+        &self,
+        op: impl for<'c> FnOnce(&'c mut SqliteConn) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.writer.write(op).await
+    }
+
+    /// Runs a read operation whole on a blocking thread, on a read-only connection.
+    pub(crate) async fn read<T, E>(
+        &self,
+        op: impl for<'c> FnOnce(&'c mut SqliteConn) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let mut conn = self
+            .readers
+            .get()
+            .await
+            .map_err(|err| E::from(from_pool(err)))?;
+        tokio::task::spawn_blocking(move || run_now(op(&mut conn)))
+            .await
+            .unwrap_or_else(|err| Err(E::from(StoreError::internal(err.to_string()))))
+    }
+
+    /// The read pool's state: connections in use, idle, maximum.
+    pub(crate) fn readers(&self) -> deadpool::Status {
+        self.readers.status()
+    }
+
+    pub(crate) fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+}
