@@ -4,6 +4,7 @@
 //! This crate names no web framework, database or HTTP client; adapters depend on it,
 //! never the reverse.
 
+pub mod agent_cache;
 pub mod content;
 pub mod error;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod validate;
 pub mod webhook_sender;
 pub mod webhooks;
 
+pub use agent_cache::{AGENT_CACHE_FRESHNESS, CachedAgents};
 pub use content::{Content, TextFormat};
 pub use error::{ClaimError, FieldError, ServiceError, StoreError};
 pub use executor::{ExecutorConfig, ShutdownReport, SweepReport, TurnExecutor};

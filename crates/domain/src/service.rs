@@ -218,8 +218,9 @@ impl TaskService {
         &self.executor
     }
 
-    /// The principal a bearer token stands for. Revocation takes effect on the next
-    /// request because every request looks the key up.
+    /// The principal a bearer token stands for. Every request looks the key up (in
+    /// the server's [`crate::CachedAgents`]: a revoke through this process is seen by
+    /// its next request, one by another process within a second).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, ServiceError> {
         let key = self
             .agents

@@ -168,9 +168,13 @@ impl App {
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the runners' HTTP client")?;
+        // Agents and keys are read by every request and every turn: kept in memory,
+        // with changes made elsewhere seen within a second.
+        let agents: Arc<dyn AgentStore> =
+            Arc::new(CachedAgents::new(store.clone(), AGENT_CACHE_FRESHNESS));
         let executor = TurnExecutor::new(
             store.clone(),
-            store.clone(),
+            agents.clone(),
             baton_runners::builtin(runner_http).with_all(extra.clone()),
             Arc::new(hub.clone()),
             Arc::new(SystemClock),
@@ -184,11 +188,11 @@ impl App {
         );
         let webhooks = &config.webhooks.settings;
         Ok(App {
-            tasks: TaskService::new(store.clone(), store.clone(), executor.clone(), hub.clone())
+            tasks: TaskService::new(store.clone(), agents.clone(), executor.clone(), hub.clone())
                 .with_idempotency(config.idempotency)
                 .with_limits(config.limits.submit)
                 .with_webhooks(webhooks.clone(), store.clone()),
-            admin: AdminService::new(store.clone(), executor)
+            admin: AdminService::new(agents, executor)
                 .with_webhooks(webhooks.destinations.clone(), store.clone()),
             store,
             hub,

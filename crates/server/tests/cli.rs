@@ -56,10 +56,19 @@ fn readme_walkthrough_against_the_real_binary_then_revoke_and_sigterm() {
     let (_, history) = api.get(&messages);
     assert_eq!(history["data"].as_array().unwrap().len(), 4);
 
-    // The CLI writes to the same database while the server runs.
+    // The CLI writes to the same database while the server runs: another process's
+    // revoke is seen within the key cache's freshness bound (one second).
+    assert_eq!(api.get("/v1/chat/tasks").0, StatusCode::OK);
     let (ok, out, err) = run(&db, &["key", "revoke", &token]);
+    let revoked = std::time::Instant::now();
     assert!(ok && out == "revoked", "{out} {err}");
-    assert_eq!(api.get("/v1/chat/tasks").0, StatusCode::UNAUTHORIZED);
+    while api.get("/v1/chat/tasks").0 != StatusCode::UNAUTHORIZED {
+        assert!(
+            revoked.elapsed() < Duration::from_millis(1500),
+            "a revoke by another process is seen within a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (ok, _, err) = run(&db, &["key", "revoke", &token]);
     assert!(!ok && err.contains("no live key"), "{err}");
 
@@ -356,6 +365,29 @@ fn the_admin_api_exists_only_with_an_admin_token() {
             break url.to_owned();
         }
     };
+    // A key revoked through this server is refused from its next request on, though
+    // the key was just used (and so is in the server's cache).
+    let (agent, token) = agent_and_key(&db, "{}");
+    let tasks = format!("{base}/v1/chat/tasks?agent_id={agent}");
+    let listed = common::client()
+        .get(&tasks)
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let response = common::client()
+        .delete(format!("{base}/v1/admin/keys/{token}"))
+        .bearer_auth("a-long-admin-token-0123")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let refused = common::client()
+        .get(&tasks)
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
     let response = common::client()
         .post(format!("{base}/v1/admin/agents"))
         .bearer_auth("a-long-admin-token-0123")

@@ -456,3 +456,33 @@ async fn a_stream_on_one_instance_follows_a_turn_running_on_the_other() {
     assert_eq!(text, "echo: across instances we stream");
     drop((a, b));
 }
+
+#[test]
+fn a_key_revoked_on_one_instance_is_refused_there_at_once_and_on_the_other_within_a_second() {
+    let db = TestDatabase::new();
+    let (_agent, token) = agent_and_key(db.url(), "{}");
+    let mut admin = common::baton(db.url());
+    admin.env("BATON_ADMIN_TOKEN", "a-long-admin-token-0123");
+    let a = Server::start_command(admin, &[], std::process::Stdio::null());
+    let b = Server::start(db.url(), &[]);
+    let (on_a, on_b) = (api(&a, &token), api(&b, &token));
+    // Both instances have just used (and so hold) the key.
+    assert_eq!(on_a.get("/v1/chat/tasks").0, StatusCode::OK);
+    assert_eq!(on_b.get("/v1/chat/tasks").0, StatusCode::OK);
+
+    let revoked = common::client()
+        .delete(format!("{}/v1/admin/keys/{token}", a.base))
+        .bearer_auth("a-long-admin-token-0123")
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let at = Instant::now();
+    assert_eq!(on_a.get("/v1/chat/tasks").0, StatusCode::UNAUTHORIZED);
+    while on_b.get("/v1/chat/tasks").0 != StatusCode::UNAUTHORIZED {
+        assert!(
+            at.elapsed() < Duration::from_millis(1500),
+            "the other instance refuses the key within a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
