@@ -116,9 +116,12 @@ pub struct WriterStats {
     pub waiting: u64,
 }
 
-/// The handle operations are sent through; the thread ends when the last is dropped.
+/// The handle operations are sent through. Dropping it ends the thread once the
+/// queued operations are written, and waits for that: the connection is closed (and
+/// SQLite checkpoints its log into the file) before the store is gone.
 pub(crate) struct SqliteWriter {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     counts: Arc<Mutex<Counts>>,
     sent: AtomicU64,
 }
@@ -142,11 +145,12 @@ impl SqliteWriter {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         let counts = Arc::new(Mutex::new(Counts::default()));
         let counted = counts.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("baton-sqlite-writer".to_owned())
             .spawn(move || write_loop(conn, &queue, &reconnect, &counted))?;
         Ok(SqliteWriter {
-            jobs,
+            jobs: Some(jobs),
+            thread: Some(thread),
             counts,
             sent: AtomicU64::new(0),
         })
@@ -172,7 +176,8 @@ impl SqliteWriter {
             ))
         };
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.jobs.send(job).map_err(|_| stopped())?;
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(job).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -186,6 +191,16 @@ impl SqliteWriter {
                 .sent
                 .load(Ordering::Relaxed)
                 .saturating_sub(counts.taken),
+        }
+    }
+}
+
+impl Drop for SqliteWriter {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            // A panic on the writer was already logged; nothing is left to do with it.
+            let _ = thread.join();
         }
     }
 }

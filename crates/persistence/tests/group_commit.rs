@@ -227,3 +227,25 @@ async fn a_failing_operation_rolls_back_alone_and_its_group_still_commits() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].secret_hash, "first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_closes_the_writer_so_its_log_is_checkpointed_into_the_file() {
+    let (dir, path, store, agent) = open().await;
+    store.create_task(new_task(agent.id, "kept")).await.unwrap();
+    drop(store);
+    // The last connection to close folds the write-ahead log into the database file
+    // and removes it: a copy of the file alone (as a backup script might take)
+    // holds everything.
+    let wal = dir.path().join("baton.db-wal");
+    assert!(!wal.exists(), "{} is still there", wal.display());
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let (copied, _) = SqlStore::open(copy.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    let tasks = copied
+        .list_tasks(agent.id, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(tasks.items.len(), 1);
+}
