@@ -12,6 +12,7 @@ mod models;
 mod queries;
 mod schema;
 mod sqlite;
+mod statement_cache;
 mod write_health;
 
 use async_trait::async_trait;

@@ -108,6 +108,7 @@ macro_rules! define_queries {
 
         use crate::error::from_diesel;
         use crate::models::*;
+        use crate::statement_cache::CacheBySql;
         use crate::queries::TxError;
         use crate::schema::{
             agents, api_keys, events, files, idempotency_keys, messages, tasks, turns, webhook_attempts,
@@ -170,6 +171,7 @@ macro_rules! define_queries {
             let last: i64 = diesel::update(tasks::table.find(task))
                 .set(tasks::last_seq.eq(tasks::last_seq + count))
                 .returning(tasks::last_seq)
+                .by_sql()
                 .get_result(conn)
                 .await?;
             insert_events(conn, task, last, drafts, now).await
@@ -190,6 +192,7 @@ macro_rules! define_queries {
                     tasks::updated_at.eq(now),
                 ))
                 .returning(tasks::last_seq)
+                .by_sql()
                 .get_result(conn)
                 .await?;
             insert_events(conn, task, last, drafts, now).await
@@ -215,6 +218,7 @@ macro_rules! define_queries {
                 };
                 diesel::insert_into(events::table)
                     .values(&row)
+                    .by_sql()
                     .execute(conn)
                     .await?;
             }
@@ -235,6 +239,7 @@ macro_rules! define_queries {
             let stored: MessageRow = diesel::insert_into(messages::table)
                 .values(&row)
                 .returning(MessageRow::as_returning())
+                .by_sql()
                 .get_result(conn)
                 .await?;
             Ok(stored.into_domain()?)
@@ -271,6 +276,7 @@ macro_rules! define_queries {
                         files::created_at.eq(micros(at)),
                     ))
                     .returning(files::id)
+                    .by_sql()
                     .get_result(conn)
                     .await?;
                 *attachment = attachment.stored(id, &bytes);
@@ -302,6 +308,7 @@ macro_rules! define_queries {
             let turn: i64 = diesel::insert_into(turns::table)
                 .values(&row)
                 .returning(turns::id)
+                .by_sql()
                 .get_result(conn)
                 .await
                 .map_err(|err| match err {
@@ -318,6 +325,7 @@ macro_rules! define_queries {
             if input.content != message.content {
                 diesel::update(tasks::table.find(task.0))
                     .set(tasks::input.eq(content_json(&input.content)?))
+                    .by_sql()
                     .execute(conn)
                     .await?;
             }
@@ -387,6 +395,7 @@ macro_rules! define_queries {
             let Some(record) = record else { return Ok(()) };
             diesel::insert_into(idempotency_keys::table)
                 .values(&NewIdempotencyRow::new(record, accepted)?)
+                .by_sql()
                 .execute(conn)
                 .await
                 .map_err(|err| match err {
@@ -458,6 +467,7 @@ macro_rules! define_queries {
                         let task: i64 = diesel::insert_into(tasks::table)
                             .values(&task_row)
                             .returning(tasks::id)
+                            .by_sql()
                             .get_result(conn)
                             .await?;
                         let task_id = TaskId(task);
@@ -532,6 +542,7 @@ macro_rules! define_queries {
                             // The last answer: the waiting turn is done, the next starts.
                             diesel::update(turns::table.find(waiting.0))
                                 .set(turns::status.eq(TurnStatus::Completed.as_str()))
+                                .by_sql()
                                 .execute(conn)
                                 .await?;
                         } else {
@@ -545,6 +556,7 @@ macro_rules! define_queries {
                                 tasks::input.eq(content_json(&append.message.content)?),
                                 tasks::updated_at.eq(now),
                             ))
+                            .by_sql()
                             .execute(conn)
                             .await?;
                         let turn_id = start_turn(
@@ -671,6 +683,7 @@ macro_rules! define_queries {
             .await?;
             diesel::update(tasks::table.find(append.task_id.0))
                 .set(tasks::updated_at.eq(micros(append.now)))
+                .by_sql()
                 .execute(conn)
                 .await?;
             let accepted = Accepted {
@@ -715,6 +728,7 @@ macro_rules! define_queries {
                     messages::streaming_status
                         .eq(message.streaming_status.map(StreamingStatus::as_str)),
                 ))
+                .by_sql()
                 .execute(conn)
                 .await?;
             Ok(())
@@ -810,6 +824,7 @@ macro_rules! define_queries {
                 )
                 .set(turns::output_batches.eq(batch))
                 .returning(turns::id)
+                .by_sql()
                 .get_result(conn)
                 .await
                 .optional()?;
@@ -1136,6 +1151,7 @@ macro_rules! define_queries {
                 turns::webhook_url,
                 turns::webhook_secrets,
             ))
+            .by_sql()
             .get_result::<(TurnRow, Option<String>, Option<String>)>(conn)
             .await
             .optional()?;
@@ -1218,6 +1234,7 @@ macro_rules! define_queries {
             };
             diesel::insert_into(webhook_deliveries::table)
                 .values(&row)
+                .by_sql()
                 .execute(conn)
                 .await?;
             Ok(())
@@ -1309,6 +1326,7 @@ macro_rules! define_queries {
                     webhook_deliveries::claimed_until.eq(None::<i64>),
                 ))
                 .returning(webhook_deliveries::attempts)
+                .by_sql()
                 .get_result(conn)
                 .await
                 .optional()?;
@@ -1323,6 +1341,7 @@ macro_rules! define_queries {
                 };
                 diesel::insert_into(webhook_attempts::table)
                     .values(&row)
+                    .by_sql()
                     .execute(conn)
                     .await?;
                 Ok::<_, TxError>(true)
@@ -1834,6 +1853,7 @@ macro_rules! define_queries {
         ) -> Result<(), StoreError> {
             diesel::update(api_keys::table.find(key.0))
                 .set(api_keys::last_used_at.eq(micros(now)))
+                .by_sql()
                 .execute(conn)
                 .await
                 .map_err(from_diesel)?;
