@@ -15,9 +15,9 @@ use futures_util::future::BoxFuture;
 
 use crate::error::PersistenceError;
 
-/// A SQLite connection whose statements run on the thread that awaits them: each
-/// store operation is sent whole to a thread of its own (the writer's, or a blocking
-/// thread for a read), so no statement needs a hop of its own.
+/// A SQLite connection whose statements run on the thread that awaits them: a write
+/// is sent whole to the writer's thread and a read runs whole where it is asked for,
+/// so no statement needs a hop of its own.
 pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection, OnCallingThread>;
 
 /// Runs a [`SyncConnectionWrapper`]'s blocking work where it is called.
