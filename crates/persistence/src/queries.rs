@@ -924,14 +924,11 @@ macro_rules! define_queries {
             }
         }
 
-        /// Builds views for task rows: each task's latest turn and latest agent message.
-        async fn task_views(
+        /// Each task's latest turn and latest agent message, by task id.
+        async fn latest_of_many(
             conn: &mut Conn,
-            rows: Vec<TaskRow>,
-        ) -> Result<Vec<TaskView>, StoreError> {
-            if rows.is_empty() {
-                return Ok(Vec::new());
-            }
+            rows: &[TaskRow],
+        ) -> Result<(HashMap<i64, TurnRow>, HashMap<i64, MessageRow>), StoreError> {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             let latest_turns: Vec<Option<i64>> = turns::table
                 .filter(turns::task_id.eq_any(&ids))
@@ -941,7 +938,7 @@ macro_rules! define_queries {
                 .await
                 .map_err(from_diesel)?;
             let latest_turns: Vec<i64> = latest_turns.into_iter().flatten().collect();
-            let mut turns_by_task: HashMap<i64, TurnRow> = turns::table
+            let turns_by_task: HashMap<i64, TurnRow> = turns::table
                 .filter(turns::id.eq_any(&latest_turns))
                 .select(TurnRow::as_select())
                 .load(conn)
@@ -962,7 +959,7 @@ macro_rules! define_queries {
                 .await
                 .map_err(from_diesel)?;
             let latest_messages: Vec<i64> = latest_messages.into_iter().flatten().collect();
-            let mut messages_by_task: HashMap<i64, MessageRow> = messages::table
+            let messages_by_task: HashMap<i64, MessageRow> = messages::table
                 .filter(messages::id.eq_any(&latest_messages))
                 .select(MessageRow::as_select())
                 .load(conn)
@@ -971,6 +968,52 @@ macro_rules! define_queries {
                 .into_iter()
                 .map(|m| (m.task_id, m))
                 .collect();
+            Ok((turns_by_task, messages_by_task))
+        }
+
+        /// As `latest_of_many`, for one task.
+        async fn latest_of_one(
+            conn: &mut Conn,
+            task: i64,
+        ) -> Result<(HashMap<i64, TurnRow>, HashMap<i64, MessageRow>), StoreError> {
+            let turn: Option<TurnRow> = turns::table
+                .filter(turns::task_id.eq(task))
+                .order(turns::id.desc())
+                .select(TurnRow::as_select())
+                .first(conn)
+                .await
+                .optional()
+                .map_err(from_diesel)?;
+            let message: Option<MessageRow> = messages::table
+                .filter(
+                    messages::task_id
+                        .eq(task)
+                        .and(messages::role.eq(Role::Assistant.as_str())),
+                )
+                .order(messages::id.desc())
+                .select(MessageRow::as_select())
+                .first(conn)
+                .await
+                .optional()
+                .map_err(from_diesel)?;
+            Ok((
+                turn.map(|turn| (task, turn)).into_iter().collect(),
+                message.map(|message| (task, message)).into_iter().collect(),
+            ))
+        }
+
+        /// Builds views for task rows: each task's latest turn and latest agent message.
+        /// One task (a get, a long-poll's wake-up) takes two indexed lookups whose
+        /// statements stay prepared; a page takes four statements over its ids.
+        async fn task_views(
+            conn: &mut Conn,
+            rows: Vec<TaskRow>,
+        ) -> Result<Vec<TaskView>, StoreError> {
+            let (mut turns_by_task, mut messages_by_task) = match rows.as_slice() {
+                [] => return Ok(Vec::new()),
+                [row] => latest_of_one(conn, row.id).await?,
+                _ => latest_of_many(conn, &rows).await?,
+            };
             rows.into_iter()
                 .map(|row| {
                     let turn = turns_by_task.remove(&row.id).ok_or_else(|| {
