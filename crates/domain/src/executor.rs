@@ -237,18 +237,16 @@ impl TurnExecutor {
         self.inner.lease_from(now)
     }
 
-    /// Runs `work` to completion on the executor's runtime even if the caller stops
-    /// waiting. A client that disconnects drops its request's future; the claim and
-    /// its commit, and the hand-over of the turn, must happen anyway.
+    /// Runs `work` to completion even if the caller stops waiting. A client that
+    /// disconnects drops its request's future; the claim and its commit, and the
+    /// hand-over of the turn, must happen anyway. The work runs in the caller's task
+    /// (no hop to another thread); if the caller is dropped first, what is left of it
+    /// is handed to the executor's runtime and finishes there.
     pub(crate) async fn detached<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, ServiceError>> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        self.inner
-            .handle
-            .spawn(work)
-            .await
-            .map_err(|join| ServiceError::Internal(Box::new(join)))?
+        crate::detached::Detached::new(work, &self.inner.handle).await
     }
 
     /// Hands a committed turn over to be played in the background. A turn this

@@ -6,6 +6,7 @@
 
 pub mod agent_cache;
 pub mod content;
+mod detached;
 pub mod error;
 pub mod events;
 pub mod executor;
