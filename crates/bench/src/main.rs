@@ -463,7 +463,8 @@ async fn suite(
     let pg = match database {
         Backend::Sqlite => None,
         Backend::Postgres => {
-            Some(tokio::task::spawn_blocking(baton_test_support::TestDatabase::new).await?)
+            // fsync and synchronous commit on, as a production server has them.
+            Some(tokio::task::spawn_blocking(baton_test_support::TestDatabase::durable).await?)
         }
     };
     let url = match &pg {

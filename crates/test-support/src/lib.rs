@@ -44,6 +44,8 @@ struct Server {
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+/// A second cluster, with the durability a production server has, for benchmarks.
+static DURABLE_SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
 
 /// A database of its own for one test, cloned from the migrated template; dropped
@@ -52,22 +54,36 @@ static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
 pub struct TestDatabase {
     name: String,
     url: String,
+    /// The cluster it is on.
+    server: &'static Server,
 }
 
 impl TestDatabase {
     /// A new, migrated, empty database. Panics (failing the test) with what to install
     /// when PostgreSQL is not available.
     pub fn new() -> TestDatabase {
-        TestDatabase::create(Some(TEMPLATE))
+        TestDatabase::create(&SERVER, Durability::Off, Some(TEMPLATE))
+    }
+
+    /// As [`TestDatabase::new`], on a cluster of its own that keeps every commit on
+    /// disk as a production server does (`fsync`, `synchronous_commit` and
+    /// `full_page_writes` on): for benchmarks, where the tests' cluster (all three off,
+    /// for speed) would flatter the figures. Ignores `BATON_TEST_DATABASE_URL`.
+    pub fn durable() -> TestDatabase {
+        TestDatabase::create(&DURABLE_SERVER, Durability::On, Some(TEMPLATE))
     }
 
     /// A new database with nothing in it, not even baton's tables.
     pub fn empty() -> TestDatabase {
-        TestDatabase::create(None)
+        TestDatabase::create(&SERVER, Durability::Off, None)
     }
 
-    fn create(template: Option<&str>) -> TestDatabase {
-        let server = match SERVER.get_or_init(start_server) {
+    fn create(
+        cluster: &'static OnceLock<Result<Server, String>>,
+        durability: Durability,
+        template: Option<&str>,
+    ) -> TestDatabase {
+        let server = match cluster.get_or_init(|| start_server(durability)) {
             Ok(server) => server,
             Err(why) => panic!("{why}"),
         };
@@ -83,6 +99,7 @@ impl TestDatabase {
             template.unwrap_or("template0")
         ));
         TestDatabase {
+            server,
             url: format!("{}/{name}", server.base_url),
             name,
         }
@@ -97,7 +114,7 @@ impl TestDatabase {
     /// or reachable again: a database outage (a restart, a failover) for one test,
     /// without touching the other tests' databases.
     pub fn set_reachable(&self, reachable: bool) -> Result<(), String> {
-        let server = running()?;
+        let server = self.server;
         server.try_psql(&format!(
             "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
             self.name
@@ -114,16 +131,8 @@ impl TestDatabase {
     /// Runs one SQL statement on this database with `psql`; its rows, unaligned, one
     /// per line (`psql -tA`).
     pub fn query(&self, sql: &str) -> Result<String, String> {
-        running()?.psql_on(&self.url, sql)
+        self.server.psql_on(&self.url, sql)
     }
-}
-
-/// The server the tests' databases are on, once a test has started it.
-fn running() -> Result<&'static Server, String> {
-    SERVER
-        .get()
-        .and_then(|started| started.as_ref().ok())
-        .ok_or_else(|| "the test cluster is not running".to_owned())
 }
 
 impl Default for TestDatabase {
@@ -134,13 +143,11 @@ impl Default for TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Some(Ok(server)) = SERVER.get() {
-            // WITH (FORCE) ends connections a test left open (pools, listeners).
-            let _ = server.try_psql(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        // WITH (FORCE) ends connections a test left open (pools, listeners).
+        let _ = self.server.try_psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }
 
@@ -213,10 +220,17 @@ fn find_bin_dir() -> Result<PathBuf, String> {
     })
 }
 
-fn start_server() -> Result<Server, String> {
+/// Whether a started cluster makes commits durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Off,
+    On,
+}
+
+fn start_server(durability: Durability) -> Result<Server, String> {
     let server = match std::env::var("BATON_TEST_DATABASE_URL") {
-        Ok(url) => external_server(&url)?,
-        Err(_) => start_cluster()?,
+        Ok(url) if durability == Durability::Off => external_server(&url)?,
+        _ => start_cluster(durability)?,
     };
     migrate_template(&server)?;
     Ok(server)
@@ -281,7 +295,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|err| err.to_string())
 }
 
-fn start_cluster() -> Result<Server, String> {
+fn start_cluster(durability: Durability) -> Result<Server, String> {
     let bin = find_bin_dir()?;
     let root = is_root();
     let dir =
@@ -313,9 +327,13 @@ fn start_cluster() -> Result<Server, String> {
         "initdb",
     )?;
     let port = free_port()?;
+    let durable = match durability {
+        Durability::Off => "off",
+        Durability::On => "on",
+    };
     let options = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync={durable} \
+         -c synchronous_commit={durable} -c full_page_writes={durable} -c max_connections=300"
     );
     // Started and watched by one shell: it stops the cluster and removes its directory
     // once this test process is gone, however the process ends.
