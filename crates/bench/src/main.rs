@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod growth;
 mod limits;
 mod recovery;
 
@@ -93,6 +94,18 @@ enum Cmd {
     /// A bare actix-web handler that parses the JSON and answers 202 (the suite starts
     /// it to measure this machine's HTTP ceiling).
     BareServer,
+    /// Measure `accept` and history reads on SQLite databases already holding each
+    /// number of tasks (seeded in bulk SQL), to see whether cost grows with size.
+    Growth {
+        #[arg(long, default_value = "target/release/baton")]
+        baton: String,
+        /// The core the server is pinned to (run this tool on another one).
+        #[arg(long, default_value_t = 0)]
+        server_cpu: usize,
+        /// Stored tasks, one measurement each; the first and last are compared.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 1_000_000])]
+        tasks: Vec<usize>,
+    },
     /// Kill a PostgreSQL instance holding many running turns; time how long a
     /// surviving instance takes to end or take them over.
     Recovery {
@@ -613,6 +626,14 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
             streams,
         } => {
             let results = suite(&baton, database, server_cpu, scale, streams).await?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        Cmd::Growth {
+            baton,
+            server_cpu,
+            tasks,
+        } => {
+            let results = growth::growth(&baton, server_cpu, &tasks).await?;
             println!("{}", serde_json::to_string_pretty(&results)?);
         }
         Cmd::Recovery {
