@@ -186,13 +186,20 @@ pub(crate) async fn migrate_sqlite(url: &str) -> Result<Vec<String>, Persistence
             "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;",
         )
         .map_err(|err| PersistenceError::Connect(err.to_string()))?;
-        let applied = conn
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map_err(|err| PersistenceError::Migrate(err.to_string()))?;
-        Ok(applied.iter().map(ToString::to_string).collect())
+        migrate_sqlite_on(&mut conn)
     })
     .await
     .map_err(|err| PersistenceError::Migrate(err.to_string()))?
+}
+
+/// Applies pending migrations on this connection; returns their names.
+pub(crate) fn migrate_sqlite_on(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<String>, PersistenceError> {
+    let applied = conn
+        .run_pending_migrations(SQLITE_MIGRATIONS)
+        .map_err(|err| PersistenceError::Migrate(err.to_string()))?;
+    Ok(applied.iter().map(ToString::to_string).collect())
 }
 
 pub(crate) fn pg_pool(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, PersistenceError> {

@@ -1,13 +1,12 @@
 //! baton's storage adapters: the domain's [`TaskStore`] and [`AgentStore`] ports over
-//! Diesel + diesel-async + deadpool — SQLite (a file, the embedded default) or
-//! PostgreSQL (several instances) — and [`MemoryStore`], the same ports in memory for
-//! embedders' tests.
+//! Diesel + diesel-async + deadpool — SQLite (a file, the embedded default, or in
+//! memory for embedders' tests: [`SqlStore::in_memory`]) or PostgreSQL (several
+//! instances).
 
 mod backend;
 mod error;
 mod group_commit;
 mod listen;
-mod memory;
 mod models;
 mod queries;
 mod schema;
@@ -23,7 +22,6 @@ use chrono::{DateTime, Utc};
 pub use backend::{PgOptions, ServingLock, SqliteOptions, SqliteSync};
 pub use error::PersistenceError;
 pub use group_commit::WriterStats;
-pub use memory::MemoryStore;
 
 use backend::{DatabaseUrl, PgConn};
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -90,6 +88,17 @@ impl SqlStore {
         ))
     }
 
+    /// A migrated SQLite database in memory, for embedders' tests and examples: the
+    /// same queries and rules as a file (the conformance suite runs against both),
+    /// nothing written to disk, all gone when the store is dropped. Reads and writes
+    /// share its one connection.
+    pub fn in_memory() -> Result<SqlStore, PersistenceError> {
+        Ok(SqlStore {
+            db: Db::Sqlite(SqliteDb::in_memory()?),
+            writes: write_health::WriteHealth::default(),
+        })
+    }
+
     /// Applies pending migrations to the database the URL names; returns their names.
     pub async fn migrate(url: &str) -> Result<Vec<String>, PersistenceError> {
         match DatabaseUrl::parse(url)? {
@@ -140,15 +149,16 @@ impl SqlStore {
             }
         }
         match &self.db {
-            Db::Sqlite(sqlite) => {
-                let readers = sqlite.readers();
-                vec![PoolUsage {
+            Db::Sqlite(sqlite) => sqlite
+                .readers()
+                .map(|readers| PoolUsage {
                     pool: "sqlite_readers",
                     in_use: readers.size.saturating_sub(readers.available),
                     idle: readers.available,
                     max: readers.max_size,
-                }]
-            }
+                })
+                .into_iter()
+                .collect(),
             Db::Postgres(pool) => vec![usage("postgres", pool)],
         }
     }

@@ -21,7 +21,9 @@ use crate::group_commit::{SqliteWriter, WriterStats, run_now};
 /// A SQLite database open for serving.
 pub(crate) struct SqliteDb {
     writer: SqliteWriter,
-    readers: Pool<SqliteConn>,
+    /// `None` for a database in memory, which lives in its one connection: reads go
+    /// to the writer too.
+    readers: Option<Pool<SqliteConn>>,
 }
 
 /// How much of the database file each connection reads through a memory map rather
@@ -34,11 +36,20 @@ const MMAP_BYTES: u64 = 1 << 30;
 /// Opens a connection with baton's settings. Pragmas are per connection, so every new
 /// one gets them.
 fn connect(url: &str, opts: SqliteOptions, read_only: bool) -> Result<SqliteConn, String> {
+    let mut conn = SqliteConnection::establish(url).map_err(|err| err.to_string())?;
+    configure(&mut conn, opts, read_only)?;
+    Ok(SqliteConn::with_runtime(conn, OnCallingThread))
+}
+
+fn configure(
+    conn: &mut SqliteConnection,
+    opts: SqliteOptions,
+    read_only: bool,
+) -> Result<(), String> {
     let synchronous = match opts.synchronous {
         SqliteSync::Full => "FULL",
         SqliteSync::Normal => "NORMAL",
     };
-    let mut conn = SqliteConnection::establish(url).map_err(|err| err.to_string())?;
     conn.batch_execute(&format!(
         "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; \
          PRAGMA mmap_size = {MMAP_BYTES};{}",
@@ -49,8 +60,7 @@ fn connect(url: &str, opts: SqliteOptions, read_only: bool) -> Result<SqliteConn
             ""
         }
     ))
-    .map_err(|err| err.to_string())?;
-    Ok(SqliteConn::with_runtime(conn, OnCallingThread))
+    .map_err(|err| err.to_string())
 }
 
 impl SqliteDb {
@@ -80,7 +90,28 @@ impl SqliteDb {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|err| PersistenceError::Connect(err.to_string()))?;
-        Ok(SqliteDb { writer, readers })
+        Ok(SqliteDb {
+            writer,
+            readers: Some(readers),
+        })
+    }
+
+    /// A migrated database in memory, in one connection owned by the writer; gone
+    /// when the store is dropped (or if the writer ever had to reopen it).
+    pub(crate) fn in_memory() -> Result<SqliteDb, PersistenceError> {
+        let open = || -> Result<SqliteConn, String> {
+            let mut conn = SqliteConnection::establish(":memory:").map_err(|e| e.to_string())?;
+            configure(&mut conn, SqliteOptions::default(), false)?;
+            crate::backend::migrate_sqlite_on(&mut conn).map_err(|e| e.to_string())?;
+            Ok(SqliteConn::with_runtime(conn, OnCallingThread))
+        };
+        let first = open().map_err(PersistenceError::Connect)?;
+        let writer = SqliteWriter::start(first, open)
+            .map_err(|err| PersistenceError::Connect(err.to_string()))?;
+        Ok(SqliteDb {
+            writer,
+            readers: None,
+        })
     }
 
     /// Runs a write operation in the writer's next group.
@@ -104,17 +135,16 @@ impl SqliteDb {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let mut conn = self
-            .readers
-            .get()
-            .await
-            .map_err(|err| E::from(from_pool(err)))?;
+        let Some(readers) = &self.readers else {
+            return self.writer.write(op).await;
+        };
+        let mut conn = readers.get().await.map_err(|err| E::from(from_pool(err)))?;
         run_now(op(&mut conn))
     }
 
-    /// The read pool's state: connections in use, idle, maximum.
-    pub(crate) fn readers(&self) -> deadpool::Status {
-        self.readers.status()
+    /// The read pool's state (connections in use, idle, maximum); `None` in memory.
+    pub(crate) fn readers(&self) -> Option<deadpool::Status> {
+        self.readers.as_ref().map(Pool::status)
     }
 
     pub(crate) fn writer_stats(&self) -> WriterStats {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use baton_domain::webhooks::{AttemptResult, NextStep};
 use baton_domain::*;
-use baton_persistence::{MemoryStore, SqlStore, StoreOptions};
+use baton_persistence::{SqlStore, StoreOptions};
 use baton_test_support::TestDatabase;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
@@ -25,9 +25,9 @@ struct Fixture<S> {
     _keep: Box<dyn Any + Send>,
 }
 
-async fn memory() -> Fixture<MemoryStore> {
+async fn memory() -> Fixture<SqlStore> {
     Fixture {
-        store: Arc::new(MemoryStore::new()),
+        store: Arc::new(SqlStore::in_memory().unwrap()),
         _keep: Box::new(()),
     }
 }
