@@ -1,8 +1,10 @@
 //! Agents and API keys kept in memory: every request authenticates and every turn
 //! reads its agent, and both change rarely. A change made through this process is
-//! seen by its next request (the entry is dropped as the change is written); a
-//! change made by another process — another instance, or a `baton key revoke`
-//! beside the server — is seen once the entry is older than the cache's freshness
+//! seen by its next request (the entry is dropped as the change is written). One made
+//! by another PostgreSQL instance is announced (`NOTIFY`) and the entry dropped as the
+//! announcement arrives ([`CachedAgents::forget`]); whatever is not announced — a
+//! `baton key revoke` beside a SQLite server, an announcement lost while the listening
+//! connection was down — is seen once the entry is older than the cache's freshness
 //! bound ([`AGENT_CACHE_FRESHNESS`], one second).
 
 use std::collections::HashMap;
@@ -63,6 +65,21 @@ impl CachedAgents {
         entry
             .filter(|(_, read_at)| read_at.elapsed() < self.freshness)
             .map(|(value, _)| value.clone())
+    }
+
+    /// Drops what another instance's change made stale (see [`crate::AgentsChanged`]).
+    pub fn forget(&self, change: &crate::notify::AgentsChanged) {
+        use crate::notify::AgentsChanged;
+        self.changed(|entries| match change {
+            AgentsChanged::Agent(id) => {
+                entries.agents.remove(id);
+            }
+            AgentsChanged::Key(prefix) => entries.keys.retain(|_, (key, _)| key.prefix != *prefix),
+            AgentsChanged::Unknown => {
+                entries.agents.clear();
+                entries.keys.clear();
+            }
+        });
     }
 
     /// Drops what a change made stale; reads begun before it will not store theirs.

@@ -30,7 +30,7 @@ pub use error::{ClaimError, FieldError, ServiceError, StoreError};
 pub use executor::{ExecutorConfig, ShutdownReport, SweepReport, TurnExecutor};
 pub use idempotency::IdempotencyConfig;
 pub use model::*;
-pub use notify::{LocalNotifier, TaskWatch, TurnEndHook};
+pub use notify::{AgentsChanged, AgentsChangedHook, LocalNotifier, TaskWatch, TurnEndHook};
 pub use page::{Page, PageRequest};
 pub use ports::{
     AgentStore, Clock, SystemClock, TaskNotifier, TaskStore, WebhookStore, WebhookTransport,

@@ -8,14 +8,15 @@
 //!
 //! The hub also carries "this turn ended" (a cancel here or on another instance), so
 //! the executor playing the turn stops its runner at once instead of at its next
-//! output or lease renewal.
+//! output or lease renewal; and "another instance changed an agent or a key", so
+//! this process's cache of them forgets the entry at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::watch;
 
-use crate::model::{TaskId, TurnId};
+use crate::model::{AgentId, TaskId, TurnId};
 use crate::ports::TaskNotifier;
 
 #[derive(Debug)]
@@ -29,11 +30,25 @@ type Slots = Arc<Mutex<HashMap<TaskId, Slot>>>;
 /// What to call when a turn ended somewhere: the executor's "stop playing it".
 pub type TurnEndHook = Arc<dyn Fn(TurnId) + Send + Sync>;
 
+/// What another instance changed among agents and keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentsChanged {
+    Agent(AgentId),
+    /// The key with this prefix (revoked).
+    Key(String),
+    /// Anything may have changed: changes may have been missed.
+    Unknown,
+}
+
+/// What to call when another instance changed an agent or a key.
+pub type AgentsChangedHook = Arc<dyn Fn(&AgentsChanged) + Send + Sync>;
+
 /// Fans task changes out to this process's waiters.
 #[derive(Clone, Default)]
 pub struct LocalNotifier {
     slots: Slots,
     turn_end: Arc<RwLock<Option<TurnEndHook>>>,
+    agents_changed: Arc<RwLock<Option<AgentsChangedHook>>>,
 }
 
 impl std::fmt::Debug for LocalNotifier {
@@ -101,6 +116,27 @@ impl LocalNotifier {
     pub fn on_turn_ended(&self, hook: TurnEndHook) {
         *self
             .turn_end
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
+    }
+
+    /// Another instance changed an agent or a key (or changes may have been missed).
+    pub fn agents_changed(&self, change: &AgentsChanged) {
+        let hook = self
+            .agents_changed
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(change);
+        }
+    }
+
+    /// Sets what [`LocalNotifier::agents_changed`] calls (one hook; a second replaces
+    /// it).
+    pub fn on_agents_changed(&self, hook: AgentsChangedHook) {
+        *self
+            .agents_changed
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
     }

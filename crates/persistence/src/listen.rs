@@ -1,11 +1,12 @@
 //! Cross-instance wake-ups on PostgreSQL: writers `pg_notify` turn changes inside their
 //! transactions; each instance keeps one connection on `LISTEN` and feeds what arrives
 //! into its in-process hub, so a long-poll on one instance wakes when a turn ends on
-//! another.
+//! another. Changes of agents and keys travel the same way, on a channel of their own,
+//! so every instance's cache of them drops what changed.
 
 use std::time::Duration;
 
-use baton_domain::{LocalNotifier, TaskId, TaskNotifier, TurnId};
+use baton_domain::{AgentId, AgentsChanged, LocalNotifier, TaskId, TaskNotifier, TurnId};
 use deadpool::managed::Object;
 use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -17,6 +18,9 @@ use crate::backend::PgConn;
 
 /// The channel turn changes are announced on.
 pub(crate) const CHANNEL: &str = "baton_turns";
+
+/// The channel changes of agents and keys are announced on.
+pub(crate) const AGENTS_CHANNEL: &str = "baton_agents";
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -34,6 +38,24 @@ pub(crate) fn decode(payload: &str) -> Option<(TaskId, Option<TurnId>)> {
     match payload.split_once(':') {
         Some((task, turn)) => Some((TaskId(task.parse().ok()?), Some(TurnId(turn.parse().ok()?)))),
         None => Some((TaskId(payload.parse().ok()?), None)),
+    }
+}
+
+/// `agent:ID` or `key:PREFIX`.
+pub(crate) fn encode_agents(change: &AgentsChanged) -> String {
+    match change {
+        AgentsChanged::Agent(id) => format!("agent:{}", id.0),
+        AgentsChanged::Key(prefix) => format!("key:{prefix}"),
+        AgentsChanged::Unknown => "unknown".to_owned(),
+    }
+}
+
+pub(crate) fn decode_agents(payload: &str) -> Option<AgentsChanged> {
+    match payload.split_once(':') {
+        Some(("agent", id)) => Some(AgentsChanged::Agent(AgentId(id.parse().ok()?))),
+        Some(("key", prefix)) if !prefix.is_empty() => Some(AgentsChanged::Key(prefix.to_owned())),
+        None if payload == "unknown" => Some(AgentsChanged::Unknown),
+        _ => None,
     }
 }
 
@@ -65,10 +87,12 @@ async fn listen(
     // Taken out of the pool for good: a connection that has run LISTEN buffers
     // notifications until read and must never serve another query.
     let mut conn = Object::take(object);
-    diesel::sql_query(format!("LISTEN {CHANNEL}"))
-        .execute(&mut conn)
-        .await
-        .map_err(|err| err.to_string())?;
+    for channel in [CHANNEL, AGENTS_CHANNEL] {
+        diesel::sql_query(format!("LISTEN {channel}"))
+            .execute(&mut conn)
+            .await
+            .map_err(|err| err.to_string())?;
+    }
     *backoff = BACKOFF_START;
     info!(
         channel = CHANNEL,
@@ -76,9 +100,20 @@ async fn listen(
     );
     // Anything that happened while not listening is unknown: everyone re-reads.
     hub.resync();
+    hub.agents_changed(&AgentsChanged::Unknown);
     let mut notifications = std::pin::pin!(conn.notifications_stream());
     while let Some(notification) = notifications.next().await {
         let notification = notification.map_err(|err| err.to_string())?;
+        if notification.channel == AGENTS_CHANNEL {
+            match decode_agents(&notification.payload) {
+                Some(change) => hub.agents_changed(&change),
+                None => {
+                    warn!(payload = %notification.payload, "ignoring a malformed agents notification");
+                    hub.agents_changed(&AgentsChanged::Unknown);
+                }
+            }
+            continue;
+        }
         match decode(&notification.payload) {
             Some((task, None)) => hub.task_changed(task),
             Some((task, Some(turn))) => hub.turn_ended(task, turn),
@@ -102,6 +137,16 @@ mod tests {
         assert_eq!(decode("1:2"), Some((TaskId(1), Some(TurnId(2)))));
         for bad in ["", "x", "1:", ":2", "1:x", "1.5", "1:2:3"] {
             assert_eq!(decode(bad), None, "{bad}");
+        }
+        for change in [
+            AgentsChanged::Agent(AgentId(4)),
+            AgentsChanged::Key("bt_abc".into()),
+            AgentsChanged::Unknown,
+        ] {
+            assert_eq!(decode_agents(&encode_agents(&change)), Some(change));
+        }
+        for bad in ["", "agent:", "agent:x", "key:", "task:1", "unknown:1"] {
+            assert_eq!(decode_agents(bad), None, "{bad}");
         }
     }
 }

@@ -4,9 +4,9 @@
 //! time. The only per-backend inputs are:
 //! - the connection type (on SQLite, a write operation's transaction is a savepoint
 //!   in the writer's group transaction, see `group_commit`);
-//! - how a committed turn change is announced to other instances (PostgreSQL:
-//!   `pg_notify` inside the transaction, delivered only if it commits; SQLite serves
-//!   one process, whose executor announces changes in-process).
+//! - how a committed turn change, or a change of an agent or a key, is announced to
+//!   other instances (PostgreSQL: `pg_notify` inside the transaction, delivered only
+//!   if it commits; SQLite serves one process, which announces changes in-process).
 
 use baton_domain::{ActiveTurn, FieldError, StoreError};
 use diesel::result::Error as DieselError;
@@ -64,13 +64,13 @@ impl TxError {
 /// Announces task changes to other instances, per backend: the task, and the turn if
 /// the change ended it (so the instance playing it stops).
 pub(crate) mod announce {
-    use baton_domain::{TaskId, TurnId};
+    use baton_domain::{AgentsChanged, TaskId, TurnId};
     use diesel::QueryResult;
     use diesel::sql_types::Text;
     use diesel_async::RunQueryDsl;
 
     use crate::backend::{PgConn, SqliteConn};
-    use crate::listen::{CHANNEL, encode};
+    use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
 
     pub(crate) async fn sqlite(
         _conn: &mut SqliteConn,
@@ -85,9 +85,29 @@ pub(crate) mod announce {
         task: TaskId,
         ended: Option<TurnId>,
     ) -> QueryResult<()> {
+        notify(conn, CHANNEL, encode(task, ended)).await
+    }
+
+    /// Agents and keys: SQLite's one process changes its cache itself.
+    pub(crate) async fn agents_sqlite(
+        _conn: &mut SqliteConn,
+        _change: &AgentsChanged,
+    ) -> QueryResult<()> {
+        Ok(())
+    }
+
+    /// Agents and keys on PostgreSQL: other instances drop what they cached.
+    pub(crate) async fn agents_postgres(
+        conn: &mut PgConn,
+        change: &AgentsChanged,
+    ) -> QueryResult<()> {
+        notify(conn, AGENTS_CHANNEL, encode_agents(change)).await
+    }
+
+    async fn notify(conn: &mut PgConn, channel: &str, payload: String) -> QueryResult<()> {
         diesel::sql_query("SELECT pg_notify($1, $2)")
-            .bind::<Text, _>(CHANNEL)
-            .bind::<Text, _>(encode(task, ended))
+            .bind::<Text, _>(channel)
+            .bind::<Text, _>(payload)
             .execute(conn)
             .await
             .map(drop)
@@ -95,7 +115,7 @@ pub(crate) mod announce {
 }
 
 macro_rules! define_queries {
-    ($Conn:ty, $Db:ty, $announce:path, [$($lock_skip_locked:tt)*], [$($lock_row:tt)*]) => {
+    ($Conn:ty, $Db:ty, $announce:path, $announce_agents:path, [$($lock_skip_locked:tt)*], [$($lock_row:tt)*]) => {
         use std::collections::HashMap;
 
         use baton_domain::*;
@@ -1867,6 +1887,7 @@ macro_rules! define_queries {
                     ))
                     .execute(conn)
                     .await?;
+                $announce_agents(conn, &AgentsChanged::Agent(id)).await?;
                 Ok::<_, TxError>(Some(agent))
             })
             .await
@@ -1953,6 +1974,11 @@ macro_rules! define_queries {
             .execute(conn)
             .await
             .map_err(from_diesel)?;
+            if revoked > 0 {
+                $announce_agents(conn, &AgentsChanged::Key(prefix.to_owned()))
+                    .await
+                    .map_err(from_diesel)?;
+            }
             Ok(revoked > 0)
         }
     };
@@ -1964,6 +1990,7 @@ pub(crate) mod sqlite {
         crate::backend::SqliteConn,
         diesel::sqlite::Sqlite,
         crate::queries::announce::sqlite,
+        crate::queries::announce::agents_sqlite,
         // One writer: its group transaction is the lock.
         [],
         []
@@ -1976,6 +2003,7 @@ pub(crate) mod postgres {
         crate::backend::PgConn,
         diesel::pg::Pg,
         crate::queries::announce::postgres,
+        crate::queries::announce::agents_postgres,
         // Concurrent senders on several instances claim disjoint deliveries.
         [.for_update().skip_locked()],
         // Concurrent claims of one agent take turns.

@@ -168,10 +168,13 @@ impl App {
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the runners' HTTP client")?;
-        // Agents and keys are read by every request and every turn: kept in memory,
-        // with changes made elsewhere seen within a second.
-        let agents: Arc<dyn AgentStore> =
-            Arc::new(CachedAgents::new(store.clone(), AGENT_CACHE_FRESHNESS));
+        // Agents and keys are read by every request and every turn: kept in memory;
+        // other instances' changes are announced through the hub (PostgreSQL), and
+        // whatever is not announced is seen within a second.
+        let cached = Arc::new(CachedAgents::new(store.clone(), AGENT_CACHE_FRESHNESS));
+        let forget = cached.clone();
+        hub.on_agents_changed(Arc::new(move |change| forget.forget(change)));
+        let agents: Arc<dyn AgentStore> = cached;
         let executor = TurnExecutor::new(
             store.clone(),
             agents.clone(),

@@ -458,7 +458,7 @@ async fn a_stream_on_one_instance_follows_a_turn_running_on_the_other() {
 }
 
 #[test]
-fn a_key_revoked_on_one_instance_is_refused_there_at_once_and_on_the_other_within_a_second() {
+fn a_key_revoked_on_one_instance_is_refused_there_at_once_and_on_the_other_as_announced() {
     let db = TestDatabase::new();
     let (_agent, token) = agent_and_key(db.url(), "{}");
     let mut admin = common::baton(db.url());
@@ -478,11 +478,13 @@ fn a_key_revoked_on_one_instance_is_refused_there_at_once_and_on_the_other_withi
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     let at = Instant::now();
     assert_eq!(on_a.get("/v1/chat/tasks").0, StatusCode::UNAUTHORIZED);
+    // The revoke is announced (NOTIFY), so the other instance drops the key it holds
+    // well before the cache's one-second freshness bound would.
     while on_b.get("/v1/chat/tasks").0 != StatusCode::UNAUTHORIZED {
         assert!(
-            at.elapsed() < Duration::from_millis(1500),
-            "the other instance refuses the key within a second"
+            at.elapsed() < Duration::from_millis(500),
+            "the other instance refuses the key once the revoke is announced"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -181,3 +181,58 @@ async fn a_touch_is_remembered_so_the_next_one_waits_its_minute() {
         Some(at(9))
     );
 }
+
+#[tokio::test]
+async fn another_instance_s_announced_change_is_forgotten_at_once() {
+    let mut store = MockAgentStore::new();
+    let mut order = Sequence::new();
+    store
+        .expect_find_api_key()
+        .times(1)
+        .in_sequence(&mut order)
+        .returning(|_| Ok(Some(key(false))));
+    store
+        .expect_find_api_key()
+        .times(1)
+        .in_sequence(&mut order)
+        .returning(|_| Ok(Some(key(true))));
+    store
+        .expect_get_agent()
+        .times(2)
+        .returning(|_| Ok(Some(agent("any"))));
+    let cache = CachedAgents::new(Arc::new(store), Duration::from_secs(3600));
+    assert!(
+        cache
+            .find_api_key("hash")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    cache.get_agent(AgentId(7)).await.unwrap();
+    // Another key's change leaves this one alone.
+    cache.forget(&crate::AgentsChanged::Key("bk_other".into()));
+    assert!(
+        cache
+            .find_api_key("hash")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    cache.forget(&crate::AgentsChanged::Key("bk_live".into()));
+    assert!(
+        cache
+            .find_api_key("hash")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    // Missed announcements: everything is read again.
+    cache.forget(&crate::AgentsChanged::Unknown);
+    cache.get_agent(AgentId(7)).await.unwrap();
+}
