@@ -13,7 +13,7 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use serde_json::{Value, json};
 
-use crate::{Scenario, Target, cli, ms, percentiles, run, start_server};
+use crate::{Scenario, Target, echo_agent_and_key, ms, percentiles, run, start_server};
 
 /// Copies task 1 (with its turn, messages and events) into tasks 2..=`size`, in one
 /// transaction. Task `i`'s copied turn gets id `i`: in a fresh database the first task
@@ -105,17 +105,7 @@ pub(crate) async fn growth(baton: &str, cpu: usize, sizes: &[usize]) -> anyhow::
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("growth.db");
         let url = format!("sqlite://{}", path.display());
-        let agent: i64 = cli(
-            baton,
-            &url,
-            &["agent", "create", "--name", "bench", "--runner", "echo"],
-        )?
-        .parse()?;
-        let token = cli(
-            baton,
-            &url,
-            &["key", "create", "--agent", &agent.to_string()],
-        )?;
+        let (agent, token) = echo_agent_and_key(baton, &url)?;
         let target = |base: &str| -> anyhow::Result<Target> {
             Ok(Target {
                 http: reqwest::Client::builder()

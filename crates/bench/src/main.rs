@@ -363,6 +363,22 @@ fn cli(baton: &str, url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// An echo agent without delay and a key for it, made through the CLI.
+fn echo_agent_and_key(baton: &str, url: &str) -> anyhow::Result<(i64, String)> {
+    let agent: i64 = cli(
+        baton,
+        url,
+        &["agent", "create", "--name", "bench", "--runner", "echo"],
+    )?
+    .parse()?;
+    let token = cli(
+        baton,
+        url,
+        &["key", "create", "--agent", &agent.to_string()],
+    )?;
+    Ok((agent, token))
+}
+
 fn start_server(baton: &str, url: &str, cpu: usize, extra: &[&str]) -> anyhow::Result<Server> {
     let mut serve = vec!["serve", "--listen", "127.0.0.1:0", "--workers", "1"];
     serve.extend_from_slice(extra);
@@ -484,17 +500,7 @@ async fn suite(
         Some(db) => db.url().to_owned(),
         None => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
-    let agent: i64 = cli(
-        baton,
-        &url,
-        &["agent", "create", "--name", "bench", "--runner", "echo"],
-    )?
-    .parse()?;
-    let token = cli(
-        baton,
-        &url,
-        &["key", "create", "--agent", &agent.to_string()],
-    )?;
+    let (agent, token) = echo_agent_and_key(baton, &url)?;
     let server = start_server(baton, &url, cpu, &[])?;
     let pid = server.child.id();
     let target = Target {

@@ -185,13 +185,19 @@ impl SqlStore {
 /// Runs `$body` with `$conn` bound to a connection of the named role (`writer` or
 /// `readers`) and `$q` bound to that backend's queries. The body is expanded once per
 /// backend. On SQLite it runs whole on the writer's thread (in its next group commit)
-/// or on a blocking thread (a read), so it takes its inputs by value (`move`).
+/// or where it is called (a read), and takes its inputs by value (`move`).
 macro_rules! on_conn {
-    ($store:expr, writer, |$conn:ident, $q:ident| $body:expr) => {{
+    ($store:expr, writer, |$conn:ident, $q:ident| $body:expr) => {
+        on_conn!(@run $store, write, true, |$conn, $q| $body)
+    };
+    ($store:expr, readers, |$conn:ident, $q:ident| $body:expr) => {
+        on_conn!(@run $store, read, false, |$conn, $q| $body)
+    };
+    (@run $store:expr, $sqlite:ident, $write:expr, |$conn:ident, $q:ident| $body:expr) => {{
         let result = match &$store.db {
             Db::Sqlite(sqlite) => {
                 sqlite
-                    .write(move |$conn| {
+                    .$sqlite(move |$conn| {
                         Box::pin(async move {
                             use crate::queries::sqlite as $q;
                             $body
@@ -199,34 +205,16 @@ macro_rules! on_conn {
                     })
                     .await
             }
-            Db::Postgres(pool) => on_conn!(@postgres pool, |$conn, $q| $body),
-        };
-        $store.writes.note(true, &result);
-        result
-    }};
-    ($store:expr, readers, |$conn:ident, $q:ident| $body:expr) => {{
-        let result = match &$store.db {
-            Db::Sqlite(sqlite) => {
-                sqlite
-                    .read(move |$conn| {
-                        Box::pin(async move {
-                            use crate::queries::sqlite as $q;
-                            $body
-                        })
-                    })
-                    .await
+            // One pool: PostgreSQL has no single-writer rule.
+            Db::Postgres(pool) => {
+                let mut object = pool.get().await.map_err(from_pool)?;
+                let $conn = &mut *object;
+                use crate::queries::postgres as $q;
+                $body
             }
-            Db::Postgres(pool) => on_conn!(@postgres pool, |$conn, $q| $body),
         };
-        $store.writes.note(false, &result);
+        $store.writes.note($write, &result);
         result
-    }};
-    // One pool: PostgreSQL has no single-writer rule.
-    (@postgres $pool:expr, |$conn:ident, $q:ident| $body:expr) => {{
-        let mut object = $pool.get().await.map_err(from_pool)?;
-        let $conn = &mut *object;
-        use crate::queries::postgres as $q;
-        $body
     }};
 }
 
