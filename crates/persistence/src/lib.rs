@@ -90,8 +90,9 @@ impl SqlStore {
 
     /// A migrated SQLite database in memory, for embedders' tests and examples: the
     /// same queries and rules as a file (the conformance suite runs against both),
-    /// nothing written to disk, all gone when the store is dropped. Reads and writes
-    /// share its one connection.
+    /// nothing written to disk, all gone when the store is dropped (or if a failure
+    /// ever forces the writer to reopen its connection). Reads and writes share its
+    /// one connection.
     pub fn in_memory() -> Result<SqlStore, PersistenceError> {
         Ok(SqlStore {
             db: Db::Sqlite(SqliteDb::in_memory()?),
