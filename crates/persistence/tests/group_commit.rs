@@ -249,3 +249,24 @@ async fn dropping_the_store_closes_the_writer_so_its_log_is_checkpointed_into_th
         .unwrap();
     assert_eq!(tasks.items.len(), 1);
 }
+
+#[test]
+fn sqlite_is_built_with_a_stable_query_plan_so_statements_with_a_limit_stay_prepared() {
+    // Without it, binding a `LIMIT ?` (every `.first()`, every page) marks the
+    // prepared statement for a new plan, and SQLite compiles it again on each run.
+    // The flag comes from `.cargo/config.toml` (LIBSQLITE3_FLAGS).
+    #[derive(diesel::QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+    use diesel::RunQueryDsl;
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    let options: Vec<CompileOption> = diesel::sql_query("PRAGMA compile_options")
+        .load(&mut conn)
+        .unwrap();
+    assert!(
+        options.iter().any(|o| o.compile_options == "ENABLE_QPSG"),
+        "SQLite was built without SQLITE_ENABLE_QPSG"
+    );
+}
