@@ -260,16 +260,13 @@ fn write_loop(
             run_now(write_group(&mut conn, group, &done))
         }));
         if written.is_err() {
+            // The group's answers were dropped: their callers see the writer's failure.
             done();
+            error!("an operation panicked on the SQLite writer; its group was abandoned");
         }
-        // A panic dropped the group's answers (their callers see the writer's failure);
-        // a failed commit may have left a transaction open. Either way the connection
-        // is replaced if it cannot be trusted.
-        let healthy = matches!(written, Ok(true)) || !conn.is_broken();
-        if written.is_err() {
-            error!("an operation panicked on the SQLite writer; its group was rolled back");
-        }
-        if !healthy {
+        // A panic or a failed commit may have left a transaction open: a connection
+        // that cannot be trusted is replaced (closing it rolls back what it held).
+        if conn.is_broken() {
             conn = loop {
                 match reconnect() {
                     Ok(fresh) => break fresh,
@@ -283,9 +280,8 @@ fn write_loop(
     }
 }
 
-/// Runs a group in one transaction and answers its operations. Returns whether it
-/// committed.
-async fn write_group(conn: &mut SqliteConn, group: Vec<Box<dyn Job>>, done: &dyn Fn()) -> bool {
+/// Runs a group in one transaction and answers its operations.
+async fn write_group(conn: &mut SqliteConn, group: Vec<Box<dyn Job>>, done: &dyn Fn()) {
     let begun = conn
         .spawn_blocking(|inner| {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")
@@ -298,7 +294,7 @@ async fn write_group(conn: &mut SqliteConn, group: Vec<Box<dyn Job>>, done: &dyn
         for job in group {
             job.refuse(&failed);
         }
-        return false;
+        return;
     }
     let mut answers = Vec::with_capacity(group.len());
     for job in group {
@@ -312,7 +308,6 @@ async fn write_group(conn: &mut SqliteConn, group: Vec<Box<dyn Job>>, done: &dyn
             for answer in answers {
                 answer.send(Ok(()));
             }
-            true
         }
         Err(err) => {
             let failed = from_diesel(err);
@@ -322,7 +317,6 @@ async fn write_group(conn: &mut SqliteConn, group: Vec<Box<dyn Job>>, done: &dyn
             for answer in answers {
                 answer.send(Err(&failed));
             }
-            false
         }
     }
 }

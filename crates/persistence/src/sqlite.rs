@@ -1,8 +1,9 @@
 //! The embedded database's connections: one writer thread with group commit (see
 //! [`crate::group_commit`]) and a pool of read-only connections. A read runs whole on
 //! the thread that asks for it, with no hop: in WAL mode a reader never waits for the
-//! writer, and every read is bounded (pages of at most 100 rows, one task's history),
-//! so it costs what the same work in Rust would. Measured on the benchmark's
+//! writer, and a read is a page (at most 100 rows) or one task's rows — though a
+//! turn's input is the task's whole history, which a very long conversation makes
+//! long. Measured on the benchmark's
 //! roundtrip at c=64, this is ~20 % more turns per second than a hop to a blocking
 //! thread per read. Every connection gets the same per-connection settings.
 

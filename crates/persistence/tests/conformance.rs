@@ -1262,11 +1262,7 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
     assert_eq!(restart.data["turn"]["attempt"], 2);
     assert_eq!(restart.data["input"]["content"]["content"], "hello");
 
-    let mut retry = record(&t, vec![delta("a whole answer")]);
-    retry.holder = play("instance-b", 2);
-    assert!(store.record_output(retry).await.unwrap());
-    let done = completed_by(&t, play("instance-b", 2));
-    assert!(store.finish_turn(done).await.unwrap());
+    answer_as(&*store, &t, play("instance-b", 2), "a whole answer").await;
     assert_eq!(
         texts(&history(&*store, a.id, t.task_id).await),
         ["hello", "a whole answer"]
@@ -1296,11 +1292,7 @@ async fn a_superseded_attempt_never_writes_even_under_the_same_holder(store: Arc
         !finish(&*store, &t, TurnOutcome::Completed, vec![]).await,
         "attempt 1 cannot end the turn"
     );
-    let mut output = record(&t, vec![delta("echo: hello")]);
-    output.holder = play(HOLDER, 2);
-    assert!(store.record_output(output).await.unwrap());
-    let done = completed_by(&t, play(HOLDER, 2));
-    assert!(store.finish_turn(done).await.unwrap());
+    answer_as(&*store, &t, play(HOLDER, 2), "echo: hello").await;
     assert_eq!(
         texts(&history(&*store, a.id, t.task_id).await),
         ["hello", "echo: hello"]
@@ -1740,6 +1732,14 @@ fn play(owner: &str, attempt: u32) -> Holder {
         owner: owner.into(),
         attempt,
     }
+}
+
+/// `holder` records `text` and ends the turn; both writes must be taken.
+async fn answer_as(store: &impl Store, t: &Accepted, holder: Holder, text: &str) {
+    let mut output = record(t, vec![delta(text)]);
+    output.holder = holder.clone();
+    assert!(store.record_output(output).await.unwrap());
+    assert!(store.finish_turn(completed_by(t, holder)).await.unwrap());
 }
 
 /// A turn's normal end, as `holder` plays it.

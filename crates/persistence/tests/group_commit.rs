@@ -10,35 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use baton_domain::*;
 use baton_persistence::{SqlStore, StoreOptions};
 use chrono::Utc;
+use common::{echo_agent, lease, new_task};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
-use serde_json::json;
-
-fn lease() -> Lease {
-    Lease {
-        owner: "test".into(),
-        expires_at: Utc::now() + chrono::Duration::seconds(60),
-    }
-}
-
-fn new_task(agent: AgentId, text: &str) -> NewTask {
-    NewTask {
-        agent_id: agent,
-        message: NewMessage {
-            role: Role::User,
-            content: Content::text(text),
-        },
-        metadata: Metadata::new(),
-        now: Utc::now(),
-        lease: lease(),
-        idempotency: None,
-        webhook: None,
-        max_running_per_agent: None,
-    }
-}
 
 async fn open() -> (tempfile::TempDir, String, Arc<SqlStore>, Agent) {
     let dir = tempfile::tempdir().unwrap();
@@ -46,19 +25,7 @@ async fn open() -> (tempfile::TempDir, String, Arc<SqlStore>, Agent) {
     let (store, _) = SqlStore::open(&path, StoreOptions::default())
         .await
         .unwrap();
-    let agent = store
-        .create_agent(NewAgent {
-            name: "a".into(),
-            runner: RunnerSpec {
-                kind: "echo".into(),
-                config: json!({}),
-            },
-            policy: TurnPolicy::default(),
-            webhook: None,
-            created_at: Utc::now(),
-        })
-        .await
-        .unwrap();
+    let agent = store.create_agent(echo_agent("a")).await.unwrap();
     (dir, path, Arc::new(store), agent)
 }
 

@@ -9,53 +9,21 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use baton_domain::*;
 use baton_persistence::{SqlStore, StoreOptions};
 use baton_test_support::TestDatabase;
 use chrono::Utc;
-use serde_json::json;
+use common::{echo_agent, new_task};
 
 async fn seed(store: &SqlStore) -> (Agent, Accepted) {
-    let agent = store
-        .create_agent(NewAgent {
-            name: "a".into(),
-            runner: RunnerSpec {
-                kind: "echo".into(),
-                config: json!({}),
-            },
-            policy: TurnPolicy::default(),
-            webhook: None,
-            created_at: Utc::now(),
-        })
-        .await
-        .unwrap();
-    let accepted = store
-        .create_task(NewTask {
-            agent_id: agent.id,
-            message: NewMessage {
-                role: Role::User,
-                content: Content::text("kept"),
-            },
-            metadata: Metadata::new(),
-            now: Utc::now(),
-            lease: lease(),
-            idempotency: None,
-            webhook: None,
-            max_running_per_agent: None,
-        })
-        .await
-        .unwrap();
+    let agent = store.create_agent(echo_agent("a")).await.unwrap();
+    let accepted = store.create_task(new_task(agent.id, "kept")).await.unwrap();
     let Claim::Started(accepted) = accepted else {
         panic!("no idempotency key, no replay");
     };
     (agent, accepted)
-}
-
-fn lease() -> Lease {
-    Lease {
-        owner: "test".into(),
-        expires_at: Utc::now() + chrono::Duration::seconds(60),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,19 +156,7 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
 
     // Another task's changes do not wake this waiter.
     writer
-        .create_task(NewTask {
-            agent_id: agent.id,
-            message: NewMessage {
-                role: Role::User,
-                content: Content::text("other"),
-            },
-            metadata: Metadata::new(),
-            now: Utc::now(),
-            lease: lease(),
-            idempotency: None,
-            webhook: None,
-            max_running_per_agent: None,
-        })
+        .create_task(new_task(agent.id, "other"))
         .await
         .unwrap();
     assert!(!woken(&mut watch, Duration::from_millis(300)).await);

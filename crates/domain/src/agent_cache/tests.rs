@@ -42,25 +42,39 @@ fn agent(name: &str) -> Agent {
     }
 }
 
+/// The store answers the next agent read with an agent named `name`.
+fn reads_agent(store: &mut MockAgentStore, order: &mut Sequence, name: &'static str) {
+    store
+        .expect_get_agent()
+        .times(1)
+        .in_sequence(order)
+        .returning(move |_| Ok(Some(agent(name))));
+}
+
+/// The store answers the next key lookup with the key, revoked or not.
+fn finds_key(store: &mut MockAgentStore, order: &mut Sequence, revoked: bool) {
+    store
+        .expect_find_api_key()
+        .times(1)
+        .in_sequence(order)
+        .returning(move |_| Ok(Some(key(revoked))));
+}
+
+async fn name_of(cache: &CachedAgents) -> String {
+    cache.get_agent(AgentId(7)).await.unwrap().unwrap().name
+}
+
 #[tokio::test]
 async fn a_fresh_key_is_read_once_and_a_revoke_through_this_cache_is_seen_at_once() {
     let mut store = MockAgentStore::new();
     let mut order = Sequence::new();
-    store
-        .expect_find_api_key()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(key(false))));
+    finds_key(&mut store, &mut order, false);
     store
         .expect_revoke_api_key()
         .times(1)
         .in_sequence(&mut order)
         .returning(|_, _| Ok(true));
-    store
-        .expect_find_api_key()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(key(true))));
+    finds_key(&mut store, &mut order, true);
     let cache = CachedAgents::new(Arc::new(store), Duration::from_secs(3600));
     for _ in 0..3 {
         let found = cache.find_api_key("hash").await.unwrap().unwrap();
@@ -80,71 +94,37 @@ async fn a_fresh_key_is_read_once_and_a_revoke_through_this_cache_is_seen_at_onc
 async fn another_process_s_change_is_seen_once_the_entry_is_older_than_its_freshness() {
     let mut store = MockAgentStore::new();
     let mut order = Sequence::new();
-    store
-        .expect_get_agent()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(agent("before"))));
-    store
-        .expect_get_agent()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(agent("after"))));
+    reads_agent(&mut store, &mut order, "before");
+    reads_agent(&mut store, &mut order, "after");
     let cache = CachedAgents::new(Arc::new(store), Duration::from_millis(100));
-    assert_eq!(
-        cache.get_agent(AgentId(7)).await.unwrap().unwrap().name,
-        "before"
-    );
-    assert_eq!(
-        cache.get_agent(AgentId(7)).await.unwrap().unwrap().name,
-        "before"
-    );
+    assert_eq!(name_of(&cache).await, "before");
+    assert_eq!(name_of(&cache).await, "before");
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(
-        cache.get_agent(AgentId(7)).await.unwrap().unwrap().name,
-        "after"
-    );
+    assert_eq!(name_of(&cache).await, "after");
 }
 
 #[tokio::test]
 async fn an_update_through_this_cache_is_seen_at_once_and_misses_are_not_kept() {
     let mut store = MockAgentStore::new();
     let mut order = Sequence::new();
-    store
-        .expect_get_agent()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(agent("before"))));
+    reads_agent(&mut store, &mut order, "before");
     store
         .expect_update_agent()
         .times(1)
         .in_sequence(&mut order)
         .returning(|_, _| Ok(Some(agent("after"))));
-    store
-        .expect_get_agent()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(agent("after"))));
+    reads_agent(&mut store, &mut order, "after");
     // A key that does not exist is looked up every time: a key created elsewhere
     // works at once.
     store.expect_find_api_key().times(2).returning(|_| Ok(None));
     let cache = CachedAgents::new(Arc::new(store), Duration::from_secs(3600));
-    assert_eq!(
-        cache.get_agent(AgentId(7)).await.unwrap().unwrap().name,
-        "before"
-    );
+    assert_eq!(name_of(&cache).await, "before");
     cache
         .update_agent(AgentId(7), AgentUpdate::default())
         .await
         .unwrap();
-    assert_eq!(
-        cache.get_agent(AgentId(7)).await.unwrap().unwrap().name,
-        "after"
-    );
-    assert_eq!(
-        cache.get_agent(AgentId(7)).await.unwrap().unwrap().name,
-        "after"
-    );
+    assert_eq!(name_of(&cache).await, "after");
+    assert_eq!(name_of(&cache).await, "after");
     assert!(cache.find_api_key("unknown").await.unwrap().is_none());
     assert!(cache.find_api_key("unknown").await.unwrap().is_none());
 }
@@ -186,16 +166,8 @@ async fn a_touch_is_remembered_so_the_next_one_waits_its_minute() {
 async fn another_instance_s_announced_change_is_forgotten_at_once() {
     let mut store = MockAgentStore::new();
     let mut order = Sequence::new();
-    store
-        .expect_find_api_key()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(key(false))));
-    store
-        .expect_find_api_key()
-        .times(1)
-        .in_sequence(&mut order)
-        .returning(|_| Ok(Some(key(true))));
+    finds_key(&mut store, &mut order, false);
+    finds_key(&mut store, &mut order, true);
     store
         .expect_get_agent()
         .times(2)
