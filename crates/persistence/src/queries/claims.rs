@@ -1,0 +1,379 @@
+//! Claims: a new task or a message on a task starts a turn, or answers a waiting
+//! turn's tool calls; refused while a turn runs, or when the agent runs as many as it may.
+
+use baton_domain::webhooks::WebhookEndpoint;
+use baton_domain::*;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::events::append_events;
+use super::idempotency::{remember, replay};
+use super::messages::insert_message;
+use super::reads::owned_task;
+use super::{Conn, announce, lock_agent, lock_task};
+use crate::models::*;
+use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
+use crate::schema::{messages, tasks, turns};
+use crate::statement_cache::CacheBySql;
+
+pub(super) async fn running_turn(
+    conn: &mut Conn,
+    task: i64,
+) -> Result<Option<ActiveTurn>, TxError> {
+    let found: Option<(i64, i64)> = turns::table
+        .filter(turns::task_id.eq(task).and(turns::status.eq(RUNNING)))
+        .select((turns::id, turns::started_at))
+        .first(conn)
+        .await
+        .optional()?;
+    match found {
+        Some((id, started)) => Ok(Some(ActiveTurn {
+            turn_id: TurnId(id),
+            started_at: from_micros(started)?,
+        })),
+        None => Ok(None),
+    }
+}
+
+/// Starts a turn with its message: the turn (the partial unique index refuses
+/// a second running one), the message, and the `turn_started` event.
+pub(super) async fn start_turn(
+    conn: &mut Conn,
+    task: TaskId,
+    message: &NewMessage,
+    metadata: &Metadata,
+    lease: &Lease,
+    webhook: Option<&WebhookEndpoint>,
+    at: DateTime<Utc>,
+) -> Result<TurnId, TxError> {
+    let row = NewTurnRow {
+        task_id: task.0,
+        status: RUNNING,
+        metadata: metadata_json(metadata)?,
+        started_at: micros(at),
+        lease_owner: lease.owner.clone(),
+        lease_expires_at: micros(lease.expires_at),
+        webhook_url: webhook.map(|w| w.url.clone()),
+        webhook_secrets: webhook.map(WebhookEndpoint::secrets_column),
+    };
+    let turn: i64 = diesel::insert_into(turns::table)
+        .values(&row)
+        .returning(turns::id)
+        .by_sql()
+        .get_result(conn)
+        .await
+        .map_err(|err| match err {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                TxError::Busy(None)
+            }
+            other => TxError::Db(other),
+        })?;
+    let turn = TurnId(turn);
+    let input = insert_message(conn, task, turn, message.role, &message.content, None, at).await?;
+    // The task's input as stored: attachments by id, never their bytes (the
+    // caller wrote the input as sent; only attachments make it differ).
+    if input.content != message.content {
+        diesel::update(tasks::table.find(task.0))
+            .set(tasks::input.eq(content_json(&input.content)?))
+            .by_sql()
+            .execute(conn)
+            .await?;
+    }
+    let started = Turn {
+        id: turn,
+        task_id: task,
+        status: TurnStatus::Running,
+        error: None,
+        attempt: 1,
+        metadata: metadata.clone(),
+        started_at: at,
+        ended_at: None,
+        usage: None,
+        respond_by: None,
+    };
+    let draft = EventDraft {
+        turn_id: turn,
+        kind: EventKind::TurnStarted,
+        data: baton_domain::events::turn_started(&started, &input),
+    };
+    append_events(conn, task.0, vec![draft], micros(at)).await?;
+    announce(conn, task, None).await?;
+    Ok(turn)
+}
+
+/// Refuses a claim when the agent already runs `limit` turns. The agent's row is
+/// locked first (PostgreSQL), so concurrent claims for one agent take turns and
+/// cannot both see the last free place.
+pub(super) async fn check_capacity(
+    conn: &mut Conn,
+    agent: AgentId,
+    limit: Option<u32>,
+) -> Result<(), TxError> {
+    let Some(limit) = limit else { return Ok(()) };
+    lock_agent(conn, agent).await?;
+    let running: i64 = turns::table
+        .inner_join(tasks::table)
+        .filter(tasks::agent_id.eq(agent.0).and(turns::status.eq(RUNNING)))
+        .count()
+        .get_result(conn)
+        .await?;
+    if running >= i64::from(limit) {
+        return Err(TxError::AtCapacity(limit));
+    }
+    Ok(())
+}
+
+/// How many times a claim is tried when it lost a race it can win on a retry
+/// (a claim racing the end of the turn it found busy, a key's first use).
+pub(super) const CLAIM_TRIES: usize = 3;
+
+pub(super) fn contended() -> ClaimError {
+    ClaimError::Store(StoreError::Unavailable(
+        "the task is heavily contended; try again".to_owned(),
+    ))
+}
+
+pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim, ClaimError> {
+    let now = micros(new.now);
+    let task_row = NewTaskRow {
+        agent_id: new.agent_id.0,
+        metadata: metadata_json(&new.metadata)?,
+        input: content_json(&new.message.content)?,
+        created_at: now,
+        updated_at: now,
+    };
+    let record = new.idempotency.as_ref();
+    for _ in 0..CLAIM_TRIES {
+        let result = conn
+            .transaction(async |conn| {
+                if let Some(first) = replay(conn, new.agent_id, record, now).await? {
+                    return Ok(Claim::Replayed(first));
+                }
+                check_capacity(conn, new.agent_id, new.max_running_per_agent).await?;
+                let task: i64 = diesel::insert_into(tasks::table)
+                    .values(&task_row)
+                    .returning(tasks::id)
+                    .by_sql()
+                    .get_result(conn)
+                    .await?;
+                let task_id = TaskId(task);
+                let turn_id = start_turn(
+                    conn,
+                    task_id,
+                    &new.message,
+                    &new.metadata,
+                    &new.lease,
+                    new.webhook.as_ref(),
+                    new.now,
+                )
+                .await?;
+                let accepted = Accepted {
+                    task_id,
+                    agent_id: new.agent_id,
+                    turn_id,
+                    accepted_at: new.now,
+                    metadata: new.metadata.clone(),
+                    status: TaskStatus::Running,
+                };
+                remember(conn, record, &accepted).await?;
+                Ok::<_, TxError>(Claim::Started(accepted))
+            })
+            .await;
+        match result {
+            Ok(claim) => return Ok(claim),
+            Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
+            Err(TxError::AtCapacity(limit)) => {
+                return Err(ClaimError::TooManyRunningTurns(limit));
+            }
+            Err(TxError::KeyRace) => continue,
+            Err(other) => return Err(ClaimError::Store(other.into_store())),
+        }
+    }
+    Err(contended())
+}
+
+pub(crate) async fn append_and_claim(
+    conn: &mut Conn,
+    append: &NewAppend,
+) -> Result<Claim, ClaimError> {
+    let now = micros(append.now);
+    let task = append.task_id.0;
+    let record = append.idempotency.as_ref();
+    // A lost race (possible on PostgreSQL, where the unique indexes decide) is
+    // answered by naming the winner; if the winner already ended, the task is
+    // idle again and the claim is simply retried.
+    for _ in 0..CLAIM_TRIES {
+        let result = conn
+            .transaction(async |conn| {
+                if owned_task(conn, append.agent_id, append.task_id)
+                    .await?
+                    .is_none()
+                {
+                    return Err(TxError::NotFound);
+                }
+                if let Some(first) = replay(conn, append.agent_id, record, now).await? {
+                    return Ok(Claim::Replayed(first));
+                }
+                if let Some(active) = running_turn(conn, task).await? {
+                    return Err(TxError::Busy(Some(active)));
+                }
+                if let Some(waiting) = waiting_turn(conn, task).await? {
+                    let (requested, answered) = tool_calls_of(conn, waiting).await?;
+                    let answer = tools::check_answer(&requested, &answered, &append.message)
+                        .map_err(TxError::Invalid)?;
+                    if answer == tools::Answer::Partial {
+                        return answer_waiting_turn(conn, append, waiting, record).await;
+                    }
+                    // The last answer: the waiting turn is done, the next starts.
+                    diesel::update(turns::table.find(waiting.0))
+                        .set(turns::status.eq(TurnStatus::Completed.as_str()))
+                        .by_sql()
+                        .execute(conn)
+                        .await?;
+                } else {
+                    tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
+                }
+                check_capacity(conn, append.agent_id, append.max_running_per_agent).await?;
+                diesel::update(tasks::table.find(task))
+                    .set((
+                        tasks::input.eq(content_json(&append.message.content)?),
+                        tasks::updated_at.eq(now),
+                    ))
+                    .by_sql()
+                    .execute(conn)
+                    .await?;
+                let turn_id = start_turn(
+                    conn,
+                    append.task_id,
+                    &append.message,
+                    &append.metadata,
+                    &append.lease,
+                    append.webhook.as_ref(),
+                    append.now,
+                )
+                .await?;
+                let accepted = Accepted {
+                    task_id: append.task_id,
+                    agent_id: append.agent_id,
+                    turn_id,
+                    accepted_at: append.now,
+                    metadata: append.metadata.clone(),
+                    status: TaskStatus::Running,
+                };
+                remember(conn, record, &accepted).await?;
+                Ok(Claim::Started(accepted))
+            })
+            .await;
+        let busy = match result {
+            Ok(claim) => return Ok(claim),
+            Err(TxError::NotFound) => return Err(ClaimError::TaskNotFound),
+            Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
+            Err(TxError::AtCapacity(limit)) => {
+                return Err(ClaimError::TooManyRunningTurns(limit));
+            }
+            Err(TxError::Invalid(errors)) => return Err(ClaimError::Invalid(errors)),
+            Err(TxError::KeyRace) => continue,
+            Err(TxError::Busy(active)) => active,
+            Err(other) => return Err(ClaimError::Store(other.into_store())),
+        };
+        // Busy, perhaps with this very request: on PostgreSQL a duplicate sent
+        // to another instance at the same moment can find the first's turn
+        // (committed after this transaction looked for the key) or be stopped
+        // by the unique index while the first commits. The first's key is
+        // committed with its turn, so looking again decides: a replay wins
+        // over busy.
+        let again = replay(conn, append.agent_id, record, now)
+            .await
+            .map_err(|err| match err {
+                TxError::KeyReused => ClaimError::IdempotencyKeyReused,
+                other => ClaimError::Store(other.into_store()),
+            })?;
+        if let Some(first) = again {
+            return Ok(Claim::Replayed(first));
+        }
+        let active = match busy {
+            Some(active) => Some(active),
+            None => running_turn(conn, task)
+                .await
+                .map_err(TxError::into_store)?,
+        };
+        if let Some(active) = active {
+            return Err(ClaimError::TaskBusy(active));
+        }
+        // The winner of the race already ended: the task is idle again.
+    }
+    Err(contended())
+}
+
+/// The task's latest turn if it waits for tool answers. The task's row is locked
+/// first (PostgreSQL), so two answers to one turn take turns: the second sees
+/// the first, and exactly one of them is the last.
+pub(super) async fn waiting_turn(conn: &mut Conn, task: i64) -> Result<Option<TurnId>, TxError> {
+    lock_task(conn, task).await?;
+    let latest: Option<(i64, String)> = turns::table
+        .filter(turns::task_id.eq(task))
+        .order(turns::id.desc())
+        .select((turns::id, turns::status))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(latest
+        .filter(|(_, status)| status == REQUIRES_ACTION)
+        .map(|(id, _)| TurnId(id)))
+}
+
+/// The tool calls a turn asked for, and those answered so far.
+pub(super) async fn tool_calls_of(
+    conn: &mut Conn,
+    turn: TurnId,
+) -> Result<(Vec<String>, Vec<String>), TxError> {
+    let rows: Vec<MessageRow> = messages::table
+        .filter(messages::turn_id.eq(turn.0))
+        .select(MessageRow::as_select())
+        .load(conn)
+        .await?;
+    let contents = rows
+        .into_iter()
+        .map(|row| row.into_domain().map(|m| m.content))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        tools::requested_calls(&contents),
+        tools::answered_calls(&contents),
+    ))
+}
+
+/// Stores an answer to one of the waiting turn's tool calls while others wait.
+pub(super) async fn answer_waiting_turn(
+    conn: &mut Conn,
+    append: &NewAppend,
+    waiting: TurnId,
+    record: Option<&IdempotencyRecord>,
+) -> Result<Claim, TxError> {
+    insert_message(
+        conn,
+        append.task_id,
+        waiting,
+        append.message.role,
+        &append.message.content,
+        None,
+        append.now,
+    )
+    .await?;
+    diesel::update(tasks::table.find(append.task_id.0))
+        .set(tasks::updated_at.eq(micros(append.now)))
+        .by_sql()
+        .execute(conn)
+        .await?;
+    let accepted = Accepted {
+        task_id: append.task_id,
+        agent_id: append.agent_id,
+        turn_id: waiting,
+        accepted_at: append.now,
+        metadata: append.metadata.clone(),
+        status: TaskStatus::RequiresAction,
+    };
+    remember(conn, record, &accepted).await?;
+    Ok(Claim::Started(accepted))
+}

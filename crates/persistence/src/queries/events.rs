@@ -1,0 +1,133 @@
+//! The task's event log: sequence numbers handed out from `tasks.last_seq`.
+
+use baton_domain::*;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::Conn;
+use super::reads::owned_task;
+use crate::error::from_diesel;
+use crate::models::*;
+use crate::queries::TxError;
+use crate::schema::{events, tasks};
+use crate::statement_cache::CacheBySql;
+
+/// Inserts a running turn; the partial unique index refuses a second one.
+/// Appends events to the task's log, handing out the next sequence numbers
+/// from `tasks.last_seq` (the row update also serializes concurrent writers).
+pub(super) async fn append_events(
+    conn: &mut Conn,
+    task: i64,
+    drafts: Vec<EventDraft>,
+    now: i64,
+) -> Result<(), TxError> {
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let count = drafts.len() as i64;
+    let last: i64 = diesel::update(tasks::table.find(task))
+        .set(tasks::last_seq.eq(tasks::last_seq + count))
+        .returning(tasks::last_seq)
+        .by_sql()
+        .get_result(conn)
+        .await?;
+    insert_events(conn, task, last, drafts, now).await
+}
+
+/// As `append_events`, also marking the task updated at `now`, in the same
+/// statement.
+pub(super) async fn append_events_touching(
+    conn: &mut Conn,
+    task: i64,
+    drafts: Vec<EventDraft>,
+    now: i64,
+) -> Result<(), TxError> {
+    let count = drafts.len() as i64;
+    let last: i64 = diesel::update(tasks::table.find(task))
+        .set((
+            tasks::last_seq.eq(tasks::last_seq + count),
+            tasks::updated_at.eq(now),
+        ))
+        .returning(tasks::last_seq)
+        .by_sql()
+        .get_result(conn)
+        .await?;
+    insert_events(conn, task, last, drafts, now).await
+}
+
+/// Inserts the events that take the `seq`s up to `last`.
+pub(super) async fn insert_events(
+    conn: &mut Conn,
+    task: i64,
+    last: i64,
+    drafts: Vec<EventDraft>,
+    now: i64,
+) -> Result<(), TxError> {
+    let count = drafts.len() as i64;
+    for (seq, draft) in (last - count + 1..).zip(drafts) {
+        let row = NewEventRow {
+            task_id: task,
+            seq,
+            turn_id: draft.turn_id.0,
+            kind: draft.kind.as_str(),
+            data: serde_json::to_string(&draft.data).map_err(StoreError::internal)?,
+            created_at: now,
+        };
+        diesel::insert_into(events::table)
+            .values(&row)
+            .by_sql()
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn list_events(
+    conn: &mut Conn,
+    agent: AgentId,
+    task: TaskId,
+    after: i64,
+    limit: u32,
+) -> Result<Option<EventPage>, StoreError> {
+    conn.transaction(async |conn| {
+        let Some(last_seq) = owned_task(conn, agent, task).await? else {
+            return Ok(None);
+        };
+        let first: Option<i64> = events::table
+            .filter(events::task_id.eq(task.0))
+            .select(diesel::dsl::min(events::seq))
+            .first(conn)
+            .await?;
+        let rows: Vec<EventRow> = events::table
+            .filter(events::task_id.eq(task.0).and(events::seq.gt(after)))
+            .order(events::seq.asc())
+            .limit(i64::from(limit))
+            .select(EventRow::as_select())
+            .load(conn)
+            .await?;
+        let events = rows
+            .into_iter()
+            .map(EventRow::into_domain)
+            .collect::<Result<_, _>>()?;
+        Ok::<_, TxError>(Some(EventPage {
+            events,
+            first_kept: first.unwrap_or(last_seq + 1),
+        }))
+    })
+    .await
+    .map_err(TxError::into_store)
+}
+
+pub(crate) async fn prune_events(
+    conn: &mut Conn,
+    task: TaskId,
+    before: i64,
+) -> Result<u64, StoreError> {
+    let deleted = diesel::delete(
+        events::table.filter(events::task_id.eq(task.0).and(events::seq.lt(before))),
+    )
+    .execute(conn)
+    .await
+    .map_err(from_diesel)?;
+    Ok(deleted as u64)
+}

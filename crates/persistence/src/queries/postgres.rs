@@ -1,0 +1,97 @@
+//! The queries on PostgreSQL: the files beside this one, with PostgreSQL's connection
+//! and what PostgreSQL does its own way. Several instances write at once, so rows are
+//! locked where two writers must take turns, and every change is announced to the
+//! other instances with `pg_notify` inside its transaction (delivered only if it
+//! commits).
+
+use baton_domain::{AgentId, AgentsChanged, TaskId, TurnId};
+use diesel::QueryResult;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_async::RunQueryDsl;
+
+use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
+use crate::schema::{agents as agents_table, tasks};
+
+pub(crate) use crate::backend::PgConn as Conn;
+pub(crate) type Db = diesel::pg::Pg;
+
+// Each query file is also a module of `sqlite` (see `crate::queries`).
+#[path = "agents.rs"]
+mod agents;
+#[path = "claims.rs"]
+mod claims;
+#[path = "events.rs"]
+mod events;
+#[path = "idempotency.rs"]
+mod idempotency;
+#[path = "leases.rs"]
+mod leases;
+#[path = "messages.rs"]
+mod messages;
+#[path = "readiness.rs"]
+mod readiness;
+#[path = "reads.rs"]
+mod reads;
+#[path = "turns.rs"]
+mod turns;
+#[path = "webhooks.rs"]
+mod webhooks;
+
+pub(crate) use self::{
+    agents::*, claims::*, events::*, idempotency::*, leases::*, readiness::*, reads::*, turns::*,
+    webhooks::*,
+};
+
+/// Tells other instances that a task changed, and which turn the change ended (so
+/// the instance playing it stops).
+async fn announce(conn: &mut Conn, task: TaskId, ended: Option<TurnId>) -> QueryResult<()> {
+    notify(conn, CHANNEL, encode(task, ended)).await
+}
+
+/// Tells other instances to drop what they cached of an agent or a key.
+async fn announce_agents(conn: &mut Conn, change: &AgentsChanged) -> QueryResult<()> {
+    notify(conn, AGENTS_CHANNEL, encode_agents(change)).await
+}
+
+async fn notify(conn: &mut Conn, channel: &str, payload: String) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(channel)
+        .bind::<Text, _>(payload)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Locks the agent's row, so concurrent claims for one agent take turns and cannot
+/// both see the last free place.
+async fn lock_agent(conn: &mut Conn, agent: AgentId) -> QueryResult<()> {
+    agents_table::table
+        .find(agent.0)
+        .select(agents_table::id)
+        .for_update()
+        .first::<i64>(conn)
+        .await
+        .map(drop)
+}
+
+/// Locks the task's row, so two answers to one turn's tool calls take turns: the
+/// second sees the first, and exactly one of them is the last.
+async fn lock_task(conn: &mut Conn, task: i64) -> QueryResult<()> {
+    tasks::table
+        .find(task)
+        .select(tasks::id)
+        .for_update()
+        .first::<i64>(conn)
+        .await
+        .map(drop)
+}
+
+/// The deliveries due at `now`, skipping those another instance is claiming.
+async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Vec<i64>> {
+    webhooks::due(now, i64::from(limit))
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}

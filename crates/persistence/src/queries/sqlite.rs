@@ -1,0 +1,65 @@
+//! The queries on SQLite: the files beside this one, with SQLite's connection and
+//! what SQLite does its own way. One writer thread runs every write (see
+//! `group_commit`), so its group transaction is the only lock a write needs, and one
+//! process serves the database, so changes are announced in-process, not here.
+
+use baton_domain::{AgentId, AgentsChanged, TaskId, TurnId};
+use diesel::QueryResult;
+use diesel_async::RunQueryDsl;
+
+pub(crate) use crate::backend::SqliteConn as Conn;
+pub(crate) type Db = diesel::sqlite::Sqlite;
+
+// Each query file is also a module of `postgres` (see `crate::queries`).
+#[path = "agents.rs"]
+mod agents;
+#[path = "claims.rs"]
+mod claims;
+#[path = "events.rs"]
+mod events;
+#[path = "idempotency.rs"]
+mod idempotency;
+#[path = "leases.rs"]
+mod leases;
+#[path = "messages.rs"]
+mod messages;
+#[path = "readiness.rs"]
+mod readiness;
+#[path = "reads.rs"]
+mod reads;
+#[path = "turns.rs"]
+mod turns;
+#[path = "webhooks.rs"]
+mod webhooks;
+
+pub(crate) use self::{
+    agents::*, claims::*, events::*, idempotency::*, leases::*, readiness::*, reads::*, turns::*,
+    webhooks::*,
+};
+
+/// A task changed (SQLite: other readers in this process are woken by the caller).
+async fn announce(_conn: &mut Conn, _task: TaskId, _ended: Option<TurnId>) -> QueryResult<()> {
+    Ok(())
+}
+
+/// An agent or a key changed (SQLite: this process's cache is told by the caller).
+async fn announce_agents(_conn: &mut Conn, _change: &AgentsChanged) -> QueryResult<()> {
+    Ok(())
+}
+
+/// Concurrent claims of one agent take turns: on SQLite, the writer's group
+/// transaction already serializes them.
+async fn lock_agent(_conn: &mut Conn, _agent: AgentId) -> QueryResult<()> {
+    Ok(())
+}
+
+/// Concurrent answers to one task's tool calls take turns: on SQLite, the writer's
+/// group transaction already serializes them.
+async fn lock_task(_conn: &mut Conn, _task: i64) -> QueryResult<()> {
+    Ok(())
+}
+
+/// The deliveries due at `now` (one writer: nothing else claims them meanwhile).
+async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Vec<i64>> {
+    webhooks::due(now, i64::from(limit)).load(conn).await
+}

@@ -1,0 +1,293 @@
+//! A playing turn: its output recorded as it comes, its input read, its end.
+
+use baton_domain::*;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::events::{append_events, append_events_touching};
+use super::messages::{insert_message, message_event, open_text, save_text};
+use super::webhooks::queue_delivery;
+use super::{Conn, Db, announce};
+use crate::models::*;
+use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
+use crate::schema::{messages, tasks, turns};
+use crate::statement_cache::CacheBySql;
+
+/// The running turn, if `holder` holds its lease and plays its current attempt.
+#[diesel::dsl::auto_type]
+pub(super) fn held_by(turn: TurnId, holder: &Holder) -> _ {
+    let id: i64 = turn.0;
+    let running: &'static str = RUNNING;
+    let owner: String = holder.owner.clone();
+    let attempt: i64 = i64::from(holder.attempt);
+    turns::table.filter(
+        turns::id
+            .eq(id)
+            .and(turns::status.eq(running))
+            .and(turns::lease_owner.eq(owner))
+            .and(turns::attempt.eq(attempt)),
+    )
+}
+
+/// The condition a guard puts on the turn row that is about to end.
+pub(super) fn guard_filter(
+    guard: &LeaseGuard,
+) -> Box<
+    dyn BoxableExpression<
+            turns::table,
+            Db,
+            SqlType = diesel::sql_types::Nullable<diesel::sql_types::Bool>,
+        >,
+> {
+    match guard {
+        LeaseGuard::Anyone => Box::new(turns::status.eq_any([RUNNING, REQUIRES_ACTION]).nullable()),
+        LeaseGuard::Holder(holder) => Box::new(
+            turns::status
+                .eq(RUNNING)
+                .nullable()
+                .and(turns::lease_owner.eq(holder.owner.clone()))
+                .and(turns::attempt.eq(i64::from(holder.attempt)).nullable()),
+        ),
+        LeaseGuard::ExpiredBy(cutoff) => Box::new(
+            turns::status
+                .eq(RUNNING)
+                .nullable()
+                .and(expired_by(micros(*cutoff))),
+        ),
+        LeaseGuard::AnswersDueBy(now) => Box::new(
+            turns::status
+                .eq(REQUIRES_ACTION)
+                .and(turns::respond_by.le(micros(*now))),
+        ),
+    }
+}
+
+/// A lease that expired at or before `cutoff`, or none at all.
+#[diesel::dsl::auto_type]
+pub(super) fn expired_by(cutoff: i64) -> _ {
+    turns::lease_expires_at
+        .is_null()
+        .nullable()
+        .or(turns::lease_expires_at.le(cutoff))
+}
+
+pub(crate) async fn record_output(
+    conn: &mut Conn,
+    output: &RecordOutput,
+) -> Result<bool, StoreError> {
+    let (task, turn, at) = (output.task_id, output.turn_id, output.now);
+    conn.transaction(async |conn| {
+        let batch = i64::from(output.batch);
+        // One statement on the usual path: this play's turn, and a batch it
+        // has not recorded yet.
+        let next: Option<i64> =
+            diesel::update(held_by(turn, &output.holder).filter(turns::output_batches.lt(batch)))
+                .set(turns::output_batches.eq(batch))
+                .returning(turns::id)
+                .by_sql()
+                .get_result(conn)
+                .await
+                .optional()?;
+        if next.is_none() {
+            // Not this play's turn any more — or still its turn, and the batch
+            // was written again after its commit: already recorded.
+            let held: Option<i64> = held_by(turn, &output.holder)
+                .select(turns::id)
+                .first(conn)
+                .await
+                .optional()?;
+            return Ok(held.is_some());
+        }
+        let drafts = apply_output(conn, task, turn, &output.ops, at, false).await?;
+        append_events(conn, task.0, drafts, micros(at)).await?;
+        announce(conn, task, None).await?;
+        Ok::<_, TxError>(true)
+    })
+    .await
+    .map_err(TxError::into_store)
+}
+
+/// Stores a play's output ops — text deltas into the turn's open streamed
+/// message (opened if none is), whole messages — and returns their events.
+/// With `closing`, the open streamed message is closed too (the turn ends).
+pub(super) async fn apply_output(
+    conn: &mut Conn,
+    task: TaskId,
+    turn: TurnId,
+    ops: &[OutputOp],
+    at: DateTime<Utc>,
+    closing: bool,
+) -> Result<Vec<EventDraft>, TxError> {
+    let mut drafts = Vec::new();
+    let mut open = open_text(conn, turn).await?;
+    for op in ops {
+        match op {
+            OutputOp::TextDelta(delta) => {
+                if open.is_none() {
+                    let empty = Content::text("");
+                    let opened = insert_message(
+                        conn,
+                        task,
+                        turn,
+                        Role::Assistant,
+                        &empty,
+                        Some(StreamingStatus::InProgress),
+                        at,
+                    )
+                    .await?;
+                    open = Some(opened);
+                }
+                if let Some(message) = open.as_mut() {
+                    if let Content::Text(text) = &mut message.content {
+                        text.content.push_str(delta);
+                    }
+                    drafts.push(EventDraft {
+                        turn_id: turn,
+                        kind: EventKind::TextDelta,
+                        data: baton_domain::events::text_delta(turn, message.id, delta),
+                    });
+                }
+            }
+            OutputOp::Message(content) => {
+                if let Some(mut message) = open.take() {
+                    save_text(conn, &mut message, true).await?;
+                    drafts.push(message_event(&message));
+                }
+                let whole =
+                    insert_message(conn, task, turn, Role::Assistant, content, None, at).await?;
+                drafts.push(message_event(&whole));
+            }
+        }
+    }
+    if let Some(mut message) = open {
+        save_text(conn, &mut message, closing).await?;
+        if closing {
+            drafts.push(message_event(&message));
+        }
+    }
+    Ok(drafts)
+}
+
+pub(crate) async fn load_turn_input(
+    conn: &mut Conn,
+    task: TaskId,
+) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
+    conn.transaction(async |conn| {
+        let row: Option<TaskRow> = tasks::table
+            .find(task.0)
+            .select(TaskRow::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let rows: Vec<MessageRow> = messages::table
+            .filter(messages::task_id.eq(task.0))
+            .order(messages::id.asc())
+            .select(MessageRow::as_select())
+            .load(conn)
+            .await?;
+        let history = rows
+            .into_iter()
+            .map(MessageRow::into_domain)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, TxError>(Some((row.into_domain()?, history)))
+    })
+    .await
+    .map_err(TxError::into_store)
+}
+
+pub(crate) async fn finish_turn(conn: &mut Conn, finish: &FinishTurn) -> Result<bool, StoreError> {
+    conn.transaction(async |conn| finish_in(conn, finish).await)
+        .await
+        .map_err(TxError::into_store)
+}
+
+pub(crate) async fn finish_turns(
+    conn: &mut Conn,
+    finishes: &[FinishTurn],
+) -> Result<Vec<bool>, StoreError> {
+    conn.transaction(async |conn| {
+        let mut ended = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            ended.push(finish_in(conn, finish).await?);
+        }
+        Ok::<_, TxError>(ended)
+    })
+    .await
+    .map_err(TxError::into_store)
+}
+
+/// Ends a turn inside the caller's write transaction (see
+/// `TaskStore::finish_turn`).
+pub(super) async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bool, TxError> {
+    let now = micros(finish.now);
+    let status = finish.outcome.status();
+    let (code, message) = match &finish.outcome {
+        TurnOutcome::Failed(err) => (Some(err.code.as_str()), Some(err.message.as_str())),
+        TurnOutcome::Completed | TurnOutcome::Cancelled | TurnOutcome::RequiresAction { .. } => {
+            (None, None)
+        }
+    };
+    let (task, turn) = (finish.task_id, finish.turn_id);
+    let usage = finish.usage.as_ref().map(crate::models::json).transpose()?;
+    let respond_by = match &finish.outcome {
+        TurnOutcome::RequiresAction { respond_by } => Some(micros(*respond_by)),
+        _ => None,
+    };
+    // Only a running (or, for a cancel or a timeout, a waiting) turn can
+    // end, and only as its guard allows: late output for an ended turn is
+    // dropped, a lost lease cannot end a turn.
+    let ended =
+        diesel::update(turns::table.filter(turns::id.eq(turn.0).and(guard_filter(&finish.guard))))
+            .set((
+                turns::status.eq(status.as_str()),
+                turns::error_code.eq(code),
+                turns::error_message.eq(message),
+                turns::ended_at.eq(now),
+                turns::lease_owner.eq(None::<String>),
+                turns::lease_expires_at.eq(None::<i64>),
+                turns::usage.eq(usage.as_deref()),
+                turns::respond_by.eq(respond_by),
+            ))
+            .returning((
+                TurnRow::as_returning(),
+                turns::webhook_url,
+                turns::webhook_secrets,
+            ))
+            .by_sql()
+            .get_result::<(TurnRow, Option<String>, Option<String>)>(conn)
+            .await
+            .optional()?;
+    let Some((ended, hook_url, hook_secrets)) = ended else {
+        return Ok(false);
+    };
+    // What the play had not recorded yet is stored with the end; the open
+    // streamed message is closed.
+    let mut drafts = apply_output(conn, task, turn, &finish.output, finish.now, true).await?;
+    let output: Vec<Message> = messages::table
+        .filter(
+            messages::turn_id
+                .eq(turn.0)
+                .and(messages::role.eq(Role::Assistant.as_str())),
+        )
+        .order(messages::id.asc())
+        .select(MessageRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(MessageRow::into_domain)
+        .collect::<Result<_, _>>()?;
+    let ended = ended.into_domain()?;
+    let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
+    drafts.push(EventDraft {
+        turn_id: turn,
+        kind,
+        data,
+    });
+    let own_hook = endpoint(hook_url, hook_secrets);
+    queue_delivery(conn, &ended, own_hook, &output, now).await?;
+    append_events_touching(conn, task.0, drafts, now).await?;
+    announce(conn, task, Some(turn)).await?;
+    Ok(true)
+}
