@@ -7,8 +7,10 @@ use deadpool::Runtime;
 use diesel::{Connection, SqliteConnection};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::future::BoxFuture;
@@ -203,7 +205,11 @@ pub(crate) fn migrate_sqlite_on(
 }
 
 pub(crate) fn pg_pool(url: &str, opts: PgOptions) -> Result<Pool<PgConn>, PersistenceError> {
-    let manager = AsyncDieselConnectionManager::<PgConn>::new(url);
+    // No `SELECT 1` before each use (a round trip per request): a connection the
+    // server ended is seen closed by its client and replaced by the pool.
+    let mut config = ManagerConfig::<PgConn>::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<PgConn>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(opts.pool_size.max(1))
         .wait_timeout(Some(opts.pool_wait))

@@ -33,7 +33,8 @@ use crate::error::from_diesel;
 const MAX_GROUP: usize = 256;
 
 /// The connection's store operation, run on the writer's thread.
-type Op<T, E> = Box<dyn for<'c> FnOnce(&'c mut SqliteConn) -> BoxFuture<'c, Result<T, E>> + Send>;
+pub(crate) type Op<T, E> =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConn) -> BoxFuture<'c, Result<T, E>> + Send>;
 
 /// An operation of any result type, as the writer holds it.
 trait Job: Send {
@@ -55,7 +56,7 @@ where
 {
     fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConn) -> BoxFuture<'c, Box<dyn Answer>> {
         Box::pin(async move {
-            let result = in_savepoint(conn, self.op).await;
+            let result = in_transaction(conn, self.op).await;
             Box::new(Reply {
                 result,
                 to: self.to,
@@ -205,16 +206,20 @@ impl Drop for SqliteWriter {
     }
 }
 
-/// Runs one operation in a savepoint of the group's transaction: released if it
-/// succeeds, rolled back (its writes undone, the group's others kept) if not.
-async fn in_savepoint<T, E: From<StoreError>>(conn: &mut SqliteConn, op: Op<T, E>) -> Result<T, E> {
-    type Savepoints = <SqliteConn as AsyncConnection>::TransactionManager;
-    Savepoints::begin_transaction(conn)
+/// Runs one operation in a transaction of its own: on the writer, a savepoint of the
+/// group's transaction, released if it succeeds, rolled back (its writes undone, the
+/// group's others kept) if not; on a reader, a read transaction (one snapshot).
+pub(crate) async fn in_transaction<T, E: From<StoreError>>(
+    conn: &mut SqliteConn,
+    op: Op<T, E>,
+) -> Result<T, E> {
+    type Transactions = <SqliteConn as AsyncConnection>::TransactionManager;
+    Transactions::begin_transaction(conn)
         .await
         .map_err(|err| E::from(from_diesel(err)))?;
     match op(conn).await {
         Ok(value) => {
-            Savepoints::commit_transaction(conn)
+            Transactions::commit_transaction(conn)
                 .await
                 .map_err(|err| E::from(from_diesel(err)))?;
             Ok(value)
@@ -223,7 +228,7 @@ async fn in_savepoint<T, E: From<StoreError>>(conn: &mut SqliteConn, op: Op<T, E
             // If even the rollback fails, the transaction manager is broken and the
             // group's commit is refused: every operation of the group is answered
             // with that failure.
-            let _ = Savepoints::rollback_transaction(conn).await;
+            let _ = Transactions::rollback_transaction(conn).await;
             Err(err)
         }
     }

@@ -10,7 +10,14 @@
 //!   other instances (PostgreSQL: `pg_notify` inside the transaction, delivered only
 //!   if it commits; SQLite serves one process, which announces changes in-process);
 //! - row locks (PostgreSQL: `FOR UPDATE`, `SKIP LOCKED` for concurrent webhook senders;
-//!   SQLite's one writer is its own lock).
+//!   SQLite's one writer is its own lock);
+//! - how an operation's events are inserted (PostgreSQL: one multi-row statement, one
+//!   round trip; SQLite: a prepared single-row statement each).
+//!
+//! A read of several statements is not a transaction here: SQLite runs every read
+//! operation in a read transaction of its own (one snapshot, `SqliteDb::read`); on
+//! PostgreSQL, at READ COMMITTED, a transaction would give its statements no common
+//! snapshot, only two more round trips.
 
 use baton_domain::{ActiveTurn, FieldError, StoreError};
 use diesel::result::Error as DieselError;

@@ -12,12 +12,14 @@ use deadpool::Runtime;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use futures_util::future::BoxFuture;
 
 use crate::backend::{OnCallingThread, SqliteConn, SqliteOptions, SqliteSync};
 use crate::error::{PersistenceError, from_pool};
-use crate::group_commit::{SqliteWriter, WriterStats, run_now};
+use crate::group_commit::{SqliteWriter, WriterStats, in_transaction, run_now};
 
 /// A SQLite database open for serving.
 pub(crate) struct SqliteDb {
@@ -74,6 +76,8 @@ impl SqliteDb {
             .map_err(|err| PersistenceError::Connect(err.to_string()))?;
 
         let mut config = ManagerConfig::<SqliteConn>::default();
+        // A file does not go away as a server does: no `SELECT 1` before each read.
+        config.recycling_method = RecyclingMethod::Fast;
         config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
             Box::pin(async move {
@@ -127,7 +131,8 @@ impl SqliteDb {
         self.writer.write(op).await
     }
 
-    /// Runs a read operation whole, here, on a read-only connection.
+    /// Runs a read operation whole, here, on a read-only connection, in one read
+    /// transaction: its statements see one snapshot of the database.
     pub(crate) async fn read<T, E>(
         &self,
         op: impl for<'c> FnOnce(&'c mut SqliteConn) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
@@ -140,7 +145,7 @@ impl SqliteDb {
             return self.writer.write(op).await;
         };
         let mut conn = readers.get().await.map_err(|err| E::from(from_pool(err)))?;
-        run_now(op(&mut conn))
+        run_now(in_transaction(&mut conn, Box::new(op)))
     }
 
     /// The read pool's state (connections in use, idle, maximum); `None` in memory.

@@ -201,3 +201,37 @@ async fn readiness_needs_every_migration_applied_on_both_backends() {
         );
     }
 }
+
+/// Pooled connections are handed out without a `SELECT 1` first (a round trip per
+/// request); one the server ended meanwhile (a restart, an idle timeout) is still
+/// replaced instead of failing the next request: its client saw it close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pooled_connections_the_server_ended_are_replaced_before_use() {
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let (store, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let (agent, accepted) = seed(&store).await;
+    assert!(
+        store
+            .get_task(agent.id, accepted.task_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let ended = db
+        .query(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    assert_ne!(ended.trim(), "0", "the store's connections were ended");
+    // The clients read the server's goodbye.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let view = store.get_task(agent.id, accepted.task_id).await;
+        assert!(matches!(view, Ok(Some(_))), "{view:?}");
+    }
+}

@@ -2,10 +2,10 @@
 
 use baton_domain::*;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
-use super::Conn;
 use super::reads::owned_task;
+use super::{Conn, insert_event_rows};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::TxError;
@@ -64,21 +64,20 @@ pub(super) async fn insert_events(
     now: i64,
 ) -> Result<(), TxError> {
     let count = drafts.len() as i64;
-    for (seq, draft) in (last - count + 1..).zip(drafts) {
-        let row = NewEventRow {
-            task_id: task,
-            seq,
-            turn_id: draft.turn_id.0,
-            kind: draft.kind.as_str(),
-            data: serde_json::to_string(&draft.data).map_err(StoreError::internal)?,
-            created_at: now,
-        };
-        diesel::insert_into(events::table)
-            .values(&row)
-            .by_sql()
-            .execute(conn)
-            .await?;
-    }
+    let rows = (last - count + 1..)
+        .zip(drafts)
+        .map(|(seq, draft)| {
+            Ok(NewEventRow {
+                task_id: task,
+                seq,
+                turn_id: draft.turn_id.0,
+                kind: draft.kind.as_str(),
+                data: serde_json::to_string(&draft.data).map_err(StoreError::internal)?,
+                created_at: now,
+            })
+        })
+        .collect::<Result<Vec<_>, TxError>>()?;
+    insert_event_rows(conn, &rows).await?;
     Ok(())
 }
 
@@ -89,7 +88,7 @@ pub(crate) async fn list_events(
     after: i64,
     limit: u32,
 ) -> Result<Option<EventPage>, StoreError> {
-    conn.transaction(async |conn| {
+    async {
         let Some(last_seq) = owned_task(conn, agent, task).await? else {
             return Ok(None);
         };
@@ -113,7 +112,7 @@ pub(crate) async fn list_events(
             events,
             first_kept: first.unwrap_or(last_seq + 1),
         }))
-    })
+    }
     .await
     .map_err(TxError::into_store)
 }

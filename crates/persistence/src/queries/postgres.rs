@@ -11,7 +11,9 @@ use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
-use crate::schema::{agents as agents_table, tasks};
+use crate::models::NewEventRow;
+use crate::schema::{agents as agents_table, events as events_table, tasks};
+use crate::statement_cache::CacheBySql;
 
 pub(crate) use crate::backend::PgConn as Conn;
 pub(crate) type Db = diesel::pg::Pg;
@@ -86,6 +88,22 @@ async fn lock_task(conn: &mut Conn, task: i64) -> QueryResult<()> {
         .await
         .map(drop)
 }
+
+/// Inserts an operation's events in one statement (a round trip each costs more than
+/// the rows), in chunks that keep few statement shapes prepared.
+async fn insert_event_rows(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
+    for chunk in rows.chunks(EVENTS_PER_INSERT) {
+        diesel::insert_into(events_table::table)
+            .values(chunk)
+            .by_sql()
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rows per `INSERT` of events.
+const EVENTS_PER_INSERT: usize = 32;
 
 /// The deliveries due at `now`, skipping those another instance is claiming.
 async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Vec<i64>> {

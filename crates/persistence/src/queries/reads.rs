@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use baton_domain::*;
 use diesel::dsl::max;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::Conn;
 use crate::error::from_diesel;
@@ -141,7 +141,7 @@ pub(crate) async fn get_task(
     agent: AgentId,
     task: TaskId,
 ) -> Result<Option<TaskView>, StoreError> {
-    conn.transaction(async |conn| {
+    async {
         let row: Option<TaskRow> = tasks::table
             .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
             .select(TaskRow::as_select())
@@ -150,7 +150,7 @@ pub(crate) async fn get_task(
             .optional()?;
         let Some(row) = row else { return Ok(None) };
         Ok::<_, TxError>(task_views(conn, vec![row]).await?.pop())
-    })
+    }
     .await
     .map_err(TxError::into_store)
 }
@@ -160,7 +160,7 @@ pub(crate) async fn list_tasks(
     agent: AgentId,
     page: PageRequest,
 ) -> Result<Page<TaskView>, StoreError> {
-    conn.transaction(async |conn| {
+    async {
         let mut query = tasks::table
             .filter(tasks::agent_id.eq(agent.0))
             .select(TaskRow::as_select())
@@ -173,7 +173,7 @@ pub(crate) async fn list_tasks(
         let rows = query.load(conn).await?;
         let views = task_views(conn, rows).await?;
         Ok::<_, TxError>(Page::from_overfetch(views, page.limit, |v| v.task.id.0))
-    })
+    }
     .await
     .map_err(TxError::into_store)
 }
@@ -184,7 +184,7 @@ pub(crate) async fn list_messages(
     task: TaskId,
     page: PageRequest,
 ) -> Result<Option<Page<Message>>, StoreError> {
-    conn.transaction(async |conn| {
+    async {
         if owned_task(conn, agent, task).await?.is_none() {
             return Ok(None);
         }
@@ -203,7 +203,7 @@ pub(crate) async fn list_messages(
             .map(MessageRow::into_domain)
             .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, TxError>(Some(Page::from_overfetch(messages, page.limit, |m| m.id.0)))
-    })
+    }
     .await
     .map_err(TxError::into_store)
 }

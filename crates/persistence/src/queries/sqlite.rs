@@ -7,6 +7,10 @@ use baton_domain::{AgentId, AgentsChanged, TaskId, TurnId};
 use diesel::QueryResult;
 use diesel_async::RunQueryDsl;
 
+use crate::models::NewEventRow;
+use crate::schema::events as events_table;
+use crate::statement_cache::CacheBySql;
+
 pub(crate) use crate::backend::SqliteConn as Conn;
 pub(crate) type Db = diesel::sqlite::Sqlite;
 
@@ -56,6 +60,19 @@ async fn lock_agent(_conn: &mut Conn, _agent: AgentId) -> QueryResult<()> {
 /// Concurrent answers to one task's tool calls take turns: on SQLite, the writer's
 /// group transaction already serializes them.
 async fn lock_task(_conn: &mut Conn, _task: i64) -> QueryResult<()> {
+    Ok(())
+}
+
+/// Inserts events one prepared single-row statement each: a statement costs SQLite
+/// no round trip, and one shape stays prepared.
+async fn insert_event_rows(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
+    for row in rows {
+        diesel::insert_into(events_table::table)
+            .values(row)
+            .by_sql()
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 

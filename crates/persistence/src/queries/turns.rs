@@ -173,7 +173,7 @@ pub(crate) async fn load_turn_input(
     conn: &mut Conn,
     task: TaskId,
 ) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
-    conn.transaction(async |conn| {
+    async {
         let row: Option<TaskRow> = tasks::table
             .find(task.0)
             .select(TaskRow::as_select())
@@ -192,7 +192,7 @@ pub(crate) async fn load_turn_input(
             .map(MessageRow::into_domain)
             .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, TxError>(Some((row.into_domain()?, history)))
-    })
+    }
     .await
     .map_err(TxError::into_store)
 }

@@ -168,7 +168,7 @@ pub(crate) async fn list_deliveries(
     agent: AgentId,
     task: TaskId,
 ) -> Result<Option<Vec<DeliveryView>>, StoreError> {
-    conn.transaction(async |conn| {
+    async {
         if owned_task(conn, agent, task).await?.is_none() {
             return Ok(None);
         }
@@ -203,7 +203,7 @@ pub(crate) async fn list_deliveries(
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, TxError>(Some(views))
-    })
+    }
     .await
     .map_err(TxError::into_store)
 }
