@@ -178,6 +178,7 @@ pub(crate) struct NewTaskRow {
     pub input: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub last_seq: i64,
 }
 
 #[derive(Debug, Queryable, Selectable)]

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::events::append_events;
+use super::events::insert_events;
 use super::idempotency::{remember, replay};
 use super::messages::insert_message;
 use super::reads::owned_task;
@@ -37,8 +37,17 @@ pub(super) async fn running_turn(
     }
 }
 
-/// Starts a turn with its message: the turn (the partial unique index refuses
-/// a second running one), the message, and the `turn_started` event.
+/// A turn just started: its `turn_started` event is not in the log yet, so the caller
+/// appends it in the statement that changes the task anyway.
+pub(super) struct Started {
+    pub turn: TurnId,
+    pub event: EventDraft,
+    /// The task's input as stored: attachments by id, never their bytes.
+    pub input: Content,
+}
+
+/// Starts a turn with its message: the turn (the partial unique index refuses a
+/// second running one) and the message.
 pub(super) async fn start_turn(
     conn: &mut Conn,
     task: TaskId,
@@ -47,7 +56,7 @@ pub(super) async fn start_turn(
     lease: &Lease,
     webhook: Option<&WebhookEndpoint>,
     at: DateTime<Utc>,
-) -> Result<TurnId, TxError> {
+) -> Result<Started, TxError> {
     let row = NewTurnRow {
         task_id: task.0,
         status: RUNNING,
@@ -72,15 +81,6 @@ pub(super) async fn start_turn(
         })?;
     let turn = TurnId(turn);
     let input = insert_message(conn, task, turn, message.role, &message.content, None, at).await?;
-    // The task's input as stored: attachments by id, never their bytes (the
-    // caller wrote the input as sent; only attachments make it differ).
-    if input.content != message.content {
-        diesel::update(tasks::table.find(task.0))
-            .set(tasks::input.eq(content_json(&input.content)?))
-            .by_sql()
-            .execute(conn)
-            .await?;
-    }
     let started = Turn {
         id: turn,
         task_id: task,
@@ -98,9 +98,11 @@ pub(super) async fn start_turn(
         kind: EventKind::TurnStarted,
         data: baton_domain::events::turn_started(&started, &input),
     };
-    append_events(conn, task.0, vec![draft], micros(at)).await?;
-    announce(conn, task, None).await?;
-    Ok(turn)
+    Ok(Started {
+        turn,
+        event: draft,
+        input: input.content,
+    })
 }
 
 /// Refuses a claim when the agent already runs `limit` turns. The agent's row is
@@ -143,6 +145,8 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
         input: content_json(&new.message.content)?,
         created_at: now,
         updated_at: now,
+        // The `turn_started` event below is the first of its log.
+        last_seq: 1,
     };
     let record = new.idempotency.as_ref();
     for _ in 0..CLAIM_TRIES {
@@ -159,7 +163,7 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
                     .get_result(conn)
                     .await?;
                 let task_id = TaskId(task);
-                let turn_id = start_turn(
+                let started = start_turn(
                     conn,
                     task_id,
                     &new.message,
@@ -169,10 +173,20 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
                     new.now,
                 )
                 .await?;
+                if started.input != new.message.content {
+                    diesel::update(tasks::table.find(task))
+                        .set(tasks::input.eq(content_json(&started.input)?))
+                        .by_sql()
+                        .execute(conn)
+                        .await?;
+                }
+                // The task was inserted with `last_seq` 1: its log starts with this.
+                insert_events(conn, task, 1, vec![started.event], now).await?;
+                announce(conn, task_id, None).await?;
                 let accepted = Accepted {
                     task_id,
                     agent_id: new.agent_id,
-                    turn_id,
+                    turn_id: started.turn,
                     accepted_at: new.now,
                     metadata: new.metadata.clone(),
                     status: TaskStatus::Running,
@@ -216,10 +230,11 @@ pub(crate) async fn append_and_claim(
                 if let Some(first) = replay(conn, append.agent_id, record, now).await? {
                     return Ok(Claim::Replayed(first));
                 }
-                if let Some(active) = running_turn(conn, task).await? {
+                let latest = latest_turn(conn, task).await?;
+                if let LatestTurn::Running(active) = latest {
                     return Err(TxError::Busy(Some(active)));
                 }
-                if let Some(waiting) = waiting_turn(conn, task).await? {
+                if let LatestTurn::Waiting(waiting) = latest {
                     let (requested, answered) = tool_calls_of(conn, waiting).await?;
                     let answer = tools::check_answer(&requested, &answered, &append.message)
                         .map_err(TxError::Invalid)?;
@@ -236,15 +251,7 @@ pub(crate) async fn append_and_claim(
                     tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
                 }
                 check_capacity(conn, append.agent_id, append.max_running_per_agent).await?;
-                diesel::update(tasks::table.find(task))
-                    .set((
-                        tasks::input.eq(content_json(&append.message.content)?),
-                        tasks::updated_at.eq(now),
-                    ))
-                    .by_sql()
-                    .execute(conn)
-                    .await?;
-                let turn_id = start_turn(
+                let started = start_turn(
                     conn,
                     append.task_id,
                     &append.message,
@@ -254,10 +261,24 @@ pub(crate) async fn append_and_claim(
                     append.now,
                 )
                 .await?;
+                // The task's new input, its change time and the turn's event: one
+                // statement.
+                let last: i64 = diesel::update(tasks::table.find(task))
+                    .set((
+                        tasks::input.eq(content_json(&started.input)?),
+                        tasks::updated_at.eq(now),
+                        tasks::last_seq.eq(tasks::last_seq + 1),
+                    ))
+                    .returning(tasks::last_seq)
+                    .by_sql()
+                    .get_result(conn)
+                    .await?;
+                insert_events(conn, task, last, vec![started.event], now).await?;
+                announce(conn, append.task_id, None).await?;
                 let accepted = Accepted {
                     task_id: append.task_id,
                     agent_id: append.agent_id,
-                    turn_id,
+                    turn_id: started.turn,
                     accepted_at: append.now,
                     metadata: append.metadata.clone(),
                     status: TaskStatus::Running,
@@ -307,21 +328,37 @@ pub(crate) async fn append_and_claim(
     Err(contended())
 }
 
-/// The task's latest turn if it waits for tool answers. The task's row is locked
-/// first (PostgreSQL), so two answers to one turn take turns: the second sees
-/// the first, and exactly one of them is the last.
-pub(super) async fn waiting_turn(conn: &mut Conn, task: i64) -> Result<Option<TurnId>, TxError> {
+/// What the task's latest turn leaves a new message to do.
+pub(super) enum LatestTurn {
+    /// The turn runs: the task is busy.
+    Running(ActiveTurn),
+    /// The turn waits for answers to its tool calls.
+    Waiting(TurnId),
+    /// The turn ended (or the task has none): a message starts the next.
+    Ended,
+}
+
+/// The task's latest turn, which is the running one if any runs (a turn starts only
+/// when none does). The task's row is locked first (PostgreSQL), so two messages to
+/// one task take turns: the second sees the first's turn, and of two answers to one
+/// turn's tool calls exactly one is the last.
+pub(super) async fn latest_turn(conn: &mut Conn, task: i64) -> Result<LatestTurn, TxError> {
     lock_task(conn, task).await?;
-    let latest: Option<(i64, String)> = turns::table
+    let latest: Option<(i64, String, i64)> = turns::table
         .filter(turns::task_id.eq(task))
         .order(turns::id.desc())
-        .select((turns::id, turns::status))
+        .select((turns::id, turns::status, turns::started_at))
         .first(conn)
         .await
         .optional()?;
-    Ok(latest
-        .filter(|(_, status)| status == REQUIRES_ACTION)
-        .map(|(id, _)| TurnId(id)))
+    Ok(match latest {
+        Some((id, status, started)) if status == RUNNING => LatestTurn::Running(ActiveTurn {
+            turn_id: TurnId(id),
+            started_at: from_micros(started)?,
+        }),
+        Some((id, status, _)) if status == REQUIRES_ACTION => LatestTurn::Waiting(TurnId(id)),
+        _ => LatestTurn::Ended,
+    })
 }
 
 /// The tool calls a turn asked for, and those answered so far.

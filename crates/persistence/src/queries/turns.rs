@@ -99,8 +99,8 @@ pub(crate) async fn record_output(
                 .optional()?;
             return Ok(held.is_some());
         }
-        let drafts = apply_output(conn, task, turn, &output.ops, at, false).await?;
-        append_events(conn, task.0, drafts, micros(at)).await?;
+        let applied = apply_output(conn, task, turn, &output.ops, at, false, batch > 1).await?;
+        append_events(conn, task.0, applied.drafts, micros(at)).await?;
         announce(conn, task, None).await?;
         Ok::<_, TxError>(true)
     })
@@ -108,9 +108,27 @@ pub(crate) async fn record_output(
     .map_err(TxError::into_store)
 }
 
-/// Stores a play's output ops — text deltas into the turn's open streamed
-/// message (opened if none is), whole messages — and returns their events.
-/// With `closing`, the open streamed message is closed too (the turn ends).
+/// What `apply_output` did: the events of the ops, and the messages it stored or
+/// changed, in order.
+pub(super) struct Applied {
+    pub drafts: Vec<EventDraft>,
+    pub messages: Vec<Message>,
+}
+
+/// The turn's streamed text message while ops are applied.
+enum Streamed<'a> {
+    /// Opened by an earlier batch: its row is updated.
+    Stored(Message),
+    /// Opened by this batch: inserted once, with its text so far (its `text_delta`
+    /// events wait for its id).
+    New { text: String, deltas: Vec<&'a str> },
+}
+
+/// Stores a play's output ops — text deltas into the turn's open streamed message
+/// (opened if none is), whole messages — and returns their events. With `closing`,
+/// the open streamed message is closed too (the turn ends). Without
+/// `recorded_before` (no earlier batch of this play was recorded), no streamed
+/// message can be open, and none is looked for.
 pub(super) async fn apply_output(
     conn: &mut Conn,
     task: TaskId,
@@ -118,55 +136,103 @@ pub(super) async fn apply_output(
     ops: &[OutputOp],
     at: DateTime<Utc>,
     closing: bool,
-) -> Result<Vec<EventDraft>, TxError> {
-    let mut drafts = Vec::new();
-    let mut open = open_text(conn, turn).await?;
+    recorded_before: bool,
+) -> Result<Applied, TxError> {
+    let mut applied = Applied {
+        drafts: Vec::new(),
+        messages: Vec::new(),
+    };
+    let mut open = match recorded_before {
+        true => open_text(conn, turn).await?.map(Streamed::Stored),
+        false => None,
+    };
     for op in ops {
         match op {
-            OutputOp::TextDelta(delta) => {
-                if open.is_none() {
-                    let empty = Content::text("");
-                    let opened = insert_message(
-                        conn,
-                        task,
-                        turn,
-                        Role::Assistant,
-                        &empty,
-                        Some(StreamingStatus::InProgress),
-                        at,
-                    )
-                    .await?;
-                    open = Some(opened);
+            OutputOp::TextDelta(delta) => match &mut open {
+                None => {
+                    open = Some(Streamed::New {
+                        text: delta.clone(),
+                        deltas: vec![delta],
+                    });
                 }
-                if let Some(message) = open.as_mut() {
+                Some(Streamed::New { text, deltas }) => {
+                    text.push_str(delta);
+                    deltas.push(delta);
+                }
+                Some(Streamed::Stored(message)) => {
                     if let Content::Text(text) = &mut message.content {
                         text.content.push_str(delta);
                     }
-                    drafts.push(EventDraft {
+                    applied.drafts.push(EventDraft {
                         turn_id: turn,
                         kind: EventKind::TextDelta,
                         data: baton_domain::events::text_delta(turn, message.id, delta),
                     });
                 }
-            }
+            },
             OutputOp::Message(content) => {
-                if let Some(mut message) = open.take() {
-                    save_text(conn, &mut message, true).await?;
-                    drafts.push(message_event(&message));
+                if let Some(streamed) = open.take() {
+                    keep_streamed(conn, task, turn, streamed, true, at, &mut applied).await?;
                 }
                 let whole =
                     insert_message(conn, task, turn, Role::Assistant, content, None, at).await?;
-                drafts.push(message_event(&whole));
+                applied.drafts.push(message_event(&whole));
+                applied.messages.push(whole);
             }
         }
     }
-    if let Some(mut message) = open {
-        save_text(conn, &mut message, closing).await?;
-        if closing {
-            drafts.push(message_event(&message));
-        }
+    if let Some(streamed) = open {
+        keep_streamed(conn, task, turn, streamed, closing, at, &mut applied).await?;
     }
-    Ok(drafts)
+    Ok(applied)
+}
+
+/// Writes the streamed text message as it stands, closed if `close`, with its events.
+async fn keep_streamed(
+    conn: &mut Conn,
+    task: TaskId,
+    turn: TurnId,
+    streamed: Streamed<'_>,
+    close: bool,
+    at: DateTime<Utc>,
+    applied: &mut Applied,
+) -> Result<(), TxError> {
+    let message = match streamed {
+        Streamed::Stored(mut message) => {
+            save_text(conn, &mut message, close).await?;
+            message
+        }
+        Streamed::New { text, deltas } => {
+            let status = match close {
+                true => StreamingStatus::Done,
+                false => StreamingStatus::InProgress,
+            };
+            let content = Content::text(text);
+            let message = insert_message(
+                conn,
+                task,
+                turn,
+                Role::Assistant,
+                &content,
+                Some(status),
+                at,
+            )
+            .await?;
+            applied
+                .drafts
+                .extend(deltas.into_iter().map(|delta| EventDraft {
+                    turn_id: turn,
+                    kind: EventKind::TextDelta,
+                    data: baton_domain::events::text_delta(turn, message.id, delta),
+                }));
+            message
+        }
+    };
+    if close {
+        applied.drafts.push(message_event(&message));
+    }
+    applied.messages.push(message);
+    Ok(())
 }
 
 pub(crate) async fn load_turn_input(
@@ -254,30 +320,51 @@ pub(super) async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bo
                 TurnRow::as_returning(),
                 turns::webhook_url,
                 turns::webhook_secrets,
+                turns::output_batches,
             ))
             .by_sql()
-            .get_result::<(TurnRow, Option<String>, Option<String>)>(conn)
+            .get_result::<(TurnRow, Option<String>, Option<String>, i64)>(conn)
             .await
             .optional()?;
-    let Some((ended, hook_url, hook_secrets)) = ended else {
+    let Some((ended, hook_url, hook_secrets, batches)) = ended else {
         return Ok(false);
     };
+    // A running turn's play that recorded no batch has no output stored yet: all
+    // of it comes with the end. (A turn waiting for tool answers stored its output
+    // when it stopped to wait.)
+    let played_now = matches!(
+        finish.guard,
+        LeaseGuard::Holder(_) | LeaseGuard::ExpiredBy(_)
+    ) && batches == 0;
     // What the play had not recorded yet is stored with the end; the open
     // streamed message is closed.
-    let mut drafts = apply_output(conn, task, turn, &finish.output, finish.now, true).await?;
-    let output: Vec<Message> = messages::table
-        .filter(
-            messages::turn_id
-                .eq(turn.0)
-                .and(messages::role.eq(Role::Assistant.as_str())),
-        )
-        .order(messages::id.asc())
-        .select(MessageRow::as_select())
-        .load(conn)
-        .await?
-        .into_iter()
-        .map(MessageRow::into_domain)
-        .collect::<Result<_, _>>()?;
+    let applied = apply_output(
+        conn,
+        task,
+        turn,
+        &finish.output,
+        finish.now,
+        true,
+        !played_now,
+    )
+    .await?;
+    let mut drafts = applied.drafts;
+    let output: Vec<Message> = match played_now {
+        true => applied.messages,
+        false => messages::table
+            .filter(
+                messages::turn_id
+                    .eq(turn.0)
+                    .and(messages::role.eq(Role::Assistant.as_str())),
+            )
+            .order(messages::id.asc())
+            .select(MessageRow::as_select())
+            .load(conn)
+            .await?
+            .into_iter()
+            .map(MessageRow::into_domain)
+            .collect::<Result<_, _>>()?,
+    };
     let ended = ended.into_domain()?;
     let (kind, data) = baton_domain::events::turn_ended(&ended, &output);
     drafts.push(EventDraft {
