@@ -75,84 +75,77 @@ pub(super) async fn latest_of_many(
     Ok((turns_by_task, messages_by_task))
 }
 
-/// As `latest_of_many`, for one task.
-pub(super) async fn latest_of_one(
-    conn: &mut Conn,
-    task: i64,
-) -> Result<(HashMap<i64, TurnRow>, HashMap<i64, MessageRow>), StoreError> {
-    let turn: Option<TurnRow> = turns::table
-        .filter(turns::task_id.eq(task))
-        .order(turns::id.desc())
-        .select(TurnRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-        .map_err(from_diesel)?;
-    let message: Option<MessageRow> = messages::table
-        .filter(
-            messages::task_id
-                .eq(task)
-                .and(messages::role.eq(Role::Assistant.as_str())),
-        )
-        .order(messages::id.desc())
-        .select(MessageRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-        .map_err(from_diesel)?;
-    Ok((
-        turn.map(|turn| (task, turn)).into_iter().collect(),
-        message.map(|message| (task, message)).into_iter().collect(),
-    ))
-}
-
-/// Builds views for task rows: each task's latest turn and latest agent message.
-/// One task (a get, a long-poll's wake-up) takes two indexed lookups whose
-/// statements stay prepared; a page takes four statements over its ids.
+/// Builds views for task rows: each task's latest turn and latest agent message,
+/// in four statements over the rows' ids.
 pub(super) async fn task_views(
     conn: &mut Conn,
     rows: Vec<TaskRow>,
 ) -> Result<Vec<TaskView>, StoreError> {
-    let (mut turns_by_task, mut messages_by_task) = match rows.as_slice() {
-        [] => return Ok(Vec::new()),
-        [row] => latest_of_one(conn, row.id).await?,
-        _ => latest_of_many(conn, &rows).await?,
-    };
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut turns_by_task, mut messages_by_task) = latest_of_many(conn, &rows).await?;
     rows.into_iter()
         .map(|row| {
-            let turn = turns_by_task
-                .remove(&row.id)
-                .ok_or_else(|| crate::error::corrupt(format!("task {} has no turn", row.id)))?;
-            let message = messages_by_task
-                .remove(&row.id)
-                .map(MessageRow::into_domain)
-                .transpose()?;
-            Ok(TaskView {
-                task: row.into_domain()?,
-                latest_turn: turn.into_domain()?,
-                latest_agent_message: message,
-            })
+            let turn = turns_by_task.remove(&row.id);
+            let message = messages_by_task.remove(&row.id);
+            task_view(row, turn, message)
         })
         .collect()
 }
 
+/// A task's view from its row, its latest turn and its latest agent message.
+fn task_view(
+    row: TaskRow,
+    turn: Option<TurnRow>,
+    message: Option<MessageRow>,
+) -> Result<TaskView, StoreError> {
+    let turn = turn.ok_or_else(|| crate::error::corrupt(format!("task {} has no turn", row.id)))?;
+    Ok(TaskView {
+        task: row.into_domain()?,
+        latest_turn: turn.into_domain()?,
+        latest_agent_message: message.map(MessageRow::into_domain).transpose()?,
+    })
+}
+
+/// One task's view in one statement (a get, each wake-up of a long-poll): its latest
+/// turn and latest agent message are joined by indexed subqueries.
 pub(crate) async fn get_task(
     conn: &mut Conn,
     agent: AgentId,
     task: TaskId,
 ) -> Result<Option<TaskView>, StoreError> {
-    async {
-        let row: Option<TaskRow> = tasks::table
-            .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
-            .select(TaskRow::as_select())
-            .first(conn)
-            .await
-            .optional()?;
-        let Some(row) = row else { return Ok(None) };
-        Ok::<_, TxError>(task_views(conn, vec![row]).await?.pop())
-    }
-    .await
-    .map_err(TxError::into_store)
+    // Aliased: Diesel refuses a subquery over a table the outer query also reads.
+    let (earlier_turns, earlier_messages) =
+        diesel::alias!(turns as earlier_turns, messages as earlier_messages);
+    let latest_turn = earlier_turns
+        .filter(earlier_turns.field(turns::task_id).eq(task.0))
+        .select(max(earlier_turns.field(turns::id)));
+    let latest_message = earlier_messages
+        .filter(
+            earlier_messages.field(messages::task_id).eq(task.0).and(
+                earlier_messages
+                    .field(messages::role)
+                    .eq(Role::Assistant.as_str()),
+            ),
+        )
+        .select(max(earlier_messages.field(messages::id)));
+    let found: Option<(TaskRow, Option<TurnRow>, Option<MessageRow>)> = tasks::table
+        .left_join(turns::table.on(turns::id.nullable().eq(latest_turn.single_value())))
+        .left_join(messages::table.on(messages::id.nullable().eq(latest_message.single_value())))
+        .filter(tasks::id.eq(task.0).and(tasks::agent_id.eq(agent.0)))
+        .select((
+            TaskRow::as_select(),
+            Option::<TurnRow>::as_select(),
+            Option::<MessageRow>::as_select(),
+        ))
+        .first(conn)
+        .await
+        .optional()
+        .map_err(from_diesel)?;
+    found
+        .map(|(row, turn, message)| task_view(row, turn, message))
+        .transpose()
 }
 
 pub(crate) async fn list_tasks(
