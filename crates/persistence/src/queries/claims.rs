@@ -12,7 +12,7 @@ use super::events::insert_events;
 use super::idempotency::{remember, replay};
 use super::messages::insert_message;
 use super::reads::owned_task;
-use super::{Conn, announce, lock_agent, lock_task};
+use super::{Conn, lock_agent, lock_task};
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
 use crate::schema::{messages, tasks, turns};
@@ -181,8 +181,7 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
                         .await?;
                 }
                 // The task was inserted with `last_seq` 1: its log starts with this.
-                insert_events(conn, task, 1, vec![started.event], now).await?;
-                announce(conn, task_id, None).await?;
+                insert_events(conn, task, 1, vec![started.event], now, None).await?;
                 let accepted = Accepted {
                     task_id,
                     agent_id: new.agent_id,
@@ -273,8 +272,7 @@ pub(crate) async fn append_and_claim(
                     .by_sql()
                     .get_result(conn)
                     .await?;
-                insert_events(conn, task, last, vec![started.event], now).await?;
-                announce(conn, append.task_id, None).await?;
+                insert_events(conn, task, last, vec![started.event], now, None).await?;
                 let accepted = Accepted {
                     task_id: append.task_id,
                     agent_id: append.agent_id,

@@ -5,21 +5,22 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::reads::owned_task;
-use super::{Conn, insert_event_rows};
+use super::{Conn, write_events};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::TxError;
 use crate::schema::{events, tasks};
 use crate::statement_cache::CacheBySql;
 
-/// Inserts a running turn; the partial unique index refuses a second one.
-/// Appends events to the task's log, handing out the next sequence numbers
-/// from `tasks.last_seq` (the row update also serializes concurrent writers).
+/// Appends events to the task's log, handing out the next sequence numbers from
+/// `tasks.last_seq` (the row update also serializes concurrent writers), and
+/// announces the change (`ended`: the turn it ended, if it ended one).
 pub(super) async fn append_events(
     conn: &mut Conn,
     task: i64,
     drafts: Vec<EventDraft>,
     now: i64,
+    ended: Option<TurnId>,
 ) -> Result<(), TxError> {
     if drafts.is_empty() {
         return Ok(());
@@ -31,7 +32,7 @@ pub(super) async fn append_events(
         .by_sql()
         .get_result(conn)
         .await?;
-    insert_events(conn, task, last, drafts, now).await
+    insert_events(conn, task, last, drafts, now, ended).await
 }
 
 /// As `append_events`, also marking the task updated at `now`, in the same
@@ -41,6 +42,7 @@ pub(super) async fn append_events_touching(
     task: i64,
     drafts: Vec<EventDraft>,
     now: i64,
+    ended: Option<TurnId>,
 ) -> Result<(), TxError> {
     let count = drafts.len() as i64;
     let last: i64 = diesel::update(tasks::table.find(task))
@@ -52,16 +54,18 @@ pub(super) async fn append_events_touching(
         .by_sql()
         .get_result(conn)
         .await?;
-    insert_events(conn, task, last, drafts, now).await
+    insert_events(conn, task, last, drafts, now, ended).await
 }
 
-/// Inserts the events that take the `seq`s up to `last`.
+/// Inserts the events that take the `seq`s up to `last`, and announces the change:
+/// every write that changes what a task's watchers see adds to its log.
 pub(super) async fn insert_events(
     conn: &mut Conn,
     task: i64,
     last: i64,
     drafts: Vec<EventDraft>,
     now: i64,
+    ended: Option<TurnId>,
 ) -> Result<(), TxError> {
     let count = drafts.len() as i64;
     let rows = (last - count + 1..)
@@ -77,7 +81,7 @@ pub(super) async fn insert_events(
             })
         })
         .collect::<Result<Vec<_>, TxError>>()?;
-    insert_event_rows(conn, &rows).await?;
+    write_events(conn, TaskId(task), &rows, ended).await?;
     Ok(())
 }
 

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::Conn;
 use super::events::append_events;
 use super::turns::expired_by;
-use super::{Conn, announce};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
@@ -203,8 +203,7 @@ pub(crate) async fn take_over_turns(
                 kind: EventKind::TurnStarted,
                 data: baton_domain::events::turn_started(&restarted, &input.into_domain()?),
             };
-            append_events(conn, restarted.task_id.0, vec![draft], now).await?;
-            announce(conn, restarted.task_id, None).await?;
+            append_events(conn, restarted.task_id.0, vec![draft], now, None).await?;
             attempts.push((restarted.id, restarted.attempt));
         }
         Ok::<_, TxError>(attempts)

@@ -9,6 +9,7 @@ use diesel::QueryResult;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
+use futures_util::future::{try_join, try_join_all};
 
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
 use crate::models::NewEventRow;
@@ -44,12 +45,6 @@ pub(crate) use self::{
     agents::*, claims::*, events::*, idempotency::*, leases::*, readiness::*, reads::*, turns::*,
     webhooks::*,
 };
-
-/// Tells other instances that a task changed, and which turn the change ended (so
-/// the instance playing it stops).
-async fn announce(conn: &mut Conn, task: TaskId, ended: Option<TurnId>) -> QueryResult<()> {
-    notify(conn, CHANNEL, encode(task, ended)).await
-}
 
 /// Tells other instances to drop what they cached of an agent or a key.
 async fn announce_agents(conn: &mut Conn, change: &AgentsChanged) -> QueryResult<()> {
@@ -89,17 +84,33 @@ async fn lock_task(conn: &mut Conn, task: i64) -> QueryResult<()> {
         .map(drop)
 }
 
-/// Inserts an operation's events in one statement (a round trip each costs more than
-/// the rows), in chunks that keep few statement shapes prepared.
-async fn insert_event_rows(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
-    for chunk in rows.chunks(EVENTS_PER_INSERT) {
+/// Inserts an operation's events in one statement (in chunks that keep few statement
+/// shapes prepared) and tells other instances that the task changed, and which turn
+/// the change ended (so the instance playing it stops) — pipelined, one round trip.
+/// `pg_notify` in the transaction is delivered only if it commits.
+async fn write_events(
+    conn: &mut Conn,
+    task: TaskId,
+    rows: &[NewEventRow],
+    ended: Option<TurnId>,
+) -> QueryResult<()> {
+    // Futures on a shared reference are pipelined by the connection: each is sent
+    // as it is first polled, before the answers to the others are read.
+    let shared: &Conn = conn;
+    let inserts = rows.chunks(EVENTS_PER_INSERT).map(|chunk| {
+        let mut on = shared;
         diesel::insert_into(events_table::table)
             .values(chunk)
             .by_sql()
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
+            .execute(&mut on)
+    });
+    let payload = encode(task, ended);
+    let mut on = shared;
+    let notify = diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(CHANNEL)
+        .bind::<Text, _>(&payload)
+        .execute(&mut on);
+    try_join(try_join_all(inserts), notify).await.map(drop)
 }
 
 /// Rows per `INSERT` of events.

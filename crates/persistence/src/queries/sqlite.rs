@@ -41,11 +41,6 @@ pub(crate) use self::{
     webhooks::*,
 };
 
-/// A task changed (SQLite: other readers in this process are woken by the caller).
-async fn announce(_conn: &mut Conn, _task: TaskId, _ended: Option<TurnId>) -> QueryResult<()> {
-    Ok(())
-}
-
 /// An agent or a key changed (SQLite: this process's cache is told by the caller).
 async fn announce_agents(_conn: &mut Conn, _change: &AgentsChanged) -> QueryResult<()> {
     Ok(())
@@ -64,8 +59,14 @@ async fn lock_task(_conn: &mut Conn, _task: i64) -> QueryResult<()> {
 }
 
 /// Inserts events one prepared single-row statement each: a statement costs SQLite
-/// no round trip, and one shape stays prepared.
-async fn insert_event_rows(conn: &mut Conn, rows: &[NewEventRow]) -> QueryResult<()> {
+/// no round trip, and one shape stays prepared. The change is announced in-process by
+/// the caller (one process serves the database).
+async fn write_events(
+    conn: &mut Conn,
+    _task: TaskId,
+    rows: &[NewEventRow],
+    _ended: Option<TurnId>,
+) -> QueryResult<()> {
     for row in rows {
         diesel::insert_into(events_table::table)
             .values(row)
