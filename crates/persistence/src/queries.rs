@@ -6,13 +6,14 @@
 //! type `Conn` and the few things the backends do differently:
 //! - on SQLite, a write operation's transaction is a savepoint in the writer's group
 //!   transaction (see `group_commit`); on PostgreSQL, it is a transaction;
-//! - how a committed turn change, or a change of an agent or a key, is announced to
-//!   other instances (PostgreSQL: `pg_notify` inside the transaction, delivered only
-//!   if it commits; SQLite serves one process, which announces changes in-process);
+//! - how an operation's events are written and the task's change announced to other
+//!   instances (`write_events`; PostgreSQL: one multi-row `INSERT` and a `pg_notify`
+//!   inside the transaction, delivered only if it commits, pipelined in one round
+//!   trip; SQLite: a prepared single-row `INSERT` each, and one process, which
+//!   announces changes in-process); a change of an agent or a key likewise
+//!   (`announce_agents`);
 //! - row locks (PostgreSQL: `FOR UPDATE`, `SKIP LOCKED` for concurrent webhook senders;
-//!   SQLite's one writer is its own lock);
-//! - how an operation's events are inserted (PostgreSQL: one multi-row statement, one
-//!   round trip; SQLite: a prepared single-row statement each).
+//!   SQLite's one writer is its own lock).
 //!
 //! A read of several statements is not a transaction here: SQLite runs every read
 //! operation in a read transaction of its own (one snapshot, `SqliteDb::read`); on
