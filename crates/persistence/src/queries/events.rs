@@ -2,6 +2,7 @@
 
 use baton_domain::*;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::RunQueryDsl;
 
 use super::reads::owned_task;
@@ -14,20 +15,25 @@ use crate::statement_cache::CacheBySql;
 
 /// Appends events to the task's log, handing out the next sequence numbers from
 /// `tasks.last_seq` (the row update also serializes concurrent writers), and
-/// announces the change (`ended`: the turn it ended, if it ended one).
+/// announces the change (`ended`: the turn it ended, if it ended one). With
+/// `touched`, the task is marked updated at that time in the same statement.
 pub(super) async fn append_events(
     conn: &mut Conn,
     task: i64,
     drafts: Vec<EventDraft>,
     now: i64,
     ended: Option<TurnId>,
+    touched: Option<i64>,
 ) -> Result<(), TxError> {
     if drafts.is_empty() {
         return Ok(());
     }
     let count = drafts.len() as i64;
     let last: i64 = diesel::update(tasks::table.find(task))
-        .set(tasks::last_seq.eq(tasks::last_seq + count))
+        .set((
+            tasks::last_seq.eq(tasks::last_seq + count),
+            tasks::updated_at.eq(coalesce(touched, tasks::updated_at)),
+        ))
         .returning(tasks::last_seq)
         .by_sql()
         .get_result(conn)
@@ -35,26 +41,9 @@ pub(super) async fn append_events(
     insert_events(conn, task, last, drafts, now, ended).await
 }
 
-/// As `append_events`, also marking the task updated at `now`, in the same
-/// statement.
-pub(super) async fn append_events_touching(
-    conn: &mut Conn,
-    task: i64,
-    drafts: Vec<EventDraft>,
-    now: i64,
-    ended: Option<TurnId>,
-) -> Result<(), TxError> {
-    let count = drafts.len() as i64;
-    let last: i64 = diesel::update(tasks::table.find(task))
-        .set((
-            tasks::last_seq.eq(tasks::last_seq + count),
-            tasks::updated_at.eq(now),
-        ))
-        .returning(tasks::last_seq)
-        .by_sql()
-        .get_result(conn)
-        .await?;
-    insert_events(conn, task, last, drafts, now, ended).await
+diesel::define_sql_function! {
+    /// Its first argument unless that is null, else its second.
+    fn coalesce(value: Nullable<BigInt>, otherwise: BigInt) -> BigInt;
 }
 
 /// Inserts the events that take the `seq`s up to `last`, and announces the change:

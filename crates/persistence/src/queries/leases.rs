@@ -203,7 +203,7 @@ pub(crate) async fn take_over_turns(
                 kind: EventKind::TurnStarted,
                 data: baton_domain::events::turn_started(&restarted, &input.into_domain()?),
             };
-            append_events(conn, restarted.task_id.0, vec![draft], now, None).await?;
+            append_events(conn, restarted.task_id.0, vec![draft], now, None, None).await?;
             attempts.push((restarted.id, restarted.attempt));
         }
         Ok::<_, TxError>(attempts)

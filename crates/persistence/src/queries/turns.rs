@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::events::{append_events, append_events_touching};
+use super::events::append_events;
 use super::messages::{insert_message, message_event, open_text, save_text};
 use super::webhooks::queue_delivery;
 use super::{Conn, Db};
@@ -100,7 +100,7 @@ pub(crate) async fn record_output(
             return Ok(held.is_some());
         }
         let applied = apply_output(conn, task, turn, &output.ops, at, false, batch > 1).await?;
-        append_events(conn, task.0, applied.drafts, micros(at), None).await?;
+        append_events(conn, task.0, applied.drafts, micros(at), None, None).await?;
         Ok::<_, TxError>(true)
     })
     .await
@@ -373,6 +373,6 @@ pub(super) async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bo
     });
     let own_hook = endpoint(hook_url, hook_secrets);
     queue_delivery(conn, &ended, own_hook, &output, now).await?;
-    append_events_touching(conn, task.0, drafts, now, Some(turn)).await?;
+    append_events(conn, task.0, drafts, now, Some(turn), Some(now)).await?;
     Ok(true)
 }
