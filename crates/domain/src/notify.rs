@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::watch;
 
+use crate::feed::Feed;
 use crate::model::{AgentId, TaskId, TurnId};
 use crate::ports::TaskNotifier;
 
@@ -23,6 +24,8 @@ use crate::ports::TaskNotifier;
 struct Slot {
     generation: watch::Sender<u64>,
     watchers: usize,
+    /// The task's newest events, shared by its streams (see `feed`).
+    feed: Arc<Feed>,
 }
 
 type Slots = Arc<Mutex<HashMap<TaskId, Slot>>>;
@@ -80,13 +83,16 @@ impl LocalNotifier {
         let slot = slots.entry(task).or_insert_with(|| Slot {
             generation: watch::channel(0).0,
             watchers: 0,
+            feed: Arc::default(),
         });
         slot.watchers += 1;
         let mut receiver = slot.generation.subscribe();
-        receiver.mark_unchanged();
+        let seen = *receiver.borrow_and_update();
         TaskWatch {
             task,
             receiver,
+            seen,
+            feed: slot.feed.clone(),
             slots: self.slots.clone(),
         }
     }
@@ -161,6 +167,9 @@ impl TaskNotifier for LocalNotifier {
 pub struct TaskWatch {
     task: TaskId,
     receiver: watch::Receiver<u64>,
+    /// The task's change count when the watch began or `changed` last returned.
+    seen: u64,
+    feed: Arc<Feed>,
     slots: Slots,
 }
 
@@ -169,6 +178,28 @@ impl TaskWatch {
     pub async fn changed(&mut self) {
         // The sender lives in the hub as long as this watch does, so this cannot fail.
         let _ = self.receiver.changed().await;
+        self.seen = *self.receiver.borrow_and_update();
+    }
+
+    /// The task this watch follows.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+
+    /// The task's change count this watch has seen: a read of the store that began
+    /// at or after it sees every change announced up to then.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The task's change count now (a read about to begin covers it).
+    pub fn count_now(&self) -> u64 {
+        *self.receiver.borrow()
+    }
+
+    /// The task's shared feed of events.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 }
 

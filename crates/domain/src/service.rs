@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use crate::error::{ClaimError, ServiceError, StoreError};
 use crate::executor::{StartedTurn, TurnExecutor};
+use crate::feed::{FEED_READ, SharedPage};
 use crate::idempotency::{self, IdempotencyConfig, InFlightKeys};
 use crate::keys;
 use crate::model::*;
-use crate::notify::LocalNotifier;
+use crate::notify::{LocalNotifier, TaskWatch};
 use crate::page::{Page, PageRequest};
 use crate::ports::{AgentStore, TaskStore, WebhookStore};
 use crate::validate;
@@ -512,6 +513,42 @@ impl TaskService {
             .list_events(who.agent_id, task_id, after, limit)
             .await?
             .ok_or(ServiceError::TaskNotFound)
+    }
+
+    /// Up to `limit` events after `cursor` for a stream that follows the task with
+    /// `watch`, as of the changes the watch has seen. Live events come from the
+    /// task's shared feed, which one stream reads from the store per change for every
+    /// stream of the task; a stream behind the feed reads its own gap (see
+    /// [`crate::feed`]).
+    pub async fn stream_events(
+        &self,
+        who: &Principal,
+        watch: &TaskWatch,
+        cursor: i64,
+        limit: u32,
+    ) -> Result<SharedPage, ServiceError> {
+        let task_id = watch.task();
+        let mut feed = watch.feed().lock().await;
+        if feed.read_up_to().is_none() {
+            // Not placed yet: this stream's own read places it, if it reaches the end.
+            let count = watch.count_now();
+            let page = self.events(who, task_id, cursor, FEED_READ).await?;
+            let full = page.events.len() == FEED_READ as usize;
+            feed.take(cursor, &page, count, full);
+            return Ok(SharedPage::from(page).limited(limit));
+        }
+        while !feed.fresh_for(watch.seen()) {
+            let count = watch.count_now();
+            let after = feed.read_up_to().unwrap_or(cursor);
+            let page = self.events(who, task_id, after, FEED_READ).await?;
+            let full = page.events.len() == FEED_READ as usize;
+            feed.take(after, &page, count, full);
+        }
+        if let Some(page) = feed.serve(cursor, limit) {
+            return Ok(page);
+        }
+        drop(feed);
+        Ok(self.events(who, task_id, cursor, limit).await?.into())
     }
 
     /// Starts watching a task for changes (see [`LocalNotifier::watch`]).

@@ -2,7 +2,8 @@
 //! Everything after the client's cursor is replayed from the log, then the stream
 //! follows the log live. Live events are read from the same log after the last
 //! sequence number sent, so there is no gap and no duplicate at the seam, and it works
-//! whichever instance writes the events.
+//! whichever instance writes the events. A change is read from the store once for
+//! all the task's streams in this process (`TaskService::stream_events`).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -113,7 +114,6 @@ fn reset_frame(after: i64, first_kept: i64) -> Bytes {
 struct SseStream {
     tasks: TaskService,
     who: Principal,
-    task: TaskId,
     cursor: i64,
     until_final: bool,
     watch: TaskWatch,
@@ -152,7 +152,7 @@ impl SseStream {
             }
             let page = match self
                 .tasks
-                .events(&self.who, self.task, self.cursor, PAGE)
+                .stream_events(&self.who, &self.watch, self.cursor, PAGE)
                 .await
             {
                 Ok(page) => page,
@@ -219,7 +219,6 @@ pub async fn stream(
     let state = SseStream {
         tasks,
         who,
-        task,
         cursor: after,
         until_final,
         watch,

@@ -782,3 +782,4 @@ async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
 }
 
 mod lifecycle;
+mod streams;

@@ -1,0 +1,239 @@
+//! One watched task's newest events, read from the store once per change and shared
+//! by every stream of this process that follows the task.
+//!
+//! The hub keeps a feed per watched task, beside its change counter. When a change
+//! wakes the task's streams, the first to ask reads what the log gained since the
+//! feed's last read (one store read, under the feed's lock); the others wait for that
+//! read and take the same events. A stream whose cursor is older than what the feed
+//! holds (it started on old history, or fell behind) reads its own gap from the log,
+//! as before, and joins the feed once it caught up: never a gap, never a duplicate,
+//! because a stream only ever asks for what follows its own cursor.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::model::{EventPage, TaskEvent};
+
+/// Events a feed keeps: enough for every stream woken by one change (they are all at
+/// the feed's end, or close), small enough that a thousand watched tasks stay cheap.
+pub const FEED_CAPACITY: usize = 64;
+
+/// Events read from the store per read of a feed.
+pub const FEED_READ: u32 = 256;
+
+/// A task's shared feed; see the module.
+#[derive(Debug, Default)]
+pub struct Feed {
+    state: tokio::sync::Mutex<FeedState>,
+}
+
+/// A page of events served to one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedPage {
+    pub events: Vec<Arc<TaskEvent>>,
+    /// The oldest `seq` the log still keeps (see [`EventPage`]).
+    pub first_kept: i64,
+}
+
+impl SharedPage {
+    /// At most `limit` of its events, the oldest.
+    pub fn limited(mut self, limit: u32) -> Self {
+        self.events.truncate(limit as usize);
+        self
+    }
+}
+
+impl From<EventPage> for SharedPage {
+    fn from(page: EventPage) -> Self {
+        SharedPage {
+            events: page.events.into_iter().map(Arc::new).collect(),
+            first_kept: page.first_kept,
+        }
+    }
+}
+
+/// What a feed knows, behind its lock.
+#[derive(Debug, Default)]
+pub struct FeedState {
+    /// Consecutive events read live, oldest first, at most [`FEED_CAPACITY`].
+    events: VecDeque<Arc<TaskEvent>>,
+    /// The `seq` up to which the log has been read; `None` until a read reached the
+    /// log's end.
+    read_up_to: Option<i64>,
+    first_kept: i64,
+    /// The hub's change count when the last read that reached the log's end began:
+    /// every change announced up to it is in the feed.
+    fresh_at: Option<u64>,
+}
+
+impl Feed {
+    /// The feed's state, locked: one stream reads the store for it at a time.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().await
+    }
+}
+
+impl FeedState {
+    /// Whether every change up to the hub's count `seen` is in the feed.
+    pub fn fresh_for(&self, seen: u64) -> bool {
+        self.fresh_at.is_some_and(|fresh| fresh >= seen)
+    }
+
+    /// Where the next read of the log starts, if the feed has a place in it yet.
+    pub fn read_up_to(&self) -> Option<i64> {
+        self.read_up_to
+    }
+
+    /// Takes a read of the log after `after`, begun when the hub's count was `count`.
+    /// A read that did not reach the log's end (a full page) leaves the feed stale,
+    /// to be read on. The first read places the feed: its events are not kept (they
+    /// are history the reader asked for), only where they end — so an idle feed holds
+    /// nothing.
+    pub fn take(&mut self, after: i64, page: &EventPage, count: u64, full: bool) {
+        self.first_kept = page.first_kept;
+        match self.read_up_to {
+            None => {
+                // Placed only where the log really ends: a read past its end (a
+                // cursor ahead of the log) says nothing about where that is.
+                if let (Some(last), false) = (page.events.last(), full) {
+                    self.read_up_to = Some(last.seq);
+                    self.fresh_at = Some(count);
+                }
+            }
+            Some(_) => {
+                for event in &page.events {
+                    if event.seq > after {
+                        self.events.push_back(Arc::new(event.clone()));
+                    }
+                }
+                while self.events.len() > FEED_CAPACITY {
+                    self.events.pop_front();
+                }
+                if let Some(last) = page.events.last() {
+                    self.read_up_to = Some(last.seq);
+                }
+                if !full {
+                    self.fresh_at = Some(count);
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` events after `cursor` from the feed, or `None` if the feed does
+    /// not reach back to `cursor` (the stream reads its own gap from the log).
+    pub fn serve(&self, cursor: i64, limit: u32) -> Option<SharedPage> {
+        let read_up_to = self.read_up_to?;
+        let oldest = self
+            .events
+            .front()
+            .map_or(read_up_to + 1, |event| event.seq);
+        if cursor + 1 < oldest {
+            return None;
+        }
+        Some(SharedPage {
+            events: self
+                .events
+                .iter()
+                .filter(|event| event.seq > cursor)
+                .take(limit as usize)
+                .cloned()
+                .collect(),
+            first_kept: self.first_kept,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{EventKind, TaskId, TurnId};
+
+    fn events(seqs: std::ops::RangeInclusive<i64>) -> EventPage {
+        EventPage {
+            events: seqs
+                .map(|seq| TaskEvent {
+                    task_id: TaskId(1),
+                    seq,
+                    turn_id: TurnId(1),
+                    kind: EventKind::TextDelta,
+                    data: json!({}),
+                    created_at: Utc::now(),
+                })
+                .collect(),
+            first_kept: 1,
+        }
+    }
+
+    fn seqs(page: &SharedPage) -> Vec<i64> {
+        page.events.iter().map(|event| event.seq).collect()
+    }
+
+    #[test]
+    fn a_feed_is_placed_at_the_end_of_a_first_read_and_keeps_none_of_it() {
+        let mut state = FeedState::default();
+        assert!(
+            state.serve(0, 10).is_none(),
+            "an unplaced feed serves nobody"
+        );
+        state.take(0, &events(1..=5), 3, false);
+        assert!(state.fresh_for(3) && !state.fresh_for(4));
+        assert_eq!(state.read_up_to(), Some(5));
+        assert_eq!(seqs(&state.serve(5, 10).unwrap()), Vec::<i64>::new());
+        assert!(
+            state.serve(4, 10).is_none(),
+            "history is read from the log, not kept"
+        );
+    }
+
+    #[test]
+    fn a_full_page_or_an_empty_one_does_not_place_a_feed() {
+        let mut state = FeedState::default();
+        state.take(0, &events(1..=5), 1, true);
+        assert_eq!(state.read_up_to(), None);
+        let empty = EventPage {
+            events: Vec::new(),
+            first_kept: 1,
+        };
+        state.take(99, &empty, 1, false);
+        assert_eq!(state.read_up_to(), None, "a cursor past the log's end");
+        assert!(!state.fresh_for(0));
+    }
+
+    #[test]
+    fn live_events_are_served_after_each_cursor_and_old_ones_fall_out() {
+        let mut state = FeedState::default();
+        state.take(0, &events(1..=2), 1, false);
+        state.take(2, &events(3..=4), 2, false);
+        assert_eq!(seqs(&state.serve(2, 10).unwrap()), vec![3, 4]);
+        assert_eq!(seqs(&state.serve(3, 10).unwrap()), vec![4]);
+        assert_eq!(
+            seqs(&state.serve(2, 1).unwrap()),
+            vec![3],
+            "the limit holds"
+        );
+        assert!(state.serve(1, 10).is_none(), "a gap is read from the log");
+        let far = 4 + FEED_CAPACITY as i64 + 10;
+        state.take(4, &events(5..=far), 3, false);
+        assert_eq!(state.serve(far - 1, 10).map(|p| seqs(&p)), Some(vec![far]));
+        let oldest = far - FEED_CAPACITY as i64 + 1;
+        assert!(state.serve(oldest - 2, 10).is_none());
+        assert_eq!(
+            state.serve(oldest - 1, 1).map(|p| seqs(&p)),
+            Some(vec![oldest])
+        );
+    }
+
+    #[test]
+    fn a_full_read_leaves_the_feed_stale_until_the_log_is_read_to_its_end() {
+        let mut state = FeedState::default();
+        state.take(0, &events(1..=1), 1, false);
+        state.take(1, &events(2..=3), 2, true);
+        assert!(!state.fresh_for(2), "more may follow the full page");
+        state.take(3, &events(4..=4), 2, false);
+        assert!(state.fresh_for(2));
+        assert_eq!(seqs(&state.serve(1, 10).unwrap()), vec![2, 3, 4]);
+    }
+}

@@ -1,0 +1,123 @@
+//! Streams of one task share its reads of the event log.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::ports::TaskNotifier;
+
+fn event(seq: i64) -> TaskEvent {
+    TaskEvent {
+        task_id: TaskId(1),
+        seq,
+        turn_id: TurnId(1),
+        kind: EventKind::TextDelta,
+        data: json!({"delta": seq.to_string()}),
+        created_at: at(1),
+    }
+}
+
+fn seqs(page: &crate::feed::SharedPage) -> Vec<i64> {
+    page.events.iter().map(|event| event.seq).collect()
+}
+
+/// A log the mock store serves, counting its reads.
+fn log_store(h: &mut Harness, log: Arc<Mutex<Vec<TaskEvent>>>, reads: Arc<AtomicUsize>) {
+    h.tasks
+        .expect_list_events()
+        .returning(move |_, _, after, limit| {
+            reads.fetch_add(1, Ordering::SeqCst);
+            let events = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|event| event.seq > after)
+                .take(limit as usize)
+                .cloned()
+                .collect();
+            Ok(Some(EventPage {
+                events,
+                first_kept: 1,
+            }))
+        });
+}
+
+#[tokio::test]
+async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_once() {
+    let log = Arc::new(Mutex::new((1..=3).map(event).collect::<Vec<_>>()));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    log_store(&mut h, log.clone(), reads.clone());
+    let hub = crate::LocalNotifier::default();
+    let service = h.build_with_hub(hub.clone());
+    let mut watches: Vec<_> = (0..50).map(|_| service.watch(TaskId(1))).collect();
+    // Each stream catches up on the history on its own (the first also places the
+    // task's feed at the log's end).
+    for watch in &watches {
+        let page = service.stream_events(&WHO, watch, 0, 256).await.unwrap();
+        assert_eq!(seqs(&page), vec![1, 2, 3]);
+    }
+
+    log.lock().unwrap().extend([event(4), event(5)]);
+    hub.task_changed(TaskId(1));
+    for watch in &mut watches {
+        watch.changed().await;
+    }
+    let before = reads.load(Ordering::SeqCst);
+    let mut streams = tokio::task::JoinSet::new();
+    for watch in watches.drain(1..) {
+        let service = service.clone();
+        streams.spawn(async move { service.stream_events(&WHO, &watch, 3, 256).await });
+    }
+    let first = service.stream_events(&WHO, &watches[0], 3, 256).await;
+    assert_eq!(seqs(&first.unwrap()), vec![4, 5]);
+    while let Some(page) = streams.join_next().await {
+        assert_eq!(seqs(&page.unwrap().unwrap()), vec![4, 5]);
+    }
+    assert_eq!(
+        reads.load(Ordering::SeqCst) - before,
+        1,
+        "fifty streams, one change, one read"
+    );
+
+    // Nothing new: served from the feed, no read.
+    let page = service
+        .stream_events(&WHO, &watches[0], 5, 256)
+        .await
+        .unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(reads.load(Ordering::SeqCst) - before, 1);
+}
+
+#[tokio::test]
+async fn a_stream_behind_the_feed_reads_its_own_gap_without_a_hole_or_a_repeat() {
+    let log = Arc::new(Mutex::new((1..=2).map(event).collect::<Vec<_>>()));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    log_store(&mut h, log.clone(), reads.clone());
+    let hub = crate::LocalNotifier::default();
+    let service = h.build_with_hub(hub.clone());
+    let mut ahead = service.watch(TaskId(1));
+    let mut behind = service.watch(TaskId(1));
+    service.stream_events(&WHO, &ahead, 0, 256).await.unwrap();
+    // More than the feed keeps arrives while `behind` is still at 1.
+    let last = 2 + crate::feed::FEED_CAPACITY as i64 + 20;
+    log.lock().unwrap().extend((3..=last).map(event));
+    hub.task_changed(TaskId(1));
+    ahead.changed().await;
+    behind.changed().await;
+    let page = service.stream_events(&WHO, &ahead, 2, 256).await.unwrap();
+    assert_eq!(seqs(&page), (3..=last).collect::<Vec<_>>());
+    // Three pages of two for `behind`, from its own cursor: its gap, read from the log.
+    let mut cursor = 1;
+    let mut got = Vec::new();
+    while cursor < last {
+        let page = service
+            .stream_events(&WHO, &behind, cursor, 2)
+            .await
+            .unwrap();
+        assert!(!page.events.is_empty(), "stuck at {cursor}");
+        got.extend(seqs(&page));
+        cursor = *got.last().unwrap();
+    }
+    assert_eq!(got, (2..=last).collect::<Vec<_>>());
+}
