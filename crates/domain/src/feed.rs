@@ -10,9 +10,10 @@
 //! because a stream only ever asks for what follows its own cursor.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
-use crate::model::{EventPage, TaskEvent};
+use crate::model::{AgentId, EventPage, TaskEvent, TaskView};
 
 /// Events a feed keeps: enough for every stream woken by one change (they are all at
 /// the feed's end, or close), small enough that a thousand watched tasks stay cheap.
@@ -25,6 +26,9 @@ pub const FEED_READ: u32 = 256;
 #[derive(Debug, Default)]
 pub struct Feed {
     state: tokio::sync::Mutex<FeedState>,
+    /// The task as its long-polls last read it, and the change count the read began
+    /// at: the task's long-polls woken by one change share one read.
+    view: tokio::sync::Mutex<Option<(u64, TaskView)>>,
 }
 
 /// A page of events served to one stream.
@@ -70,6 +74,29 @@ impl Feed {
     /// The feed's state, locked: one stream reads the store for it at a time.
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, FeedState> {
         self.state.lock().await
+    }
+
+    /// The task's view as of the change count `seen` or later, for `agent`: the last
+    /// one read if it is that fresh and the agent's, else `read`'s (begun at count
+    /// `now()`), which is kept for the task's other long-polls.
+    pub async fn view<E>(
+        &self,
+        agent: AgentId,
+        seen: u64,
+        now: impl FnOnce() -> u64,
+        read: impl Future<Output = Result<TaskView, E>>,
+    ) -> Result<TaskView, E> {
+        let mut kept = self.view.lock().await;
+        if let Some((fresh, view)) = kept.as_ref()
+            && *fresh >= seen
+            && view.task.agent_id == agent
+        {
+            return Ok(view.clone());
+        }
+        let count = now();
+        let view = read.await?;
+        *kept = Some((count, view.clone()));
+        Ok(view)
     }
 }
 

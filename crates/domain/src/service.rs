@@ -13,7 +13,7 @@ use crate::keys;
 use crate::model::*;
 use crate::notify::{LocalNotifier, TaskWatch};
 use crate::page::{Page, PageRequest};
-use crate::ports::{AgentStore, TaskStore, WebhookStore};
+use crate::ports::{AgentStore, TaskNotifier, TaskStore, WebhookStore};
 use crate::validate;
 use crate::webhooks::{self, DeliveryView, DestinationPolicy, WebhookEndpoint, WebhookTarget};
 
@@ -372,14 +372,18 @@ impl TaskService {
             None => None,
         };
         let executor = self.executor.clone();
+        let hub = self.hub.clone();
         self.executor
             .detached(async move {
                 let claimed = claim.await?;
-                // A tool answer that leaves calls unanswered starts no turn.
-                if let Claim::Started(accepted) = &claimed
-                    && accepted.status == TaskStatus::Running
-                {
-                    executor.spawn(started(accepted));
+                if let Claim::Started(accepted) = &claimed {
+                    // Before the answer: a long-poll or a stream of this task sent
+                    // after it sees the change (the new turn, or the answer stored).
+                    hub.task_changed(accepted.task_id);
+                    // A tool answer that leaves calls unanswered starts no turn.
+                    if accepted.status == TaskStatus::Running {
+                        executor.spawn(started(accepted));
+                    }
                 }
                 drop(hold);
                 Ok(claimed)
@@ -477,7 +481,8 @@ impl TaskService {
 
     /// The task once its status is not `running`, or as it is after `wait` (capped at
     /// [`MAX_WAIT`]). Woken by turn changes, never by polling the store: the store is
-    /// read once, then once per wake-up that concerns this task.
+    /// read once, then once per change of this task — once for all of the task's
+    /// long-polls in this process.
     pub async fn wait_task(
         &self,
         who: &Principal,
@@ -488,7 +493,16 @@ impl TaskService {
         let mut watch = self.hub.watch(task_id);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
-            let view = self.get_task(who, task_id).await?;
+            // The task's long-polls woken by one change share one read of it.
+            let view = watch
+                .feed()
+                .view(
+                    who.agent_id,
+                    watch.seen(),
+                    || watch.count_now(),
+                    self.get_task(who, task_id),
+                )
+                .await?;
             if view.status() != TaskStatus::Running || wait.is_zero() {
                 return Ok(view);
             }

@@ -121,3 +121,85 @@ async fn a_stream_behind_the_feed_reads_its_own_gap_without_a_hole_or_a_repeat()
     }
     assert_eq!(got, (2..=last).collect::<Vec<_>>());
 }
+
+/// The store's view of task 3, switchable by the test, counting reads.
+fn view_store(h: &mut Harness, status: Arc<Mutex<TurnStatus>>, reads: Arc<AtomicUsize>) {
+    h.tasks.expect_get_task().returning(move |_, _| {
+        reads.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(view(*status.lock().unwrap())))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_is_read_once_for_every_long_poll_of_its_task() {
+    let status = Arc::new(Mutex::new(TurnStatus::Running));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    view_store(&mut h, status.clone(), reads.clone());
+    let hub = crate::LocalNotifier::default();
+    let service = h.build_with_hub(hub.clone());
+    // Held open like a stream, so the task's feed outlives each long-poll's watch.
+    let _stream = service.watch(TaskId(3));
+    let mut polls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let service = service.clone();
+        polls.spawn(async move {
+            service
+                .wait_task(&WHO, TaskId(3), Duration::from_secs(30))
+                .await
+        });
+    }
+    while hub.watched_tasks() == 0 || reads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        1,
+        "twenty long-polls began with one read"
+    );
+    *status.lock().unwrap() = TurnStatus::Completed;
+    hub.task_changed(TaskId(3));
+    while let Some(view) = polls.join_next().await {
+        assert_eq!(view.unwrap().unwrap().status(), TaskStatus::Completed);
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 2, "one change, one read");
+}
+
+/// A claim is announced before it is answered: a long-poll sent after the answer
+/// sees the new turn, never the task as a long-poll read it before the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_after_a_claim_sees_its_turn_not_an_earlier_read() {
+    let status = Arc::new(Mutex::new(TurnStatus::Completed));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    view_store(&mut h, status.clone(), reads.clone());
+    let claimed = status.clone();
+    h.tasks.expect_append_and_claim().returning(move |_| {
+        *claimed.lock().unwrap() = TurnStatus::Running;
+        Ok(Claim::Started(accepted(3, 31)))
+    });
+    h.tasks
+        .expect_load_turn_input()
+        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+    h.tasks.expect_finish_turn().returning(|_| Ok(true));
+    h.notifier.expect_task_changed().return_const(());
+    h.runner.expect_run().returning(|_, _| Ok(()));
+    let hub = crate::LocalNotifier::default();
+    let service = h.build_with_hub(hub.clone());
+    let _stream = service.watch(TaskId(3));
+    let before = service
+        .wait_task(&WHO, TaskId(3), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(before.status(), TaskStatus::Completed);
+    service
+        .append_message(&WHO, TaskId(3), submit(AGENT), None)
+        .await
+        .unwrap();
+    let after = service
+        .wait_task(&WHO, TaskId(3), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(after.status(), TaskStatus::Running);
+}
