@@ -481,8 +481,8 @@ impl TaskService {
 
     /// The task once its status is not `running`, or as it is after `wait` (capped at
     /// [`MAX_WAIT`]). Woken by turn changes, never by polling the store: the store is
-    /// read once, then once per change of this task — once for all of the task's
-    /// long-polls in this process.
+    /// read once, then once per change of this task — one read for all the task's
+    /// long-polls in this process that the change woke.
     pub async fn wait_task(
         &self,
         who: &Principal,
@@ -492,17 +492,10 @@ impl TaskService {
         // Watch before reading, so a change between the read and the wait is seen.
         let mut watch = self.hub.watch(task_id);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        // Its own first read: it sees whatever was committed before the request, on
+        // any instance, announced here yet or not.
+        let mut view = self.get_task(who, task_id).await?;
         loop {
-            // The task's long-polls woken by one change share one read of it.
-            let view = watch
-                .feed()
-                .view(
-                    who.agent_id,
-                    watch.seen(),
-                    || watch.count_now(),
-                    self.get_task(who, task_id),
-                )
-                .await?;
             if view.status() != TaskStatus::Running || wait.is_zero() {
                 return Ok(view);
             }
@@ -512,6 +505,16 @@ impl TaskService {
             {
                 return Ok(view);
             }
+            // The task's long-polls woken by one change share one read of it.
+            view = watch
+                .feed()
+                .view(
+                    who.agent_id,
+                    watch.seen(),
+                    || watch.count_now(),
+                    self.get_task(who, task_id),
+                )
+                .await?;
         }
     }
 

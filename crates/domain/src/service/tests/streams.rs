@@ -149,27 +149,25 @@ async fn one_change_is_read_once_for_every_long_poll_of_its_task() {
                 .await
         });
     }
-    while hub.watched_tasks() == 0 || reads.load(Ordering::SeqCst) == 0 {
+    // Each begins with a read of its own (it must see what was committed before it,
+    // on any instance).
+    while reads.load(Ordering::SeqCst) < 20 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        reads.load(Ordering::SeqCst),
-        1,
-        "twenty long-polls began with one read"
-    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
     *status.lock().unwrap() = TurnStatus::Completed;
     hub.task_changed(TaskId(3));
     while let Some(view) = polls.join_next().await {
         assert_eq!(view.unwrap().unwrap().status(), TaskStatus::Completed);
     }
-    assert_eq!(reads.load(Ordering::SeqCst), 2, "one change, one read");
+    assert_eq!(reads.load(Ordering::SeqCst), 21, "one change, one read");
 }
 
-/// A claim is announced before it is answered: a long-poll sent after the answer
-/// sees the new turn, never the task as a long-poll read it before the claim.
+/// A long-poll sent after a claim's answer sees the new turn, never the view another
+/// long-poll of the task read and shares (on PostgreSQL the claim may come from
+/// another instance, announced here later: a long-poll's first read is its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_after_a_claim_sees_its_turn_not_an_earlier_read() {
+async fn a_long_poll_after_a_claim_sees_its_turn_not_an_earlier_shared_read() {
     let status = Arc::new(Mutex::new(TurnStatus::Completed));
     let reads = Arc::new(AtomicUsize::new(0));
     let mut h = Harness::new();
