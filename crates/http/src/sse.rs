@@ -5,7 +5,8 @@
 //! whichever instance writes the events. A change is read from the store once for
 //! all the task's streams in this process (`TaskService::stream_events`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -14,6 +15,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use baton_domain::{Principal, TaskEvent, TaskId, TaskService, TaskWatch};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -23,8 +25,8 @@ const PAGE: u32 = 256;
 /// How a stream behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SseOptions {
-    /// A comment line after this long without events keeps proxies from cutting the
-    /// stream (some cut idle streams at about 16 s).
+    /// A comment line this often keeps proxies from cutting the stream (some cut
+    /// idle streams at about 16 s); one ticker per period serves every stream.
     pub heartbeat: Duration,
     /// The reconnection delay suggested to clients (`retry:`).
     pub retry: Duration,
@@ -102,6 +104,36 @@ fn frame(event: &TaskEvent) -> Bytes {
     ))
 }
 
+/// The process's heartbeat ticker for `period`, one for all the streams that use it:
+/// a thread that sleeps and ticks, so an idle stream keeps no timer of its own and a
+/// tick wakes every stream at once. A heartbeat is a comment, sent whether or not the
+/// stream just carried events.
+fn heartbeats(period: Duration) -> watch::Receiver<u64> {
+    static TICKERS: OnceLock<Mutex<HashMap<Duration, watch::Receiver<u64>>>> = OnceLock::new();
+    let mut tickers = TICKERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let ticks = tickers.entry(period).or_insert_with(|| {
+        let (sender, ticks) = watch::channel(0_u64);
+        let started = std::thread::Builder::new()
+            .name("baton-sse-heartbeat".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(period);
+                    sender.send_modify(|tick| *tick = tick.wrapping_add(1));
+                }
+            });
+        if let Err(err) = started {
+            tracing::warn!(error = %err, "could not start the stream heartbeat ticker; streams go without heartbeats");
+        }
+        ticks
+    });
+    let mut mine = ticks.clone();
+    mine.mark_unchanged();
+    mine
+}
+
 /// The cursor points before what the log still keeps: say so instead of skipping.
 fn reset_frame(after: i64, first_kept: i64) -> Bytes {
     let data = json!({"missed_after": after, "first_kept": first_kept});
@@ -117,7 +149,9 @@ struct SseStream {
     cursor: i64,
     until_final: bool,
     watch: TaskWatch,
-    heartbeat: tokio::time::Interval,
+    /// The process's shared ticker for this stream's heartbeat period.
+    heartbeat: watch::Receiver<u64>,
+    ticking: bool,
     pending: VecDeque<Bytes>,
     done: bool,
     closing: tokio_util::sync::CancellationToken,
@@ -175,7 +209,6 @@ impl SseStream {
                         break;
                     }
                 }
-                self.heartbeat.reset();
                 continue;
             }
             // The server is stopping and the log is read to its end: a last comment,
@@ -190,7 +223,11 @@ impl SseStream {
             }
             tokio::select! {
                 _ = self.watch.changed() => {}
-                _ = self.heartbeat.tick() => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
+                ticked = self.heartbeat.changed(), if self.ticking => match ticked {
+                    Ok(()) => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
+                    // The ticker is gone (it could not start): no heartbeats.
+                    Err(_) => self.ticking = false,
+                },
                 _ = self.closing.cancelled() => {}
             }
         }
@@ -211,11 +248,7 @@ pub async fn stream(
     // Watch before the first read, so nothing written in between is missed.
     let watch = tasks.watch(task);
     tasks.events(&who, task, after, 0).await?;
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + options.heartbeat,
-        options.heartbeat,
-    );
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat = heartbeats(options.heartbeat);
     let state = SseStream {
         tasks,
         who,
@@ -223,6 +256,7 @@ pub async fn stream(
         until_final,
         watch,
         heartbeat,
+        ticking: true,
         pending: VecDeque::from([Bytes::from(format!(
             "retry: {}\n\n",
             options.retry.as_millis()
