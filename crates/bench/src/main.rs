@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod fanout;
 mod growth;
 mod limits;
 mod recovery;
@@ -105,6 +106,20 @@ enum Cmd {
         /// Stored tasks, one measurement each; the first and last are compared.
         #[arg(long, value_delimiter = ',', default_values_t = [1_000, 1_000_000])]
         tasks: Vec<usize>,
+    },
+    /// Open many streams over a few settled tasks (SQLite), append one message to
+    /// each task, and time each `final` from its turn's end to its streams. Needs an
+    /// open-files limit above `--streams` (`ulimit -n`).
+    Fanout {
+        #[arg(long, default_value = "target/release/baton")]
+        baton: String,
+        /// The core the server is pinned to (run this tool on another one).
+        #[arg(long, default_value_t = 0)]
+        server_cpu: usize,
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 100)]
+        tasks: usize,
     },
     /// Kill a PostgreSQL instance holding many running turns; time how long a
     /// surviving instance takes to end or take them over.
@@ -640,6 +655,15 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
             tasks,
         } => {
             let results = growth::growth(&baton, server_cpu, &tasks).await?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        Cmd::Fanout {
+            baton,
+            server_cpu,
+            streams,
+            tasks,
+        } => {
+            let results = fanout::fanout(&baton, server_cpu, streams, tasks).await?;
             println!("{}", serde_json::to_string_pretty(&results)?);
         }
         Cmd::Recovery {
