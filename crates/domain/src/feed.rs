@@ -153,8 +153,9 @@ impl FeedState {
         let oldest = self
             .events
             .front()
-            .map_or(read_up_to + 1, |event| event.seq);
-        if cursor + 1 < oldest {
+            .map_or(read_up_to.saturating_add(1), |event| event.seq);
+        // Any cursor a client sends, up to `i64::MAX`, is a cursor.
+        if cursor.saturating_add(1) < oldest {
             return None;
         }
         Some(SharedPage {
@@ -212,6 +213,16 @@ mod tests {
         assert!(
             state.serve(4, 10).is_none(),
             "history is read from the log, not kept"
+        );
+    }
+
+    #[test]
+    fn a_cursor_past_every_event_gets_nothing_not_a_panic() {
+        let mut state = FeedState::default();
+        state.take(0, &events(1..=2), 1, false);
+        assert_eq!(
+            state.serve(i64::MAX, 10).map(|p| seqs(&p)),
+            Some(Vec::new())
         );
     }
 

@@ -328,3 +328,27 @@ async fn streams_are_refused_before_any_byte_when_they_cannot_be_served() {
         assert_eq!(body["error"]["fields"][0]["field"], field);
     }
 }
+
+/// Found by schemathesis: a cursor of `i64::MAX` on a task whose streams share a feed
+/// dropped the connection (an overflow past the last event). It is a cursor like any:
+/// the stream opens and waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_past_every_event_opens_a_stream_that_waits() {
+    let app = TestApp::start().await;
+    let task = app.create_task(&app.token, app.agent, "x").await;
+    app.settled(&app.token, task).await;
+    // A stream that stays open and has read the log to its end: the task's feed is
+    // placed there.
+    let mut follower = open(&app, &app.token, task, "", None).await;
+    while next(&mut follower).await.unwrap().event != "final" {}
+    let mut far = open(
+        &app,
+        &app.token,
+        task,
+        &format!("?after={}", i64::MAX),
+        None,
+    )
+    .await;
+    let waited = tokio::time::timeout(Duration::from_millis(500), far.next()).await;
+    assert!(waited.is_err(), "the stream ended or sent: {waited:?}");
+}
