@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::model::{AgentId, EventPage, TaskEvent, TaskView};
 
@@ -31,10 +31,32 @@ pub struct Feed {
     view: tokio::sync::Mutex<Option<(u64, TaskView)>>,
 }
 
+/// An event as streams share it: the event, and the bytes a stream sends for it, built
+/// by the first stream that sends it and reused by the others.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: TaskEvent,
+    wire: OnceLock<Arc<[u8]>>,
+}
+
+impl SharedEvent {
+    pub fn new(event: TaskEvent) -> Self {
+        SharedEvent {
+            event,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The event's bytes on the wire, built with `build` the first time.
+    pub fn wire(&self, build: impl FnOnce(&TaskEvent) -> Vec<u8>) -> Arc<[u8]> {
+        self.wire.get_or_init(|| build(&self.event).into()).clone()
+    }
+}
+
 /// A page of events served to one stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SharedPage {
-    pub events: Vec<Arc<TaskEvent>>,
+    pub events: Vec<Arc<SharedEvent>>,
     /// The oldest `seq` the log still keeps (see [`EventPage`]).
     pub first_kept: i64,
 }
@@ -50,7 +72,11 @@ impl SharedPage {
 impl From<EventPage> for SharedPage {
     fn from(page: EventPage) -> Self {
         SharedPage {
-            events: page.events.into_iter().map(Arc::new).collect(),
+            events: page
+                .events
+                .into_iter()
+                .map(|event| Arc::new(SharedEvent::new(event)))
+                .collect(),
             first_kept: page.first_kept,
         }
     }
@@ -60,7 +86,7 @@ impl From<EventPage> for SharedPage {
 #[derive(Debug, Default)]
 pub struct FeedState {
     /// Consecutive events read live, oldest first, at most [`FEED_CAPACITY`].
-    events: VecDeque<Arc<TaskEvent>>,
+    events: VecDeque<Arc<SharedEvent>>,
     /// The `seq` up to which the log has been read; `None` until a read reached the
     /// log's end.
     read_up_to: Option<i64>,
@@ -130,7 +156,8 @@ impl FeedState {
             Some(_) => {
                 for event in &page.events {
                     if event.seq > after {
-                        self.events.push_back(Arc::new(event.clone()));
+                        self.events
+                            .push_back(Arc::new(SharedEvent::new(event.clone())));
                     }
                 }
                 while self.events.len() > FEED_CAPACITY {
@@ -153,7 +180,7 @@ impl FeedState {
         let oldest = self
             .events
             .front()
-            .map_or(read_up_to.saturating_add(1), |event| event.seq);
+            .map_or(read_up_to.saturating_add(1), |shared| shared.event.seq);
         // Any cursor a client sends, up to `i64::MAX`, is a cursor.
         if cursor.saturating_add(1) < oldest {
             return None;
@@ -162,7 +189,7 @@ impl FeedState {
             events: self
                 .events
                 .iter()
-                .filter(|event| event.seq > cursor)
+                .filter(|shared| shared.event.seq > cursor)
                 .take(limit as usize)
                 .cloned()
                 .collect(),
@@ -196,7 +223,7 @@ mod tests {
     }
 
     fn seqs(page: &SharedPage) -> Vec<i64> {
-        page.events.iter().map(|event| event.seq).collect()
+        page.events.iter().map(|shared| shared.event.seq).collect()
     }
 
     #[test]

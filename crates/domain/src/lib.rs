@@ -29,7 +29,7 @@ pub use agent_cache::{AGENT_CACHE_FRESHNESS, CachedAgents};
 pub use content::{Content, TextFormat};
 pub use error::{ClaimError, FieldError, ServiceError, StoreError};
 pub use executor::{ExecutorConfig, ShutdownReport, SweepReport, TurnExecutor};
-pub use feed::{Feed, SharedPage};
+pub use feed::{Feed, SharedEvent, SharedPage};
 pub use idempotency::IdempotencyConfig;
 pub use model::*;
 pub use notify::{AgentsChanged, AgentsChangedHook, LocalNotifier, TaskWatch, TurnEndHook};

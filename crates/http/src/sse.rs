@@ -91,17 +91,14 @@ pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
     Ok((after, until_final))
 }
 
-fn frame(event: &TaskEvent) -> Bytes {
+fn frame(event: &TaskEvent) -> Vec<u8> {
     let mut data = event.data.clone();
     if let Value::Object(object) = &mut data {
         object.insert("seq".to_owned(), json!(event.seq));
         object.insert("task_id".to_owned(), json!(event.task_id));
         object.insert("created_at".to_owned(), json!(event.created_at));
     }
-    Bytes::from(format!(
-        "id: {}\nevent: {}\ndata: {data}\n\n",
-        event.seq, event.kind
-    ))
+    format!("id: {}\nevent: {}\ndata: {data}\n\n", event.seq, event.kind).into_bytes()
 }
 
 /// The process's heartbeat ticker for `period`, one for all the streams that use it:
@@ -201,8 +198,11 @@ impl SseStream {
                 continue;
             }
             if !page.events.is_empty() {
-                for event in &page.events {
-                    self.pending.push_back(frame(event));
+                for shared in &page.events {
+                    // Framed once for all the task's streams.
+                    self.pending
+                        .push_back(Bytes::from_owner(shared.wire(frame)));
+                    let event = &shared.event;
                     self.cursor = event.seq;
                     if self.until_final && event.kind.ends_turn() {
                         self.done = true;

@@ -17,7 +17,7 @@ fn event(seq: i64) -> TaskEvent {
 }
 
 fn seqs(page: &crate::feed::SharedPage) -> Vec<i64> {
-    page.events.iter().map(|event| event.seq).collect()
+    page.events.iter().map(|shared| shared.event.seq).collect()
 }
 
 /// A log the mock store serves, counting its reads.
