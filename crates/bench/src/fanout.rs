@@ -28,6 +28,13 @@ pub(crate) async fn fanout(
     streams: usize,
     tasks: usize,
 ) -> anyhow::Result<Value> {
+    let (open_files, _) = rlimit::Resource::NOFILE.get()?;
+    if open_files < streams as u64 + 1000 {
+        bail!(
+            "{streams} streams need more open files than the limit of {open_files} \
+             (the hard limit is the most this tool can raise it to: raise it first)"
+        );
+    }
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let (agent, token) = echo_agent_and_key(baton, &url)?;

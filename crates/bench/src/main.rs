@@ -108,8 +108,7 @@ enum Cmd {
         tasks: Vec<usize>,
     },
     /// Open many streams over a few settled tasks (SQLite), append one message to
-    /// each task, and time each `final` from its turn's end to its streams. Needs an
-    /// open-files limit above `--streams` (`ulimit -n`).
+    /// each task, and time each `final` from its turn's end to its streams.
     Fanout {
         #[arg(long, default_value = "target/release/baton")]
         baton: String,
@@ -617,6 +616,11 @@ fn main() -> anyhow::Result<()> {
 async fn drive(cli: Cli) -> anyhow::Result<()> {
     // reqwest clients need a TLS crypto provider in this workspace (see baton-webhooks).
     baton_test_support::init_tls();
+    // A stream is a descriptor here and one in the server started from here (which
+    // inherits the limit): raise the soft limit on open files to the hard one.
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("could not raise the open-files limit: {err}");
+    }
     match cli.command {
         Cmd::BareServer => bail!("bare-server runs before the Tokio runtime starts"),
         Cmd::Run {
