@@ -143,16 +143,7 @@ pub(crate) async fn fanout(
 
 /// The `seq` of the task's last event (its first turn's end), read from its stream.
 async fn last_seq(target: &Target, task: i64) -> anyhow::Result<i64> {
-    let response = target
-        .http
-        .get(format!(
-            "{}/v1/chat/tasks/{task}/stream?until=final",
-            target.base
-        ))
-        .bearer_auth(&target.token)
-        .send()
-        .await?;
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = std::pin::pin!(target.events_to_final(task).await?);
     let mut last = 0;
     while let Some(event) = events.next().await {
         last = event?.id.parse()?;

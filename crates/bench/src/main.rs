@@ -228,8 +228,18 @@ impl Target {
         Ok(())
     }
 
-    /// Reads the stream to `final`; returns when the first text_delta arrived.
-    async fn stream_to_final(&self, task: i64, started: Instant) -> anyhow::Result<Option<f64>> {
+    /// The task's events from the first to its turn's end (`?until=final`).
+    async fn events_to_final(
+        &self,
+        task: i64,
+    ) -> anyhow::Result<
+        impl futures_util::Stream<
+            Item = Result<
+                eventsource_stream::Event,
+                eventsource_stream::EventStreamError<reqwest::Error>,
+            >,
+        >,
+    > {
         let response = self
             .http
             .get(format!(
@@ -239,7 +249,12 @@ impl Target {
             .bearer_auth(&self.token)
             .send()
             .await?;
-        let mut events = response.bytes_stream().eventsource();
+        Ok(response.bytes_stream().eventsource())
+    }
+
+    /// Reads the stream to `final`; returns when the first text_delta arrived.
+    async fn stream_to_final(&self, task: i64, started: Instant) -> anyhow::Result<Option<f64>> {
+        let mut events = std::pin::pin!(self.events_to_final(task).await?);
         let mut first_delta = None;
         while let Some(event) = events.next().await {
             let event = event?;

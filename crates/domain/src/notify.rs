@@ -70,6 +70,21 @@ fn lock(slots: &Slots) -> MutexGuard<'_, HashMap<TaskId, Slot>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The hook in `slot`, if one is installed (cloned, so it runs without the lock held).
+fn installed<H: Clone>(slot: &RwLock<Option<H>>) -> Option<H> {
+    // A hook is replaced whole: the slot is consistent even if a holder panicked.
+    slot.read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// Installs `hook` in `slot`, replacing any.
+fn install<H>(slot: &RwLock<Option<H>>, hook: H) {
+    *slot
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
+}
+
 impl LocalNotifier {
     pub fn new() -> Self {
         LocalNotifier::default()
@@ -108,32 +123,19 @@ impl LocalNotifier {
     /// waiters and tells this process's executor to stop playing the turn if it is.
     pub fn turn_ended(&self, task: TaskId, turn: TurnId) {
         self.task_changed(task);
-        let hook = self
-            .turn_end
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(hook) = hook {
+        if let Some(hook) = installed(&self.turn_end) {
             hook(turn);
         }
     }
 
     /// Sets what [`LocalNotifier::turn_ended`] calls (one hook; a second replaces it).
     pub fn on_turn_ended(&self, hook: TurnEndHook) {
-        *self
-            .turn_end
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
+        install(&self.turn_end, hook);
     }
 
     /// Another instance changed an agent or a key (or changes may have been missed).
     pub fn agents_changed(&self, change: &AgentsChanged) {
-        let hook = self
-            .agents_changed
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(hook) = hook {
+        if let Some(hook) = installed(&self.agents_changed) {
             hook(change);
         }
     }
@@ -141,10 +143,7 @@ impl LocalNotifier {
     /// Sets what [`LocalNotifier::agents_changed`] calls (one hook; a second replaces
     /// it).
     pub fn on_agents_changed(&self, hook: AgentsChangedHook) {
-        *self
-            .agents_changed
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
+        install(&self.agents_changed, hook);
     }
 
     /// Tasks watched right now (for tests and metrics).

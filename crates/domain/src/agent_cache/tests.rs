@@ -42,6 +42,12 @@ fn agent(name: &str) -> Agent {
     }
 }
 
+/// Whether the cache answers the key as revoked.
+async fn key_revoked(cache: &CachedAgents) -> bool {
+    let found = cache.find_api_key("hash").await.unwrap().unwrap();
+    found.revoked_at.is_some()
+}
+
 /// The store answers the next agent read with an agent named `name`.
 fn reads_agent(store: &mut MockAgentStore, order: &mut Sequence, name: &'static str) {
     store
@@ -173,37 +179,13 @@ async fn another_instance_s_announced_change_is_forgotten_at_once() {
         .times(2)
         .returning(|_| Ok(Some(agent("any"))));
     let cache = CachedAgents::new(Arc::new(store), Duration::from_secs(3600));
-    assert!(
-        cache
-            .find_api_key("hash")
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none()
-    );
+    assert!(!key_revoked(&cache).await);
     cache.get_agent(AgentId(7)).await.unwrap();
     // Another key's change leaves this one alone.
     cache.forget(&crate::AgentsChanged::Key("bk_other".into()));
-    assert!(
-        cache
-            .find_api_key("hash")
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none()
-    );
+    assert!(!key_revoked(&cache).await);
     cache.forget(&crate::AgentsChanged::Key("bk_live".into()));
-    assert!(
-        cache
-            .find_api_key("hash")
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_some()
-    );
+    assert!(key_revoked(&cache).await);
     // Missed announcements: everything is read again.
     cache.forget(&crate::AgentsChanged::Unknown);
     cache.get_agent(AgentId(7)).await.unwrap();
