@@ -546,20 +546,21 @@ impl TaskService {
     ) -> Result<SharedPage, ServiceError> {
         let task_id = watch.task();
         let mut feed = watch.feed().lock().await;
-        if feed.read_up_to().is_none() {
-            // Not placed yet: this stream's own read places it, if it reaches the end.
+        loop {
+            let placed = feed.read_up_to();
+            if placed.is_some() && feed.fresh_for(watch.seen()) {
+                break;
+            }
+            // Not placed yet: this stream's own read places the feed, if it reaches
+            // the log's end.
+            let after = placed.unwrap_or(cursor);
             let count = watch.count_now();
-            let page = self.events(who, task_id, cursor, FEED_READ).await?;
-            let full = page.events.len() == FEED_READ as usize;
-            feed.take(cursor, &page, count, full);
-            return Ok(SharedPage::from(page).limited(limit));
-        }
-        while !feed.fresh_for(watch.seen()) {
-            let count = watch.count_now();
-            let after = feed.read_up_to().unwrap_or(cursor);
             let page = self.events(who, task_id, after, FEED_READ).await?;
             let full = page.events.len() == FEED_READ as usize;
             feed.take(after, &page, count, full);
+            if placed.is_none() {
+                return Ok(SharedPage::from(page).limited(limit));
+            }
         }
         if let Some(page) = feed.serve(cursor, limit) {
             return Ok(page);

@@ -201,3 +201,27 @@ async fn a_long_poll_after_a_claim_sees_its_turn_not_an_earlier_shared_read() {
         .unwrap();
     assert_eq!(after.status(), TaskStatus::Running);
 }
+
+/// A claim is announced in this process before it is answered, so the task's streams
+/// see the new turn at once (on SQLite nothing else would tell them before the
+/// turn's first output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_wakes_the_tasks_watchers_before_it_is_answered() {
+    let mut h = Harness::new();
+    h.tasks
+        .expect_append_and_claim()
+        .returning(|_| Ok(Claim::Started(accepted(3, 31))));
+    let _ended = h.expect_turns_played();
+    h.notifier.expect_task_changed().return_const(());
+    h.runner.expect_run().returning(|_, _| Ok(()));
+    // The executor announces through its own (mocked) notifier: only the claim can
+    // change the hub.
+    let service = h.build();
+    let mut stream = service.watch(TaskId(3));
+    service
+        .append_message(&WHO, TaskId(3), submit(AGENT), None)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(1), stream.changed()).await;
+    assert!(woken.is_ok(), "the watch was not told of the claim");
+}
