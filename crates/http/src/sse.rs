@@ -149,6 +149,8 @@ struct SseStream {
     /// The process's shared ticker for this stream's heartbeat period.
     heartbeat: watch::Receiver<u64>,
     ticking: bool,
+    /// The log was read to its end: wait for a change before reading again.
+    waiting: bool,
     pending: VecDeque<Bytes>,
     done: bool,
     closing: tokio_util::sync::CancellationToken,
@@ -180,6 +182,20 @@ impl SseStream {
             }
             if self.done {
                 return None;
+            }
+            if self.waiting {
+                // Nothing new was found: only a change (or the stop) is worth a read;
+                // a heartbeat is sent without one.
+                tokio::select! {
+                    _ = self.watch.changed() => self.waiting = false,
+                    ticked = self.heartbeat.changed(), if self.ticking => match ticked {
+                        Ok(()) => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
+                        // The ticker is gone (it could not start): no heartbeats.
+                        Err(_) => self.ticking = false,
+                    },
+                    _ = self.closing.cancelled() => self.waiting = false,
+                }
+                continue;
             }
             let page = match self
                 .tasks
@@ -221,15 +237,7 @@ impl SseStream {
                 self.done = true;
                 continue;
             }
-            tokio::select! {
-                _ = self.watch.changed() => {}
-                ticked = self.heartbeat.changed(), if self.ticking => match ticked {
-                    Ok(()) => self.pending.push_back(Bytes::from_static(b": keep-alive\n\n")),
-                    // The ticker is gone (it could not start): no heartbeats.
-                    Err(_) => self.ticking = false,
-                },
-                _ = self.closing.cancelled() => {}
-            }
+            self.waiting = true;
         }
     }
 }
@@ -257,6 +265,7 @@ pub async fn stream(
         watch,
         heartbeat,
         ticking: true,
+        waiting: false,
         pending: VecDeque::from([Bytes::from(format!(
             "retry: {}\n\n",
             options.retry.as_millis()
