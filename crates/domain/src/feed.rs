@@ -139,21 +139,29 @@ impl FeedState {
 
     /// Takes a read of the log after `after`, begun when the hub's count was `count`.
     /// A read that did not reach the log's end (a full page) leaves the feed stale,
-    /// to be read on. The first read places the feed: its events are not kept (they
-    /// are history the reader asked for), only where they end — so an idle feed holds
-    /// nothing.
+    /// to be read on. The first read that reaches the log's end places the feed
+    /// there — at the task's last `seq` as the read saw it, so a read that returned
+    /// nothing (a stream opened at the log's end, or past it) places it too. Its
+    /// events are not kept (they are history the reader asked for): an idle feed
+    /// holds nothing.
     pub fn take(&mut self, after: i64, page: &EventPage, count: u64, full: bool) {
         self.first_kept = page.first_kept;
+        let last_read = page.events.last().map(|event| event.seq);
+        // How far the log is now read: to the page's end if more follow, else to the
+        // log's end.
+        let reached = if full {
+            last_read
+        } else {
+            Some(last_read.map_or(page.last_seq, |seq| seq.max(page.last_seq)))
+        };
         match self.read_up_to {
             None => {
-                // Placed only where the log really ends: a read past its end (a
-                // cursor ahead of the log) says nothing about where that is.
-                if let (Some(last), false) = (page.events.last(), full) {
-                    self.read_up_to = Some(last.seq);
+                if !full {
+                    self.read_up_to = reached;
                     self.fresh_at = Some(count);
                 }
             }
-            Some(_) => {
+            Some(up_to) => {
                 for event in &page.events {
                     if event.seq > after {
                         self.events
@@ -163,9 +171,7 @@ impl FeedState {
                 while self.events.len() > FEED_CAPACITY {
                     self.events.pop_front();
                 }
-                if let Some(last) = page.events.last() {
-                    self.read_up_to = Some(last.seq);
-                }
+                self.read_up_to = reached.map(|seq| seq.max(up_to)).or(Some(up_to));
                 if !full {
                     self.fresh_at = Some(count);
                 }
@@ -209,6 +215,7 @@ mod tests {
     fn events(seqs: std::ops::RangeInclusive<i64>) -> EventPage {
         EventPage {
             events: seqs
+                .clone()
                 .map(|seq| TaskEvent {
                     task_id: TaskId(1),
                     seq,
@@ -219,6 +226,7 @@ mod tests {
                 })
                 .collect(),
             first_kept: 1,
+            last_seq: *seqs.end(),
         }
     }
 
@@ -254,17 +262,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_page_or_an_empty_one_does_not_place_a_feed() {
+    fn a_full_page_does_not_place_a_feed_and_an_empty_one_places_it_at_the_log_end() {
         let mut state = FeedState::default();
         state.take(0, &events(1..=5), 1, true);
-        assert_eq!(state.read_up_to(), None);
+        assert_eq!(state.read_up_to(), None, "more may follow a full page");
         let empty = EventPage {
             events: Vec::new(),
             first_kept: 1,
+            last_seq: 5,
         };
         state.take(99, &empty, 1, false);
-        assert_eq!(state.read_up_to(), None, "a cursor past the log's end");
-        assert!(!state.fresh_for(0));
+        assert_eq!(state.read_up_to(), Some(5), "a cursor past the log's end");
+        assert!(state.fresh_for(1));
+        assert_eq!(state.serve(99, 10).map(|p| seqs(&p)), Some(Vec::new()));
+        assert_eq!(state.serve(5, 10).map(|p| seqs(&p)), Some(Vec::new()));
+        assert!(state.serve(4, 10).is_none(), "history is read from the log");
     }
 
     #[test]

@@ -263,6 +263,9 @@ pub struct EventPage {
     /// The oldest `seq` still kept; a cursor before `first_kept - 1` has missed
     /// pruned events.
     pub first_kept: i64,
+    /// The task's last `seq` (where its log ends), read before the events: a page
+    /// that is not full holds every event after the cursor up to it.
+    pub last_seq: i64,
 }
 
 /// One step of a running turn's output, recorded in order.

@@ -1994,6 +1994,20 @@ async fn events_page_after_a_cursor_and_report_pruning(store: Arc<impl Store>) {
         [3, 4]
     );
     assert_eq!(page.first_kept, 1);
+    assert_eq!(
+        page.last_seq, 5,
+        "where the log ends, also on a partial page"
+    );
+    let past_the_end = store
+        .list_events(a.id, t.task_id, 1_000, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(past_the_end.events.is_empty());
+    assert_eq!(
+        past_the_end.last_seq, 5,
+        "and when nothing follows the cursor"
+    );
     let rest = store
         .list_events(a.id, t.task_id, 4, 100)
         .await

@@ -104,6 +104,7 @@ pub(crate) async fn list_events(
         Ok::<_, TxError>(Some(EventPage {
             events,
             first_kept: first.unwrap_or(last_seq + 1),
+            last_seq,
         }))
     }
     .await

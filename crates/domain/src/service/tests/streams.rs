@@ -26,9 +26,9 @@ fn log_store(h: &mut Harness, log: Arc<Mutex<Vec<TaskEvent>>>, reads: Arc<Atomic
         .expect_list_events()
         .returning(move |_, _, after, limit| {
             reads.fetch_add(1, Ordering::SeqCst);
+            let log = log.lock().unwrap();
+            let last_seq = log.last().map_or(0, |event| event.seq);
             let events = log
-                .lock()
-                .unwrap()
                 .iter()
                 .filter(|event| event.seq > after)
                 .take(limit as usize)
@@ -37,6 +37,7 @@ fn log_store(h: &mut Harness, log: Arc<Mutex<Vec<TaskEvent>>>, reads: Arc<Atomic
             Ok(Some(EventPage {
                 events,
                 first_kept: 1,
+                last_seq,
             }))
         });
 }
@@ -86,6 +87,53 @@ async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_o
         .unwrap();
     assert!(page.events.is_empty());
     assert_eq!(reads.load(Ordering::SeqCst) - before, 1);
+}
+
+/// The common case of a chat front end: every stream opens at the log's end (a client
+/// resuming with `Last-Event-ID`, or `?after=` the last `seq` it saw), so no stream's
+/// first read returns an event. The feed is placed by where the log ends, not by the
+/// last event a read returned: the streams' opening reads and the change are each
+/// read once, not once per stream.
+#[tokio::test]
+async fn streams_that_open_at_the_log_end_share_their_reads_before_and_after_a_change() {
+    let log = Arc::new(Mutex::new((1..=3).map(event).collect::<Vec<_>>()));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = Harness::new();
+    log_store(&mut h, log.clone(), reads.clone());
+    let hub = crate::LocalNotifier::default();
+    let service = h.build_with_hub(hub.clone());
+    let mut watches: Vec<_> = (0..50).map(|_| service.watch(TaskId(1))).collect();
+    for watch in &watches {
+        let page = service.stream_events(&WHO, watch, 3, 256).await.unwrap();
+        assert!(page.events.is_empty());
+    }
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        1,
+        "fifty streams open, one read"
+    );
+    // A cursor past the log's end is served from the feed too: nothing, no read.
+    let page = service
+        .stream_events(&WHO, &watches[0], 1_000_000, 256)
+        .await
+        .unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+
+    log.lock().unwrap().extend([event(4), event(5)]);
+    hub.task_changed(TaskId(1));
+    for watch in &mut watches {
+        watch.changed().await;
+    }
+    for watch in &watches {
+        let page = service.stream_events(&WHO, watch, 3, 256).await.unwrap();
+        assert_eq!(seqs(&page), vec![4, 5]);
+    }
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        2,
+        "fifty streams, one change, one read"
+    );
 }
 
 #[tokio::test]
