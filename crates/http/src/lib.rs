@@ -126,6 +126,7 @@ pub fn serve(
                 .keep_alive(actix_http::KeepAlive::default())
                 .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
                 .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .h1_write_buffer_size(WRITE_BUFFER_BYTES)
                 .h1_allow_half_closed(true)
                 .finish(map_config(
                     app.into_factory()
@@ -152,5 +153,11 @@ pub fn serve(
 
 /// How long a client has to send a request's head (actix-web's default).
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of response a connection queues before it stops producing more and waits for
+/// the client to take them: the size of actix-http's first write buffer (8 KiB), so
+/// a stream whose client reads slowly never grows it (actix-http's default, 32 KiB,
+/// would let each slow stream hold four times as much). A JSON answer is one chunk
+/// and is written whole whatever this is.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// How long a closing connection is given to shut down (actix-web's default).
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
