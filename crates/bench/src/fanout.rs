@@ -1,122 +1,96 @@
-//! `baton-bench fanout`: many streams on a few tasks, one new turn on each task; how
-//! long after each turn's end its `final` event reaches every stream of the task.
+//! `baton-bench fanout`: many streams on a few tasks. What the open streams cost the
+//! server while idle (memory, CPU, the latency of other requests), then one new turn
+//! on each task: how long after each turn's end its `final` event reaches every
+//! stream of the task.
+//!
+//! On PostgreSQL two instances run: the turns on one, every stream on the other, so
+//! each `final` crosses instances through the database's notifications.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
-use eventsource_stream::Eventsource;
+use anyhow::bail;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::{Target, echo_agent_and_key, percentiles, start_server};
+use crate::streams::{core_share, cpu_seconds, open, rss_kib};
+use crate::{Backend, Target, echo_agent_and_key, ms, percentiles, start_server};
 
-/// Streams opened at once while connecting (the server accepts them one by one).
-const CONNECTING: usize = 200;
+/// What one fan-out run does.
+pub(crate) struct Fanout {
+    pub(crate) database: Backend,
+    pub(crate) streams: usize,
+    pub(crate) tasks: usize,
+    /// How long the streams are held idle while the server's CPU is measured (at least
+    /// one heartbeat period, 15 s, to include the heartbeats).
+    pub(crate) idle: Duration,
+    /// `GET` task requests made one after another while the streams are idle.
+    pub(crate) gets: usize,
+}
 
-/// How long connecting every stream may take.
-const CONNECT_WITHIN: Duration = Duration::from_secs(300);
-
-/// Opens `streams` streams spread over `tasks` settled tasks (each positioned at its
-/// task's end), appends one message to every task, and measures, per stream, the
-/// time from the turn's end (the `final` event's `created_at`) to the stream
-/// receiving it.
-pub(crate) async fn fanout(
-    baton: &str,
-    cpu: usize,
-    streams: usize,
-    tasks: usize,
-) -> anyhow::Result<Value> {
+pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Result<Value> {
     let (open_files, _) = rlimit::Resource::NOFILE.get()?;
-    if open_files < streams as u64 + 1000 {
+    if open_files < run.streams as u64 + 1000 {
         bail!(
-            "{streams} streams need more open files than the limit of {open_files} \
-             (the hard limit is the most this tool can raise it to: raise it first)"
+            "{} streams need more open files than the limit of {open_files} \
+             (the hard limit is the most this tool can raise it to: raise it first)",
+            run.streams
         );
     }
     let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let pg = match run.database {
+        Backend::Sqlite => None,
+        // fsync and synchronous commit on, as a production server has them.
+        Backend::Postgres => {
+            Some(tokio::task::spawn_blocking(baton_test_support::TestDatabase::durable).await?)
+        }
+    };
+    let url = match &pg {
+        Some(db) => db.url().to_owned(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
     let (agent, token) = echo_agent_and_key(baton, &url)?;
-    let server = start_server(baton, &url, cpu, &[])?;
+    let turns_server = start_server(baton, &url, cpu, &[])?;
+    let other_server = match run.database {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(start_server(baton, &url, cpu, &[])?),
+    };
+    let watched = other_server.as_ref().unwrap_or(&turns_server);
+    let watched_pid = watched.child.id();
     let target = Target {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?,
-        base: server.base.clone(),
+        base: turns_server.base.clone(),
         token,
         agent,
     };
-    let mut ids = Vec::with_capacity(tasks);
-    for _ in 0..tasks {
+    let mut ids = Vec::with_capacity(run.tasks);
+    for _ in 0..run.tasks {
         ids.push(target.create().await?);
     }
-    let mut ends = Vec::with_capacity(tasks);
+    let mut ends = Vec::with_capacity(run.tasks);
     for id in &ids {
         target.wait_done(*id).await?;
         ends.push(last_seq(&target, *id).await?);
     }
-    let tasks_and_ends: Arc<Vec<(i64, i64)>> = Arc::new(ids.iter().copied().zip(ends).collect());
+    let tasks_and_ends: Vec<(i64, i64)> = ids.iter().copied().zip(ends).collect();
 
-    // Connect every stream, positioned at its task's end, then wait for them all.
-    let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
-    let mut readers = tokio::task::JoinSet::new();
-    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
-    for i in 0..streams {
-        let (task, end) = tasks_and_ends[i % tasks_and_ends.len()];
-        let (base, token) = (target.base.clone(), target.token.clone());
-        let connected = connected_tx.clone();
-        let gate = gate.clone();
-        readers.spawn(async move {
-            let permit = gate.acquire_owned().await?;
-            let response = reqwest::Client::new()
-                .get(format!(
-                    "{base}/v1/chat/tasks/{task}/stream?after={end}&until=final"
-                ))
-                .bearer_auth(&token)
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                bail!("stream of task {task}: {}", response.status());
-            }
-            let mut events = response.bytes_stream().eventsource();
-            drop(permit);
-            connected.send(()).await.ok();
-            while let Some(event) = events.next().await {
-                let event = event?;
-                if event.event == "final" {
-                    let data: Value = serde_json::from_str(&event.data)?;
-                    let ended: DateTime<Utc> = data["created_at"]
-                        .as_str()
-                        .context("final without created_at")?
-                        .parse()?;
-                    let late = Utc::now() - ended;
-                    return Ok(late.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
-                }
-            }
-            bail!("stream of task {task} ended without final")
-        });
-    }
-    drop(connected_tx);
-    let connecting = Instant::now();
-    let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
-    for _ in 0..streams {
-        tokio::select! {
-            connected = connected_rx.recv() => connected.context("the streams stopped connecting")?,
-            // A stream that ends before the messages are sent failed.
-            Some(ended) = readers.join_next() => {
-                ended??;
-                bail!("a stream ended before any message was sent");
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                bail!("streams still connecting after {CONNECT_WITHIN:?}")
-            }
-        }
-    }
-    let connect_seconds = connecting.elapsed().as_secs_f64();
-    // Every stream has read its `retry:` hint; let the server settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_kib(watched_pid)?;
+    // Every stream positioned at its task's end.
+    let positions = (0..run.streams).map(|i| tasks_and_ends[i % tasks_and_ends.len()]);
+    let mut streams = open(&watched.base, &target.token, positions).await?;
+    // Every stream has its `retry:` hint; let the server settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_with_streams = rss_kib(watched_pid)?;
+    let idle_share = core_share(watched_pid, run.idle).await?;
+    let gets = get_latencies(&target, &watched.base, &ids, run.gets).await?;
 
+    let cpu_before = [
+        cpu_seconds(turns_server.child.id())?,
+        cpu_seconds(watched_pid)?,
+        cpu_seconds(std::process::id())?,
+    ];
     let appending = Instant::now();
     let mut appends = tokio::task::JoinSet::new();
     for id in ids {
@@ -126,19 +100,64 @@ pub(crate) async fn fanout(
     while let Some(appended) = appends.join_next().await {
         appended??;
     }
-    let mut late = Vec::with_capacity(streams);
-    while let Some(got) = readers.join_next().await {
+    let mut late = Vec::with_capacity(run.streams);
+    while let Some(got) = streams.readers.join_next().await {
         late.push(got??);
     }
     let all_seconds = appending.elapsed().as_secs_f64();
-    drop(server);
+    // Whose CPU the fan-out took: if the load generator's share is near one core, the
+    // delays measure it rather than the server.
+    let used = |pid: u32, before: f64| -> anyhow::Result<f64> { Ok(cpu_seconds(pid)? - before) };
+    let fanout_cpu = json!({
+        "turns_server_s": used(turns_server.child.id(), cpu_before[0])?,
+        "watched_server_s": used(watched_pid, cpu_before[1])?,
+        "load_generator_s": used(std::process::id(), cpu_before[2])?,
+    });
+    drop(other_server);
+    drop(turns_server);
     Ok(json!({
-        "streams": streams,
-        "tasks": tasks,
-        "connect_seconds": connect_seconds,
+        "database": match run.database { Backend::Sqlite => "sqlite", Backend::Postgres => "postgres" },
+        "instances": if pg.is_some() { 2 } else { 1 },
+        "streams": run.streams,
+        "tasks": run.tasks,
+        "open_seconds": streams.open_seconds,
+        "rss_before_kib": rss_before,
+        "rss_with_streams_kib": rss_with_streams,
+        "bytes_per_idle_stream":
+            (rss_with_streams.saturating_sub(rss_before) * 1024) as f64 / run.streams as f64,
+        "idle_seconds": run.idle.as_secs_f64(),
+        "idle_core_share": idle_share,
+        "get_task_ms_while_open": gets,
         "all_final_seconds": all_seconds,
+        "cpu_during_fanout": fanout_cpu,
         "final_after_turn_end_ms": percentiles(late),
     }))
+}
+
+/// `count` `GET /v1/chat/tasks/{id}` on `base`, one after another over `tasks`.
+async fn get_latencies(
+    target: &Target,
+    base: &str,
+    tasks: &[i64],
+    count: usize,
+) -> anyhow::Result<Value> {
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let task = tasks[i % tasks.len()];
+        let t0 = Instant::now();
+        let response = target
+            .http
+            .get(format!("{base}/v1/chat/tasks/{task}"))
+            .bearer_auth(&target.token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET task {task}: {}", response.status());
+        }
+        response.bytes().await?;
+        latencies.push(ms(t0));
+    }
+    Ok(json!({"requests": count, "latency_ms": percentiles(latencies)}))
 }
 
 /// The `seq` of the task's last event (its first turn's end), read from its stream.

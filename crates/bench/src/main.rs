@@ -28,6 +28,7 @@ mod fanout;
 mod growth;
 mod limits;
 mod recovery;
+mod streams;
 
 #[derive(Debug, Parser)]
 #[command(name = "baton-bench")]
@@ -107,11 +108,15 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_values_t = [1_000, 1_000_000])]
         tasks: Vec<usize>,
     },
-    /// Open many streams over a few settled tasks (SQLite), append one message to
-    /// each task, and time each `final` from its turn's end to its streams.
+    /// Open many streams over a few settled tasks; measure what they cost the server
+    /// while idle; append one message to each task and time each `final` from its
+    /// turn's end to its streams. On PostgreSQL, two instances: the streams on the
+    /// other one than the turns.
     Fanout {
         #[arg(long, default_value = "target/release/baton")]
         baton: String,
+        #[arg(long, value_enum, default_value = "sqlite")]
+        database: Backend,
         /// The core the server is pinned to (run this tool on another one).
         #[arg(long, default_value_t = 0)]
         server_cpu: usize,
@@ -119,6 +124,12 @@ enum Cmd {
         streams: usize,
         #[arg(long, default_value_t = 100)]
         tasks: usize,
+        /// Seconds the streams are held idle while the server's CPU is measured.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+        /// `GET` task requests timed one after another while the streams are open.
+        #[arg(long, default_value_t = 1000)]
+        gets: usize,
     },
     /// Kill a PostgreSQL instance holding many running turns; time how long a
     /// surviving instance takes to end or take them over.
@@ -345,16 +356,6 @@ async fn run(
     })
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
 /// A baton server started for the suite; stopped when dropped.
 struct Server {
     child: Child,
@@ -426,8 +427,12 @@ fn start_pinned(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
+    // A profiler to run the server under (`heaptrack`, `strace -c -f`), if asked.
+    let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
     let mut child = Command::new("taskset")
-        .args(["-c", &cpu.to_string(), program])
+        .args(["-c", &cpu.to_string()])
+        .args(wrapper.split_whitespace())
+        .arg(program)
         .args(args)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
@@ -460,48 +465,13 @@ async fn idle_streams(target: &Target, pid: u32, count: usize) -> anyhow::Result
         target.wait_done(*id).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kib(pid)?;
-    let opened = Arc::new(AtomicUsize::new(0));
-    let mut holders = Vec::new();
-    let ids = Arc::new(ids);
-    let (release, _) = tokio::sync::broadcast::channel::<()>(1);
-    for worker in 0..100 {
-        let target = target.clone();
-        let ids = ids.clone();
-        let opened = opened.clone();
-        let mut release = release.subscribe();
-        holders.push(tokio::spawn(async move {
-            let mut open = Vec::new();
-            for i in (worker..count).step_by(100) {
-                let task = ids[i % ids.len()];
-                let client = reqwest::Client::new();
-                let response = client
-                    .get(format!(
-                        "{}/v1/chat/tasks/{task}/stream?after=1000000",
-                        target.base
-                    ))
-                    .bearer_auth(&target.token)
-                    .send()
-                    .await?;
-                let mut body = response.bytes_stream();
-                // The `retry:` line shows the stream is up.
-                body.next().await;
-                open.push(body);
-                opened.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = release.recv().await;
-            anyhow::Ok(open.len())
-        }));
-    }
-    while opened.load(Ordering::Relaxed) < count {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let before = streams::rss_kib(pid)?;
+    // Past every task's end: the streams stay idle.
+    let positions = (0..count).map(|i| (ids[i % ids.len()], 1_000_000));
+    let open = streams::open(&target.base, &target.token, positions).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let with_streams = rss_kib(pid)?;
-    let _ = release.send(());
-    for holder in holders {
-        holder.await??;
-    }
+    let with_streams = streams::rss_kib(pid)?;
+    drop(open);
     Ok(json!({
         "streams": count,
         "rss_before_kib": before,
@@ -543,7 +513,7 @@ async fn suite(
     // Warm up, then the idle figure.
     run(&target, Scenario::Roundtrip, 4, 100, 1).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = rss_kib(pid)?;
+    let idle_rss = streams::rss_kib(pid)?;
     let mut reports = Vec::new();
     for scenario in [
         Scenario::Accept,
@@ -678,11 +648,21 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Fanout {
             baton,
+            database,
             server_cpu,
             streams,
             tasks,
+            idle_seconds,
+            gets,
         } => {
-            let results = fanout::fanout(&baton, server_cpu, streams, tasks).await?;
+            let run = fanout::Fanout {
+                database,
+                streams,
+                tasks,
+                idle: Duration::from_secs(idle_seconds),
+                gets,
+            };
+            let results = fanout::fanout(&baton, server_cpu, &run).await?;
             println!("{}", serde_json::to_string_pretty(&results)?);
         }
         Cmd::Recovery {
