@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use crate::streams::{core_share, cpu_seconds, open, rss_kib};
 use crate::{Backend, Target, echo_agent_and_key, ms, percentiles, start_server};
 
+/// Messages appended at once.
+const APPENDING: usize = 64;
+
 /// What one fan-out run does.
 pub(crate) struct Fanout {
     pub(crate) database: Backend,
@@ -92,13 +95,16 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
         cpu_seconds(std::process::id())?,
     ];
     let appending = Instant::now();
-    let mut appends = tokio::task::JoinSet::new();
-    for id in ids {
-        let target = target.clone();
-        appends.spawn(async move { target.append(id).await });
-    }
-    while let Some(appended) = appends.join_next().await {
-        appended??;
+    // A bounded number at once: each is a connection, and with as many streams as
+    // the open-files limit allows, a burst of a thousand would not fit under it.
+    let mut appends = futures_util::stream::iter(ids)
+        .map(|id| {
+            let target = target.clone();
+            async move { target.append(id).await }
+        })
+        .buffer_unordered(APPENDING);
+    while let Some(appended) = appends.next().await {
+        appended?;
     }
     let mut late = Vec::with_capacity(run.streams);
     while let Some(got) = streams.readers.join_next().await {
