@@ -224,7 +224,7 @@ pub(crate) async fn create_agent(
 #[utoipa::path(get, path = "/v1/admin/agents", tag = "admin",
     summary = "List agents",
     params(PageParams),
-    responses((status = 200, body = PageBody<AgentBody>)),
+    responses((status = 200, description = "A page of agents, oldest first.", body = PageBody<AgentBody>)),
     security(("admin_token" = [])))]
 pub(crate) async fn list_agents(
     state: web::Data<ApiState>,
@@ -238,7 +238,7 @@ pub(crate) async fn list_agents(
 #[utoipa::path(get, path = "/v1/admin/agents/{agent_id}", tag = "admin",
     summary = "Get an agent",
     params(AgentIdParam),
-    responses((status = 200, body = AgentBody)),
+    responses((status = 200, description = "The agent.", body = AgentBody)),
     security(("admin_token" = [])))]
 pub(crate) async fn get_agent(
     state: web::Data<ApiState>,
@@ -254,7 +254,7 @@ pub(crate) async fn get_agent(
     description = "Absent fields stay as they are; policy fields merge into the current policy; `webhook: null` removes the default webhook. Running turns keep the policy they started with.",
     params(AgentIdParam),
     request_body = UpdateAgentBody,
-    responses((status = 200, body = AgentBody)),
+    responses((status = 200, description = "The agent as changed.", body = AgentBody)),
     security(("admin_token" = [])))]
 pub(crate) async fn update_agent(
     state: web::Data<ApiState>,
@@ -290,7 +290,7 @@ pub struct CreatedKeyBody {
     summary = "Create a key",
     description = "A new API key for the agent. The key is in this answer only; the server keeps its hash.",
     params(AgentIdParam),
-    responses((status = 201, body = CreatedKeyBody)),
+    responses((status = 201, description = "The new key, shown this once.", body = CreatedKeyBody)),
     security(("admin_token" = [])))]
 pub(crate) async fn create_key(
     state: web::Data<ApiState>,
@@ -308,7 +308,7 @@ pub(crate) async fn create_key(
     summary = "List an agent's keys",
     description = "Prefixes and dates, revoked keys included; never a secret.",
     params(AgentIdParam),
-    responses((status = 200, body = DataBody<KeyBody>)),
+    responses((status = 200, description = "The agent's keys.", body = DataBody<KeyBody>)),
     security(("admin_token" = [])))]
 pub(crate) async fn list_keys(
     state: web::Data<ApiState>,
@@ -354,7 +354,7 @@ pub struct RedeliveryBody {
     summary = "Redeliver a webhook",
     description = "Starts a new round of attempts for a delivery (delivered or failed), with the same webhook id.",
     params(("delivery_id" = i64, Path, description = "The delivery's id, as listed by the task's webhook deliveries.")),
-    responses((status = 202, body = RedeliveryBody)),
+    responses((status = 202, description = "Accepted: a new round of attempts is queued.", body = RedeliveryBody)),
     security(("admin_token" = [])))]
 pub(crate) async fn redeliver(
     state: web::Data<ApiState>,

@@ -46,7 +46,7 @@ pub(crate) async fn metrics(
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     summary = "Liveness",
     description = "The process is up and serving HTTP. Answered even while the instance stops; it checks nothing else.",
-    responses((status = 200, body = StatusBody, example = json!({"status": "ok"}))))]
+    responses((status = 200, description = "The process serves HTTP.", body = StatusBody, example = json!({"status": "ok"}))))]
 pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(StatusBody { status: "ok" })
 }
@@ -56,7 +56,7 @@ pub(crate) async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     summary = "Readiness",
     description = "The instance should get traffic: its database is reachable and carries every migration this build knows, it is not stopping, and no write failed for want of space (or a read-only database) in the last 10 s. Otherwise 503, with the reason in the message.",
-    responses((status = 200, body = StatusBody, example = json!({"status": "ready"}))))]
+    responses((status = 200, description = "Ready: the database answers and is migrated.", body = StatusBody, example = json!({"status": "ready"}))))]
 pub(crate) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     if state.shutdown.draining.is_cancelled() {
         return Err(ApiError::new(
@@ -213,7 +213,7 @@ pub(crate) async fn get_file(
     summary = "The task's webhook deliveries",
     description = "Every webhook delivery of the task's turns, newest first, with each attempt's status code, latency and error.",
     params(TaskIdParam),
-    responses((status = 200, body = DataBody<DeliveryView>)),
+    responses((status = 200, description = "The task's webhook deliveries with their attempts.", body = DataBody<DeliveryView>)),
     security(("agent_key" = [])))]
 pub(crate) async fn list_deliveries(
     state: web::Data<ApiState>,
@@ -245,7 +245,7 @@ pub(crate) async fn cancel(
     summary = "Get a task (long-poll with `wait`)",
     description = "The task with its latest turn and latest agent message. With `wait=N` the answer waits up to N seconds (at most 60) for the task to leave `running`.",
     params(TaskIdParam, WaitParam),
-    responses((status = 200, body = TaskBody)),
+    responses((status = 200, description = "The task; with `wait`, once it left `running` or the wait ended.", body = TaskBody)),
     security(("agent_key" = [])))]
 pub(crate) async fn get_task(
     state: web::Data<ApiState>,
@@ -266,7 +266,7 @@ pub(crate) async fn get_task(
     summary = "List the agent's tasks",
     description = "The key's agent's tasks, newest first, a page at a time.",
     params(PageParams),
-    responses((status = 200, body = PageBody<TaskBody>)),
+    responses((status = 200, description = "A page of the agent's tasks, newest first.", body = PageBody<TaskBody>)),
     security(("agent_key" = [])))]
 pub(crate) async fn list_tasks(
     state: web::Data<ApiState>,
@@ -282,7 +282,7 @@ pub(crate) async fn list_tasks(
     summary = "A task's history",
     description = "The task's messages, oldest first, a page at a time. A message being streamed has `streaming_status: in_progress`.",
     params(TaskIdParam, PageParams),
-    responses((status = 200, body = PageBody<Message>)),
+    responses((status = 200, description = "A page of the task's messages, oldest first.", body = PageBody<Message>)),
     security(("agent_key" = [])))]
 pub(crate) async fn list_messages(
     state: web::Data<ApiState>,

@@ -231,3 +231,25 @@ async fn the_document_and_the_docs_page_are_served_without_network() {
     .await;
     assert_envelope(status, &headers, &body, StatusCode::NOT_FOUND, "not_found");
 }
+
+/// The document as a third-party validator reads it: `openapi-spec-validator` (PyPI,
+/// pinned in `baton_test_support::python`), every error reported.
+#[test]
+fn the_document_is_valid_openapi_3_1_for_openapi_spec_validator() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&document()).unwrap()).unwrap();
+    let output = std::process::Command::new(
+        baton_test_support::python::bin().join("openapi-spec-validator"),
+    )
+    .args(["--schema", "3.1", "--validation-errors", "all"])
+    .arg(&path)
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "openapi-spec-validator rejects the document:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -209,7 +209,7 @@ impl PythonAgent {
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/agents/python/agent.py"
         );
-        let mut child = std::process::Command::new(baton_test_support::standard_webhooks::python())
+        let mut child = std::process::Command::new(baton_test_support::python::python())
             .arg(script)
             .args(["--port", "0"])
             .env("AGENT_SECRET", secret)
