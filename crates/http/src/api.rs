@@ -54,8 +54,9 @@ macro_rules! api {
             errors: &[$($errors),*],
         },)+)+];
 
-        /// Registers every route; a known path with another method is a 405 envelope.
-        pub fn configure(cfg: &mut web::ServiceConfig) {
+        /// Registers every route of the table; a known path with another method is a
+        /// 405 envelope.
+        fn configure_table(cfg: &mut web::ServiceConfig) {
             $(cfg.service(
                 web::resource($path)
                     $(.route(web::$method().to($handler)))+
@@ -71,7 +72,6 @@ api! {
     "/metrics" { get => routes::metrics, errors: [&[NotFound]]; }
     "/openapi.json" { get => openapi::document, errors: [&[ShuttingDown]]; }
     "/docs" { get => openapi::docs_root, errors: [&[ShuttingDown]]; }
-    "/docs/" { get => openapi::docs_dir, errors: [&[ShuttingDown]]; }
     "/docs/{file}" { get => openapi::docs_file, errors: [&[ShuttingDown, NotFound]]; }
     "/v1/chat/tasks" {
         post => routes::create_task, errors: [KEYED, JSON_BODY, &[AgentNotFound, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
@@ -114,6 +114,20 @@ api! {
     "/v1/admin/webhook-deliveries/{delivery_id}/redeliver" {
         post => admin::redeliver, errors: [ADMIN];
     }
+}
+
+/// Paths that only lead to a described route and are left out of the document (a
+/// trailing slash is an error to OpenAPI linters): `/docs/` redirects as `/docs` does.
+pub const ALIASES: &[&str] = &["/docs/"];
+
+/// Registers every route, and the aliases.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    configure_table(cfg);
+    cfg.service(
+        web::resource(ALIASES[0])
+            .route(web::get().to(openapi::docs_root))
+            .default_service(web::to(routes::method_not_allowed)),
+    );
 }
 
 impl Route {

@@ -299,8 +299,7 @@ pub(crate) async fn list_messages(
     summary = "The task's events (Server-Sent Events)",
     description = "The task's event log as Server-Sent Events: `turn_started`, `text_delta`, `message`, `final`, `error`, `cancelled`, each with its `id` (the event's `seq`). Reconnect with `Last-Event-ID` (or `?after=`) to resume exactly after the last event seen. Without `until=final` the stream stays open for the task's next turns (comment heartbeats keep it alive). See docs/api.md for each event's data.",
     params(TaskIdParam, StreamParams),
-    responses((status = 200, description = "An event stream: each event as `StreamEvent` describes it.", content_type = "text/event-stream", body = crate::sse::schema::StreamEvent,
-        example = "retry: 2000\n\nid: 3\nevent: text_delta\ndata: {\"turn_id\":1,\"message_id\":2,\"delta\":\"Hel\",\"seq\":3,\"task_id\":1,\"created_at\":\"2026-11-22T19:29:53.004211Z\"}\n\n")),
+    responses((status = 200, description = "An event stream; each event's `data` is as `StreamEvent` describes it. On the wire:\n\n```\nretry: 2000\n\nid: 3\nevent: text_delta\ndata: {\"turn_id\":1,\"message_id\":2,\"delta\":\"Hel\",\"seq\":3,\"task_id\":1,\"created_at\":\"2026-11-22T19:29:53.004211Z\"}\n```", content_type = "text/event-stream", body = crate::sse::schema::StreamEvent)),
     security(("agent_key" = [])))]
 pub(crate) async fn stream(
     state: web::Data<ApiState>,

@@ -16,6 +16,7 @@
 
 #![allow(clippy::print_stderr, reason = "tests report where their cluster runs")]
 
+pub mod node;
 pub mod python;
 pub mod receiver;
 pub mod standard_webhooks;
