@@ -13,7 +13,9 @@ use crate::extract::encode_cursor;
 /// Body of `POST /v1/chat/tasks` and `POST /v1/chat/tasks/{task_id}/messages`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"agent_id": 1, "message": {"role": "user", "content": "Hello"}, "metadata": {"ticket": "T-1"}}))]
+// The example spells the content out: beside the discriminated `Content`, Redocly's
+// linter does not accept the plain-string shorthand as an example (it is valid input).
+#[schema(example = json!({"agent_id": 1, "message": {"role": "user", "content": {"type": "text", "content": "Hello"}}, "metadata": {"ticket": "T-1"}}))]
 pub struct SubmitBody {
     /// The agent of the key: a key can only talk to its own agent.
     pub agent_id: i64,

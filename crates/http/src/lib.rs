@@ -11,6 +11,7 @@ mod json_text;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;
+mod openapi_rewrites;
 pub mod routes;
 pub mod sse;
 

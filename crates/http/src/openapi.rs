@@ -13,14 +13,14 @@ use actix_web::{HttpRequest, HttpResponse};
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder, Schema,
-    example::Example,
-    schema::{Array, Type},
+    ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, ResponseBuilder, example::Example,
+    schema::Type,
 };
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::api::{ROUTES, Route};
 use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
+use crate::openapi_rewrites::ListItemsByReference;
 
 /// `{task_id}` in a path.
 #[derive(Debug, IntoParams)]
@@ -128,7 +128,7 @@ pub struct LastEventId(
         crate::admin::redeliver,
     ),
     components(schemas(ErrorEnvelope)),
-    modifiers(&Security, &ErrorAnswers, &TaggedContent, &ListItemsByReference),
+    modifiers(&Security, &ErrorAnswers, &ListItemsByReference),
     tags(
         (name = "tasks", description = "Tasks, their messages and turns: what agents' clients use, with an agent's key."),
         (name = "admin", description = "Agents and their keys, with the operator's admin token. Disabled (404) unless the server has an admin token."),
@@ -163,63 +163,6 @@ impl Modify for Security {
                 && operation.security.is_none()
             {
                 operation.security = Some(vec![SecurityRequirement::default()]);
-            }
-        }
-    }
-}
-
-/// Content parts are tagged by `type` in `Content`'s schema (an `allOf` of the part
-/// and its tag). Each part refuses unknown fields, so its schema is generated with
-/// `additionalProperties: false`, which would refuse the `type` tag beside it: the
-/// parts' schemas leave that to the server, which names any unknown field in a 422.
-struct TaggedContent;
-
-impl Modify for TaggedContent {
-    fn modify(&self, doc: &mut Document) {
-        let Some(components) = doc.components.as_mut() else {
-            return;
-        };
-        for part in [
-            <baton_domain::content::TextContent as ToSchema>::name(),
-            <baton_domain::content::ReasoningContent as ToSchema>::name(),
-            <baton_domain::content::DataContent as ToSchema>::name(),
-            <baton_domain::content::ToolRequestContent as ToSchema>::name(),
-            <baton_domain::content::ToolResponseContent as ToSchema>::name(),
-        ] {
-            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&*part) {
-                object.additional_properties = None;
-            }
-        }
-    }
-}
-
-/// A listing's items by reference: utoipa writes `PageBody<TaskBody>` with a copy of
-/// `TaskBody` inline, so a generated client gets a second, unrelated item type (and
-/// `TaskBody` for a single task). Each `PageBody_X` / `DataBody_X` component whose `X`
-/// is a component refers to it instead.
-struct ListItemsByReference;
-
-impl Modify for ListItemsByReference {
-    fn modify(&self, doc: &mut Document) {
-        let Some(components) = doc.components.as_mut() else {
-            return;
-        };
-        let names: Vec<String> = components.schemas.keys().cloned().collect();
-        for name in names {
-            let Some(item) = name
-                .strip_prefix("PageBody_")
-                .or_else(|| name.strip_prefix("DataBody_"))
-                .map(str::to_owned)
-            else {
-                continue;
-            };
-            if !components.schemas.contains_key(&item) {
-                continue;
-            }
-            if let Some(RefOr::T(Schema::Object(list))) = components.schemas.get_mut(&name)
-                && let Some(data) = list.properties.get_mut("data")
-            {
-                *data = Array::new(Ref::from_schema_name(item)).into();
             }
         }
     }
@@ -326,12 +269,16 @@ fn string_schema() -> utoipa::openapi::Object {
 }
 
 /// The document, built once.
-pub fn api_doc() -> &'static Document {
-    static DOC: OnceLock<Document> = OnceLock::new();
-    DOC.get_or_init(ApiDoc::openapi)
+pub fn api_doc() -> &'static serde_json::Value {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut json = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        crate::openapi_rewrites::on_json(&mut json);
+        json
+    })
 }
 
-/// The document as JSON, rendered once.
+/// The document as JSON text, rendered once.
 fn api_doc_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| serde_json::to_string(api_doc()).unwrap_or_default())

@@ -19,7 +19,7 @@ use reqwest::redirect::Policy;
 use serde_json::Value;
 
 fn document() -> Value {
-    serde_json::to_value(baton_http::openapi::api_doc()).unwrap()
+    baton_http::openapi::api_doc().clone()
 }
 
 /// Every `(path, method)` the document describes.
@@ -115,7 +115,12 @@ fn every_operation_says_what_it_answers_and_every_error_it_can_give() {
 #[test]
 fn the_error_code_table_is_the_documents() {
     let doc = document();
-    let listed: Vec<&str> = doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+    let code = &doc["components"]["schemas"]["ErrorBody"]["properties"]["code"];
+    assert!(
+        code.get("enum").is_none(),
+        "an open set: a client must accept codes added later"
+    );
+    let listed: Vec<&str> = code["examples"]
         .as_array()
         .unwrap()
         .iter()
@@ -346,4 +351,57 @@ fn the_document_passes_redocly_lint_without_errors_or_warnings() {
         !report.contains(" warning "),
         "redocly lint warns:\n{report}"
     );
+}
+
+/// Each content part is a named schema that carries its `type` tag, and `Content`
+/// picks between them with a discriminator: what client generators need to name and
+/// parse the parts (they dropped the create and append operations before).
+#[test]
+fn content_parts_are_named_schemas_picked_by_their_type() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let content = &schemas["Content"];
+    assert_eq!(content["discriminator"]["propertyName"], "type");
+    let mapping = content["discriminator"]["mapping"].as_object().unwrap();
+    let tags: BTreeSet<&str> = mapping.keys().map(String::as_str).collect();
+    assert_eq!(
+        tags,
+        BTreeSet::from(["text", "reasoning", "data", "tool_request", "tool_response"])
+    );
+    let variants = content["oneOf"].as_array().unwrap();
+    assert_eq!(variants.len(), tags.len());
+    for (tag, reference) in mapping {
+        assert!(
+            variants.contains(&serde_json::json!({"$ref": reference})),
+            "{tag}"
+        );
+        let name = reference
+            .as_str()
+            .unwrap()
+            .trim_start_matches("#/components/schemas/");
+        let part = &schemas[name];
+        assert_eq!(part["properties"]["type"]["enum"], serde_json::json!([tag]));
+        assert_eq!(part["required"][0], "type", "{name}");
+    }
+}
+
+/// Free-form objects take any property (`additionalProperties: true`): TypeScript's
+/// generator made them `Record<string, never>`, which no caller's metadata fits.
+#[test]
+fn free_form_objects_take_any_property() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    for (schema, property) in [
+        ("TaskBody", "metadata"),
+        ("AcceptedBody", "metadata"),
+        ("Turn", "metadata"),
+        ("DataContent", "data"),
+        ("ToolRequestContent", "arguments"),
+        ("RunnerSpec", "config"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][property]["additionalProperties"], true,
+            "{schema}.{property}"
+        );
+    }
 }

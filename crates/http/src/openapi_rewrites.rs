@@ -1,0 +1,149 @@
+//! Rewrites of the generated OpenAPI document that utoipa's attributes cannot express.
+//! They make the document what client generators and linters expect (see the tests in
+//! `tests/openapi.rs`). One works on utoipa's typed document (a [`Modify`] the derive
+//! names); the others on its JSON form ([`on_json`]), since utoipa's types do not read
+//! back every schema they write.
+
+use serde_json::{Map, Value, json};
+use utoipa::Modify;
+use utoipa::openapi::schema::Array;
+use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Schema};
+
+/// A listing's items by reference: utoipa writes `PageBody<TaskBody>` with a copy of
+/// `TaskBody` inline, so a generated client gets a second, unrelated item type (and
+/// `TaskBody` for a single task). Each `PageBody_X` / `DataBody_X` component whose `X`
+/// is a component refers to it instead.
+pub(crate) struct ListItemsByReference;
+
+impl Modify for ListItemsByReference {
+    fn modify(&self, doc: &mut Document) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let names: Vec<String> = components.schemas.keys().cloned().collect();
+        for name in names {
+            let Some(item) = name
+                .strip_prefix("PageBody_")
+                .or_else(|| name.strip_prefix("DataBody_"))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            if !components.schemas.contains_key(&item) {
+                continue;
+            }
+            if let Some(RefOr::T(Schema::Object(list))) = components.schemas.get_mut(&name)
+                && let Some(data) = list.properties.get_mut("data")
+            {
+                *data = Array::new(Ref::from_schema_name(item)).into();
+            }
+        }
+    }
+}
+
+/// A message's content parts as named schemas, discriminated by `type`. utoipa writes
+/// the internally tagged `Content` enum as a `oneOf` of inline `allOf`s (a part's
+/// schema and its tag), which generators cannot name and cannot pick between. Each
+/// part's component gets its `type` property instead, and `Content` becomes a `oneOf`
+/// of references with a `discriminator` mapping each tag. The parts' schemas do not say
+/// `additionalProperties: false` (the server's `deny_unknown_fields`; it names an
+/// unknown field in a 422): with it, schemathesis' coverage phase crashed on this union
+/// (a `SystemError` of CPython 3.11's parser, deep in Hypothesis), so CI could not fuzz.
+fn tag_content_parts(json: &mut Value) {
+    let Some(schemas) = json
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let Some(variants) = schemas
+        .get("Content")
+        .and_then(|content| content["oneOf"].as_array())
+        .cloned()
+    else {
+        return;
+    };
+    let mut parts = Vec::new();
+    let mut mapping = Map::new();
+    for variant in variants {
+        let (Some(reference), Some(tag)) = (
+            variant.pointer("/allOf/0/$ref").and_then(Value::as_str),
+            variant
+                .pointer("/allOf/1/properties/type/enum/0")
+                .and_then(Value::as_str),
+        ) else {
+            // Not the shape this rewrite knows: leave the document as generated.
+            return;
+        };
+        parts.push((reference.to_owned(), tag.to_owned()));
+    }
+    for (reference, tag) in &parts {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        let Some(part) = schemas.get_mut(name).and_then(Value::as_object_mut) else {
+            return;
+        };
+        if let Some(properties) = part.get_mut("properties").and_then(Value::as_object_mut) {
+            properties.insert("type".into(), json!({"type": "string", "enum": [tag]}));
+        }
+        part.remove("additionalProperties");
+        let required = part.entry("required").or_insert_with(|| json!([]));
+        if let Some(required) = required.as_array_mut() {
+            required.insert(0, json!("type"));
+        }
+        mapping.insert(tag.clone(), json!(reference));
+    }
+    if let Some(content) = schemas.get_mut("Content").and_then(Value::as_object_mut) {
+        let one_of = parts
+            .iter()
+            .map(|(reference, _)| json!({"$ref": reference}))
+            .collect();
+        content.insert("oneOf".into(), Value::Array(one_of));
+        content.insert(
+            "discriminator".into(),
+            json!({"propertyName": "type", "mapping": mapping}),
+        );
+    }
+}
+
+/// Free-form objects (`metadata`, a `data` part, a tool call's `arguments`, a runner's
+/// `config`) say so with `additionalProperties: true`: a bare `type: object` reads to
+/// some generators as an object with no properties at all (TypeScript's
+/// `Record<string, never>`), which no caller's value fits.
+fn mark_free_form(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let is_object = match object.get("type") {
+                Some(Value::String(kind)) => kind == "object",
+                Some(Value::Array(kinds)) => kinds.iter().any(|kind| kind == "object"),
+                _ => false,
+            };
+            let shaped = [
+                "properties",
+                "additionalProperties",
+                "$ref",
+                "oneOf",
+                "allOf",
+                "anyOf",
+            ]
+            .iter()
+            .any(|key| object.contains_key(*key));
+            if is_object && !shaped {
+                object.insert("additionalProperties".into(), Value::Bool(true));
+            }
+            // Examples are values, not schemas.
+            for (key, inner) in object.iter_mut() {
+                if key != "example" && key != "examples" {
+                    mark_free_form(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mark_free_form),
+        _ => {}
+    }
+}
+
+/// The rewrites of the document's JSON form.
+pub(crate) fn on_json(json: &mut Value) {
+    tag_content_parts(json);
+    mark_free_form(json);
+}
