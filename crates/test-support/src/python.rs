@@ -17,6 +17,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("standardwebhooks==1.1.0", "standardwebhooks"),
     // The OpenAPI validator the document must satisfy.
     ("openapi-spec-validator==0.9.0", "openapi_spec_validator"),
+    // A client generator users run on the document (its clients need httpx and attrs,
+    // which it brings).
+    ("openapi-python-client==0.29.1", "openapi_python_client"),
 ];
 
 fn venv() -> PathBuf {
