@@ -1,5 +1,7 @@
 //! Clients generated from the server's own OpenAPI document, by third-party generators
-//! as a user would run them, hold a conversation with a real server.
+//! as a user would run them, hold a conversation with a real server: Python
+//! (`openapi-python-client`) and TypeScript (`openapi-typescript` + `openapi-fetch`,
+//! type-checked by `tsc --strict`).
 
 #![allow(
     clippy::unwrap_used,
@@ -38,25 +40,55 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A server with the test's echo agent, a slow agent (a turn of a minute) and a key for
+/// each, and its `/openapi.json` written into `dir`.
+struct Conversation {
+    app: TestApp,
+    slow_agent: i64,
+    slow_token: String,
+}
+
+impl Conversation {
+    async fn start(dir: &Path) -> Conversation {
+        let app = TestApp::start().await;
+        let (slow_agent, slow_token) = app.agent_with_key(json!({"delay_ms": 60_000})).await;
+        let document = app
+            .http
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        std::fs::write(dir.join("openapi.json"), &document).unwrap();
+        Conversation {
+            app,
+            slow_agent,
+            slow_token,
+        }
+    }
+
+    /// The scripts' arguments: base URL, key, agent, slow key, slow agent.
+    fn args(&self) -> [String; 5] {
+        [
+            self.app.base.clone(),
+            self.app.token.clone(),
+            self.app.agent.to_string(),
+            self.slow_token.clone(),
+            self.slow_agent.to_string(),
+        ]
+    }
+}
+
 /// `openapi-python-client` (PyPI, pinned in `baton_test_support::python`) generates a
 /// client from `/openapi.json`; `tests/clients/conversation.py` uses it to create a
 /// task and long-poll it, append and read the history, meet a `409 task_busy` as a
 /// typed error envelope, and cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_python_client_holds_a_conversation() {
-    let app = TestApp::start().await;
-    let (slow_agent, slow_token) = app.agent_with_key(json!({"delay_ms": 60_000})).await;
-    let document = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("openapi.json"), &document).unwrap();
+    let conversation = Conversation::start(dir.path()).await;
     let bin = tokio::task::spawn_blocking(baton_test_support::python::bin)
         .await
         .unwrap();
@@ -68,13 +100,65 @@ async fn a_generated_python_client_holds_a_conversation() {
         .current_dir(dir.path());
     run(generate).await;
 
-    let mut conversation = Command::new(bin.join("python"));
-    conversation
-        .arg(script("conversation.py"))
-        .args([&app.base, &app.token, &app.agent.to_string()])
-        .args([&slow_token, &slow_agent.to_string()])
+    let mut script = Command::new(bin.join("python"));
+    script
+        .arg(self::script("conversation.py"))
+        .args(conversation.args())
         .env("PYTHONPATH", dir.path());
-    let output = run(conversation).await;
+    let output = run(script).await;
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("conversation ok"),
+        "the script did not reach its end"
+    );
+}
+
+/// `openapi-typescript` types the document, `tests/clients/conversation.ts` uses them
+/// through `openapi-fetch` (npm, pinned in `baton_test_support::node`), `tsc --strict`
+/// checks it (free-form `metadata` included), and node runs the same conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typescript_client_typed_from_the_document_checks_strictly_and_holds_a_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let conversation = Conversation::start(dir.path()).await;
+    let modules = tokio::task::spawn_blocking(baton_test_support::node::node_modules)
+        .await
+        .unwrap();
+    let bin = modules.join(".bin");
+    std::os::unix::fs::symlink(&modules, dir.path().join("node_modules")).unwrap();
+    std::fs::copy(
+        script("conversation.ts"),
+        dir.path().join("conversation.ts"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("package.json"), r#"{"type": "module"}"#).unwrap();
+    let tsconfig = json!({
+        "compilerOptions": {
+            "strict": true,
+            "target": "ES2022",
+            "module": "NodeNext",
+            "moduleResolution": "NodeNext",
+            "types": ["node"],
+            "skipLibCheck": true,
+            "outDir": "out",
+        },
+        "files": ["conversation.ts", "baton.ts"],
+    });
+    std::fs::write(dir.path().join("tsconfig.json"), tsconfig.to_string()).unwrap();
+
+    let mut types = Command::new(bin.join("openapi-typescript"));
+    types
+        .args(["openapi.json", "-o", "baton.ts"])
+        .current_dir(dir.path());
+    run(types).await;
+    let mut check = Command::new(bin.join("tsc"));
+    check.args(["-p", "tsconfig.json"]).current_dir(dir.path());
+    run(check).await;
+
+    let mut script = Command::new("node");
+    script
+        .arg("out/conversation.js")
+        .args(conversation.args())
+        .current_dir(dir.path());
+    let output = run(script).await;
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("conversation ok"),
         "the script did not reach its end"

@@ -11,37 +11,41 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Each pinned package, and the executable that shows it is installed.
-pub const PACKAGES: &[(&str, &str)] = &[
+/// The pinned packages.
+pub const PACKAGES: &[&str] = &[
     // The OpenAPI linter the document must satisfy.
-    ("@redocly/cli@2.77.0", "redocly"),
+    "@redocly/cli@2.77.0",
+    // A typed client as TypeScript users make one: types generated from the
+    // document, a fetch wrapper that uses them, and the compiler that checks both.
+    "openapi-typescript@7.13.0",
+    "openapi-fetch@0.17.0",
+    "typescript@5.9.3",
+    "@types/node@20.19.43",
 ];
 
 fn prefix() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/node-tools")
 }
 
-/// The tools' `node_modules/.bin/` directory, with every package of [`PACKAGES`].
-pub fn bin() -> PathBuf {
+/// The tools' `node_modules/` directory, with every package of [`PACKAGES`]; their
+/// executables are in its `.bin/`.
+pub fn node_modules() -> PathBuf {
     static READY: Mutex<bool> = Mutex::new(false);
     let prefix = prefix();
-    let bin = prefix.join("node_modules/.bin");
+    let modules = prefix.join("node_modules");
     let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
     if !*ready {
+        // What the last install was asked for, so a changed pin installs again.
         let recorded = prefix.join("installed");
-        let wanted = PACKAGES
-            .iter()
-            .map(|(package, _)| *package)
-            .collect::<Vec<_>>()
-            .join("\n");
-        let installed = std::fs::read_to_string(&recorded).is_ok_and(|had| had == wanted)
-            && PACKAGES.iter().all(|(_, tool)| bin.join(tool).exists());
+        let wanted = PACKAGES.join("\n");
+        let installed =
+            std::fs::read_to_string(&recorded).is_ok_and(|had| had == wanted) && modules.is_dir();
         if !installed {
             std::fs::create_dir_all(&prefix).expect("target/ is writable");
             let done = Command::new("npm")
                 .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
                 .arg(&prefix)
-                .args(PACKAGES.iter().map(|(package, _)| package))
+                .args(PACKAGES)
                 .status()
                 .expect("npm (Node.js) is needed for the third-party tools the tests run");
             assert!(done.success(), "npm install {PACKAGES:?} failed");
@@ -49,5 +53,10 @@ pub fn bin() -> PathBuf {
         }
         *ready = true;
     }
-    bin
+    modules
+}
+
+/// The tools' executables (`node_modules/.bin/`).
+pub fn bin() -> PathBuf {
+    node_modules().join(".bin")
 }
