@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::streams::{core_share, cpu_seconds, open, rss_kib};
-use crate::{Backend, Target, echo_agent_and_key, ms, percentiles, start_server};
+use crate::{Backend, Target, bench_database, echo_agent_and_key, ms, percentiles, start_server};
 
 /// Messages appended at once.
 const APPENDING: usize = 64;
@@ -40,17 +40,7 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
         );
     }
     let dir = tempfile::tempdir()?;
-    let pg = match run.database {
-        Backend::Sqlite => None,
-        // fsync and synchronous commit on, as a production server has them.
-        Backend::Postgres => {
-            Some(tokio::task::spawn_blocking(baton_test_support::TestDatabase::durable).await?)
-        }
-    };
-    let url = match &pg {
-        Some(db) => db.url().to_owned(),
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
-    };
+    let (pg, url) = bench_database(run.database, dir.path()).await?;
     let (agent, token) = echo_agent_and_key(baton, &url)?;
     let turns_server = start_server(baton, &url, cpu, &[])?;
     let other_server = match run.database {

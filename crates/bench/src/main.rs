@@ -393,6 +393,23 @@ fn cli(baton: &str, url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// A fresh database for a run and its URL: a SQLite file in `dir`, or a database on a
+/// throwaway PostgreSQL cluster with `fsync` and synchronous commit on, as a
+/// production server has them (kept while the returned handle lives).
+async fn bench_database(
+    backend: Backend,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Option<baton_test_support::TestDatabase>, String)> {
+    Ok(match backend {
+        Backend::Sqlite => (None, format!("sqlite://{}", dir.join("bench.db").display())),
+        Backend::Postgres => {
+            let db = tokio::task::spawn_blocking(baton_test_support::TestDatabase::durable).await?;
+            let url = db.url().to_owned();
+            (Some(db), url)
+        }
+    })
+}
+
 /// An echo agent without delay and a key for it, made through the CLI.
 fn echo_agent_and_key(baton: &str, url: &str) -> anyhow::Result<(i64, String)> {
     let agent: i64 = cli(
@@ -488,17 +505,8 @@ async fn suite(
     streams: usize,
 ) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
-    let pg = match database {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            // fsync and synchronous commit on, as a production server has them.
-            Some(tokio::task::spawn_blocking(baton_test_support::TestDatabase::durable).await?)
-        }
-    };
-    let url = match &pg {
-        Some(db) => db.url().to_owned(),
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
-    };
+    // The cluster, if any, lives as long as this run.
+    let (_cluster, url) = bench_database(database, dir.path()).await?;
     let (agent, token) = echo_agent_and_key(baton, &url)?;
     let server = start_server(baton, &url, cpu, &[])?;
     let pid = server.child.id();

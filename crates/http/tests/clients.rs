@@ -34,6 +34,15 @@ async fn run(mut command: Command) -> Output {
     output
 }
 
+/// Runs a conversation script to its end (its last line says so).
+async fn holds_the_conversation(script: Command) {
+    let output = run(script).await;
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("conversation ok"),
+        "the script did not reach its end"
+    );
+}
+
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
@@ -105,11 +114,7 @@ async fn a_generated_python_client_holds_a_conversation() {
         .arg(self::script("conversation.py"))
         .args(conversation.args())
         .env("PYTHONPATH", dir.path());
-    let output = run(script).await;
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("conversation ok"),
-        "the script did not reach its end"
-    );
+    holds_the_conversation(script).await;
 }
 
 /// `openapi-typescript` types the document, `tests/clients/conversation.ts` uses them
@@ -158,9 +163,5 @@ async fn a_typescript_client_typed_from_the_document_checks_strictly_and_holds_a
         .arg("out/conversation.js")
         .args(conversation.args())
         .current_dir(dir.path());
-    let output = run(script).await;
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("conversation ok"),
-        "the script did not reach its end"
-    );
+    holds_the_conversation(script).await;
 }

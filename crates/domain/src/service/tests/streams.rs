@@ -42,15 +42,42 @@ fn log_store(h: &mut Harness, log: Arc<Mutex<Vec<TaskEvent>>>, reads: Arc<Atomic
         });
 }
 
-#[tokio::test]
-async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_once() {
+/// Fifty streams watching task 1, whose log holds events 1 to 3, on a service whose
+/// store counts its reads of the log.
+struct Streams {
+    log: Arc<Mutex<Vec<TaskEvent>>>,
+    reads: Arc<AtomicUsize>,
+    hub: crate::LocalNotifier,
+    service: TaskService,
+    watches: Vec<crate::notify::TaskWatch>,
+}
+
+fn fifty_streams() -> Streams {
     let log = Arc::new(Mutex::new((1..=3).map(event).collect::<Vec<_>>()));
     let reads = Arc::new(AtomicUsize::new(0));
     let mut h = Harness::new();
     log_store(&mut h, log.clone(), reads.clone());
     let hub = crate::LocalNotifier::default();
     let service = h.build_with_hub(hub.clone());
-    let mut watches: Vec<_> = (0..50).map(|_| service.watch(TaskId(1))).collect();
+    let watches = (0..50).map(|_| service.watch(TaskId(1))).collect();
+    Streams {
+        log,
+        reads,
+        hub,
+        service,
+        watches,
+    }
+}
+
+#[tokio::test]
+async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_once() {
+    let Streams {
+        log,
+        reads,
+        hub,
+        service,
+        mut watches,
+    } = fifty_streams();
     // Each stream catches up on the history on its own (the first also places the
     // task's feed at the log's end).
     for watch in &watches {
@@ -96,13 +123,13 @@ async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_o
 /// read once, not once per stream.
 #[tokio::test]
 async fn streams_that_open_at_the_log_end_share_their_reads_before_and_after_a_change() {
-    let log = Arc::new(Mutex::new((1..=3).map(event).collect::<Vec<_>>()));
-    let reads = Arc::new(AtomicUsize::new(0));
-    let mut h = Harness::new();
-    log_store(&mut h, log.clone(), reads.clone());
-    let hub = crate::LocalNotifier::default();
-    let service = h.build_with_hub(hub.clone());
-    let mut watches: Vec<_> = (0..50).map(|_| service.watch(TaskId(1))).collect();
+    let Streams {
+        log,
+        reads,
+        hub,
+        service,
+        mut watches,
+    } = fifty_streams();
     for watch in &watches {
         let page = service.stream_events(&WHO, watch, 3, 256).await.unwrap();
         assert!(page.events.is_empty());
