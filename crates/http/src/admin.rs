@@ -17,7 +17,7 @@ use crate::ApiState;
 use crate::dto::{DataBody, PageBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{json_body, page};
-use crate::openapi::PageParams;
+use crate::params::PageParams;
 
 /// The admin API's service and the hash of its token.
 #[derive(Debug, Clone)]

@@ -2,8 +2,9 @@
 //! OpenAPI document's error answers are added from it, and a test holds the document
 //! to it: a route that exists but is not described fails that test.
 
-use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::error::ApiError;
 use crate::error::ErrorCode::{self, *};
 use crate::{admin, openapi, routes};
 
@@ -60,7 +61,7 @@ macro_rules! api {
             $(cfg.service(
                 web::resource($path)
                     $(.route(web::$method().to($handler)))+
-                    .default_service(web::to(routes::method_not_allowed)),
+                    .default_service(web::to(method_not_allowed)),
             );)+
         }
     };
@@ -116,18 +117,46 @@ api! {
     }
 }
 
-/// Paths that only lead to a described route and are left out of the document (a
-/// trailing slash is an error to OpenAPI linters): `/docs/` redirects as `/docs` does.
-pub const ALIASES: &[&str] = &["/docs/"];
+/// Paths that only lead to a described route, each with the route it answers as, and
+/// are left out of the document (a trailing slash is an error to OpenAPI linters):
+/// `/docs/` redirects as `/docs` does.
+pub const ALIASES: &[(&str, &str)] = &[("/docs/", "/docs")];
 
 /// Registers every route, and the aliases.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     configure_table(cfg);
     cfg.service(
-        web::resource(ALIASES[0])
+        web::resource(ALIASES[0].0)
             .route(web::get().to(openapi::docs_root))
-            .default_service(web::to(routes::method_not_allowed)),
+            .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// A known path with a method it does not have: `405` naming the methods it has.
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let pattern = req.match_pattern();
+    // An alias allows what the route it answers as allows.
+    let pattern = ALIASES
+        .iter()
+        .find(|(alias, _)| pattern.as_deref() == Some(*alias))
+        .map_or(pattern, |(_, route)| Some((*route).to_owned()));
+    let allowed: Vec<String> = ROUTES
+        .iter()
+        .filter(|route| pattern.as_deref() == Some(route.path))
+        .map(|route| route.method.to_ascii_uppercase())
+        .collect();
+    Err(ApiError {
+        allow: Some(allowed.join(", ").into()),
+        ..ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {}; it allows {}.",
+                req.method(),
+                req.path(),
+                allowed.join(", ")
+            ),
+        )
+    })
 }
 
 impl Route {

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 mod openapi_rewrites;
+pub mod params;
 pub mod routes;
 pub mod sse;
 

@@ -11,7 +11,7 @@ use baton_domain::webhooks::DeliveryView;
 use crate::dto::{AcceptedBody, DataBody, PageBody, StatusBody, SubmitBody, TaskBody};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{authenticate, idempotency_key, json_body, page, task_id, wait};
-use crate::openapi::{IdempotencyKey, PageParams, StreamParams, TaskIdParam, WaitParam};
+use crate::params::{IdempotencyKey, PageParams, StreamParams, TaskIdParam, WaitParam};
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
@@ -74,27 +74,6 @@ pub(crate) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, A
         ApiError::new(code, why)
     })?;
     Ok(HttpResponse::Ok().json(StatusBody { status: "ready" }))
-}
-
-pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let pattern = req.match_pattern();
-    let allowed: Vec<String> = crate::api::ROUTES
-        .iter()
-        .filter(|route| pattern.as_deref() == Some(route.path))
-        .map(|route| route.method.to_ascii_uppercase())
-        .collect();
-    Err(ApiError {
-        allow: Some(allowed.join(", ").into()),
-        ..ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            format!(
-                "{} is not allowed on {}; it allows {}.",
-                req.method(),
-                req.path(),
-                allowed.join(", ")
-            ),
-        )
-    })
 }
 
 /// The answer to an accepted message. A replay (same idempotency key, same request)

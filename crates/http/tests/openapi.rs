@@ -186,6 +186,10 @@ async fn the_document_and_the_docs_page_are_served_without_network() {
         let response = no_redirects.get(app.url(entry)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT, "{entry}");
         assert_eq!(response.headers()["location"], "/docs/index.html");
+        // The alias, outside the document, still names what it allows.
+        let refused = no_redirects.post(app.url(entry)).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED, "{entry}");
+        assert_eq!(refused.headers()["allow"], "GET", "{entry}");
     }
     let page = app
         .http
