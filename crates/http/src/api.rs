@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 use crate::error::ErrorCode::{self, *};
-use crate::{admin, openapi, routes};
+use crate::{admin, docs, routes};
 
 /// One method on one path, as registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +71,9 @@ api! {
     "/healthz" { get => routes::healthz, errors: []; }
     "/readyz" { get => routes::readyz, errors: [&[ShuttingDown, ServiceUnavailable, StorageUnwritable]]; }
     "/metrics" { get => routes::metrics, errors: [&[NotFound]]; }
-    "/openapi.json" { get => openapi::document, errors: [&[ShuttingDown]]; }
-    "/docs" { get => openapi::docs_root, errors: [&[ShuttingDown]]; }
-    "/docs/{file}" { get => openapi::docs_file, errors: [&[ShuttingDown, NotFound]]; }
+    "/openapi.json" { get => docs::document, errors: [&[ShuttingDown]]; }
+    "/docs" { get => docs::docs_root, errors: [&[ShuttingDown]]; }
+    "/docs/{file}" { get => docs::docs_file, errors: [&[ShuttingDown, NotFound]]; }
     "/v1/chat/tasks" {
         post => routes::create_task, errors: [KEYED, JSON_BODY, &[AgentNotFound, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
         get => routes::list_tasks, errors: [KEYED, PAGED];
@@ -127,7 +127,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     configure_table(cfg);
     cfg.service(
         web::resource(ALIASES[0].0)
-            .route(web::get().to(openapi::docs_root))
+            .route(web::get().to(docs::docs_root))
             .default_service(web::to(method_not_allowed)),
     );
 }

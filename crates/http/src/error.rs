@@ -6,10 +6,13 @@
 //! `{"error": {"code", "message", "request_id", "fields"?, "active_turn"?}}`.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use baton_domain::{ActiveTurn, FieldError, ServiceError};
 use serde::Serialize;
+
+/// The header every answer carries its request's id in (an envelope's `request_id`).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 macro_rules! error_codes {
     ($($variant:ident => ($status:ident, $code:literal, $meaning:literal)),* $(,)?) => {
@@ -266,9 +269,7 @@ impl ResponseError for ApiError {
             .then(|| HeaderValue::from_str(id).ok())
             .flatten()
         {
-            response
-                .headers_mut()
-                .insert(crate::middleware::REQUEST_ID_HEADER, value);
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
         response
     }

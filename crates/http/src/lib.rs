@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+mod docs;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -91,6 +92,7 @@ impl Default for ServerOptions {
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
+            .app_data(web::Data::new(docs::OpenApiJson(openapi::api_doc_json())))
             .configure(api::configure);
     }
 }

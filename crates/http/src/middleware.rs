@@ -8,7 +8,7 @@ use std::time::Instant;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 use futures_util::FutureExt;
@@ -16,9 +16,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use baton_domain::telemetry;
 
-use crate::error::{ApiError, ErrorCode};
-
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+use crate::error::{ApiError, ErrorCode, REQUEST_ID_HEADER};
 
 /// The id of the request being served, in the request's extensions.
 #[derive(Debug, Clone)]

@@ -1,15 +1,12 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the types
-//! they answer with, served at `/openapi.json`; and Swagger UI at `/docs`, built into
-//! the binary so that it needs no network.
+//! they answer with (served at `/openapi.json` by [`crate::docs`]).
 //!
 //! The error answers are not written on each handler: they come from the route table
 //! ([`crate::api::ROUTES`]), grouped by status, with an example envelope per code.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse};
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
@@ -34,9 +31,9 @@ use crate::openapi_rewrites::ListItemsByReference;
         crate::routes::healthz,
         crate::routes::readyz,
         crate::routes::metrics,
-        document,
-        docs_root,
-        docs_file,
+        crate::docs::document,
+        crate::docs::docs_root,
+        crate::docs::docs_file,
         crate::routes::create_task,
         crate::routes::list_tasks,
         crate::routes::get_task,
@@ -207,69 +204,7 @@ pub fn api_doc() -> &'static serde_json::Value {
 }
 
 /// The document as JSON text, rendered once.
-fn api_doc_json() -> &'static str {
+pub(crate) fn api_doc_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| serde_json::to_string(api_doc()).unwrap_or_default())
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    summary = "This OpenAPI document",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this server.", content_type = "application/json", body = Object)))]
-pub(crate) async fn document() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(api_doc_json())
-}
-
-/// `/docs` (and its alias `/docs/`, see [`crate::api::ALIASES`]) lead to the page,
-/// whose assets are relative to it.
-#[utoipa::path(get, path = "/docs", tag = "operations",
-    summary = "Interactive API docs",
-    description = "Redirects to Swagger UI at `/docs/index.html`, served by the binary itself (no network needed).",
-    responses((status = 308, description = "To `/docs/index.html`.", headers(("Location" = String)))))]
-pub(crate) async fn docs_root() -> HttpResponse {
-    to_docs_page()
-}
-
-fn to_docs_page() -> HttpResponse {
-    HttpResponse::PermanentRedirect()
-        .insert_header((header::LOCATION, "/docs/index.html"))
-        .finish()
-}
-
-fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
-    static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            Arc::new(
-                utoipa_swagger_ui::Config::from("/openapi.json")
-                    .try_it_out_enabled(true)
-                    .persist_authorization(true),
-            )
-        })
-        .clone()
-}
-
-/// Swagger UI's page and assets.
-#[utoipa::path(get, path = "/docs/{file}", tag = "operations",
-    summary = "Interactive API docs (page and assets)",
-    params(("file" = String, Path, description = "`index.html`, or one of its scripts and stylesheets.", example = "index.html")),
-    responses((status = 200, description = "The page or one of its assets.", content_type = "text/html", body = String)))]
-pub(crate) async fn docs_file(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let file = req.match_info().get("file").unwrap_or_default();
-    let found = utoipa_swagger_ui::serve(file, swagger_config())
-        .map_err(|err| ApiError::internal(err.to_string()))?;
-    let Some(found) = found else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("The docs have no file {file:?}; start at /docs."),
-        ));
-    };
-    let mut response = HttpResponse::Ok();
-    response.content_type(found.content_type);
-    if found.gzpipped {
-        response.insert_header((header::CONTENT_ENCODING, "gzip"));
-    }
-    Ok(response.body(found.bytes.into_owned()))
 }
