@@ -10,18 +10,59 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::{ApiError, ErrorCode};
 
-/// The OpenAPI document as JSON text, as `/openapi.json` serves it.
-#[derive(Debug, Clone, Copy)]
-pub struct OpenApiJson(pub &'static str);
+/// The OpenAPI document as JSON text, as `/openapi.json` serves it, and its `ETag`.
+#[derive(Debug, Clone)]
+pub struct OpenApiJson {
+    json: &'static str,
+    etag: String,
+}
+
+impl OpenApiJson {
+    pub fn new(json: &'static str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(json.as_bytes());
+        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        OpenApiJson {
+            json,
+            etag: format!("\"{hex}\""),
+        }
+    }
+
+    /// Whether an `If-None-Match` value names this document (or any, `*`).
+    fn matches(&self, if_none_match: &str) -> bool {
+        if_none_match
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     summary = "This OpenAPI document",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this server.", content_type = "application/json", body = Object)))]
-pub(crate) async fn document(document: web::Data<OpenApiJson>) -> HttpResponse {
+    description = "With `If-None-Match` naming the document's `ETag`, `304` and no body: the document changes only with the server's version.",
+    params(("If-None-Match" = Option<String>, Header, description = "An `ETag` this answer gave before.")),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this server.", content_type = "application/json", body = Object,
+            headers(("ETag" = String, description = "The document's version, for `If-None-Match`."))),
+        (status = 304, description = "Not modified: `If-None-Match` named this document.",
+            headers(("ETag" = String, description = "The document's version."))),
+    ))]
+pub(crate) async fn document(req: HttpRequest, document: web::Data<OpenApiJson>) -> HttpResponse {
+    let unchanged = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| document.matches(value));
+    if unchanged {
+        return HttpResponse::NotModified()
+            .insert_header((header::ETAG, document.etag.as_str()))
+            .finish();
+    }
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(document.0)
+        .insert_header((header::ETAG, document.etag.as_str()))
+        .body(document.json)
 }
 
 /// `/docs` (and its alias `/docs/`, see [`crate::api::ALIASES`]) lead to the page,

@@ -92,7 +92,9 @@ impl Default for ServerOptions {
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
-            .app_data(web::Data::new(docs::OpenApiJson(openapi::api_doc_json())))
+            .app_data(web::Data::new(docs::OpenApiJson::new(
+                openapi::api_doc_json(),
+            )))
             .configure(api::configure);
     }
 }

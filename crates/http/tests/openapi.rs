@@ -177,6 +177,29 @@ async fn the_document_and_the_docs_page_are_served_without_network() {
             .starts_with("application/json")
     );
     assert_eq!(body, document());
+    // Its ETag lets a client that has it skip the download.
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
+        "{etag}"
+    );
+    for (if_none_match, expected) in [
+        (etag.clone(), StatusCode::NOT_MODIFIED),
+        (format!("\"other\", W/{etag}"), StatusCode::NOT_MODIFIED),
+        ("\"other\"".to_owned(), StatusCode::OK),
+    ] {
+        let response = app
+            .http
+            .get(app.url("/openapi.json"))
+            .header("if-none-match", &if_none_match)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{if_none_match}");
+        assert_eq!(response.headers()["etag"], etag.as_str());
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(bytes.is_empty(), expected == StatusCode::NOT_MODIFIED);
+    }
 
     let no_redirects = reqwest::Client::builder()
         .redirect(Policy::none())
