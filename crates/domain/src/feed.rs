@@ -146,18 +146,18 @@ impl FeedState {
     /// holds nothing.
     pub fn take(&mut self, after: i64, page: &EventPage, count: u64, full: bool) {
         self.first_kept = page.first_kept;
-        let last_read = page.events.last().map(|event| event.seq);
-        // How far the log is now read: to the page's end if more follow, else to the
-        // log's end.
+        // How far the log is now read: to the page's end if more follow (a full page
+        // is never empty), else to the log's end.
+        let last_read = page.events.last().map_or(i64::MIN, |event| event.seq);
         let reached = if full {
             last_read
         } else {
-            Some(last_read.map_or(page.last_seq, |seq| seq.max(page.last_seq)))
+            last_read.max(page.last_seq)
         };
         match self.read_up_to {
             None => {
                 if !full {
-                    self.read_up_to = reached;
+                    self.read_up_to = Some(reached);
                     self.fresh_at = Some(count);
                 }
             }
@@ -171,7 +171,7 @@ impl FeedState {
                 while self.events.len() > FEED_CAPACITY {
                     self.events.pop_front();
                 }
-                self.read_up_to = reached.map(|seq| seq.max(up_to)).or(Some(up_to));
+                self.read_up_to = Some(reached.max(up_to));
                 if !full {
                     self.fresh_at = Some(count);
                 }

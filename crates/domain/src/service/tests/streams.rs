@@ -52,6 +52,21 @@ struct Streams {
     watches: Vec<crate::notify::TaskWatch>,
 }
 
+/// Appends `events` to the log, announces the change and waits until every watch
+/// has seen it.
+async fn append(
+    log: &Mutex<Vec<TaskEvent>>,
+    hub: &crate::LocalNotifier,
+    watches: &mut [crate::notify::TaskWatch],
+    events: impl IntoIterator<Item = TaskEvent>,
+) {
+    log.lock().unwrap().extend(events);
+    hub.task_changed(TaskId(1));
+    for watch in watches {
+        watch.changed().await;
+    }
+}
+
 fn fifty_streams() -> Streams {
     let log = Arc::new(Mutex::new((1..=3).map(event).collect::<Vec<_>>()));
     let reads = Arc::new(AtomicUsize::new(0));
@@ -85,11 +100,7 @@ async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_o
         assert_eq!(seqs(&page), vec![1, 2, 3]);
     }
 
-    log.lock().unwrap().extend([event(4), event(5)]);
-    hub.task_changed(TaskId(1));
-    for watch in &mut watches {
-        watch.changed().await;
-    }
+    append(&log, &hub, &mut watches, [event(4), event(5)]).await;
     let before = reads.load(Ordering::SeqCst);
     let mut streams = tokio::task::JoinSet::new();
     for watch in watches.drain(1..) {
@@ -147,11 +158,7 @@ async fn streams_that_open_at_the_log_end_share_their_reads_before_and_after_a_c
     assert!(page.events.is_empty());
     assert_eq!(reads.load(Ordering::SeqCst), 1);
 
-    log.lock().unwrap().extend([event(4), event(5)]);
-    hub.task_changed(TaskId(1));
-    for watch in &mut watches {
-        watch.changed().await;
-    }
+    append(&log, &hub, &mut watches, [event(4), event(5)]).await;
     for watch in &watches {
         let page = service.stream_events(&WHO, watch, 3, 256).await.unwrap();
         assert_eq!(seqs(&page), vec![4, 5]);
