@@ -49,14 +49,7 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
     };
     let watched = other_server.as_ref().unwrap_or(&turns_server);
     let watched_pid = watched.child.id();
-    let target = Target {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()?,
-        base: turns_server.base.clone(),
-        token,
-        agent,
-    };
+    let target = Target::new(turns_server.base.clone(), token, agent)?;
     let mut ids = Vec::with_capacity(run.tasks);
     for _ in 0..run.tasks {
         ids.push(target.create().await?);

@@ -6,7 +6,7 @@
 //! history at c=16. The figures to compare are the p99s at the largest size against
 //! the smallest.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
@@ -106,16 +106,7 @@ pub(crate) async fn growth(baton: &str, cpu: usize, sizes: &[usize]) -> anyhow::
         let path = dir.path().join("growth.db");
         let url = format!("sqlite://{}", path.display());
         let (agent, token) = echo_agent_and_key(baton, &url)?;
-        let target = |base: &str| -> anyhow::Result<Target> {
-            Ok(Target {
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(60))
-                    .build()?,
-                base: base.to_owned(),
-                token: token.clone(),
-                agent,
-            })
-        };
+        let target = |base: &str| Target::new(base.to_owned(), token.clone(), agent);
         {
             let server = start_server(baton, &url, cpu, &[])?;
             let first = target(&server.base)?;

@@ -192,6 +192,19 @@ struct Target {
 }
 
 impl Target {
+    /// A target at `base`, through one HTTP client whose requests give up after two
+    /// minutes.
+    fn new(base: String, token: String, agent: i64) -> anyhow::Result<Self> {
+        Ok(Target {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
+            base,
+            token,
+            agent,
+        })
+    }
+
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let response = self
             .http
@@ -510,14 +523,7 @@ async fn suite(
     let (agent, token) = echo_agent_and_key(baton, &url)?;
     let server = start_server(baton, &url, cpu, &[])?;
     let pid = server.child.id();
-    let target = Target {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        base: server.base.clone(),
-        token,
-        agent,
-    };
+    let target = Target::new(server.base.clone(), token, agent)?;
     // Warm up, then the idle figure.
     run(&target, Scenario::Roundtrip, 4, 100, 1).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -625,14 +631,7 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
             requests,
             turns,
         } => {
-            let target = Target {
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(60))
-                    .build()?,
-                base: base_url,
-                token,
-                agent,
-            };
+            let target = Target::new(base_url, token, agent)?;
             let report = run(&target, scenario, concurrency, requests, turns).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }

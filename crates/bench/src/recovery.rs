@@ -62,14 +62,7 @@ pub(crate) async fn recovery(baton: &str, turns: usize, policy: Policy) -> anyho
     doomed_flags.extend(leases);
     let doomed = start_server(baton, &url, 0, &doomed_flags)?;
     let survivor = start_server(baton, &url, 1, &leases)?;
-    let target = Target {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        base: doomed.base.clone(),
-        token,
-        agent,
-    };
+    let target = Target::new(doomed.base.clone(), token, agent)?;
     let accepting = Instant::now();
     let workers: Vec<_> = (0..16)
         .map(|worker| {
