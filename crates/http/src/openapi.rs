@@ -17,7 +17,6 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::api::{ROUTES, Route};
 use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
-use crate::openapi_rewrites::ListItemsByReference;
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -53,7 +52,7 @@ use crate::openapi_rewrites::ListItemsByReference;
         crate::admin::redeliver,
     ),
     components(schemas(ErrorEnvelope)),
-    modifiers(&Security, &ErrorAnswers, &ListItemsByReference),
+    modifiers(&Security, &ErrorAnswers),
     tags(
         (name = "tasks", description = "Tasks, their messages and turns: what agents' clients use, with an agent's key."),
         (name = "admin", description = "Agents and their keys, with the operator's admin token. Disabled (404) unless the server has an admin token."),

@@ -1,42 +1,36 @@
-//! Rewrites of the generated OpenAPI document that utoipa's attributes cannot express.
-//! They make the document what client generators and linters expect (see the tests in
-//! `tests/openapi.rs`). One works on utoipa's typed document (a [`Modify`] the derive
-//! names); the others on its JSON form ([`on_json`]), since utoipa's types do not read
-//! back every schema they write.
+//! Rewrites of the generated OpenAPI document that utoipa's attributes cannot express,
+//! on its JSON form ([`on_json`]): utoipa's types do not read back every schema they
+//! write, so the document cannot go back to them. They make the document what client
+//! generators and linters expect (see the tests in `tests/openapi.rs`).
 
 use serde_json::{Map, Value, json};
-use utoipa::Modify;
-use utoipa::openapi::schema::Array;
-use utoipa::openapi::{OpenApi as Document, Ref, RefOr, Schema};
 
 /// A listing's items by reference: utoipa writes `PageBody<TaskBody>` with a copy of
 /// `TaskBody` inline, so a generated client gets a second, unrelated item type (and
 /// `TaskBody` for a single task). Each `PageBody_X` / `DataBody_X` component whose `X`
 /// is a component refers to it instead.
-pub(crate) struct ListItemsByReference;
-
-impl Modify for ListItemsByReference {
-    fn modify(&self, doc: &mut Document) {
-        let Some(components) = doc.components.as_mut() else {
-            return;
-        };
-        let names: Vec<String> = components.schemas.keys().cloned().collect();
-        for name in names {
-            let Some(item) = name
+fn list_items_by_reference(json: &mut Value) {
+    let Some(schemas) = json
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let lists: Vec<(String, String)> = schemas
+        .keys()
+        .filter_map(|name| {
+            let item = name
                 .strip_prefix("PageBody_")
-                .or_else(|| name.strip_prefix("DataBody_"))
-                .map(str::to_owned)
-            else {
-                continue;
-            };
-            if !components.schemas.contains_key(&item) {
-                continue;
-            }
-            if let Some(RefOr::T(Schema::Object(list))) = components.schemas.get_mut(&name)
-                && let Some(data) = list.properties.get_mut("data")
-            {
-                *data = Array::new(Ref::from_schema_name(item)).into();
-            }
+                .or_else(|| name.strip_prefix("DataBody_"))?;
+            schemas
+                .contains_key(item)
+                .then(|| (name.clone(), item.to_owned()))
+        })
+        .collect();
+    for (list, item) in lists {
+        if let Some(data) = schemas[&list].pointer_mut("/properties/data") {
+            *data =
+                json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}});
         }
     }
 }
@@ -144,6 +138,7 @@ fn mark_free_form(value: &mut Value) {
 
 /// The rewrites of the document's JSON form.
 pub(crate) fn on_json(json: &mut Value) {
+    list_items_by_reference(json);
     tag_content_parts(json);
     mark_free_form(json);
 }

@@ -12,33 +12,22 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::TestApp;
+use common::{TestApp, tool_output};
 use serde_json::json;
 
-/// Runs a command off the runtime that serves the test's server, and says what it did
-/// when it failed.
-async fn run(mut command: Command) -> Output {
-    let shown = format!("{command:?}");
-    let output = tokio::task::spawn_blocking(move || command.output())
+/// Runs a tool off the runtime that serves the test's server; what it printed.
+async fn run(command: Command) -> String {
+    tokio::task::spawn_blocking(move || tool_output(command))
         .await
         .unwrap()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{shown} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// Runs a conversation script to its end (its last line says so).
 async fn holds_the_conversation(script: Command) {
-    let output = run(script).await;
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("conversation ok"),
+        run(script).await.contains("conversation ok"),
         "the script did not reach its end"
     );
 }

@@ -271,19 +271,13 @@ fn the_document_is_valid_openapi_3_1_for_openapi_spec_validator() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&document()).unwrap()).unwrap();
-    let output = std::process::Command::new(
+    let mut validate = std::process::Command::new(
         baton_test_support::python::bin().join("openapi-spec-validator"),
-    )
-    .args(["--schema", "3.1", "--validation-errors", "all"])
-    .arg(&path)
-    .output()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "openapi-spec-validator rejects the document:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
     );
+    validate
+        .args(["--schema", "3.1", "--validation-errors", "all"])
+        .arg(&path);
+    tool_output(validate);
 }
 
 /// A listing refers to its item's schema, so a generated client has one type per
@@ -354,26 +348,13 @@ fn the_document_passes_redocly_lint_without_errors_or_warnings() {
         REDOCLY_IGNORED,
     )
     .unwrap();
-    let output = std::process::Command::new(baton_test_support::node::bin().join("redocly"))
-        .args([
-            "lint",
-            "--format",
-            "stylish",
-            "--max-problems",
-            "1000",
-            "openapi.json",
-        ])
+    let mut lint = std::process::Command::new(baton_test_support::node::bin().join("redocly"));
+    lint.args(["lint", "--format", "stylish", "--max-problems", "1000"])
+        .arg("openapi.json")
         .current_dir(dir.path())
         .env("REDOCLY_TELEMETRY", "off")
-        .env("REDOCLY_SUPPRESS_UPDATE_NOTICE", "true")
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "redocly lint fails:\n{report}");
+        .env("REDOCLY_SUPPRESS_UPDATE_NOTICE", "true");
+    let report = tool_output(lint);
     assert!(
         !report.contains(" warning "),
         "redocly lint warns:\n{report}"
