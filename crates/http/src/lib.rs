@@ -87,14 +87,18 @@ impl Default for ServerOptions {
     }
 }
 
+/// The served document and its `ETag`, hashed once for every worker.
+fn openapi_json() -> &'static docs::OpenApiJson {
+    static JSON: std::sync::OnceLock<docs::OpenApiJson> = std::sync::OnceLock::new();
+    JSON.get_or_init(|| docs::OpenApiJson::new(openapi::api_doc_json()))
+}
+
 /// Adds the V1 API, its envelope for unknown routes, and the request-id middleware to
 /// an app. Used by the server and by tests alike.
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
-            .app_data(web::Data::new(docs::OpenApiJson::new(
-                openapi::api_doc_json(),
-            )))
+            .app_data(web::Data::new(openapi_json().clone()))
             .configure(api::configure);
     }
 }
