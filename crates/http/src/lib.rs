@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cors;
 mod docs;
 pub mod dto;
 pub mod error;
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::{AppConfig, Server};
-use actix_web::{App, middleware::from_fn, web};
+use actix_web::middleware::{Condition, from_fn};
+use actix_web::{App, web};
 use baton_domain::TaskService;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +49,8 @@ pub struct ApiState {
     pub limits: limits::RequestLimits,
     /// The admin API; `None`: its routes do not exist.
     pub admin: Option<admin::AdminApi>,
+    /// Which other origins' pages may call the API.
+    pub cors: cors::CorsOptions,
 }
 
 /// Renders the metrics in Prometheus' text format, at each scrape.
@@ -124,7 +128,11 @@ pub fn serve(
         .disable_signals()
         .listen("baton", listener, move || {
             let (state, stopping) = (state.clone(), stopping.clone());
+            // Inside the envelope, so that a refused preflight is an envelope too; the
+            // envelope keeps the CORS headers of the answers it renders.
+            let cors = Condition::new(state.cors.enabled(), state.cors.middleware());
             let app = App::new()
+                .wrap(cors)
                 .wrap(from_fn(middleware::envelope_and_request_id))
                 .configure(configure(state))
                 .default_service(web::to(routes::not_found));

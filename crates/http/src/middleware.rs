@@ -198,7 +198,7 @@ fn finish(response: ServiceResponse<BoxBody>, id: &str) -> ServiceResponse<BoxBo
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let rendered = match response.response().error() {
+    let mut rendered = match response.response().error() {
         Some(err) => match err.as_error::<ApiError>() {
             Some(api) => {
                 if let Some(source) = &api.source {
@@ -235,6 +235,17 @@ fn finish(response: ServiceResponse<BoxBody>, id: &str) -> ServiceResponse<BoxBo
             ApiError::new(code_for_status(status), message).to_response(id)
         }
     };
+    keep_cors_headers(response.headers(), rendered.headers_mut());
     let (request, _) = response.into_parts();
     ServiceResponse::new(request, rendered)
+}
+
+/// A page on another origin reads an error only if its answer carries the CORS
+/// headers the inner layer added: the envelope that replaces the answer keeps them.
+fn keep_cors_headers(from: &header::HeaderMap, to: &mut header::HeaderMap) {
+    for (name, value) in from {
+        if name.as_str().starts_with("access-control-") || name == header::VARY {
+            to.append(name.clone(), value.clone());
+        }
+    }
 }

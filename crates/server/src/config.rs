@@ -44,6 +44,33 @@ pub struct FileConfig {
     pub sqlite: SqliteFile,
     #[serde(default)]
     pub postgres: PostgresFile,
+    #[serde(default)]
+    pub cors: CorsFile,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    /// Origins whose pages may call the API; `["*"]` for any; empty: CORS off.
+    pub allowed_origins: Option<OneOrMany>,
+    pub max_age_secs: Option<u64>,
+}
+
+/// A list, or one value alone (`BATON_CORS_ALLOWED_ORIGINS=https://app.example.com`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -136,6 +163,7 @@ pub struct Config {
     pub webhooks: Webhooks,
     pub limits: Limits,
     pub admin_token: Option<String>,
+    pub cors: baton_http::cors::CorsOptions,
 }
 
 /// Request and turn limits. Zero means "no limit" for the rate and the turns.
@@ -169,6 +197,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "sqlite",
     "postgres",
+    "cors",
 ];
 
 /// `BATON_…` variables that are not settings.
@@ -357,6 +386,14 @@ impl Config {
                 pool_size: Some(self.store.postgres.pool_size),
                 pool_wait_ms: Some(ms(self.store.postgres.pool_wait)),
             },
+            cors: CorsFile {
+                allowed_origins: Some(OneOrMany::Many(match &self.cors.allowed_origins {
+                    baton_http::cors::AllowedOrigins::None => Vec::new(),
+                    baton_http::cors::AllowedOrigins::Any => vec!["*".to_owned()],
+                    baton_http::cors::AllowedOrigins::Listed(origins) => origins.clone(),
+                })),
+                max_age_secs: Some(self.cors.max_age.as_secs()),
+            },
         }
     }
 }
@@ -444,6 +481,19 @@ impl Config {
         let pg_defaults = PgOptions::default();
         let idempotency_defaults = IdempotencyConfig::default();
         let webhooks = resolve_webhooks(file.webhooks, overrides.webhook_secret.clone())?;
+        let cors = baton_http::cors::CorsOptions {
+            allowed_origins: baton_http::cors::AllowedOrigins::from_list(
+                file.cors
+                    .allowed_origins
+                    .map(OneOrMany::into_vec)
+                    .unwrap_or_default(),
+            )
+            .context("cors.allowed_origins")?,
+            max_age: file
+                .cors
+                .max_age_secs
+                .map_or(baton_http::cors::DEFAULT_MAX_AGE, Duration::from_secs),
+        };
         let config = Config {
             database_url: overrides
                 .database_url
@@ -500,6 +550,7 @@ impl Config {
                     .unwrap_or(idempotency_defaults.in_flight_wait),
             },
             webhooks,
+            cors,
             admin_token: file.admin_token.filter(|t| !t.is_empty()),
             limits: Limits {
                 requests_per_second_per_key: file.limits.requests_per_second_per_key.unwrap_or(0),
@@ -667,6 +718,43 @@ mod tests {
         let defaults = Config::resolve_with_env(&Overrides::default(), []).unwrap();
         assert_eq!(defaults.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(defaults.store.sqlite.synchronous, SqliteSync::Full);
+    }
+
+    #[test]
+    fn cors_origins_come_as_a_list_or_one_value_and_are_checked() {
+        use baton_http::cors::AllowedOrigins;
+        let resolve = |value: &str| {
+            Config::resolve_with_env(
+                &Overrides::default(),
+                [("BATON_CORS_ALLOWED_ORIGINS".to_owned(), value.to_owned())],
+            )
+            .map(|config| config.cors.allowed_origins)
+        };
+        assert_eq!(
+            Config::resolve_with_env(&Overrides::default(), [])
+                .unwrap()
+                .cors
+                .allowed_origins,
+            AllowedOrigins::None,
+            "off by default"
+        );
+        assert_eq!(
+            resolve("https://app.example.com").unwrap(),
+            AllowedOrigins::Listed(vec!["https://app.example.com".into()])
+        );
+        assert_eq!(
+            resolve(r#"["https://a.example", "http://localhost:5173"]"#).unwrap(),
+            AllowedOrigins::Listed(vec![
+                "https://a.example".into(),
+                "http://localhost:5173".into()
+            ])
+        );
+        assert_eq!(resolve("*").unwrap(), AllowedOrigins::Any);
+        let err = format!("{:#}", resolve("https://a.example/").unwrap_err());
+        assert!(
+            err.contains("cors.allowed_origins") && err.contains("not an origin"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -481,6 +481,7 @@ async fn serve(config: Config, demo: bool, extra: &RunnerRegistry) -> anyhow::Re
                 .admin_token
                 .as_deref()
                 .map(|token| baton_http::admin::AdminApi::new(app.admin.clone(), token)),
+            cors: config.cors.clone(),
         },
         ServerOptions {
             workers: config.workers,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_domain::*;
+use baton_http::cors::CorsOptions;
 use baton_http::{ApiState, ServerOptions, Shutdown, serve};
 use baton_persistence::{SqlStore, StoreOptions};
 use reqwest::StatusCode;
@@ -85,6 +86,28 @@ impl TestApp {
         limits: baton_http::limits::RequestLimits,
         submit: SubmitLimits,
     ) -> TestApp {
+        TestApp::with_all(body_limit, sse, limits, submit, CorsOptions::default()).await
+    }
+
+    /// With these CORS options, and the rest as [`TestApp::start`]'s.
+    pub async fn with_cors(cors: CorsOptions) -> TestApp {
+        TestApp::with_all(
+            baton_http::DEFAULT_BODY_LIMIT,
+            baton_http::sse::SseOptions::default(),
+            baton_http::limits::RequestLimits::default(),
+            SubmitLimits::default(),
+            cors,
+        )
+        .await
+    }
+
+    async fn with_all(
+        body_limit: usize,
+        sse: baton_http::sse::SseOptions,
+        limits: baton_http::limits::RequestLimits,
+        submit: SubmitLimits,
+        cors: CorsOptions,
+    ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("baton.db").display());
         let (store, _) = SqlStore::open(&url, StoreOptions::default()).await.unwrap();
@@ -127,6 +150,7 @@ impl TestApp {
                 metrics: None,
                 limits: limits.clone(),
                 admin: Some(baton_http::admin::AdminApi::new(admin.clone(), ADMIN_TOKEN)),
+                cors,
             },
             ServerOptions {
                 workers: 2,
