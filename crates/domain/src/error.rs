@@ -75,6 +75,9 @@ impl FieldError {
 pub enum ServiceError {
     #[error("missing, invalid or revoked API key")]
     Unauthorized,
+    /// A stream token that does not open this stream.
+    #[error("the stream token {0}")]
+    StreamTokenRefused(crate::stream_tokens::StreamTokenRefusal),
     #[error("agent not found")]
     AgentNotFound,
     #[error("task not found")]

@@ -19,6 +19,7 @@ pub mod page;
 pub mod ports;
 pub mod runner;
 pub mod service;
+pub mod stream_tokens;
 pub mod telemetry;
 pub mod tools;
 pub mod validate;

@@ -14,6 +14,7 @@ use crate::model::*;
 use crate::notify::{LocalNotifier, TaskWatch};
 use crate::page::{Page, PageRequest};
 use crate::ports::{AgentStore, TaskNotifier, TaskStore, WebhookStore};
+use crate::stream_tokens;
 use crate::validate;
 use crate::webhooks::{self, DeliveryView, DestinationPolicy, WebhookEndpoint, WebhookTarget};
 
@@ -240,6 +241,53 @@ impl TaskService {
         {
             tracing::warn!(error = %err, "could not record a key's last use");
         }
+        Ok(Principal {
+            agent_id: key.agent_id,
+            key_id: key.id,
+        })
+    }
+
+    /// A token that opens `task_id`'s stream for [`stream_tokens::STREAM_TOKEN_TTL`],
+    /// made with the caller's key, and when it expires.
+    pub async fn mint_stream_token(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+    ) -> Result<(String, chrono::DateTime<chrono::Utc>), ServiceError> {
+        self.get_task(who, task_id).await?;
+        let key = self
+            .agents
+            .list_api_keys(who.agent_id)
+            .await?
+            .into_iter()
+            .find(|key| key.id == who.key_id && key.revoked_at.is_none())
+            .ok_or(ServiceError::Unauthorized)?;
+        let expires_at = self.executor.clock().now()
+            + chrono::Duration::from_std(stream_tokens::STREAM_TOKEN_TTL)
+                .unwrap_or_else(|_| chrono::Duration::minutes(5));
+        // Whole seconds: the token carries its expiry in seconds.
+        let expires_at =
+            chrono::DateTime::from_timestamp(expires_at.timestamp(), 0).unwrap_or(expires_at);
+        Ok((stream_tokens::mint(&key, task_id, expires_at), expires_at))
+    }
+
+    /// The principal a stream token stands for, on `task_id`'s stream only.
+    pub async fn authenticate_stream(
+        &self,
+        token: &str,
+        task_id: TaskId,
+    ) -> Result<Principal, ServiceError> {
+        let claims = stream_tokens::read(token).map_err(ServiceError::StreamTokenRefused)?;
+        let key = self
+            .agents
+            .list_api_keys(claims.agent_id)
+            .await?
+            .into_iter()
+            .find(|key| key.prefix == claims.key_prefix);
+        claims
+            .check(task_id, key.as_ref(), self.executor.clock().now())
+            .map_err(ServiceError::StreamTokenRefused)?;
+        let key = key.ok_or(ServiceError::Unauthorized)?;
         Ok(Principal {
             agent_id: key.agent_id,
             key_id: key.id,

@@ -88,6 +88,9 @@ api! {
     "/v1/chat/tasks/{task_id}/stream" {
         get => routes::stream, errors: [KEYED, &[BadRequest, ValidationFailed, TaskNotFound]];
     }
+    "/v1/chat/tasks/{task_id}/stream-token" {
+        post => routes::stream_token, errors: [KEYED, &[TaskNotFound]];
+    }
     "/v1/chat/tasks/{task_id}/cancel" {
         post => routes::cancel, errors: [KEYED, &[TaskNotFound, TaskNotRunning]];
     }

@@ -151,6 +151,22 @@ impl<T> PageBody<T> {
     }
 }
 
+/// A token that opens one task's event stream without a header, for a browser's
+/// `EventSource`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamTokenBody {
+    /// Put it in the stream's URL as `?token=`; it opens this task's stream only.
+    #[schema(example = "bts1.1.Ab3dE6gH.1.1796000000.x5Qm0lN2k1Zr8b3Fv7Wc9Ty4Hj6Lp0Sd2Ag5Ek8Oq1U")]
+    pub token: String,
+    /// After this the token opens nothing (a stream open then goes on).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The stream's path with the token: what to give `new EventSource(...)`.
+    #[schema(
+        example = "/v1/chat/tasks/1/stream?token=bts1.1.Ab3dE6gH.1.1796000000.x5Qm0lN2k1Zr8b3Fv7Wc9Ty4Hj6Lp0Sd2Ag5Ek8Oq1U"
+    )]
+    pub stream_url: String,
+}
+
 /// A listing that is never paged (it is short by nature).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DataBody<T> {

@@ -308,6 +308,12 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::Unauthorized,
                 "Send a valid, unrevoked API key as 'Authorization: Bearer <key>'.",
             ),
+            ServiceError::StreamTokenRefused(why) => ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "The stream token {why}. Mint another with POST /v1/chat/tasks/{{task_id}}/stream-token (it opens that task's stream for 5 minutes), or send a key as 'Authorization: Bearer <key>'."
+                ),
+            ),
             ServiceError::AgentNotFound => ApiError::new(
                 ErrorCode::AgentNotFound,
                 "No such agent for this API key: agent_id must be the agent the key belongs to.",

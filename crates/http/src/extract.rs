@@ -37,6 +37,31 @@ pub async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<Princip
     Ok(who)
 }
 
+/// The principal for a stream of `task`: the bearer key if a header is sent, else the
+/// stream token of `?token=` (see [`baton_domain::stream_tokens`]).
+pub async fn authenticate_stream(
+    state: &ApiState,
+    req: &HttpRequest,
+    task: TaskId,
+) -> Result<Principal, ApiError> {
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
+    }
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return authenticate(state, req).await;
+    }
+    let token = web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|query| query.into_inner().token)
+        .ok_or_else(|| ApiError::from(baton_domain::ServiceError::Unauthorized))?;
+    let who = state.tasks.authenticate_stream(&token, task).await?;
+    if let Some(rate) = &state.limits.per_key {
+        rate.check(who.key_id)?;
+    }
+    Ok(who)
+}
+
 /// The `Idempotency-Key` header, if sent. Its form is checked with the body (so all
 /// problems are reported at once); a value that is not text is refused here.
 pub fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use utoipa::openapi::path::{HttpMethod, Operation};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, ResponseBuilder, example::Example,
     schema::Type,
@@ -39,6 +41,7 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::routes::append_message,
         crate::routes::list_messages,
         crate::routes::stream,
+        crate::routes::stream_token,
         crate::routes::cancel,
         crate::routes::list_deliveries,
         crate::routes::get_file,
@@ -75,6 +78,13 @@ impl Modify for Security {
         components.add_security_scheme(
             "agent_key",
             bearer("An agent's API key (`bt_…`), made by `baton key create` or the admin API."),
+        );
+        components.add_security_scheme(
+            "stream_token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "A stream token from `POST /v1/chat/tasks/{task_id}/stream-token`: opens that task's stream only, for 5 minutes. For a browser's `EventSource`, which cannot send a header.",
+            ))),
         );
         components.add_security_scheme(
             "admin_token",

@@ -55,7 +55,7 @@ pub struct StreamParams {
     /// Start after this event id (0: from the start). `Last-Event-ID` wins when both are sent.
     #[param(minimum = 0, example = 0)]
     pub after: Option<i64>,
-    /// `final`: close the stream after the turn's last event (`final`, `error` or `cancelled`).
+    /// `final`: close the stream after the turn's last event (`final`, `failed`, `cancelled` or `requires_action`).
     #[param(inline)]
     pub until: Option<StreamUntil>,
 }

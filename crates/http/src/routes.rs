@@ -8,9 +8,13 @@ use crate::ApiState;
 use baton_domain::Message;
 use baton_domain::webhooks::DeliveryView;
 
-use crate::dto::{AcceptedBody, DataBody, PageBody, StatusBody, SubmitBody, TaskBody};
+use crate::dto::{
+    AcceptedBody, DataBody, PageBody, StatusBody, StreamTokenBody, SubmitBody, TaskBody,
+};
 use crate::error::{ApiError, ErrorCode};
-use crate::extract::{authenticate, idempotency_key, json_body, page, task_id, wait};
+use crate::extract::{
+    authenticate, authenticate_stream, idempotency_key, json_body, page, task_id, wait,
+};
 use crate::params::{IdempotencyKey, PageParams, StreamParams, TaskIdParam, WaitParam};
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -276,16 +280,16 @@ pub(crate) async fn list_messages(
 
 #[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/stream", tag = "tasks",
     summary = "The task's events (Server-Sent Events)",
-    description = "The task's event log as Server-Sent Events: `turn_started`, `text_delta`, `message`, `final`, `error`, `cancelled`, each with its `id` (the event's `seq`). Reconnect with `Last-Event-ID` (or `?after=`) to resume exactly after the last event seen. Without `until=final` the stream stays open for the task's next turns (comment heartbeats keep it alive). See docs/api.md for each event's data.",
+    description = "The task's event log as Server-Sent Events: `turn_started`, `text_delta`, `message_completed`, `final`, `failed`, `cancelled`, `requires_action` (and `reset`), each with its `id` (the event's `seq`); every event is named, so a browser's `EventSource` delivers none to `onmessage`: listen by name. Reconnect with `Last-Event-ID` (or `?after=`) to resume exactly after the last event seen. A browser's `EventSource`, which cannot send a header, authenticates with `?token=` from `POST /v1/chat/tasks/{task_id}/stream-token`. Without `until=final` the stream stays open for the task's next turns (comment heartbeats keep it alive). See docs/api.md for each event's data.",
     params(TaskIdParam, StreamParams),
     responses((status = 200, description = "An event stream; each event's `data` is as `StreamEvent` describes it. On the wire:\n\n```\nretry: 2000\n\nid: 3\nevent: text_delta\ndata: {\"turn_id\":1,\"message_id\":2,\"delta\":\"Hel\",\"seq\":3,\"task_id\":1,\"created_at\":\"2026-11-22T19:29:53.004211Z\"}\n```", content_type = "text/event-stream", body = crate::sse::schema::StreamEvent)),
-    security(("agent_key" = [])))]
+    security(("agent_key" = []), ("stream_token" = [])))]
 pub(crate) async fn stream(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
+    let who = authenticate_stream(&state, &req, task).await?;
     let (after, until_final) = crate::sse::cursor(&req)?;
     crate::sse::stream(
         state.tasks.clone(),
@@ -297,4 +301,26 @@ pub(crate) async fn stream(
         state.shutdown.closing.clone(),
     )
     .await
+}
+
+#[utoipa::path(post, path = "/v1/chat/tasks/{task_id}/stream-token", tag = "tasks",
+    summary = "A token for a browser's EventSource",
+    description = "A browser's `EventSource` cannot send an `Authorization` header. This mints a token that opens this task's event stream, and nothing else, for 5 minutes: `new EventSource(stream_url)`. The token is made with the calling key, so revoking the key voids it. A stream open when the token expires goes on; to reopen later (after `?after=` the last event id), mint another. Tokens in URLs are never logged by baton; proxies may log them, which is why they are short-lived and limited to one task.",
+    params(TaskIdParam),
+    responses((status = 200, description = "The token and the stream URL that carries it.", body = StreamTokenBody)),
+    security(("agent_key" = [])))]
+pub(crate) async fn stream_token(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let (token, expires_at) = state.tasks.mint_stream_token(&who, task).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(StreamTokenBody {
+            stream_url: format!("/v1/chat/tasks/{task}/stream?token={token}"),
+            token,
+            expires_at,
+        }))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
-use baton_domain::{Principal, TaskEvent, TaskId, TaskService, TaskWatch};
+use baton_domain::{EventKind, Principal, TaskEvent, TaskId, TaskService, TaskWatch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -91,6 +91,23 @@ pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
     Ok((after, until_final))
 }
 
+/// The `event:` name of a log entry on the stream. Two differ from the log's own
+/// kinds, so that a browser's `EventSource` cannot mistake them: an event named
+/// `message` is what `onmessage` receives (events without a name are `message`s), and
+/// one named `error` arrives with the connection's own errors at `onerror`. On the
+/// stream a complete message is `message_completed` and a failed turn `failed`.
+pub fn event_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Message => "message_completed",
+        EventKind::Error => "failed",
+        EventKind::TurnStarted
+        | EventKind::TextDelta
+        | EventKind::Final
+        | EventKind::Cancelled
+        | EventKind::RequiresAction => kind.as_str(),
+    }
+}
+
 fn frame(event: &TaskEvent) -> Vec<u8> {
     let mut data = event.data.clone();
     if let Value::Object(object) = &mut data {
@@ -98,7 +115,12 @@ fn frame(event: &TaskEvent) -> Vec<u8> {
         object.insert("task_id".to_owned(), json!(event.task_id));
         object.insert("created_at".to_owned(), json!(event.created_at));
     }
-    format!("id: {}\nevent: {}\ndata: {data}\n\n", event.seq, event.kind).into_bytes()
+    format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        event.seq,
+        event_name(event.kind)
+    )
+    .into_bytes()
 }
 
 /// The process's heartbeat ticker for `period`, one for all the streams that use it:
@@ -292,9 +314,7 @@ pub async fn stream(
 /// describe what `frame` and `reset_frame` write (the fuzzing in CI checks every event
 /// it reads against them).
 pub mod schema {
-    use std::borrow::Cow;
-
-    use baton_domain::{Message, Turn, TurnError, TurnStatus};
+    use baton_domain::{EventKind, Message, Turn, TurnError, TurnStatus};
     use chrono::{DateTime, Utc};
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
     use utoipa::openapi::{Ref, RefOr};
@@ -329,7 +349,7 @@ pub mod schema {
         pub delta: String,
     }
 
-    /// `message`: an agent message is complete.
+    /// `message_completed`: an agent message is complete.
     #[derive(Debug, ToSchema)]
     pub struct MessageData {
         #[serde(flatten)]
@@ -337,7 +357,7 @@ pub mod schema {
         pub message: Message,
     }
 
-    /// `final`, `error`, `cancelled` or `requires_action`: the turn ended (or, with
+    /// `final`, `failed`, `cancelled` or `requires_action`: the turn ended (or, with
     /// `requires_action`, waits for the client's tool answers; `output` holds the
     /// `tool_request` messages).
     #[derive(Debug, ToSchema)]
@@ -348,7 +368,7 @@ pub mod schema {
         pub status: TurnStatus,
         /// The agent's messages of this turn.
         pub output: Vec<Message>,
-        /// With `error`: why the turn failed.
+        /// With `failed`: why the turn failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub error: Option<TurnError>,
     }
@@ -367,23 +387,27 @@ pub mod schema {
 
     impl PartialSchema for StreamEvent {
         fn schema() -> RefOr<Schema> {
-            let kinds: [(&[&str], Cow<'static, str>); 5] = [
-                (&["turn_started"], TurnStartedData::name()),
-                (&["text_delta"], TextDeltaData::name()),
-                (&["message"], MessageData::name()),
-                (
-                    &["final", "error", "cancelled", "requires_action"],
-                    TurnEndedData::name(),
-                ),
-                (&["reset"], ResetData::name()),
-            ];
+            // One variant per event name, each with its data's schema.
+            let data_of = |kind: EventKind| match kind {
+                EventKind::TurnStarted => TurnStartedData::name(),
+                EventKind::TextDelta => TextDeltaData::name(),
+                EventKind::Message => MessageData::name(),
+                EventKind::Final
+                | EventKind::Error
+                | EventKind::Cancelled
+                | EventKind::RequiresAction => TurnEndedData::name(),
+            };
+            let events = EventKind::ALL
+                .iter()
+                .map(|kind| (super::event_name(*kind), data_of(*kind)))
+                .chain([("reset", ResetData::name())]);
             let mut one_of = OneOfBuilder::new().description(Some(
                 "An event as Server-Sent Events carry it: `id` is its `seq`, `data` is JSON.",
             ));
-            for (names, data) in kinds {
+            for (name, data) in events {
                 let event = ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .enum_values(Some(names.iter().copied()));
+                    .enum_values(Some([name]));
                 let mut payload = ObjectBuilder::new()
                     .schema_type(Type::String)
                     .content_media_type("application/json")
@@ -394,6 +418,7 @@ pub mod schema {
                     .pattern(Some("^[0-9]+$"));
                 one_of = one_of.item(
                     ObjectBuilder::new()
+                        .title(Some(name))
                         .property("event", event)
                         .property("data", payload)
                         .property("id", id)

@@ -93,7 +93,7 @@ async fn replay_from_zero_tells_the_whole_turn_in_order_then_closes_on_final() {
     let events = all(open(&app, &app.token, task, "?until=final", None).await).await;
     let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"turn_started"));
-    assert_eq!(kinds[kinds.len() - 2..], ["message", "final"]);
+    assert_eq!(kinds[kinds.len() - 2..], ["message_completed", "final"]);
     assert!(
         kinds[1..kinds.len() - 2].iter().all(|k| *k == "text_delta"),
         "{kinds:?}"

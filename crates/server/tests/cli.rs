@@ -292,6 +292,38 @@ fn json_logs_carry_the_request_id_and_never_a_key_or_a_message() {
                 .to_owned(),
         );
     }
+    // A stream opened with a token in its URL: the URL is logged without it.
+    let created = http
+        .post(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-create")
+        .json(&json!({"agent_id": agent, "message": {"content": "streamed"}}))
+        .send()
+        .unwrap();
+    let task = created.json::<serde_json::Value>().unwrap()["task_id"].clone();
+    ids.push("trace-create".to_owned());
+    let minted: serde_json::Value = http
+        .post(format!("{}/v1/chat/tasks/{task}/stream-token", server.base))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-mint")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    ids.push("trace-mint".to_owned());
+    let stream_token = minted["token"].as_str().unwrap().to_owned();
+    let streamed = http
+        .get(format!(
+            "{}{}&until=final",
+            server.base,
+            minted["stream_url"].as_str().unwrap()
+        ))
+        .header("x-request-id", "trace-stream")
+        .send()
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert!(streamed.text().unwrap().contains("event: final"));
+    ids.push("trace-stream".to_owned());
     // A turn that outlasts the SIGTERM keeps the server draining a while: a request
     // then is refused with 503, and logged like any other.
     let (slow, slow_token) = agent_and_key(&db, r#"{"delay_ms": 1500}"#);
@@ -331,6 +363,12 @@ fn json_logs_carry_the_request_id_and_never_a_key_or_a_message() {
         assert!(line["fields"]["status"].is_u64(), "{line}");
     }
     assert!(!text.contains(&token), "a key was logged");
+    assert!(
+        !text.contains(&stream_token),
+        "a stream token was logged: {text}"
+    );
+    let signature = stream_token.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature));
     assert!(
         !text.contains("confidential words"),
         "a message body was logged"

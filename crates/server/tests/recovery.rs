@@ -237,7 +237,7 @@ fn sigterm_refuses_new_requests_lets_quick_turns_finish_and_ends_the_rest_by_pol
     let text = stream.join().unwrap();
     assert!(text.contains("event: turn_started"), "{text}");
     assert!(
-        text.contains("event: error"),
+        text.contains("event: failed"),
         "the interrupted turn's end reaches the stream before it closes: {text}"
     );
     assert!(
