@@ -60,7 +60,7 @@ macro_rules! api {
         fn configure_table(cfg: &mut web::ServiceConfig) {
             $(cfg.service(
                 web::resource($path)
-                    $(.route(web::$method().to($handler)))+
+                    $(.route(method_route(stringify!($method)).to($handler)))+
                     .default_service(web::to(method_not_allowed)),
             );)+
         }
@@ -120,6 +120,28 @@ api! {
     }
 }
 
+/// A route for `method` (as the table writes it); one for `get` answers `HEAD` too,
+/// with the same handler: actix-http sends a HEAD answer's headers and drops its body.
+fn method_route(method: &'static str) -> actix_web::Route {
+    web::route().guard(actix_web::guard::fn_guard(move |ctx| {
+        let asked = ctx.head().method.as_str();
+        asked.eq_ignore_ascii_case(method) || (method == "get" && asked == "HEAD")
+    }))
+}
+
+/// The methods a path allows, as `Allow` names them: its routes', and `HEAD` wherever
+/// `GET` is.
+pub fn allowed_methods(path: &str) -> Vec<String> {
+    let mut allowed = Vec::new();
+    for route in ROUTES.iter().filter(|route| route.path == path) {
+        allowed.push(route.method.to_ascii_uppercase());
+        if route.method == "get" {
+            allowed.push("HEAD".to_owned());
+        }
+    }
+    allowed
+}
+
 /// Paths that only lead to a described route, each with the route it answers as, and
 /// are left out of the document (a trailing slash is an error to OpenAPI linters):
 /// `/docs/` redirects as `/docs` does.
@@ -130,7 +152,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     configure_table(cfg);
     cfg.service(
         web::resource(ALIASES[0].0)
-            .route(web::get().to(docs::docs_root))
+            .route(method_route("get").to(docs::docs_root))
             .default_service(web::to(method_not_allowed)),
     );
 }
@@ -143,11 +165,7 @@ pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse,
         .iter()
         .find(|(alias, _)| pattern.as_deref() == Some(*alias))
         .map_or(pattern, |(_, route)| Some((*route).to_owned()));
-    let allowed: Vec<String> = ROUTES
-        .iter()
-        .filter(|route| pattern.as_deref() == Some(route.path))
-        .map(|route| route.method.to_ascii_uppercase())
-        .collect();
+    let allowed = allowed_methods(pattern.as_deref().unwrap_or_default());
     Err(ApiError {
         allow: Some(allowed.join(", ").into()),
         ..ApiError::new(

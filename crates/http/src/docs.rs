@@ -10,11 +10,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::{ApiError, ErrorCode};
 
-/// The OpenAPI document as JSON text, as `/openapi.json` serves it, and its `ETag`.
+/// The OpenAPI document as JSON text, as `/openapi.json` serves it, gzipped once, and
+/// its `ETag`s (one per encoding: they are different bytes).
 #[derive(Debug, Clone)]
 pub struct OpenApiJson {
     json: &'static str,
+    gzipped: Arc<[u8]>,
     etag: String,
+    gzipped_etag: String,
 }
 
 impl OpenApiJson {
@@ -24,45 +27,97 @@ impl OpenApiJson {
         let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
         OpenApiJson {
             json,
+            gzipped: gzip(json.as_bytes()).into(),
             etag: format!("\"{hex}\""),
+            gzipped_etag: format!("\"{hex}-gzip\""),
         }
     }
 
     /// Whether an `If-None-Match` value names this document (or any, `*`).
     fn matches(&self, if_none_match: &str) -> bool {
-        if_none_match
-            .split(',')
-            .map(str::trim)
-            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+        if_none_match.split(',').map(str::trim).any(|tag| {
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag == "*" || tag == self.etag || tag == self.gzipped_etag
+        })
     }
+}
+
+/// `bytes` gzipped (at the best ratio: this runs once per process).
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Whether the request's `Accept-Encoding` takes gzip (a `q=0` refuses it).
+fn accepts_gzip(req: &HttpRequest) -> bool {
+    let Some(accepted) = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    accepted.split(',').any(|entry| {
+        let mut parts = entry.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default();
+        let refused = parts.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        ["gzip", "x-gzip", "*"]
+            .iter()
+            .any(|name| coding.eq_ignore_ascii_case(name))
+            && !refused
+    })
 }
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     summary = "This OpenAPI document",
-    description = "With `If-None-Match` naming the document's `ETag`, `304` and no body: the document changes only with the server's version.",
+    description = "With `If-None-Match` naming the document's `ETag`, `304` and no body: the document changes only with the server's version. Gzipped when `Accept-Encoding` takes gzip.",
     params(("If-None-Match" = Option<String>, Header, description = "An `ETag` this answer gave before.")),
     responses(
         (status = 200, description = "The OpenAPI 3.1 document of this server.", content_type = "application/json", body = Object,
-            headers(("ETag" = String, description = "The document's version, for `If-None-Match`."))),
+            headers(("ETag" = String, description = "The document's version (in this encoding), for `If-None-Match`."))),
         (status = 304, description = "Not modified: `If-None-Match` named this document.",
             headers(("ETag" = String, description = "The document's version."))),
     ))]
 pub(crate) async fn document(req: HttpRequest, document: web::Data<OpenApiJson>) -> HttpResponse {
+    let gzipped = accepts_gzip(&req);
+    let etag = if gzipped {
+        document.gzipped_etag.as_str()
+    } else {
+        document.etag.as_str()
+    };
     let unchanged = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| document.matches(value));
+    let mut answer = if unchanged {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    answer
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::VARY, "accept-encoding"));
     if unchanged {
-        return HttpResponse::NotModified()
-            .insert_header((header::ETAG, document.etag.as_str()))
-            .finish();
+        return answer.finish();
     }
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .insert_header((header::ETAG, document.etag.as_str()))
-        .body(document.json)
+    answer.content_type("application/json");
+    if gzipped {
+        answer
+            .insert_header((header::CONTENT_ENCODING, "gzip"))
+            .body(web::Bytes::from_owner(document.gzipped.clone()))
+    } else {
+        answer.body(document.json)
+    }
 }
 
 /// `/docs` (and its alias `/docs/`, see [`crate::api::ALIASES`]) lead to the page,
@@ -110,9 +165,20 @@ pub(crate) async fn docs_file(req: HttpRequest) -> Result<HttpResponse, ApiError
         ));
     };
     let mut response = HttpResponse::Ok();
-    response.content_type(found.content_type);
-    if found.gzpipped {
-        response.insert_header((header::CONTENT_ENCODING, "gzip"));
+    response
+        .content_type(found.content_type)
+        .insert_header((header::VARY, "accept-encoding"));
+    if !found.gzpipped {
+        return Ok(response.body(found.bytes.into_owned()));
     }
-    Ok(response.body(found.bytes.into_owned()))
+    // Stored gzipped (at build time): sent so to clients that take it, unpacked for
+    // the others.
+    if accepts_gzip(&req) {
+        response.insert_header((header::CONTENT_ENCODING, "gzip"));
+        return Ok(response.body(found.bytes.into_owned()));
+    }
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&*found.bytes), &mut plain)
+        .map_err(|err| ApiError::internal(format!("unpacking docs asset {file:?}: {err}")))?;
+    Ok(response.body(plain))
 }

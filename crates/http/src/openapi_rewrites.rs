@@ -136,8 +136,40 @@ fn mark_free_form(value: &mut Value) {
     }
 }
 
+/// `HEAD` beside every `GET` (the server answers both, [`crate::api`]): the same
+/// operation, its answers without bodies. Described so that clients and fuzzers know
+/// it exists rather than expecting a 405.
+fn head_beside_get(json: &mut Value) {
+    let Some(paths) = json.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(mut head) = item.get("get").cloned() else {
+            continue;
+        };
+        if let Some(id) = head.get("operationId").and_then(Value::as_str) {
+            head["operationId"] = json!(format!("{id}_head"));
+        }
+        if let Some(summary) = head.get("summary").and_then(Value::as_str) {
+            head["summary"] = json!(format!("{summary} (headers only)"));
+        }
+        head["description"] = json!(
+            "As `GET` on this path, answering its status and headers without a body (an event stream is checked, not opened)."
+        );
+        if let Some(responses) = head.get_mut("responses").and_then(Value::as_object_mut) {
+            for response in responses.values_mut() {
+                if let Some(response) = response.as_object_mut() {
+                    response.remove("content");
+                }
+            }
+        }
+        item["head"] = head;
+    }
+}
+
 /// The rewrites of the document's JSON form.
 pub(crate) fn on_json(json: &mut Value) {
+    head_beside_get(json);
     list_items_by_reference(json);
     tag_content_parts(json);
     mark_free_form(json);

@@ -302,11 +302,17 @@ pub async fn stream(
             .await
             .map(|bytes| (Ok::<_, actix_web::Error>(bytes), state))
     });
-    Ok(HttpResponse::Ok()
+    Ok(answer().streaming(body))
+}
+
+/// The stream's answer before its body, for `GET` and `HEAD` alike.
+pub fn answer() -> actix_web::HttpResponseBuilder {
+    let mut answer = HttpResponse::Ok();
+    answer
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-accel-buffering", "no"))
-        .streaming(body))
+        .insert_header(("x-accel-buffering", "no"));
+    answer
 }
 
 /// The stream's events as the OpenAPI document describes them: each event's `data` is

@@ -38,7 +38,7 @@ fn described(doc: &Value) -> BTreeSet<(String, String)> {
 #[test]
 fn every_registered_route_is_described_and_nothing_else() {
     let doc = document();
-    let registered: BTreeSet<(String, String)> = ROUTES
+    let mut registered: BTreeSet<(String, String)> = ROUTES
         .iter()
         .map(|r| (r.path.to_owned(), r.method.to_owned()))
         .collect();
@@ -47,6 +47,10 @@ fn every_registered_route_is_described_and_nothing_else() {
         ROUTES.len(),
         "a route is registered twice"
     );
+    // HEAD is answered wherever GET is.
+    for route in ROUTES.iter().filter(|r| r.method == "get") {
+        registered.insert((route.path.to_owned(), "head".to_owned()));
+    }
     let described = described(&doc);
     let undocumented: Vec<_> = registered.difference(&described).collect();
     assert!(
@@ -212,7 +216,7 @@ async fn the_document_and_the_docs_page_are_served_without_network() {
         // The alias, outside the document, still names what it allows.
         let refused = no_redirects.post(app.url(entry)).send().await.unwrap();
         assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED, "{entry}");
-        assert_eq!(refused.headers()["allow"], "GET", "{entry}");
+        assert_eq!(refused.headers()["allow"], "GET, HEAD", "{entry}");
     }
     let page = app
         .http
@@ -330,6 +334,7 @@ fn every_operation_states_its_security_and_the_document_its_server() {
 const REDOCLY_IGNORED: &str = "openapi.json:
   operation-2xx-response:
     - '#/paths/~1docs/get/responses'
+    - '#/paths/~1docs/head/responses'
 ";
 
 /// The document as `@redocly/cli lint` (npm, pinned in `baton_test_support::node`)
@@ -412,4 +417,145 @@ fn free_form_objects_take_any_property() {
             "{schema}.{property}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_wherever_get_does_with_no_body() {
+    let app = TestApp::start().await;
+    let task = app.create_task(&app.token, app.agent, "heads up").await;
+    app.settled(&app.token, task).await;
+    for path in [
+        "/healthz".to_owned(),
+        "/openapi.json".to_owned(),
+        "/v1/chat/tasks".to_owned(),
+        format!("/v1/chat/tasks/{task}"),
+        format!("/v1/chat/tasks/{task}/messages"),
+        format!("/v1/chat/tasks/{task}/stream"),
+        "/v1/chat/tasks/999999".to_owned(),
+    ] {
+        // A GET of the stream ends with the turn it replays.
+        let until = if path.ends_with("/stream") {
+            "?until=final"
+        } else {
+            ""
+        };
+        let get = app
+            .http
+            .get(app.url(&format!("{path}{until}")))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        let (get_status, get_type) = (get.status(), get.headers()["content-type"].clone());
+        let head = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            app.http.head(app.url(&path)).bearer_auth(&app.token).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("HEAD {path} did not answer at once"))
+        .unwrap();
+        assert_eq!(head.status(), get_status, "{path}");
+        assert_eq!(head.headers()["content-type"], get_type, "{path}");
+        assert!(head.headers().contains_key("x-request-id"), "{path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // Not where there is no GET.
+    let refused = app
+        .http
+        .head(app.url(&format!("/v1/chat/tasks/{task}/cancel")))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(refused.headers()["allow"], "POST");
+}
+
+/// `bytes` gunzipped.
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut plain).unwrap();
+    plain
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_and_the_docs_assets_are_gzipped_for_clients_that_take_it_and_streams_never() {
+    let app = TestApp::start().await;
+    let fetch = |path: &str, encoding: Option<&str>| {
+        let mut request = app.http.get(app.url(path)).bearer_auth(&app.token);
+        if let Some(encoding) = encoding {
+            request = request.header("accept-encoding", encoding);
+        }
+        request.send()
+    };
+    for path in [
+        "/openapi.json",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/index.html",
+    ] {
+        let plain = fetch(path, None).await.unwrap();
+        assert!(plain.headers().get("content-encoding").is_none(), "{path}");
+        assert_eq!(plain.headers()["vary"], "accept-encoding", "{path}");
+        let plain = plain.bytes().await.unwrap();
+        for encoding in ["gzip", "br, gzip;q=0.5", "*"] {
+            let packed = fetch(path, Some(encoding)).await.unwrap();
+            assert_eq!(
+                packed.headers()["content-encoding"],
+                "gzip",
+                "{path} {encoding}"
+            );
+            let packed = packed.bytes().await.unwrap();
+            assert!(
+                packed.len() * 2 < plain.len(),
+                "{path}: {} of {}",
+                packed.len(),
+                plain.len()
+            );
+            assert_eq!(gunzip(&packed), plain, "{path}");
+        }
+        // Refused, or not offered: plain.
+        for encoding in ["gzip;q=0", "br", "identity"] {
+            let response = fetch(path, Some(encoding)).await.unwrap();
+            assert!(
+                response.headers().get("content-encoding").is_none(),
+                "{path} {encoding}"
+            );
+            assert_eq!(response.bytes().await.unwrap(), plain, "{path} {encoding}");
+        }
+    }
+    // Each encoding has its own ETag, and either names the document.
+    let plain = fetch("/openapi.json", None).await.unwrap();
+    let packed = fetch("/openapi.json", Some("gzip")).await.unwrap();
+    let (plain_tag, packed_tag) = (
+        plain.headers()["etag"].clone(),
+        packed.headers()["etag"].clone(),
+    );
+    assert_ne!(plain_tag, packed_tag);
+    let again = app
+        .http
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", packed_tag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"], packed_tag);
+
+    // A stream is never compressed: each event must leave as it is written.
+    let task = app.create_task(&app.token, app.agent, "plain events").await;
+    app.settled(&app.token, task).await;
+    let stream = fetch(
+        &format!("/v1/chat/tasks/{task}/stream?until=final"),
+        Some("gzip"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.headers().get("content-encoding").is_none());
+    assert!(
+        String::from_utf8(stream.bytes().await.unwrap().to_vec())
+            .unwrap()
+            .contains("event: final")
+    );
 }
