@@ -1,5 +1,6 @@
 //! What baton's tests need from outside: a real webhook receiver ([`receiver`]), the
-//! Standard Webhooks reference verifier ([`standard_webhooks`]), and PostgreSQL.
+//! Standard Webhooks reference verifier ([`standard_webhooks`]), third-party tools
+//! ([`python`], [`node`]), a real browser ([`browser`]), and PostgreSQL.
 //!
 //! PostgreSQL for tests, with nobody starting a server: the first test that asks
 //! starts a throwaway cluster (once per test process) on a free loopback port in a
@@ -16,6 +17,7 @@
 
 #![allow(clippy::print_stderr, reason = "tests report where their cluster runs")]
 
+pub mod browser;
 pub mod node;
 pub mod python;
 pub mod receiver;

@@ -21,6 +21,8 @@ pub const PACKAGES: &[&str] = &[
     "openapi-fetch@0.17.0",
     "typescript@5.9.3",
     "@types/node@20.19.43",
+    // Drives Debian's Chromium in the browser test (it downloads no browser itself).
+    "playwright-core@1.65.2",
 ];
 
 fn prefix() -> PathBuf {
