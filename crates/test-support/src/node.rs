@@ -21,6 +21,9 @@ pub const PACKAGES: &[&str] = &[
     "openapi-fetch@0.17.0",
     "typescript@5.9.3",
     "@types/node@20.19.43",
+    // The SSE client docs/api.md shows for Node (the browser's EventSource, with
+    // headers); version 3 is the last for Node 20.
+    "eventsource@3.0.7",
     // Drives Debian's Chromium in the browser test (it downloads no browser itself).
     "playwright-core@1.65.2",
 ];

@@ -20,6 +20,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     // A client generator users run on the document (its clients need httpx and attrs,
     // which it brings).
     ("openapi-python-client==0.29.1", "openapi_python_client"),
+    // The SSE client docs/api.md shows for following a stream from Python.
+    ("httpx-sse==0.4.3", "httpx_sse"),
 ];
 
 fn venv() -> PathBuf {

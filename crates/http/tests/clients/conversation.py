@@ -4,6 +4,9 @@ python conversation.py BASE_URL TOKEN AGENT_ID SLOW_TOKEN SLOW_AGENT_ID"""
 
 import sys
 
+import httpx
+from httpx_sse import connect_sse
+
 from baton_client import AuthenticatedClient
 from baton_client.api.tasks import append_message, cancel, create_task, get_task, list_messages
 from baton_client.models import (
@@ -33,6 +36,23 @@ assert isinstance(accepted, AcceptedBody), accepted
 task = get_task.sync(accepted.task_id, client=client, wait=30)
 assert isinstance(task, TaskBody), task
 assert task.status == TaskStatus.COMPLETED, task.status
+
+# Its event stream, read with httpx-sse: the turn from its start to `final`, the text
+# deltas adding up to the reply.
+names, deltas = [], ""
+with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+    url = f"{base}/v1/chat/tasks/{accepted.task_id}/stream?until=final"
+    with connect_sse(http, "GET", url) as source:
+        for event in source.iter_sse():
+            # httpx-sse also reports the stream's opening `retry:` line, as an event with
+            # no data (browsers do not): skip it.
+            if not event.data:
+                continue
+            names.append(event.event)
+            if event.event == "text_delta":
+                deltas += event.json()["delta"]
+assert names[0] == "turn_started" and names[-2:] == ["message_completed", "final"], names
+assert deltas == "echo: hello", deltas
 
 # Append (a typed text part), long-poll again, read the whole history.
 again = TextContent(type_=TextContentType.TEXT, content="and again")

@@ -1,6 +1,7 @@
 // A conversation with baton through openapi-fetch, typed by openapi-typescript from
 // baton's own /openapi.json; type-checked with `tsc --strict`, then run by node.
 // Run by tests/clients.rs: node conversation.js BASE_URL TOKEN AGENT_ID SLOW_TOKEN SLOW_AGENT_ID
+import { EventSource } from "eventsource";
 import createClient from "openapi-fetch";
 import type { components, paths } from "./baton.js";
 
@@ -28,6 +29,38 @@ const done = await client.GET("/v1/chat/tasks/{task_id}", {
 });
 check(done.data?.status === "completed", `after the first turn: ${done.data?.status}`);
 check(done.data.metadata?.["trace"] === "abc", "metadata comes back unchanged");
+
+// Its event stream, read with the `eventsource` package (the browser's EventSource
+// for Node, whose `fetch` option can send the key): the turn from its start to
+// `final`, the text deltas adding up to the reply.
+const followed = await new Promise<{ names: string[]; deltas: string }>((resolve, reject) => {
+  const source = new EventSource(`${base}/v1/chat/tasks/${taskId}/stream`, {
+    fetch: (input, init) =>
+      fetch(input, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } }),
+  });
+  const seen = { names: [] as string[], deltas: "" };
+  const record = (name: string) => (event: MessageEvent<string>) => {
+    seen.names.push(name);
+    if (name === "text_delta") seen.deltas += (JSON.parse(event.data) as { delta: string }).delta;
+    if (name === "final") {
+      source.close();
+      resolve(seen);
+    }
+  };
+  for (const name of ["turn_started", "text_delta", "message_completed", "final"]) {
+    source.addEventListener(name, record(name));
+  }
+  source.addEventListener("failed", () => reject(new Error("the turn failed")));
+  source.onerror = (error) => {
+    source.close();
+    reject(new Error(`stream: ${error.message}`));
+  };
+});
+check(
+  followed.names[0] === "turn_started" && followed.names.at(-1) === "final",
+  `stream: ${JSON.stringify(followed.names)}`,
+);
+check(followed.deltas === "echo: hello", `streamed text: ${followed.deltas}`);
 
 // Append a typed text part, long-poll again, read the whole history.
 const again: Content = { type: "text", content: "and again" };
