@@ -159,7 +159,9 @@ fn head_beside_get(json: &mut Value) {
         if let Some(responses) = head.get_mut("responses").and_then(Value::as_object_mut) {
             for response in responses.values_mut() {
                 if let Some(response) = response.as_object_mut() {
+                    // No body: nothing to take ids from either.
                     response.remove("content");
+                    response.remove("links");
                 }
             }
         }
@@ -167,8 +169,99 @@ fn head_beside_get(json: &mut Value) {
     }
 }
 
+/// How operations chain, as OpenAPI `links`: which answer gives the ids another
+/// operation takes. Readers learn the workflow from them, and schemathesis' stateful
+/// phase follows them to exercise each operation on objects that exist.
+fn link_operations(json: &mut Value) {
+    let task_ops = [
+        "get_task",
+        "append_message",
+        "list_messages",
+        "stream",
+        "stream_token",
+        "cancel",
+        "list_deliveries",
+    ];
+    let from_body = |pointer: &str| format!("$response.body#/{pointer}");
+    let task_links = |task_id: String| -> Vec<(&str, Value)> {
+        task_ops
+            .iter()
+            .map(|op| (*op, json!({"task_id": task_id})))
+            .collect()
+    };
+    let chains: Vec<(&str, &str, &str, Vec<(&str, Value)>)> = vec![
+        (
+            "/v1/chat/tasks",
+            "post",
+            "202",
+            task_links(from_body("task_id")),
+        ),
+        (
+            "/v1/chat/tasks/{task_id}/messages",
+            "post",
+            "202",
+            task_links(from_body("task_id")),
+        ),
+        (
+            "/v1/chat/tasks/{task_id}/messages",
+            "get",
+            "200",
+            vec![(
+                "get_file",
+                json!({
+                    "task_id": "$request.path.task_id",
+                    "file_id": from_body("data/0/content/attachments/0/file_id"),
+                }),
+            )],
+        ),
+        (
+            "/v1/chat/tasks/{task_id}/webhook-deliveries",
+            "get",
+            "200",
+            vec![(
+                "redeliver",
+                json!({"delivery_id": from_body("data/0/delivery_id")}),
+            )],
+        ),
+        (
+            "/v1/admin/agents",
+            "post",
+            "201",
+            ["get_agent", "update_agent", "create_key", "list_keys"]
+                .iter()
+                .map(|op| (*op, json!({"agent_id": from_body("agent_id")})))
+                .collect(),
+        ),
+        (
+            "/v1/admin/agents/{agent_id}/keys",
+            "post",
+            "201",
+            vec![("revoke_key", json!({"prefix": from_body("prefix")}))],
+        ),
+    ];
+    for (path, method, status, links) in chains {
+        let Some(response) = json.pointer_mut(&format!(
+            "/paths/{}/{method}/responses/{status}",
+            path.replace('~', "~0").replace('/', "~1")
+        )) else {
+            continue;
+        };
+        let links: Map<String, Value> = links
+            .into_iter()
+            .map(|(op, parameters)| {
+                (
+                    op.to_owned(),
+                    json!({"operationId": op, "parameters": parameters}),
+                )
+            })
+            .collect();
+        response["links"] = Value::Object(links);
+    }
+}
+
 /// The rewrites of the document's JSON form.
 pub(crate) fn on_json(json: &mut Value) {
+    link_operations(json);
     head_beside_get(json);
     list_items_by_reference(json);
     tag_content_parts(json);

@@ -147,7 +147,7 @@ pub(crate) async fn append_message(
     summary = "Download an attachment",
     description = "The bytes of a file attached to one of the task's messages, as its `media_type`, with its `filename` in `Content-Disposition`.",
     params(TaskIdParam, ("file_id" = i64, Path, description = "The attachment's `file_id`, as the message shows it.", minimum = 1)),
-    responses((status = 200, description = "The file's bytes.", content_type = "application/octet-stream", body = Vec<u8>,
+    responses((status = 200, description = "The file's bytes, as the attachment's `media_type` says (any type: `*/*`).", content_type = "*/*", body = String,
         headers(("Content-Disposition" = String, description = "`attachment; filename=\"…\"`.")))),
     security(("agent_key" = [])))]
 pub(crate) async fn get_file(

@@ -559,3 +559,74 @@ async fn the_document_and_the_docs_assets_are_gzipped_for_clients_that_take_it_a
             .contains("event: final")
     );
 }
+
+/// Every operation that takes an id in its path can be reached from an answer that
+/// gives one (OpenAPI `links`), and every link names a real operation and exactly the
+/// path parameters it takes.
+#[test]
+fn links_chain_every_operation_that_takes_an_id_to_an_answer_that_gives_one() {
+    let doc = document();
+    let mut operations = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if let Some(id) = op["operationId"].as_str() {
+                operations.insert(id.to_owned(), (path.clone(), method.clone(), op.clone()));
+            }
+        }
+    }
+    let path_params = |path: &str| -> BTreeSet<String> {
+        path.split('/')
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut reached = BTreeSet::new();
+    for (path, method, op) in operations.values() {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            let Some(links) = response["links"].as_object() else {
+                continue;
+            };
+            assert_ne!(
+                method, "head",
+                "{path}: a HEAD answer has no body to link from"
+            );
+            for (name, link) in links {
+                let target = link["operationId"].as_str().unwrap();
+                let (target_path, _, _) = operations.get(target).unwrap_or_else(|| {
+                    panic!("{method} {path} {status} links to no operation {target}")
+                });
+                let given: BTreeSet<String> = link["parameters"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    given,
+                    path_params(target_path),
+                    "{method} {path} {status}: {name}"
+                );
+                for expression in link["parameters"].as_object().unwrap().values() {
+                    let expression = expression.as_str().unwrap();
+                    assert!(
+                        expression.starts_with("$response.body#/")
+                            || expression.starts_with("$request.path."),
+                        "{expression}"
+                    );
+                }
+                reached.insert(target.to_owned());
+            }
+        }
+    }
+    let unreached: Vec<&String> = operations
+        .iter()
+        .filter(|(id, (path, method, _))| {
+            method != "head"
+                && !path.starts_with("/docs")
+                && !path_params(path).is_empty()
+                && !reached.contains(*id)
+        })
+        .map(|(id, _)| id)
+        .collect();
+    assert!(unreached.is_empty(), "no link leads to {unreached:?}");
+}
