@@ -169,6 +169,15 @@ fn head_beside_get(json: &mut Value) {
     }
 }
 
+/// The links of one answer (path, method, status): each operation it leads to, with
+/// the expressions of that operation's parameters.
+struct AnswerLinks(
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, Value)>,
+);
+
 /// How operations chain, as OpenAPI `links`: which answer gives the ids another
 /// operation takes. Readers learn the workflow from them, and schemathesis' stateful
 /// phase follows them to exercise each operation on objects that exist.
@@ -189,20 +198,20 @@ fn link_operations(json: &mut Value) {
             .map(|op| (*op, json!({"task_id": task_id})))
             .collect()
     };
-    let chains: Vec<(&str, &str, &str, Vec<(&str, Value)>)> = vec![
-        (
+    let chains: Vec<AnswerLinks> = vec![
+        AnswerLinks(
             "/v1/chat/tasks",
             "post",
             "202",
             task_links(from_body("task_id")),
         ),
-        (
+        AnswerLinks(
             "/v1/chat/tasks/{task_id}/messages",
             "post",
             "202",
             task_links(from_body("task_id")),
         ),
-        (
+        AnswerLinks(
             "/v1/chat/tasks/{task_id}/messages",
             "get",
             "200",
@@ -214,7 +223,7 @@ fn link_operations(json: &mut Value) {
                 }),
             )],
         ),
-        (
+        AnswerLinks(
             "/v1/chat/tasks/{task_id}/webhook-deliveries",
             "get",
             "200",
@@ -223,7 +232,7 @@ fn link_operations(json: &mut Value) {
                 json!({"delivery_id": from_body("data/0/delivery_id")}),
             )],
         ),
-        (
+        AnswerLinks(
             "/v1/admin/agents",
             "post",
             "201",
@@ -232,14 +241,14 @@ fn link_operations(json: &mut Value) {
                 .map(|op| (*op, json!({"agent_id": from_body("agent_id")})))
                 .collect(),
         ),
-        (
+        AnswerLinks(
             "/v1/admin/agents/{agent_id}/keys",
             "post",
             "201",
             vec![("revoke_key", json!({"prefix": from_body("prefix")}))],
         ),
     ];
-    for (path, method, status, links) in chains {
+    for AnswerLinks(path, method, status, links) in chains {
         let Some(response) = json.pointer_mut(&format!(
             "/paths/{}/{method}/responses/{status}",
             path.replace('~', "~0").replace('/', "~1")
