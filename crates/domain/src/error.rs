@@ -69,6 +69,20 @@ impl FieldError {
     }
 }
 
+/// Why a stream token ([`crate::stream_tokens`]) does not open a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamTokenRefusal {
+    #[error("is not a stream token")]
+    Malformed,
+    #[error("has expired")]
+    Expired,
+    #[error("is for another task")]
+    OtherTask,
+    /// A forged token, or its key was revoked (or never existed).
+    #[error("was not made with a valid, unrevoked key")]
+    BadKey,
+}
+
 /// What the service reports to its callers. Each variant has one stable error code in
 /// the HTTP adapter.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +91,7 @@ pub enum ServiceError {
     Unauthorized,
     /// A stream token that does not open this stream.
     #[error("the stream token {0}")]
-    StreamTokenRefused(crate::stream_tokens::StreamTokenRefusal),
+    StreamTokenRefused(StreamTokenRefusal),
     #[error("agent not found")]
     AgentNotFound,
     #[error("task not found")]

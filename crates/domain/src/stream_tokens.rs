@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+pub use crate::error::StreamTokenRefusal;
 use crate::model::{AgentId, ApiKey, TaskId};
 
 /// How long a minted token can open its stream. A stream open when it expires goes on;
@@ -35,20 +36,6 @@ pub struct StreamClaims {
     pub task_id: TaskId,
     pub expires_at: DateTime<Utc>,
     mac: Vec<u8>,
-}
-
-/// Why a token does not open a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum StreamTokenRefusal {
-    #[error("is not a stream token")]
-    Malformed,
-    #[error("has expired")]
-    Expired,
-    #[error("is for another task")]
-    OtherTask,
-    /// A forged token, or its key was revoked (or never existed).
-    #[error("was not made with a valid, unrevoked key")]
-    BadKey,
 }
 
 fn signed_text(agent: AgentId, prefix: &str, task: TaskId, expires: i64) -> String {
