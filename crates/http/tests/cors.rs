@@ -59,6 +59,20 @@ async fn preflight(
         .unwrap()
 }
 
+/// A page's `GET` of `path` from `origin`, with `key` if any: the answer.
+async fn get_from(
+    app: &TestApp,
+    origin: &str,
+    path: &str,
+    key: Option<&str>,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    let mut request = app.http.get(app.url(path)).header("origin", origin);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    read(request.send().await.unwrap()).await
+}
+
 /// A route's path with its parameters filled in.
 fn concrete(path: &str) -> String {
     path.replace("{task_id}", "1")
@@ -143,15 +157,8 @@ async fn a_page_reads_answers_and_the_headers_it_needs_errors_included() {
     }
 
     // An error is rendered as the envelope after the CORS layer: it keeps the headers.
-    let response = app
-        .http
-        .get(app.url("/v1/chat/tasks/1"))
-        .bearer_auth("bt_not_a_key")
-        .header("origin", PAGE)
-        .send()
-        .await
-        .unwrap();
-    let (status, headers, body) = read(response).await;
+    let (status, headers, body) =
+        get_from(&app, PAGE, "/v1/chat/tasks/1", Some("bt_not_a_key")).await;
     assert_envelope(
         status,
         &headers,
@@ -162,14 +169,7 @@ async fn a_page_reads_answers_and_the_headers_it_needs_errors_included() {
     assert_eq!(header(&headers, "access-control-allow-origin"), PAGE);
     assert!(names(&headers, "access-control-expose-headers").contains(&"x-request-id".to_owned()));
     // An unknown route too.
-    let response = app
-        .http
-        .get(app.url("/v1/nothing-here"))
-        .header("origin", PAGE)
-        .send()
-        .await
-        .unwrap();
-    let (status, headers, body) = read(response).await;
+    let (status, headers, body) = get_from(&app, PAGE, "/v1/nothing-here", None).await;
     assert_envelope(status, &headers, &body, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(header(&headers, "access-control-allow-origin"), PAGE);
 }
@@ -209,20 +209,9 @@ async fn other_origins_get_nothing_a_browser_would_let_them_read() {
     );
     // A simple request from another origin is served (CORS protects the page's reader,
     // not the server) but carries no grant, so the browser hides the answer.
-    let response = app
-        .http
-        .get(app.url("/healthz"))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    let (status, headers, _) = get_from(&app, "https://evil.example", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
@@ -259,17 +248,6 @@ async fn cors_is_off_by_default() {
         "method_not_allowed",
     );
     assert!(headers.get("access-control-allow-origin").is_none());
-    let response = app
-        .http
-        .get(app.url("/healthz"))
-        .header("origin", PAGE)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    let (_, headers, _) = get_from(&app, PAGE, "/healthz", None).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
 }

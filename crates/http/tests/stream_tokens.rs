@@ -84,6 +84,25 @@ async fn a_minted_token_opens_its_tasks_stream_without_a_header() {
     assert_eq!(resumed, ["final"]);
 }
 
+/// Asserts that an answer is the `401 unauthorized` envelope; its message.
+fn unauthorized(
+    (status, headers, body): (StatusCode, reqwest::header::HeaderMap, Value),
+) -> String {
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+/// Opens `path` with no header: the `401` envelope's message.
+async fn refused_without_header(app: &TestApp, path: &str) -> String {
+    unauthorized(read(open_without_header(app, path).await).await)
+}
+
 #[tokio::test]
 async fn a_token_opens_nothing_but_its_tasks_stream() {
     let app = TestApp::start().await;
@@ -93,62 +112,25 @@ async fn a_token_opens_nothing_but_its_tasks_stream() {
     let token = body["token"].as_str().unwrap().to_owned();
 
     // Another task's stream.
-    let (status, headers, body) = read(
-        open_without_header(
-            &app,
-            &format!("/v1/chat/tasks/{other}/stream?token={token}"),
-        )
-        .await,
+    let why = refused_without_header(
+        &app,
+        &format!("/v1/chat/tasks/{other}/stream?token={token}"),
     )
     .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("is for another task"),
-        "{body}"
-    );
+    assert!(why.contains("is for another task"), "{why}");
     // Another route of the same task, with the token in the query or as a bearer key.
-    let (status, headers, body) =
-        read(open_without_header(&app, &format!("/v1/chat/tasks/{task}?token={token}")).await)
-            .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
-    let (status, headers, body) = app
-        .get_full(&token, &format!("/v1/chat/tasks/{task}"))
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+    refused_without_header(&app, &format!("/v1/chat/tasks/{task}?token={token}")).await;
+    unauthorized(
+        app.get_full(&token, &format!("/v1/chat/tasks/{task}"))
+            .await,
     );
     // A bearer key wins over a token: a stream opened with a header is the key's.
-    let (status, headers, body) = app
-        .get_full(
+    unauthorized(
+        app.get_full(
             &token,
             &format!("/v1/chat/tasks/{task}/stream?token={token}"),
         )
-        .await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        .await,
     );
     // No token, an empty one, garbage, or a forged one.
     let forged = {
@@ -162,16 +144,7 @@ async fn a_token_opens_nothing_but_its_tasks_stream() {
         format!("?token={}", app.token),
         format!("?token={forged}"),
     ] {
-        let (status, headers, body) =
-            read(open_without_header(&app, &format!("/v1/chat/tasks/{task}/stream{query}")).await)
-                .await;
-        assert_envelope(
-            status,
-            &headers,
-            &body,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-        );
+        refused_without_header(&app, &format!("/v1/chat/tasks/{task}/stream{query}")).await;
     }
 }
 
@@ -188,35 +161,15 @@ async fn tokens_are_minted_only_for_the_keys_own_tasks_and_die_with_the_key() {
         StatusCode::NOT_FOUND,
         "task_not_found",
     );
-    let (status, headers, body) = mint(&app, "bt_nope_nope", theirs).await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
+    unauthorized(mint(&app, "bt_nope_nope", theirs).await);
 
     let (status, _, body) = mint(&app, &other_key, theirs).await;
     assert_eq!(status, StatusCode::OK);
     let url = body["stream_url"].as_str().unwrap().to_owned();
     let prefix = other_key.split('_').nth(1).unwrap();
     assert!(app.admin.revoke_key(prefix).await.unwrap());
-    let (status, headers, body) = read(open_without_header(&app, &url).await).await;
-    assert_envelope(
-        status,
-        &headers,
-        &body,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("valid, unrevoked key"),
-        "{body}"
-    );
+    let why = refused_without_header(&app, &url).await;
+    assert!(why.contains("valid, unrevoked key"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
