@@ -567,11 +567,11 @@ async fn unknown_routes_and_wrong_methods_are_enveloped() {
         "method_not_allowed",
     );
     // RFC 9110: a 405 lists what the path allows (found by schemathesis).
-    assert_eq!(headers["allow"], "POST, GET");
+    assert_eq!(headers["allow"], "POST, GET, HEAD");
     for (path, allowed) in [
-        ("/v1/chat/tasks/1/messages", "POST, GET"),
-        ("/v1/admin/agents/1", "GET, PATCH"),
-        ("/healthz", "GET"),
+        ("/v1/chat/tasks/1/messages", "POST, GET, HEAD"),
+        ("/v1/admin/agents/1", "GET, HEAD, PATCH"),
+        ("/healthz", "GET, HEAD"),
     ] {
         let response = app.http.put(app.url(path)).send().await.unwrap();
         let (status, headers, body) = read(response).await;
