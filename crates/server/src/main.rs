@@ -2,10 +2,10 @@
 
 use baton_domain::RunnerRegistry;
 
-/// mimalloc instead of glibc's malloc: a sixth of the server's CPU under load was
-/// glibc's allocator (docs/benchmarks.md).
+/// jemalloc instead of glibc's malloc: a sixth of the server's CPU under load was
+/// glibc's allocator (docs/benchmarks.md, issue 14).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
