@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::error::{FieldError, ServiceError};
+use crate::model::SubmitMessage;
 use crate::model::{AgentId, TaskId};
-use crate::service::SubmitMessage;
 
 /// The longest key accepted (the IETF draft's keys are UUIDs; 255 leaves room).
 pub const MAX_KEY_LEN: usize = 255;

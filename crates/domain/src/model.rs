@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::content::Content;
-use crate::webhooks::WebhookEndpoint;
+use crate::webhooks::{WebhookEndpoint, WebhookTarget};
 
 macro_rules! id_type {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
@@ -587,4 +587,15 @@ pub struct TakeOver {
     pub expired_by: DateTime<Utc>,
     pub lease: Lease,
     pub now: DateTime<Utc>,
+}
+
+/// A request to start a task, or to append to one: the target agent, the message, and
+/// the metadata to pass through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitMessage {
+    pub agent_id: AgentId,
+    pub message: NewMessage,
+    pub metadata: Metadata,
+    /// Where to deliver the end of the turn (else the agent's default webhook).
+    pub webhook: Option<WebhookTarget>,
 }

@@ -10,6 +10,9 @@ use crate::executor::{StartedTurn, TurnExecutor};
 use crate::feed::{FEED_READ, SharedPage};
 use crate::idempotency::{self, IdempotencyConfig, InFlightKeys};
 use crate::keys;
+/// Where [`TaskService::create_task`] and [`TaskService::append_message`] take their
+/// request from (it lives with the entities, which the idempotency rules read too).
+pub use crate::model::SubmitMessage;
 use crate::model::*;
 use crate::notify::{LocalNotifier, TaskWatch};
 use crate::page::{Page, PageRequest};
@@ -23,17 +26,6 @@ use crate::webhooks::{self, DeliveryView, DestinationPolicy, WebhookEndpoint, We
 pub struct Principal {
     pub agent_id: AgentId,
     pub key_id: ApiKeyId,
-}
-
-/// A request to start a task, or to append to one: the target agent, the message, and
-/// the metadata to pass through.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubmitMessage {
-    pub agent_id: AgentId,
-    pub message: NewMessage,
-    pub metadata: Metadata,
-    /// Where to deliver the end of the turn (else the agent's default webhook).
-    pub webhook: Option<WebhookTarget>,
 }
 
 /// A checked submission with what its claim stores besides the message.

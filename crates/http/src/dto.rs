@@ -62,8 +62,8 @@ fn user_role() -> Role {
 }
 
 impl SubmitBody {
-    pub fn into_submit(self) -> baton_domain::service::SubmitMessage {
-        baton_domain::service::SubmitMessage {
+    pub fn into_submit(self) -> baton_domain::SubmitMessage {
+        baton_domain::SubmitMessage {
             agent_id: baton_domain::AgentId(self.agent_id),
             message: NewMessage {
                 role: self.message.role,
