@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::content::Content;
-use crate::webhooks::{WebhookEndpoint, WebhookTarget};
 
 macro_rules! id_type {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
@@ -598,4 +597,55 @@ pub struct SubmitMessage {
     pub metadata: Metadata,
     /// Where to deliver the end of the turn (else the agent's default webhook).
     pub webhook: Option<WebhookTarget>,
+}
+
+/// Where a turn's end is delivered, as a request or an agent names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookTarget {
+    /// `https://…` (plain `http` only where the server allows it), no credentials, and
+    /// not an internal address.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(format = "uri", example = "https://example.com/hooks/baton")
+    )]
+    pub url: String,
+    /// A `whsec_…` secret; absent, the agent's default webhook secret or the server's
+    /// signing secret is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$"))]
+    pub secret: Option<String>,
+}
+
+/// A destination with the secrets deliveries are signed with (several while a secret
+/// is rotated: each gives one signature).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    // Secrets never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("url", &self.url)
+            .field("secrets", &format!("<{} redacted>", self.secrets.len()))
+            .finish()
+    }
+}
+
+impl WebhookEndpoint {
+    /// The secrets as stored: one column, separated by spaces.
+    pub fn secrets_column(&self) -> String {
+        self.secrets.join(" ")
+    }
+
+    pub fn from_columns(url: String, secrets: &str) -> Self {
+        WebhookEndpoint {
+            url,
+            secrets: secrets.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
 }
