@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod cors;
 mod docs;
+mod draining;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -132,6 +133,7 @@ pub fn serve(
             // envelope keeps the CORS headers of the answers it renders.
             let cors = Condition::new(state.cors.enabled(), state.cors.middleware());
             let app = App::new()
+                .wrap(from_fn(draining::refuse_while_draining))
                 .wrap(cors)
                 .wrap(from_fn(middleware::envelope_and_request_id))
                 .configure(configure(state))

@@ -62,13 +62,6 @@ pub async fn envelope_and_request_id(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
-    // Probes and metrics keep answering while the server drains: liveness stays up,
-    // readiness says "shutting down" itself.
-    let probe = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
-    let draining = !probe
-        && req
-            .app_data::<actix_web::web::Data<crate::ApiState>>()
-            .is_some_and(|state| state.shutdown.draining.is_cancelled());
     let method = req.method().clone();
     let path = req.path().to_owned();
     // The route's pattern, not the path, labels metrics: ids would explode them.
@@ -77,27 +70,6 @@ pub async fn envelope_and_request_id(
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
     let span = info_span!("request", request_id = %id);
-    if draining {
-        let refusal = ApiError::new(
-            ErrorCode::ShuttingDown,
-            "The server is shutting down and takes no new requests; retry in a moment (another instance may answer).",
-        );
-        let (req, _) = req.into_parts();
-        let mut response = refusal.to_response(&id);
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
-        // Logged and counted like every answer.
-        Done {
-            span: &span,
-            method: &method,
-            route: &route,
-            path: &path,
-            started,
-        }
-        .record(response.status().as_u16());
-        return Ok(ServiceResponse::new(req, response));
-    }
 
     let outcome = AssertUnwindSafe(next.call(req).instrument(span.clone()))
         .catch_unwind()

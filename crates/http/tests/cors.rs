@@ -251,3 +251,22 @@ async fn cors_is_off_by_default() {
     let (_, headers, _) = get_from(&app, PAGE, "/healthz", None).await;
     assert!(headers.get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn a_draining_servers_refusal_is_readable_by_a_page() {
+    let app = TestApp::with_cors(allowing(AllowedOrigins::Listed(vec![PAGE.into()]))).await;
+    app.shutdown.draining.cancel();
+    let (status, headers, body) = get_from(&app, PAGE, "/v1/chat/tasks", Some(&app.token)).await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+    );
+    assert_eq!(header(&headers, "access-control-allow-origin"), PAGE);
+    // The probes still answer.
+    let (status, headers, _) = get_from(&app, PAGE, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "access-control-allow-origin"), PAGE);
+}
