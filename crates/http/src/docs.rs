@@ -5,7 +5,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use actix_web::http::header;
+use actix_web::http::header::{
+    self, AcceptEncoding, ETag, Encoding, EntityTag, Header, IfNoneMatch, Preference, Quality,
+};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::{ApiError, ErrorCode};
@@ -16,8 +18,8 @@ use crate::error::{ApiError, ErrorCode};
 pub struct OpenApiJson {
     json: &'static str,
     gzipped: Arc<[u8]>,
-    etag: String,
-    gzipped_etag: String,
+    etag: EntityTag,
+    gzipped_etag: EntityTag,
 }
 
 impl OpenApiJson {
@@ -28,17 +30,21 @@ impl OpenApiJson {
         OpenApiJson {
             json,
             gzipped: gzip(json.as_bytes()).into(),
-            etag: format!("\"{hex}\""),
-            gzipped_etag: format!("\"{hex}-gzip\""),
+            etag: EntityTag::new_strong(hex.clone()),
+            gzipped_etag: EntityTag::new_strong(format!("{hex}-gzip")),
         }
     }
 
-    /// Whether an `If-None-Match` value names this document (or any, `*`).
-    fn matches(&self, if_none_match: &str) -> bool {
-        if_none_match.split(',').map(str::trim).any(|tag| {
-            let tag = tag.strip_prefix("W/").unwrap_or(tag);
-            tag == "*" || tag == self.etag || tag == self.gzipped_etag
-        })
+    /// Whether the request's `If-None-Match` names this document, in either encoding
+    /// (compared weakly, as RFC 9110 says for `If-None-Match`), or any (`*`).
+    fn unchanged_for(&self, req: &HttpRequest) -> bool {
+        match IfNoneMatch::parse(req) {
+            Ok(IfNoneMatch::Any) => true,
+            Ok(IfNoneMatch::Items(tags)) => tags
+                .iter()
+                .any(|tag| tag.weak_eq(&self.etag) || tag.weak_eq(&self.gzipped_etag)),
+            Err(_) => false,
+        }
     }
 }
 
@@ -51,29 +57,25 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// Whether the request's `Accept-Encoding` takes gzip (a `q=0` refuses it).
+/// Whether the request's `Accept-Encoding` (parsed by actix-web's typed header) takes
+/// gzip: named, or `*`, with a quality above 0, and not refused by name (`gzip;q=0`).
 fn accepts_gzip(req: &HttpRequest) -> bool {
-    let Some(accepted) = req
-        .headers()
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|value| value.to_str().ok())
-    else {
+    let Ok(AcceptEncoding(items)) = AcceptEncoding::parse(req) else {
         return false;
     };
-    accepted.split(',').any(|entry| {
-        let mut parts = entry.split(';').map(str::trim);
-        let coding = parts.next().unwrap_or_default();
-        let refused = parts.any(|param| {
-            param
-                .strip_prefix("q=")
-                .and_then(|q| q.parse::<f32>().ok())
-                .is_some_and(|q| q == 0.0)
-        });
-        ["gzip", "x-gzip", "*"]
-            .iter()
-            .any(|name| coding.eq_ignore_ascii_case(name))
-            && !refused
-    })
+    // `x-gzip` is the same coding by its old name (RFC 9110, 8.4.1.3).
+    let is_gzip = |preference: &Preference<Encoding>| match preference {
+        Preference::Specific(Encoding::Unknown(name)) => name.eq_ignore_ascii_case("x-gzip"),
+        Preference::Specific(encoding) => *encoding == Encoding::gzip(),
+        Preference::Any => false,
+    };
+    let refused = items
+        .iter()
+        .any(|item| item.quality == Quality::ZERO && is_gzip(&item.item));
+    let taken = items.iter().any(|item| {
+        item.quality > Quality::ZERO && (is_gzip(&item.item) || item.item == Preference::Any)
+    });
+    taken && !refused
 }
 
 /// This document.
@@ -90,22 +92,18 @@ fn accepts_gzip(req: &HttpRequest) -> bool {
 pub(crate) async fn document(req: HttpRequest, document: web::Data<OpenApiJson>) -> HttpResponse {
     let gzipped = accepts_gzip(&req);
     let etag = if gzipped {
-        document.gzipped_etag.as_str()
+        &document.gzipped_etag
     } else {
-        document.etag.as_str()
+        &document.etag
     };
-    let unchanged = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| document.matches(value));
+    let unchanged = document.unchanged_for(&req);
     let mut answer = if unchanged {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
     };
     answer
-        .insert_header((header::ETAG, etag))
+        .insert_header(ETag(etag.clone()))
         .insert_header((header::VARY, "accept-encoding"));
     if unchanged {
         return answer.finish();
