@@ -254,13 +254,11 @@ impl TaskService {
             .into_iter()
             .find(|key| key.id == who.key_id && key.revoked_at.is_none())
             .ok_or(ServiceError::Unauthorized)?;
-        let expires_at = self.executor.clock().now()
-            + chrono::Duration::from_std(stream_tokens::STREAM_TOKEN_TTL)
-                .unwrap_or_else(|_| chrono::Duration::minutes(5));
-        // Whole seconds: the token carries its expiry in seconds.
-        let expires_at =
-            chrono::DateTime::from_timestamp(expires_at.timestamp(), 0).unwrap_or(expires_at);
-        Ok((stream_tokens::mint(&key, task_id, expires_at), expires_at))
+        Ok(stream_tokens::mint(
+            &key,
+            task_id,
+            self.executor.clock().now(),
+        ))
     }
 
     /// The principal a stream token stands for, on `task_id`'s stream only.
@@ -276,10 +274,9 @@ impl TaskService {
             .await?
             .into_iter()
             .find(|key| key.prefix == claims.key_prefix);
-        claims
+        let key = claims
             .check(task_id, key.as_ref(), self.executor.clock().now())
             .map_err(ServiceError::StreamTokenRefused)?;
-        let key = key.ok_or(ServiceError::Unauthorized)?;
         Ok(Principal {
             agent_id: key.agent_id,
             key_id: key.id,

@@ -9,11 +9,9 @@
 //! route and no other task. (Whoever can read the keys' hashes from the database can
 //! mint tokens; they can read the events themselves there too.)
 
-use std::time::Duration;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -22,7 +20,7 @@ use crate::model::{AgentId, ApiKey, TaskId};
 
 /// How long a minted token can open its stream. A stream open when it expires goes on;
 /// reopening after that needs a new token.
-pub const STREAM_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+pub const STREAM_TOKEN_TTL: TimeDelta = TimeDelta::minutes(5);
 
 /// Marks the token's form (and its version).
 const FORM: &str = "bts1";
@@ -50,11 +48,16 @@ fn mac(key: &ApiKey, text: &str) -> Hmac<Sha256> {
     mac
 }
 
-/// A token for `task`'s stream, made with `key`, valid until `expires_at`.
-pub fn mint(key: &ApiKey, task: TaskId, expires_at: DateTime<Utc>) -> String {
+/// A token for `task`'s stream, made with `key` at `now`, and when it expires: after
+/// [`STREAM_TOKEN_TTL`], in whole seconds (the token carries its expiry in seconds).
+pub fn mint(key: &ApiKey, task: TaskId, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
+    let expires_at = (now + STREAM_TOKEN_TTL).trunc_subsecs(0);
     let text = signed_text(key.agent_id, &key.prefix, task, expires_at.timestamp());
     let tag = mac(key, &text).finalize().into_bytes();
-    format!("{text}.{}", URL_SAFE_NO_PAD.encode(tag))
+    (
+        format!("{text}.{}", URL_SAFE_NO_PAD.encode(tag)),
+        expires_at,
+    )
 }
 
 /// Reads a token's claims; nothing is checked but its form.
@@ -86,13 +89,13 @@ pub fn read(token: &str) -> Result<StreamClaims, StreamTokenRefusal> {
 
 impl StreamClaims {
     /// Whether the token opens `task`'s stream at `now`, `key` being the key it names
-    /// (`None`: no such key, or revoked).
-    pub fn check(
+    /// (`None`: no such key); the key it stands for if it does.
+    pub fn check<'k>(
         &self,
         task: TaskId,
-        key: Option<&ApiKey>,
+        key: Option<&'k ApiKey>,
         now: DateTime<Utc>,
-    ) -> Result<(), StreamTokenRefusal> {
+    ) -> Result<&'k ApiKey, StreamTokenRefusal> {
         let key = key
             .filter(|key| key.revoked_at.is_none() && key.agent_id == self.agent_id)
             .ok_or(StreamTokenRefusal::BadKey)?;
@@ -112,7 +115,7 @@ impl StreamClaims {
         if now >= self.expires_at {
             return Err(StreamTokenRefusal::Expired);
         }
-        Ok(())
+        Ok(key)
     }
 }
 
@@ -137,8 +140,8 @@ mod tests {
     fn a_token_opens_its_task_until_it_expires_and_nothing_else() {
         let key = key("abcd1234", "hash-of-the-key");
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let expires = now + chrono::Duration::minutes(5);
-        let token = mint(&key, TaskId(42), expires);
+        let (token, expires) = mint(&key, TaskId(42), now);
+        assert_eq!(expires, now + chrono::Duration::minutes(5));
         assert!(
             token
                 .bytes()
@@ -148,7 +151,7 @@ mod tests {
         let claims = read(&token).unwrap();
         assert_eq!(claims.task_id, TaskId(42));
         assert_eq!(claims.key_prefix, "abcd1234");
-        assert_eq!(claims.check(TaskId(42), Some(&key), now), Ok(()));
+        assert_eq!(claims.check(TaskId(42), Some(&key), now), Ok(&key));
         assert_eq!(
             claims.check(TaskId(43), Some(&key), now),
             Err(StreamTokenRefusal::OtherTask)
@@ -181,7 +184,7 @@ mod tests {
     fn changing_any_claim_voids_the_token() {
         let key = key("abcd1234", "hash-of-the-key");
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let token = mint(&key, TaskId(42), now + chrono::Duration::minutes(5));
+        let (token, _) = mint(&key, TaskId(42), now);
         let parts: Vec<&str> = token.split('.').collect();
         for (index, forged) in [(3, "43"), (4, "1900000000"), (1, "4")] {
             let mut changed = parts.clone();

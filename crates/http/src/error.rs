@@ -311,7 +311,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::StreamTokenRefused(why) => ApiError::new(
                 ErrorCode::Unauthorized,
                 format!(
-                    "The stream token {why}. Mint another with POST /v1/chat/tasks/{{task_id}}/stream-token (it opens that task's stream for 5 minutes), or send a key as 'Authorization: Bearer <key>'."
+                    "The stream token {why}. Mint another with POST /v1/chat/tasks/{{task_id}}/stream-token (it opens that task's stream for {} minutes), or send a key as 'Authorization: Bearer <key>'.",
+                    baton_domain::stream_tokens::STREAM_TOKEN_TTL.num_minutes()
                 ),
             ),
             ServiceError::AgentNotFound => ApiError::new(

@@ -30,7 +30,11 @@ pub async fn authenticate(state: &ApiState, req: &HttpRequest) -> Result<Princip
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::from(baton_domain::ServiceError::Unauthorized))?;
-    let who = state.tasks.authenticate(token).await?;
+    admit(state, state.tasks.authenticate(token).await?)
+}
+
+/// An authenticated caller, within its key's request rate.
+fn admit(state: &ApiState, who: Principal) -> Result<Principal, ApiError> {
     if let Some(rate) = &state.limits.per_key {
         rate.check(who.key_id)?;
     }
@@ -55,11 +59,7 @@ pub async fn authenticate_stream(
         .ok()
         .and_then(|query| query.into_inner().token)
         .ok_or_else(|| ApiError::from(baton_domain::ServiceError::Unauthorized))?;
-    let who = state.tasks.authenticate_stream(&token, task).await?;
-    if let Some(rate) = &state.limits.per_key {
-        rate.check(who.key_id)?;
-    }
-    Ok(who)
+    admit(state, state.tasks.authenticate_stream(&token, task).await?)
 }
 
 /// The `Idempotency-Key` header, if sent. Its form is checked with the body (so all
