@@ -292,9 +292,7 @@ pub(crate) async fn stream(
     let who = authenticate_stream(&state, &req, task).await?;
     let (after, until_final) = crate::sse::cursor(&req)?;
     if req.method() == actix_web::http::Method::HEAD {
-        // What a GET would be refused for, checked; no stream opened.
-        state.tasks.events(&who, task, after, 0).await?;
-        return Ok(crate::sse::answer().finish());
+        return crate::sse::head(&state.tasks, &who, task, after).await;
     }
     crate::sse::stream(
         state.tasks.clone(),

@@ -277,7 +277,7 @@ pub async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     // Watch before the first read, so nothing written in between is missed.
     let watch = tasks.watch(task);
-    tasks.events(&who, task, after, 0).await?;
+    check(&tasks, &who, task, after).await?;
     let heartbeat = heartbeats(options.heartbeat);
     let state = SseStream {
         tasks,
@@ -305,8 +305,32 @@ pub async fn stream(
     Ok(answer().streaming(body))
 }
 
+/// Answers a `HEAD` of the stream: what a `GET` would be refused for is checked, and
+/// no stream is opened.
+pub async fn head(
+    tasks: &TaskService,
+    who: &Principal,
+    task: TaskId,
+    after: i64,
+) -> Result<HttpResponse, ApiError> {
+    check(tasks, who, task, after).await?;
+    Ok(answer().finish())
+}
+
+/// What refuses a stream before its first byte: the task is not the caller's (a read
+/// of nothing from the log asks the store, as the stream's own reads will).
+async fn check(
+    tasks: &TaskService,
+    who: &Principal,
+    task: TaskId,
+    after: i64,
+) -> Result<(), ApiError> {
+    tasks.events(who, task, after, 0).await?;
+    Ok(())
+}
+
 /// The stream's answer before its body, for `GET` and `HEAD` alike.
-pub fn answer() -> actix_web::HttpResponseBuilder {
+fn answer() -> actix_web::HttpResponseBuilder {
     let mut answer = HttpResponse::Ok();
     answer
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
