@@ -419,6 +419,28 @@ fn free_form_objects_take_any_property() {
     }
 }
 
+/// A `HEAD` of `path` written on a connection of its own (`Connection: close`): every
+/// byte the server sent until it closed.
+async fn head_on_the_wire(app: &TestApp, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "HEAD {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.token
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_end(&mut wire),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("HEAD {path}: the connection stayed open"))
+    .unwrap();
+    String::from_utf8(wire).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_wherever_get_does_with_no_body() {
     let app = TestApp::start().await;
@@ -458,6 +480,13 @@ async fn head_answers_wherever_get_does_with_no_body() {
         assert_eq!(head.headers()["content-type"], get_type, "{path}");
         assert!(head.headers().contains_key("x-request-id"), "{path}");
         assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+        // An HTTP client never reads a body after a HEAD, so look at the wire: nothing
+        // follows the head, and the answer ends (a stream is not held open).
+        let wire = head_on_the_wire(&app, &path).await;
+        let (_, after_head) = wire
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("HEAD {path}: no complete head in {wire:?}"));
+        assert_eq!(after_head, "", "HEAD {path} sent a body");
     }
     // Not where there is no GET.
     let refused = app
