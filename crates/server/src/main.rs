@@ -2,7 +2,7 @@
 
 use baton_domain::RunnerRegistry;
 
-/// jemalloc instead of glibc's malloc: a sixth of the server's CPU under load was
+/// jemalloc instead of glibc's malloc: ~11 % of the server's CPU under load was
 /// glibc's allocator (docs/benchmarks.md, issue 14).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
