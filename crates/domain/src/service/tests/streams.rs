@@ -67,6 +67,22 @@ async fn append(
     }
 }
 
+/// Each stream, one after another, reads the log after `cursor` and gets `expected`.
+async fn every_stream_reads(
+    service: &TaskService,
+    watches: &[crate::notify::TaskWatch],
+    cursor: i64,
+    expected: &[i64],
+) {
+    for watch in watches {
+        let page = service
+            .stream_events(&WHO, watch, cursor, 256)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&page), expected);
+    }
+}
+
 fn fifty_streams() -> Streams {
     let log = Arc::new(Mutex::new((1..=3).map(event).collect::<Vec<_>>()));
     let reads = Arc::new(AtomicUsize::new(0));
@@ -95,10 +111,7 @@ async fn one_change_is_read_once_for_every_stream_of_its_task_and_each_gets_it_o
     } = fifty_streams();
     // Each stream catches up on the history on its own (the first also places the
     // task's feed at the log's end).
-    for watch in &watches {
-        let page = service.stream_events(&WHO, watch, 0, 256).await.unwrap();
-        assert_eq!(seqs(&page), vec![1, 2, 3]);
-    }
+    every_stream_reads(&service, &watches, 0, &[1, 2, 3]).await;
 
     append(&log, &hub, &mut watches, [event(4), event(5)]).await;
     let before = reads.load(Ordering::SeqCst);
@@ -141,10 +154,7 @@ async fn streams_that_open_at_the_log_end_share_their_reads_before_and_after_a_c
         service,
         mut watches,
     } = fifty_streams();
-    for watch in &watches {
-        let page = service.stream_events(&WHO, watch, 3, 256).await.unwrap();
-        assert!(page.events.is_empty());
-    }
+    every_stream_reads(&service, &watches, 3, &[]).await;
     assert_eq!(
         reads.load(Ordering::SeqCst),
         1,
@@ -159,10 +169,7 @@ async fn streams_that_open_at_the_log_end_share_their_reads_before_and_after_a_c
     assert_eq!(reads.load(Ordering::SeqCst), 1);
 
     append(&log, &hub, &mut watches, [event(4), event(5)]).await;
-    for watch in &watches {
-        let page = service.stream_events(&WHO, watch, 3, 256).await.unwrap();
-        assert_eq!(seqs(&page), vec![4, 5]);
-    }
+    every_stream_reads(&service, &watches, 3, &[4, 5]).await;
     assert_eq!(
         reads.load(Ordering::SeqCst),
         2,
