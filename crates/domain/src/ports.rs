@@ -40,10 +40,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The task with its latest turn and latest agent message, if the agent owns it.
     async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError>;
 
-    /// The agent's tasks, newest first.
+    /// The agent's tasks, newest first; with `status`, only those whose latest turn
+    /// has it.
     async fn list_tasks(
         &self,
         agent: AgentId,
+        status: Option<TaskStatus>,
         page: PageRequest,
     ) -> Result<Page<TaskView>, StoreError>;
 

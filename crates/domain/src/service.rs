@@ -611,12 +611,21 @@ impl TaskService {
         self.hub.watch(task_id)
     }
 
+    /// The agent the caller's key belongs to.
+    pub async fn key_agent(&self, who: &Principal) -> Result<Agent, ServiceError> {
+        self.agents
+            .get_agent(who.agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)
+    }
+
     pub async fn list_tasks(
         &self,
         who: &Principal,
+        status: Option<TaskStatus>,
         page: PageRequest,
     ) -> Result<Page<TaskView>, ServiceError> {
-        Ok(self.tasks.list_tasks(who.agent_id, page).await?)
+        Ok(self.tasks.list_tasks(who.agent_id, status, page).await?)
     }
 
     pub async fn list_messages(

@@ -74,6 +74,9 @@ api! {
     "/openapi.json" { get => docs::document, errors: [&[ShuttingDown]]; }
     "/docs" { get => docs::docs_root, errors: [&[ShuttingDown]]; }
     "/docs/{file}" { get => docs::docs_file, errors: [&[ShuttingDown, NotFound]]; }
+    "/v1/chat/agent" {
+        get => routes::key_agent, errors: [KEYED, &[AgentNotFound]];
+    }
     "/v1/chat/tasks" {
         post => routes::create_task, errors: [KEYED, JSON_BODY, &[AgentNotFound, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
         get => routes::list_tasks, errors: [KEYED, PAGED];

@@ -178,3 +178,28 @@ pub struct DataBody<T> {
 pub struct StatusBody {
     pub status: &'static str,
 }
+
+/// Body of `GET /v1/chat/agent`: the agent a key belongs to, as its clients may see it
+/// (its runner's configuration and webhook stay the operator's).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"agent_id": 1, "name": "support", "runner_kind": "openai", "created_at": "2026-12-05T10:00:00Z"}))]
+pub struct KeyAgentBody {
+    /// What `agent_id` must be in this key's requests.
+    pub agent_id: i64,
+    pub name: String,
+    /// How its turns are played: `echo`, `openai`, `http`, or a kind registered by an
+    /// embedding program.
+    pub runner_kind: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<baton_domain::Agent> for KeyAgentBody {
+    fn from(agent: baton_domain::Agent) -> Self {
+        KeyAgentBody {
+            agent_id: agent.id.0,
+            name: agent.name,
+            runner_kind: agent.runner.kind,
+            created_at: agent.created_at,
+        }
+    }
+}

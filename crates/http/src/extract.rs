@@ -10,7 +10,7 @@ use baton_domain::page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use std::time::Duration;
 
 use baton_domain::service::MAX_WAIT;
-use baton_domain::{PageRequest, Principal, TaskId};
+use baton_domain::{PageRequest, Principal, TaskId, TaskStatus};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -239,6 +239,31 @@ pub fn page(req: &HttpRequest) -> Result<PageRequest, ApiError> {
         })?),
     };
     Ok(PageRequest { limit, after })
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    status: Option<String>,
+}
+
+/// `?status=` of the task listing: one of the task statuses, or absent (all tasks).
+pub fn status_filter(req: &HttpRequest) -> Result<Option<TaskStatus>, ApiError> {
+    let query = web::Query::<StatusQuery>::from_query(req.query_string()).map_err(|err| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("Could not read the query string: {err}"),
+        )
+    })?;
+    query
+        .status
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<TaskStatus>().map_err(|_| {
+                let known: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::invalid_field("status", format!("must be one of {}", known.join(", ")))
+            })
+        })
+        .transpose()
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,14 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
+/// `?status=` on the task listing.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskStatusParam {
+    /// Only the tasks whose latest turn has this status (absent: every task).
+    pub status: Option<baton_domain::TaskStatus>,
+}
+
 /// Where an event stream starts and when it ends.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]

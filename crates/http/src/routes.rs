@@ -9,13 +9,17 @@ use baton_domain::Message;
 use baton_domain::webhooks::DeliveryView;
 
 use crate::dto::{
-    AcceptedBody, DataBody, PageBody, StatusBody, StreamTokenBody, SubmitBody, TaskBody,
+    AcceptedBody, DataBody, KeyAgentBody, PageBody, StatusBody, StreamTokenBody, SubmitBody,
+    TaskBody,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{
-    authenticate, authenticate_stream, idempotency_key, json_body, page, task_id, wait,
+    authenticate, authenticate_stream, idempotency_key, json_body, page, status_filter, task_id,
+    wait,
 };
-use crate::params::{IdempotencyKey, PageParams, StreamParams, TaskIdParam, WaitParam};
+use crate::params::{
+    IdempotencyKey, PageParams, StreamParams, TaskIdParam, TaskStatusParam, WaitParam,
+};
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
@@ -245,10 +249,24 @@ pub(crate) async fn get_task(
     Ok(HttpResponse::Ok().json(TaskBody::from(view)))
 }
 
+#[utoipa::path(get, path = "/v1/chat/agent", tag = "tasks",
+    summary = "The key's agent",
+    description = "The agent the calling key belongs to: the `agent_id` its requests must name, and what the agent is. For a client that was given a key and nothing else.",
+    responses((status = 200, description = "The key's agent.", body = KeyAgentBody)),
+    security(("agent_key" = [])))]
+pub(crate) async fn key_agent(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let agent = state.tasks.key_agent(&who).await?;
+    Ok(HttpResponse::Ok().json(KeyAgentBody::from(agent)))
+}
+
 #[utoipa::path(get, path = "/v1/chat/tasks", tag = "tasks",
     summary = "List the agent's tasks",
-    description = "The key's agent's tasks, newest first, a page at a time.",
-    params(PageParams),
+    description = "The key's agent's tasks, newest first, a page at a time; with `status`, only the tasks in that status (their latest turn's).",
+    params(TaskStatusParam, PageParams),
     responses((status = 200, description = "A page of the agent's tasks, newest first.", body = PageBody<TaskBody>)),
     security(("agent_key" = [])))]
 pub(crate) async fn list_tasks(
@@ -256,8 +274,9 @@ pub(crate) async fn list_tasks(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
+    let status = status_filter(&req)?;
     let page = page(&req)?;
-    let tasks = state.tasks.list_tasks(&who, page).await?;
+    let tasks = state.tasks.list_tasks(&who, status, page).await?;
     Ok(HttpResponse::Ok().json(PageBody::<TaskBody>::new(tasks)))
 }
 

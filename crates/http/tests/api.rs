@@ -257,6 +257,81 @@ async fn tasks_and_messages_page_with_opaque_cursors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_by_status_and_a_bad_status_is_422() {
+    let app = TestApp::start().await;
+    let (slow, key) = app.agent_with_key(json!({"delay_ms": 60_000})).await;
+    let (failing, failing_key) = app.agent_with_key(json!({"fail": true})).await;
+    let waiting = app.create_task(&key, slow, "take your time").await;
+    let done = app.create_task(&key, slow, "and another").await;
+    let (status, _, cancelled) = app
+        .post(&key, &format!("/v1/chat/tasks/{done}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    let failed = app.create_task(&failing_key, failing, "fail").await;
+    app.settled(&failing_key, failed).await;
+
+    let ids = |page: &Value| -> Vec<i64> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_i64().unwrap())
+            .collect()
+    };
+    let (status, running) = app.get(&key, "/v1/chat/tasks?status=running").await;
+    assert_eq!(status, StatusCode::OK, "{running}");
+    assert_eq!(ids(&running), [waiting]);
+    let (_, page) = app
+        .get(&key, "/v1/chat/tasks?status=cancelled&limit=5")
+        .await;
+    assert_eq!(ids(&page), [done]);
+    let (_, page) = app.get(&key, "/v1/chat/tasks?status=completed").await;
+    assert_eq!(ids(&page), Vec::<i64>::new());
+    let (_, page) = app.get(&failing_key, "/v1/chat/tasks?status=failed").await;
+    assert_eq!(ids(&page), [failed]);
+    let (_, page) = app.get(&key, "/v1/chat/tasks").await;
+    assert_eq!(ids(&page), [done, waiting]);
+
+    for bad in ["done", "", "RUNNING"] {
+        let (status, body) = app.get(&key, &format!("/v1/chat/tasks?status={bad}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(body["error"]["fields"][0]["field"], "status", "{body}");
+        assert!(
+            body["error"]["fields"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("running, requires_action, completed, failed, cancelled"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_tells_its_agent() {
+    let app = TestApp::start().await;
+    let (agent, key) = app.agent_with_key(json!({})).await;
+    let (status, body) = app.get(&key, "/v1/chat/agent").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["agent_id"], agent, "{body}");
+    assert_eq!(body["runner_kind"], "echo", "{body}");
+    assert!(
+        body["name"].is_string() && body["created_at"].is_string(),
+        "{body}"
+    );
+    assert!(
+        body.get("runner").is_none() && body.get("webhook").is_none(),
+        "{body}"
+    );
+    let (status, body) = app.get(&app.token, "/v1/chat/agent").await;
+    assert_eq!(
+        (status, body["agent_id"].clone()),
+        (StatusCode::OK, json!(app.agent))
+    );
+    let (status, _) = app.get("bt_nope_nope", "/v1/chat/agent").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_page_parameters_are_422_naming_the_parameter() {
     let app = TestApp::start().await;
     for (query, field) in [

@@ -238,10 +238,13 @@ impl TaskStore for SqlStore {
     async fn list_tasks(
         &self,
         agent: AgentId,
+        status: Option<TaskStatus>,
         page: PageRequest,
     ) -> Result<Page<TaskView>, StoreError> {
-        on_conn!(self, readers, |conn, q| q::list_tasks(conn, agent, page)
-            .await)
+        on_conn!(self, readers, |conn, q| q::list_tasks(
+            conn, agent, status, page
+        )
+        .await)
     }
 
     async fn list_messages(

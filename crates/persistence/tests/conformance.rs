@@ -96,6 +96,7 @@ conformance!(
     claims_on_different_tasks_do_not_block_each_other,
     another_agents_task_is_not_found_everywhere,
     tasks_page_newest_first_with_exact_edges,
+    tasks_filtered_by_status_go_by_their_latest_turn,
     messages_page_oldest_first_in_the_order_they_were_written,
     every_content_type_and_metadata_round_trip_unchanged,
     load_turn_input_is_the_whole_history_in_order,
@@ -809,7 +810,7 @@ async fn another_agents_task_is_not_found_everywhere(store: Arc<impl Store>) {
     ));
     assert!(
         store
-            .list_tasks(mine.id, PageRequest::default())
+            .list_tasks(mine.id, None, PageRequest::default())
             .await
             .unwrap()
             .items
@@ -835,12 +836,91 @@ async fn another_agents_task_is_not_found_everywhere(store: Arc<impl Store>) {
     );
 }
 
+async fn tasks_filtered_by_status_go_by_their_latest_turn(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let other = agent(&*store, "other").await;
+    // Completed, then running again: running, not completed.
+    let again = new_task(&*store, a.id, "again").await;
+    assert!(finish(&*store, &again, TurnOutcome::Completed, vec![]).await);
+    let second = started(
+        store
+            .append_and_claim(append(a.id, again.task_id, "more"))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(second.turn_id, again.turn_id);
+    let done = new_task(&*store, a.id, "done").await;
+    assert!(finish(&*store, &done, TurnOutcome::Completed, vec![]).await);
+    let failed = new_task(&*store, a.id, "failed").await;
+    assert!(
+        finish(
+            &*store,
+            &failed,
+            TurnOutcome::failed("echo_failed", "no"),
+            vec![]
+        )
+        .await
+    );
+    let running = new_task(&*store, a.id, "running").await;
+    new_task(&*store, other.id, "someone else's").await;
+
+    let listed = |status: Option<TaskStatus>, page: PageRequest| {
+        let store = store.clone();
+        async move {
+            let page = store.list_tasks(a.id, status, page).await.unwrap();
+            let ids: Vec<TaskId> = page.items.iter().map(|v| v.task.id).collect();
+            (ids, page.next_after)
+        }
+    };
+    let all = PageRequest {
+        limit: 10,
+        after: None,
+    };
+    assert_eq!(
+        listed(Some(TaskStatus::Running), all).await,
+        (vec![running.task_id, again.task_id], None)
+    );
+    assert_eq!(
+        listed(Some(TaskStatus::Completed), all).await,
+        (vec![done.task_id], None)
+    );
+    assert_eq!(
+        listed(Some(TaskStatus::Failed), all).await,
+        (vec![failed.task_id], None)
+    );
+    assert_eq!(
+        listed(Some(TaskStatus::Cancelled), all).await,
+        (vec![], None)
+    );
+    assert_eq!(listed(None, all).await.0.len(), 4);
+    // Pages of a filtered listing go on after the last task shown.
+    let first = listed(
+        Some(TaskStatus::Running),
+        PageRequest {
+            limit: 1,
+            after: None,
+        },
+    )
+    .await;
+    assert_eq!(first, (vec![running.task_id], Some(running.task_id.0)));
+    let next = listed(
+        Some(TaskStatus::Running),
+        PageRequest {
+            limit: 1,
+            after: first.1,
+        },
+    )
+    .await;
+    assert_eq!(next, (vec![again.task_id], None));
+}
+
 async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let other = agent(&*store, "other").await;
     let empty = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 3,
                 after: None,
@@ -858,6 +938,7 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let first = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 2,
                 after: None,
@@ -869,6 +950,7 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let second = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 2,
                 after: first.next_after,
@@ -880,6 +962,7 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let last = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 2,
                 after: second.next_after,
@@ -891,6 +974,7 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let exact = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 5,
                 after: None,
@@ -906,6 +990,7 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let one = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 1,
                 after: None,
@@ -920,6 +1005,7 @@ async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
     let past_end = store
         .list_tasks(
             a.id,
+            None,
             PageRequest {
                 limit: 5,
                 after: Some(ids[0].0),
@@ -1597,7 +1683,7 @@ async fn idempotency_keys_replay_refuse_other_requests_and_expire(store: Arc<imp
             .unwrap(),
     );
     let listed = store
-        .list_tasks(a.id, PageRequest::default())
+        .list_tasks(a.id, None, PageRequest::default())
         .await
         .unwrap();
     assert_eq!(
@@ -1665,7 +1751,7 @@ async fn twenty_concurrent_first_uses_of_a_key_start_one_turn(store: Arc<impl St
     assert_eq!(firsts.len(), 1, "exactly one claim started a turn");
     assert!(answers.iter().all(|c| c.accepted() == firsts[0]));
     let listed = store
-        .list_tasks(a.id, PageRequest::default())
+        .list_tasks(a.id, None, PageRequest::default())
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 1);

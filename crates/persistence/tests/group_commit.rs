@@ -211,7 +211,7 @@ async fn dropping_the_store_closes_the_writer_so_its_log_is_checkpointed_into_th
         .await
         .unwrap();
     let tasks = copied
-        .list_tasks(agent.id, PageRequest::default())
+        .list_tasks(agent.id, None, PageRequest::default())
         .await
         .unwrap();
     assert_eq!(tasks.items.len(), 1);

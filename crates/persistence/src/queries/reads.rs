@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use baton_domain::*;
-use diesel::dsl::max;
+use diesel::dsl::{exists, max, not};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -148,9 +148,13 @@ pub(crate) async fn get_task(
         .transpose()
 }
 
+/// The agent's tasks, newest first. With `status`, a task is kept when its latest
+/// turn has that status: a turn of the task with the status and no later turn, both
+/// looked up per task by the turns' task index.
 pub(crate) async fn list_tasks(
     conn: &mut Conn,
     agent: AgentId,
+    status: Option<TaskStatus>,
     page: PageRequest,
 ) -> Result<Page<TaskView>, StoreError> {
     async {
@@ -162,6 +166,17 @@ pub(crate) async fn list_tasks(
             .into_boxed();
         if let Some(after) = page.after {
             query = query.filter(tasks::id.lt(after));
+        }
+        if let Some(status) = status {
+            let later_turns = diesel::alias!(turns as later_turns);
+            let later = later_turns
+                .filter(later_turns.field(turns::task_id).eq(tasks::id))
+                .filter(later_turns.field(turns::id).gt(turns::id));
+            let latest_with_status = turns::table
+                .filter(turns::task_id.eq(tasks::id))
+                .filter(turns::status.eq(status.as_str()))
+                .filter(not(exists(later)));
+            query = query.filter(exists(latest_with_status));
         }
         let rows = query.load(conn).await?;
         let views = task_views(conn, rows).await?;
