@@ -34,7 +34,7 @@ pub use feed::{Feed, SharedEvent, SharedPage};
 pub use idempotency::IdempotencyConfig;
 pub use model::*;
 pub use notify::{AgentsChanged, AgentsChangedHook, LocalNotifier, TaskWatch, TurnEndHook};
-pub use page::{Page, PageRequest};
+pub use page::{History, Page, PageRequest};
 pub use ports::{
     AgentStore, Clock, SystemClock, TaskNotifier, TaskStore, WebhookStore, WebhookTransport,
 };

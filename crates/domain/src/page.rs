@@ -55,6 +55,16 @@ impl<T> Page<T> {
     }
 }
 
+/// A page of a task's history, and the id of the task's last event as of the same
+/// read: the page shows every event up to it (a streamed message's text included) and
+/// none after, so following the stream after it continues the page with nothing
+/// missing and nothing twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History<T> {
+    pub page: Page<T>,
+    pub last_event_id: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{ClaimError, StoreError};
 use crate::model::*;
-use crate::page::{Page, PageRequest};
+use crate::page::{History, Page, PageRequest};
 use crate::webhooks::{AttemptResult, DeliveryView, DueDelivery};
 
 /// Tasks, turns and messages.
@@ -49,13 +49,14 @@ pub trait TaskStore: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<TaskView>, StoreError>;
 
-    /// A task's messages, oldest first; `None` if the agent does not own the task.
+    /// A task's messages, oldest first, with the task's last event id as of the same
+    /// read; `None` if the agent does not own the task.
     async fn list_messages(
         &self,
         agent: AgentId,
         task: TaskId,
         page: PageRequest,
-    ) -> Result<Option<Page<Message>>, StoreError>;
+    ) -> Result<Option<History<Message>>, StoreError>;
 
     /// Everything a runner needs to play a turn: the task and its full history in order.
     async fn load_turn_input(

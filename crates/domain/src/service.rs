@@ -15,7 +15,7 @@ use crate::keys;
 pub use crate::model::SubmitMessage;
 use crate::model::*;
 use crate::notify::{LocalNotifier, TaskWatch};
-use crate::page::{Page, PageRequest};
+use crate::page::{History, Page, PageRequest};
 use crate::ports::{AgentStore, TaskNotifier, TaskStore, WebhookStore};
 use crate::stream_tokens;
 use crate::validate;
@@ -633,7 +633,7 @@ impl TaskService {
         who: &Principal,
         task_id: TaskId,
         page: PageRequest,
-    ) -> Result<Page<Message>, ServiceError> {
+    ) -> Result<History<Message>, ServiceError> {
         self.tasks
             .list_messages(who.agent_id, task_id, page)
             .await?

@@ -151,6 +151,31 @@ impl<T> PageBody<T> {
     }
 }
 
+/// A page of a task's history, and where its event stream continues it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryBody {
+    pub data: Vec<Message>,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+    /// The task's last event as of this page: the page shows everything up to it (the
+    /// text of a message being streamed included) and nothing after. Open the stream
+    /// with `?after=` this (from the last page) to follow on with nothing missing or
+    /// repeated.
+    #[schema(example = 12)]
+    pub last_event_id: i64,
+}
+
+impl From<baton_domain::History<Message>> for HistoryBody {
+    fn from(history: baton_domain::History<Message>) -> Self {
+        let page = PageBody::<Message>::new(history.page);
+        HistoryBody {
+            data: page.data,
+            next_cursor: page.next_cursor,
+            last_event_id: history.last_event_id,
+        }
+    }
+}
+
 /// A token that opens one task's event stream without a header, for a browser's
 /// `EventSource`.
 #[derive(Debug, Serialize, ToSchema)]

@@ -5,12 +5,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use baton_domain::Claim;
 
 use crate::ApiState;
-use baton_domain::Message;
 use baton_domain::webhooks::DeliveryView;
 
 use crate::dto::{
-    AcceptedBody, DataBody, KeyAgentBody, PageBody, StatusBody, StreamTokenBody, SubmitBody,
-    TaskBody,
+    AcceptedBody, DataBody, HistoryBody, KeyAgentBody, PageBody, StatusBody, StreamTokenBody,
+    SubmitBody, TaskBody,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{
@@ -282,9 +281,9 @@ pub(crate) async fn list_tasks(
 
 #[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/messages", tag = "tasks",
     summary = "A task's history",
-    description = "The task's messages, oldest first, a page at a time. A message being streamed has `streaming_status: in_progress`.",
+    description = "The task's messages, oldest first, a page at a time. A message being streamed has `streaming_status: in_progress` and its text so far. `last_event_id` is the task's last event as of the page: open the stream with `?after=` it to follow on from the last page with nothing missing or repeated.",
     params(TaskIdParam, PageParams),
-    responses((status = 200, description = "A page of the task's messages, oldest first.", body = PageBody<Message>)),
+    responses((status = 200, description = "A page of the task's messages, oldest first.", body = HistoryBody)),
     security(("agent_key" = [])))]
 pub(crate) async fn list_messages(
     state: web::Data<ApiState>,
@@ -293,8 +292,8 @@ pub(crate) async fn list_messages(
     let who = authenticate(&state, &req).await?;
     let task = task_id(&req)?;
     let page = page(&req)?;
-    let messages = state.tasks.list_messages(&who, task, page).await?;
-    Ok(HttpResponse::Ok().json(PageBody::<Message>::new(messages)))
+    let history = state.tasks.list_messages(&who, task, page).await?;
+    Ok(HttpResponse::Ok().json(HistoryBody::from(history)))
 }
 
 #[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/stream", tag = "tasks",

@@ -252,7 +252,7 @@ impl TaskStore for SqlStore {
         agent: AgentId,
         task: TaskId,
         page: PageRequest,
-    ) -> Result<Option<Page<Message>>, StoreError> {
+    ) -> Result<Option<History<Message>>, StoreError> {
         on_conn!(self, readers, |conn, q| q::list_messages(
             conn, agent, task, page
         )

@@ -120,6 +120,7 @@ conformance!(
     keys_are_found_by_hash_conflict_on_reuse_and_revoke_once,
     events_number_from_one_per_task_and_tell_the_whole_turn,
     streamed_text_is_one_message_in_progress_until_closed,
+    a_history_page_shows_exactly_the_events_up_to_its_last_event_id,
     output_for_an_ended_turn_is_discarded,
     failed_turn_ends_with_an_error_event,
     events_page_after_a_cursor_and_report_pruning,
@@ -264,6 +265,7 @@ async fn history(store: &impl Store, agent: AgentId, task: TaskId) -> Vec<Messag
         .await
         .unwrap()
         .unwrap()
+        .page
         .items
 }
 
@@ -1050,7 +1052,8 @@ async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<im
             .list_messages(a.id, t.task_id, PageRequest { limit: 3, after })
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .page;
         assert!(page.items.len() <= 3);
         seen.extend(page.items);
         match page.next_after {
@@ -2004,6 +2007,58 @@ async fn streamed_text_is_one_message_in_progress_until_closed(store: Arc<impl S
     let messages = history(&*store, a.id, t.task_id).await;
     assert_eq!(texts(&messages)[4], "new");
     assert_eq!(messages[4].turn_id, next.turn_id);
+}
+
+/// Read while the text streams in, each page's streamed text is exactly the deltas up
+/// to its `last_event_id`: following the stream after it repeats and misses nothing.
+async fn a_history_page_shows_exactly_the_events_up_to_its_last_event_id(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "q").await;
+    const DELTAS: usize = 150;
+    let writer = {
+        let (store, t) = (store.clone(), t.clone());
+        tokio::spawn(async move {
+            for i in 0..DELTAS {
+                let written = store
+                    .record_output(record(&t, vec![delta(&format!("{i} "))]))
+                    .await
+                    .unwrap();
+                assert!(written);
+            }
+        })
+    };
+    let mut reads = Vec::new();
+    while !writer.is_finished() {
+        let read = store
+            .list_messages(a.id, t.task_id, PageRequest::default())
+            .await
+            .unwrap()
+            .unwrap();
+        reads.push(read);
+    }
+    writer.await.unwrap();
+    let events = all_events(&*store, a.id, t.task_id).await;
+    let streamed_up_to = |last: i64| -> String {
+        events
+            .iter()
+            .filter(|e| e.seq <= last && e.kind == EventKind::TextDelta)
+            .map(|e| e.data["delta"].as_str().unwrap())
+            .collect()
+    };
+    assert!(reads.len() > 1, "the reads raced the writes");
+    for read in &reads {
+        let shown = match read.page.items.get(1).map(|m| &m.content) {
+            Some(Content::Text(text)) => text.content.clone(),
+            Some(other) => panic!("{other:?}"),
+            None => String::new(),
+        };
+        assert_eq!(
+            shown,
+            streamed_up_to(read.last_event_id),
+            "the page at event {}",
+            read.last_event_id
+        );
+    }
 }
 
 async fn output_for_an_ended_turn_is_discarded(store: Arc<impl Store>) {

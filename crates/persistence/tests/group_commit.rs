@@ -188,7 +188,8 @@ async fn a_failing_operation_rolls_back_alone_and_its_group_still_commits() {
         .list_messages(agent.id, running.task_id, PageRequest::default())
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .page;
     assert_eq!(messages.items.len(), 1);
     let keys = store.list_api_keys(agent.id).await.unwrap();
     assert_eq!(keys.len(), 1);

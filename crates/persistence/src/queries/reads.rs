@@ -186,31 +186,42 @@ pub(crate) async fn list_tasks(
     .map_err(TxError::into_store)
 }
 
+/// A page of the task's messages. Each row carries the task's `last_seq`, read by the
+/// same statement — one snapshot on either backend, where two statements could see
+/// two: output is written with its events in one transaction, so the page holds
+/// exactly the events up to it. An empty page (a cursor at the end) has no text to
+/// agree with, and takes the ownership check's.
 pub(crate) async fn list_messages(
     conn: &mut Conn,
     agent: AgentId,
     task: TaskId,
     page: PageRequest,
-) -> Result<Option<Page<Message>>, StoreError> {
+) -> Result<Option<History<Message>>, StoreError> {
     async {
-        if owned_task(conn, agent, task).await?.is_none() {
+        let Some(checked_seq) = owned_task(conn, agent, task).await? else {
             return Ok(None);
-        }
+        };
         let mut query = messages::table
+            .inner_join(tasks::table)
             .filter(messages::task_id.eq(task.0))
-            .select(MessageRow::as_select())
+            .select((MessageRow::as_select(), tasks::last_seq))
             .order(messages::id.asc())
             .limit(i64::from(page.limit) + 1)
             .into_boxed();
         if let Some(after) = page.after {
             query = query.filter(messages::id.gt(after));
         }
-        let rows: Vec<MessageRow> = query.load(conn).await?;
+        let rows: Vec<(MessageRow, i64)> = query.load(conn).await?;
+        // `rows.first()` would be Diesel's `FirstDsl` here.
+        let last_event_id = rows.iter().next().map_or(checked_seq, |(_, seq)| *seq);
         let messages = rows
             .into_iter()
-            .map(MessageRow::into_domain)
+            .map(|(row, _)| row.into_domain())
             .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, TxError>(Some(Page::from_overfetch(messages, page.limit, |m| m.id.0)))
+        Ok::<_, TxError>(Some(History {
+            page: Page::from_overfetch(messages, page.limit, |m| m.id.0),
+            last_event_id,
+        }))
     }
     .await
     .map_err(TxError::into_store)
