@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 use crate::error::ErrorCode::{self, *};
-use crate::{admin, docs, routes};
+use crate::{admin, console, docs, routes};
 
 /// One method on one path, as registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,8 @@ api! {
     "/openapi.json" { get => docs::document, errors: [&[ShuttingDown]]; }
     "/docs" { get => docs::docs_root, errors: [&[ShuttingDown]]; }
     "/docs/{file}" { get => docs::docs_file, errors: [&[ShuttingDown, NotFound]]; }
+    "/console" { get => console::page, errors: [&[ShuttingDown, NotFound]]; }
+    "/console/{file}" { get => console::file, errors: [&[ShuttingDown, NotFound]]; }
     "/v1/chat/agent" {
         get => routes::key_agent, errors: [KEYED, &[AgentNotFound]];
     }

@@ -5,78 +5,15 @@
 
 use std::sync::{Arc, OnceLock};
 
-use actix_web::http::header::{
-    self, AcceptEncoding, ETag, Encoding, EntityTag, Header, IfNoneMatch, Preference, Quality,
-};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::assets::{Asset, accepts_gzip};
 use crate::error::{ApiError, ErrorCode};
 
-/// The OpenAPI document as JSON text, as `/openapi.json` serves it, gzipped once, and
-/// its `ETag`s (one per encoding: they are different bytes).
+/// The OpenAPI document as `/openapi.json` serves it.
 #[derive(Debug, Clone)]
-pub struct OpenApiJson {
-    json: &'static str,
-    gzipped: Arc<[u8]>,
-    etag: EntityTag,
-    gzipped_etag: EntityTag,
-}
-
-impl OpenApiJson {
-    pub fn new(json: &'static str) -> Self {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(json.as_bytes());
-        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-        OpenApiJson {
-            json,
-            gzipped: gzip(json.as_bytes()).into(),
-            etag: EntityTag::new_strong(hex.clone()),
-            gzipped_etag: EntityTag::new_strong(format!("{hex}-gzip")),
-        }
-    }
-
-    /// Whether the request's `If-None-Match` names this document, in either encoding
-    /// (compared weakly, as RFC 9110 says for `If-None-Match`), or any (`*`).
-    fn unchanged_for(&self, req: &HttpRequest) -> bool {
-        match IfNoneMatch::parse(req) {
-            Ok(IfNoneMatch::Any) => true,
-            Ok(IfNoneMatch::Items(tags)) => tags
-                .iter()
-                .any(|tag| tag.weak_eq(&self.etag) || tag.weak_eq(&self.gzipped_etag)),
-            Err(_) => false,
-        }
-    }
-}
-
-/// `bytes` gzipped (at the best ratio: this runs once per process).
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(bytes);
-    encoder.finish().unwrap_or_default()
-}
-
-/// Whether the request's `Accept-Encoding` (parsed by actix-web's typed header) takes
-/// gzip: named, or `*`, with a quality above 0, and not refused by name (`gzip;q=0`).
-fn accepts_gzip(req: &HttpRequest) -> bool {
-    let Ok(AcceptEncoding(items)) = AcceptEncoding::parse(req) else {
-        return false;
-    };
-    // `x-gzip` is the same coding by its old name (RFC 9110, 8.4.1.3).
-    let is_gzip = |preference: &Preference<Encoding>| match preference {
-        Preference::Specific(Encoding::Unknown(name)) => name.eq_ignore_ascii_case("x-gzip"),
-        Preference::Specific(encoding) => *encoding == Encoding::gzip(),
-        Preference::Any => false,
-    };
-    let refused = items
-        .iter()
-        .any(|item| item.quality == Quality::ZERO && is_gzip(&item.item));
-    let taken = items.iter().any(|item| {
-        item.quality > Quality::ZERO && (is_gzip(&item.item) || item.item == Preference::Any)
-    });
-    taken && !refused
-}
+pub struct OpenApiJson(pub Asset);
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
@@ -90,32 +27,7 @@ fn accepts_gzip(req: &HttpRequest) -> bool {
             headers(("ETag" = String, description = "The document's version."))),
     ))]
 pub(crate) async fn document(req: HttpRequest, document: web::Data<OpenApiJson>) -> HttpResponse {
-    let gzipped = accepts_gzip(&req);
-    let etag = if gzipped {
-        &document.gzipped_etag
-    } else {
-        &document.etag
-    };
-    let unchanged = document.unchanged_for(&req);
-    let mut answer = if unchanged {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
-    };
-    answer
-        .insert_header(ETag(etag.clone()))
-        .insert_header((header::VARY, "accept-encoding"));
-    if unchanged {
-        return answer.finish();
-    }
-    answer.content_type("application/json");
-    if gzipped {
-        answer
-            .insert_header((header::CONTENT_ENCODING, "gzip"))
-            .body(web::Bytes::from_owner(document.gzipped.clone()))
-    } else {
-        answer.body(document.json)
-    }
+    document.0.respond(&req, |_| ())
 }
 
 /// `/docs` (and its alias `/docs/`, see [`crate::api::ALIASES`]) lead to the page,

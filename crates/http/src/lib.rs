@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod api;
+mod assets;
+pub mod console;
 pub mod cors;
 mod docs;
 mod draining;
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub admin: Option<admin::AdminApi>,
     /// Which other origins' pages may call the API.
     pub cors: cors::CorsOptions,
+    /// Whether `/console` serves the console (else `404`).
+    pub console: bool,
 }
 
 /// Renders the metrics in Prometheus' text format, at each scrape.
@@ -95,7 +99,12 @@ impl Default for ServerOptions {
 /// The served document and its `ETag`, hashed once for every worker.
 fn openapi_json() -> &'static docs::OpenApiJson {
     static JSON: std::sync::OnceLock<docs::OpenApiJson> = std::sync::OnceLock::new();
-    JSON.get_or_init(|| docs::OpenApiJson::new(openapi::api_doc_json()))
+    JSON.get_or_init(|| {
+        docs::OpenApiJson(assets::Asset::new(
+            "application/json",
+            openapi::api_doc_json().as_bytes(),
+        ))
+    })
 }
 
 /// Adds the V1 API, its envelope for unknown routes, and the request-id middleware to

@@ -35,6 +35,8 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::docs::document,
         crate::docs::docs_root,
         crate::docs::docs_file,
+        crate::console::page,
+        crate::console::file,
         crate::routes::key_agent,
         crate::routes::create_task,
         crate::routes::list_tasks,

@@ -18,7 +18,8 @@ use std::path::Path;
 use std::process::Command;
 
 use baton_http::cors::{AllowedOrigins, CorsOptions};
-use common::{TestApp, tool_output};
+use baton_test_support::tool_output;
+use common::TestApp;
 use serde_json::{Value, json};
 
 /// Whether `ids` rise strictly (no event twice, none out of order).

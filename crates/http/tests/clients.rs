@@ -14,7 +14,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TestApp, tool_output};
+use baton_test_support::tool_output;
+use common::TestApp;
 use serde_json::json;
 
 /// Runs a tool off the runtime that serves the test's server; what it printed.

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// How long a client has to answer a turn's tool calls (default an hour).
     pub tool_response_timeout_secs: Option<u64>,
+    /// Whether `/console` serves the console (default on).
+    pub console: Option<bool>,
     #[serde(default)]
     pub leases: LeasesFile,
     #[serde(default)]
@@ -164,6 +166,8 @@ pub struct Config {
     pub limits: Limits,
     pub admin_token: Option<String>,
     pub cors: baton_http::cors::CorsOptions,
+    /// Whether `/console` serves the console.
+    pub console: bool,
 }
 
 /// Request and turn limits. Zero means "no limit" for the rate and the turns.
@@ -332,6 +336,7 @@ impl Config {
             instance_id: self.instance_id_given.then(|| self.instance_id.clone()),
             admin_token: None,
             tool_response_timeout_secs: Some(self.tool_response_timeout.as_secs()),
+            console: Some(self.console),
             leases: LeasesFile {
                 ttl_ms: Some(ms(self.lease_ttl)),
                 sweep_interval_ms: Some(ms(self.sweep_interval)),
@@ -551,6 +556,7 @@ impl Config {
             },
             webhooks,
             cors,
+            console: file.console.unwrap_or(true),
             admin_token: file.admin_token.filter(|t| !t.is_empty()),
             limits: Limits {
                 requests_per_second_per_key: file.limits.requests_per_second_per_key.unwrap_or(0),

@@ -482,6 +482,7 @@ async fn serve(config: Config, demo: bool, extra: &RunnerRegistry) -> anyhow::Re
                 .as_deref()
                 .map(|token| baton_http::admin::AdminApi::new(app.admin.clone(), token)),
             cors: config.cors.clone(),
+            console: config.console,
         },
         ServerOptions {
             workers: config.workers,

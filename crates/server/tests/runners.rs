@@ -16,30 +16,6 @@ use baton_test_support::receiver::{Answer, Receiver, Reply};
 use common::*;
 use serde_json::{Value, json};
 
-fn chunk(delta: Value) -> String {
-    let body = json!({
-        "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1_700_000_000,
-        "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}],
-    });
-    format!("data: {body}\n\n")
-}
-
-fn model_answer() -> Answer {
-    let usage = json!({
-        "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1_700_000_000,
-        "model": "m", "choices": [],
-        "usage": {"prompt_tokens": 21, "completion_tokens": 4, "total_tokens": 25},
-    });
-    let pieces = vec![
-        chunk(json!({"role": "assistant", "reasoning_content": "A greeting."})),
-        chunk(json!({"content": "Hello"})),
-        chunk(json!({"content": ", human."})),
-        format!("data: {usage}\n\n"),
-        "data: [DONE]\n\n".to_owned(),
-    ];
-    Answer::event_stream(&pieces, Duration::from_millis(20))
-}
-
 /// An `openai` agent on `model`, its key in `MODEL_KEY`, and a key for the agent.
 fn openai_agent(db: &str, model: &Receiver) -> (i64, String) {
     let config = json!({
@@ -311,62 +287,6 @@ fn an_agent_refuses_a_wrongly_signed_turn_and_the_turn_fails_saying_so() {
     let view = settle(&server, &token, task);
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["latest_turn"]["error"]["code"], "agent_unauthorized");
-}
-
-/// A model that asks for two tools (their arguments split across chunks), then, given
-/// the answers, replies.
-fn tool_model() -> Receiver {
-    Receiver::start(|n| {
-        if n > 0 {
-            return Reply::Answer(model_answer());
-        }
-        let call = |index: u64, id: Option<&str>, args: &str| {
-            let mut call = json!({"index": index, "function": {"arguments": args}});
-            if let Some(id) = id {
-                call["id"] = json!(id);
-                call["type"] = json!("function");
-                call["function"]["name"] = json!("get_weather");
-            }
-            chunk(json!({"tool_calls": [call]}))
-        };
-        let pieces = vec![
-            chunk(json!({"role": "assistant", "content": null})),
-            call(0, Some("call_abc"), ""),
-            call(0, None, "{\"city\": \"Os"),
-            call(0, None, "lo\"}"),
-            call(1, Some("call_def"), "{\"city\": \"Rome\"}"),
-            "data: [DONE]\n\n".to_owned(),
-        ];
-        Reply::Answer(Answer::event_stream(&pieces, Duration::from_millis(5)))
-    })
-}
-
-fn tool_agent(db: &str, model: &Receiver) -> (i64, String) {
-    let config = json!({
-        "base_url": model.url().replace("/hook", "/v1"),
-        "model": "m",
-        "max_retries": 0,
-        "tools": [{"type": "function", "function": {"name": "get_weather",
-                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
-    })
-    .to_string();
-    let (ok, agent, err) = run(
-        db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "tools",
-            "--runner",
-            "openai",
-            "--runner-config",
-            &config,
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
-    assert!(ok, "{err}");
-    (agent.parse().unwrap(), token)
 }
 
 fn append(server: &Server, token: &str, task: i64, body: Value) -> (u16, Value) {

@@ -400,3 +400,19 @@ fn migrate_template(server: &Server) -> Result<(), String> {
     .join()
     .map_err(|_| "the migration thread panicked".to_owned())?
 }
+
+/// Runs a third-party tool to its end and returns what it printed (its standard output,
+/// then its standard error); fails the test with that if the tool failed.
+pub fn tool_output(mut command: std::process::Command) -> String {
+    let shown = format!("{command:?}");
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{shown} could not start: {err}"));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{shown} failed:\n{printed}");
+    printed
+}

@@ -14,20 +14,6 @@ use baton_persistence::{SqlStore, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// Runs a third-party tool to its end and returns what it printed (its standard output,
-/// then its standard error); fails the test with that if the tool failed.
-pub fn tool_output(mut command: std::process::Command) -> String {
-    let shown = format!("{command:?}");
-    let output = command.output().unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{shown} failed:\n{printed}");
-    printed
-}
-
 /// A reqwest client for the tests.
 pub fn client() -> reqwest::Client {
     baton_test_support::init_tls();
@@ -151,6 +137,7 @@ impl TestApp {
                 limits: limits.clone(),
                 admin: Some(baton_http::admin::AdminApi::new(admin.clone(), ADMIN_TOKEN)),
                 cors,
+                console: true,
             },
             ServerOptions {
                 workers: 2,

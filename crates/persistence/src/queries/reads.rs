@@ -212,8 +212,8 @@ pub(crate) async fn list_messages(
             query = query.filter(messages::id.gt(after));
         }
         let rows: Vec<(MessageRow, i64)> = query.load(conn).await?;
-        // `rows.first()` would be Diesel's `FirstDsl` here.
-        let last_event_id = rows.iter().next().map_or(checked_seq, |(_, seq)| *seq);
+        // Called as the slice's: Diesel's `FirstDsl::first` is in scope too.
+        let last_event_id = <[_]>::first(&rows).map_or(checked_seq, |(_, seq)| *seq);
         let messages = rows
             .into_iter()
             .map(|(row, _)| row.into_domain())

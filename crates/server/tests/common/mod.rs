@@ -6,9 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use baton_test_support::receiver::{Answer, Receiver, Reply};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A SQLite database URL in a fresh directory (kept alive by the returned guard).
 pub fn sqlite_db() -> (tempfile::TempDir, String) {
@@ -439,4 +440,89 @@ impl GatedAgent {
             .map(|r| r.json()["task"]["task_id"].as_i64().unwrap())
             .collect()
     }
+}
+
+// ---- A scripted OpenAI-compatible model ----
+
+/// One chunk of a streamed chat completion.
+pub fn chunk(delta: Value) -> String {
+    let body = json!({
+        "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}],
+    });
+    format!("data: {body}\n\n")
+}
+
+/// A streamed answer: reasoning, "Hello, human." in two pieces, usage.
+pub fn model_answer() -> Answer {
+    let usage = json!({
+        "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "m", "choices": [],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 4, "total_tokens": 25},
+    });
+    let pieces = vec![
+        chunk(json!({"role": "assistant", "reasoning_content": "A greeting."})),
+        chunk(json!({"content": "Hello"})),
+        chunk(json!({"content": ", human."})),
+        format!("data: {usage}\n\n"),
+        "data: [DONE]\n\n".to_owned(),
+    ];
+    Answer::event_stream(&pieces, Duration::from_millis(20))
+}
+
+/// A model that asks for two tools (their arguments split across chunks), then, given
+/// the answers, replies.
+pub fn tool_model() -> Receiver {
+    Receiver::start(|n| {
+        if n > 0 {
+            return Reply::Answer(model_answer());
+        }
+        let call = |index: u64, id: Option<&str>, args: &str| {
+            let mut call = json!({"index": index, "function": {"arguments": args}});
+            if let Some(id) = id {
+                call["id"] = json!(id);
+                call["type"] = json!("function");
+                call["function"]["name"] = json!("get_weather");
+            }
+            chunk(json!({"tool_calls": [call]}))
+        };
+        let pieces = vec![
+            chunk(json!({"role": "assistant", "content": null})),
+            call(0, Some("call_abc"), ""),
+            call(0, None, "{\"city\": \"Os"),
+            call(0, None, "lo\"}"),
+            call(1, Some("call_def"), "{\"city\": \"Rome\"}"),
+            "data: [DONE]\n\n".to_owned(),
+        ];
+        Reply::Answer(Answer::event_stream(&pieces, Duration::from_millis(5)))
+    })
+}
+
+/// An `openai` agent on `model` offering the `get_weather` tool, and a key for it.
+pub fn tool_agent(db: &str, model: &Receiver) -> (i64, String) {
+    let config = json!({
+        "base_url": model.url().replace("/hook", "/v1"),
+        "model": "m",
+        "max_retries": 0,
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+    })
+    .to_string();
+    let (ok, agent, err) = run(
+        db,
+        &[
+            "agent",
+            "create",
+            "--name",
+            "tools",
+            "--runner",
+            "openai",
+            "--runner-config",
+            &config,
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
+    assert!(ok, "{err}");
+    (agent.parse().unwrap(), token)
 }

@@ -1,0 +1,225 @@
+// Drives the console in headless Chromium (Debian's, through playwright-core) the way
+// a person would — by labels, roles and visible text — against a real `baton`,
+// reached through a TCP proxy that can cut every connection as a dropped network
+// would. Arguments: baton's base URL, then a JSON object of what the test made:
+// {slow: {agent, key}, tools: {agent, key}, adminToken, chromium}. Prints one JSON
+// line of what it saw, then "console ok". With CONSOLE_SCREENSHOTS set to a
+// directory, saves the main views there.
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const [api, setupJson] = process.argv.slice(2);
+const setup = JSON.parse(setupJson);
+const target = new URL(api);
+const shots = process.env.CONSOLE_SCREENSHOTS;
+const seen = { steps: [] };
+const step = (name) => { seen.steps.push(name); };
+
+// The proxy, and cut(): closes every connection open through it.
+const open = new Set();
+const proxy = net.createServer((client) => {
+  const upstream = net.connect(Number(target.port), target.hostname);
+  open.add(client);
+  open.add(upstream);
+  client.pipe(upstream);
+  upstream.pipe(client);
+  const forget = () => {
+    client.destroy();
+    upstream.destroy();
+    open.delete(client);
+    open.delete(upstream);
+  };
+  client.on("error", forget).on("close", forget);
+  upstream.on("error", forget).on("close", forget);
+});
+await new Promise((done) => proxy.listen(0, "127.0.0.1", done));
+const base = `http://127.0.0.1:${proxy.address().port}`;
+const cut = () => { for (const socket of open) socket.destroy(); open.clear(); };
+
+// The API as another client (not through the page).
+async function call(method, path, key, body) {
+  const response = await fetch(`${api}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${key}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return { status: response.status, body: await response.json().catch(() => null) };
+}
+
+const browser = await chromium.launch({
+  executablePath: setup.chromium,
+  args: JSON.parse(process.env.CHROMIUM_FLAGS ?? "[]"),
+});
+const pageErrors = [];
+const refused = [];
+const dialogs = [];
+try {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const page = await context.newPage();
+  page.on("pageerror", (error) => pageErrors.push(String(error)));
+  // A Content-Security-Policy refusal is reported on the console, and only there.
+  page.on("console", (message) => { if (/Refused to|Content Security Policy/i.test(message.text())) refused.push(message.text()); });
+  page.on("dialog", (dialog) => { dialogs.push(dialog.message()); dialog.accept(); });
+  const statusOf = () => page.locator("h1 .badge").getAttribute("data-status");
+  const waitStatus = async (status, timeout = 20_000) => {
+    await page.locator(`h1 .badge[data-status="${status}"]`).waitFor({ timeout });
+  };
+  const assistantText = () => page.locator(".message.assistant .text").last().textContent();
+
+  // 1. Signing in with a wrong key says why; with the key, the tasks page.
+  await page.goto(`${base}/console`);
+  await page.getByLabel("Agent key", { exact: true }).fill("bt_wrong_key");
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
+  seen.wrongKey = await page.locator(".error").first().textContent();
+  await page.getByLabel("Agent key", { exact: true }).fill(setup.slow.key);
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
+  await page.getByRole("heading", { name: "Tasks", exact: true }).waitFor();
+  seen.bar = await page.locator("#who").textContent();
+  seen.keyInUrl = page.url().includes(setup.slow.key);
+  seen.keyStored = await page.evaluate(() => sessionStorage.getItem("baton.key"));
+  step("signed in");
+
+  // 2. A task with the slow echo agent: its text streams in.
+  const words = "one two three four five six seven eight nine ten eleven twelve";
+  await page.getByLabel("First message", { exact: true }).fill(words);
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.waitForURL(/#\/tasks\/\d+$/);
+  seen.task = Number(page.url().split("/").pop());
+  await waitStatus("running");
+  await page.locator(".message.assistant .text.streaming").waitFor();
+  await page.waitForFunction(() => (document.querySelector(".message.assistant .text")?.textContent ?? "").split(" ").length >= 4);
+  seen.partial = await assistantText();
+  step("streaming");
+
+  // 3. A message sent while the turn runs is refused, and the page says why.
+  await page.getByLabel("Message", { exact: true }).fill("are you done?");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator(".composer .error").waitFor();
+  seen.busy = await page.locator(".composer .error").textContent();
+  if (shots) await page.screenshot({ path: `${shots}/task-streaming.png`, fullPage: true });
+
+  // 4. The connection drops mid-turn: the page reconnects and resumes.
+  cut();
+  await page.locator('.connection[data-state="reconnecting"]').waitFor({ timeout: 10_000 });
+  seen.sawReconnecting = true;
+  await page.locator('.connection[data-state="live"]').waitFor({ timeout: 10_000 });
+  await waitStatus("completed");
+  seen.reply = await assistantText();
+  seen.replies = await page.locator(".message.assistant").count();
+  seen.tookShown = await page.locator("dl.facts").textContent();
+  step("completed after a cut");
+  if (shots) await page.screenshot({ path: `${shots}/task.png`, fullPage: true });
+
+  // 5. Markdown is rendered, and markup in it is defused.
+  await page.getByLabel("Message", { exact: true }).fill("**bold** and `code`\n\n<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>[link](javascript:window.pwned=3)");
+  await page.getByRole("combobox", { name: /^Format/ }).selectOption("markdown");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator(".message.user .markdown strong").waitFor();
+  await waitStatus("completed");
+  seen.markdown = await page.locator(".message.user .markdown").last().innerHTML();
+  seen.pwned = await page.evaluate(() => window.pwned ?? null);
+  step("markdown");
+
+  // 6. Cancel a running turn: the badge says so, and the text so far is kept.
+  await page.getByRole("link", { name: "← Tasks" }).click();
+  await page.getByLabel("First message", { exact: true }).fill("a long answer that we will not wait for at all");
+  await page.getByRole("button", { name: "Send" }).click();
+  await waitStatus("running");
+  seen.cancelledTask = Number(page.url().split("/").pop());
+  await page.waitForFunction(() => (document.querySelector(".message.assistant .text")?.textContent ?? "").split(" ").length >= 4);
+  await page.getByRole("button", { name: "Cancel the running turn" }).click();
+  await waitStatus("cancelled");
+  seen.cancelledText = await assistantText();
+  seen.sendAfterCancel = null;
+  step("cancelled");
+
+  // 7. The list: newest first, filtered by status, badges updating live.
+  await page.getByRole("link", { name: "← Tasks" }).click();
+  await page.locator(`[data-task="${seen.cancelledTask}"]`).waitFor();
+  const started = await call("POST", "/v1/chat/tasks", setup.slow.key, { agent_id: setup.slow.agent, message: { content: "started elsewhere" } });
+  seen.elsewhere = started.body.task_id;
+  await page.locator(`[data-task="${seen.elsewhere}"] .badge[data-status="running"]`).waitFor({ timeout: 10_000 });
+  if (shots) await page.screenshot({ path: `${shots}/tasks.png`, fullPage: true });
+  await page.locator(`[data-task="${seen.elsewhere}"] .badge[data-status="completed"]`).waitFor({ timeout: 20_000 });
+  seen.listOrder = await page.locator("[data-task]").evaluateAll((rows) => rows.map((row) => Number(row.dataset.task)));
+  await page.getByRole("combobox", { name: /^Status/ }).selectOption("cancelled");
+  await page.waitForURL(/status=cancelled/);
+  await page.waitForFunction(() => [...document.querySelectorAll("[data-task]")].every((row) => row.querySelector(".badge").dataset.status === "cancelled"));
+  seen.cancelledList = await page.locator("[data-task]").evaluateAll((rows) => rows.map((row) => Number(row.dataset.task)));
+  step("list");
+
+  // 8. A model asks for tools: answer each call with the form, the turn goes on.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  seen.storedAfterSignOut = await page.evaluate(() => sessionStorage.length);
+  await page.getByLabel("Agent key", { exact: true }).fill(setup.tools.key);
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
+  await page.getByLabel("First message", { exact: true }).fill("Weather in Oslo and Rome?");
+  await page.getByRole("button", { name: "Send" }).click();
+  await waitStatus("requires_action");
+  await page.getByRole("form", { name: /Answer get_weather \(call_abc\)/ }).waitFor();
+  seen.toolForms = await page.locator("form.tool-form").count();
+  if (shots) await page.screenshot({ path: `${shots}/tool-call.png`, fullPage: true });
+  const first = page.getByRole("form", { name: /call_abc/ });
+  await first.getByLabel(/Result of get_weather/).fill('{"celsius": 4}');
+  await first.getByRole("button", { name: "Send the result" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("form.tool-form").length === 1);
+  const second = page.getByRole("form", { name: /call_def/ });
+  await second.getByLabel(/Result of get_weather/).fill("18 degrees");
+  await second.getByRole("button", { name: "Send the result" }).click();
+  await waitStatus("completed");
+  seen.toolReply = await assistantText();
+  seen.toolResults = await page.locator(".message.tool .tool-answer").count();
+  seen.reasoning = await page.locator("details.reasoning").count();
+  seen.usage = await page.locator("dl.facts").textContent();
+  step("tools");
+
+  // 9. Admin: agents, a key made (shown once) and revoked.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("Admin token", { exact: true }).fill(setup.adminToken);
+  await page.getByRole("button", { name: "Sign in as admin" }).click();
+  await page.getByRole("heading", { name: "Admin" }).waitFor();
+  await page.locator(`[data-agent="${setup.slow.agent}"]`).waitFor();
+  if (shots) await page.screenshot({ path: `${shots}/admin.png`, fullPage: true });
+  await page.locator(`[data-agent="${setup.slow.agent}"] a`).click();
+  await page.getByRole("heading", { name: /^Agent \d+: / }).waitFor();
+  await page.getByRole("button", { name: "Create a key" }).click();
+  const shown = page.locator("output[data-new-key]");
+  await shown.waitFor();
+  const newKey = (await shown.textContent()).trim();
+  const prefix = await shown.getAttribute("data-new-key");
+  seen.newKeyWorks = (await call("GET", "/v1/chat/agent", newKey)).status;
+  await page.getByRole("button", { name: `Revoke ${prefix}` }).click();
+  await page.locator(`[data-key="${prefix}"]`).getByText("revoked").waitFor();
+  seen.revokedKey = (await call("GET", "/v1/chat/agent", newKey)).status;
+  // Renamed through the form.
+  await page.getByLabel("Name", { exact: true }).fill("renamed by the console");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Saved.").waitFor();
+  seen.renamed = (await call("GET", "/v1/chat/agent", setup.slow.key)).body.name;
+  step("admin");
+
+  // 10. A narrow screen: nothing wider than the viewport.
+  await page.setViewportSize({ width: 360, height: 780 });
+  await page.goto(`${base}/console#/signin`);
+  await page.getByLabel("Agent key", { exact: true }).fill(setup.slow.key);
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
+  await page.getByRole("heading", { name: "Tasks", exact: true }).waitFor();
+  await page.goto(`${base}/console#/tasks/${seen.task}`);
+  await waitStatus("completed");
+  seen.narrowOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (shots) await page.screenshot({ path: `${shots}/narrow.png`, fullPage: true });
+  step("narrow");
+
+  seen.pageErrors = pageErrors;
+  seen.refused = refused;
+  seen.dialogs = dialogs;
+  console.log(JSON.stringify(seen));
+  console.log("console ok");
+} catch (error) {
+  seen.pageErrors = pageErrors;
+  console.log(JSON.stringify(seen));
+  throw error;
+} finally {
+  await browser.close();
+  proxy.close();
+}
