@@ -221,6 +221,11 @@ function markdown(text) {
   const box = h("div", { class: "markdown" });
   box.innerHTML = window.DOMPurify.sanitize(window.marked.parse(text), { USE_PROFILES: { html: true } });
   for (const link of box.querySelectorAll("a")) link.setAttribute("rel", "noopener noreferrer");
+  // The page may load images from this server only (CSP), and the API's files need
+  // the key: a message's images could never show. Their description stands instead.
+  for (const image of box.querySelectorAll("img")) {
+    image.replaceWith(`[image: ${image.getAttribute("alt") || image.getAttribute("src") || ""}]`);
+  }
   return box;
 }
 
@@ -474,11 +479,20 @@ function taskView(taskId, signal) {
     await refresh();
   });
 
-  function answered(callId) {
+  /** The tool message answering call `callId`, if there is one yet. */
+  function answerTo(callId) {
     for (const message of messages.values()) {
-      if (message.content.type === "tool_response" && message.content.tool_call_id === callId) return true;
+      if (message.content.type === "tool_response" && message.content.tool_call_id === callId) return message;
     }
-    return false;
+    return null;
+  }
+
+  /** The tool call message `answer` answers, if it is shown. */
+  function callOf(answer) {
+    for (const message of messages.values()) {
+      if (message.content.type === "tool_request" && message.content.tool_call_id === answer.content.tool_call_id) return message;
+    }
+    return null;
   }
 
   function toolForm(request) {
@@ -512,9 +526,14 @@ function taskView(taskId, signal) {
       h("header", {}, h("span", { class: "role" }, message.role), `turn ${message.turn_id}`, when(message.created_at)),
       contentView(taskId, message));
     const content = message.content;
-    if (content.type === "tool_request" && task?.status === "requires_action" && !answered(content.tool_call_id)) {
-      item.append(toolForm(content));
+    // A call and its answer are shown together: the answer in the call's card (its
+    // own message is hidden), or, while the turn waits, a form to give it.
+    if (content.type === "tool_request") {
+      const answer = answerTo(content.tool_call_id);
+      if (answer) item.append(contentView(taskId, answer));
+      else if (task?.status === "requires_action") item.append(toolForm(content));
     }
+    if (content.type === "tool_response" && callOf(message)) item.hidden = true;
     return item;
   }
 
@@ -530,11 +549,10 @@ function taskView(taskId, signal) {
       else rendered.get(later).before(item);
     }
     rendered.set(message.message_id, item);
-    // An answer takes its call's form away.
+    // An answer goes into its call's card, in place of the form.
     if (message.content.type === "tool_response") {
-      for (const other of messages.values()) {
-        if (other.content.type === "tool_request" && other.content.tool_call_id === message.content.tool_call_id) show(other);
-      }
+      const call = callOf(message);
+      if (call) show(call);
     }
   }
 
@@ -613,10 +631,20 @@ function taskView(taskId, signal) {
     }
   }
 
-  /** After a send or a turn's end: the task, and what the stream does not carry. */
-  async function refresh() {
+  /**
+   * The task, read after the history: it is then at least as new as the history's
+   * last event, so a turn it shows running ends with an event the stream (which
+   * follows on from that last event) still brings. Read before, a turn that ended
+   * between the two reads would show running for good.
+   */
+  async function readTask() {
     showTask(await api("GET", `/v1/chat/tasks/${taskId}`, { signal }));
+  }
+
+  /** After a send or a turn's end: what the stream does not carry, and the task. */
+  async function refresh() {
     await readHistory({ keepStreaming: true });
+    await readTask();
     if (deliveriesOpen.open) loadDeliveries();
   }
 
@@ -667,8 +695,8 @@ function taskView(taskId, signal) {
 
   (async () => {
     try {
-      showTask(await api("GET", `/v1/chat/tasks/${taskId}`, { signal }));
       const last = await readHistory({ keepStreaming: false });
+      await readTask();
       await follow(taskId, last, onEvent, onState, signal);
     } catch (error) {
       if (!signal.aborted) main.replaceChildren(h("h1", {}, `Task ${taskId}`), problem(error));

@@ -16,6 +16,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use baton_test_support::receiver::Receiver;
 use baton_test_support::{TestDatabase, tool_output};
 use common::*;
 use serde_json::{Value, json};
@@ -28,8 +29,18 @@ fn drive(db: &str) {
     // refused a send and loses its connection.
     let (slow_agent, slow_key) = agent_and_key(db, r#"{"delay_ms": 6000}"#);
     let (tools_agent, tools_key) = tool_agent(db, &model);
+    let receiver = Receiver::answering(204);
     let mut command = baton(db);
-    command.env("BATON_ADMIN_TOKEN", ADMIN_TOKEN);
+    command
+        .env("BATON_ADMIN_TOKEN", ADMIN_TOKEN)
+        // Webhooks to the loopback receiver, signed with the server's secret.
+        .env(
+            "BATON_WEBHOOKS_SIGNING_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .env("BATON_WEBHOOKS_ALLOW_HTTP", "true")
+        .env("BATON_WEBHOOKS_ALLOW_NETWORKS", r#"["127.0.0.0/8"]"#)
+        .env("BATON_WEBHOOKS_POLL_INTERVAL_MS", "50");
     let server = Server::start_command(command, &[], Stdio::null());
 
     let chromium = baton_test_support::browser::chromium();
@@ -42,6 +53,7 @@ fn drive(db: &str) {
         "slow": {"agent": slow_agent, "key": slow_key},
         "tools": {"agent": tools_agent, "key": tools_key},
         "adminToken": ADMIN_TOKEN,
+        "webhook": receiver.url(),
         "chromium": chromium,
     });
     let mut node = Command::new("node");
@@ -141,6 +153,7 @@ fn drive(db: &str) {
     // Tools: a form per call, both answered, the model's reply with its reasoning.
     assert_eq!(seen["toolForms"], 2, "{report}");
     assert_eq!(seen["toolResults"], 2, "{report}");
+    assert_eq!(seen["toolMessagesShown"], 0, "{report}");
     assert_eq!(seen["toolReply"], "Hello, human.", "{report}");
     assert!(seen["reasoning"].as_i64().unwrap() >= 1, "{report}");
     assert!(
@@ -149,11 +162,47 @@ fn drive(db: &str) {
     );
     assert_eq!(model.received().len(), 2, "{report}");
 
+    // The attachment came back as sent.
+    assert_eq!(
+        seen["downloaded"], "baton attachment \u{2713}\n",
+        "{report}"
+    );
+    assert_eq!(seen["downloadName"], "notes.txt", "{report}");
+
+    // The webhook delivery and its attempt, then a second one asked for by the admin.
+    let deliveries = seen["deliveries"].as_str().unwrap();
+    assert!(deliveries.contains("turn.completed"), "{report}");
+    assert!(deliveries.contains("delivered"), "{report}");
+    assert!(deliveries.contains("204"), "{report}");
+    assert!(
+        seen["redelivered"].as_str().unwrap().contains("due again"),
+        "{report}"
+    );
+    let sent = receiver.wait_for(2, std::time::Duration::from_secs(10));
+    assert_eq!(sent.len(), 2, "{report}");
+    assert_eq!(sent[0].header("webhook-id"), sent[1].header("webhook-id"));
+
+    // An agent made with the form, whose turn fails: the page shows the code.
+    assert!(
+        seen["failure"].as_str().unwrap().contains("echo_failed"),
+        "{report}"
+    );
+
     // Admin: the key shown once worked, and once revoked did not; the rename held.
     assert_eq!(seen["newKeyWorks"], 200, "{report}");
     assert_eq!(seen["revokedKey"], 401, "{report}");
     assert_eq!(seen["dialogs"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(seen["renamed"], "renamed by the console", "{report}");
+
+    // No WCAG 2 A or AA rule broken on any view (axe-core).
+    for (view, violations) in seen["accessibility"].as_object().unwrap() {
+        assert_eq!(violations, &json!([]), "{view}: {report}");
+    }
+    assert_eq!(
+        seen["accessibility"].as_object().unwrap().len(),
+        5,
+        "{report}"
+    );
 
     // A narrow screen scrolls down, not sideways.
     assert!(seen["narrowOverflow"].as_i64().unwrap() <= 0, "{report}");

@@ -26,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "eventsource@3.0.7",
     // Drives Debian's Chromium in the browser test (it downloads no browser itself).
     "playwright-core@1.65.2",
+    // Checks the console's pages for accessibility (WCAG 2 A and AA rules).
+    "axe-core@4.14.1",
 ];
 
 fn prefix() -> PathBuf {

@@ -5,6 +5,7 @@
 // {slow: {agent, key}, tools: {agent, key}, adminToken, chromium}. Prints one JSON
 // line of what it saw, then "console ok". With CONSOLE_SCREENSHOTS set to a
 // directory, saves the main views there.
+import { readFileSync } from "node:fs";
 import net from "node:net";
 import { chromium } from "playwright-core";
 
@@ -53,9 +54,10 @@ const browser = await chromium.launch({
 const pageErrors = [];
 const refused = [];
 const dialogs = [];
+let page;
 try {
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
-  const page = await context.newPage();
+  page = await context.newPage();
   page.on("pageerror", (error) => pageErrors.push(String(error)));
   // A Content-Security-Policy refusal is reported on the console, and only there.
   page.on("console", (message) => { if (/Refused to|Content Security Policy/i.test(message.text())) refused.push(message.text()); });
@@ -120,6 +122,20 @@ try {
   seen.pwned = await page.evaluate(() => window.pwned ?? null);
   step("markdown");
 
+  // 5b. A file attached to a message comes back as sent.
+  await page.getByLabel("Message", { exact: true }).fill("see the file");
+  await page.getByLabel("Attach files", { exact: true }).setInputFiles({
+    name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("baton attachment ✓\n"),
+  });
+  await page.getByRole("button", { name: "Send" }).click();
+  await waitStatus("completed");
+  const downloading = page.waitForEvent("download");
+  await page.getByRole("button", { name: /^Download notes\.txt/ }).first().click();
+  const download = await downloading;
+  seen.downloadName = download.suggestedFilename();
+  seen.downloaded = readFileSync(await download.path(), "utf8");
+  step("attachment");
+
   // 6. Cancel a running turn: the badge says so, and the text so far is kept.
   await page.getByRole("link", { name: "← Tasks" }).click();
   await page.getByLabel("First message", { exact: true }).fill("a long answer that we will not wait for at all");
@@ -136,7 +152,9 @@ try {
   // 7. The list: newest first, filtered by status, badges updating live.
   await page.getByRole("link", { name: "← Tasks" }).click();
   await page.locator(`[data-task="${seen.cancelledTask}"]`).waitFor();
-  const started = await call("POST", "/v1/chat/tasks", setup.slow.key, { agent_id: setup.slow.agent, message: { content: "started elsewhere" } });
+  const started = await call("POST", "/v1/chat/tasks", setup.slow.key, {
+    agent_id: setup.slow.agent, message: { content: "started elsewhere" }, webhook: { url: setup.webhook },
+  });
   seen.elsewhere = started.body.task_id;
   await page.locator(`[data-task="${seen.elsewhere}"] .badge[data-status="running"]`).waitFor({ timeout: 10_000 });
   if (shots) await page.screenshot({ path: `${shots}/tasks.png`, fullPage: true });
@@ -144,9 +162,21 @@ try {
   seen.listOrder = await page.locator("[data-task]").evaluateAll((rows) => rows.map((row) => Number(row.dataset.task)));
   await page.getByRole("combobox", { name: /^Status/ }).selectOption("cancelled");
   await page.waitForURL(/status=cancelled/);
-  await page.waitForFunction(() => [...document.querySelectorAll("[data-task]")].every((row) => row.querySelector(".badge").dataset.status === "cancelled"));
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("[data-task]")];
+    return rows.length > 0 && rows.every((row) => row.querySelector(".badge").dataset.status === "cancelled");
+  });
   seen.cancelledList = await page.locator("[data-task]").evaluateAll((rows) => rows.map((row) => Number(row.dataset.task)));
   step("list");
+
+  // 7b. The webhook delivery of the task started elsewhere, with its attempt.
+  await page.goto(`${base}/console#/tasks/${seen.elsewhere}`);
+  await waitStatus("completed");
+  await page.getByText("Webhook deliveries").click();
+  await page.locator("details table").getByText("delivered").waitFor({ timeout: 10_000 });
+  seen.deliveries = await page.locator("details table").textContent();
+  seen.deliveryId = Number(await page.locator("details table tbody td").first().textContent());
+  step("deliveries");
 
   // 8. A model asks for tools: answer each call with the form, the turn goes on.
   await page.getByRole("button", { name: "Sign out" }).click();
@@ -168,7 +198,8 @@ try {
   await second.getByRole("button", { name: "Send the result" }).click();
   await waitStatus("completed");
   seen.toolReply = await assistantText();
-  seen.toolResults = await page.locator(".message.tool .tool-answer").count();
+  seen.toolResults = await page.locator(".message.assistant .tool-call ~ .tool-answer").count();
+  seen.toolMessagesShown = await page.locator(".message.tool:visible").count();
   seen.reasoning = await page.locator("details.reasoning").count();
   seen.usage = await page.locator("dl.facts").textContent();
   step("tools");
@@ -196,7 +227,30 @@ try {
   await page.getByRole("button", { name: "Save" }).click();
   await page.getByText("Saved.").waitFor();
   seen.renamed = (await call("GET", "/v1/chat/agent", setup.slow.key)).body.name;
+  // Redelivery of the delivery seen above.
+  await page.getByRole("link", { name: "← Agents" }).click();
+  await page.getByLabel("Delivery id", { exact: true }).fill(String(seen.deliveryId));
+  await page.getByRole("button", { name: "Redeliver" }).click();
+  seen.redelivered = await page.getByText("The delivery is due again.").textContent();
+  // A new agent, made with the form, that fails its turns; a key for it.
+  await page.getByLabel("Name", { exact: true }).fill("failing");
+  await page.getByRole("textbox", { name: /^Runner config/ }).fill('{"fail": true}');
+  await page.getByRole("button", { name: "Create agent" }).click();
+  await page.getByRole("link", { name: /^agent \d+$/ }).click();
+  await page.getByRole("heading", { name: /^Agent \d+: failing$/ }).waitFor();
+  await page.getByRole("button", { name: "Create a key" }).click();
+  const failingKey = (await page.locator("output[data-new-key]").textContent()).trim();
   step("admin");
+
+  // Its turn fails, and the page says why, with the code.
+  await page.goto(`${base}/console#/signin`);
+  await page.getByLabel("Agent key", { exact: true }).fill(failingKey);
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
+  await page.getByLabel("First message", { exact: true }).fill("please fail");
+  await page.getByRole("button", { name: "Send" }).click();
+  await waitStatus("failed");
+  seen.failure = await page.locator("dl.facts").textContent();
+  step("failed turn");
 
   // 10. A narrow screen: nothing wider than the viewport.
   await page.setViewportSize({ width: 360, height: 780 });
@@ -210,6 +264,38 @@ try {
   if (shots) await page.screenshot({ path: `${shots}/narrow.png`, fullPage: true });
   step("narrow");
 
+  // 11. Accessibility: axe-core's WCAG 2 A and AA rules (contrast included) on each
+  // view, in a context of its own that lets the checker's script in past the CSP.
+  const auditing = await browser.newContext({ bypassCSP: true, viewport: { width: 1100, height: 900 } });
+  const auditPage = await auditing.newPage();
+  const axe = readFileSync(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+  seen.accessibility = {};
+  const audit = async (name) => {
+    await auditPage.addScriptTag({ content: axe });
+    const result = await auditPage.evaluate(() => window.axe.run(document, { runOnly: ["wcag2a", "wcag2aa"] }));
+    seen.accessibility[name] = result.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+  };
+  await auditPage.goto(`${base}/console#/signin`);
+  await auditPage.getByLabel("Agent key", { exact: true }).waitFor();
+  await audit("sign in");
+  await auditPage.getByLabel("Agent key", { exact: true }).fill(setup.slow.key);
+  await auditPage.getByRole("button", { name: "Sign in", exact: true }).click();
+  await auditPage.locator("[data-task]").first().waitFor();
+  await audit("tasks");
+  await auditPage.goto(`${base}/console#/tasks/${seen.task}`);
+  await auditPage.locator('.connection[data-state="live"]').waitFor();
+  await audit("task");
+  await auditPage.goto(`${base}/console#/signin`);
+  await auditPage.getByLabel("Admin token", { exact: true }).fill(setup.adminToken);
+  await auditPage.getByRole("button", { name: "Sign in as admin" }).click();
+  await auditPage.locator("[data-agent]").first().waitFor();
+  await audit("admin");
+  await auditPage.goto(`${base}/console#/admin/agents/${setup.slow.agent}`);
+  await auditPage.locator("[data-key]").first().waitFor();
+  await audit("agent");
+  await auditing.close();
+  step("accessibility");
+
   seen.pageErrors = pageErrors;
   seen.refused = refused;
   seen.dialogs = dialogs;
@@ -217,6 +303,9 @@ try {
   console.log("console ok");
 } catch (error) {
   seen.pageErrors = pageErrors;
+  // Where it stood: the URL and what the page showed.
+  seen.failedAt = page?.url();
+  seen.failedPage = await page?.locator("main").textContent().catch(() => null);
   console.log(JSON.stringify(seen));
   throw error;
 } finally {
