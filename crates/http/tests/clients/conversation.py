@@ -12,8 +12,8 @@ from baton_client.api.tasks import append_message, cancel, create_task, get_task
 from baton_client.models import (
     AcceptedBody,
     ErrorEnvelope,
+    HistoryBody,
     MessageBody,
-    PageBodyMessage,
     SubmitBody,
     TaskBody,
     TaskStatus,
@@ -61,7 +61,9 @@ assert isinstance(appended, AcceptedBody), appended
 task = get_task.sync(accepted.task_id, client=client, wait=30)
 assert task.status == TaskStatus.COMPLETED, task.status
 page = list_messages.sync(accepted.task_id, client=client, limit=100)
-assert isinstance(page, PageBodyMessage), page
+assert isinstance(page, HistoryBody), page
+# Two turns, each: turn_started, text deltas (at least one), message_completed, final.
+assert isinstance(page.last_event_id, int) and page.last_event_id >= 8, page.last_event_id
 texts = [m.content.content for m in page.data if isinstance(m.content, TextContent)]
 assert texts == ["hello", "echo: hello", "and again", "echo: and again"], texts
 
