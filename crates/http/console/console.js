@@ -80,6 +80,28 @@ function problem(error) {
   return box;
 }
 
+/**
+ * Runs `action(form)` when `form` is submitted, its submit button disabled meanwhile.
+ * What it returns (nodes) goes in the form's `.outcome`, and so does the error box
+ * of a failure.
+ */
+function onSubmit(form, action) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const outcome = form.querySelector(".outcome");
+    const button = form.querySelector("button:not([type=button])");
+    button.disabled = true;
+    try {
+      outcome.replaceChildren(...[await action(form)].flat().filter(Boolean));
+    } catch (error) {
+      outcome.replaceChildren(problem(error));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
@@ -332,32 +354,21 @@ function signInView() {
     h("label", {}, "Agent key", h("input", { name: "key", type: "password", autocomplete: "off", required: true, placeholder: "bt_…" })),
     h("button", {}, "Sign in"),
     h("div", { class: "outcome" }));
-  keyForm.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(keyForm, async () => {
     const key = keyForm.elements.key.value.trim();
-    try {
-      const agent = await api("GET", "/v1/chat/agent", { auth: key });
-      session.signInAgent(key, agent);
-      location.hash = "#/tasks";
-    } catch (error) {
-      keyForm.querySelector(".outcome").replaceChildren(problem(error));
-    }
+    session.signInAgent(key, await api("GET", "/v1/chat/agent", { auth: key }));
+    location.hash = "#/tasks";
   });
   const adminForm = h("form", { "aria-labelledby": "admin-heading" },
     h("h2", { id: "admin-heading" }, "With the admin token"),
     h("label", {}, "Admin token", h("input", { name: "token", type: "password", autocomplete: "off", required: true })),
     h("button", {}, "Sign in as admin"),
     h("div", { class: "outcome" }));
-  adminForm.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(adminForm, async () => {
     const token = adminForm.elements.token.value.trim();
-    try {
-      await api("GET", "/v1/admin/agents?limit=1", { auth: token });
-      session.signInAdmin(token);
-      location.hash = "#/admin";
-    } catch (error) {
-      adminForm.querySelector(".outcome").replaceChildren(problem(error));
-    }
+    await api("GET", "/v1/admin/agents?limit=1", { auth: token });
+    session.signInAdmin(token);
+    location.hash = "#/admin";
   });
   return h("div", {}, h("h1", {}, "Sign in"),
     h("p", {}, "The key stays in this tab (session storage) and is sent only to this server."),
@@ -375,22 +386,10 @@ function composer(label, onSend) {
       h("label", {}, "Attach files", h("input", { name: "files", type: "file", multiple: true }))),
     h("button", {}, "Send"),
     h("div", { class: "outcome", "aria-live": "polite" }));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const outcome = form.querySelector(".outcome");
-    const button = form.querySelector("button");
-    button.disabled = true;
-    try {
-      await onSend(await composed(form));
-      form.reset();
-      outcome.replaceChildren();
-    } catch (error) {
-      outcome.replaceChildren(problem(error));
-    } finally {
-      button.disabled = false;
-    }
+  return onSubmit(form, async () => {
+    await onSend(await composed(form));
+    form.reset();
   });
-  return form;
 }
 
 function tasksView(params, signal) {
@@ -501,24 +500,18 @@ function taskView(taskId, signal) {
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "is_error" }), "Report as an error"),
       h("button", {}, "Send the result"),
       h("div", { class: "outcome" }));
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
+    return onSubmit(form, async () => {
       const raw = form.elements.result.value;
       let result;
       try { result = JSON.parse(raw); } catch { result = raw; }
-      try {
-        await api("POST", `/v1/chat/tasks/${taskId}/messages`, {
-          body: {
-            agent_id: session.agent.agent_id,
-            message: { role: "tool", content: { type: "tool_response", tool_call_id: request.tool_call_id, name: request.name, content: result, is_error: form.elements.is_error.checked } },
-          },
-        });
-        await refresh();
-      } catch (error) {
-        form.querySelector(".outcome").replaceChildren(problem(error));
-      }
+      await api("POST", `/v1/chat/tasks/${taskId}/messages`, {
+        body: {
+          agent_id: session.agent.agent_id,
+          message: { role: "tool", content: { type: "tool_response", tool_call_id: request.tool_call_id, name: request.name, content: result, is_error: form.elements.is_error.checked } },
+        },
+      });
+      await refresh();
     });
-    return form;
   }
 
   function messageItem(message) {
@@ -763,33 +756,23 @@ function adminView(signal) {
   const create = h("form", { "aria-labelledby": "create-agent" }, agentFields(null),
     h("label", {}, "Default webhook URL (optional)", h("input", { name: "webhook", type: "url" })),
     h("button", {}, "Create agent"), h("div", { class: "outcome", "aria-live": "polite" }));
-  create.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const outcome = create.querySelector(".outcome");
-    try {
-      const body = agentBody(create);
-      if (create.elements.webhook.value) body.webhook = { url: create.elements.webhook.value };
-      const agent = await admin("POST", "/v1/admin/agents", { body });
-      outcome.replaceChildren(h("p", { class: "ok" }, "Created ", h("a", { href: `#/admin/agents/${agent.agent_id}` }, `agent ${agent.agent_id}`), "."),
-        agent.webhook_secret ? h("p", {}, "Its webhook secret, shown only now: ", h("code", { class: "secret" }, agent.webhook_secret)) : "");
-      create.reset();
-      await load(true);
-    } catch (error) {
-      outcome.replaceChildren(problem(error));
-    }
+  onSubmit(create, async () => {
+    const body = agentBody(create);
+    if (create.elements.webhook.value) body.webhook = { url: create.elements.webhook.value };
+    const agent = await admin("POST", "/v1/admin/agents", { body });
+    create.reset();
+    await load(true);
+    return [
+      h("p", { class: "ok" }, "Created ", h("a", { href: `#/admin/agents/${agent.agent_id}` }, `agent ${agent.agent_id}`), "."),
+      agent.webhook_secret && h("p", {}, "Its webhook secret, shown only now: ", h("code", { class: "secret" }, agent.webhook_secret)),
+    ];
   });
   const redeliver = h("form", { class: "inline" },
     h("label", {}, "Delivery id", h("input", { name: "delivery", type: "number", min: 1, required: true })),
     h("button", {}, "Redeliver"), h("div", { class: "outcome", "aria-live": "polite" }));
-  redeliver.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const outcome = redeliver.querySelector(".outcome");
-    try {
-      await admin("POST", `/v1/admin/webhook-deliveries/${redeliver.elements.delivery.value}/redeliver`);
-      outcome.replaceChildren(h("span", { class: "ok" }, "The delivery is due again."));
-    } catch (error) {
-      outcome.replaceChildren(problem(error));
-    }
+  onSubmit(redeliver, async () => {
+    await admin("POST", `/v1/admin/webhook-deliveries/${redeliver.elements.delivery.value}/redeliver`);
+    return h("span", { class: "ok" }, "The delivery is due again.");
   });
   load(true).catch((error) => { if (!signal.aborted) more.replaceChildren(problem(error)); });
   return h("div", {}, h("h1", {}, "Admin"),
@@ -842,16 +825,10 @@ function agentView(agentId, signal) {
       if (!signal.aborted) edit.replaceChildren(problem(error));
     }
   })();
-  edit.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const outcome = edit.querySelector(".outcome");
-    try {
-      const agent = await admin("PATCH", `/v1/admin/agents/${agentId}`, { body: agentBody(edit) });
-      heading.textContent = `Agent ${agent.agent_id}: ${agent.name}`;
-      outcome.replaceChildren(h("p", { class: "ok" }, "Saved."));
-    } catch (error) {
-      outcome.replaceChildren(problem(error));
-    }
+  onSubmit(edit, async () => {
+    const agent = await admin("PATCH", `/v1/admin/agents/${agentId}`, { body: agentBody(edit) });
+    heading.textContent = `Agent ${agent.agent_id}: ${agent.name}`;
+    return h("p", { class: "ok" }, "Saved.");
   });
 
   return h("div", {}, h("p", {}, h("a", { href: "#/admin" }, "← Agents")), heading, edit,

@@ -15,10 +15,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use baton_http::cors::{AllowedOrigins, CorsOptions};
-use baton_test_support::tool_output;
+use baton_test_support::browser::BrowserRun;
 use common::TestApp;
 use serde_json::{Value, json};
 
@@ -44,37 +43,16 @@ async fn a_page_on_another_origin_follows_turns_live_and_resumes_after_a_cut() {
     .await;
     // Long enough that the cut lands mid-turn, with words still to come.
     let (agent, key) = app.agent_with_key(json!({"delay_ms": 3000})).await;
-    let (chromium, modules) = tokio::task::spawn_blocking(|| {
-        (
-            baton_test_support::browser::chromium(),
-            baton_test_support::node::node_modules(),
-        )
+    let app_base = app.base.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        let run = BrowserRun::prepare(&scripts, &["follow.mjs", "page.html"]);
+        let mut follow = run.node("follow.mjs");
+        follow.args([&app_base, &key, &agent.to_string()]);
+        BrowserRun::report(follow, "browser ok")
     })
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&modules, dir.path().join("node_modules")).unwrap();
-    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    for file in ["follow.mjs", "page.html"] {
-        std::fs::copy(scripts.join(file), dir.path().join(file)).unwrap();
-    }
-    let mut follow = Command::new("node");
-    follow
-        .arg(dir.path().join("follow.mjs"))
-        .args([&app.base, &key, &agent.to_string()])
-        .arg(&chromium)
-        .env(
-            "CHROMIUM_FLAGS",
-            serde_json::to_string(baton_test_support::browser::CHROMIUM_FLAGS).unwrap(),
-        );
-    let output = tokio::task::spawn_blocking(move || tool_output(follow))
-        .await
-        .unwrap();
-    assert!(output.contains("browser ok"), "{output}");
-    let seen: Value = output
-        .lines()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("no report: {output}"));
     let report = serde_json::to_string_pretty(&seen).unwrap();
 
     assert_eq!(seen["pageErrors"], json!([]), "{report}");

@@ -14,10 +14,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
+use baton_test_support::TestDatabase;
+use baton_test_support::browser::BrowserRun;
 use baton_test_support::receiver::Receiver;
-use baton_test_support::{TestDatabase, tool_output};
 use common::*;
 use serde_json::{Value, json};
 
@@ -43,33 +44,17 @@ fn drive(db: &str) {
         .env("BATON_WEBHOOKS_POLL_INTERVAL_MS", "50");
     let server = Server::start_command(command, &[], Stdio::null());
 
-    let chromium = baton_test_support::browser::chromium();
-    let modules = baton_test_support::node::node_modules();
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&modules, dir.path().join("node_modules")).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/drive.mjs");
-    std::fs::copy(script, dir.path().join("drive.mjs")).unwrap();
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
+    let run = BrowserRun::prepare(&scripts, &["drive.mjs"]);
     let setup = json!({
         "slow": {"agent": slow_agent, "key": slow_key},
         "tools": {"agent": tools_agent, "key": tools_key},
         "adminToken": ADMIN_TOKEN,
         "webhook": receiver.url(),
-        "chromium": chromium,
     });
-    let mut node = Command::new("node");
-    node.arg(dir.path().join("drive.mjs"))
-        .arg(&server.base)
-        .arg(setup.to_string())
-        .env(
-            "CHROMIUM_FLAGS",
-            serde_json::to_string(baton_test_support::browser::CHROMIUM_FLAGS).unwrap(),
-        );
-    let output = tool_output(node);
-    assert!(output.contains("console ok"), "{output}");
-    let seen: Value = output
-        .lines()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("no report: {output}"));
+    let mut node = run.node("drive.mjs");
+    node.arg(&server.base).arg(setup.to_string());
+    let seen = BrowserRun::report(node, "console ok");
     let report = serde_json::to_string_pretty(&seen).unwrap();
 
     assert_eq!(seen["pageErrors"], json!([]), "{report}");

@@ -26,23 +26,7 @@ fn openai_agent(db: &str, model: &Receiver) -> (i64, String) {
         "max_retries": 0,
     })
     .to_string();
-    let (ok, agent, err) = run(
-        db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "model",
-            "--runner",
-            "openai",
-            "--runner-config",
-            &config,
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
-    assert!(ok, "{err}");
-    (agent.parse().unwrap(), token)
+    runner_agent(db, "model", "openai", &config, &[])
 }
 
 fn serve_with_model_key(db: &str) -> Server {
@@ -215,26 +199,11 @@ const AGENT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// `secret` in that variable.
 fn http_agent_server(db: &str, url: &str, secret: &str) -> (i64, String, Server) {
     let config = json!({"url": url, "secret_env": "AGENT_SECRET", "max_retries": 0}).to_string();
-    let (ok, agent, err) = run(
-        db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "py",
-            "--runner",
-            "http",
-            "--runner-config",
-            &config,
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
-    assert!(ok, "{err}");
+    let (agent, token) = runner_agent(db, "py", "http", &config, &[]);
     let mut command = baton(db);
     command.env("AGENT_SECRET", secret);
     let server = Server::start_command(command, &[], Stdio::null());
-    (agent.parse().unwrap(), token, server)
+    (agent, token, server)
 }
 
 fn start_task(server: &Server, token: &str, agent: i64, text: &str) -> i64 {
@@ -549,27 +518,12 @@ fn a_retried_turn_request_keeps_its_webhook_id_and_every_attempt_verifies() {
     let config =
         json!({"url": agent_service.url(), "secret_env": "AGENT_SECRET", "max_retries": 1})
             .to_string();
-    let (ok, agent, err) = run(
-        &db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "svc",
-            "--runner",
-            "http",
-            "--runner-config",
-            &config,
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, token, err) = run(&db, &["key", "create", "--agent", &agent]);
-    assert!(ok, "{err}");
+    let (agent, token) = runner_agent(&db, "svc", "http", &config, &[]);
     let mut command = baton(&db);
     command.env("AGENT_SECRET", AGENT_SECRET);
     let server = Server::start_command(command, &[], Stdio::null());
 
-    let task = start_task(&server, &token, agent.parse().unwrap(), "hi");
+    let task = start_task(&server, &token, agent, "hi");
     assert_eq!(settle(&server, &token, task)["status"], "completed");
     let calls = agent_service.received();
     assert_eq!(calls.len(), 2, "one retry after the 503");

@@ -1,42 +1,23 @@
 // Drives headless Chromium (Debian's, through playwright-core) through page.html,
 // served on an origin of its own, against baton reached through a TCP proxy that the
-// page can cut. Arguments: baton's base URL, an agent key, its (slow) agent's id, the
-// Chromium executable. Prints one JSON line of what the page saw, then "browser ok".
+// page can cut. Arguments: baton's base URL, an agent key, its (slow) agent's id;
+// CHROMIUM names the browser. Prints one JSON line of what the page saw, then "browser ok".
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import { chromium } from "playwright-core";
+import { cutProxy } from "./cut_proxy.mjs";
 
-const [api, key, agent, executable] = process.argv.slice(2);
-const target = new URL(api);
+const [api, key, agent] = process.argv.slice(2);
 
 // The proxy: every connection of the page to the API goes through it, and cut()
-// closes them all, as a dropped network would. Each request's head is kept, to see
-// how the browser reconnected.
-const open = new Set();
+// closes them all. Each request's head is kept, to see how the browser reconnected;
+// a connection carries several requests (keep-alive).
 const heads = [];
-const proxy = net.createServer((client) => {
-  const upstream = net.connect(Number(target.port), target.hostname);
-  open.add(client);
-  open.add(upstream);
-  // A connection carries several requests (keep-alive): keep each request's head.
-  client.on("data", (chunk) => {
-    const text = chunk.toString("latin1");
-    if (/^(GET|HEAD|POST|PATCH|DELETE|OPTIONS) /.test(text)) heads.push(text.split("\r\n\r\n")[0]);
-  });
-  client.pipe(upstream);
-  upstream.pipe(client);
-  const forget = () => {
-    client.destroy();
-    upstream.destroy();
-    open.delete(client);
-    open.delete(upstream);
-  };
-  client.on("error", forget).on("close", forget);
-  upstream.on("error", forget).on("close", forget);
+const proxy = await cutProxy(api, (chunk) => {
+  const text = chunk.toString("latin1");
+  if (/^(GET|HEAD|POST|PATCH|DELETE|OPTIONS) /.test(text)) heads.push(text.split("\r\n\r\n")[0]);
 });
-await new Promise((done) => proxy.listen(0, "127.0.0.1", done));
-const proxied = `http://127.0.0.1:${proxy.address().port}`;
+const proxied = proxy.url;
 
 // The page's own origin: another port, so every call is cross-origin.
 const html = readFileSync(new URL("./page.html", import.meta.url));
@@ -48,7 +29,7 @@ await new Promise((done) => site.listen(0, "127.0.0.1", done));
 const origin = `http://127.0.0.1:${site.address().port}`;
 
 const browser = await chromium.launch({
-  executablePath: executable,
+  executablePath: process.env.CHROMIUM,
   args: JSON.parse(process.env.CHROMIUM_FLAGS ?? "[]"),
 });
 try {
@@ -59,10 +40,7 @@ try {
   const console_ = [];
   page.on("pageerror", (error) => pageErrors.push(String(error)));
   page.on("console", (message) => console_.push(message.text()));
-  await page.exposeFunction("cut", () => {
-    for (const socket of open) socket.destroy();
-    open.clear();
-  });
+  await page.exposeFunction("cut", () => proxy.cut());
   await page.goto(`${origin}/`);
   const common = { api: proxied, key, agent: Number(agent) };
   const first = await page.evaluate(

@@ -57,15 +57,27 @@ pub fn agent_and_key(db: &str, runner_config: &str) -> (i64, String) {
 /// An echo agent with this runner config and extra `agent create` flags (its turn
 /// policy), and a key for it.
 pub fn agent_with(db: &str, runner_config: &str, flags: &[&str]) -> (i64, String) {
+    runner_agent(db, "t", "echo", runner_config, flags)
+}
+
+/// An agent named `name` whose turns `runner` plays with `config`, made with the CLI
+/// with extra `agent create` flags (its turn policy), and a key for it.
+pub fn runner_agent(
+    db: &str,
+    name: &str,
+    runner: &str,
+    config: &str,
+    flags: &[&str],
+) -> (i64, String) {
     let mut args = vec![
         "agent",
         "create",
         "--name",
-        "t",
+        name,
         "--runner",
-        "echo",
+        runner,
         "--runner-config",
-        runner_config,
+        config,
     ];
     args.extend_from_slice(flags);
     let (ok, agent, err) = run(db, &args);
@@ -508,21 +520,5 @@ pub fn tool_agent(db: &str, model: &Receiver) -> (i64, String) {
                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
     })
     .to_string();
-    let (ok, agent, err) = run(
-        db,
-        &[
-            "agent",
-            "create",
-            "--name",
-            "tools",
-            "--runner",
-            "openai",
-            "--runner-config",
-            &config,
-        ],
-    );
-    assert!(ok, "{err}");
-    let (ok, token, err) = run(db, &["key", "create", "--agent", &agent]);
-    assert!(ok, "{err}");
-    (agent.parse().unwrap(), token)
+    runner_agent(db, "tools", "openai", &config, &[])
 }

@@ -2,40 +2,23 @@
 // a person would — by labels, roles and visible text — against a real `baton`,
 // reached through a TCP proxy that can cut every connection as a dropped network
 // would. Arguments: baton's base URL, then a JSON object of what the test made:
-// {slow: {agent, key}, tools: {agent, key}, adminToken, chromium}. Prints one JSON
-// line of what it saw, then "console ok". With CONSOLE_SCREENSHOTS set to a
-// directory, saves the main views there.
+// {slow: {agent, key}, tools: {agent, key}, adminToken, webhook}; CHROMIUM names
+// the browser. Prints one JSON line of what it saw, then "console ok". With
+// CONSOLE_SCREENSHOTS set to a directory, saves the main views there.
 import { readFileSync } from "node:fs";
-import net from "node:net";
 import { chromium } from "playwright-core";
+import { cutProxy } from "./cut_proxy.mjs";
 
 const [api, setupJson] = process.argv.slice(2);
 const setup = JSON.parse(setupJson);
-const target = new URL(api);
 const shots = process.env.CONSOLE_SCREENSHOTS;
 const seen = { steps: [] };
 const step = (name) => { seen.steps.push(name); };
 
-// The proxy, and cut(): closes every connection open through it.
-const open = new Set();
-const proxy = net.createServer((client) => {
-  const upstream = net.connect(Number(target.port), target.hostname);
-  open.add(client);
-  open.add(upstream);
-  client.pipe(upstream);
-  upstream.pipe(client);
-  const forget = () => {
-    client.destroy();
-    upstream.destroy();
-    open.delete(client);
-    open.delete(upstream);
-  };
-  client.on("error", forget).on("close", forget);
-  upstream.on("error", forget).on("close", forget);
-});
-await new Promise((done) => proxy.listen(0, "127.0.0.1", done));
-const base = `http://127.0.0.1:${proxy.address().port}`;
-const cut = () => { for (const socket of open) socket.destroy(); open.clear(); };
+// The page reaches baton through a proxy whose connections can be cut.
+const proxy = await cutProxy(api);
+const base = proxy.url;
+const cut = () => proxy.cut();
 
 // The API as another client (not through the page).
 async function call(method, path, key, body) {
@@ -48,7 +31,7 @@ async function call(method, path, key, body) {
 }
 
 const browser = await chromium.launch({
-  executablePath: setup.chromium,
+  executablePath: process.env.CHROMIUM,
   args: JSON.parse(process.env.CHROMIUM_FLAGS ?? "[]"),
 });
 const pageErrors = [];
