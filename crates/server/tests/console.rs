@@ -178,6 +178,23 @@ fn drive(db: &str) {
     assert_eq!(seen["revokedKey"], 401, "{report}");
     assert_eq!(seen["dialogs"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(seen["renamed"], "renamed by the console", "{report}");
+    assert_eq!(seen["editedConfig"], json!({"delay_ms": 3000}), "{report}");
+    assert_eq!(seen["editedAttempts"], 5, "{report}");
+
+    // Data as JSON; a second page of tasks.
+    let data = seen["data"].as_str().unwrap();
+    assert!(
+        data.contains("\"city\": \"Oslo\"") && data.contains("\"days\": 3"),
+        "{report}"
+    );
+    assert_eq!(seen["firstPage"], 20, "{report}");
+    assert_eq!(seen["secondPage"], json!([seen["failedTask"]]), "{report}");
+
+    // Keyboard alone is enough to sign in.
+    assert!(
+        seen["keyboardSignIn"].as_str().unwrap().contains("Agent"),
+        "{report}"
+    );
 
     // No WCAG 2 A or AA rule broken on any view (axe-core).
     for (view, violations) in seen["accessibility"].as_object().unwrap() {

@@ -205,11 +205,16 @@ try {
   await page.getByRole("button", { name: `Revoke ${prefix}` }).click();
   await page.locator(`[data-key="${prefix}"]`).getByText("revoked").waitFor();
   seen.revokedKey = (await call("GET", "/v1/chat/agent", newKey)).status;
-  // Renamed through the form.
+  // Renamed, its runner config and policy changed, through the form.
   await page.getByLabel("Name", { exact: true }).fill("renamed by the console");
+  await page.getByRole("textbox", { name: /^Runner config/ }).fill('{"delay_ms": 3000}');
+  await page.getByLabel("Max attempts", { exact: true }).fill("5");
   await page.getByRole("button", { name: "Save" }).click();
   await page.getByText("Saved.").waitFor();
   seen.renamed = (await call("GET", "/v1/chat/agent", setup.slow.key)).body.name;
+  const edited = (await call("GET", `/v1/admin/agents/${setup.slow.agent}`, setup.adminToken)).body;
+  seen.editedConfig = edited.runner.config;
+  seen.editedAttempts = edited.policy.max_attempts;
   // Redelivery of the delivery seen above.
   await page.getByRole("link", { name: "← Agents" }).click();
   await page.getByLabel("Delivery id", { exact: true }).fill(String(seen.deliveryId));
@@ -234,6 +239,29 @@ try {
   await waitStatus("failed");
   seen.failure = await page.locator("dl.facts").textContent();
   step("failed turn");
+
+  // Data sent by another client shows as JSON, live.
+  seen.failedTask = Number(page.url().split("/").pop());
+  const failingAgent = (await call("GET", "/v1/chat/agent", failingKey)).body.agent_id;
+  await call("POST", `/v1/chat/tasks/${seen.failedTask}/messages`, failingKey, {
+    agent_id: failingAgent, message: { content: { type: "data", data: { city: "Oslo", days: 3 } } },
+  });
+  await page.locator(".message.user pre").getByText('"city": "Oslo"').waitFor();
+  seen.data = await page.locator(".message.user pre").textContent();
+  step("data");
+
+  // More tasks than a page holds: "Older tasks" leads to the rest.
+  for (let i = 0; i < 20; i += 1) {
+    await call("POST", "/v1/chat/tasks", failingKey, { agent_id: failingAgent, message: { content: `more ${i}` } });
+  }
+  await page.getByRole("link", { name: "← Tasks" }).click();
+  await page.locator("[data-task]").nth(19).waitFor();
+  seen.firstPage = await page.locator("[data-task]").count();
+  await page.getByRole("link", { name: "Older tasks" }).click();
+  await page.waitForURL(/cursor=/);
+  await page.waitForFunction(() => document.querySelectorAll("[data-task]").length === 1);
+  seen.secondPage = await page.locator("[data-task]").evaluateAll((rows) => rows.map((row) => Number(row.dataset.task)));
+  step("pages");
 
   // 10. A narrow screen: nothing wider than the viewport.
   await page.setViewportSize({ width: 360, height: 780 });
@@ -261,9 +289,15 @@ try {
   await auditPage.goto(`${base}/console#/signin`);
   await auditPage.getByLabel("Agent key", { exact: true }).waitFor();
   await audit("sign in");
-  await auditPage.getByLabel("Agent key", { exact: true }).fill(setup.slow.key);
-  await auditPage.getByRole("button", { name: "Sign in", exact: true }).click();
+  // Signed in with the keyboard alone: Tab to the key's field, type, Enter.
+  for (let i = 0; i < 10; i += 1) {
+    await auditPage.keyboard.press("Tab");
+    if (await auditPage.evaluate(() => document.activeElement?.name === "key")) break;
+  }
+  await auditPage.keyboard.type(setup.slow.key);
+  await auditPage.keyboard.press("Enter");
   await auditPage.locator("[data-task]").first().waitFor();
+  seen.keyboardSignIn = await auditPage.locator("#who").textContent();
   await audit("tasks");
   await auditPage.goto(`${base}/console#/tasks/${seen.task}`);
   await auditPage.locator('.connection[data-state="live"]').waitFor();
