@@ -493,6 +493,10 @@ pub struct Accepted {
     /// kept from before this field answer `running`, which is what they were.)
     #[serde(default = "running")]
     pub status: TaskStatus,
+    /// The task's last event before this request's turn: its events follow it on the
+    /// stream (`?after=`). (Records kept from before this field have none.)
+    #[serde(default)]
+    pub stream_after: Option<i64>,
 }
 
 fn running() -> TaskStatus {

@@ -87,10 +87,15 @@ pub struct AcceptedBody {
     pub accepted_at: DateTime<Utc>,
     #[schema(value_type = Object)]
     pub metadata: Metadata,
+    /// Where to follow the turn: the task's event stream from just before this turn's
+    /// first event (add `&until=final` to close it at the turn's end).
+    #[schema(example = "/v1/chat/tasks/1/stream?after=0")]
+    pub stream_url: String,
 }
 
 impl From<Accepted> for AcceptedBody {
     fn from(a: Accepted) -> Self {
+        let stream = format!("/v1/chat/tasks/{}/stream", a.task_id);
         AcceptedBody {
             task_id: a.task_id.0,
             agent_id: a.agent_id.0,
@@ -98,6 +103,10 @@ impl From<Accepted> for AcceptedBody {
             status: a.status,
             accepted_at: a.accepted_at,
             metadata: a.metadata,
+            stream_url: match a.stream_after {
+                Some(after) => format!("{stream}?after={after}"),
+                None => stream,
+            },
         }
     }
 }

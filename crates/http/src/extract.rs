@@ -281,7 +281,9 @@ pub fn wait(req: &HttpRequest) -> Result<Duration, ApiError> {
         )
     })?;
     match query.wait.as_deref() {
-        None => Ok(Duration::ZERO),
+        None | Some("false") => Ok(Duration::ZERO),
+        // Seed 003's spelling: wait as long as a long-poll may.
+        Some("true") => Ok(MAX_WAIT),
         // An int64, as the API's integers are: a number beyond one is refused, not
         // read as "very long".
         Some(raw) => raw
@@ -293,7 +295,7 @@ pub fn wait(req: &HttpRequest) -> Result<Duration, ApiError> {
                 ApiError::invalid_field(
                     "wait",
                     format!(
-                        "must be a whole number of seconds (at most {} is waited)",
+                        "must be a whole number of seconds (at most {} is waited), or true for that much",
                         MAX_WAIT.as_secs()
                     ),
                 )

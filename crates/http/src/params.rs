@@ -31,10 +31,24 @@ pub struct IdempotencyKey(
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitParam {
-    /// Seconds to wait for the task to leave `running` (more than 60 waits 60). Absent:
-    /// answer at once.
-    #[param(minimum = 0, example = 30)]
-    pub wait: Option<i64>,
+    /// Seconds to wait for the task to leave `running` (more than 60 waits 60), or
+    /// `true` to wait the most (60), `false` not at all. Absent: answer at once.
+    #[param(schema_with = wait_schema, example = 30)]
+    pub wait: Option<String>,
+}
+
+/// `wait`'s values: whole seconds, or a yes or no.
+fn wait_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::ObjectBuilder;
+    use utoipa::openapi::schema::{OneOfBuilder, Schema, Type};
+    let seconds = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int64,
+        )))
+        .minimum(Some(0));
+    let flag = ObjectBuilder::new().schema_type(Type::Boolean);
+    Schema::OneOf(OneOfBuilder::new().item(seconds).item(flag).build())
 }
 
 /// `?limit=&cursor=` on a listing.

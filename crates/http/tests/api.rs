@@ -740,6 +740,25 @@ async fn long_poll_gives_up_after_wait_seconds_with_the_task_still_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_true_long_polls_to_the_end_and_wait_false_answers_at_once() {
+    let app = TestApp::start().await;
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 1500})).await;
+    let task = app.create_task(&token, agent, "a b c").await;
+    let started = Instant::now();
+    let (_, body) = app
+        .get(&token, &format!("/v1/chat/tasks/{task}?wait=false"))
+        .await;
+    assert_eq!(body["status"], "running", "{body}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let (status, body) = app
+        .get(&token, &format!("/v1/chat/tasks/{task}?wait=true"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_wait_is_422_naming_wait_and_other_agents_tasks_are_404_even_when_waiting() {
     let app = TestApp::start().await;
     let task = app.create_task(&app.token, app.agent, "x").await;

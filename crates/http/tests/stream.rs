@@ -83,6 +83,50 @@ fn streamed_text(events: &[Event]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_message_names_the_stream_of_its_turn() {
+    let app = TestApp::start().await;
+    let created = app.create(&app.token, app.agent, "first").await;
+    let task = created["task_id"].as_i64().unwrap();
+    assert_eq!(
+        created["stream_url"],
+        format!("/v1/chat/tasks/{task}/stream?after=0"),
+        "{created}"
+    );
+    app.settled(&app.token, task).await;
+    let path = format!("/v1/chat/tasks/{task}/messages");
+    let append = || {
+        app.post_with(
+            &app.token,
+            &path,
+            &[("Idempotency-Key", "stream-url-1")],
+            json!({"agent_id": app.agent, "message": {"content": "second"}}),
+        )
+    };
+    let (status, _, appended) = append().await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{appended}");
+    // Followed, it starts at this turn's first event, not the first turn's.
+    let query = appended["stream_url"]
+        .as_str()
+        .unwrap()
+        .split_once('?')
+        .map(|(_, query)| format!("?{query}&until=final"))
+        .unwrap();
+    let events = all(open(&app, &app.token, task, &query, None).await).await;
+    assert_eq!(events[0].event, "turn_started");
+    assert!(
+        events
+            .iter()
+            .all(|e| data(e)["turn_id"] == appended["turn_id"]),
+        "{events:?}"
+    );
+    assert_eq!(streamed_text(&events), "echo: second");
+    // A replay names the same place.
+    let (_, headers, replayed) = append().await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replayed["stream_url"], appended["stream_url"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_zero_tells_the_whole_turn_in_order_then_closes_on_final() {
     let app = TestApp::start().await;
     let task = app

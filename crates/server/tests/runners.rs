@@ -343,6 +343,7 @@ fn a_models_tool_calls_wait_for_the_clients_answers_which_start_the_next_turn() 
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "requires_action");
     assert_eq!(model.received().len(), 1, "no turn yet");
+    let waiting_stream = body["stream_url"].clone();
 
     // The last answer starts the next turn, which sends both results to the model.
     let (status, body) = append(
@@ -353,6 +354,15 @@ fn a_models_tool_calls_wait_for_the_clients_answers_which_start_the_next_turn() 
     );
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "running");
+    // Both answers name the place the next turn's events start: nothing came between.
+    assert_eq!(body["stream_url"], waiting_stream, "{body}");
+    assert!(
+        body["stream_url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/v1/chat/tasks/{task}/stream?after=")),
+        "{body}"
+    );
     let view = settle(&server, &token, task);
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(

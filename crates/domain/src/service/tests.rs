@@ -82,6 +82,7 @@ fn accepted(task_id: i64, turn_id: i64) -> Accepted {
         accepted_at: at(1),
         metadata: Metadata::new(),
         status: TaskStatus::Running,
+        stream_after: Some(0),
     }
 }
 

@@ -189,6 +189,8 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
                     accepted_at: new.now,
                     metadata: new.metadata.clone(),
                     status: TaskStatus::Running,
+                    // A new task's log starts with its turn.
+                    stream_after: Some(0),
                 };
                 remember(conn, record, &accepted).await?;
                 Ok::<_, TxError>(Claim::Started(accepted))
@@ -280,6 +282,7 @@ pub(crate) async fn append_and_claim(
                     accepted_at: append.now,
                     metadata: append.metadata.clone(),
                     status: TaskStatus::Running,
+                    stream_after: Some(last - 1),
                 };
                 remember(conn, record, &accepted).await?;
                 Ok(Claim::Started(accepted))
@@ -396,10 +399,12 @@ pub(super) async fn answer_waiting_turn(
         append.now,
     )
     .await?;
-    diesel::update(tasks::table.find(append.task_id.0))
+    // No event yet: the turn the last answer starts follows the log as it stands.
+    let last: i64 = diesel::update(tasks::table.find(append.task_id.0))
         .set(tasks::updated_at.eq(micros(append.now)))
+        .returning(tasks::last_seq)
         .by_sql()
-        .execute(conn)
+        .get_result(conn)
         .await?;
     let accepted = Accepted {
         task_id: append.task_id,
@@ -408,6 +413,7 @@ pub(super) async fn answer_waiting_turn(
         accepted_at: append.now,
         metadata: append.metadata.clone(),
         status: TaskStatus::RequiresAction,
+        stream_after: Some(last),
     };
     remember(conn, record, &accepted).await?;
     Ok(Claim::Started(accepted))
