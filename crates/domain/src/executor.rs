@@ -17,7 +17,7 @@ use crate::content::Content;
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
     Agent, AgentId, ExpiredTurn, FinishTurn, Holder, Lease, LeaseGuard, OutputOp, RecordOutput,
-    Role, TakeOver, TaskId, TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
+    Role, TakeOver, TaskId, TurnHistory, TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
@@ -714,7 +714,11 @@ impl Inner {
                 ));
             }
         };
-        let (task, mut history) = match self.tasks.load_turn_input(turn.task_id).await {
+        let TurnHistory {
+            task,
+            metadata,
+            mut history,
+        } = match self.tasks.load_turn_input(turn.task_id, turn.turn_id).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 return Err(TurnOutcome::failed(
@@ -736,6 +740,7 @@ impl Inner {
             agent: agent.clone(),
             task,
             turn_id: turn.turn_id,
+            metadata,
             history,
         };
         Ok((agent, input))

@@ -478,6 +478,15 @@ impl Claim {
     }
 }
 
+/// What a turn is played from: its task, the metadata of the request that started it,
+/// and the task's history in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnHistory {
+    pub task: Task,
+    pub metadata: Metadata,
+    pub history: Vec<Message>,
+}
+
 /// The answer to an accepted message: the turn it started. Stored as JSON with an
 /// idempotency key, so a replay answers exactly what the first request was told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -58,11 +58,14 @@ pub trait TaskStore: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Option<History<Message>>, StoreError>;
 
-    /// Everything a runner needs to play a turn: the task and its full history in order.
+    /// Everything a runner needs to play a turn of the task: the task, the turn's
+    /// request metadata and the task's full history in order; `None` if the task has
+    /// no such turn.
     async fn load_turn_input(
         &self,
         task: TaskId,
-    ) -> Result<Option<(Task, Vec<Message>)>, StoreError>;
+        turn: TurnId,
+    ) -> Result<Option<TurnHistory>, StoreError>;
 
     /// Records output of a running turn and appends its events (`text_delta`,
     /// `message`) in one transaction. Returns `false`, storing nothing, if the turn is

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::content::Content;
-use crate::model::{Agent, Message, Task, TurnId, Usage};
+use crate::model::{Agent, Message, Metadata, Task, TurnId, Usage};
 
 /// What a runner is given for one turn.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,9 @@ pub struct TurnInput {
     pub agent: Agent,
     pub task: Task,
     pub turn_id: TurnId,
+    /// The `metadata` of the request that started this turn, as the client sent it
+    /// (per-request parameters for the agent; the task's own is `task.metadata`).
+    pub metadata: Metadata,
     /// Every message of the task in order, the one that started this turn last.
     pub history: Vec<Message>,
 }

@@ -262,9 +262,12 @@ impl TaskStore for SqlStore {
     async fn load_turn_input(
         &self,
         task: TaskId,
-    ) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
-        on_conn!(self, readers, |conn, q| q::load_turn_input(conn, task)
-            .await)
+        turn: TurnId,
+    ) -> Result<Option<TurnHistory>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::load_turn_input(
+            conn, task, turn
+        )
+        .await)
     }
 
     async fn record_output(&self, output: RecordOutput) -> Result<bool, StoreError> {

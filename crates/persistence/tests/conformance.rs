@@ -534,8 +534,12 @@ async fn a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_tur
         ]
     );
     // The next turn sees both answers.
-    let (_, input) = store.load_turn_input(task).await.unwrap().unwrap();
-    assert_eq!(input.len(), 5);
+    let loaded = store
+        .load_turn_input(task, next.turn_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.history.len(), 5);
 
     // Once no call waits, a tool answer is refused.
     assert!(
@@ -1149,18 +1153,35 @@ async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
         .await
         .map(started)
         .unwrap();
-    let (task, messages) = store.load_turn_input(t.task_id).await.unwrap().unwrap();
-    assert_eq!(task.id, t.task_id);
-    assert_eq!(task.input, Content::text("two"));
-    assert_eq!(texts(&messages), ["one", "echo: one", "two"]);
-    assert_eq!(messages[2].turn_id, second.turn_id);
-    assert!(
-        store
-            .load_turn_input(TaskId(987_654))
-            .await
-            .unwrap()
-            .is_none()
+    let loaded = store
+        .load_turn_input(t.task_id, second.turn_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.task.id, t.task_id);
+    assert_eq!(loaded.task.input, Content::text("two"));
+    assert_eq!(texts(&loaded.history), ["one", "echo: one", "two"]);
+    assert_eq!(loaded.history[2].turn_id, second.turn_id);
+    // Each turn with the metadata of the request that started it.
+    assert_eq!(
+        serde_json::Value::Object(loaded.metadata),
+        json!({"turn": "two"})
     );
+    let first = store
+        .load_turn_input(t.task_id, t.turn_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.metadata, t.metadata);
+    assert_ne!(
+        first.metadata,
+        json!({"turn": "two"}).as_object().cloned().unwrap()
+    );
+    // No such task, or a turn of another task: nothing.
+    let other = new_task(&*store, a.id, "other").await;
+    for (task, turn) in [(TaskId(987_654), t.turn_id), (t.task_id, other.turn_id)] {
+        assert!(store.load_turn_input(task, turn).await.unwrap().is_none());
+    }
 }
 
 async fn turn_ids(turns: Vec<ExpiredTurn>) -> Vec<TurnId> {
@@ -1340,9 +1361,13 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
         ["hello"],
         "the interrupted attempt's output is gone"
     );
-    let (task, input) = store.load_turn_input(t.task_id).await.unwrap().unwrap();
+    let loaded = store
+        .load_turn_input(t.task_id, t.turn_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        (task.id, texts(&input)),
+        (loaded.task.id, texts(&loaded.history)),
         (t.task_id, vec!["hello".to_owned()])
     );
     let events = all_events(&*store, a.id, t.task_id).await;

@@ -112,6 +112,7 @@ mod tests {
                 updated_at: now,
             },
             turn_id: TurnId(1),
+            metadata: Metadata::new(),
             history: vec![Message {
                 id: MessageId(1),
                 task_id: TaskId(1),

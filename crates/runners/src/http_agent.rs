@@ -166,6 +166,7 @@ pub fn turn_request(input: &TurnInput) -> Value {
         },
         "agent": {"agent_id": input.agent.id, "name": input.agent.name},
         "turn_id": input.turn_id,
+        "metadata": input.metadata,
         "message": input.history.last(),
         "history": input.history,
     })

@@ -53,6 +53,11 @@ fn input(config: Value, said: &str) -> TurnInput {
         agent,
         task,
         turn_id: TurnId(1),
+        // The request's own parameters, as a client sends them.
+        metadata: json!({"user_params": {"locale": "nb"}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         history,
     }
 }
@@ -121,6 +126,7 @@ async fn the_turn_is_posted_and_streamed_events_become_output() {
     let turn = request.json();
     assert_eq!(turn["type"], "turn");
     assert_eq!(turn["turn_id"], 1);
+    assert_eq!(turn["metadata"], json!({"user_params": {"locale": "nb"}}));
     assert_eq!(turn["agent"], json!({"agent_id": 1, "name": "model"}));
     assert_eq!(turn["message"]["content"]["content"], "Hello");
     assert_eq!(turn["history"].as_array().unwrap().len(), 1);

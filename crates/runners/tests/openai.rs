@@ -52,6 +52,11 @@ fn input(config: Value, said: &str) -> TurnInput {
         agent,
         task,
         turn_id: TurnId(1),
+        // The request's own parameters, as a client sends them.
+        metadata: json!({"user_params": {"locale": "nb"}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         history,
     }
 }
@@ -166,6 +171,8 @@ async fn streamed_text_becomes_deltas_and_usage_is_reported() {
         "no api_key_env: no key"
     );
     let body = request.json();
+    // The request's metadata is the agent's business, not the model's.
+    assert!(!body.to_string().contains("user_params"), "{body}");
     assert_eq!(body["model"], "test-model");
     assert_eq!(body["stream"], true);
     assert_eq!(body["temperature"], 0.2);

@@ -544,3 +544,49 @@ fn a_retried_turn_request_keeps_its_webhook_id_and_every_attempt_verifies() {
         Ok(2)
     );
 }
+
+#[test]
+fn each_turn_reaches_the_agent_with_the_metadata_of_its_request() {
+    let agent_service = Receiver::start(|_| {
+        Reply::Answer(Answer {
+            status: 200,
+            headers: vec![("content-type".into(), "application/x-ndjson".into())],
+            pieces: vec![
+                b"{\"type\": \"text_delta\", \"delta\": \"ok\"}\n{\"type\": \"final\"}\n".to_vec(),
+            ],
+            pause: Duration::ZERO,
+        })
+    });
+    let (_dir, db) = sqlite_db();
+    let config = json!({"url": agent_service.url(), "max_retries": 0}).to_string();
+    let (agent, token) = runner_agent(&db, "svc", "http", &config, &[]);
+    let server = Server::start(&db, &[]);
+
+    let first = json!({"user_params": {"locale": "nb", "plan": "pro"}});
+    let accepted: Value = client()
+        .post(format!("{}/v1/chat/tasks", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"agent_id": agent, "message": {"content": "hi"}, "metadata": first}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let task = accepted["task_id"].as_i64().unwrap();
+    assert_eq!(settle(&server, &token, task)["status"], "completed");
+    let second = json!({"user_params": {"locale": "en"}});
+    let (status, body) = append(
+        &server,
+        &token,
+        task,
+        json!({"agent_id": agent, "message": {"content": "again"}, "metadata": second}),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(settle(&server, &token, task)["status"], "completed");
+
+    let calls = agent_service.received();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].json()["metadata"], first);
+    assert_eq!(calls[1].json()["metadata"], second);
+    // The task's own metadata stays the first request's.
+    assert_eq!(calls[1].json()["task"]["metadata"], first);
+}

@@ -50,6 +50,16 @@ fn task(id: i64) -> Task {
     }
 }
 
+/// What the store gives a turn of task `id` to play: the task, no request metadata,
+/// `history`.
+fn loaded(id: i64, history: Vec<Message>) -> Result<Option<TurnHistory>, StoreError> {
+    Ok(Some(TurnHistory {
+        task: task(id),
+        metadata: Metadata::new(),
+        history,
+    }))
+}
+
 fn user_message(task_id: i64, turn_id: i64) -> Message {
     Message {
         id: MessageId(1),
@@ -124,7 +134,7 @@ impl Harness {
         let (ended, ended_rx) = mpsc::unbounded_channel();
         self.tasks
             .expect_load_turn_input()
-            .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+            .returning(|id, _| loaded(id.0, vec![user_message(id.0, 1)]));
         self.tasks.expect_record_output().returning(move |output| {
             recorded.lock().unwrap().extend(output.ops);
             Ok(true)
@@ -290,7 +300,7 @@ async fn writes_that_fail_for_a_moment_are_tried_again_and_nothing_is_lost() {
         .returning(|_| Ok(Claim::Started(accepted(3, 31))));
     h.tasks
         .expect_load_turn_input()
-        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+        .returning(|id, _| loaded(id.0, vec![user_message(id.0, 1)]));
     let outage = |calls: &std::sync::atomic::AtomicUsize| {
         calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
     };
@@ -736,7 +746,7 @@ async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
         .returning(|_| Ok(Claim::Started(accepted(3, 40))));
     h.tasks
         .expect_load_turn_input()
-        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 1)]))));
+        .returning(|id, _| loaded(id.0, vec![user_message(id.0, 1)]));
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     h.tasks.expect_finish_turn().returning(move |finish| {
         ended.send(finish).unwrap();

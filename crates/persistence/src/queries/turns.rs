@@ -234,18 +234,23 @@ async fn keep_streamed(
     Ok(())
 }
 
+/// The task with the turn's request metadata (one statement), then the history.
 pub(crate) async fn load_turn_input(
     conn: &mut Conn,
     task: TaskId,
-) -> Result<Option<(Task, Vec<Message>)>, StoreError> {
+    turn: TurnId,
+) -> Result<Option<TurnHistory>, StoreError> {
     async {
-        let row: Option<TaskRow> = tasks::table
-            .find(task.0)
-            .select(TaskRow::as_select())
+        let row: Option<(TaskRow, String)> = tasks::table
+            .inner_join(turns::table)
+            .filter(tasks::id.eq(task.0).and(turns::id.eq(turn.0)))
+            .select((TaskRow::as_select(), turns::metadata))
             .first(conn)
             .await
             .optional()?;
-        let Some(row) = row else { return Ok(None) };
+        let Some((row, metadata)) = row else {
+            return Ok(None);
+        };
         let rows: Vec<MessageRow> = messages::table
             .filter(messages::task_id.eq(task.0))
             .order(messages::id.asc())
@@ -256,7 +261,11 @@ pub(crate) async fn load_turn_input(
             .into_iter()
             .map(MessageRow::into_domain)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, TxError>(Some((row.into_domain()?, history)))
+        Ok::<_, TxError>(Some(TurnHistory {
+            task: row.into_domain()?,
+            metadata: parse_json("turns.metadata", &metadata)?,
+            history,
+        }))
     }
     .await
     .map_err(TxError::into_store)

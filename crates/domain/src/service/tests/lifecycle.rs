@@ -108,7 +108,7 @@ fn playing_store(
         .returning(|_| Ok(Claim::Started(accepted(3, 30))));
     tasks
         .expect_load_turn_input()
-        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 30)]))));
+        .returning(|id, _| loaded(id.0, vec![user_message(id.0, 30)]));
     tasks.expect_record_output().returning(move |output| {
         recorded.lock().unwrap().extend(output.ops);
         Ok(true)
@@ -129,7 +129,7 @@ fn never_ending_store() -> MockTaskStore {
         .returning(|_| Ok(Claim::Started(accepted(3, 30))));
     tasks
         .expect_load_turn_input()
-        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 30)]))));
+        .returning(|id, _| loaded(id.0, vec![user_message(id.0, 30)]));
     tasks.expect_record_output().returning(|_| Ok(true));
     tasks.expect_finish_turn().times(0);
     tasks
@@ -299,7 +299,7 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
         .returning(|_| Ok(vec![(TurnId(102), 2)]));
     tasks
         .expect_load_turn_input()
-        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, id.0)]))));
+        .returning(|id, _| loaded(id.0, vec![user_message(id.0, id.0)]));
     // And a turn whose tool calls were due (the clock says at(1)).
     tasks
         .expect_overdue_tool_calls()
@@ -578,7 +578,7 @@ fn slow_keyed_store(calls: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> MockTask
     });
     tasks
         .expect_load_turn_input()
-        .returning(|id| Ok(Some((task(id.0), vec![user_message(id.0, 30)]))));
+        .returning(|id, _| loaded(id.0, vec![user_message(id.0, 30)]));
     tasks.expect_finish_turn().returning(|_| Ok(true));
     tasks
 }
