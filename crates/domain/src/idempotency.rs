@@ -64,11 +64,17 @@ pub(crate) fn request_hash(
     task: Option<TaskId>,
     submit: &SubmitMessage,
 ) -> String {
+    let mut message = json!({"role": submit.message.role, "content": submit.message.content});
+    // Only when given: the hashes of requests made before messages had metadata stay
+    // what they were.
+    if !submit.message.metadata.is_empty() {
+        message["metadata"] = json!(submit.message.metadata);
+    }
     let request = json!({
         "operation": operation,
         "task_id": task,
         "agent_id": submit.agent_id,
-        "message": {"role": submit.message.role, "content": submit.message.content},
+        "message": message,
         "metadata": submit.metadata,
         "webhook": submit.webhook,
     });
@@ -176,6 +182,7 @@ mod tests {
             message: NewMessage {
                 role: Role::User,
                 content: Content::text(text),
+                metadata: Default::default(),
             },
             metadata: metadata.as_object().cloned().unwrap_or_default(),
             webhook: None,

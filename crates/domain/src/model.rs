@@ -385,6 +385,9 @@ pub struct Message {
     pub content: Content,
     pub streaming_status: Option<StreamingStatus>,
     pub created_at: DateTime<Utc>,
+    /// What its sender attached to it (`{}` if nothing; an agent's messages have none).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: Metadata,
 }
 
 /// An attachment's bytes, as the download answers them.
@@ -402,6 +405,8 @@ pub struct StoredFile {
 pub struct NewMessage {
     pub role: Role,
     pub content: Content,
+    /// The message's own metadata, stored and shown with it.
+    pub metadata: Metadata,
 }
 
 /// An instance's hold on a running turn: only the holder plays it, records its output

@@ -688,7 +688,8 @@ fn check_submission(
         ));
     }
     validate::client_message(&submit.message, &mut errors);
-    validate::metadata(&submit.metadata, &mut errors);
+    validate::metadata("metadata", &submit.metadata, &mut errors);
+    validate::metadata("message.metadata", &submit.message.metadata, &mut errors);
     if attachments.len() > validate::MAX_ATTACHMENTS {
         errors.push(crate::FieldError::new(
             "message.content.attachments",

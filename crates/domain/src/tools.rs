@@ -116,6 +116,7 @@ mod tests {
                 content: json!({"c": 4}),
                 is_error: None,
             }),
+            metadata: Default::default(),
         }
     }
 
@@ -143,6 +144,7 @@ mod tests {
         let text = NewMessage {
             role: Role::User,
             content: Content::text("done?"),
+            metadata: Default::default(),
         };
         let err = check_answer(&asked, &[], &text).unwrap_err();
         assert_eq!(err[0].field, "message.content.type");

@@ -97,16 +97,16 @@ pub fn attachment(i: usize, attachment: &Attachment, errors: &mut Vec<FieldError
     }
 }
 
-/// Checks request metadata.
-pub fn metadata(metadata: &Metadata, errors: &mut Vec<FieldError>) {
+/// Checks metadata (a request's or a message's), reported as `field`.
+pub fn metadata(field: &str, metadata: &Metadata, errors: &mut Vec<FieldError>) {
     for (key, value) in metadata {
         if key.contains('\0') {
             errors.push(FieldError::new(
-                "metadata",
+                field,
                 "keys must not contain the NUL character",
             ));
         }
-        no_nul(&format!("metadata.{key}"), value, errors);
+        no_nul(&format!("{field}.{key}"), value, errors);
     }
 }
 
@@ -186,13 +186,15 @@ mod tests {
         assert!(
             check(NewMessage {
                 role: Role::User,
-                content: Content::text("hi")
+                content: Content::text("hi"),
+                metadata: Default::default(),
             })
             .is_empty()
         );
         let errors = check(NewMessage {
             role: Role::User,
             content: Content::text("  "),
+            metadata: Default::default(),
         });
         assert_eq!(
             errors,
@@ -205,6 +207,7 @@ mod tests {
         let errors = check(NewMessage {
             role: Role::Assistant,
             content: Content::text("a\0b"),
+            metadata: Default::default(),
         });
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["message.role", "message.content"]);
@@ -214,7 +217,7 @@ mod tests {
     fn nul_in_nested_metadata_is_refused() {
         let meta = json!({"a": {"b": ["ok", "bad\u{0}"]}});
         let mut errors = Vec::new();
-        metadata(meta.as_object().unwrap(), &mut errors);
+        metadata("metadata", meta.as_object().unwrap(), &mut errors);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "metadata.a");
     }

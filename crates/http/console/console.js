@@ -679,7 +679,11 @@ function taskView(taskId, signal) {
   function onState(state, error) {
     connection.dataset.state = state;
     if (state === "live") connection.textContent = "Following live.";
-    else if (state === "reconnecting") connection.textContent = "Connection lost: reconnecting…";
+    else if (state === "reconnecting") {
+      // Counted, so the state it passed through stays visible once it is live again.
+      connection.dataset.reconnects = String(Number(connection.dataset.reconnects ?? 0) + 1);
+      connection.textContent = "Connection lost: reconnecting…";
+    }
     else connection.replaceChildren("Stopped following: ", problem(error));
   }
 

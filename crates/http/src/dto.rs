@@ -40,6 +40,11 @@ pub struct MessageBody {
     #[serde(deserialize_with = "Content::deserialize_lenient")]
     #[schema(schema_with = content_input)]
     pub content: Content,
+    /// Any JSON object (without NUL characters), stored with the message and shown
+    /// with it in the history, events and webhooks.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
 }
 
 /// What a client may send as content: a plain string is shorthand for plain text.
@@ -68,6 +73,7 @@ impl SubmitBody {
             message: NewMessage {
                 role: self.message.role,
                 content: self.message.content,
+                metadata: self.message.metadata.unwrap_or_default(),
             },
             metadata: self.metadata.unwrap_or_default(),
             webhook: self.webhook,

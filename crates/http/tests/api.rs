@@ -834,3 +834,60 @@ async fn numbers_come_back_exactly_or_are_refused() {
         .unwrap();
     assert!(text.contains(exact), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_keeps_its_own_metadata() {
+    let app = TestApp::start().await;
+    let (status, _, created) = app
+        .post_with(
+            &app.token,
+            "/v1/chat/tasks",
+            &[("Idempotency-Key", "message-metadata-1")],
+            json!({"agent_id": app.agent, "message": {"content": "hi", "metadata": {"client": "ios", "draft": 3}},
+                   "metadata": {"trace": "t-1"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let task = created["task_id"].as_i64().unwrap();
+    app.settled(&app.token, task).await;
+    let (_, history) = app
+        .get(&app.token, &format!("/v1/chat/tasks/{task}/messages"))
+        .await;
+    assert_eq!(
+        history["data"][0]["metadata"],
+        json!({"client": "ios", "draft": 3}),
+        "{history}"
+    );
+    assert_eq!(history["data"][1]["metadata"], json!({}), "{history}");
+    let (_, view) = app.get(&app.token, &format!("/v1/chat/tasks/{task}")).await;
+    assert_eq!(view["metadata"], json!({"trace": "t-1"}), "{view}");
+
+    // The same key with other message metadata is another request.
+    let (status, _, body) = app
+        .post_with(
+            &app.token,
+            "/v1/chat/tasks",
+            &[("Idempotency-Key", "message-metadata-1")],
+            json!({"agent_id": app.agent, "message": {"content": "hi", "metadata": {"client": "web"}},
+                   "metadata": {"trace": "t-1"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
+
+    // Not an object, or NUL inside: refused, naming the field.
+    for (metadata, field) in [
+        (json!("ios"), "message.metadata"),
+        (json!({"k": "a\u{0}b"}), "message.metadata.k"),
+    ] {
+        let (status, _, body) = app
+            .post(
+                &app.token,
+                "/v1/chat/tasks",
+                json!({"agent_id": app.agent, "message": {"content": "x", "metadata": metadata}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["fields"][0]["field"], field, "{body}");
+    }
+}

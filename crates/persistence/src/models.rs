@@ -379,6 +379,7 @@ pub(crate) struct MessageRow {
     pub content: String,
     pub streaming_status: Option<String>,
     pub created_at: i64,
+    pub metadata: String,
 }
 
 impl MessageRow {
@@ -395,6 +396,7 @@ impl MessageRow {
                 .map(|s| parse_enum("messages.streaming_status", s))
                 .transpose()?,
             created_at: from_micros(self.created_at)?,
+            metadata: parse_json("messages.metadata", &self.metadata)?,
         })
     }
 }
@@ -408,24 +410,53 @@ pub(crate) struct NewMessageRow {
     pub content: String,
     pub streaming_status: Option<&'static str>,
     pub created_at: i64,
+    pub metadata: String,
+}
+
+/// A message to insert: who wrote it, what, and with what metadata.
+pub(crate) struct MessageParts<'a> {
+    pub role: Role,
+    pub content: &'a Content,
+    pub metadata: &'a Metadata,
+}
+
+impl<'a> MessageParts<'a> {
+    /// A message as a client sent it.
+    pub fn of(message: &'a NewMessage) -> Self {
+        MessageParts {
+            role: message.role,
+            content: &message.content,
+            metadata: &message.metadata,
+        }
+    }
+
+    /// Output of the agent: no metadata of its own.
+    pub fn assistant(content: &'a Content) -> Self {
+        static NONE: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::new);
+        MessageParts {
+            role: Role::Assistant,
+            content,
+            metadata: &NONE,
+        }
+    }
 }
 
 impl NewMessageRow {
     pub fn new(
         task: TaskId,
         turn: TurnId,
-        role: Role,
-        content: &Content,
+        parts: MessageParts<'_>,
         streaming: Option<StreamingStatus>,
         at: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
         Ok(NewMessageRow {
             task_id: task.0,
             turn_id: turn.0,
-            role: role.as_str(),
-            content: json(content)?,
+            role: parts.role.as_str(),
+            content: json(parts.content)?,
             streaming_status: streaming.map(StreamingStatus::as_str),
             created_at: micros(at),
+            metadata: json(parts.metadata)?,
         })
     }
 }

@@ -123,6 +123,7 @@ diesel::table! {
         content -> Text,
         streaming_status -> Nullable<Text>,
         created_at -> BigInt,
+        metadata -> Text,
     }
 }
 

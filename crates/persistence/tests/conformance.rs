@@ -191,6 +191,7 @@ fn user(text: &str) -> NewMessage {
     NewMessage {
         role: Role::User,
         content: Content::text(text),
+        metadata: Default::default(),
     }
 }
 
@@ -349,6 +350,7 @@ async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
             message: NewMessage {
                 role: Role::User,
                 content: attached,
+                metadata: Default::default(),
             },
             metadata: Metadata::new(),
             now: at(1),
@@ -421,6 +423,7 @@ fn tool_answer(agent: AgentId, task: TaskId, id: &str) -> NewAppend {
                 content: json!({"celsius": 4}),
                 is_error: None,
             }),
+            metadata: Default::default(),
         },
         ..append(agent, task, "unused")
     }
@@ -1091,6 +1094,10 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
                     json!({"type": "data", "data": {"x": [1, {"y": "z"}]}}),
                 )
                 .unwrap(),
+                metadata: json!({"source": "mobile", "n": [1, 2.5]})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
             },
             metadata: metadata.as_object().cloned().unwrap(),
             now: at(1),
@@ -1129,6 +1136,12 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
         .unwrap();
     assert_eq!(serde_json::Value::Object(view.task.metadata), metadata);
     assert_eq!(view.task.input, stored[0].content);
+    // The message keeps its own metadata; the agent's have none.
+    assert_eq!(
+        serde_json::Value::Object(stored[0].metadata.clone()),
+        json!({"source": "mobile", "n": [1, 2.5]})
+    );
+    assert!(stored.iter().skip(1).all(|m| m.metadata.is_empty()));
     let reread = store.get_agent(a.id).await.unwrap().unwrap();
     assert_eq!(
         reread.runner.config,

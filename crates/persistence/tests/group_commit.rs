@@ -140,6 +140,7 @@ async fn a_failing_operation_rolls_back_alone_and_its_group_still_commits() {
                     message: NewMessage {
                         role: Role::User,
                         content: Content::text("too soon"),
+                        metadata: Default::default(),
                     },
                     metadata: Metadata::new(),
                     now: Utc::now(),

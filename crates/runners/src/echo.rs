@@ -121,6 +121,7 @@ mod tests {
                 content: Content::text(text),
                 streaming_status: None,
                 created_at: now,
+                metadata: Default::default(),
             }],
         }
     }

@@ -471,6 +471,7 @@ mod tests {
             content,
             streaming_status: None,
             created_at: chrono::Utc::now(),
+            metadata: Default::default(),
         }
     }
 

@@ -48,6 +48,7 @@ fn input(config: Value, said: &str) -> TurnInput {
         content: Content::text(said),
         streaming_status: None,
         created_at: at(),
+        metadata: Default::default(),
     }];
     TurnInput {
         agent,

@@ -41,6 +41,7 @@ fn says(text: &str) -> SubmitMessage {
         message: NewMessage {
             role: Role::User,
             content: Content::text(text),
+            metadata: Default::default(),
         },
         metadata: json!({"source": "embedded"})
             .as_object()

@@ -69,6 +69,7 @@ fn user_message(task_id: i64, turn_id: i64) -> Message {
         content: Content::text("hello"),
         streaming_status: None,
         created_at: at(0),
+        metadata: Default::default(),
     }
 }
 
@@ -78,6 +79,7 @@ fn submit(agent_id: AgentId) -> SubmitMessage {
         message: NewMessage {
             role: Role::User,
             content: Content::text("hello"),
+            metadata: Default::default(),
         },
         metadata: json!({"trace": "t-1"}).as_object().cloned().unwrap(),
         webhook: None,

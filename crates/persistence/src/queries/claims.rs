@@ -80,7 +80,7 @@ pub(super) async fn start_turn(
             other => TxError::Db(other),
         })?;
     let turn = TurnId(turn);
-    let input = insert_message(conn, task, turn, message.role, &message.content, None, at).await?;
+    let input = insert_message(conn, task, turn, MessageParts::of(message), None, at).await?;
     let started = Turn {
         id: turn,
         task_id: task,
@@ -393,8 +393,7 @@ pub(super) async fn answer_waiting_turn(
         conn,
         append.task_id,
         waiting,
-        append.message.role,
-        &append.message.content,
+        MessageParts::of(&append.message),
         None,
         append.now,
     )

@@ -15,13 +15,21 @@ pub(super) async fn insert_message(
     conn: &mut Conn,
     task: TaskId,
     turn: TurnId,
-    role: Role,
-    content: &Content,
+    parts: MessageParts<'_>,
     streaming: Option<StreamingStatus>,
     at: DateTime<Utc>,
 ) -> Result<Message, TxError> {
-    let content = store_attachments(conn, task, content, at).await?;
-    let row = NewMessageRow::new(task, turn, role, &content, streaming, at)?;
+    let content = store_attachments(conn, task, parts.content, at).await?;
+    let row = NewMessageRow::new(
+        task,
+        turn,
+        MessageParts {
+            content: &content,
+            ..parts
+        },
+        streaming,
+        at,
+    )?;
     let stored: MessageRow = diesel::insert_into(messages::table)
         .values(&row)
         .returning(MessageRow::as_returning())

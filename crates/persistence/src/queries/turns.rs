@@ -174,7 +174,8 @@ pub(super) async fn apply_output(
                     keep_streamed(conn, task, turn, streamed, true, at, &mut applied).await?;
                 }
                 let whole =
-                    insert_message(conn, task, turn, Role::Assistant, content, None, at).await?;
+                    insert_message(conn, task, turn, MessageParts::assistant(content), None, at)
+                        .await?;
                 applied.drafts.push(message_event(&whole));
                 applied.messages.push(whole);
             }
@@ -211,8 +212,7 @@ async fn keep_streamed(
                 conn,
                 task,
                 turn,
-                Role::Assistant,
-                &content,
+                MessageParts::assistant(&content),
                 Some(status),
                 at,
             )

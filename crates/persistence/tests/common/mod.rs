@@ -33,6 +33,7 @@ pub fn new_task(agent: AgentId, text: &str) -> NewTask {
         message: NewMessage {
             role: Role::User,
             content: Content::text(text),
+            metadata: Default::default(),
         },
         metadata: Metadata::new(),
         now: Utc::now(),

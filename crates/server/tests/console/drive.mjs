@@ -85,9 +85,9 @@ try {
 
   // 4. The connection drops mid-turn: the page reconnects and resumes.
   cut();
-  await page.locator('.connection[data-state="reconnecting"]').waitFor({ timeout: 10_000 });
+  await page.locator(".connection[data-reconnects]").waitFor({ timeout: 10_000 });
   seen.sawReconnecting = true;
-  await page.locator('.connection[data-state="live"]').waitFor({ timeout: 10_000 });
+  await page.locator('.connection[data-state="live"][data-reconnects]').waitFor({ timeout: 10_000 });
   await waitStatus("completed");
   seen.reply = await assistantText();
   seen.replies = await page.locator(".message.assistant").count();
