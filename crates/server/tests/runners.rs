@@ -511,18 +511,23 @@ fn answers_are_late_and_a_message_starts_a_turn(
     assert_eq!(status, 202, "{body}");
 }
 
+/// An HTTP agent's answer: the text "ok", streamed, and the end.
+fn agent_says_ok() -> Answer {
+    Answer {
+        status: 200,
+        headers: vec![("content-type".into(), "application/x-ndjson".into())],
+        pieces: vec![
+            b"{\"type\": \"text_delta\", \"delta\": \"ok\"}\n{\"type\": \"final\"}\n".to_vec(),
+        ],
+        pause: Duration::ZERO,
+    }
+}
+
 #[test]
 fn a_retried_turn_request_keeps_its_webhook_id_and_every_attempt_verifies() {
     let agent_service = Receiver::start(|n| match n {
         0 => Reply::Status(503),
-        _ => Reply::Answer(Answer {
-            status: 200,
-            headers: vec![("content-type".into(), "application/x-ndjson".into())],
-            pieces: vec![
-                b"{\"type\": \"text_delta\", \"delta\": \"ok\"}\n{\"type\": \"final\"}\n".to_vec(),
-            ],
-            pause: Duration::ZERO,
-        }),
+        _ => Reply::Answer(agent_says_ok()),
     });
     let (_dir, db) = sqlite_db();
     let config =
@@ -547,16 +552,7 @@ fn a_retried_turn_request_keeps_its_webhook_id_and_every_attempt_verifies() {
 
 #[test]
 fn each_turn_reaches_the_agent_with_the_metadata_of_its_request() {
-    let agent_service = Receiver::start(|_| {
-        Reply::Answer(Answer {
-            status: 200,
-            headers: vec![("content-type".into(), "application/x-ndjson".into())],
-            pieces: vec![
-                b"{\"type\": \"text_delta\", \"delta\": \"ok\"}\n{\"type\": \"final\"}\n".to_vec(),
-            ],
-            pause: Duration::ZERO,
-        })
-    });
+    let agent_service = Receiver::start(|_| Reply::Answer(agent_says_ok()));
     let (_dir, db) = sqlite_db();
     let config = json!({"url": agent_service.url(), "max_retries": 0}).to_string();
     let (agent, token) = runner_agent(&db, "svc", "http", &config, &[]);
