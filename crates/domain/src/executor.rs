@@ -718,6 +718,7 @@ impl Inner {
             task,
             metadata,
             mut history,
+            files,
         } = match self.tasks.load_turn_input(turn.task_id, turn.turn_id).await {
             Ok(Some(found)) => found,
             Ok(None) => {
@@ -742,6 +743,7 @@ impl Inner {
             turn_id: turn.turn_id,
             metadata,
             history,
+            files,
         };
         Ok((agent, input))
     }

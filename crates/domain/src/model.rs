@@ -490,6 +490,8 @@ pub struct TurnHistory {
     pub task: Task,
     pub metadata: Metadata,
     pub history: Vec<Message>,
+    /// The files attached to the task's messages, with their bytes, by file id.
+    pub files: Vec<StoredFile>,
 }
 
 /// The answer to an accepted message: the turn it started. Stored as JSON with an

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::content::Content;
-use crate::model::{Agent, Message, Metadata, Task, TurnId, Usage};
+use crate::model::{Agent, Message, Metadata, StoredFile, Task, TurnId, Usage};
 
 /// What a runner is given for one turn.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,9 @@ pub struct TurnInput {
     pub metadata: Metadata,
     /// Every message of the task in order, the one that started this turn last.
     pub history: Vec<Message>,
+    /// The files attached to those messages, with their bytes (an attachment names
+    /// its file by `file_id`).
+    pub files: Vec<StoredFile>,
 }
 
 impl TurnInput {

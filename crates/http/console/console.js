@@ -527,6 +527,9 @@ function taskView(taskId, signal) {
       else if (task?.status === "requires_action") item.append(toolForm(content));
     }
     if (content.type === "tool_response" && callOf(message)) item.hidden = true;
+    if (message.metadata && Object.keys(message.metadata).length) {
+      item.append(h("details", { class: "metadata" }, h("summary", {}, "Metadata"), json(message.metadata)));
+    }
     return item;
   }
 

@@ -389,6 +389,13 @@ async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
         (file.filename.as_str(), file.media_type.as_str()),
         ("notes.txt", "text/plain")
     );
+    // The turn is played with the file's bytes at hand.
+    let loaded = store
+        .load_turn_input(accepted.task_id, accepted.turn_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.files, vec![file.clone()]);
     assert_eq!(
         store
             .get_file(other.id, accepted.task_id, file_id)

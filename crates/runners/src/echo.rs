@@ -123,6 +123,7 @@ mod tests {
                 created_at: now,
                 metadata: Default::default(),
             }],
+            files: Vec::new(),
         }
     }
 

@@ -39,10 +39,18 @@ pub struct HttpAgentConfig {
     /// Retries of a failed or unreachable call before any output was streamed.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// The largest attached file whose bytes the turn request carries (base64);
+    /// larger ones come with their description only.
+    #[serde(default = "default_max_inline_file_bytes")]
+    pub max_inline_file_bytes: usize,
 }
 
 fn default_request_timeout_ms() -> u64 {
     60_000
+}
+
+fn default_max_inline_file_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_max_retries() -> u32 {
@@ -140,7 +148,7 @@ impl TurnRunner for HttpAgentRunner {
                 Some(secret)
             }
         };
-        let body = serde_json::to_vec(&turn_request(&input))
+        let body = serde_json::to_vec(&turn_request(&input, config.max_inline_file_bytes))
             .map_err(|err| RunnerError::new("internal_error", err.to_string()))?;
         // One id for the turn's calls, retries included: the agent can tell a retry.
         let id = format!("turn_{}_{:016x}", input.turn_id, rand::random::<u64>());
@@ -154,8 +162,25 @@ impl TurnRunner for HttpAgentRunner {
     }
 }
 
-/// What the agent is sent for a turn.
-pub fn turn_request(input: &TurnInput) -> Value {
+/// What the agent is sent for a turn. The attached files come with their bytes up
+/// to `max_inline_bytes` each.
+pub fn turn_request(input: &TurnInput, max_inline_bytes: usize) -> Value {
+    use base64::Engine;
+    let files: Vec<Value> = input
+        .files
+        .iter()
+        .map(|file| {
+            let data = (file.data.len() <= max_inline_bytes)
+                .then(|| base64::engine::general_purpose::STANDARD.encode(&file.data));
+            json!({
+                "file_id": file.file_id,
+                "filename": file.filename,
+                "media_type": file.media_type,
+                "size_bytes": file.data.len(),
+                "data": data,
+            })
+        })
+        .collect();
     json!({
         "type": "turn",
         "task": {
@@ -169,6 +194,7 @@ pub fn turn_request(input: &TurnInput) -> Value {
         "metadata": input.metadata,
         "message": input.history.last(),
         "history": input.history,
+        "files": files,
     })
 }
 

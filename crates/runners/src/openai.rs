@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_domain::{
-    Content, Message, RunnerError, TurnInput, TurnRunner, TurnSink, Usage,
-    content::{ReasoningContent, ToolRequestContent},
+    Content, Message, RunnerError, StoredFile, TurnInput, TurnRunner, TurnSink, Usage,
+    content::{Attachment, ReasoningContent, TextContent, ToolRequestContent},
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -59,10 +59,18 @@ pub struct OpenAiConfig {
     /// Retries of a rate-limited, failed or unreachable call before any text streamed.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// The largest attached file sent to the model (images as image parts, text files
+    /// as text); larger ones, and files of other types, are only named.
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: usize,
 }
 
 fn default_request_timeout_ms() -> u64 {
     60_000
+}
+
+fn default_max_attachment_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_max_retries() -> u32 {
@@ -141,7 +149,7 @@ impl TurnRunner for OpenAiRunner {
             None => None,
             Some(name) => Some(call::env_secret(PEER, "api_key_env", name)?),
         };
-        let body = request_body(&config, &input.history);
+        let body = request_body(&config, &input);
         call::with_retries(config.max_retries, || async {
             let mut reply = Reply::new(&sink);
             let called = self
@@ -220,12 +228,16 @@ impl OpenAiRunner {
 }
 
 /// The Chat Completions request for a turn.
-fn request_body(config: &OpenAiConfig, history: &[Message]) -> Value {
+fn request_body(config: &OpenAiConfig, input: &TurnInput) -> Value {
     let mut messages = Vec::new();
     if let Some(prompt) = &config.system_prompt {
         messages.push(json!({"role": "system", "content": prompt}));
     }
-    messages.extend(chat_messages(history));
+    let files = Attached {
+        files: &input.files,
+        max_bytes: config.max_attachment_bytes,
+    };
+    messages.extend(chat_messages(&input.history, &files));
     let mut body = json!({
         "model": config.model,
         "messages": messages,
@@ -251,13 +263,79 @@ fn request_body(config: &OpenAiConfig, history: &[Message]) -> Value {
 pub const UNANSWERED_TOOL_CALL: &str =
     "The client did not answer this tool call in time; no result is available.";
 
+/// The files of a turn's input, as a model may be sent them.
+#[derive(Debug)]
+pub struct Attached<'a> {
+    pub files: &'a [StoredFile],
+    /// The largest file sent; larger ones are only named.
+    pub max_bytes: usize,
+}
+
+impl Attached<'_> {
+    /// A text message's content: the text alone, or — with attachments — content
+    /// parts: the text, then each file as an image part (a data URL), as a text part
+    /// (text-like files in UTF-8), or, for any other file or one over the limit, a
+    /// line naming it.
+    fn content_of(&self, text: &TextContent) -> Value {
+        if text.attachments.is_empty() {
+            return json!(text.content);
+        }
+        let mut parts = vec![json!({"type": "text", "text": text.content})];
+        for attachment in &text.attachments {
+            let file = attachment
+                .file_id
+                .and_then(|id| self.files.iter().find(|file| file.file_id == id))
+                .filter(|file| file.data.len() <= self.max_bytes);
+            let media_type = attachment.media_type.to_ascii_lowercase();
+            let part = match file {
+                Some(file) if media_type.starts_with("image/") => {
+                    use base64::Engine;
+                    let data = base64::engine::general_purpose::STANDARD.encode(&file.data);
+                    json!({"type": "image_url",
+                           "image_url": {"url": format!("data:{media_type};base64,{data}")}})
+                }
+                Some(file) if text_like(&media_type) => match std::str::from_utf8(&file.data) {
+                    Ok(body) => json!({"type": "text",
+                        "text": format!("Attached file {}:\n{body}", attachment.filename)}),
+                    Err(_) => named(attachment),
+                },
+                _ => named(attachment),
+            };
+            parts.push(part);
+        }
+        Value::Array(parts)
+    }
+}
+
+/// Files a model reads as text.
+fn text_like(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence,
+            "application/json" | "application/xml" | "application/yaml" | "application/x-yaml"
+        )
+}
+
+/// A file the model is not sent, named so it knows one came.
+fn named(attachment: &Attachment) -> Value {
+    json!({"type": "text", "text": format!(
+        "[Attached file {} ({}, {} bytes): not sent to the model]",
+        attachment.filename,
+        attachment.media_type,
+        attachment.size_bytes.unwrap_or_default()
+    )})
+}
+
 /// The task's history as chat messages. Reasoning is the model's own and is not sent
 /// back; tool requests of one assistant turn become one message with its tool calls.
 ///
 /// The result is always a valid conversation for the Chat Completions API: every tool
 /// call is followed by a `tool` message answering it before anything else. A call the
 /// client left unanswered gets [`UNANSWERED_TOOL_CALL`] as its result.
-pub fn chat_messages(history: &[Message]) -> Vec<Value> {
+pub fn chat_messages(history: &[Message], files: &Attached<'_>) -> Vec<Value> {
     let mut messages: Vec<Value> = Vec::new();
     // Calls of the latest assistant tool-call message not answered yet.
     let mut pending: Vec<String> = Vec::new();
@@ -275,7 +353,7 @@ pub fn chat_messages(history: &[Message]) -> Vec<Value> {
         match &message.content {
             Content::Text(text) => {
                 answer_pending(&mut messages, &mut pending);
-                messages.push(json!({"role": role, "content": text.content}));
+                messages.push(json!({"role": role, "content": files.content_of(text)}));
             }
             Content::Data(data) => {
                 answer_pending(&mut messages, &mut pending);
@@ -555,7 +633,13 @@ mod tests {
                 }),
             ),
         ];
-        let messages = chat_messages(&history);
+        let messages = chat_messages(
+            &history,
+            &Attached {
+                files: &[],
+                max_bytes: 0,
+            },
+        );
         assert_eq!(
             messages,
             vec![
@@ -599,7 +683,13 @@ mod tests {
             message(Role::User, Content::text("hello?")),
             call("call_3"),
         ];
-        let messages = chat_messages(&history);
+        let messages = chat_messages(
+            &history,
+            &Attached {
+                files: &[],
+                max_bytes: 0,
+            },
+        );
         let roles: Vec<(&str, Option<&str>)> = messages
             .iter()
             .map(|m| (m["role"].as_str().unwrap(), m["tool_call_id"].as_str()))

@@ -60,6 +60,7 @@ fn input(config: Value, said: &str) -> TurnInput {
             .cloned()
             .unwrap_or_default(),
         history,
+        files: Vec::new(),
     }
 }
 
@@ -233,4 +234,32 @@ async fn a_secret_that_is_not_a_signing_secret_fails_the_turn_before_any_call() 
     .await;
     assert_eq!(result.unwrap_err().code, "agent_secret_missing");
     assert!(server.received().is_empty());
+}
+
+#[tokio::test]
+async fn attached_files_come_with_the_turn_up_to_the_inline_limit() {
+    let server = Receiver::start(|_| Reply::Answer(ndjson(&[json!({"type": "final"})])));
+    baton_test_support::init_tls();
+    let config =
+        json!({"url": server.url(), "request_timeout_ms": 2000, "max_inline_file_bytes": 4});
+    let mut turn = input(config.clone(), "Hello");
+    let file = |id: i64, data: &[u8]| StoredFile {
+        file_id: id,
+        task_id: TaskId(1),
+        filename: format!("f{id}.txt"),
+        media_type: "text/plain".into(),
+        data: data.to_vec(),
+    };
+    turn.files = vec![file(1, b"abc"), file(2, b"abcde")];
+    let runner = HttpAgentRunner::new(reqwest::Client::new());
+    let (sink, _items) = TurnSink::channel(64);
+    runner.run(turn, sink).await.unwrap();
+    let sent = server.received()[0].json();
+    assert_eq!(
+        sent["files"],
+        json!([
+            {"file_id": 1, "filename": "f1.txt", "media_type": "text/plain", "size_bytes": 3, "data": "YWJj"},
+            {"file_id": 2, "filename": "f2.txt", "media_type": "text/plain", "size_bytes": 5, "data": null},
+        ])
+    );
 }

@@ -59,6 +59,7 @@ fn input(config: Value, said: &str) -> TurnInput {
             .cloned()
             .unwrap_or_default(),
         history,
+        files: Vec::new(),
     }
 }
 
@@ -421,4 +422,59 @@ fn tools_must_be_named_functions() {
     bad["tools"] = json!([{"type": "function", "function": {}}]);
     let err = baton_runners::openai::OpenAiConfig::parse(&bad).unwrap_err();
     assert!(err.contains("tools[0]"), "{err}");
+}
+
+/// A file attached to the turn's message, as the server shows it and keeps it.
+fn attached(id: i64, filename: &str, media_type: &str, data: &[u8]) -> (Value, StoredFile) {
+    let shown = json!({"filename": filename, "media_type": media_type, "file_id": id,
+                       "size_bytes": data.len(), "sha256": "00"});
+    let file = StoredFile {
+        file_id: id,
+        task_id: TaskId(1),
+        filename: filename.into(),
+        media_type: media_type.into(),
+        data: data.to_vec(),
+    };
+    (shown, file)
+}
+
+#[tokio::test]
+async fn attachments_reach_the_model_as_image_and_text_parts_or_by_name() {
+    let server = Receiver::start(|_| Reply::Answer(text_answer(&["seen"])));
+    let config = config(&server, json!({"max_attachment_bytes": 16}));
+    let files = [
+        attached(1, "dot.png", "image/png", b"\x89PNG-tiny"),
+        attached(
+            2,
+            "notes.txt",
+            "text/plain; charset=utf-8",
+            "ja, vær så god".as_bytes(),
+        ),
+        attached(3, "report.pdf", "application/pdf", b"%PDF-1.7"),
+        attached(4, "large.png", "image/png", &[0u8; 17]),
+    ];
+    let mut turn = input(config.clone(), "Look");
+    turn.history[0].content = serde_json::from_value(json!({
+        "type": "text", "content": "Look",
+        "attachments": files.iter().map(|(shown, _)| shown.clone()).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    turn.files = files.into_iter().map(|(_, file)| file).collect();
+
+    baton_test_support::init_tls();
+    let runner = OpenAiRunner::new(reqwest::Client::new());
+    let (sink, _items) = TurnSink::channel(1024);
+    runner.run(turn, sink).await.unwrap();
+
+    let body = server.received()[0].json();
+    assert_eq!(
+        body["messages"][0]["content"],
+        json!([
+            {"type": "text", "text": "Look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORy10aW55"}},
+            {"type": "text", "text": "Attached file notes.txt:\nja, vær så god"},
+            {"type": "text", "text": "[Attached file report.pdf (application/pdf, 8 bytes): not sent to the model]"},
+            {"type": "text", "text": "[Attached file large.png (image/png, 17 bytes): not sent to the model]"},
+        ])
+    );
 }

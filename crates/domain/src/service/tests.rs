@@ -57,6 +57,7 @@ fn loaded(id: i64, history: Vec<Message>) -> Result<Option<TurnHistory>, StoreEr
         task: task(id),
         metadata: Metadata::new(),
         history,
+        files: Vec::new(),
     }))
 }
 

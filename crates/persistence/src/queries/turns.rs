@@ -11,7 +11,7 @@ use super::webhooks::queue_delivery;
 use super::{Conn, Db};
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
-use crate::schema::{messages, tasks, turns};
+use crate::schema::{files, messages, tasks, turns};
 use crate::statement_cache::CacheBySql;
 
 /// The running turn, if `holder` holds its lease and plays its current attempt.
@@ -234,7 +234,8 @@ async fn keep_streamed(
     Ok(())
 }
 
-/// The task with the turn's request metadata (one statement), then the history.
+/// The task with the turn's request metadata (one statement), then the history and
+/// the attached files' bytes.
 pub(crate) async fn load_turn_input(
     conn: &mut Conn,
     task: TaskId,
@@ -261,10 +262,27 @@ pub(crate) async fn load_turn_input(
             .into_iter()
             .map(MessageRow::into_domain)
             .collect::<Result<Vec<_>, _>>()?;
+        let files: Vec<(i64, String, String, Vec<u8>)> = files::table
+            .filter(files::task_id.eq(task.0))
+            .order(files::id.asc())
+            .select((files::id, files::filename, files::media_type, files::data))
+            .load(conn)
+            .await?;
+        let files = files
+            .into_iter()
+            .map(|(file_id, filename, media_type, data)| StoredFile {
+                file_id,
+                task_id: task,
+                filename,
+                media_type,
+                data,
+            })
+            .collect();
         Ok::<_, TxError>(Some(TurnHistory {
             task: row.into_domain()?,
             metadata: parse_json("turns.metadata", &metadata)?,
             history,
+            files,
         }))
     }
     .await
