@@ -201,6 +201,18 @@ fn parse_json<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<T, A
     })
 }
 
+/// The query string read into `T`; unreadable, a `400 bad_request`.
+pub(crate) fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|err| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("Could not read the query string: {err}"),
+            )
+        })
+}
+
 /// `?limit=&cursor=` of a listing.
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
@@ -210,12 +222,7 @@ pub struct PageQuery {
 
 /// The page a listing's query asks for; a bad limit or cursor is a 422 naming it.
 pub fn page(req: &HttpRequest) -> Result<PageRequest, ApiError> {
-    let query = web::Query::<PageQuery>::from_query(req.query_string()).map_err(|err| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("Could not read the query string: {err}"),
-        )
-    })?;
+    let query = query::<PageQuery>(req)?;
     let limit = match query.limit.as_deref() {
         None => DEFAULT_PAGE_SIZE,
         Some(raw) => raw
@@ -248,12 +255,7 @@ struct StatusQuery {
 
 /// `?status=` of the task listing: one of the task statuses, or absent (all tasks).
 pub fn status_filter(req: &HttpRequest) -> Result<Option<TaskStatus>, ApiError> {
-    let query = web::Query::<StatusQuery>::from_query(req.query_string()).map_err(|err| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("Could not read the query string: {err}"),
-        )
-    })?;
+    let query = query::<StatusQuery>(req)?;
     query
         .status
         .as_deref()
@@ -274,12 +276,7 @@ struct WaitQuery {
 /// `?wait=N`: seconds a read may wait for the task to leave `running`. Absent is 0;
 /// more than the cap waits the cap.
 pub fn wait(req: &HttpRequest) -> Result<Duration, ApiError> {
-    let query = web::Query::<WaitQuery>::from_query(req.query_string()).map_err(|err| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("Could not read the query string: {err}"),
-        )
-    })?;
+    let query = query::<WaitQuery>(req)?;
     match query.wait.as_deref() {
         None | Some("false") => Ok(Duration::ZERO),
         // Seed 003's spelling: wait as long as a long-poll may.

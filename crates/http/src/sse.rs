@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 
 /// Events read from the store per query.
 const PAGE: u32 = 256;
@@ -49,13 +49,7 @@ struct StreamQuery {
 
 /// Where the client's cursor is: `Last-Event-ID` (a reconnect) wins over `?after=`.
 pub fn cursor(req: &HttpRequest) -> Result<(i64, bool), ApiError> {
-    let query =
-        actix_web::web::Query::<StreamQuery>::from_query(req.query_string()).map_err(|err| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                format!("Could not read the query string: {err}"),
-            )
-        })?;
+    let query = crate::extract::query::<StreamQuery>(req)?;
     // A parameter given empty is given wrong, not absent (found by schemathesis).
     let until_final = match query.until.as_deref() {
         None => false,
