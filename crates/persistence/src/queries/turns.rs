@@ -234,8 +234,8 @@ async fn keep_streamed(
     Ok(())
 }
 
-/// The task with the turn's request metadata (one statement), then the history and
-/// the attached files' bytes.
+/// The task with the turn's request metadata (one statement), then the history and,
+/// if any message has attachments, the files' bytes.
 pub(crate) async fn load_turn_input(
     conn: &mut Conn,
     task: TaskId,
@@ -262,12 +262,21 @@ pub(crate) async fn load_turn_input(
             .into_iter()
             .map(MessageRow::into_domain)
             .collect::<Result<Vec<_>, _>>()?;
-        let files: Vec<(i64, String, String, Vec<u8>)> = files::table
-            .filter(files::task_id.eq(task.0))
-            .order(files::id.asc())
-            .select((files::id, files::filename, files::media_type, files::data))
-            .load(conn)
-            .await?;
+        // Most tasks have no file: no statement for them on every turn.
+        let attached = history
+            .iter()
+            .any(|message| !message.content.attachments().is_empty());
+        let files: Vec<(i64, String, String, Vec<u8>)> = match attached {
+            false => Vec::new(),
+            true => {
+                files::table
+                    .filter(files::task_id.eq(task.0))
+                    .order(files::id.asc())
+                    .select((files::id, files::filename, files::media_type, files::data))
+                    .load(conn)
+                    .await?
+            }
+        };
         let files = files
             .into_iter()
             .map(|(file_id, filename, media_type, data)| StoredFile {
