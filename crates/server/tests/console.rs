@@ -75,6 +75,7 @@ fn drive(db: &str) {
         "{report}"
     );
     assert_eq!(seen["keyInUrl"], false, "{report}");
+    assert_eq!(seen["focused"], "H1", "{report}");
     assert_eq!(seen["keyStored"], slow_key.as_str(), "{report}");
 
     // The streamed turn: refused send, reconnected after the cut, the text whole once.
@@ -95,10 +96,15 @@ fn drive(db: &str) {
     );
     assert_eq!(seen["reply"], format!("echo: {words}"), "{report}");
     assert_eq!(seen["replies"], 1, "{report}");
-    assert!(
-        seen["tookShown"].as_str().unwrap().contains("Took"),
-        "{report}"
-    );
+    // The turn's duration, as the page shows it: the echo took its six seconds.
+    let took: f64 = seen["tookShown"]
+        .as_str()
+        .unwrap()
+        .split_once("Took")
+        .and_then(|(_, rest)| rest.split_once(" s"))
+        .and_then(|(secs, _)| secs.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in seconds: {report}"));
+    assert!((5.5..15.0).contains(&took), "{took}: {report}");
 
     // Markdown rendered, its markup defused.
     let markdown = seen["markdown"].as_str().unwrap();
@@ -190,9 +196,22 @@ fn drive(db: &str) {
     assert_eq!(seen["firstPage"], 20, "{report}");
     assert_eq!(seen["secondPage"], json!([seen["failedTask"]]), "{report}");
 
+    // A key revoked elsewhere is forgotten at the page's next call, which says why.
+    assert_eq!(seen["revokedElsewhere"], 204, "{report}");
+    assert!(
+        seen["afterRevoke"]
+            .as_str()
+            .unwrap()
+            .contains("401 unauthorized"),
+        "{report}"
+    );
+
     // Keyboard alone is enough to sign in.
     assert!(
-        seen["keyboardSignIn"].as_str().unwrap().contains("Agent"),
+        seen["keyboardSignIn"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Agent renamed by the console (#{slow_agent})")),
         "{report}"
     );
 

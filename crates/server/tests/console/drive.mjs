@@ -62,6 +62,8 @@ try {
   seen.bar = await page.locator("#who").textContent();
   seen.keyInUrl = page.url().includes(setup.slow.key);
   seen.keyStored = await page.evaluate(() => sessionStorage.getItem("baton.key"));
+  // Focus went to the new page's heading.
+  seen.focused = await page.evaluate(() => document.activeElement?.tagName);
   step("signed in");
 
   // 2. A task with the slow echo agent: its text streams in.
@@ -129,7 +131,6 @@ try {
   await page.getByRole("button", { name: "Cancel the running turn" }).click();
   await waitStatus("cancelled");
   seen.cancelledText = await assistantText();
-  seen.sendAfterCancel = null;
   step("cancelled");
 
   // 7. The list: newest first, filtered by status, badges updating live.
@@ -262,6 +263,14 @@ try {
   await page.waitForFunction(() => document.querySelectorAll("[data-task]").length === 1);
   seen.secondPage = await page.locator("[data-task]").evaluateAll((rows) => rows.map((row) => Number(row.dataset.task)));
   step("pages");
+
+  // The key revoked by someone else: the page's next call is refused, and the key is
+  // forgotten.
+  const failingPrefix = failingKey.split("_")[1];
+  seen.revokedElsewhere = (await call("DELETE", `/v1/admin/keys/${failingPrefix}`, setup.adminToken)).status;
+  await page.waitForFunction(() => sessionStorage.getItem("baton.key") === null, null, { timeout: 10_000 });
+  seen.afterRevoke = await page.locator("main").textContent();
+  step("revoked");
 
   // 10. A narrow screen: nothing wider than the viewport.
   await page.setViewportSize({ width: 360, height: 780 });
