@@ -44,9 +44,9 @@ const FILES: &[(&str, &str, &[u8])] = &[
 
 /// The page may run its own scripts and styles and call this origin, nothing else: a
 /// message that slipped markup past the sanitizer still could not run or load
-/// anything. Downloads are blob URLs made by the page.
+/// anything. (Downloads are links to blob URLs the page makes: no image source.)
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-    style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; \
+    style-src 'self'; img-src 'self'; connect-src 'self'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn assets() -> &'static [(&'static str, Asset)] {
