@@ -45,6 +45,9 @@ pub enum ClaimError {
     /// The agent already runs as many turns as it may; nothing was stored.
     #[error("the agent already runs {0} turns")]
     TooManyRunningTurns(u32),
+    /// As many messages as a task may queue already wait in it; nothing was stored.
+    #[error("the task's queue already holds {0} messages")]
+    QueueFull(u32),
     /// The message does not fit the task's state (a tool answer nobody waits for, or
     /// anything but one while tool calls wait); nothing was stored.
     #[error("the message does not fit the task")]
@@ -106,6 +109,21 @@ pub enum ServiceError {
     /// The agent already runs as many turns as the server allows it.
     #[error("the agent already runs {0} turns")]
     TooManyRunningTurns(u32),
+    /// As many messages as a task may queue already wait in it.
+    #[error("the task's queue already holds {0} messages")]
+    QueueFull(u32),
+    /// No such message in the task's queue.
+    #[error("queued message not found")]
+    QueuedMessageNotFound,
+    /// The queued message already started its turn, or was delivered.
+    #[error("the message is no longer waiting (it is {})", .0.status)]
+    NotQueued(Box<crate::model::QueuedMessage>),
+    /// The turn an agent asked the inbox of no longer runs (or runs another attempt).
+    #[error("the turn no longer runs at this attempt")]
+    TurnEnded,
+    /// A turn inbox request that is not signed by the turn's agent.
+    #[error("inbox request refused: {0}")]
+    InboxRefused(String),
     /// Another request with this idempotency key is still being processed.
     #[error("idempotency key in use by a request still being processed")]
     IdempotencyKeyInUse,
@@ -146,6 +164,7 @@ impl From<ClaimError> for ServiceError {
             ClaimError::TaskBusy(active) => ServiceError::TaskBusy(active),
             ClaimError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
             ClaimError::TooManyRunningTurns(limit) => ServiceError::TooManyRunningTurns(limit),
+            ClaimError::QueueFull(limit) => ServiceError::QueueFull(limit),
             ClaimError::Invalid(errors) => ServiceError::Validation(errors),
             ClaimError::Store(store) => store.into(),
         }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::model::{EventKind, Message, MessageId, Turn, TurnId, TurnStatus};
+use crate::model::{EventKind, Message, MessageId, QueuedMessageId, Turn, TurnId, TurnStatus};
 
 /// `turn_started`: the turn and the message that started it.
 pub fn turn_started(turn: &Turn, input: &Message) -> Value {
@@ -18,6 +18,12 @@ pub fn text_delta(turn: TurnId, message: MessageId, delta: &str) -> Value {
 /// `message`: a complete stored message (a closed streamed one, or a whole one).
 pub fn message(message: &Message) -> Value {
     json!({"turn_id": message.turn_id, "message": message})
+}
+
+/// `message_delivered`: a message steered into the running turn, taken by its runner
+/// and now part of the turn's history.
+pub fn message_delivered(queued: QueuedMessageId, message: &Message) -> Value {
+    json!({"turn_id": message.turn_id, "queued_message_id": queued, "message": message})
 }
 
 /// The event that ends a turn: `final` (completed, with its output), `error` (failed,

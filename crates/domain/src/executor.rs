@@ -16,8 +16,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::content::Content;
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
-    Agent, AgentId, ExpiredTurn, FinishTurn, Holder, Lease, LeaseGuard, OutputOp, RecordOutput,
-    Role, TakeOver, TaskId, TurnHistory, TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
+    Agent, AgentId, Ended, ExpiredTurn, FinishTurn, Holder, Lease, LeaseGuard, Message, OutputOp,
+    RecordOutput, Role, TakeOver, TurnHistory, TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
@@ -66,15 +66,7 @@ pub fn new_instance_id() -> String {
     format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// A turn that was claimed and committed, ready to be played: the attempt is the
-/// play's fencing token, checked by every write of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StartedTurn {
-    pub agent_id: AgentId,
-    pub task_id: TaskId,
-    pub turn_id: TurnId,
-    pub attempt: u32,
-}
+pub use crate::model::StartedTurn;
 
 /// What a sweep of expired leases did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,6 +78,9 @@ pub struct SweepReport {
     /// Turns whose tool calls went unanswered, ended `failed` with
     /// `tool_response_timeout`.
     pub unanswered: usize,
+    /// Queues whose next turn was started here: their task's turn had ended where
+    /// nothing could start it (an instance that was stopping).
+    pub queues: usize,
 }
 
 /// What ending this process's unfinished turns did (see
@@ -135,6 +130,9 @@ struct Inner {
     handle: Handle,
     /// Turns handed to this executor and not yet ended (waiting or playing).
     in_flight: InFlightSet,
+    /// Set when the process starts stopping: a turn that ends then leaves its task's
+    /// queue to a sweep instead of starting the next turn here.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Holds a turn in the in-flight set from hand-over to its end, even if its task panics.
@@ -213,6 +211,7 @@ impl TurnExecutor {
             config,
             handle,
             in_flight: watch::channel(HashMap::new()).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         inner
             .handle
@@ -252,19 +251,7 @@ impl TurnExecutor {
     /// Hands a committed turn over to be played in the background. A turn this
     /// executor already plays is not played a second time.
     pub fn spawn(&self, turn: StartedTurn) {
-        let inner = self.inner.clone();
-        let Some((in_flight, stop)) = InFlight::enter(&inner.in_flight, turn) else {
-            error!(task_id = %turn.task_id, turn_id = %turn.turn_id, attempt = turn.attempt, "the turn is already playing here; not playing it twice");
-            return;
-        };
-        let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id, attempt = turn.attempt);
-        self.inner.handle.spawn(
-            async move {
-                let _in_flight = in_flight;
-                inner.execute(turn, stop).await;
-            }
-            .instrument(span),
-        );
+        self.inner.spawn(turn);
     }
 
     /// A hook for the hub's "turn ended": stops playing the turn if this executor
@@ -287,6 +274,10 @@ impl TurnExecutor {
     /// Waits until no turn is in flight or `grace` has passed; returns how many are
     /// still in flight.
     pub async fn wait_idle(&self, grace: Duration) -> usize {
+        // Stopping: a turn ending from now on starts no queued turn here.
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut watcher = self.inner.in_flight.subscribe();
         let _ = tokio::time::timeout(grace, watcher.wait_for(HashMap::is_empty)).await;
         self.in_flight()
@@ -317,14 +308,16 @@ impl TurnExecutor {
                 usage: None,
                 guard: LeaseGuard::Holder(inner.holder(turn)),
                 now: inner.clock.now(),
+                // Stopping: the task's queue is left to a sweep.
+                next: None,
             };
             match inner.tasks.finish_turn(finish).await {
-                Ok(true) => {
+                Ok(Some(_)) => {
                     report.failed += 1;
                     telemetry::turn_ended(TurnStatus::Failed, "stopped", None);
                     inner.notifier.task_changed(turn.task_id);
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(err) => {
                     error!(turn_id = %turn.turn_id, error = %err, "could not end an unfinished turn")
                 }
@@ -397,6 +390,7 @@ impl TurnExecutor {
             }
         }
         report.unanswered = self.end_unanswered(cutoff).await?;
+        report.queues = self.start_stalled_queues().await?;
         Ok(report)
     }
 
@@ -439,6 +433,25 @@ impl TurnExecutor {
         Ok(taken.len())
     }
 
+    /// Starts and plays the next turn of queues nothing else will start.
+    async fn start_stalled_queues(&self) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let Some(lease) = inner.next_lease(now) else {
+            return Ok(0);
+        };
+        let started = inner
+            .tasks
+            .start_stalled_queues(lease, now, SWEEP_BATCH)
+            .await?;
+        for turn in &started {
+            info!(task_id = %turn.task_id, turn_id = %turn.turn_id, "started a stalled queue's next turn");
+            inner.notifier.task_changed(turn.task_id);
+            self.spawn(*turn);
+        }
+        Ok(started.len())
+    }
+
     /// Fails the turns whose tool calls were due at or before `now` and are still
     /// unanswered. (`now` is this instance's clock, also on SQLite's start-up sweep.)
     async fn end_unanswered(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
@@ -457,11 +470,13 @@ impl TurnExecutor {
                 usage: None,
                 guard: LeaseGuard::AnswersDueBy(now),
                 now,
+                next: inner.next_lease(now),
             };
-            if inner.tasks.finish_turn(finish).await? {
+            if let Some(end) = inner.tasks.finish_turn(finish).await? {
                 telemetry::turn_ended(TurnStatus::Failed, "unanswered", None);
                 info!(%task_id, %turn_id, "ended a turn whose tool calls went unanswered");
                 inner.notifier.task_changed(task_id);
+                inner.play_next(end);
                 ended += 1;
             }
         }
@@ -492,6 +507,41 @@ async fn keep_leases(inner: Weak<Inner>) {
 }
 
 impl Inner {
+    /// Hands a committed turn over to be played in the background (see
+    /// [`TurnExecutor::spawn`]).
+    fn spawn(self: &Arc<Self>, turn: StartedTurn) {
+        let inner = self.clone();
+        let Some((in_flight, stop)) = InFlight::enter(&inner.in_flight, turn) else {
+            error!(task_id = %turn.task_id, turn_id = %turn.turn_id, attempt = turn.attempt, "the turn is already playing here; not playing it twice");
+            return;
+        };
+        let span = info_span!("turn", task_id = %turn.task_id, turn_id = %turn.turn_id, attempt = turn.attempt);
+        self.handle.spawn(
+            async move {
+                let _in_flight = in_flight;
+                inner.execute(turn, stop).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Plays the turn a turn's end started from its task's queue, if it started one.
+    fn play_next(self: &Arc<Self>, ended: Ended) {
+        if let Some(next) = ended.next {
+            info!(task_id = %next.task_id, turn_id = %next.turn_id, "starting the next queued message's turn");
+            self.spawn(next);
+        }
+    }
+
+    /// The lease a turn's end starts its task's next queued turn under: none while
+    /// this process stops (the queue is then left to a sweep).
+    fn next_lease(&self, now: DateTime<Utc>) -> Option<Lease> {
+        match self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            true => None,
+            false => Some(self.lease_from(now)),
+        }
+    }
+
     fn lease_from(&self, now: DateTime<Utc>) -> Lease {
         let ttl = chrono::Duration::from_std(self.config.lease_ttl)
             .unwrap_or(chrono::Duration::seconds(20));
@@ -516,7 +566,7 @@ impl Inner {
 
     /// Ends these expired turns `failed` with `turn_interrupted`, in one store call.
     async fn fail_expired(
-        &self,
+        self: &Arc<Self>,
         turns: Vec<ExpiredTurn>,
         cutoff: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
@@ -537,6 +587,7 @@ impl Inner {
                 usage: None,
                 guard: LeaseGuard::ExpiredBy(cutoff),
                 now,
+                next: self.next_lease(now),
             })
             .collect();
         // A page is ended in a few transactions side by side: on PostgreSQL each turn's
@@ -546,7 +597,7 @@ impl Inner {
             let (tasks, chunk) = (self.tasks.clone(), chunk.to_vec());
             chunks.spawn(async move { (n * FINISH_CHUNK, tasks.finish_turns(chunk).await) });
         }
-        let mut ended = vec![false; turns.len()];
+        let mut ended = vec![None; turns.len()];
         while let Some(joined) = chunks.join_next().await {
             let (start, result) =
                 joined.map_err(|join| StoreError::internal(format!("ending turns: {join}")))?;
@@ -556,10 +607,11 @@ impl Inner {
         }
         let mut failed = 0;
         for (turn, ended) in turns.iter().zip(ended) {
-            if ended {
+            if let Some(end) = ended {
                 telemetry::turn_ended(TurnStatus::Failed, "swept", None);
                 warn!(task_id = %turn.task_id, turn_id = %turn.turn_id, previous_owner = ?turn.owner, "ended an interrupted turn");
                 self.notifier.task_changed(turn.task_id);
+                self.play_next(end);
                 failed += 1;
             }
         }
@@ -647,7 +699,7 @@ impl Inner {
         }
     }
 
-    async fn execute(&self, turn: StartedTurn, stop: CancellationToken) {
+    async fn execute(self: &Arc<Self>, turn: StartedTurn, stop: CancellationToken) {
         // The semaphore is never closed, so acquiring can only wait; a turn ended
         // while it waits is never played.
         let _permit = tokio::select! {
@@ -677,6 +729,7 @@ impl Inner {
             usage,
             guard: LeaseGuard::Holder(self.holder(turn)),
             now: self.clock.now(),
+            next: self.next_lease(self.clock.now()),
         };
         let ended = self
             .retrying("record the end of the turn", || {
@@ -684,12 +737,13 @@ impl Inner {
             })
             .await;
         match ended {
-            Ok(true) => {
+            Ok(Some(end)) => {
                 info!(%status, "turn ended");
                 telemetry::turn_ended(status, "played", Some(playing.elapsed()));
                 self.notifier.task_changed(turn.task_id);
+                self.play_next(end);
             }
-            Ok(false) => info!("turn had already ended; its output was discarded"),
+            Ok(None) => info!("turn had already ended; its output was discarded"),
             Err(err) => {
                 error!(error = %err, "could not record the end of the turn while its lease lasted; a sweep ends it by its agent's policy")
             }
@@ -741,6 +795,7 @@ impl Inner {
             agent: agent.clone(),
             task,
             turn_id: turn.turn_id,
+            attempt: turn.attempt,
             metadata,
             history,
             files,
@@ -772,6 +827,8 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + timeout;
 
         let (sink, mut items) = TurnSink::channel(SINK_CAPACITY);
+        let (inbox, mut inbox_requests) = tokio::sync::mpsc::channel(1);
+        let sink = sink.with_inbox(inbox);
         // The runner gets its own task so that a panic in it is caught as a JoinError
         // instead of taking the executor (and the turn's ending) down with it.
         let mut run = self
@@ -789,6 +846,27 @@ impl Inner {
                     None => false,
                 },
                 _ = sleep_until_some(flush_at) => true,
+                Some(reply) = inbox_requests.recv() => {
+                    // What the runner pushed before asking comes first in the history.
+                    while let Ok(item) = items.try_recv() {
+                        batch.push(item);
+                    }
+                    flush_at = None;
+                    if let Err(played) = self.flush(turn, &mut batch).await {
+                        run.abort();
+                        return played;
+                    }
+                    match self.take_steered(turn).await {
+                        Ok(delivered) => {
+                            let _ = reply.send(delivered);
+                        }
+                        Err(played) => {
+                            run.abort();
+                            return played;
+                        }
+                    }
+                    false
+                }
                 joined = &mut run => break Some(joined),
                 _ = stop.cancelled() => {
                     // Ended elsewhere: whatever the runner still produces is discarded.
@@ -842,6 +920,38 @@ impl Inner {
             ),
         };
         Played::Ended(outcome, batch.usage, batch.take())
+    }
+
+    /// Delivers the messages steered into the turn. An error means the turn must stop
+    /// (it was ended or taken elsewhere).
+    async fn take_steered(&self, turn: StartedTurn) -> Result<Vec<Message>, Played> {
+        let taken = self
+            .retrying("deliver messages into the turn", || {
+                let now = self.clock.now();
+                self.tasks.take_steered(
+                    turn.agent_id,
+                    turn.task_id,
+                    turn.turn_id,
+                    turn.attempt,
+                    now,
+                )
+            })
+            .await;
+        match taken {
+            Ok(Some(delivered)) => {
+                if !delivered.is_empty() {
+                    info!(count = delivered.len(), "delivered messages into the turn");
+                    self.notifier.task_changed(turn.task_id);
+                }
+                Ok(delivered)
+            }
+            Ok(None) => Err(Played::Stopped),
+            Err(err) => {
+                // The messages stay where they are: queued when the turn ends.
+                warn!(error = %err, "could not deliver messages into the turn");
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Records the batched output of a running turn. An error means the turn must

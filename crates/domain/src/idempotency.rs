@@ -70,7 +70,7 @@ pub(crate) fn request_hash(
     if !submit.message.metadata.is_empty() {
         message["metadata"] = json!(submit.message.metadata);
     }
-    let request = json!({
+    let mut request = json!({
         "operation": operation,
         "task_id": task,
         "agent_id": submit.agent_id,
@@ -78,6 +78,9 @@ pub(crate) fn request_hash(
         "metadata": submit.metadata,
         "webhook": submit.webhook,
     });
+    if let Some(on_busy) = submit.on_busy {
+        request["on_busy"] = json!(on_busy);
+    }
     let digest = Sha256::digest(canonical(&request).to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -186,6 +189,7 @@ mod tests {
             },
             metadata: metadata.as_object().cloned().unwrap_or_default(),
             webhook: None,
+            on_busy: None,
         }
     }
 

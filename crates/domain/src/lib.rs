@@ -40,7 +40,8 @@ pub use ports::{
 };
 pub use runner::{RunnerError, RunnerRegistry, SinkClosed, TurnInput, TurnRunner, TurnSink};
 pub use service::{
-    AdminService, AgentChanges, CreatedKey, Principal, SubmitLimits, TaskService, WebhookSettings,
+    AdminService, AgentChanges, CreatedKey, Principal, SubmitLimits, TaskService, TurnInboxRequest,
+    WebhookSettings,
 };
 pub use webhook_sender::{SenderConfig, WebhookSender};
 pub use webhooks::{DestinationPolicy, WebhookEndpoint, WebhookTarget};

@@ -36,6 +36,8 @@ id_type!(
     TurnId,
     /// A message's primary key.
     MessageId,
+    /// The primary key of a message sent to a busy task, queued or steering.
+    QueuedMessageId,
 );
 
 /// Free-form correlation data, passed through unchanged.
@@ -99,6 +101,13 @@ pub struct TurnPolicy {
     pub max_attempts: u32,
     /// A turn playing longer than this ends `failed` with `turn_timeout`.
     pub turn_timeout_ms: u64,
+    /// What a message sent while a turn runs does, when its request does not say.
+    #[serde(default = "reject")]
+    pub on_busy: OnBusy,
+}
+
+fn reject() -> OnBusy {
+    OnBusy::Reject
 }
 
 impl TurnPolicy {
@@ -125,6 +134,7 @@ impl Default for TurnPolicy {
             on_interrupt: OnInterrupt::Fail,
             max_attempts: 3,
             turn_timeout_ms: TurnPolicy::DEFAULT_TIMEOUT_MS,
+            on_busy: OnBusy::Reject,
         }
     }
 }
@@ -230,8 +240,45 @@ string_enum!(
         Error => "error",
         Cancelled => "cancelled",
         RequiresAction => "requires_action",
+        MessageDelivered => "message_delivered",
     }
 );
+
+string_enum!(
+    /// What a message sent while its task's turn runs does: `reject` answers `409
+    /// task_busy` (the default); `enqueue` waits in the task's queue and starts a turn
+    /// of its own when the turns before it have ended; `interrupt` cancels the running
+    /// turn and starts its own in the same step; `steer` is delivered into the running
+    /// turn, if its runner takes messages mid-turn (else, or if the turn ends first,
+    /// it is queued as with `enqueue`).
+    OnBusy { Reject => "reject", Enqueue => "enqueue", Interrupt => "interrupt", Steer => "steer" }
+);
+
+string_enum!(
+    /// How a message waiting in a task's queue was sent.
+    QueueMode { Enqueue => "enqueue", Steer => "steer" }
+);
+
+string_enum!(
+    /// Where a message sent to a busy task stands: `queued` (waits for a turn of its
+    /// own) or `steering` (waits to be taken by the running turn), then `started` (its
+    /// turn started), `delivered` (the running turn took it) or `cancelled`.
+    QueuedStatus { Queued => "queued", Steering => "steering", Started => "started", Delivered => "delivered", Cancelled => "cancelled" }
+);
+
+string_enum!(
+    /// What an accepted message is doing: `running` (it started a turn),
+    /// `requires_action` (a tool answer while other tool calls still wait), `queued`
+    /// (waits in the task's queue) or `steering` (waits to be taken by the running turn).
+    AcceptedStatus { Running => "running", RequiresAction => "requires_action", Queued => "queued", Steering => "steering" }
+);
+
+impl QueuedStatus {
+    /// Whether the message still waits (and can be cancelled).
+    pub fn is_waiting(self) -> bool {
+        matches!(self, QueuedStatus::Queued | QueuedStatus::Steering)
+    }
+}
 
 impl EventKind {
     /// Whether this event ends a turn.
@@ -364,6 +411,8 @@ pub struct TaskView {
     pub task: Task,
     pub latest_turn: Turn,
     pub latest_agent_message: Option<Message>,
+    /// How many messages wait in the task's queue (queued or steering).
+    pub queued: u32,
 }
 
 impl TaskView {
@@ -465,6 +514,11 @@ pub struct NewAppend {
     pub idempotency: Option<IdempotencyRecord>,
     pub webhook: Option<WebhookEndpoint>,
     pub max_running_per_agent: Option<u32>,
+    /// What to do if a turn of the task runs (`steer` only if its runner takes
+    /// messages mid-turn: the service decides).
+    pub on_busy: OnBusy,
+    /// At most this many messages wait in one task's queue.
+    pub max_queued: u32,
 }
 
 /// What a claim did: started a turn, or found that the request's idempotency key had
@@ -501,22 +555,86 @@ pub struct Accepted {
     pub task_id: TaskId,
     pub agent_id: AgentId,
     /// The turn the message started — or, for a tool answer that leaves other tool
-    /// calls unanswered, the turn still waiting for them.
-    pub turn_id: TurnId,
+    /// calls unanswered, the turn still waiting for them; for a steering message, the
+    /// running turn it waits to be taken by; none for a queued message.
+    pub turn_id: Option<TurnId>,
     pub accepted_at: DateTime<Utc>,
     pub metadata: Metadata,
-    /// `running`, or `requires_action` while tool calls remain unanswered. (Records
-    /// kept from before this field answer `running`, which is what they were.)
+    /// What the message is doing. (Records kept from before this field answer
+    /// `running`, which is what they were.)
     #[serde(default = "running")]
-    pub status: TaskStatus,
+    pub status: AcceptedStatus,
     /// The task's last event before this request's turn: its events follow it on the
     /// stream (`?after=`). (Records kept from before this field have none.)
     #[serde(default)]
     pub stream_after: Option<i64>,
+    /// A queued or steering message: its id and, while queued, its place (1: next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<QueuedRef>,
+    /// With `interrupt`: the turn this message cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<TurnId>,
 }
 
-fn running() -> TaskStatus {
-    TaskStatus::Running
+/// A message's place in its task's queue, as the 202 names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRef {
+    pub id: QueuedMessageId,
+    /// 1 for the next to start; none for a steering message.
+    pub position: Option<u32>,
+}
+
+fn running() -> AcceptedStatus {
+    AcceptedStatus::Running
+}
+
+/// A message sent to a busy task, waiting or done waiting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub id: QueuedMessageId,
+    pub task_id: TaskId,
+    pub mode: QueueMode,
+    pub status: QueuedStatus,
+    /// While queued: 1 for the next to start.
+    pub position: Option<u32>,
+    /// The message as it will be (or was) stored: attachments by file id.
+    pub message: NewMessage,
+    /// The metadata of the request that sent it (its turn's).
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+    /// Once started or delivered: the turn, and the message it became in the history.
+    pub turn_id: Option<TurnId>,
+    pub message_id: Option<MessageId>,
+    /// When it started, was delivered or was cancelled.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// What cancelling a queued message found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueCancel {
+    /// There is no such message in the agent's task.
+    NotFound,
+    /// It waited, and is cancelled now — or had been cancelled before.
+    Cancelled(QueuedMessage),
+    /// It had started its turn, or was delivered, already.
+    TooLate(QueuedMessage),
+}
+
+/// What ending a turn did besides: the next queued message's turn it started, to be
+/// played by whoever ended the turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub next: Option<StartedTurn>,
+}
+
+/// A turn that was claimed and committed, ready to be played: the attempt is the
+/// play's fencing token, checked by every write of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StartedTurn {
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub attempt: u32,
 }
 
 /// The running turn that made a task busy, so a client can follow it.
@@ -585,6 +703,9 @@ pub struct FinishTurn {
     pub usage: Option<Usage>,
     pub guard: LeaseGuard,
     pub now: DateTime<Utc>,
+    /// The lease under which the task's next queued message starts its turn, if one
+    /// waits; `None` leaves the queue to a sweep (an instance that is stopping).
+    pub next: Option<Lease>,
 }
 
 /// A running turn whose lease expired: a sweep ends it or plays it again.
@@ -617,6 +738,8 @@ pub struct SubmitMessage {
     pub metadata: Metadata,
     /// Where to deliver the end of the turn (else the agent's default webhook).
     pub webhook: Option<WebhookTarget>,
+    /// What to do if the task is busy (else the agent's `policy.on_busy`).
+    pub on_busy: Option<OnBusy>,
 }
 
 /// Where a turn's end is delivered, as a request or an agent names it.

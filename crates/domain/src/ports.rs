@@ -27,15 +27,71 @@ pub trait TaskStore: Send + Sync + 'static {
     /// key: exactly one starts a turn, the others replay it.
     async fn create_task(&self, new: NewTask) -> Result<Claim, ClaimError>;
 
-    /// Stores the message and starts the task's next turn in one transaction, only if
-    /// the task has no running turn. Idempotency records as for `create_task`, checked
+    /// Stores the message and starts the task's next turn in one transaction, if the
+    /// task has no running turn. Idempotency records as for `create_task`, checked
     /// before the task's state (a retry of an accepted append replays, never `busy`).
     ///
     /// MUST return [`ClaimError::TaskNotFound`] when the task does not exist or belongs
-    /// to another agent, and [`ClaimError::TaskBusy`] naming the running turn when one
-    /// runs; in both cases nothing is stored. Two concurrent calls for one idle task:
-    /// exactly one succeeds.
+    /// to another agent; nothing is stored. When a turn runs, by `append.on_busy`:
+    /// `reject`: [`ClaimError::TaskBusy`] naming it, nothing stored; `enqueue`: the
+    /// message waits at the end of the task's queue (at most `max_queued` wait, else
+    /// [`ClaimError::QueueFull`]); `interrupt`: the running turn ends `cancelled` as
+    /// [`TaskStore::finish_turn`] would end it, and the message starts the next, in
+    /// the same transaction; `steer`: the message waits to be taken by the running
+    /// turn ([`TaskStore::take_steered`]). A turn waiting for tool answers takes only
+    /// answers: another message is refused (`reject`), queued (`enqueue`, `steer`) or
+    /// ends it (`interrupt`). Two concurrent calls for one idle task: exactly one
+    /// starts a turn.
     async fn append_and_claim(&self, append: NewAppend) -> Result<Claim, ClaimError>;
+
+    /// The messages steered into the turn that wait for it, now delivered: each stored
+    /// in the history as part of the turn, with a `message_delivered` event, in one
+    /// transaction. `None`, storing nothing, if the turn no longer runs at `attempt`
+    /// (or is not of the agent's task).
+    async fn take_steered(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        turn: TurnId,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Message>>, StoreError>;
+
+    /// The messages waiting in the task's queue (queued, then steering), in order;
+    /// `None` if the agent does not own the task.
+    async fn list_queue(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<QueuedMessage>>, StoreError>;
+
+    /// One message sent to the agent's busy task, waiting or not.
+    async fn get_queued(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        id: QueuedMessageId,
+    ) -> Result<Option<QueuedMessage>, StoreError>;
+
+    /// Cancels a waiting message: it will never start a turn or be delivered.
+    async fn cancel_queued(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        id: QueuedMessageId,
+        now: DateTime<Utc>,
+    ) -> Result<QueueCancel, StoreError>;
+
+    /// Starts, under `lease`, the next queued message of up to `limit` tasks that have
+    /// queued messages and neither a running turn nor one waiting for tool answers (a
+    /// queue whose turn ended where nothing could start the next: a stopping
+    /// instance). Returns the turns started.
+    async fn start_stalled_queues(
+        &self,
+        lease: Lease,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StartedTurn>, StoreError>;
 
     /// The task with its latest turn and latest agent message, if the agent owns it.
     async fn get_task(&self, agent: AgentId, task: TaskId) -> Result<Option<TaskView>, StoreError>;
@@ -78,14 +134,23 @@ pub trait TaskStore: Send + Sync + 'static {
     /// event (`final`, `error` or `cancelled`, with the turn's output), and — if the
     /// turn has a webhook, or else its agent a default one — writes the delivery of
     /// the turn's end to the webhook outbox ([`crate::webhooks::payload`]), due now. Returns
-    /// `false`, storing nothing, if the turn was no longer running or the guard refused
+    /// `None`, storing nothing, if the turn was no longer running or the guard refused
     /// (so late output can never flip an ended turn, and a turn lost to a sweep is
     /// never ended twice).
-    async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError>;
+    ///
+    /// A turn that ends for good (not `requires_action`) hands its task's queue on in
+    /// the same transaction: messages still steering into it are queued, and with
+    /// `finish.next`, the first queued message starts its turn under that lease (its
+    /// `turn_started` event after the ending one), returned in [`Ended::next`] for the
+    /// caller to play.
+    async fn finish_turn(&self, finish: FinishTurn) -> Result<Option<Ended>, StoreError>;
 
     /// Ends several turns as [`TaskStore::finish_turn`] would, in one transaction (a
-    /// sweep ending many turns at once); returns, in order, which ended.
-    async fn finish_turns(&self, finishes: Vec<FinishTurn>) -> Result<Vec<bool>, StoreError>;
+    /// sweep ending many turns at once); returns, in order, what each did.
+    async fn finish_turns(
+        &self,
+        finishes: Vec<FinishTurn>,
+    ) -> Result<Vec<Option<Ended>>, StoreError>;
 
     /// Up to `limit` events of the task with `seq > after`, in order, and the oldest
     /// `seq` still kept; `None` if the agent does not own the task.

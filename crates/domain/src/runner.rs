@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::content::Content;
 use crate::model::{Agent, Message, Metadata, StoredFile, Task, TurnId, Usage};
@@ -18,6 +18,9 @@ pub struct TurnInput {
     pub agent: Agent,
     pub task: Task,
     pub turn_id: TurnId,
+    /// Which play of the turn this is (from 1; a turn taken over after its instance
+    /// stopped is played again with the next).
+    pub attempt: u32,
     /// The `metadata` of the request that started this turn, as the client sent it
     /// (per-request parameters for the agent; the task's own is `task.metadata`).
     pub metadata: Metadata,
@@ -77,7 +80,12 @@ pub struct SinkClosed;
 #[derive(Clone)]
 pub struct TurnSink {
     sender: mpsc::Sender<SinkItem>,
+    inbox: Option<mpsc::Sender<InboxRequest>>,
 }
+
+/// A runner's request for the messages steered into its turn: answered with them,
+/// now delivered (stored in the history as part of the turn).
+pub type InboxRequest = oneshot::Sender<Vec<Message>>;
 
 impl fmt::Debug for TurnSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,7 +97,34 @@ impl TurnSink {
     /// A sink and the receiving end its owner drains.
     pub fn channel(capacity: usize) -> (TurnSink, mpsc::Receiver<SinkItem>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (TurnSink { sender }, receiver)
+        (
+            TurnSink {
+                sender,
+                inbox: None,
+            },
+            receiver,
+        )
+    }
+
+    /// The sink with an inbox: [`TurnSink::take_messages`] asks `requests`.
+    pub fn with_inbox(mut self, requests: mpsc::Sender<InboxRequest>) -> Self {
+        self.inbox = Some(requests);
+        self
+    }
+
+    /// The messages sent into this turn (`on_busy: steer`) since the runner last
+    /// asked, in order, now delivered: each is in the history as part of this turn,
+    /// after whatever the runner pushed before asking, and the task's stream shows a
+    /// `message_delivered` event. Ask between steps (a model call, a tool run); a
+    /// message not taken when the turn ends is queued for a turn of its own. Without
+    /// an inbox (a runner played outside the executor), none.
+    pub async fn take_messages(&self) -> Result<Vec<Message>, SinkClosed> {
+        let Some(inbox) = &self.inbox else {
+            return Ok(Vec::new());
+        };
+        let (reply, answer) = oneshot::channel();
+        inbox.send(reply).await.map_err(|_| SinkClosed)?;
+        answer.await.map_err(|_| SinkClosed)
     }
 
     pub async fn text_delta(&self, text: impl Into<String>) -> Result<(), SinkClosed> {
@@ -121,6 +156,25 @@ pub trait TurnRunner: Send + Sync + 'static {
     /// Checks an agent's runner configuration when the agent is created or changed, so
     /// a bad configuration is refused then rather than failing its first turn.
     fn validate_config(&self, config: &Value) -> Result<(), String>;
+
+    /// Whether turns played with this configuration take messages sent while they
+    /// run (`on_busy: steer`, through [`TurnSink::take_messages`] or the runner's own
+    /// inbox). A message steered to an agent whose runner does not is queued.
+    fn takes_messages(&self, _config: &Value) -> bool {
+        false
+    }
+
+    /// Checks that a request to the turn inbox endpoint comes from this agent's
+    /// service (`headers` and `body` as received). Only runners whose agents call
+    /// back (the `http` runner) accept any.
+    fn authorize_inbox(
+        &self,
+        _config: &Value,
+        _headers: &[(String, String)],
+        _body: &[u8],
+    ) -> Result<(), String> {
+        Err("this agent's runner has no inbox endpoint".to_owned())
+    }
 
     /// Produces the agent's output for one turn into `sink`. Returning `Ok` completes
     /// the turn with what was pushed; `Err` fails it with the error's code and message.

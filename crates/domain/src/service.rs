@@ -38,6 +38,17 @@ struct Prepared {
     webhook: Option<WebhookEndpoint>,
 }
 
+/// A request of an agent service for its turn's inbox, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnInboxRequest<'a> {
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
+    pub turn_id: TurnId,
+    pub attempt: u32,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
 /// What the services need to know about webhooks.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookSettings {
@@ -71,6 +82,8 @@ pub struct SubmitLimits {
     pub max_attachment_bytes: usize,
     /// Running turns per agent, across instances; `None`: unlimited.
     pub max_running_turns_per_agent: Option<u32>,
+    /// Messages waiting in one task's queue (queued or steering).
+    pub max_queued_per_task: u32,
 }
 
 impl Default for SubmitLimits {
@@ -79,6 +92,7 @@ impl Default for SubmitLimits {
             max_message_bytes: 256 * 1024,
             max_attachment_bytes: 512 * 1024,
             max_running_turns_per_agent: None,
+            max_queued_per_task: 100,
         }
     }
 }
@@ -317,6 +331,7 @@ impl TaskService {
         submit: SubmitMessage,
         key: Option<String>,
     ) -> Result<Claim, ServiceError> {
+        let on_busy = self.on_busy(who, submit.on_busy).await?;
         let ready = self
             .prepare(who, submit, key.as_deref(), Some(task_id))
             .await?;
@@ -330,6 +345,8 @@ impl TaskService {
             idempotency: ready.idempotency,
             webhook: ready.webhook,
             max_running_per_agent: self.limits.max_running_turns_per_agent,
+            on_busy,
+            max_queued: self.limits.max_queued_per_task,
         };
         let tasks = self.tasks.clone();
         self.claim(
@@ -338,6 +355,34 @@ impl TaskService {
             async move { tasks.append_and_claim(append).await },
         )
         .await
+    }
+
+    /// What a message does if its task is busy: as the request says, else as its
+    /// agent's policy says — `steer` only if the agent's runner takes messages
+    /// mid-turn, else `enqueue`.
+    async fn on_busy(
+        &self,
+        who: &Principal,
+        asked: Option<OnBusy>,
+    ) -> Result<OnBusy, ServiceError> {
+        let agent = self
+            .agents
+            .get_agent(who.agent_id)
+            .await?
+            .ok_or(ServiceError::AgentNotFound)?;
+        let on_busy = asked.unwrap_or(agent.policy.on_busy);
+        if on_busy != OnBusy::Steer {
+            return Ok(on_busy);
+        }
+        let steerable = self
+            .executor
+            .runners()
+            .get(&agent.runner.kind)
+            .is_some_and(|runner| runner.takes_messages(&agent.runner.config));
+        Ok(match steerable {
+            true => OnBusy::Steer,
+            false => OnBusy::Enqueue,
+        })
     }
 
     /// Checks a submission and works out what its claim stores besides the message:
@@ -414,12 +459,26 @@ impl TaskService {
             .detached(async move {
                 let claimed = claim.await?;
                 if let Claim::Started(accepted) = &claimed {
+                    // An interrupted turn stops playing here at once (elsewhere, when
+                    // its instance hears of the end).
+                    if let Some(interrupted) = accepted.interrupted {
+                        hub.turn_ended(accepted.task_id, interrupted);
+                    }
                     // Before the answer: a long-poll or a stream of this task sent
                     // after it sees the change (the new turn, or the answer stored).
                     hub.task_changed(accepted.task_id);
-                    // A tool answer that leaves calls unanswered starts no turn.
-                    if accepted.status == TaskStatus::Running {
-                        executor.spawn(started(accepted));
+                    // A tool answer that leaves calls unanswered starts no turn, nor
+                    // does a queued or steering message.
+                    if let (AcceptedStatus::Running, Some(turn_id)) =
+                        (accepted.status, accepted.turn_id)
+                    {
+                        executor.spawn(StartedTurn {
+                            agent_id: accepted.agent_id,
+                            task_id: accepted.task_id,
+                            turn_id,
+                            // A claim starts a turn's first attempt.
+                            attempt: 1,
+                        });
                     }
                 }
                 drop(hold);
@@ -449,13 +508,17 @@ impl TaskService {
             usage: None,
             guard: LeaseGuard::Anyone,
             now: self.executor.clock().now(),
+            next: Some(self.executor.new_lease(self.executor.clock().now())),
         };
-        let (tasks, hub) = (self.tasks.clone(), self.hub.clone());
+        let (tasks, hub, executor) = (self.tasks.clone(), self.hub.clone(), self.executor.clone());
         self.executor
             .detached(async move {
-                if tasks.finish_turn(finish).await? {
+                if let Some(ended) = tasks.finish_turn(finish).await? {
                     crate::telemetry::turn_ended(TurnStatus::Cancelled, "cancelled", None);
                     hub.turn_ended(task_id, turn);
+                    if let Some(next) = ended.next {
+                        executor.spawn(next);
+                    }
                 }
                 Ok(())
             })
@@ -492,6 +555,7 @@ impl TaskService {
                     failed = report.failed,
                     retried = report.retried,
                     unanswered = report.unanswered,
+                    queues = report.queues,
                     "swept turns whose instance stopped or whose tool calls went unanswered"
                 );
             }
@@ -606,6 +670,129 @@ impl TaskService {
         Ok(self.events(who, task_id, cursor, limit).await?.into())
     }
 
+    /// The messages waiting in the task's queue: queued ones in the order they start,
+    /// then those steering into the running turn.
+    pub async fn list_queue(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+    ) -> Result<Vec<QueuedMessage>, ServiceError> {
+        self.tasks
+            .list_queue(who.agent_id, task_id)
+            .await?
+            .ok_or(ServiceError::TaskNotFound)
+    }
+
+    /// A message sent to the busy task, waiting or not.
+    pub async fn get_queued(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+        id: QueuedMessageId,
+    ) -> Result<QueuedMessage, ServiceError> {
+        match self.tasks.get_queued(who.agent_id, task_id, id).await? {
+            Some(found) => Ok(found),
+            None => Err(self.queued_not_found(who, task_id).await),
+        }
+    }
+
+    /// Cancels a waiting message; cancelling one already cancelled answers the same.
+    /// One that started its turn, or was delivered, is [`ServiceError::NotQueued`].
+    pub async fn cancel_queued(
+        &self,
+        who: &Principal,
+        task_id: TaskId,
+        id: QueuedMessageId,
+    ) -> Result<QueuedMessage, ServiceError> {
+        let now = self.executor.clock().now();
+        let tasks = self.tasks.clone();
+        let agent = who.agent_id;
+        let cancelled = self
+            .executor
+            .detached(async move { Ok(tasks.cancel_queued(agent, task_id, id, now).await?) })
+            .await?;
+        match cancelled {
+            QueueCancel::Cancelled(message) => {
+                self.hub.task_changed(task_id);
+                Ok(message)
+            }
+            QueueCancel::TooLate(message) => Err(ServiceError::NotQueued(Box::new(message))),
+            QueueCancel::NotFound => Err(self.queued_not_found(who, task_id).await),
+        }
+    }
+
+    /// `task_not_found` when the task is not the caller's, else `queued_message_not_found`.
+    async fn queued_not_found(&self, who: &Principal, task_id: TaskId) -> ServiceError {
+        match self.get_task(who, task_id).await {
+            Ok(_) => ServiceError::QueuedMessageNotFound,
+            Err(err) => err,
+        }
+    }
+
+    /// The inbox of a turn whose agent service calls back (the `http` runner): the
+    /// messages steered into the turn, delivered now (stored as part of the turn,
+    /// with `message_delivered` events). The request must be signed by the agent
+    /// (`headers` and `body` as received; the runner checks them). With none waiting,
+    /// waits up to `wait` (at most [`MAX_WAIT`]) for one. [`ServiceError::TurnEnded`]
+    /// once the turn no longer runs at `attempt`: the agent should stop.
+    pub async fn turn_inbox(
+        &self,
+        inbox: TurnInboxRequest<'_>,
+        wait: Duration,
+    ) -> Result<Vec<Message>, ServiceError> {
+        let agent = self.authorize_inbox(&inbox).await?;
+        let mut watch = self.hub.watch(inbox.task_id);
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            let (tasks, now) = (self.tasks.clone(), self.executor.clock().now());
+            let (agent_id, task_id, turn_id, attempt) =
+                (agent.id, inbox.task_id, inbox.turn_id, inbox.attempt);
+            // A delivery is a write: it finishes even if the agent hangs up.
+            let taken = self
+                .executor
+                .detached(async move {
+                    Ok(tasks
+                        .take_steered(agent_id, task_id, turn_id, attempt, now)
+                        .await?)
+                })
+                .await?
+                .ok_or(ServiceError::TurnEnded)?;
+            if !taken.is_empty() {
+                self.hub.task_changed(inbox.task_id);
+                return Ok(taken);
+            }
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// The agent of a turn inbox request, if the request is signed by it (its runner
+    /// checks the signature over the body as received).
+    pub async fn authorize_inbox(
+        &self,
+        inbox: &TurnInboxRequest<'_>,
+    ) -> Result<Agent, ServiceError> {
+        let refused = |why: &str| ServiceError::InboxRefused(why.to_owned());
+        let agent = self
+            .agents
+            .get_agent(inbox.agent_id)
+            .await?
+            .ok_or_else(|| refused("no such agent"))?;
+        let runner = self
+            .executor
+            .runners()
+            .get(&agent.runner.kind)
+            .ok_or_else(|| refused("the agent's runner is not registered here"))?;
+        runner
+            .authorize_inbox(&agent.runner.config, inbox.headers, inbox.body)
+            .map_err(ServiceError::InboxRefused)?;
+        Ok(agent)
+    }
+
     /// Starts watching a task for changes (see [`LocalNotifier::watch`]).
     pub fn watch(&self, task_id: TaskId) -> crate::notify::TaskWatch {
         self.hub.watch(task_id)
@@ -638,16 +825,6 @@ impl TaskService {
             .list_messages(who.agent_id, task_id, page)
             .await?
             .ok_or(ServiceError::TaskNotFound)
-    }
-}
-
-fn started(accepted: &Accepted) -> StartedTurn {
-    StartedTurn {
-        agent_id: accepted.agent_id,
-        task_id: accepted.task_id,
-        turn_id: accepted.turn_id,
-        // A claim starts a turn's first attempt.
-        attempt: 1,
     }
 }
 

@@ -197,6 +197,60 @@ pub fn sign(id: &str, timestamp: i64, body: &[u8], secrets: &[String]) -> Vec<(S
     ]
 }
 
+/// How far a signed request's `webhook-timestamp` may be from now (Standard Webhooks'
+/// recommended tolerance): an older one is a replay.
+pub const SIGNATURE_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// Checks a request signed as [`sign`] signs: its three headers (names compared
+/// without case), a timestamp within [`SIGNATURE_TOLERANCE_SECS`] of `now`, and one
+/// `v1` signature made with `secret` (compared in constant time).
+pub fn verify(
+    headers: &[(String, String)],
+    body: &[u8],
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+            .ok_or_else(|| format!("the {name} header is missing"))
+    };
+    let id = header("webhook-id")?;
+    let timestamp: i64 = header("webhook-timestamp")?
+        .parse()
+        .map_err(|_| "webhook-timestamp is not Unix seconds".to_owned())?;
+    if (now.timestamp() - timestamp).abs() > SIGNATURE_TOLERANCE_SECS {
+        return Err(format!(
+            "webhook-timestamp is more than {SIGNATURE_TOLERANCE_SECS} s from the server's time"
+        ));
+    }
+    let key = secret
+        .strip_prefix("whsec_")
+        .and_then(|key| BASE64.decode(key).ok())
+        .ok_or_else(|| "the agent's secret is not a whsec_ secret".to_owned())?;
+    let signed = header("webhook-signature")?;
+    let matches = signed.split(' ').any(|signature| {
+        let Some(given) = signature
+            .strip_prefix("v1,")
+            .and_then(|b64| BASE64.decode(b64).ok())
+        else {
+            return false;
+        };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+            return false;
+        };
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        mac.verify_slice(&given).is_ok()
+    });
+    match matches {
+        true => Ok(()),
+        false => Err("no webhook-signature matches the agent's secret".to_owned()),
+    }
+}
+
 /// The event type of a turn's end: `turn.completed`, `turn.failed`,
 /// `turn.cancelled`, or `turn.interrupted` (failed because its server stopped).
 pub fn event_type(turn: &Turn) -> &'static str {
@@ -340,6 +394,35 @@ mod tests {
             headers[2].1,
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn verify_accepts_what_sign_signs_and_nothing_else() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let other = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCEhISE=";
+        let now = Utc::now();
+        let body = br#"{"attempt":1}"#;
+        let headers = sign("msg_1", now.timestamp(), body, &[secret.to_owned()]);
+        assert_eq!(verify(&headers, body, secret, now), Ok(()));
+        // Signed with another secret, a changed body, a stale timestamp, no headers.
+        let forged = sign("msg_1", now.timestamp(), body, &[other.to_owned()]);
+        assert!(verify(&forged, body, secret, now).is_err());
+        assert!(verify(&headers, br#"{"attempt":2}"#, secret, now).is_err());
+        let stale = sign("msg_1", now.timestamp() - 600, body, &[secret.to_owned()]);
+        let why = verify(&stale, body, secret, now).unwrap_err();
+        assert!(why.contains("webhook-timestamp"), "{why}");
+        assert!(verify(&[], body, secret, now).is_err());
+        // Header names are compared without case; one good signature of several is enough.
+        let mixed: Vec<(String, String)> = sign(
+            "msg_1",
+            now.timestamp(),
+            body,
+            &[other.to_owned(), secret.to_owned()],
+        )
+        .into_iter()
+        .map(|(name, value)| (name.to_uppercase(), value))
+        .collect();
+        assert_eq!(verify(&mixed, body, secret, now), Ok(()));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use baton_domain::{
-    AdminService, Agent, AgentChanges, AgentId, ApiKey, OnInterrupt, RunnerSpec, TurnPolicy,
-    WebhookTarget,
+    AdminService, Agent, AgentChanges, AgentId, ApiKey, OnBusy, OnInterrupt, RunnerSpec,
+    TurnPolicy, WebhookTarget,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -118,6 +118,8 @@ pub struct PolicyBody {
     pub on_interrupt: Option<OnInterrupt>,
     pub max_attempts: Option<u32>,
     pub turn_timeout_ms: Option<u64>,
+    /// What the agent's messages do when their task is busy, unless a request says.
+    pub on_busy: Option<OnBusy>,
 }
 
 impl PolicyBody {
@@ -126,6 +128,7 @@ impl PolicyBody {
             on_interrupt: self.on_interrupt.unwrap_or(base.on_interrupt),
             max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
             turn_timeout_ms: self.turn_timeout_ms.unwrap_or(base.turn_timeout_ms),
+            on_busy: self.on_busy.unwrap_or(base.on_busy),
         }
     }
 }

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 use crate::error::ErrorCode::{self, *};
-use crate::{admin, console, docs, routes};
+use crate::{admin, console, docs, inbox, routes};
 
 /// One method on one path, as registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ api! {
         get => routes::get_task, errors: [KEYED, &[BadRequest, ValidationFailed, TaskNotFound]];
     }
     "/v1/chat/tasks/{task_id}/messages" {
-        post => routes::append_message, errors: [KEYED, JSON_BODY, &[AgentNotFound, TaskNotFound, TaskBusy, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
+        post => routes::append_message, errors: [KEYED, JSON_BODY, &[AgentNotFound, TaskNotFound, TaskBusy, QueueFull, IdempotencyKeyReused, IdempotencyKeyInUse, TooManyRunningTurns]];
         get => routes::list_messages, errors: [KEYED, PAGED, &[TaskNotFound]];
     }
     "/v1/chat/tasks/{task_id}/stream" {
@@ -98,6 +98,16 @@ api! {
     }
     "/v1/chat/tasks/{task_id}/cancel" {
         post => routes::cancel, errors: [KEYED, &[TaskNotFound, TaskNotRunning]];
+    }
+    "/v1/chat/tasks/{task_id}/queue" {
+        get => routes::list_queue, errors: [KEYED, &[TaskNotFound]];
+    }
+    "/v1/chat/tasks/{task_id}/queue/{queued_message_id}" {
+        get => routes::get_queued, errors: [KEYED, &[TaskNotFound, QueuedMessageNotFound]];
+        delete => routes::cancel_queued, errors: [KEYED, &[TaskNotFound, QueuedMessageNotFound, MessageNotQueued]];
+    }
+    "/v1/agents/{agent_id}/tasks/{task_id}/turns/{turn_id}/inbox" {
+        post => inbox::turn_inbox, errors: [JSON_BODY, &[Unauthorized, TurnEnded]];
     }
     "/v1/chat/tasks/{task_id}/files/{file_id}" {
         get => routes::get_file, errors: [KEYED, &[NotFound, TaskNotFound]];

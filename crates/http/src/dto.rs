@@ -1,8 +1,8 @@
 //! The JSON shapes of the V1 API.
 
 use baton_domain::{
-    Accepted, Content, Message, Metadata, NewMessage, Role, TaskStatus, TaskView, Turn,
-    WebhookTarget,
+    Accepted, AcceptedStatus, Content, Message, Metadata, NewMessage, OnBusy, QueueMode,
+    QueuedMessage, QueuedStatus, Role, TaskStatus, TaskView, Turn, WebhookTarget,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,11 @@ pub struct SubmitBody {
     /// Where to deliver the end of the turn: `{url, secret?}`.
     #[serde(default)]
     pub webhook: Option<WebhookTarget>,
+    /// What the message does if a turn of the task runs: `reject` (`409 task_busy`),
+    /// `enqueue`, `interrupt` or `steer`. Absent: the agent's `policy.on_busy`
+    /// (`reject` unless set). A new task is never busy.
+    #[serde(default)]
+    pub on_busy: Option<OnBusy>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,19 +82,32 @@ impl SubmitBody {
             },
             metadata: self.metadata.unwrap_or_default(),
             webhook: self.webhook,
+            on_busy: self.on_busy,
         }
     }
 }
 
-/// The 202 answer to an accepted message: `running` (the turn runs), or
+/// The 202 answer to an accepted message: `running` (its turn runs),
 /// `requires_action` for a tool answer while other tool calls still wait (`turn_id` is
-/// then the waiting turn).
+/// then the waiting turn), `queued` (it waits in the task's queue: `turn_id` is null
+/// until its turn starts) or `steering` (it waits to be taken by the running turn
+/// `turn_id`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AcceptedBody {
     pub task_id: i64,
     pub agent_id: i64,
-    pub turn_id: i64,
-    pub status: TaskStatus,
+    pub turn_id: Option<i64>,
+    pub status: AcceptedStatus,
+    /// A queued or steering message's id: read it, or cancel it while it waits, at
+    /// `/v1/chat/tasks/{task_id}/queue/{queued_message_id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_message_id: Option<i64>,
+    /// A queued message's place in the queue when it was accepted: 1 is next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// With `on_busy: interrupt`: the turn this message cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_turn_id: Option<i64>,
     pub accepted_at: DateTime<Utc>,
     #[schema(value_type = Object)]
     pub metadata: Metadata,
@@ -105,8 +123,11 @@ impl From<Accepted> for AcceptedBody {
         AcceptedBody {
             task_id: a.task_id.0,
             agent_id: a.agent_id.0,
-            turn_id: a.turn_id.0,
+            turn_id: a.turn_id.map(|turn| turn.0),
             status: a.status,
+            queued_message_id: a.queued.map(|queued| queued.id.0),
+            position: a.queued.and_then(|queued| queued.position),
+            interrupted_turn_id: a.interrupted.map(|turn| turn.0),
             accepted_at: a.accepted_at,
             metadata: a.metadata,
             stream_url: match a.stream_after {
@@ -131,6 +152,8 @@ pub struct TaskBody {
     pub updated_at: DateTime<Utc>,
     pub latest_turn: Turn,
     pub latest_message: Option<Message>,
+    /// How many messages wait in the task's queue (`GET …/queue` lists them).
+    pub queued: u32,
 }
 
 impl From<TaskView> for TaskBody {
@@ -145,6 +168,7 @@ impl From<TaskView> for TaskBody {
             updated_at: v.task.updated_at,
             latest_turn: v.latest_turn,
             latest_message: v.latest_agent_message,
+            queued: v.queued,
         }
     }
 }
@@ -242,4 +266,79 @@ impl From<baton_domain::Agent> for KeyAgentBody {
             created_at: agent.created_at,
         }
     }
+}
+
+/// A message sent while its task was busy (`on_busy: enqueue` or `steer`), waiting
+/// or done waiting.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedMessageBody {
+    pub queued_message_id: i64,
+    pub task_id: i64,
+    /// How it was sent.
+    pub mode: QueueMode,
+    /// `queued`, `steering`, then `started`, `delivered` or `cancelled`.
+    pub status: QueuedStatus,
+    /// While queued: its place, 1 for the next to start.
+    pub position: Option<u32>,
+    /// The message as it will be stored (attachments by `file_id`).
+    pub message: QueuedMessageContent,
+    /// The metadata of the request that sent it: its turn's.
+    #[schema(value_type = Object)]
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+    /// `started`: the turn it started; `delivered`: the turn it went into.
+    pub turn_id: Option<i64>,
+    /// The message it became in the task's history.
+    pub message_id: Option<i64>,
+    /// When it started, was delivered or was cancelled.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A queued message's message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedMessageContent {
+    pub role: Role,
+    pub content: Content,
+    #[schema(value_type = Object)]
+    pub metadata: Metadata,
+}
+
+impl From<QueuedMessage> for QueuedMessageBody {
+    fn from(q: QueuedMessage) -> Self {
+        QueuedMessageBody {
+            queued_message_id: q.id.0,
+            task_id: q.task_id.0,
+            mode: q.mode,
+            status: q.status,
+            position: q.position,
+            message: QueuedMessageContent {
+                role: q.message.role,
+                content: q.message.content,
+                metadata: q.message.metadata,
+            },
+            metadata: q.metadata,
+            created_at: q.created_at,
+            turn_id: q.turn_id.map(|turn| turn.0),
+            message_id: q.message_id.map(|message| message.0),
+            ended_at: q.ended_at,
+        }
+    }
+}
+
+/// Body of a turn inbox request (signed by the agent service, Standard Webhooks).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboxRequestBody {
+    /// The attempt the agent plays (the turn request's `inbox.attempt`).
+    pub attempt: u32,
+    /// With nothing waiting, how long to wait for a message, in milliseconds (at most
+    /// 60000; 0 or absent: answer at once).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// The messages delivered into the turn by this request, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxBody {
+    pub messages: Vec<Message>,
 }

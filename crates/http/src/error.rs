@@ -50,6 +50,10 @@ error_codes! {
     JsonTooDeep => (BAD_REQUEST, "json_too_deep", "The body nests deeper than the server's JSON depth limit."),
     TaskBusy => (CONFLICT, "task_busy", "The task is running a turn; `active_turn` names it. Retry when it has ended."),
     TaskNotRunning => (CONFLICT, "task_not_running", "The task has no running turn to cancel."),
+    QueueFull => (CONFLICT, "queue_full", "As many messages as a task may queue already wait in it; retry when one has started."),
+    QueuedMessageNotFound => (NOT_FOUND, "queued_message_not_found", "The task has no queued message with this id."),
+    MessageNotQueued => (CONFLICT, "message_not_queued", "The queued message already started its turn or was delivered: it can no longer be cancelled."),
+    TurnEnded => (CONFLICT, "turn_ended", "The turn no longer runs at this attempt: the agent should stop playing it."),
     IdempotencyKeyReused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was first used for a different request."),
     IdempotencyKeyInUse => (CONFLICT, "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed."),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large", "The body is larger than the server's body limit."),
@@ -294,7 +298,7 @@ fn busy(active: ActiveTurn) -> ApiError {
         ..ApiError::new(
             ErrorCode::TaskBusy,
             format!(
-                "The task is running turn {}. Poll GET on this task until its status leaves \"running\", then send the message again.",
+                "The task is running turn {}. Poll GET on this task until its status leaves \"running\", then send the message again — or send it with \"on_busy\": \"enqueue\" to queue it.",
                 active.turn_id
             ),
         )
@@ -321,6 +325,37 @@ impl From<ServiceError> for ApiError {
             ),
             ServiceError::TaskNotFound => ApiError::task_not_found(),
             ServiceError::TaskBusy(active) => busy(active),
+            ServiceError::QueueFull(limit) => ApiError::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "{limit} messages already wait in this task's queue, as many as this server allows; retry when one has started."
+                ),
+            ),
+            ServiceError::QueuedMessageNotFound => ApiError::new(
+                ErrorCode::QueuedMessageNotFound,
+                "This task has no queued message with this id.",
+            ),
+            ServiceError::NotQueued(message) => ApiError::new(
+                ErrorCode::MessageNotQueued,
+                format!(
+                    "The message is {} already{}: it can no longer be cancelled.",
+                    message.status,
+                    message
+                        .turn_id
+                        .map(|turn| format!(" (turn {turn})"))
+                        .unwrap_or_default()
+                ),
+            ),
+            ServiceError::TurnEnded => ApiError::new(
+                ErrorCode::TurnEnded,
+                "The turn no longer runs at this attempt (it ended, or was taken over after its instance stopped): stop playing it.",
+            ),
+            ServiceError::InboxRefused(why) => ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "The inbox request is refused: {why}. Sign it with the agent's secret as baton signs turn requests (Standard Webhooks)."
+                ),
+            ),
             ServiceError::TaskNotRunning(status) => ApiError::new(
                 ErrorCode::TaskNotRunning,
                 format!("The task has no running turn to cancel: its latest turn is {status}."),

@@ -90,9 +90,25 @@ pub fn task_id(req: &HttpRequest) -> Result<TaskId, ApiError> {
 /// every refusal names what was wrong (the field path for a wrong value).
 pub async fn json_body<T: DeserializeOwned>(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: &ApiState,
 ) -> Result<T, ApiError> {
+    let body = json_bytes(req, payload, state).await?;
+    parse_json_body(&body, state)
+}
+
+/// Parses a body read by [`json_bytes`] (see [`json_body`]).
+pub fn parse_json_body<T: DeserializeOwned>(body: &[u8], state: &ApiState) -> Result<T, ApiError> {
+    parse_json(body, state.limits.json_depth)
+}
+
+/// Reads a JSON body's bytes as they came (`application/json` only, within the
+/// server's size and time limits), for a route that checks a signature over them.
+pub async fn json_bytes(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &ApiState,
+) -> Result<web::BytesMut, ApiError> {
     let limit = state.body_limit;
     let content_type = req
         .headers()
@@ -151,7 +167,7 @@ pub async fn json_body<T: DeserializeOwned>(
             ),
         )
     })??;
-    parse_json(&body, state.limits.json_depth)
+    Ok(body)
 }
 
 /// Parses in two steps so that any syntax error anywhere in the body is reported as

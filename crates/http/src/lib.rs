@@ -12,6 +12,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 mod framing_errors;
+mod inbox;
 mod json_text;
 pub mod limits;
 pub mod middleware;

@@ -48,6 +48,10 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::routes::cancel,
         crate::routes::list_deliveries,
         crate::routes::get_file,
+        crate::routes::list_queue,
+        crate::routes::get_queued,
+        crate::routes::cancel_queued,
+        crate::inbox::turn_inbox,
         crate::admin::create_agent,
         crate::admin::list_agents,
         crate::admin::get_agent,
@@ -62,6 +66,7 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
     tags(
         (name = "tasks", description = "Tasks, their messages and turns: what agents' clients use, with an agent's key."),
         (name = "admin", description = "Agents and their keys, with the operator's admin token. Disabled (404) unless the server has an admin token."),
+        (name = "agents", description = "Called by agent services (the `http` runner) while they play a turn, signed with the agent's secret."),
         (name = "operations", description = "Probes, metrics and this document."),
     ),
 )]
@@ -81,6 +86,13 @@ impl Modify for Security {
         components.add_security_scheme(
             "agent_key",
             bearer("An agent's API key (`bt_…`), made by `baton key create` or the admin API."),
+        );
+        components.add_security_scheme(
+            "agent_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "webhook-signature",
+                "An agent service's request, signed as baton signs its turn requests (Standard Webhooks: `webhook-id`, `webhook-timestamp` and `webhook-signature`, HMAC-SHA256 with the agent's secret).",
+            ))),
         );
         components.add_security_scheme(
             "stream_token",

@@ -190,6 +190,7 @@ fn link_operations(json: &mut Value) {
         "stream_token",
         "cancel",
         "list_deliveries",
+        "list_queue",
     ];
     let from_body = |pointer: &str| format!("$response.body#/{pointer}");
     let task_links = |task_id: String| -> Vec<(&str, Value)> {
@@ -209,7 +210,31 @@ fn link_operations(json: &mut Value) {
             "/v1/chat/tasks/{task_id}/messages",
             "post",
             "202",
-            task_links(from_body("task_id")),
+            task_links(from_body("task_id"))
+                .into_iter()
+                .chain(["get_queued", "cancel_queued"].map(|op| {
+                    (
+                        op,
+                        json!({
+                            "task_id": from_body("task_id"),
+                            "queued_message_id": from_body("queued_message_id"),
+                        }),
+                    )
+                }))
+                .collect(),
+        ),
+        AnswerLinks(
+            "/v1/chat/tasks/{task_id}",
+            "get",
+            "200",
+            vec![(
+                "turn_inbox",
+                json!({
+                    "agent_id": from_body("agent_id"),
+                    "task_id": from_body("task_id"),
+                    "turn_id": from_body("latest_turn/id"),
+                }),
+            )],
         ),
         AnswerLinks(
             "/v1/chat/tasks/{task_id}/messages",

@@ -12,6 +12,15 @@ pub struct TaskIdParam {
     pub task_id: i64,
 }
 
+/// A queued message's id in the path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct QueuedIdParam {
+    /// The `queued_message_id` the `202` named.
+    #[param(minimum = 1, example = 1)]
+    pub queued_message_id: i64,
+}
+
 /// The `Idempotency-Key` header.
 #[derive(Debug, IntoParams)]
 #[into_params(names("Idempotency-Key"), parameter_in = Header)]

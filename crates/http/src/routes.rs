@@ -8,8 +8,8 @@ use crate::ApiState;
 use baton_domain::webhooks::DeliveryView;
 
 use crate::dto::{
-    AcceptedBody, DataBody, HistoryBody, KeyAgentBody, PageBody, StatusBody, StreamTokenBody,
-    SubmitBody, TaskBody,
+    AcceptedBody, DataBody, HistoryBody, KeyAgentBody, PageBody, QueuedMessageBody, StatusBody,
+    StreamTokenBody, SubmitBody, TaskBody,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{
@@ -17,7 +17,8 @@ use crate::extract::{
     wait,
 };
 use crate::params::{
-    IdempotencyKey, PageParams, StreamParams, TaskIdParam, TaskStatusParam, WaitParam,
+    IdempotencyKey, PageParams, QueuedIdParam, StreamParams, TaskIdParam, TaskStatusParam,
+    WaitParam,
 };
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -124,10 +125,10 @@ pub(crate) async fn create_task(
 
 #[utoipa::path(post, path = "/v1/chat/tasks/{task_id}/messages", tag = "tasks",
     summary = "Send the next message",
-    description = "Appends a message to a task whose last turn has ended and starts the next turn. A task runs one turn at a time: while one runs, this is `409 task_busy`.",
+    description = "Appends a message to a task whose last turn has ended and starts the next turn. A task runs one turn at a time: while one runs, `on_busy` (or the agent's `policy.on_busy`) decides — `reject`: `409 task_busy`; `enqueue`: `202` with status `queued`, the message starts a turn of its own when those before it have ended; `interrupt`: the running turn is cancelled and this message's turn starts, in one step; `steer`: `202` with status `steering`, the message is delivered into the running turn (queued instead if the agent's runner cannot take messages mid-turn, or if the turn ends first).",
     params(TaskIdParam, IdempotencyKey),
     request_body = SubmitBody,
-    responses((status = 202, description = "Accepted: the turn runs.", body = AcceptedBody,
+    responses((status = 202, description = "Accepted: the turn runs, or the message is queued or steering.", body = AcceptedBody,
         headers(("Location" = String, description = "The task's URL."), ("Idempotent-Replayed" = String, description = "`true` when this is a replayed answer.")))),
     security(("agent_key" = [])))]
 pub(crate) async fn append_message(
@@ -144,6 +145,68 @@ pub(crate) async fn append_message(
         .append_message(&who, task, body.into_submit(), key)
         .await?;
     Ok(accepted(done))
+}
+
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/queue", tag = "tasks",
+    summary = "The task's waiting messages",
+    description = "The messages sent while the task was busy that still wait: `queued` ones in the order they will start turns (`position` 1 is next), then `steering` ones waiting to be taken by the running turn.",
+    params(TaskIdParam),
+    responses((status = 200, description = "The waiting messages.", body = DataBody<QueuedMessageBody>)),
+    security(("agent_key" = [])))]
+pub(crate) async fn list_queue(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let queue = state.tasks.list_queue(&who, task).await?;
+    Ok(HttpResponse::Ok().json(DataBody {
+        data: queue.into_iter().map(QueuedMessageBody::from).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/queue/{queued_message_id}", tag = "tasks",
+    summary = "A queued message",
+    description = "A message sent while the task was busy: waiting (`queued`, with its `position`, or `steering`), or what became of it (`started` with the turn it started, `delivered` with the turn it went into, or `cancelled`).",
+    params(TaskIdParam, QueuedIdParam),
+    responses((status = 200, description = "The queued message.", body = QueuedMessageBody)),
+    security(("agent_key" = [])))]
+pub(crate) async fn get_queued(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let id = queued_id(&req)?;
+    let found = state.tasks.get_queued(&who, task, id).await?;
+    Ok(HttpResponse::Ok().json(QueuedMessageBody::from(found)))
+}
+
+#[utoipa::path(delete, path = "/v1/chat/tasks/{task_id}/queue/{queued_message_id}", tag = "tasks",
+    summary = "Cancel a queued message",
+    description = "Takes a waiting message out of the queue: it will never start a turn or be delivered. Cancelling it again answers the same; one that already started its turn or was delivered is `409 message_not_queued`.",
+    params(TaskIdParam, QueuedIdParam),
+    responses((status = 200, description = "The message, now `cancelled`.", body = QueuedMessageBody)),
+    security(("agent_key" = [])))]
+pub(crate) async fn cancel_queued(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let task = task_id(&req)?;
+    let id = queued_id(&req)?;
+    let cancelled = state.tasks.cancel_queued(&who, task, id).await?;
+    Ok(HttpResponse::Ok().json(QueuedMessageBody::from(cancelled)))
+}
+
+/// The queued message's id from the path; a malformed one names no message.
+fn queued_id(req: &HttpRequest) -> Result<baton_domain::QueuedMessageId, ApiError> {
+    req.match_info()
+        .get("queued_message_id")
+        .and_then(|raw| raw.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(baton_domain::QueuedMessageId)
+        .ok_or_else(|| ApiError::from(baton_domain::ServiceError::QueuedMessageNotFound))
 }
 
 #[utoipa::path(get, path = "/v1/chat/tasks/{task_id}/files/{file_id}", tag = "tasks",

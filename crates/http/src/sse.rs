@@ -98,7 +98,8 @@ pub fn event_name(kind: EventKind) -> &'static str {
         | EventKind::TextDelta
         | EventKind::Final
         | EventKind::Cancelled
-        | EventKind::RequiresAction => kind.as_str(),
+        | EventKind::RequiresAction
+        | EventKind::MessageDelivered => kind.as_str(),
     }
 }
 
@@ -362,6 +363,18 @@ pub mod schema {
         pub turn: Turn,
         /// The message that started the turn.
         pub input: Message,
+        /// The queued message that started the turn, if one did (`on_busy: enqueue`).
+        pub queued_message_id: Option<i64>,
+    }
+
+    /// `message_delivered`: a message steered into the running turn (`on_busy:
+    /// steer`) was taken by its runner and is now part of the turn's history.
+    #[derive(Debug, ToSchema)]
+    pub struct MessageDeliveredData {
+        #[serde(flatten)]
+        pub fields: EventFields,
+        pub queued_message_id: i64,
+        pub message: Message,
     }
 
     /// `text_delta`: more text of the message being streamed.
@@ -416,6 +429,7 @@ pub mod schema {
                 EventKind::TurnStarted => TurnStartedData::name(),
                 EventKind::TextDelta => TextDeltaData::name(),
                 EventKind::Message => MessageData::name(),
+                EventKind::MessageDelivered => MessageDeliveredData::name(),
                 EventKind::Final
                 | EventKind::Error
                 | EventKind::Cancelled
@@ -465,6 +479,7 @@ pub mod schema {
             add::<TurnStartedData>(schemas);
             add::<TextDeltaData>(schemas);
             add::<MessageData>(schemas);
+            add::<MessageDeliveredData>(schemas);
             add::<TurnEndedData>(schemas);
             add::<ResetData>(schemas);
         }

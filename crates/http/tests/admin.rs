@@ -72,7 +72,7 @@ async fn agents_are_created_listed_read_and_updated() {
     assert_eq!(headers["location"], format!("/v1/admin/agents/{id}"));
     assert_eq!(
         created["policy"],
-        json!({"on_interrupt": "retry", "max_attempts": 3, "turn_timeout_ms": 600000})
+        json!({"on_interrupt": "retry", "max_attempts": 3, "turn_timeout_ms": 600000, "on_busy": "reject"})
     );
     assert_eq!(
         created["webhook"],
@@ -113,7 +113,9 @@ async fn agents_are_created_listed_read_and_updated() {
         &app,
         Method::PATCH,
         &format!("/v1/admin/agents/{id}"),
-        Some(json!({"name": "renamed", "policy": {"max_attempts": 5}, "webhook": null})),
+        Some(
+            json!({"name": "renamed", "policy": {"max_attempts": 5, "on_busy": "enqueue"}, "webhook": null}),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
@@ -123,6 +125,7 @@ async fn agents_are_created_listed_read_and_updated() {
         "unnamed policy fields are kept"
     );
     assert_eq!(updated["policy"]["max_attempts"], 5);
+    assert_eq!(updated["policy"]["on_busy"], "enqueue");
     assert_eq!(updated["webhook"], Value::Null);
     assert_eq!(updated["runner"], created["runner"]);
 
@@ -148,6 +151,10 @@ async fn agents_are_created_listed_read_and_updated() {
         (
             json!({"name": "x", "runner": {"kind": "echo"}, "webhook": {"url": "https://127.0.0.1/"}}),
             "webhook.url",
+        ),
+        (
+            json!({"name": "x", "runner": {"kind": "echo"}, "policy": {"on_busy": "later"}}),
+            "policy.on_busy",
         ),
     ] {
         let (status, headers, err) =

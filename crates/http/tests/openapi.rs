@@ -109,6 +109,8 @@ fn every_operation_says_what_it_answers_and_every_error_it_can_give() {
         if route.path.starts_with("/v1/") {
             let scheme = if route.path.starts_with("/v1/admin/") {
                 "admin_token"
+            } else if route.path.starts_with("/v1/agents/") {
+                "agent_signature"
             } else {
                 "agent_key"
             };

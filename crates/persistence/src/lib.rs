@@ -293,13 +293,76 @@ impl TaskStore for SqlStore {
             .await)
     }
 
-    async fn finish_turn(&self, finish: FinishTurn) -> Result<bool, StoreError> {
+    async fn finish_turn(&self, finish: FinishTurn) -> Result<Option<Ended>, StoreError> {
         on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await)
     }
 
-    async fn finish_turns(&self, finishes: Vec<FinishTurn>) -> Result<Vec<bool>, StoreError> {
+    async fn finish_turns(
+        &self,
+        finishes: Vec<FinishTurn>,
+    ) -> Result<Vec<Option<Ended>>, StoreError> {
         on_conn!(self, writer, |conn, q| q::finish_turns(conn, &finishes)
             .await)
+    }
+
+    async fn take_steered(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        turn: TurnId,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Message>>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::take_steered(
+            conn, agent, task, turn, attempt, now
+        )
+        .await)
+    }
+
+    async fn list_queue(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<QueuedMessage>>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_queue(conn, agent, task)
+            .await)
+    }
+
+    async fn get_queued(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        id: QueuedMessageId,
+    ) -> Result<Option<QueuedMessage>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::get_queued(
+            conn, agent, task, id
+        )
+        .await)
+    }
+
+    async fn cancel_queued(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        id: QueuedMessageId,
+        now: DateTime<Utc>,
+    ) -> Result<QueueCancel, StoreError> {
+        on_conn!(self, writer, |conn, q| q::cancel_queued(
+            conn, agent, task, id, now
+        )
+        .await)
+    }
+
+    async fn start_stalled_queues(
+        &self,
+        lease: Lease,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StartedTurn>, StoreError> {
+        on_conn!(self, writer, |conn, q| q::start_stalled_queues(
+            conn, &lease, now, limit
+        )
+        .await)
     }
 
     async fn renew_leases(

@@ -49,6 +49,7 @@ pub(crate) struct AgentRow {
     pub turn_timeout_ms: i64,
     pub webhook_url: Option<String>,
     pub webhook_secrets: Option<String>,
+    pub on_busy: String,
 }
 
 impl AgentRow {
@@ -66,6 +67,7 @@ impl AgentRow {
                 turn_timeout_ms: u64::try_from(self.turn_timeout_ms).map_err(|_| {
                     corrupt(format!("agents.turn_timeout_ms: {}", self.turn_timeout_ms))
                 })?,
+                on_busy: parse_enum("agents.on_busy", &self.on_busy)?,
             },
             webhook: endpoint(self.webhook_url, self.webhook_secrets),
             created_at: from_micros(self.created_at)?,
@@ -95,6 +97,7 @@ pub(crate) struct NewAgentRow {
     pub turn_timeout_ms: i64,
     pub webhook_url: Option<String>,
     pub webhook_secrets: Option<String>,
+    pub on_busy: &'static str,
 }
 
 impl NewAgentRow {
@@ -110,6 +113,7 @@ impl NewAgentRow {
                 .map_err(StoreError::internal)?,
             webhook_url: new.webhook.as_ref().map(|w| w.url.clone()),
             webhook_secrets: new.webhook.as_ref().map(WebhookEndpoint::secrets_column),
+            on_busy: new.policy.on_busy.as_str(),
         })
     }
 }
@@ -158,6 +162,7 @@ pub(crate) struct TaskRow {
     pub input: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub queued: i64,
 }
 
 impl TaskRow {
@@ -349,7 +354,7 @@ pub(crate) struct NewIdempotencyRow {
     pub agent_id: i64,
     pub idempotency_key: String,
     pub request_hash: String,
-    pub turn_id: i64,
+    pub turn_id: Option<i64>,
     pub response: String,
     pub created_at: i64,
     pub expires_at: i64,
@@ -361,7 +366,7 @@ impl NewIdempotencyRow {
             agent_id: accepted.agent_id.0,
             idempotency_key: record.key.clone(),
             request_hash: record.request_hash.clone(),
-            turn_id: accepted.turn_id.0,
+            turn_id: accepted.turn_id.map(|turn| turn.0),
             response: json(accepted)?,
             created_at: micros(accepted.accepted_at),
             expires_at: micros(record.expires_at),
@@ -510,4 +515,64 @@ pub(crate) fn metadata_json(metadata: &Metadata) -> Result<String, StoreError> {
 
 pub(crate) fn content_json(content: &Content) -> Result<String, StoreError> {
     json(content)
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = crate::schema::queued_messages)]
+pub(crate) struct QueuedRow {
+    pub id: i64,
+    pub task_id: i64,
+    pub mode: String,
+    pub status: String,
+    pub content: String,
+    pub message_metadata: String,
+    pub metadata: String,
+    pub webhook_url: Option<String>,
+    pub webhook_secrets: Option<String>,
+    pub created_at: i64,
+    pub turn_id: Option<i64>,
+    pub message_id: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+impl QueuedRow {
+    /// The message as a turn stores it (its attachments already kept as files).
+    pub fn message(&self) -> Result<NewMessage, StoreError> {
+        Ok(NewMessage {
+            role: Role::User,
+            content: parse_json("queued_messages.content", &self.content)?,
+            metadata: parse_json("queued_messages.message_metadata", &self.message_metadata)?,
+        })
+    }
+
+    pub fn into_domain(self, position: Option<u32>) -> Result<QueuedMessage, StoreError> {
+        Ok(QueuedMessage {
+            id: QueuedMessageId(self.id),
+            task_id: TaskId(self.task_id),
+            mode: parse_enum("queued_messages.mode", &self.mode)?,
+            status: parse_enum("queued_messages.status", &self.status)?,
+            position,
+            message: self.message()?,
+            metadata: parse_json("queued_messages.metadata", &self.metadata)?,
+            created_at: from_micros(self.created_at)?,
+            turn_id: self.turn_id.map(TurnId),
+            message_id: self.message_id.map(MessageId),
+            ended_at: self.ended_at.map(from_micros).transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = crate::schema::queued_messages)]
+pub(crate) struct NewQueuedRow {
+    pub task_id: i64,
+    pub mode: &'static str,
+    pub status: &'static str,
+    pub steer_turn_id: Option<i64>,
+    pub content: String,
+    pub message_metadata: String,
+    pub metadata: String,
+    pub webhook_url: Option<String>,
+    pub webhook_secrets: Option<String>,
+    pub created_at: i64,
 }

@@ -42,6 +42,8 @@ pub(crate) enum TxError {
     KeyRace,
     /// The agent runs as many turns as it may.
     AtCapacity(u32),
+    /// The task's queue is full.
+    QueueFull(u32),
     /// The message does not fit the task's state (see `baton_domain::tools`).
     Invalid(Vec<FieldError>),
 }
@@ -68,6 +70,7 @@ impl TxError {
             TxError::KeyReused
             | TxError::KeyRace
             | TxError::AtCapacity(_)
+            | TxError::QueueFull(_)
             | TxError::Invalid(_) => StoreError::internal("unexpected claim answer"),
         }
     }

@@ -13,6 +13,7 @@ diesel::table! {
         turn_timeout_ms -> BigInt,
         webhook_url -> Nullable<Text>,
         webhook_secrets -> Nullable<Text>,
+        on_busy -> Text,
     }
 }
 
@@ -37,6 +38,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         last_seq -> BigInt,
+        queued -> BigInt,
     }
 }
 
@@ -107,7 +109,7 @@ diesel::table! {
         agent_id -> BigInt,
         idempotency_key -> Text,
         request_hash -> Text,
-        turn_id -> BigInt,
+        turn_id -> Nullable<BigInt>,
         response -> Text,
         created_at -> BigInt,
         expires_at -> BigInt,
@@ -133,6 +135,26 @@ diesel::joinable!(turns -> tasks (task_id));
 diesel::joinable!(messages -> tasks (task_id));
 diesel::joinable!(events -> tasks (task_id));
 diesel::joinable!(files -> tasks (task_id));
+diesel::joinable!(queued_messages -> tasks (task_id));
+diesel::table! {
+    queued_messages (id) {
+        id -> BigInt,
+        task_id -> BigInt,
+        mode -> Text,
+        status -> Text,
+        steer_turn_id -> Nullable<BigInt>,
+        content -> Text,
+        message_metadata -> Text,
+        metadata -> Text,
+        webhook_url -> Nullable<Text>,
+        webhook_secrets -> Nullable<Text>,
+        created_at -> BigInt,
+        turn_id -> Nullable<BigInt>,
+        message_id -> Nullable<BigInt>,
+        ended_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::table! {
     files (id) {
         id -> BigInt,
@@ -156,5 +178,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     idempotency_keys,
     webhook_deliveries,
-    webhook_attempts
+    webhook_attempts,
+    queued_messages
 );

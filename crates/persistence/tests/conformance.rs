@@ -149,6 +149,7 @@ async fn agent(store: &impl Store, name: &str) -> Agent {
                 config: json!({"delay_ms": 5, "nested": {"a": [1, 2]}}),
             },
             policy: TurnPolicy {
+                on_busy: OnBusy::Reject,
                 on_interrupt: OnInterrupt::Retry,
                 max_attempts: 4,
                 turn_timeout_ms: 1500,
@@ -221,6 +222,8 @@ async fn create(
 
 fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
     NewAppend {
+        max_queued: 100,
+        on_busy: OnBusy::Reject,
         agent_id: agent,
         task_id: task,
         message: user(text),
@@ -241,8 +244,9 @@ async fn finish(
 ) -> bool {
     store
         .finish_turn(FinishTurn {
+            next: None,
             task_id: accepted.task_id,
-            turn_id: accepted.turn_id,
+            turn_id: accepted.turn_id.unwrap(),
             outcome,
             output: replies.into_iter().map(OutputOp::Message).collect(),
             usage: None,
@@ -251,6 +255,7 @@ async fn finish(
         })
         .await
         .unwrap()
+        .is_some()
 }
 
 async fn history(store: &impl Store, agent: AgentId, task: TaskId) -> Vec<Message> {
@@ -290,7 +295,7 @@ async fn created_task_is_running_with_its_message_and_exact_utc_timestamps(store
         .unwrap()
         .unwrap();
     assert_eq!(view.status(), TaskStatus::Running);
-    assert_eq!(view.latest_turn.id, accepted.turn_id);
+    assert_eq!(view.latest_turn.id, accepted.turn_id.unwrap());
     assert_eq!(view.latest_turn.status, TurnStatus::Running);
     assert_eq!(view.latest_turn.started_at, at(1));
     assert_eq!(view.latest_turn.ended_at, None);
@@ -304,7 +309,7 @@ async fn created_task_is_running_with_its_message_and_exact_utc_timestamps(store
     let messages = history(&*store, a.id, accepted.task_id).await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].role, Role::User);
-    assert_eq!(messages[0].turn_id, accepted.turn_id);
+    assert_eq!(messages[0].turn_id, accepted.turn_id.unwrap());
     assert_eq!(messages[0].created_at, at(1));
 }
 
@@ -318,7 +323,7 @@ async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: 
     let ClaimError::TaskBusy(active) = err else {
         panic!("expected busy, got {err:?}");
     };
-    assert_eq!(active.turn_id, first.turn_id);
+    assert_eq!(active.turn_id, first.turn_id.unwrap());
     assert_eq!(active.started_at, at(1));
     assert_eq!(texts(&history(&*store, a.id, first.task_id).await), ["one"]);
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
@@ -391,7 +396,7 @@ async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
     );
     // The turn is played with the file's bytes at hand.
     let loaded = store
-        .load_turn_input(accepted.task_id, accepted.turn_id)
+        .load_turn_input(accepted.task_id, accepted.turn_id.unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -440,8 +445,9 @@ fn tool_answer(agent: AgentId, task: TaskId, id: &str) -> NewAppend {
 async fn ask_for_tools(store: &impl Store, accepted: &Accepted, ids: &[&str], due: DateTime<Utc>) {
     let ended = store
         .finish_turn(FinishTurn {
+            next: None,
             task_id: accepted.task_id,
-            turn_id: accepted.turn_id,
+            turn_id: accepted.turn_id.unwrap(),
             outcome: TurnOutcome::RequiresAction { respond_by: due },
             output: ids
                 .iter()
@@ -452,7 +458,8 @@ async fn ask_for_tools(store: &impl Store, accepted: &Accepted, ids: &[&str], du
             now: at(3),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .is_some();
     assert!(ended);
 }
 
@@ -494,7 +501,7 @@ async fn a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_tur
         .await
         .map(started)
         .unwrap();
-    assert_eq!(partial.status, TaskStatus::RequiresAction);
+    assert_eq!(partial.status, AcceptedStatus::RequiresAction);
     assert_eq!(partial.turn_id, first.turn_id);
     let err = store
         .append_and_claim(tool_answer(a.id, task, "c1"))
@@ -515,7 +522,7 @@ async fn a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_tur
         .await
         .map(started)
         .unwrap();
-    assert_eq!(next.status, TaskStatus::Running);
+    assert_eq!(next.status, AcceptedStatus::Running);
     assert_ne!(next.turn_id, first.turn_id);
     let view = store.get_task(a.id, task).await.unwrap().unwrap();
     assert_eq!(view.status(), TaskStatus::Running);
@@ -536,16 +543,16 @@ async fn a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_tur
     assert_eq!(
         roles,
         vec![
-            (Role::User, "text", first.turn_id),
-            (Role::Assistant, "tool_request", first.turn_id),
-            (Role::Assistant, "tool_request", first.turn_id),
-            (Role::Tool, "tool_response", first.turn_id),
-            (Role::Tool, "tool_response", next.turn_id),
+            (Role::User, "text", first.turn_id.unwrap()),
+            (Role::Assistant, "tool_request", first.turn_id.unwrap()),
+            (Role::Assistant, "tool_request", first.turn_id.unwrap()),
+            (Role::Tool, "tool_response", first.turn_id.unwrap()),
+            (Role::Tool, "tool_response", next.turn_id.unwrap()),
         ]
     );
     // The next turn sees both answers.
     let loaded = store
-        .load_turn_input(task, next.turn_id)
+        .load_turn_input(task, next.turn_id.unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -581,11 +588,12 @@ async fn unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once(store:
     );
     assert_eq!(
         store.overdue_tool_calls(at(10), 10).await.unwrap(),
-        vec![(first.task_id, first.turn_id)]
+        vec![(first.task_id, first.turn_id.unwrap())]
     );
     let time_out = |due| FinishTurn {
+        next: None,
         task_id: first.task_id,
-        turn_id: first.turn_id,
+        turn_id: first.turn_id.unwrap(),
         outcome: TurnOutcome::failed("tool_response_timeout", "late"),
         output: vec![],
         usage: None,
@@ -593,12 +601,12 @@ async fn unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once(store:
         now: at(11),
     };
     assert!(
-        !store.finish_turn(time_out(at(9))).await.unwrap(),
+        store.finish_turn(time_out(at(9))).await.unwrap().is_none(),
         "not due yet"
     );
-    assert!(store.finish_turn(time_out(at(10))).await.unwrap());
+    assert!(store.finish_turn(time_out(at(10))).await.unwrap().is_some());
     assert!(
-        !store.finish_turn(time_out(at(10))).await.unwrap(),
+        store.finish_turn(time_out(at(10))).await.unwrap().is_none(),
         "ends once"
     );
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
@@ -623,15 +631,16 @@ async fn unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once(store:
         .unwrap();
     ask_for_tools(&*store, &second, &["c2"], at(10)).await;
     let cancel = FinishTurn {
+        next: None,
         task_id: first.task_id,
-        turn_id: second.turn_id,
+        turn_id: second.turn_id.unwrap(),
         outcome: TurnOutcome::Cancelled,
         output: vec![],
         usage: None,
         guard: LeaseGuard::Anyone,
         now: at(12),
     };
-    assert!(store.finish_turn(cancel).await.unwrap());
+    assert!(store.finish_turn(cancel).await.unwrap().is_some());
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
     assert_eq!(view.status(), TaskStatus::Cancelled);
 }
@@ -646,8 +655,9 @@ async fn a_turns_usage_is_recorded_with_its_end(store: Arc<impl Store>) {
     };
     let ended = store
         .finish_turn(FinishTurn {
+            next: None,
             task_id: first.task_id,
-            turn_id: first.turn_id,
+            turn_id: first.turn_id.unwrap(),
             outcome: TurnOutcome::Completed,
             output: vec![OutputOp::Message(Content::text("hi"))],
             usage: Some(used),
@@ -655,7 +665,8 @@ async fn a_turns_usage_is_recorded_with_its_end(store: Arc<impl Store>) {
             now: at(3),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .is_some();
     assert!(ended);
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
     assert_eq!(view.latest_turn.usage, Some(used));
@@ -721,7 +732,7 @@ async fn finished_turn_frees_the_task_and_late_output_is_discarded(store: Arc<im
     assert!(finish(&*store, &second, failed, vec![Content::text("partial")]).await);
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
     assert_eq!(view.status(), TaskStatus::Failed);
-    assert_eq!(view.latest_turn.id, second.turn_id);
+    assert_eq!(view.latest_turn.id, second.turn_id.unwrap());
     assert_eq!(view.latest_turn.metadata["turn"], "two");
     assert_eq!(view.task.input, Content::text("two"));
     let error = view.latest_turn.error.unwrap();
@@ -765,7 +776,8 @@ async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(
             Err(ClaimError::TaskBusy(active)) => {
                 busy += 1;
                 assert_ne!(
-                    active.turn_id, first.turn_id,
+                    active.turn_id,
+                    first.turn_id.unwrap(),
                     "busy names the new turn, not the ended one"
                 );
             }
@@ -775,9 +787,9 @@ async fn fifty_concurrent_claims_on_one_idle_task_have_exactly_one_winner(
     assert_eq!((winners.len(), busy), (1, 49));
     let stored = history(&*store, a.id, first.task_id).await;
     assert_eq!(stored.len(), 2, "only the winner's message was stored");
-    assert_eq!(stored[1].turn_id, winners[0].turn_id);
+    assert_eq!(stored[1].turn_id, winners[0].turn_id.unwrap());
     let view = store.get_task(a.id, first.task_id).await.unwrap().unwrap();
-    assert_eq!(view.latest_turn.id, winners[0].turn_id);
+    assert_eq!(view.latest_turn.id, winners[0].turn_id.unwrap());
 }
 
 async fn claims_on_different_tasks_do_not_block_each_other(store: Arc<impl Store + 'static>) {
@@ -1077,7 +1089,7 @@ async fn messages_page_oldest_first_in_the_order_they_were_written(store: Arc<im
     }
     assert_eq!(texts(&seen), ["q1", "r1", "r2", "r3", "r4", "q2", "r5"]);
     assert!(seen.windows(2).all(|w| w[0].id < w[1].id));
-    assert_eq!(seen[5].turn_id, second.turn_id);
+    assert_eq!(seen[5].turn_id, second.turn_id.unwrap());
     let latest = store
         .get_task(a.id, t.task_id)
         .await
@@ -1174,21 +1186,21 @@ async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
         .map(started)
         .unwrap();
     let loaded = store
-        .load_turn_input(t.task_id, second.turn_id)
+        .load_turn_input(t.task_id, second.turn_id.unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(loaded.task.id, t.task_id);
     assert_eq!(loaded.task.input, Content::text("two"));
     assert_eq!(texts(&loaded.history), ["one", "echo: one", "two"]);
-    assert_eq!(loaded.history[2].turn_id, second.turn_id);
+    assert_eq!(loaded.history[2].turn_id, second.turn_id.unwrap());
     // Each turn with the metadata of the request that started it.
     assert_eq!(
         serde_json::Value::Object(loaded.metadata),
         json!({"turn": "two"})
     );
     let first = store
-        .load_turn_input(t.task_id, t.turn_id)
+        .load_turn_input(t.task_id, t.turn_id.unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -1200,7 +1212,13 @@ async fn load_turn_input_is_the_whole_history_in_order(store: Arc<impl Store>) {
     // No such task, or a turn of another task: nothing.
     let other = new_task(&*store, a.id, "other").await;
     for (task, turn) in [(TaskId(987_654), t.turn_id), (t.task_id, other.turn_id)] {
-        assert!(store.load_turn_input(task, turn).await.unwrap().is_none());
+        assert!(
+            store
+                .load_turn_input(task, turn.unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
 
@@ -1214,8 +1232,8 @@ async fn leases_are_renewed_only_by_their_holder_and_then_expire(store: Arc<impl
     let a = agent(&*store, "a").await;
     let one = new_task(&*store, a.id, "one").await;
     let two = new_task(&*store, a.id, "two").await;
-    let both = vec![one.turn_id, two.turn_id];
-    let first_attempts = vec![(one.turn_id, 1), (two.turn_id, 1)];
+    let both = vec![one.turn_id.unwrap(), two.turn_id.unwrap()];
+    let first_attempts = vec![(one.turn_id.unwrap(), 1), (two.turn_id.unwrap(), 1)];
     assert!(
         store
             .expired_turns(at(59), None, 10)
@@ -1244,7 +1262,7 @@ async fn leases_are_renewed_only_by_their_holder_and_then_expire(store: Arc<impl
     );
     assert!(
         store
-            .renew_leases(HOLDER, vec![(one.turn_id, 2)], at(500))
+            .renew_leases(HOLDER, vec![(one.turn_id.unwrap(), 2)], at(500))
             .await
             .unwrap()
             .is_empty(),
@@ -1259,14 +1277,14 @@ async fn leases_are_renewed_only_by_their_holder_and_then_expire(store: Arc<impl
     );
     let expired = store.expired_turns(at(100), None, 1).await.unwrap();
     assert_eq!(expired.len(), 1, "the limit holds");
-    assert_eq!(expired[0].turn_id, one.turn_id, "in id order");
+    assert_eq!(expired[0].turn_id, one.turn_id.unwrap(), "in id order");
     let rest = store
-        .expired_turns(at(100), Some(one.turn_id), 10)
+        .expired_turns(at(100), Some(one.turn_id.unwrap()), 10)
         .await
         .unwrap();
     assert_eq!(
         turn_ids(rest).await,
-        vec![two.turn_id],
+        vec![two.turn_id.unwrap()],
         "the next page starts after the last id seen"
     );
     assert_eq!(expired[0].agent_id, a.id);
@@ -1279,12 +1297,12 @@ async fn leases_are_renewed_only_by_their_holder_and_then_expire(store: Arc<impl
             .renew_leases(HOLDER, first_attempts, at(200))
             .await
             .unwrap(),
-        vec![one.turn_id],
+        vec![one.turn_id.unwrap()],
         "an ended turn has no lease to renew"
     );
     assert_eq!(
         turn_ids(store.expired_turns(at(10_000), None, 10).await.unwrap()).await,
-        vec![one.turn_id],
+        vec![one.turn_id.unwrap()],
         "ended turns are never expired"
     );
 }
@@ -1301,8 +1319,9 @@ async fn an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder(
             .unwrap()
     );
     let sweep = |cutoff| FinishTurn {
+        next: None,
         task_id: t.task_id,
-        turn_id: t.turn_id,
+        turn_id: t.turn_id.unwrap(),
         outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
         output: vec![],
         usage: None,
@@ -1310,12 +1329,12 @@ async fn an_expired_turn_is_ended_once_by_a_sweep_and_never_by_its_old_holder(
         now: at(61),
     };
     assert!(
-        !store.finish_turn(sweep(at(59))).await.unwrap(),
+        store.finish_turn(sweep(at(59))).await.unwrap().is_none(),
         "a live lease is never swept"
     );
-    assert!(store.finish_turn(sweep(at(60))).await.unwrap());
+    assert!(store.finish_turn(sweep(at(60))).await.unwrap().is_some());
     assert!(
-        !store.finish_turn(sweep(at(60))).await.unwrap(),
+        store.finish_turn(sweep(at(60))).await.unwrap().is_none(),
         "a second sweep finds nothing"
     );
     assert!(!finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
@@ -1358,7 +1377,7 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
     assert_eq!(store.take_over_turns(take(59)).await.unwrap(), vec![]);
     assert_eq!(
         store.take_over_turns(take(60)).await.unwrap(),
-        vec![(t.turn_id, 2)]
+        vec![(t.turn_id.unwrap(), 2)]
     );
     assert_eq!(
         store.take_over_turns(take(60)).await.unwrap(),
@@ -1382,7 +1401,7 @@ async fn a_taken_over_turn_starts_again_without_the_interrupted_output(store: Ar
         "the interrupted attempt's output is gone"
     );
     let loaded = store
-        .load_turn_input(t.task_id, t.turn_id)
+        .load_turn_input(t.task_id, t.turn_id.unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -1413,7 +1432,7 @@ async fn a_superseded_attempt_never_writes_even_under_the_same_holder(store: Arc
             .take_over_turns(take_over(&t, HOLDER, 60))
             .await
             .unwrap(),
-        vec![(t.turn_id, 2)]
+        vec![(t.turn_id.unwrap(), 2)]
     );
     assert!(
         !store
@@ -1476,7 +1495,7 @@ async fn a_batch_written_again_is_recorded_once(store: Arc<impl Store>) {
             .take_over_turns(take_over(&t, HOLDER, 60))
             .await
             .unwrap(),
-        vec![(t.turn_id, 2)]
+        vec![(t.turn_id.unwrap(), 2)]
     );
     let mut again = batch(1, "echo: hello");
     again.holder.attempt = 2;
@@ -1504,7 +1523,7 @@ async fn a_turns_last_output_is_stored_with_its_end(store: Arc<impl Store>) {
         output: vec![delta("tial"), OutputOp::Message(data.clone())],
         ..completed_by(&t, holder())
     };
-    assert!(store.finish_turn(end).await.unwrap());
+    assert!(store.finish_turn(end).await.unwrap().is_some());
     let messages = history(&*store, a.id, t.task_id).await;
     assert_eq!(messages[1].content, Content::text("partial"));
     assert_eq!(messages[1].streaming_status, Some(StreamingStatus::Done));
@@ -1535,10 +1554,10 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
     }
     // One of them is alive again: its holder renewed it.
     let renewed = store
-        .renew_leases(HOLDER, vec![(started[5].turn_id, 1)], at(500))
+        .renew_leases(HOLDER, vec![(started[5].turn_id.unwrap(), 1)], at(500))
         .await
         .unwrap();
-    assert_eq!(renewed, vec![started[5].turn_id]);
+    assert_eq!(renewed, vec![started[5].turn_id.unwrap()]);
     for t in &started[..2] {
         assert!(
             store
@@ -1547,7 +1566,7 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
                 .unwrap()
         );
     }
-    let refs = |ts: &[Accepted]| -> Vec<TurnId> { ts.iter().map(|t| t.turn_id).collect() };
+    let refs = |ts: &[Accepted]| -> Vec<TurnId> { ts.iter().map(|t| t.turn_id.unwrap()).collect() };
     let take = TakeOver {
         turns: refs(&started[..3])
             .into_iter()
@@ -1566,7 +1585,7 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
         taken,
         started[..3]
             .iter()
-            .map(|t| (t.turn_id, 2))
+            .map(|t| (t.turn_id.unwrap(), 2))
             .collect::<Vec<_>>(),
         "the live lease is left alone"
     );
@@ -1581,8 +1600,9 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
         assert_eq!(events.last().unwrap().data["turn"]["attempt"], 2);
     }
     let sweep = |t: &Accepted| FinishTurn {
+        next: None,
         task_id: t.task_id,
-        turn_id: t.turn_id,
+        turn_id: t.turn_id.unwrap(),
         outcome: TurnOutcome::failed("turn_interrupted", "its instance died"),
         output: vec![],
         usage: None,
@@ -1599,6 +1619,7 @@ async fn many_expired_turns_are_taken_over_or_ended_in_one_call(store: Arc<impl 
         ])
         .await
         .unwrap();
+    let ended: Vec<bool> = ended.iter().map(Option::is_some).collect();
     assert_eq!(ended, [true, false, true, false]);
     for (i, status) in [
         (0, TaskStatus::Running),
@@ -1621,7 +1642,7 @@ async fn released_leases_expire_at_once_and_nobody_holds_them(store: Arc<impl St
     let other = new_task(&*store, a.id, "other").await;
     assert_eq!(
         store
-            .release_leases("instance-b", vec![t.turn_id], at(5))
+            .release_leases("instance-b", vec![t.turn_id.unwrap()], at(5))
             .await
             .unwrap(),
         0,
@@ -1629,7 +1650,7 @@ async fn released_leases_expire_at_once_and_nobody_holds_them(store: Arc<impl St
     );
     assert_eq!(
         store
-            .release_leases(HOLDER, vec![t.turn_id], at(5))
+            .release_leases(HOLDER, vec![t.turn_id.unwrap()], at(5))
             .await
             .unwrap(),
         1
@@ -1644,7 +1665,7 @@ async fn released_leases_expire_at_once_and_nobody_holds_them(store: Arc<impl St
     assert_eq!(expired.len(), 1);
     assert_eq!(
         (expired[0].turn_id, expired[0].owner.clone()),
-        (t.turn_id, None)
+        (t.turn_id.unwrap(), None)
     );
     assert!(
         store
@@ -1664,16 +1685,17 @@ async fn cancel_ends_a_running_turn_keeping_its_partial_text(store: Arc<impl Sto
             .unwrap()
     );
     let cancel = FinishTurn {
+        next: None,
         task_id: t.task_id,
-        turn_id: t.turn_id,
+        turn_id: t.turn_id.unwrap(),
         outcome: TurnOutcome::Cancelled,
         output: vec![],
         usage: None,
         guard: LeaseGuard::Anyone,
         now: at(4),
     };
-    assert!(store.finish_turn(cancel.clone()).await.unwrap());
-    assert!(!store.finish_turn(cancel).await.unwrap());
+    assert!(store.finish_turn(cancel.clone()).await.unwrap().is_some());
+    assert!(store.finish_turn(cancel).await.unwrap().is_none());
     assert!(!finish(&*store, &t, TurnOutcome::Completed, vec![]).await);
     let view = store.get_task(a.id, t.task_id).await.unwrap().unwrap();
     assert_eq!(view.status(), TaskStatus::Cancelled);
@@ -1850,7 +1872,7 @@ async fn keys_are_found_by_hash_conflict_on_reuse_and_revoke_once(store: Arc<imp
 /// Taking over this one turn for `owner` (lease until 120 s), if expired by `expired_by`.
 fn take_over(t: &Accepted, owner: &str, expired_by: i64) -> TakeOver {
     TakeOver {
-        turns: vec![t.turn_id],
+        turns: vec![t.turn_id.unwrap()],
         expired_by: at(expired_by),
         lease: Lease {
             owner: owner.into(),
@@ -1873,14 +1895,21 @@ async fn answer_as(store: &impl Store, t: &Accepted, holder: Holder, text: &str)
     let mut output = record(t, vec![delta(text)]);
     output.holder = holder.clone();
     assert!(store.record_output(output).await.unwrap());
-    assert!(store.finish_turn(completed_by(t, holder)).await.unwrap());
+    assert!(
+        store
+            .finish_turn(completed_by(t, holder))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// A turn's normal end, as `holder` plays it.
 fn completed_by(t: &Accepted, holder: Holder) -> FinishTurn {
     FinishTurn {
+        next: None,
         task_id: t.task_id,
-        turn_id: t.turn_id,
+        turn_id: t.turn_id.unwrap(),
         outcome: TurnOutcome::Completed,
         output: vec![],
         usage: None,
@@ -1895,7 +1924,7 @@ fn record(task: &Accepted, ops: Vec<OutputOp>) -> RecordOutput {
     static BATCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     RecordOutput {
         task_id: task.task_id,
-        turn_id: task.turn_id,
+        turn_id: task.turn_id.unwrap(),
         holder: holder(),
         batch: BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ops,
@@ -1962,7 +1991,7 @@ async fn events_number_from_one_per_task_and_tell_the_whole_turn(store: Arc<impl
     assert!(
         events
             .iter()
-            .all(|e| e.turn_id == t.turn_id && e.task_id == t.task_id)
+            .all(|e| e.turn_id == t.turn_id.unwrap() && e.task_id == t.task_id)
     );
     assert_eq!(events[0].data["input"]["content"]["content"], "hello");
     assert_eq!(events[0].data["turn"]["status"], "running");
@@ -2051,7 +2080,7 @@ async fn streamed_text_is_one_message_in_progress_until_closed(store: Arc<impl S
     );
     let messages = history(&*store, a.id, t.task_id).await;
     assert_eq!(texts(&messages)[4], "new");
-    assert_eq!(messages[4].turn_id, next.turn_id);
+    assert_eq!(messages[4].turn_id, next.turn_id.unwrap());
 }
 
 /// Read while the text streams in, each page's streamed text is exactly the deltas up
@@ -2309,7 +2338,7 @@ async fn a_turns_end_is_queued_for_its_webhook_or_its_agents(
             delivery.status.as_str()
         ),
         (
-            own.turn_id.0,
+            own.turn_id.unwrap().0,
             "turn.completed",
             "https://own.example/hook",
             "pending"
@@ -2345,7 +2374,7 @@ async fn a_turns_end_is_queued_for_its_webhook_or_its_agents(
     let payload: serde_json::Value = serde_json::from_str(&due[0].payload).unwrap();
     assert_eq!(payload["type"], "turn.completed");
     assert_eq!(payload["data"]["task_id"], own.task_id.0);
-    assert_eq!(payload["data"]["turn_id"], own.turn_id.0);
+    assert_eq!(payload["data"]["turn_id"], own.turn_id.unwrap().0);
     assert_eq!(payload["data"]["agent_id"], a.id.0);
     assert_eq!(payload["data"]["status"], "completed");
     assert_eq!(payload["data"]["output"][0]["content"]["content"], "done");
@@ -2640,6 +2669,7 @@ async fn agents_are_listed_updated_and_their_keys_listed_with_last_use(store: Ar
         secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
     };
     let policy = TurnPolicy {
+        on_busy: OnBusy::Reject,
         on_interrupt: OnInterrupt::Fail,
         max_attempts: 1,
         turn_timeout_ms: 9000,

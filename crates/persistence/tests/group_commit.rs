@@ -135,6 +135,8 @@ async fn a_failing_operation_rolls_back_alone_and_its_group_still_commits() {
         async move {
             store
                 .append_and_claim(NewAppend {
+                    max_queued: 100,
+                    on_busy: OnBusy::Reject,
                     agent_id: agent.id,
                     task_id: running.task_id,
                     message: NewMessage {
@@ -169,7 +171,7 @@ async fn a_failing_operation_rolls_back_alone_and_its_group_still_commits() {
     let first = first.await.unwrap().unwrap();
     let last = last.await.unwrap().unwrap();
     match busy.await.unwrap() {
-        Err(ClaimError::TaskBusy(active)) => assert_eq!(active.turn_id, running.turn_id),
+        Err(ClaimError::TaskBusy(active)) => assert_eq!(active.turn_id, running.turn_id.unwrap()),
         other => panic!("expected busy, got {other:?}"),
     }
     match duplicate.await.unwrap() {

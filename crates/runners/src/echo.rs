@@ -2,10 +2,11 @@
 //! word by word. Its configuration can hold a turn open (`delay_ms`) or make it fail
 //! (`fail`), for tests and demos.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_domain::{Content, RunnerError, TurnInput, TurnRunner, TurnSink};
+use baton_domain::{Content, Message, RunnerError, SinkClosed, TurnInput, TurnRunner, TurnSink};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -43,33 +44,50 @@ impl EchoConfig {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EchoRunner;
 
+/// What a message said, as echo repeats it.
+fn said(message: Option<&Message>) -> String {
+    match message.map(|m| &m.content) {
+        Some(Content::Text(text)) => text.content.clone(),
+        Some(other) => serde_json::to_string(other).unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+/// The reply's words, each with the space after it: the deltas echo streams.
+fn split_words(text: &str) -> VecDeque<String> {
+    text.split_inclusive(' ').map(str::to_owned).collect()
+}
+
 #[async_trait]
 impl TurnRunner for EchoRunner {
     fn validate_config(&self, config: &Value) -> Result<(), String> {
         EchoConfig::parse(config).map(drop)
     }
 
+    /// Between its words (with a `delay_ms`), echo takes the messages steered into
+    /// its turn and echoes each after its reply.
+    fn takes_messages(&self, _config: &Value) -> bool {
+        true
+    }
+
     async fn run(&self, input: TurnInput, sink: TurnSink) -> Result<(), RunnerError> {
         let config = EchoConfig::parse(&input.agent.runner.config)
             .map_err(|why| RunnerError::new("invalid_runner_config", why))?;
-        let said = match input.last_user_message().map(|m| &m.content) {
-            Some(Content::Text(text)) => text.content.clone(),
-            Some(other) => serde_json::to_string(other).unwrap_or_default(),
-            None => String::new(),
-        };
-        let reply = format!("echo: {said}");
-        let words: Vec<&str> = reply.split_inclusive(' ').collect();
+        let closed = |closed: SinkClosed| RunnerError::new("turn_closed", closed.to_string());
+        let reply = format!("echo: {}", said(input.last_user_message()));
+        let mut words: VecDeque<String> = split_words(&reply);
         let pause = Duration::from_millis(config.delay_ms / words.len().max(1) as u64);
-        for word in words {
+        while let Some(word) = words.pop_front() {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
+                for steered in sink.take_messages().await.map_err(closed)? {
+                    words.extend(split_words(&format!("\n\necho: {}", said(Some(&steered)))));
+                }
             }
             if config.fail {
                 continue;
             }
-            sink.text_delta(word)
-                .await
-                .map_err(|closed| RunnerError::new("turn_closed", closed.to_string()))?;
+            sink.text_delta(word).await.map_err(closed)?;
         }
         if config.fail {
             return Err(RunnerError::new(
@@ -112,6 +130,7 @@ mod tests {
                 updated_at: now,
             },
             turn_id: TurnId(1),
+            attempt: 1,
             metadata: Metadata::new(),
             history: vec![Message {
                 id: MessageId(1),

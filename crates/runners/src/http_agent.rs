@@ -43,6 +43,11 @@ pub struct HttpAgentConfig {
     /// larger ones come with their description only.
     #[serde(default = "default_max_inline_file_bytes")]
     pub max_inline_file_bytes: usize,
+    /// The agent takes messages sent while its turn runs (`on_busy: steer`) from the
+    /// turn's inbox (the turn request's `inbox`). Needs `secret_env`: the agent signs
+    /// its inbox requests with that secret.
+    #[serde(default)]
+    pub takes_messages: bool,
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -65,6 +70,12 @@ impl HttpAgentConfig {
             .map_err(|why| format!("url: {why}"))?;
         if let Some(name) = &config.secret_env {
             call::check_env_name("secret_env", name)?;
+        }
+        if config.takes_messages && config.secret_env.is_none() {
+            return Err(
+                "takes_messages needs secret_env: the agent signs its inbox requests with that secret"
+                    .to_owned(),
+            );
         }
         Ok(config)
     }
@@ -131,24 +142,43 @@ impl TurnRunner for HttpAgentRunner {
         HttpAgentConfig::parse(config).map(drop)
     }
 
+    fn takes_messages(&self, config: &Value) -> bool {
+        HttpAgentConfig::parse(config).is_ok_and(|config| config.takes_messages)
+    }
+
+    /// An inbox request must be signed with the agent's secret, as baton signs the
+    /// turn request; an agent that does not take messages has no inbox.
+    fn authorize_inbox(
+        &self,
+        config: &Value,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<(), String> {
+        let config = HttpAgentConfig::parse(config)?;
+        if !config.takes_messages {
+            return Err("the agent does not take messages mid-turn (takes_messages)".to_owned());
+        }
+        let secret = secret_of(&config)
+            .map_err(|err| err.message)?
+            .ok_or_else(|| "the agent has no secret_env".to_owned())?;
+        baton_domain::webhooks::verify(headers, body, &secret, chrono::Utc::now())
+    }
+
     async fn run(&self, input: TurnInput, sink: TurnSink) -> Result<(), RunnerError> {
         let config = HttpAgentConfig::parse(&input.agent.runner.config)
             .map_err(|why| RunnerError::new("invalid_runner_config", why))?;
-        let secret = match &config.secret_env {
-            None => None,
-            Some(name) => {
-                let secret = call::env_secret(PEER, "secret_env", name)?;
-                // A secret that signs nothing must not look like an unsigned agent.
-                baton_domain::webhooks::check_secret(&secret).map_err(|why| {
-                    RunnerError::new(
-                        "agent_secret_invalid",
-                        format!("the environment variable {name} (secret_env) {why}"),
-                    )
-                })?;
-                Some(secret)
-            }
-        };
-        let body = serde_json::to_vec(&turn_request(&input, config.max_inline_file_bytes))
+        let secret = secret_of(&config)?;
+        let mut request = turn_request(&input, config.max_inline_file_bytes);
+        if config.takes_messages {
+            request["inbox"] = json!({
+                "path": format!(
+                    "/v1/agents/{}/tasks/{}/turns/{}/inbox",
+                    input.agent.id, input.task.id, input.turn_id
+                ),
+                "attempt": input.attempt,
+            });
+        }
+        let body = serde_json::to_vec(&request)
             .map_err(|err| RunnerError::new("internal_error", err.to_string()))?;
         // One id for the turn's calls, retries included: the agent can tell a retry.
         let id = format!("turn_{}_{:016x}", input.turn_id, rand::random::<u64>());
@@ -160,6 +190,22 @@ impl TurnRunner for HttpAgentRunner {
         })
         .await
     }
+}
+
+/// The agent's signing secret, read from its environment variable at each use.
+fn secret_of(config: &HttpAgentConfig) -> Result<Option<String>, RunnerError> {
+    let Some(name) = &config.secret_env else {
+        return Ok(None);
+    };
+    let secret = call::env_secret(PEER, "secret_env", name)?;
+    // A secret that signs nothing must not look like an unsigned agent.
+    baton_domain::webhooks::check_secret(&secret).map_err(|why| {
+        RunnerError::new(
+            "agent_secret_invalid",
+            format!("the environment variable {name} (secret_env) {why}"),
+        )
+    })?;
+    Ok(Some(secret))
 }
 
 /// What the agent is sent for a turn. The attached files come with their bytes up

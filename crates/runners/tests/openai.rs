@@ -53,6 +53,7 @@ fn input(config: Value, said: &str) -> TurnInput {
         agent,
         task,
         turn_id: TurnId(1),
+        attempt: 1,
         // The request's own parameters, as a client sends them.
         metadata: json!({"user_params": {"locale": "nb"}})
             .as_object()

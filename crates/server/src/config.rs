@@ -106,6 +106,8 @@ pub struct LimitsFile {
     /// One attachment's bytes (decoded).
     pub max_attachment_bytes: Option<usize>,
     pub max_running_turns_per_agent: Option<u32>,
+    /// Messages waiting in one task's queue (`on_busy: enqueue` or `steer`).
+    pub max_queued_per_task: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -381,6 +383,7 @@ impl Config {
                 max_running_turns_per_agent: Some(
                     self.limits.submit.max_running_turns_per_agent.unwrap_or(0),
                 ),
+                max_queued_per_task: Some(self.limits.submit.max_queued_per_task),
             },
             sqlite: SqliteFile {
                 synchronous: Some(self.store.sqlite.synchronous),
@@ -582,6 +585,10 @@ impl Config {
                         .limits
                         .max_running_turns_per_agent
                         .filter(|n| *n > 0),
+                    max_queued_per_task: file
+                        .limits
+                        .max_queued_per_task
+                        .unwrap_or(SubmitLimits::default().max_queued_per_task),
                 },
             },
             store: StoreOptions {

@@ -121,6 +121,11 @@ enum AgentCommand {
         /// A turn running longer than this ends failed with `turn_timeout`, in ms.
         #[arg(long, default_value_t = TurnPolicy::DEFAULT_TIMEOUT_MS)]
         turn_timeout_ms: u64,
+        /// What a message sent while a turn of its task runs does, unless its request
+        /// says: `reject` it (409 task_busy), `enqueue` it, `interrupt` the turn, or
+        /// `steer` it into the turn.
+        #[arg(long, default_value = "reject")]
+        on_busy: OnBusy,
         /// Where this agent's turn ends are delivered when a request names no webhook.
         #[arg(long)]
         webhook_url: Option<String>,
@@ -291,6 +296,7 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
             on_interrupt,
             max_attempts,
             turn_timeout_ms,
+            on_busy,
             webhook_url,
             webhook_secret,
         }) => {
@@ -305,6 +311,7 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
                 on_interrupt,
                 max_attempts,
                 turn_timeout_ms,
+                on_busy,
             };
             let generated = webhook_url.is_some() && webhook_secret.is_none();
             let webhook = webhook_url.map(|url| WebhookTarget {

@@ -48,6 +48,7 @@ fn says(text: &str) -> SubmitMessage {
             .cloned()
             .unwrap_or_default(),
         webhook: None,
+        on_busy: None,
     }
 }
 

@@ -84,18 +84,24 @@ fn submit(agent_id: AgentId) -> SubmitMessage {
         },
         metadata: json!({"trace": "t-1"}).as_object().cloned().unwrap(),
         webhook: None,
+        on_busy: None,
     }
 }
+
+/// A turn's end that started no queued turn.
+const ENDED: Option<Ended> = Some(Ended { next: None });
 
 fn accepted(task_id: i64, turn_id: i64) -> Accepted {
     Accepted {
         task_id: TaskId(task_id),
         agent_id: AGENT,
-        turn_id: TurnId(turn_id),
+        turn_id: Some(TurnId(turn_id)),
         accepted_at: at(1),
         metadata: Metadata::new(),
-        status: TaskStatus::Running,
+        status: AcceptedStatus::Running,
         stream_after: Some(0),
+        queued: None,
+        interrupted: None,
     }
 }
 
@@ -144,7 +150,7 @@ impl Harness {
         });
         self.tasks.expect_finish_turn().returning(move |finish| {
             ended.send(finish).unwrap();
-            Ok(true)
+            Ok(ENDED)
         });
         ended_rx
     }
@@ -328,7 +334,7 @@ async fn writes_that_fail_for_a_moment_are_tried_again_and_nothing_is_lost() {
             return Err(StoreError::Unavailable("the database is restarting".into()));
         }
         ended.send(finish).unwrap();
-        Ok(true)
+        Ok(ENDED)
     });
     h.notifier.expect_task_changed().return_const(());
     let service = h.build_with_runner(
@@ -612,6 +618,7 @@ fn running_then(
 
 fn view(status: TurnStatus) -> TaskView {
     TaskView {
+        queued: 0,
         task: task(3),
         latest_turn: Turn {
             id: TurnId(30),
@@ -753,7 +760,7 @@ async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     h.tasks.expect_finish_turn().returning(move |finish| {
         ended.send(finish).unwrap();
-        Ok(true)
+        Ok(ENDED)
     });
     h.runner.expect_run().returning(|_, _| {
         std::thread::sleep(Duration::from_millis(200));

@@ -109,6 +109,7 @@ pub(crate) async fn update_agent(
                 agents::turn_timeout_ms.eq(row.turn_timeout_ms),
                 agents::webhook_url.eq(&row.webhook_url),
                 agents::webhook_secrets.eq(&row.webhook_secrets),
+                agents::on_busy.eq(row.on_busy),
             ))
             .execute(conn)
             .await?;

@@ -11,7 +11,9 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::events::insert_events;
 use super::idempotency::{remember, replay};
 use super::messages::insert_message;
+use super::queue::enqueue;
 use super::reads::owned_task;
+use super::turns::finish_in;
 use super::{Conn, lock_agent, lock_task};
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
@@ -44,6 +46,8 @@ pub(super) struct Started {
     pub event: EventDraft,
     /// The task's input as stored: attachments by id, never their bytes.
     pub input: Content,
+    /// The message the turn started with.
+    pub message: MessageId,
 }
 
 /// Starts a turn with its message: the turn (the partial unique index refuses a
@@ -101,6 +105,7 @@ pub(super) async fn start_turn(
     Ok(Started {
         turn,
         event: draft,
+        message: input.id,
         input: input.content,
     })
 }
@@ -185,12 +190,14 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
                 let accepted = Accepted {
                     task_id,
                     agent_id: new.agent_id,
-                    turn_id: started.turn,
+                    turn_id: Some(started.turn),
                     accepted_at: new.now,
                     metadata: new.metadata.clone(),
-                    status: TaskStatus::Running,
+                    status: AcceptedStatus::Running,
                     // A new task's log starts with its turn.
                     stream_after: Some(0),
+                    queued: None,
+                    interrupted: None,
                 };
                 remember(conn, record, &accepted).await?;
                 Ok::<_, TxError>(Claim::Started(accepted))
@@ -231,25 +238,62 @@ pub(crate) async fn append_and_claim(
                 if let Some(first) = replay(conn, append.agent_id, record, now).await? {
                     return Ok(Claim::Replayed(first));
                 }
-                let latest = latest_turn(conn, task).await?;
-                if let LatestTurn::Running(active) = latest {
-                    return Err(TxError::Busy(Some(active)));
-                }
-                if let LatestTurn::Waiting(waiting) = latest {
-                    let (requested, answered) = tool_calls_of(conn, waiting).await?;
-                    let answer = tools::check_answer(&requested, &answered, &append.message)
-                        .map_err(TxError::Invalid)?;
-                    if answer == tools::Answer::Partial {
-                        return answer_waiting_turn(conn, append, waiting, record).await;
+                let mut interrupted = None;
+                match latest_turn(conn, task).await? {
+                    LatestTurn::Running(active) => {
+                        tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
+                        match append.on_busy {
+                            OnBusy::Reject => return Err(TxError::Busy(Some(active))),
+                            OnBusy::Enqueue => {
+                                return enqueue(conn, append, QueueMode::Enqueue, None).await;
+                            }
+                            OnBusy::Steer => {
+                                let into = Some(active.turn_id);
+                                return enqueue(conn, append, QueueMode::Steer, into).await;
+                            }
+                            OnBusy::Interrupt => {
+                                interrupt(conn, append, active.turn_id).await?;
+                                interrupted = Some(active.turn_id);
+                            }
+                        }
                     }
-                    // The last answer: the waiting turn is done, the next starts.
-                    diesel::update(turns::table.find(waiting.0))
-                        .set(turns::status.eq(TurnStatus::Completed.as_str()))
-                        .by_sql()
-                        .execute(conn)
-                        .await?;
-                } else {
-                    tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
+                    LatestTurn::Waiting(waiting) => {
+                        let is_answer = tools::check_not_an_answer(&append.message).is_err();
+                        match append.on_busy {
+                            // Only answers end the wait; anything else waits its turn.
+                            OnBusy::Enqueue | OnBusy::Steer if !is_answer => {
+                                let mode = match append.on_busy {
+                                    OnBusy::Steer => QueueMode::Steer,
+                                    _ => QueueMode::Enqueue,
+                                };
+                                return enqueue(conn, append, mode, None).await;
+                            }
+                            OnBusy::Interrupt if !is_answer => {
+                                interrupt(conn, append, waiting).await?;
+                                interrupted = Some(waiting);
+                            }
+                            _ => {
+                                let (requested, answered) = tool_calls_of(conn, waiting).await?;
+                                let answer =
+                                    tools::check_answer(&requested, &answered, &append.message)
+                                        .map_err(TxError::Invalid)?;
+                                if answer == tools::Answer::Partial {
+                                    return answer_waiting_turn(conn, append, waiting, record)
+                                        .await;
+                                }
+                                // The last answer: the waiting turn is done, the next
+                                // starts.
+                                diesel::update(turns::table.find(waiting.0))
+                                    .set(turns::status.eq(TurnStatus::Completed.as_str()))
+                                    .by_sql()
+                                    .execute(conn)
+                                    .await?;
+                            }
+                        }
+                    }
+                    LatestTurn::Ended => {
+                        tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
+                    }
                 }
                 check_capacity(conn, append.agent_id, append.max_running_per_agent).await?;
                 let started = start_turn(
@@ -278,11 +322,13 @@ pub(crate) async fn append_and_claim(
                 let accepted = Accepted {
                     task_id: append.task_id,
                     agent_id: append.agent_id,
-                    turn_id: started.turn,
+                    turn_id: Some(started.turn),
                     accepted_at: append.now,
                     metadata: append.metadata.clone(),
-                    status: TaskStatus::Running,
+                    status: AcceptedStatus::Running,
                     stream_after: Some(last - 1),
+                    queued: None,
+                    interrupted,
                 };
                 remember(conn, record, &accepted).await?;
                 Ok(Claim::Started(accepted))
@@ -295,6 +341,7 @@ pub(crate) async fn append_and_claim(
             Err(TxError::AtCapacity(limit)) => {
                 return Err(ClaimError::TooManyRunningTurns(limit));
             }
+            Err(TxError::QueueFull(limit)) => return Err(ClaimError::QueueFull(limit)),
             Err(TxError::Invalid(errors)) => return Err(ClaimError::Invalid(errors)),
             Err(TxError::KeyRace) => continue,
             Err(TxError::Busy(active)) => active,
@@ -327,6 +374,29 @@ pub(crate) async fn append_and_claim(
         // The winner of the race already ended: the task is idle again.
     }
     Err(contended())
+}
+
+/// Ends the task's running turn (or the one waiting for tool answers) `cancelled` for
+/// the message that interrupts it, as a cancel would, in the claim's transaction: the
+/// message's own turn starts next, so the queue is not handed on.
+async fn interrupt(conn: &mut Conn, append: &NewAppend, turn: TurnId) -> Result<(), TxError> {
+    let finish = FinishTurn {
+        task_id: append.task_id,
+        turn_id: turn,
+        outcome: TurnOutcome::Cancelled,
+        output: Vec::new(),
+        usage: None,
+        guard: LeaseGuard::Anyone,
+        now: append.now,
+        next: None,
+    };
+    match finish_in(conn, &finish).await? {
+        Some(_) => Ok(()),
+        // The task's row is locked and the turn was just read running or waiting.
+        None => Err(TxError::Store(StoreError::internal(
+            "the interrupted turn could not be ended",
+        ))),
+    }
 }
 
 /// What the task's latest turn leaves a new message to do.
@@ -408,11 +478,13 @@ pub(super) async fn answer_waiting_turn(
     let accepted = Accepted {
         task_id: append.task_id,
         agent_id: append.agent_id,
-        turn_id: waiting,
+        turn_id: Some(waiting),
         accepted_at: append.now,
         metadata: append.metadata.clone(),
-        status: TaskStatus::RequiresAction,
+        status: AcceptedStatus::RequiresAction,
         stream_after: Some(last),
+        queued: None,
+        interrupted: None,
     };
     remember(conn, record, &accepted).await?;
     Ok(Claim::Started(accepted))

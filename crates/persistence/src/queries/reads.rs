@@ -101,7 +101,9 @@ fn task_view(
     message: Option<MessageRow>,
 ) -> Result<TaskView, StoreError> {
     let turn = turn.ok_or_else(|| crate::error::corrupt(format!("task {} has no turn", row.id)))?;
+    let queued = count("tasks.queued", row.queued)?;
     Ok(TaskView {
+        queued,
         task: row.into_domain()?,
         latest_turn: turn.into_domain()?,
         latest_agent_message: message.map(MessageRow::into_domain).transpose()?,

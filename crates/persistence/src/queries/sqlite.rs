@@ -27,6 +27,8 @@ mod idempotency;
 mod leases;
 #[path = "messages.rs"]
 mod messages;
+#[path = "queue.rs"]
+mod queue;
 #[path = "readiness.rs"]
 mod readiness;
 #[path = "reads.rs"]
@@ -37,8 +39,8 @@ mod turns;
 mod webhooks;
 
 pub(crate) use self::{
-    agents::*, claims::*, events::*, idempotency::*, leases::*, readiness::*, reads::*, turns::*,
-    webhooks::*,
+    agents::*, claims::*, events::*, idempotency::*, leases::*, queue::*, readiness::*, reads::*,
+    turns::*, webhooks::*,
 };
 
 /// An agent or a key changed (SQLite: this process's cache is told by the caller).

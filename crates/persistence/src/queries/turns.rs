@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::events::append_events;
+use super::events::{append_events, insert_events};
 use super::messages::{insert_message, message_event, open_text, save_text};
+use super::queue::hand_on;
 use super::webhooks::queue_delivery;
 use super::{Conn, Db};
 use crate::models::*;
@@ -298,7 +299,10 @@ pub(crate) async fn load_turn_input(
     .map_err(TxError::into_store)
 }
 
-pub(crate) async fn finish_turn(conn: &mut Conn, finish: &FinishTurn) -> Result<bool, StoreError> {
+pub(crate) async fn finish_turn(
+    conn: &mut Conn,
+    finish: &FinishTurn,
+) -> Result<Option<Ended>, StoreError> {
     conn.transaction(async |conn| finish_in(conn, finish).await)
         .await
         .map_err(TxError::into_store)
@@ -307,7 +311,7 @@ pub(crate) async fn finish_turn(conn: &mut Conn, finish: &FinishTurn) -> Result<
 pub(crate) async fn finish_turns(
     conn: &mut Conn,
     finishes: &[FinishTurn],
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<Vec<Option<Ended>>, StoreError> {
     conn.transaction(async |conn| {
         let mut ended = Vec::with_capacity(finishes.len());
         for finish in finishes {
@@ -321,7 +325,10 @@ pub(crate) async fn finish_turns(
 
 /// Ends a turn inside the caller's write transaction (see
 /// `TaskStore::finish_turn`).
-pub(super) async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bool, TxError> {
+pub(super) async fn finish_in(
+    conn: &mut Conn,
+    finish: &FinishTurn,
+) -> Result<Option<Ended>, TxError> {
     let now = micros(finish.now);
     let status = finish.outcome.status();
     let (code, message) = match &finish.outcome {
@@ -362,7 +369,7 @@ pub(super) async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bo
             .await
             .optional()?;
     let Some((ended, hook_url, hook_secrets, batches)) = ended else {
-        return Ok(false);
+        return Ok(None);
     };
     // A running turn's play that recorded no batch has no output stored yet: all
     // of it comes with the end. (A turn waiting for tool answers stored its output
@@ -409,6 +416,24 @@ pub(super) async fn finish_in(conn: &mut Conn, finish: &FinishTurn) -> Result<bo
     });
     let own_hook = endpoint(hook_url, hook_secrets);
     queue_delivery(conn, &ended, own_hook, &output, now).await?;
-    append_events(conn, task.0, drafts, now, Some(turn), Some(now)).await?;
-    Ok(true)
+    // The ending event, and whether messages wait in the task's queue: one statement.
+    let count = drafts.len() as i64;
+    let (last, queued): (i64, i64) = diesel::update(tasks::table.find(task.0))
+        .set((
+            tasks::last_seq.eq(tasks::last_seq + count),
+            tasks::updated_at.eq(now),
+        ))
+        .returning((tasks::last_seq, tasks::queued))
+        .by_sql()
+        .get_result(conn)
+        .await?;
+    insert_events(conn, task.0, last, drafts, now, Some(turn)).await?;
+    let next = match queued {
+        0 => None,
+        _ => {
+            let idle = status != TurnStatus::RequiresAction;
+            hand_on(conn, task, turn, idle, finish.next.as_ref(), finish.now).await?
+        }
+    };
+    Ok(Some(Ended { next }))
 }

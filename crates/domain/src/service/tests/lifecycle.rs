@@ -116,7 +116,7 @@ fn playing_store(
     let (ended, ended_rx) = mpsc::unbounded_channel();
     tasks.expect_finish_turn().returning(move |finish| {
         let _ = ended.send(finish);
-        Ok(true)
+        Ok(ENDED)
     });
     (tasks, ended_rx)
 }
@@ -306,11 +306,14 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
         .withf(|now, _| *now == at(1))
         .times(1)
         .returning(|_, _| Ok(vec![(TaskId(9), TurnId(109))]));
+    tasks
+        .expect_start_stalled_queues()
+        .returning(|_, _, _| Ok(Vec::new()));
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     let ended_many = ended.clone();
     tasks.expect_finish_turn().returning(move |finish| {
         let _ = ended.send(finish);
-        Ok(true)
+        Ok(ENDED)
     });
     // The expired turns are ended together.
     tasks
@@ -322,7 +325,7 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
             for finish in finishes {
                 let _ = ended_many.send(finish);
             }
-            Ok(vec![true; n])
+            Ok(vec![ENDED; n])
         });
     let mut runner = MockTurnRunner::new();
     runner
@@ -348,7 +351,8 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
         SweepReport {
             failed: 2,
             retried: 1,
-            unanswered: 1
+            unanswered: 1,
+            queues: 0,
         }
     );
     let mut ends = Vec::new();
@@ -429,6 +433,9 @@ async fn a_sweep_never_takes_over_or_ends_a_turn_this_process_plays() {
     tasks
         .expect_overdue_tool_calls()
         .returning(|_, _| Ok(vec![]));
+    tasks
+        .expect_start_stalled_queues()
+        .returning(|_, _, _| Ok(Vec::new()));
     let (service, dropped) = playing_a_retry_agents_turn_as_me(tasks).await;
     let report = service.executor().sweep(at(10_000)).await.unwrap();
     assert_eq!(report, SweepReport::default());
@@ -456,10 +463,13 @@ async fn a_sweep_pages_through_the_expired_turns_once() {
         });
     tasks
         .expect_finish_turns()
-        .returning(|finishes| Ok(vec![true; finishes.len()]));
+        .returning(|finishes| Ok(vec![ENDED; finishes.len()]));
     tasks
         .expect_overdue_tool_calls()
         .returning(|_, _| Ok(vec![]));
+    tasks
+        .expect_start_stalled_queues()
+        .returning(|_, _, _| Ok(Vec::new()));
     let service = service_with(
         tasks,
         agents_returning(agent_with(1, TurnPolicy::default())),
@@ -510,7 +520,7 @@ async fn cancel_ends_the_running_turn_and_a_repeat_gets_the_same_answer() {
                 && finish.guard == LeaseGuard::Anyone
         })
         .times(1)
-        .returning(|_| Ok(true));
+        .returning(|_| Ok(ENDED));
     let hub = crate::LocalNotifier::default();
     let mut watch = hub.watch(TaskId(3));
     let service = h.build_with_hub(hub);
@@ -551,7 +561,7 @@ async fn a_cancel_that_loses_to_the_turns_end_is_not_running() {
     h.tasks
         .expect_get_task()
         .returning(running_then(TurnStatus::Completed, Default::default()));
-    h.tasks.expect_finish_turn().returning(|_| Ok(false));
+    h.tasks.expect_finish_turn().returning(|_| Ok(None));
     let err = h.build().cancel(&WHO, TaskId(3)).await.unwrap_err();
     assert!(
         matches!(err, ServiceError::TaskNotRunning(TurnStatus::Completed)),
@@ -579,7 +589,7 @@ fn slow_keyed_store(calls: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> MockTask
     tasks
         .expect_load_turn_input()
         .returning(|id, _| loaded(id.0, vec![user_message(id.0, 30)]));
-    tasks.expect_finish_turn().returning(|_| Ok(true));
+    tasks.expect_finish_turn().returning(|_| Ok(ENDED));
     tasks
 }
 

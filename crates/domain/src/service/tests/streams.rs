@@ -269,7 +269,7 @@ async fn a_long_poll_after_a_claim_sees_its_turn_not_an_earlier_shared_read() {
     h.tasks
         .expect_load_turn_input()
         .returning(|id, _| loaded(id.0, vec![user_message(id.0, 1)]));
-    h.tasks.expect_finish_turn().returning(|_| Ok(true));
+    h.tasks.expect_finish_turn().returning(|_| Ok(ENDED));
     h.notifier.expect_task_changed().return_const(());
     h.runner.expect_run().returning(|_, _| Ok(()));
     let hub = crate::LocalNotifier::default();
