@@ -128,7 +128,20 @@ conformance!(
     a_turn_waiting_for_tool_answers_takes_them_one_by_one_then_the_next_turn_starts,
     unanswered_tool_calls_are_overdue_at_their_deadline_and_end_once,
     attachments_are_kept_apart_and_shown_by_id,
+    enqueued_messages_start_their_turns_in_order_as_turns_end,
+    a_turn_waiting_for_tool_answers_keeps_the_queue_until_it_ends,
+    interrupt_cancels_the_running_turn_and_starts_its_own_in_one_step,
+    steered_messages_are_delivered_into_the_turn_or_queued_when_it_ends,
+    queued_messages_can_be_cancelled_until_they_start,
+    a_full_queue_refuses_and_stores_nothing,
+    a_queue_left_by_a_stopping_instance_is_started_by_a_sweep,
+    a_queued_append_replays_its_first_answer,
+    fifty_concurrent_enqueues_are_stored_once_and_start_in_order,
 );
+
+#[path = "conformance/queue.rs"]
+mod queue;
+use queue::*;
 
 trait Store: TaskStore + AgentStore {}
 impl<S: TaskStore + AgentStore> Store for S {}
