@@ -847,6 +847,12 @@ impl Inner {
                 },
                 _ = sleep_until_some(flush_at) => true,
                 Some(reply) = inbox_requests.recv() => {
+                    // Most turns have nothing steered into them: a read says so, and
+                    // the batch keeps coalescing.
+                    if !self.tasks.has_steered(turn.turn_id).await.unwrap_or(true) {
+                        let _ = reply.send(Vec::new());
+                        continue;
+                    }
                     // What the runner pushed before asking comes first in the history.
                     while let Ok(item) = items.try_recv() {
                         batch.push(item);

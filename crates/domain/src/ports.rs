@@ -57,6 +57,10 @@ pub trait TaskStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<Message>>, StoreError>;
 
+    /// Whether messages steered into the turn wait to be taken (a read: a runner asks
+    /// between its steps, and most turns have none).
+    async fn has_steered(&self, turn: TurnId) -> Result<bool, StoreError>;
+
     /// The messages waiting in the task's queue (queued, then steering), in order;
     /// `None` if the agent does not own the task.
     async fn list_queue(

@@ -489,7 +489,8 @@ impl TaskService {
 
     /// Cancels the task's running turn, or the turn waiting for tool answers: it ends
     /// `cancelled` at once (its partial text kept, a `cancelled` event written) and its
-    /// runner is stopped wherever it plays. Cancelling a turn that is already
+    /// runner is stopped wherever it plays. The task's queued messages stay queued: the
+    /// first starts its turn. Cancelling a turn that is already
     /// cancelled answers as the first cancel did; a task whose latest turn ended
     /// otherwise is [`ServiceError::TaskNotRunning`].
     pub async fn cancel(&self, who: &Principal, task_id: TaskId) -> Result<TaskView, ServiceError> {
@@ -511,22 +512,26 @@ impl TaskService {
             next: Some(self.executor.new_lease(self.executor.clock().now())),
         };
         let (tasks, hub, executor) = (self.tasks.clone(), self.hub.clone(), self.executor.clone());
-        self.executor
+        let cancelled = self
+            .executor
             .detached(async move {
-                if let Some(ended) = tasks.finish_turn(finish).await? {
-                    crate::telemetry::turn_ended(TurnStatus::Cancelled, "cancelled", None);
-                    hub.turn_ended(task_id, turn);
-                    if let Some(next) = ended.next {
-                        executor.spawn(next);
-                    }
+                let Some(ended) = tasks.finish_turn(finish).await? else {
+                    return Ok(false);
+                };
+                crate::telemetry::turn_ended(TurnStatus::Cancelled, "cancelled", None);
+                hub.turn_ended(task_id, turn);
+                if let Some(next) = ended.next {
+                    executor.spawn(next);
                 }
-                Ok(())
+                Ok(true)
             })
             .await?;
-        // Ended by this cancel or a concurrent one: the same answer. Ended otherwise
-        // (it completed first): not running.
+        // Cancelled by this request: the task as it is now (running its next queued
+        // message's turn, if one waited). Ended otherwise: by a concurrent cancel, the
+        // same answer; by its own end, not running.
         let view = self.get_task(who, task_id).await?;
         match view.latest_turn.status {
+            _ if cancelled => Ok(view),
             TurnStatus::Cancelled if view.latest_turn.id == turn => Ok(view),
             other => Err(ServiceError::TaskNotRunning(other)),
         }

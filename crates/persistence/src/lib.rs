@@ -319,6 +319,10 @@ impl TaskStore for SqlStore {
         .await)
     }
 
+    async fn has_steered(&self, turn: TurnId) -> Result<bool, StoreError> {
+        on_conn!(self, readers, |conn, q| q::has_steered(conn, turn).await)
+    }
+
     async fn list_queue(
         &self,
         agent: AgentId,

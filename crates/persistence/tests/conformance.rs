@@ -137,6 +137,7 @@ conformance!(
     a_queue_left_by_a_stopping_instance_is_started_by_a_sweep,
     a_queued_append_replays_its_first_answer,
     fifty_concurrent_enqueues_are_stored_once_and_start_in_order,
+    a_queued_messages_turn_keeps_its_requests_webhook,
 );
 
 #[path = "conformance/queue.rs"]

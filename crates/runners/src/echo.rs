@@ -2,7 +2,6 @@
 //! word by word. Its configuration can hold a turn open (`delay_ms`) or make it fail
 //! (`fail`), for tests and demos.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,11 +52,6 @@ fn said(message: Option<&Message>) -> String {
     }
 }
 
-/// The reply's words, each with the space after it: the deltas echo streams.
-fn split_words(text: &str) -> VecDeque<String> {
-    text.split_inclusive(' ').map(str::to_owned).collect()
-}
-
 #[async_trait]
 impl TurnRunner for EchoRunner {
     fn validate_config(&self, config: &Value) -> Result<(), String> {
@@ -65,7 +59,7 @@ impl TurnRunner for EchoRunner {
     }
 
     /// Between its words (with a `delay_ms`), echo takes the messages steered into
-    /// its turn and echoes each after its reply.
+    /// its turn, and answers each with a message of its own after its reply.
     fn takes_messages(&self, _config: &Value) -> bool {
         true
     }
@@ -75,19 +69,23 @@ impl TurnRunner for EchoRunner {
             .map_err(|why| RunnerError::new("invalid_runner_config", why))?;
         let closed = |closed: SinkClosed| RunnerError::new("turn_closed", closed.to_string());
         let reply = format!("echo: {}", said(input.last_user_message()));
-        let mut words: VecDeque<String> = split_words(&reply);
+        let words: Vec<&str> = reply.split_inclusive(' ').collect();
         let pause = Duration::from_millis(config.delay_ms / words.len().max(1) as u64);
-        while let Some(word) = words.pop_front() {
+        let mut steered = Vec::new();
+        for word in words {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
-                for steered in sink.take_messages().await.map_err(closed)? {
-                    words.extend(split_words(&format!("\n\necho: {}", said(Some(&steered)))));
-                }
+                steered.extend(sink.take_messages().await.map_err(closed)?);
             }
             if config.fail {
                 continue;
             }
             sink.text_delta(word).await.map_err(closed)?;
+        }
+        // Each message taken mid-turn is answered by a message of its own, after it.
+        for message in steered {
+            let answer = Content::text(format!("echo: {}", said(Some(&message))));
+            sink.message(answer).await.map_err(closed)?;
         }
         if config.fail {
             return Err(RunnerError::new(

@@ -475,10 +475,15 @@ fn the_readme_conversation_works_as_written() {
         "HTTP/1.1 202 Accepted",
         "HTTP/1.1 409 Conflict",
         "\"code\":\"task_busy\"",
+        // Queued behind the running turn, then played after it.
+        "\"status\":\"queued\"",
+        "\"position\":1",
         "\"status\":\"completed\"",
-        "\"content\":\"echo: hello\"",
+        "\"content\":\"echo: after you\"",
         "HTTP/1.1 202 Accepted",
-        // The stream: the first turn replayed, then the second live to its end.
+        // The stream: the first turns replayed, then the third live to its end.
+        "event: final",
+        "\"queued_message_id\":1",
         "event: final",
         "event: turn_started",
         "event: text_delta",

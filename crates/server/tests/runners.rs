@@ -164,6 +164,11 @@ struct PythonAgent {
 
 impl PythonAgent {
     fn start(secret: &str) -> PythonAgent {
+        PythonAgent::start_with(secret, &[])
+    }
+
+    /// With more command-line arguments.
+    fn start_with(secret: &str, args: &[&str]) -> PythonAgent {
         use std::io::BufRead;
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -172,6 +177,7 @@ impl PythonAgent {
         let mut child = std::process::Command::new(baton_test_support::python::python())
             .arg(script)
             .args(["--port", "0"])
+            .args(args)
             .env("AGENT_SECRET", secret)
             .stdout(Stdio::piped())
             .spawn()
@@ -585,4 +591,114 @@ fn each_turn_reaches_the_agent_with_the_metadata_of_its_request() {
     assert_eq!(calls[1].json()["metadata"], second);
     // The task's own metadata stays the first request's.
     assert_eq!(calls[1].json()["task"]["metadata"], first);
+}
+
+/// A signed request to a turn's inbox, as an agent service makes it; its status and body.
+fn inbox_request(server: &Server, path: &str, body: Value, secret: &str) -> (u16, Value) {
+    let body = body.to_string();
+    let now = chrono::Utc::now().timestamp();
+    let mut request = client()
+        .post(format!("{}{path}", server.base))
+        .header("content-type", "application/json");
+    for (name, value) in
+        baton_domain::webhooks::sign("msg_test", now, body.as_bytes(), &[secret.to_owned()])
+    {
+        request = request.header(name, value);
+    }
+    let response = request.body(body).send().unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
+#[test]
+fn a_message_steered_into_an_http_agents_turn_is_taken_from_its_signed_inbox() {
+    let (_dir, db) = sqlite_db();
+    // The agent service needs the server's URL, and the server the service's: the
+    // agent is made first and pointed at the service once both run.
+    let config = |url: &str| json!({"url": url, "secret_env": "AGENT_SECRET", "max_retries": 0, "takes_messages": true});
+    let (agent, token) = runner_agent(
+        &db,
+        "py",
+        "http",
+        &config("http://127.0.0.1:9/turn").to_string(),
+        &["--on-busy", "steer"],
+    );
+    let admin = "an-admin-token-for-tests";
+    let mut command = baton(&db);
+    command
+        .env("AGENT_SECRET", AGENT_SECRET)
+        .env("BATON_ADMIN_TOKEN", admin);
+    let server = Server::start_command(command, &[], Stdio::null());
+    let python = PythonAgent::start_with(
+        AGENT_SECRET,
+        &["--baton", &server.base, "--inbox-wait-ms", "5000"],
+    );
+    let response = client()
+        .patch(format!("{}/v1/admin/agents/{agent}", server.base))
+        .bearer_auth(admin)
+        .json(&json!({"runner": {"kind": "http", "config": config(&python.url)}}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    let task = start_task(&server, &token, agent, "one two");
+    let (status, steered) = append(
+        &server,
+        &token,
+        task,
+        json!({"agent_id": agent, "message": {"content": "three four"}}),
+    );
+    assert_eq!(status, 202, "{steered}");
+    assert_eq!(steered["status"], "steering");
+    let turn = steered["turn_id"].as_i64().unwrap();
+    let view = settle(&server, &token, task);
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["latest_turn"]["turn_id"], turn, "no other turn ran");
+    assert_eq!(view["latest_message"]["content"]["content"], "four three");
+    let history: Value = client()
+        .get(format!("{}/v1/chat/tasks/{task}/messages", server.base))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let messages = history["data"].as_array().unwrap();
+    let said: std::collections::BTreeSet<(&str, &str)> = messages
+        .iter()
+        .map(|m| {
+            assert_eq!(m["turn_id"], turn, "{m}");
+            (
+                m["role"].as_str().unwrap(),
+                m["content"]["content"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        std::collections::BTreeSet::from([
+            ("user", "one two"),
+            ("user", "three four"),
+            ("assistant", "two one"),
+            ("assistant", "four three"),
+        ])
+    );
+    let id = steered["queued_message_id"].as_i64().unwrap();
+    let entry: Value = client()
+        .get(format!("{}/v1/chat/tasks/{task}/queue/{id}", server.base))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(entry["status"], "delivered", "{entry}");
+
+    // The inbox refuses a request not signed with the agent's secret, and tells the
+    // agent when its turn is over.
+    let path = format!("/v1/agents/{agent}/tasks/{task}/turns/{turn}/inbox");
+    let other = "whsec_dGhpcyBpcyBub3QgdGhlIGFnZW50J3Mgc2VjcmV0IQ==";
+    let (status, refused) = inbox_request(&server, &path, json!({"attempt": 1}), other);
+    assert_eq!(status, 401, "{refused}");
+    assert_eq!(refused["error"]["code"], "unauthorized");
+    let (status, ended) = inbox_request(&server, &path, json!({"attempt": 1}), AGENT_SECRET);
+    assert_eq!(status, 409, "{ended}");
+    assert_eq!(ended["error"]["code"], "turn_ended");
 }

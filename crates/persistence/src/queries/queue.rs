@@ -292,6 +292,18 @@ pub(crate) async fn take_steered(
     .map_err(TxError::into_store)
 }
 
+pub(crate) async fn has_steered(conn: &mut Conn, turn: TurnId) -> Result<bool, StoreError> {
+    let waiting = queued_messages::table.filter(
+        queued_messages::steer_turn_id
+            .eq(turn.0)
+            .and(queued_messages::status.eq(STEERING)),
+    );
+    diesel::select(diesel::dsl::exists(waiting))
+        .get_result(conn)
+        .await
+        .map_err(from_diesel)
+}
+
 /// The waiting messages of a task, in order, with the queued ones' places.
 async fn waiting(conn: &mut Conn, task: TaskId) -> Result<Vec<QueuedMessage>, TxError> {
     let rows: Vec<QueuedRow> = queued_messages::table

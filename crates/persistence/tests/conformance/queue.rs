@@ -365,11 +365,13 @@ pub(crate) async fn steered_messages_are_delivered_into_the_turn_or_queued_when_
             .unwrap(),
         None
     );
+    assert!(store.has_steered(turn).await.unwrap());
     let delivered = store
         .take_steered(a.id, t.task_id, turn, 1, at(2))
         .await
         .unwrap()
         .expect("the turn runs");
+    assert!(!store.has_steered(turn).await.unwrap());
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].content, Content::text("also this"));
     assert_eq!(delivered[0].turn_id, turn);
@@ -665,4 +667,38 @@ pub(crate) async fn fifty_concurrent_enqueues_are_stored_once_and_start_in_order
     let expected: Vec<String> = order.into_iter().map(|(_, text)| text).collect();
     assert_eq!(inputs, expected);
     assert_eq!(queued_count(&*store, a.id, t.task_id).await, 0);
+}
+
+pub(crate) async fn a_queued_messages_turn_keeps_its_requests_webhook(
+    store: Arc<impl super::WebhookStoreUnderTest>,
+) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "first").await;
+    let queued = NewAppend {
+        webhook: Some(super::hook("https://queued.example/hook")),
+        ..sent(a.id, t.task_id, "second", OnBusy::Enqueue)
+    };
+    store.append_and_claim(queued).await.unwrap();
+    let next = end(
+        &*store,
+        t.task_id,
+        t.turn_id.unwrap(),
+        TurnOutcome::Completed,
+    )
+    .await
+    .next
+    .unwrap();
+    end(&*store, t.task_id, next.turn_id, TurnOutcome::Completed).await;
+    let deliveries = store
+        .list_deliveries(a.id, t.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let to_queued: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.url == "https://queued.example/hook")
+        .collect();
+    assert_eq!(to_queued.len(), 1, "{deliveries:?}");
+    assert_eq!(to_queued[0].turn_id, next.turn_id.0);
+    assert_eq!(to_queued[0].event_type, "turn.completed");
 }
