@@ -51,6 +51,12 @@ pub(crate) fn from_diesel(err: DieselError) -> StoreError {
     }
 }
 
+/// Whether PostgreSQL ended the transaction to break a deadlock (SQLSTATE 40P01, which
+/// Diesel does not type): it holds no lock any more, and running it again is safe.
+pub(crate) fn is_deadlock(err: &DieselError) -> bool {
+    matches!(err, DieselError::DatabaseError(_, info) if info.message().contains("deadlock detected"))
+}
+
 /// Whether a database's error says it cannot take writes: a full disk (SQLite's
 /// SQLITE_FULL, PostgreSQL's `disk_full` and failed file extensions) or a read-only
 /// database (SQLITE_READONLY, a read-only PostgreSQL transaction or standby).

@@ -138,6 +138,7 @@ conformance!(
     a_queued_append_replays_its_first_answer,
     fifty_concurrent_enqueues_are_stored_once_and_start_in_order,
     a_queued_messages_turn_keeps_its_requests_webhook,
+    an_interrupt_racing_the_turns_own_end_never_deadlocks,
 );
 
 #[path = "conformance/queue.rs"]

@@ -256,18 +256,18 @@ fn a_killed_instances_queue_is_resumed_by_the_survivor() {
     assert_queue_resumed(&api(&survivor, &token), task, first_turn);
 }
 
-#[test]
-fn an_interrupt_racing_the_turns_natural_end_always_gets_a_clear_answer() {
-    let (_dir, db) = sqlite_db();
-    let (agent, token) = agent_with(&db, r#"{"delay_ms": 200}"#, &[]);
-    let server = server_with_admin(&db, &[]);
-    let on = api(&server, &token);
+/// Thirty interrupts, sent to `send_to` at moments around the end of the turn running
+/// (started on `play_on`): each is accepted and names the turn it interrupted, if it
+/// found one running; every message is kept, in order.
+fn interrupts_racing_the_turns_end(play_on: &Server, send_to: &Server, db: &str) {
+    let (agent, token) = agent_with(db, r#"{"delay_ms": 200}"#, &[]);
+    let (on, to) = (api(play_on, &token), api(send_to, &token));
     let (task, mut previous) = start_task(&on, agent, "r0");
     let (mut interrupted, mut ran_out) = (0, 0);
     for round in 1..=30 {
         // Now before the running turn's end, now after it, now at it.
         std::thread::sleep(Duration::from_millis((round * 37) % 280));
-        let (status, answer) = on.post(
+        let (status, answer) = to.post(
             &format!("/v1/chat/tasks/{task}/messages"),
             json!({"agent_id": agent, "message": {"content": format!("r{round}")}, "on_busy": "interrupt"}),
         );
@@ -297,6 +297,21 @@ fn an_interrupt_racing_the_turns_natural_end_always_gets_a_clear_answer() {
     eprintln!("of 30 interrupts, {interrupted} interrupted a turn and {ran_out} found it ended");
 }
 
+#[test]
+fn an_interrupt_racing_the_turns_natural_end_always_gets_a_clear_answer() {
+    let (_dir, db) = sqlite_db();
+    let server = server_with_admin(&db, &[]);
+    interrupts_racing_the_turns_end(&server, &server, &db);
+}
+
+#[test]
+fn interrupts_sent_to_another_instance_than_the_one_playing_the_turn() {
+    let db = TestDatabase::new();
+    let a = server_with_admin(db.url(), &[]);
+    let b = server_with_admin(db.url(), &[]);
+    interrupts_racing_the_turns_end(&a, &b, db.url());
+}
+
 /// The SSE stream of the task from its start until its first turn's end, as
 /// `(event, data)` pairs.
 fn first_turns_events(server: &Server, token: &str, task: i64) -> Vec<(String, Value)> {
@@ -319,15 +334,14 @@ fn first_turns_events(server: &Server, token: &str, task: i64) -> Vec<(String, V
         .collect()
 }
 
-#[test]
-fn a_message_steered_into_an_echo_turn_is_answered_in_that_turn() {
-    let (_dir, db) = sqlite_db();
-    let (agent, token) = agent_with(&db, r#"{"delay_ms": 1500}"#, &["--on-busy", "steer"]);
-    let server = server_with_admin(&db, &[]);
-    let on = api(&server, &token);
+/// A message sent to `send_to` while an echo turn plays on `play_on`, by the agent's
+/// default (`steer`): taken by the turn and answered in it.
+fn steered_into_an_echo_turn(play_on: &Server, send_to: &Server, db: &str) {
+    let (agent, token) = agent_with(db, r#"{"delay_ms": 1500}"#, &["--on-busy", "steer"]);
+    let (on, to) = (api(play_on, &token), api(send_to, &token));
     let (task, turn) = start_task(&on, agent, "first");
     // The agent's default: steer.
-    let (status, steered) = on.post(
+    let (status, steered) = to.post(
         &format!("/v1/chat/tasks/{task}/messages"),
         json!({"agent_id": agent, "message": {"content": "more"}}),
     );
@@ -349,7 +363,7 @@ fn a_message_steered_into_an_echo_turn_is_answered_in_that_turn() {
     let (_, entry) = on.get(&format!("/v1/chat/tasks/{task}/queue/{id}"));
     assert_eq!(entry["status"], "delivered", "{entry}");
     assert_eq!(entry["turn_id"], turn);
-    let events = first_turns_events(&server, &token, task);
+    let events = first_turns_events(send_to, &token, task);
     let delivered = events
         .iter()
         .find(|(event, _)| event == "message_delivered")
@@ -357,6 +371,21 @@ fn a_message_steered_into_an_echo_turn_is_answered_in_that_turn() {
     assert_eq!(delivered.1["queued_message_id"], id);
     assert_eq!(delivered.1["message"]["content"]["content"], "more");
     assert_eq!(events.last().unwrap().0, "final");
+}
+
+#[test]
+fn a_message_steered_into_an_echo_turn_is_answered_in_that_turn() {
+    let (_dir, db) = sqlite_db();
+    let server = server_with_admin(&db, &[]);
+    steered_into_an_echo_turn(&server, &server, &db);
+}
+
+#[test]
+fn a_message_steered_on_one_instance_reaches_the_turn_playing_on_the_other() {
+    let db = TestDatabase::new();
+    let a = server_with_admin(db.url(), &[]);
+    let b = server_with_admin(db.url(), &[]);
+    steered_into_an_echo_turn(&a, &b, db.url());
 }
 
 #[test]

@@ -14,7 +14,8 @@ use super::messages::insert_message;
 use super::queue::enqueue;
 use super::reads::owned_task;
 use super::turns::finish_in;
-use super::{Conn, lock_agent, lock_task};
+use super::{Conn, lock_active_turn, lock_agent, lock_task};
+use crate::error::is_deadlock;
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
 use crate::schema::{messages, tasks, turns};
@@ -238,6 +239,9 @@ pub(crate) async fn append_and_claim(
                 if let Some(first) = replay(conn, append.agent_id, record, now).await? {
                     return Ok(Claim::Replayed(first));
                 }
+                if append.on_busy == OnBusy::Interrupt {
+                    lock_active_turn(conn, task).await?;
+                }
                 let mut interrupted = None;
                 match latest_turn(conn, task).await? {
                     LatestTurn::Running(active) => {
@@ -344,6 +348,8 @@ pub(crate) async fn append_and_claim(
             Err(TxError::QueueFull(limit)) => return Err(ClaimError::QueueFull(limit)),
             Err(TxError::Invalid(errors)) => return Err(ClaimError::Invalid(errors)),
             Err(TxError::KeyRace) => continue,
+            // Chosen to break a deadlock (PostgreSQL): rolled back, and safe to run again.
+            Err(TxError::Db(err)) if is_deadlock(&err) => continue,
             Err(TxError::Busy(active)) => active,
             Err(other) => return Err(ClaimError::Store(other.into_store())),
         };

@@ -86,6 +86,22 @@ async fn lock_task(conn: &mut Conn, task: i64) -> QueryResult<()> {
         .map(drop)
 }
 
+/// Locks the task's running turn, or the one waiting for tool answers, before the
+/// task's row: the order in which the turn's player locks them (it updates its turn,
+/// then the task), so an interrupt and the turn's own end never wait on each other.
+async fn lock_active_turn(conn: &mut Conn, task: i64) -> QueryResult<()> {
+    use crate::queries::{REQUIRES_ACTION, RUNNING};
+    use crate::schema::turns;
+    turns::table
+        .filter(turns::task_id.eq(task))
+        .filter(turns::status.eq_any([RUNNING, REQUIRES_ACTION]))
+        .select(turns::id)
+        .for_update()
+        .load::<i64>(conn)
+        .await
+        .map(drop)
+}
+
 /// Inserts an operation's events in one statement (in chunks that keep few statement
 /// shapes prepared) and tells other instances that the task changed, and which turn
 /// the change ended (so the instance playing it stops) — pipelined, one round trip.

@@ -216,6 +216,8 @@ pub(crate) async fn take_steered(
     at: DateTime<Utc>,
 ) -> Result<Option<Vec<Message>>, StoreError> {
     conn.transaction(async |conn| {
+        // The task before its queue's rows, as the claims and the turn's end take them.
+        lock_task(conn, task.0).await?;
         let playing: Option<i64> = turns::table
             .inner_join(tasks::table)
             .filter(

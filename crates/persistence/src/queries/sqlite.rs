@@ -60,6 +60,12 @@ async fn lock_task(_conn: &mut Conn, _task: i64) -> QueryResult<()> {
     Ok(())
 }
 
+/// An interrupt locks the running turn before the task (PostgreSQL): on SQLite the
+/// writer's group transaction already serializes them.
+async fn lock_active_turn(_conn: &mut Conn, _task: i64) -> QueryResult<()> {
+    Ok(())
+}
+
 /// Inserts events one prepared single-row statement each: a statement costs SQLite
 /// no round trip, and one shape stays prepared. The change is announced in-process by
 /// the caller (one process serves the database).

@@ -702,3 +702,50 @@ pub(crate) async fn a_queued_messages_turn_keeps_its_requests_webhook(
     assert_eq!(to_queued[0].turn_id, next.turn_id.0);
     assert_eq!(to_queued[0].event_type, "turn.completed");
 }
+
+pub(crate) async fn an_interrupt_racing_the_turns_own_end_never_deadlocks(
+    store: Arc<impl Store + 'static>,
+) {
+    let a = agent(&*store, "a").await;
+    let t = new_task(&*store, a.id, "r0").await;
+    let mut turn = t.turn_id.unwrap();
+    for round in 1..=20 {
+        // The player ends its turn (output and all) while an interrupt arrives.
+        let finish = FinishTurn {
+            task_id: t.task_id,
+            turn_id: turn,
+            outcome: TurnOutcome::Completed,
+            output: vec![
+                super::delta("some text"),
+                OutputOp::Message(Content::text("done")),
+            ],
+            usage: None,
+            guard: LeaseGuard::Holder(holder()),
+            now: at(3),
+            next: Some(lease()),
+        };
+        let ending = {
+            let store = store.clone();
+            tokio::spawn(async move { store.finish_turn(finish).await })
+        };
+        let interrupting = {
+            let store = store.clone();
+            let append = sent(a.id, t.task_id, &format!("r{round}"), OnBusy::Interrupt);
+            tokio::spawn(async move { store.append_and_claim(append).await })
+        };
+        let ended = ending
+            .await
+            .unwrap()
+            .expect("the end is never a deadlock's victim");
+        let accepted = started(interrupting.await.unwrap().unwrap());
+        // Exactly one of them ended the turn.
+        match accepted.interrupted {
+            Some(interrupted) => {
+                assert_eq!(interrupted, turn);
+                assert_eq!(ended, None, "round {round}");
+            }
+            None => assert!(ended.is_some(), "round {round}"),
+        }
+        turn = accepted.turn_id.unwrap();
+    }
+}
