@@ -377,19 +377,47 @@ function signInView() {
 
 // ---- Tasks ----------------------------------------------------------------------
 
-function composer(label, onSend) {
+/** What a message sent while the task's turn runs may do (docs/api.md, `on_busy`). */
+const ON_BUSY = ["reject", "enqueue", "interrupt", "steer"];
+const BUSY_MEANS = {
+  reject: "refused (409 task_busy) until it ends",
+  enqueue: "queued, and starts its turn when this one ends",
+  interrupt: "sent in place of it: the turn is cancelled",
+  steer: "delivered into it",
+};
+
+/**
+ * A message form. With `busy`, it also asks what the message does if a turn runs
+ * (`on_busy`; empty: the agent's default), and `onSend` gets that choice too.
+ */
+function composer(label, onSend, { busy = false } = {}) {
   const form = h("form", { class: "composer" },
     h("label", {}, label, h("textarea", { name: "text", required: true })),
     h("div", { class: "row" },
       h("label", {}, "Format", h("select", { name: "format" },
         h("option", { value: "plain" }, "plain"), h("option", { value: "markdown" }, "markdown"), h("option", { value: "code" }, "code"))),
+      busy ? h("label", {}, "If a turn runs", h("select", { name: "on_busy" },
+        h("option", { value: "" }, `the agent's default (${session.agent?.on_busy ?? "reject"})`),
+        ON_BUSY.map((choice) => h("option", { value: choice }, choice)))) : null,
       h("label", {}, "Attach files", h("input", { name: "files", type: "file", multiple: true }))),
     h("button", {}, "Send"),
     h("div", { class: "outcome", "aria-live": "polite" }));
   return onSubmit(form, async () => {
-    await onSend(await composed(form));
+    const shown = await onSend(await composed(form), form.elements.on_busy?.value || undefined);
     form.reset();
+    return shown;
   });
+}
+
+/** What an accepted message is doing, in words. */
+function acceptedText(accepted) {
+  switch (accepted.status) {
+    case "queued": return `Queued: position ${accepted.position} in the task's queue.`;
+    case "steering": return `Sent into the running turn ${accepted.turn_id}.`;
+    default: return accepted.interrupted_turn_id
+      ? `Turn ${accepted.interrupted_turn_id} interrupted; turn ${accepted.turn_id} started.`
+      : `Accepted: turn ${accepted.turn_id}.`;
+  }
 }
 
 function tasksView(params, signal) {
@@ -470,13 +498,37 @@ function taskView(taskId, signal) {
   const rendered = new Map(); // message_id -> <li>
   let task = null;
 
-  const send = composer("Message", async (content) => {
+  const waiting = h("ol", { class: "queue", "aria-label": "Waiting messages" });
+  const waitingSection = h("section", { "aria-labelledby": "queue-heading", hidden: true },
+    h("h2", { id: "queue-heading" }, "Waiting messages"), waiting);
+
+  const send = composer("Message", async (content, onBusy) => {
     const accepted = await api("POST", `/v1/chat/tasks/${taskId}/messages`, {
-      body: { agent_id: session.agent.agent_id, message: { content } },
+      body: { agent_id: session.agent.agent_id, message: { content }, ...(onBusy ? { on_busy: onBusy } : {}) },
     });
-    announce(`Accepted: turn ${accepted.turn_id}`);
+    const text = acceptedText(accepted);
+    announce(text);
     await refresh();
-  });
+    return h("p", { class: "accepted", "data-status": accepted.status }, text);
+  }, { busy: true });
+
+  /** The messages waiting in the task's queue, each with a way to cancel it. */
+  async function loadQueue() {
+    const queue = await api("GET", `/v1/chat/tasks/${taskId}/queue`, { signal });
+    waitingSection.hidden = queue.data.length === 0;
+    waiting.replaceChildren(...queue.data.map((queued) => h("li", { "data-queued": queued.queued_message_id },
+      h("span", { class: "excerpt" }, excerpt(queued.message.content)), " ",
+      h("span", { class: "place" }, queued.status === "queued" ? `(position ${queued.position})` : "(steering into the running turn)"), " ",
+      h("button", { type: "button", class: "secondary", "aria-label": `Cancel waiting message ${queued.queued_message_id}`, onclick: async (event) => {
+        try {
+          await api("DELETE", `/v1/chat/tasks/${taskId}/queue/${queued.queued_message_id}`);
+          announce("Waiting message cancelled");
+          await loadQueue();
+        } catch (error) {
+          event.target.replaceWith(problem(error));
+        }
+      } }, "Cancel"))));
+  }
 
   /** The tool message answering call `callId`, if there is one yet. */
   function answerTo(callId) {
@@ -568,8 +620,9 @@ function taskView(taskId, signal) {
     );
     const busy = view.status === "running";
     cancel.hidden = !(busy || view.status === "requires_action");
+    const byDefault = session.agent?.on_busy ?? "reject";
     notice.replaceChildren(...(busy
-      ? [h("p", { class: "notice" }, `Turn ${turn.turn_id} is running: a message sent now is refused (409 task_busy) until it ends.`)]
+      ? [h("p", { class: "notice" }, `Turn ${turn.turn_id} is running: a message sent now is ${BUSY_MEANS[byDefault]} (the agent's default, "${byDefault}"), unless you choose otherwise below.`)]
       : view.status === "requires_action"
         ? [h("p", { class: "notice" }, "The agent asked for tool results: answer each call below.")]
         : []));
@@ -641,6 +694,7 @@ function taskView(taskId, signal) {
   async function refresh() {
     await readHistory({ keepStreaming: true });
     await readTask();
+    await loadQueue();
     if (deliveriesOpen.open) loadDeliveries();
   }
 
@@ -665,6 +719,11 @@ function taskView(taskId, signal) {
       }
       case "message_completed":
         show(data.message);
+        break;
+      case "message_delivered":
+        // A message sent into the running turn, now part of it.
+        show(data.message);
+        loadQueue().catch(() => {});
         break;
       case "reset":
         // The log was pruned past where this page stands: read everything again.
@@ -697,6 +756,7 @@ function taskView(taskId, signal) {
     try {
       const last = await readHistory({ keepStreaming: false });
       await readTask();
+      await loadQueue();
       await follow(taskId, last, onEvent, onState, signal);
     } catch (error) {
       if (!signal.aborted) main.replaceChildren(h("h1", {}, `Task ${taskId}`), problem(error));
@@ -706,6 +766,7 @@ function taskView(taskId, signal) {
   return h("div", {}, h("p", {}, h("a", { href: "#/tasks" }, "← Tasks")), heading,
     h("section", { "aria-label": "The task" }, facts, h("div", { class: "row" }, cancel), notice),
     h("section", { "aria-labelledby": "history-heading" }, h("h2", { id: "history-heading" }, "History"), connection, history),
+    waitingSection,
     h("section", { "aria-labelledby": "send-heading" }, h("h2", { id: "send-heading" }, "Send a message"), send),
     h("section", {}, deliveriesOpen));
 }
@@ -723,7 +784,9 @@ function agentFields(agent) {
       h("label", {}, "When interrupted", h("select", { name: "on_interrupt" },
         ["fail", "retry"].map((v) => h("option", { value: v, selected: policy.on_interrupt === v }, v)))),
       h("label", {}, "Max attempts", h("input", { name: "max_attempts", type: "number", min: 1, value: policy.max_attempts ?? 3 })),
-      h("label", {}, "Turn timeout (ms)", h("input", { name: "turn_timeout_ms", type: "number", min: 1, value: policy.turn_timeout_ms ?? 600000 }))),
+      h("label", {}, "Turn timeout (ms)", h("input", { name: "turn_timeout_ms", type: "number", min: 1, value: policy.turn_timeout_ms ?? 600000 })),
+      h("label", {}, "When busy", h("select", { name: "on_busy" },
+        ON_BUSY.map((v) => h("option", { value: v, selected: (policy.on_busy ?? "reject") === v }, v))))),
   ];
 }
 
@@ -739,6 +802,7 @@ function agentBody(form) {
       on_interrupt: form.elements.on_interrupt.value,
       max_attempts: Number(form.elements.max_attempts.value),
       turn_timeout_ms: Number(form.elements.turn_timeout_ms.value),
+      on_busy: form.elements.on_busy.value,
     },
   };
 }

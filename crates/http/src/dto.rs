@@ -254,6 +254,9 @@ pub struct KeyAgentBody {
     /// How its turns are played: `echo`, `openai`, `http`, or a kind registered by an
     /// embedding program.
     pub runner_kind: String,
+    /// What a message sent while one of its turns runs does, when the request does not
+    /// say (`on_busy`).
+    pub on_busy: OnBusy,
     pub created_at: DateTime<Utc>,
 }
 
@@ -263,6 +266,7 @@ impl From<baton_domain::Agent> for KeyAgentBody {
             agent_id: agent.id.0,
             name: agent.name,
             runner_kind: agent.runner.kind,
+            on_busy: agent.policy.on_busy,
             created_at: agent.created_at,
         }
     }

@@ -314,6 +314,7 @@ async fn a_key_tells_its_agent() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["agent_id"], agent, "{body}");
     assert_eq!(body["runner_kind"], "echo", "{body}");
+    assert_eq!(body["on_busy"], "reject", "the default: {body}");
     assert!(
         body["name"].is_string() && body["created_at"].is_string(),
         "{body}"

@@ -95,7 +95,31 @@ fn drive(db: &str) {
         "{report}"
     );
     assert_eq!(seen["reply"], format!("echo: {words}"), "{report}");
-    assert_eq!(seen["replies"], 1, "{report}");
+    // Queued while it ran (position 1), then cancelled from the queue: never played.
+    let queued = seen["queuedAnswer"].as_str().unwrap();
+    assert!(queued.contains("Queued: position 1"), "{report}");
+    assert!(
+        seen["queuedShown"]
+            .as_str()
+            .unwrap()
+            .contains("queued for later"),
+        "{report}"
+    );
+    // Steered into the running turn, and answered in it.
+    assert!(
+        seen["steerAnswer"]
+            .as_str()
+            .unwrap()
+            .contains("Sent into the running turn"),
+        "{report}"
+    );
+    assert_eq!(
+        seen["userMessages"],
+        json!([words, "also this"]),
+        "the cancelled one never joined the history: {report}"
+    );
+    assert_eq!(seen["steeredReply"], "echo: also this", "{report}");
+    assert_eq!(seen["replies"], 2, "{report}");
     // The turn's duration, as the page shows it: the echo took its six seconds.
     let took: f64 = seen["tookShown"]
         .as_str()

@@ -83,6 +83,28 @@ try {
   await page.getByRole("button", { name: "Send" }).click();
   await page.locator(".composer .error").waitFor();
   seen.busy = await page.locator(".composer .error").textContent();
+
+  // 3b. Queued instead: it waits in the task's queue, where it can be cancelled.
+  const ifBusy = () => page.getByRole("combobox", { name: /^If a turn runs/ });
+  await page.getByLabel("Message", { exact: true }).fill("queued for later");
+  await ifBusy().selectOption("enqueue");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator('.composer .accepted[data-status="queued"]').waitFor();
+  seen.queuedAnswer = await page.locator(".composer .accepted").textContent();
+  await page.locator(".queue li").waitFor();
+  seen.queuedShown = await page.locator(".queue li").textContent();
+  if (shots) await page.screenshot({ path: `${shots}/task-queue.png`, fullPage: true });
+  await page.getByRole("button", { name: /^Cancel waiting message/ }).click();
+  await page.locator('section[aria-labelledby="queue-heading"]').waitFor({ state: "hidden" });
+  step("queued and cancelled");
+
+  // 3c. Sent into the running turn: the echo agent takes it and answers it there.
+  await page.getByLabel("Message", { exact: true }).fill("also this");
+  await ifBusy().selectOption("steer");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator('.composer .accepted[data-status="steering"]').waitFor();
+  seen.steerAnswer = await page.locator(".composer .accepted").textContent();
+  step("steered");
   if (shots) await page.screenshot({ path: `${shots}/task-streaming.png`, fullPage: true });
 
   // 4. The connection drops mid-turn: the page reconnects and resumes.
@@ -91,7 +113,9 @@ try {
   seen.sawReconnecting = true;
   await page.locator('.connection[data-state="live"][data-reconnects]').waitFor({ timeout: 10_000 });
   await waitStatus("completed");
-  seen.reply = await assistantText();
+  seen.reply = await page.locator(".message.assistant .text").first().textContent();
+  seen.steeredReply = await assistantText();
+  seen.userMessages = await page.locator(".message.user .text").allTextContents();
   seen.replies = await page.locator(".message.assistant").count();
   seen.tookShown = await page.locator("dl.facts").textContent();
   step("completed after a cut");
