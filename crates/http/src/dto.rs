@@ -246,7 +246,7 @@ pub struct StatusBody {
 /// Body of `GET /v1/chat/agent`: the agent a key belongs to, as its clients may see it
 /// (its runner's configuration and webhook stay the operator's).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"agent_id": 1, "name": "support", "runner_kind": "openai", "created_at": "2026-12-05T10:00:00Z"}))]
+#[schema(example = json!({"agent_id": 1, "name": "support", "runner_kind": "openai", "on_busy": "reject", "created_at": "2026-12-05T10:00:00Z"}))]
 pub struct KeyAgentBody {
     /// What `agent_id` must be in this key's requests.
     pub agent_id: i64,

@@ -16,6 +16,11 @@ fn sent(agent: AgentId, task: TaskId, text: &str, on_busy: OnBusy) -> NewAppend 
     }
 }
 
+/// The answer to a message the store must accept.
+async fn accept(store: &impl Store, append: NewAppend) -> Accepted {
+    started(store.append_and_claim(append).await.unwrap())
+}
+
 /// Ends the turn as its player would, starting the next queued message under
 /// [`lease`]; what the end did.
 async fn end(store: &impl Store, task: TaskId, turn: TurnId, outcome: TurnOutcome) -> Ended {
@@ -44,22 +49,12 @@ pub(crate) async fn enqueued_messages_start_their_turns_in_order_as_turns_end(
 ) {
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "first").await;
-    let second = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "second", OnBusy::Enqueue))
-            .await
-            .unwrap(),
-    );
+    let second = accept(&*store, sent(a.id, t.task_id, "second", OnBusy::Enqueue)).await;
     assert_eq!(second.status, AcceptedStatus::Queued);
     assert_eq!(second.turn_id, None, "no turn until it starts");
     let second_ref = second.queued.expect("a queued message has an id");
     assert_eq!(second_ref.position, Some(1));
-    let third = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "third", OnBusy::Enqueue))
-            .await
-            .unwrap(),
-    );
+    let third = accept(&*store, sent(a.id, t.task_id, "third", OnBusy::Enqueue)).await;
     let third_ref = third.queued.unwrap();
     assert_eq!(third_ref.position, Some(2));
     // `reject` still refuses, and stores nothing.
@@ -177,12 +172,7 @@ pub(crate) async fn a_turn_waiting_for_tool_answers_keeps_the_queue_until_it_end
 ) {
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "first").await;
-    let queued = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "later", OnBusy::Enqueue))
-            .await
-            .unwrap(),
-    );
+    let queued = accept(&*store, sent(a.id, t.task_id, "later", OnBusy::Enqueue)).await;
     let ended = store
         .finish_turn(FinishTurn {
             task_id: t.task_id,
@@ -201,12 +191,7 @@ pub(crate) async fn a_turn_waiting_for_tool_answers_keeps_the_queue_until_it_end
         .unwrap();
     assert_eq!(ended.next, None, "the task waits for the client's answers");
     // Another message while it waits is queued behind the first.
-    let also = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "also", OnBusy::Enqueue))
-            .await
-            .unwrap(),
-    );
+    let also = accept(&*store, sent(a.id, t.task_id, "also", OnBusy::Enqueue)).await;
     assert_eq!(also.status, AcceptedStatus::Queued);
     assert_eq!(also.queued.unwrap().position, Some(2));
     // Cancelling the waiting turn ends it: the queue's head starts.
@@ -245,18 +230,12 @@ pub(crate) async fn interrupt_cancels_the_running_turn_and_starts_its_own_in_one
             .await
             .unwrap()
     );
-    let queued = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "queued", OnBusy::Enqueue))
-            .await
-            .unwrap(),
-    );
-    let now = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "stop, do this", OnBusy::Interrupt))
-            .await
-            .unwrap(),
-    );
+    let queued = accept(&*store, sent(a.id, t.task_id, "queued", OnBusy::Enqueue)).await;
+    let now = accept(
+        &*store,
+        sent(a.id, t.task_id, "stop, do this", OnBusy::Interrupt),
+    )
+    .await;
     assert_eq!(now.status, AcceptedStatus::Running);
     assert_eq!(now.interrupted, t.turn_id);
     let new_turn = now.turn_id.unwrap();
@@ -338,12 +317,7 @@ pub(crate) async fn steered_messages_are_delivered_into_the_turn_or_queued_when_
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "first").await;
     let turn = t.turn_id.unwrap();
-    let steer = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "also this", OnBusy::Steer))
-            .await
-            .unwrap(),
-    );
+    let steer = accept(&*store, sent(a.id, t.task_id, "also this", OnBusy::Steer)).await;
     assert_eq!(steer.status, AcceptedStatus::Steering);
     assert_eq!(steer.turn_id, Some(turn), "it waits for the running turn");
     let steer_ref = steer.queued.unwrap();
@@ -404,12 +378,7 @@ pub(crate) async fn steered_messages_are_delivered_into_the_turn_or_queued_when_
     );
 
     // Steered but not taken before the turn ends: it starts a turn of its own.
-    let late = started(
-        store
-            .append_and_claim(sent(a.id, t.task_id, "too late", OnBusy::Steer))
-            .await
-            .unwrap(),
-    );
+    let late = accept(&*store, sent(a.id, t.task_id, "too late", OnBusy::Steer)).await;
     let ended = end(&*store, t.task_id, turn, TurnOutcome::Completed).await;
     let next = ended.next.expect("the untaken message starts its turn");
     let found = store
