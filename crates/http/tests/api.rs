@@ -892,3 +892,109 @@ async fn a_message_keeps_its_own_metadata() {
         assert_eq!(body["error"]["fields"][0]["field"], field, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_answers_with_envelopes_and_refuses_what_it_cannot_do() {
+    let app = TestApp::start().await;
+    let (agent, key) = app.agent_with_key(json!({"delay_ms": 30000})).await;
+    let task = app.create_task(&key, agent, "first").await;
+    let path = format!("/v1/chat/tasks/{task}/messages");
+    let message = |on_busy: Value| json!({"agent_id": agent, "message": {"content": "next"}, "on_busy": on_busy});
+    // An unknown strategy is refused naming the field; nothing is queued.
+    let refused = app
+        .refused_post(
+            &key,
+            &path,
+            message(json!("later")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    assert_eq!(
+        refused["error"]["fields"][0]["field"], "on_busy",
+        "{refused}"
+    );
+    // The default refuses, naming the running turn, and says how to queue instead.
+    let busy = app
+        .refused_post(
+            &key,
+            &path,
+            message(Value::Null),
+            StatusCode::CONFLICT,
+            "task_busy",
+        )
+        .await;
+    assert!(
+        busy["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"on_busy\": \"enqueue\""),
+        "{busy}"
+    );
+    let (_, queue) = app.get(&key, &format!("/v1/chat/tasks/{task}/queue")).await;
+    assert_eq!(queue, json!({"data": []}));
+
+    let (status, _, queued) = app.post(&key, &path, message(json!("enqueue"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["turn_id"], Value::Null);
+    assert_eq!(queued["position"], 1);
+    let id = queued["queued_message_id"].as_i64().unwrap();
+    let (_, view) = app.get(&key, &format!("/v1/chat/tasks/{task}")).await;
+    assert_eq!(view["queued"], 1, "{view}");
+    let (status, entry) = app
+        .get(&key, &format!("/v1/chat/tasks/{task}/queue/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(entry["status"], "queued");
+    assert_eq!(entry["mode"], "enqueue");
+    assert_eq!(entry["message"]["content"]["content"], "next");
+
+    // Unknown ids: a message of no task, a task of no one.
+    for (path, code) in [
+        (
+            format!("/v1/chat/tasks/{task}/queue/999999"),
+            "queued_message_not_found",
+        ),
+        (
+            format!("/v1/chat/tasks/{task}/queue/nope"),
+            "queued_message_not_found",
+        ),
+        (
+            format!("/v1/chat/tasks/999999/queue/{id}"),
+            "task_not_found",
+        ),
+        ("/v1/chat/tasks/999999/queue".to_owned(), "task_not_found"),
+    ] {
+        let (status, headers, body) = app.get_full(&key, &path).await;
+        assert_envelope(status, &headers, &body, StatusCode::NOT_FOUND, code);
+    }
+    let (other_agent, other_key) = app.agent_with_key(json!({})).await;
+    assert_ne!(other_agent, agent);
+    let (status, headers, body) = app
+        .get_full(&other_key, &format!("/v1/chat/tasks/{task}/queue/{id}"))
+        .await;
+    assert_envelope(
+        status,
+        &headers,
+        &body,
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+    );
+
+    // Cancelled, and cancelled again: the same answer.
+    for _ in 0..2 {
+        let response = app
+            .http
+            .delete(app.url(&format!("/v1/chat/tasks/{task}/queue/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, cancelled) = read(response).await;
+        assert_eq!(status, StatusCode::OK, "{cancelled}");
+        assert_eq!(cancelled["status"], "cancelled");
+    }
+    let (_, view) = app.get(&key, &format!("/v1/chat/tasks/{task}")).await;
+    assert_eq!(view["queued"], 0, "{view}");
+}
