@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 use crate::error::ErrorCode::{self, *};
-use crate::{admin, console, docs, inbox, routes};
+use crate::{a2a, admin, console, docs, inbox, routes};
 
 /// One method on one path, as registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,12 @@ api! {
     "/v1/chat/tasks/{task_id}/queue/{queued_message_id}" {
         get => routes::get_queued, errors: [KEYED, &[TaskNotFound, QueuedMessageNotFound]];
         delete => routes::cancel_queued, errors: [KEYED, &[TaskNotFound, QueuedMessageNotFound, MessageNotQueued]];
+    }
+    "/a2a/{agent_id}/.well-known/agent-card.json" {
+        get => a2a::card::card, errors: [KEYED, &[AgentNotFound]];
+    }
+    "/a2a/{agent_id}" {
+        post => a2a::rpc::rpc, errors: [KEYED, JSON_BODY, &[AgentNotFound]];
     }
     "/v1/agents/{agent_id}/tasks/{task_id}/turns/{turn_id}/inbox" {
         post => inbox::turn_inbox, errors: [JSON_BODY, &[Unauthorized, TurnEnded]];

@@ -321,7 +321,7 @@ pub fn encode_cursor(after: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("v1:{after}"))
 }
 
-fn decode_cursor(raw: &str) -> Option<i64> {
+pub(crate) fn decode_cursor(raw: &str) -> Option<i64> {
     let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     text.strip_prefix("v1:")?.parse().ok()

@@ -1,6 +1,7 @@
 //! baton's HTTP adapter: the V1 API on actix-web, and the mapping of every error into
 //! the V1 envelope.
 
+pub mod a2a;
 pub mod admin;
 pub mod api;
 mod assets;

@@ -52,6 +52,8 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::routes::get_queued,
         crate::routes::cancel_queued,
         crate::inbox::turn_inbox,
+        crate::a2a::card::card,
+        crate::a2a::rpc::rpc,
         crate::admin::create_agent,
         crate::admin::list_agents,
         crate::admin::get_agent,
@@ -67,6 +69,7 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         (name = "tasks", description = "Tasks, their messages and turns: what agents' clients use, with an agent's key."),
         (name = "admin", description = "Agents and their keys, with the operator's admin token. Disabled (404) unless the server has an admin token."),
         (name = "agents", description = "Called by agent services (the `http` runner) while they play a turn, signed with the agent's secret."),
+        (name = "a2a", description = "The Agent2Agent (A2A 1.0) binding of each agent: its Agent Card and its JSON-RPC endpoint (docs/a2a.md)."),
         (name = "operations", description = "Probes, metrics and this document."),
     ),
 )]

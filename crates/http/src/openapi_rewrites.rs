@@ -224,6 +224,15 @@ fn link_operations(json: &mut Value) {
                 .collect(),
         ),
         AnswerLinks(
+            "/v1/chat/agent",
+            "get",
+            "200",
+            ["a2a_agent_card", "a2a_json_rpc"]
+                .iter()
+                .map(|op| (*op, json!({"agent_id": from_body("agent_id")})))
+                .collect(),
+        ),
+        AnswerLinks(
             "/v1/chat/tasks/{task_id}",
             "get",
             "200",

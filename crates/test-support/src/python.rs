@@ -22,6 +22,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("openapi-python-client==0.29.1", "openapi_python_client"),
     // The SSE client docs/api.md shows for following a stream from Python.
     ("httpx-sse==0.4.3", "httpx_sse"),
+    // The Agent2Agent SDK whose client holds a conversation with baton's A2A binding.
+    ("a2a-sdk==1.3.0", "a2a.client"),
 ];
 
 fn venv() -> PathBuf {

@@ -1,0 +1,62 @@
+//! The agent's A2A Agent Card: who it is, where and how to call it.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use super::rpc::VERSION_HEADER;
+use crate::ApiState;
+use crate::error::ApiError;
+use crate::extract::authenticate;
+
+#[utoipa::path(get, path = "/a2a/{agent_id}/.well-known/agent-card.json", tag = "a2a",
+    operation_id = "a2a_agent_card",
+    summary = "A2A: the agent's Agent Card",
+    description = "The Agent Card of the key's agent (A2A 1.0, docs/a2a.md): its name, the JSON-RPC interface at `/a2a/{agent_id}`, the bearer agent key as its security scheme, its capabilities and its one skill. Read with the agent's key: an agent's existence is not shown to others.",
+    params(("agent_id" = i64, Path, description = "The agent, the key's.", minimum = 1)),
+    responses((status = 200, description = "The Agent Card (A2A's JSON form).", body = Object)),
+    security(("agent_key" = [])))]
+pub(crate) async fn card(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    let agent = state.tasks.key_agent(&who).await?;
+    let asked = req
+        .match_info()
+        .get("agent_id")
+        .and_then(|raw| raw.parse::<i64>().ok());
+    if asked != Some(agent.id.0) {
+        return Err(ApiError::from(baton_domain::ServiceError::AgentNotFound));
+    }
+    let info = req.connection_info();
+    let url = format!("{}://{}/a2a/{}", info.scheme(), info.host(), agent.id);
+    let card = json!({
+        "name": agent.name,
+        "description": format!("The baton agent {:?} ({} runner).", agent.name, agent.runner.kind),
+        "version": env!("CARGO_PKG_VERSION"),
+        "supportedInterfaces": [{
+            "url": url,
+            "protocolBinding": "JSONRPC",
+            "protocolVersion": "1.0",
+        }],
+        "capabilities": {"streaming": false, "pushNotifications": false},
+        "securitySchemes": {
+            "agent_key": {"httpAuthSecurityScheme": {
+                "scheme": "Bearer",
+                "description": "The agent's API key (bt_…), as for baton's own API.",
+            }},
+        },
+        "securityRequirements": [{"schemes": {"agent_key": {"list": []}}}],
+        "defaultInputModes": ["text/plain", "application/json", "application/octet-stream"],
+        "defaultOutputModes": ["text/plain", "application/json"],
+        "skills": [{
+            "id": "conversation",
+            "name": agent.name,
+            "description": "Answers messages, one turn at a time, in a task that keeps the conversation.",
+            "tags": ["conversation"],
+        }],
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((VERSION_HEADER, "1.0"))
+        .json(card))
+}

@@ -1,0 +1,284 @@
+//! A2A messages and parts, and baton's content: what a client's parts become, and
+//! how baton's messages are shown (A2A's JSON form of its protobuf types: camelCase
+//! fields, enum values by name).
+
+use baton_domain::content::{Attachment, DataContent, TextContent, ToolResponseContent};
+use baton_domain::{Content, Message, NewMessage, Role, TaskId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// Where a part says which baton content it stands for (`tool_request`,
+/// `tool_response`, `reasoning`), when a plain A2A part cannot say it.
+pub const KIND_KEY: &str = "baton_type";
+
+/// A message as a client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InMessage {
+    pub message_id: String,
+    #[serde(default)]
+    pub context_id: Option<String>,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub parts: Vec<InPart>,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// One part: exactly one of `text`, `raw` (base64), `url` or `data`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InPart {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub raw: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub media_type: Option<String>,
+}
+
+/// Why a message's parts cannot be sent to a baton agent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PartsRefused {
+    /// Malformed (a role other than the user's, no part, a part with none or two of
+    /// its kinds): invalid params.
+    Invalid(String),
+    /// Well formed, but not something baton takes (a `url` part): content type not
+    /// supported.
+    Unsupported(String),
+}
+
+/// The baton message a client's A2A message is: text parts (joined by blank lines)
+/// with `raw` parts as attachments; or one `data` part (a `tool_response` when its
+/// metadata says so, or when it answers a tool call by `tool_call_id`).
+pub fn to_baton(message: &InMessage) -> Result<NewMessage, PartsRefused> {
+    match message.role.as_deref() {
+        None | Some("ROLE_USER") => {}
+        Some(other) => {
+            return Err(PartsRefused::Invalid(format!(
+                "message.role must be ROLE_USER (got {other})"
+            )));
+        }
+    }
+    if message.parts.is_empty() {
+        return Err(PartsRefused::Invalid(
+            "message.parts must hold at least one part".to_owned(),
+        ));
+    }
+    let metadata = message.metadata.clone().unwrap_or_default();
+    let mut texts = Vec::new();
+    let mut attachments = Vec::new();
+    let mut data = Vec::new();
+    for (i, part) in message.parts.iter().enumerate() {
+        let kinds = [
+            part.text.is_some(),
+            part.raw.is_some(),
+            part.url.is_some(),
+            part.data.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(PartsRefused::Invalid(format!(
+                "message.parts[{i}] must have exactly one of text, raw, url and data"
+            )));
+        }
+        if let Some(text) = &part.text {
+            texts.push(text.clone());
+        } else if let Some(raw) = &part.raw {
+            attachments.push(Attachment {
+                filename: part.filename.clone().unwrap_or_else(|| format!("part-{i}")),
+                media_type: part
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                data: Some(raw.clone()),
+                file_id: None,
+                size_bytes: None,
+                sha256: None,
+            });
+        } else if part.url.is_some() {
+            return Err(PartsRefused::Unsupported(format!(
+                "message.parts[{i}] is a url part: send the file's bytes as a raw part"
+            )));
+        } else if let Some(value) = &part.data {
+            data.push((value, part.metadata.as_ref()));
+        }
+    }
+    let content = match (texts.is_empty(), data.as_slice()) {
+        (true, [(value, part_metadata)]) if attachments.is_empty() => {
+            data_content(value, *part_metadata)?
+        }
+        (false, []) => Content::Text(TextContent {
+            format: Default::default(),
+            content: texts.join("\n\n"),
+            attachments,
+        }),
+        _ => {
+            return Err(PartsRefused::Invalid(
+                "message.parts must be text parts (with raw files), or one data part".to_owned(),
+            ));
+        }
+    };
+    let role = match content {
+        Content::ToolResponse(_) => Role::Tool,
+        _ => Role::User,
+    };
+    Ok(NewMessage {
+        role,
+        content,
+        metadata,
+    })
+}
+
+/// A data part: a tool's answer when its metadata says `baton_type: tool_response`,
+/// else plain data.
+fn data_content(
+    value: &Value,
+    metadata: Option<&Map<String, Value>>,
+) -> Result<Content, PartsRefused> {
+    let kind = metadata
+        .and_then(|m| m.get(KIND_KEY))
+        .and_then(Value::as_str);
+    if kind == Some("tool_response") {
+        let answer: ToolResponseContent = serde_json::from_value(value.clone()).map_err(|err| {
+            PartsRefused::Invalid(format!(
+                "a tool_response data part needs tool_call_id, name and content: {err}"
+            ))
+        })?;
+        return Ok(Content::ToolResponse(answer));
+    }
+    match value {
+        Value::Object(object) => Ok(Content::Data(DataContent {
+            data: object.clone(),
+        })),
+        _ => Err(PartsRefused::Invalid(
+            "a data part's data must be a JSON object".to_owned(),
+        )),
+    }
+}
+
+/// A baton message as an A2A message of its task.
+pub fn message_json(message: &Message) -> Value {
+    let role = match message.role {
+        Role::User | Role::Tool => "ROLE_USER",
+        Role::Assistant | Role::System => "ROLE_AGENT",
+    };
+    let mut out = json!({
+        "messageId": message.id.0.to_string(),
+        "contextId": context_id(message.task_id),
+        "taskId": message.task_id.0.to_string(),
+        "role": role,
+        "parts": parts_json(message.task_id, &message.content),
+    });
+    if !message.metadata.is_empty() {
+        out["metadata"] = Value::Object(message.metadata.clone());
+    }
+    out
+}
+
+/// A task's context: each baton task is a conversation of its own, so its context id
+/// is its task id.
+pub fn context_id(task: TaskId) -> String {
+    task.0.to_string()
+}
+
+/// The parts of a baton content: text (attachments as `url` parts to their file),
+/// data, and the kinds A2A has no part for as data parts marked `baton_type`.
+pub fn parts_json(task: TaskId, content: &Content) -> Vec<Value> {
+    let marked = |kind: &str, data: Value| json!({"data": data, "metadata": {KIND_KEY: kind}});
+    match content {
+        Content::Text(text) => {
+            let mut parts = vec![json!({"text": text.content})];
+            parts.extend(text.attachments.iter().map(|a| {
+                let url = a
+                    .file_id
+                    .map(|id| format!("/v1/chat/tasks/{}/files/{id}", task.0))
+                    .unwrap_or_default();
+                json!({"url": url, "filename": a.filename, "mediaType": a.media_type})
+            }));
+            parts
+        }
+        Content::Data(data) => vec![json!({"data": data.data})],
+        Content::Reasoning(reasoning) => vec![marked("reasoning", json!(reasoning))],
+        Content::ToolRequest(request) => vec![marked("tool_request", json!(request))],
+        Content::ToolResponse(response) => vec![marked("tool_response", json!(response))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(parts: Value) -> InMessage {
+        serde_json::from_value(json!({"messageId": "m-1", "role": "ROLE_USER", "parts": parts}))
+            .unwrap()
+    }
+
+    #[test]
+    fn text_parts_join_and_raw_parts_are_attachments() {
+        let sent = to_baton(&message(json!([
+            {"text": "first"}, {"text": "second"},
+            {"raw": "aGk=", "filename": "hi.txt", "mediaType": "text/plain"}
+        ])))
+        .unwrap();
+        let Content::Text(text) = sent.content else {
+            panic!("text expected")
+        };
+        assert_eq!(text.content, "first\n\nsecond");
+        assert_eq!(text.attachments[0].filename, "hi.txt");
+        assert_eq!(text.attachments[0].data.as_deref(), Some("aGk="));
+        assert_eq!(sent.role, Role::User);
+    }
+
+    #[test]
+    fn a_data_part_is_data_or_a_marked_tool_answer() {
+        let data = to_baton(&message(json!([{"data": {"a": 1}}]))).unwrap();
+        assert_eq!(
+            data.content,
+            Content::Data(DataContent {
+                data: json!({"a": 1}).as_object().unwrap().clone()
+            })
+        );
+        let answer = to_baton(&message(json!([{
+            "data": {"tool_call_id": "c1", "name": "lookup", "content": {"ok": true}},
+            "metadata": {KIND_KEY: "tool_response"}
+        }])))
+        .unwrap();
+        assert_eq!(answer.role, Role::Tool);
+        assert!(matches!(answer.content, Content::ToolResponse(r) if r.tool_call_id == "c1"));
+    }
+
+    #[test]
+    fn what_baton_cannot_take_is_refused_saying_why() {
+        for (parts, refused) in [
+            (json!([]), "at least one part"),
+            (json!([{"text": "a", "data": {}}]), "exactly one"),
+            (json!([{"data": [1]}]), "JSON object"),
+            (json!([{"text": "a"}, {"data": {}}]), "one data part"),
+        ] {
+            match to_baton(&message(parts)) {
+                Err(PartsRefused::Invalid(why)) => assert!(why.contains(refused), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            to_baton(&message(json!([{"url": "https://x/y.png"}]))),
+            Err(PartsRefused::Unsupported(_))
+        ));
+        let agent: InMessage = serde_json::from_value(
+            json!({"messageId": "m", "role": "ROLE_AGENT", "parts": [{"text": "x"}]}),
+        )
+        .unwrap();
+        assert!(matches!(to_baton(&agent), Err(PartsRefused::Invalid(_))));
+    }
+}

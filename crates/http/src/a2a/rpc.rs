@@ -1,0 +1,452 @@
+//! A2A's JSON-RPC binding: `POST /a2a/{agent_id}` takes JSON-RPC 2.0 requests and
+//! answers each with its result or an error as the A2A specification names them.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use baton_domain::{
+    AgentId, Message, PageRequest, Principal, ServiceError, SubmitMessage, TaskId, TaskStatus,
+    TaskView,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::parts::{InMessage, PartsRefused, to_baton};
+use super::tasks::task_json;
+use crate::ApiState;
+use crate::error::ApiError;
+use crate::extract::{authenticate, decode_cursor, encode_cursor, json_bytes};
+
+/// The header a client names the protocol version in; baton speaks 1.0.
+pub const VERSION_HEADER: &str = "A2A-Version";
+
+/// The errors of the JSON-RPC binding, with their codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcCode {
+    Parse = -32700,
+    InvalidRequest = -32600,
+    MethodNotFound = -32601,
+    InvalidParams = -32602,
+    Internal = -32603,
+    TaskNotFound = -32001,
+    TaskNotCancelable = -32002,
+    PushNotificationNotSupported = -32003,
+    UnsupportedOperation = -32004,
+    ContentTypeNotSupported = -32005,
+    ExtendedAgentCardNotConfigured = -32007,
+    VersionNotSupported = -32009,
+}
+
+/// A JSON-RPC error answer.
+#[derive(Debug)]
+pub struct RpcError {
+    pub code: RpcCode,
+    pub message: String,
+}
+
+impl RpcError {
+    fn new(code: RpcCode, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        RpcError::new(RpcCode::InvalidParams, message)
+    }
+}
+
+impl From<ServiceError> for RpcError {
+    fn from(err: ServiceError) -> Self {
+        let message = err.to_string();
+        let code = match &err {
+            ServiceError::TaskNotFound => RpcCode::TaskNotFound,
+            ServiceError::TaskNotRunning(_) => RpcCode::TaskNotCancelable,
+            ServiceError::Validation(errors) => {
+                let fields: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.reason))
+                    .collect();
+                return RpcError::invalid(format!("invalid message: {}", fields.join("; ")));
+            }
+            ServiceError::IdempotencyKeyReused => {
+                return RpcError::invalid(
+                    "this messageId was sent before with another message: use a new messageId",
+                );
+            }
+            ServiceError::TooLarge(_) => RpcCode::InvalidParams,
+            ServiceError::TaskBusy(active) => {
+                return RpcError::new(
+                    RpcCode::UnsupportedOperation,
+                    format!(
+                        "the task is running turn {}: send the message when it has ended, or have the agent queue it (policy.on_busy)",
+                        active.turn_id
+                    ),
+                );
+            }
+            ServiceError::QueueFull(_)
+            | ServiceError::TooManyRunningTurns(_)
+            | ServiceError::IdempotencyKeyInUse => RpcCode::UnsupportedOperation,
+            _ => RpcCode::Internal,
+        };
+        let message = match code {
+            RpcCode::Internal => "internal error".to_owned(),
+            _ => message,
+        };
+        RpcError::new(code, message)
+    }
+}
+
+/// What the handler answers a request with.
+type Outcome = Result<Value, RpcError>;
+
+#[utoipa::path(post, path = "/a2a/{agent_id}", tag = "a2a",
+    operation_id = "a2a_json_rpc",
+    summary = "A2A: the agent's JSON-RPC endpoint",
+    description = "The Agent2Agent (A2A 1.0) JSON-RPC binding of the agent (docs/a2a.md): `SendMessage`, `GetTask`, `ListTasks`, `CancelTask`, each a JSON-RPC 2.0 request, answered with its `result` or an `error` as A2A names them (HTTP 200 once the key is accepted). Its Agent Card is at `/a2a/{agent_id}/.well-known/agent-card.json`.",
+    params(("agent_id" = i64, Path, description = "The agent, the key's.", minimum = 1)),
+    request_body(content = Object, description = "A JSON-RPC 2.0 request: `{jsonrpc: \"2.0\", id, method, params}`."),
+    responses((status = 200, description = "A JSON-RPC 2.0 response: `{jsonrpc, id, result}` or `{jsonrpc, id, error: {code, message}}` — a body that is no JSON-RPC request included (`-32700`, `-32600`).", body = Object)),
+    security(("agent_key" = [])))]
+pub(crate) async fn rpc(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(&state, &req).await?;
+    agent_of_path(&req, &who)?;
+    let body = json_bytes(&req, payload, &state).await?;
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return Ok(answer(
+                Value::Null,
+                Err(RpcError::new(
+                    RpcCode::Parse,
+                    format!("the body is not JSON: {err}"),
+                )),
+            ));
+        }
+    };
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let outcome = match check_version(&req) {
+        Err(err) => Err(err),
+        Ok(()) => dispatch(&state, &who, &request).await,
+    };
+    Ok(answer(id, outcome))
+}
+
+/// The agent of the path must be the key's: another agent is not found, as in the
+/// rest of the API.
+fn agent_of_path(req: &HttpRequest, who: &Principal) -> Result<(), ApiError> {
+    let agent = req
+        .match_info()
+        .get("agent_id")
+        .and_then(|raw| raw.parse::<i64>().ok());
+    match agent {
+        Some(id) if AgentId(id) == who.agent_id => Ok(()),
+        _ => Err(ApiError::from(ServiceError::AgentNotFound)),
+    }
+}
+
+/// `A2A-Version`: absent or 1.x is spoken here; anything else is refused.
+fn check_version(req: &HttpRequest) -> Result<(), RpcError> {
+    let Some(asked) = req.headers().get(VERSION_HEADER) else {
+        return Ok(());
+    };
+    let asked = asked.to_str().unwrap_or("");
+    match asked.split('.').next() {
+        Some("1") => Ok(()),
+        _ => Err(RpcError::new(
+            RpcCode::VersionNotSupported,
+            format!("A2A-Version {asked:?} is not supported: this server speaks 1.0"),
+        )),
+    }
+}
+
+/// The JSON-RPC response, always HTTP `200` (as the A2A SDK's own server answers, a
+/// request that is not JSON-RPC at all included).
+fn answer(id: Value, outcome: Outcome) -> HttpResponse {
+    let body = match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(err) => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {"code": err.code as i32, "message": err.message},
+        }),
+    };
+    HttpResponse::Ok().json(body)
+}
+
+async fn dispatch(state: &ApiState, who: &Principal, request: &Value) -> Outcome {
+    let (Some("2.0"), Some(method)) = (
+        request.get("jsonrpc").and_then(Value::as_str),
+        request.get("method").and_then(Value::as_str),
+    ) else {
+        return Err(RpcError::new(
+            RpcCode::InvalidRequest,
+            "a JSON-RPC 2.0 request has jsonrpc: \"2.0\" and a method",
+        ));
+    };
+    let params = request.get("params").cloned().unwrap_or(json!({}));
+    match method {
+        "SendMessage" => send_message(state, who, read_params(params)?).await,
+        "GetTask" => get_task(state, who, read_params(params)?).await,
+        "ListTasks" => list_tasks(state, who, read_params(params)?).await,
+        "CancelTask" => cancel_task(state, who, read_params(params)?).await,
+        "SendStreamingMessage" | "SubscribeToTask" => Err(RpcError::new(
+            RpcCode::UnsupportedOperation,
+            "streaming is not offered yet by this server (its Agent Card says so): use SendMessage and GetTask",
+        )),
+        "CreateTaskPushNotificationConfig"
+        | "GetTaskPushNotificationConfig"
+        | "ListTaskPushNotificationConfigs"
+        | "DeleteTaskPushNotificationConfig" => Err(RpcError::new(
+            RpcCode::PushNotificationNotSupported,
+            "push notifications are not offered yet by this server (its Agent Card says so)",
+        )),
+        "GetExtendedAgentCard" => Err(RpcError::new(
+            RpcCode::ExtendedAgentCardNotConfigured,
+            "this agent has no extended Agent Card",
+        )),
+        other => Err(RpcError::new(
+            RpcCode::MethodNotFound,
+            format!("no method {other:?}"),
+        )),
+    }
+}
+
+/// A method's params, read as its request type.
+fn read_params<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, RpcError> {
+    serde_json::from_value(params)
+        .map_err(|err| RpcError::invalid(format!("invalid params: {err}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendMessageParams {
+    message: InMessage,
+    #[serde(default)]
+    configuration: Option<SendConfiguration>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendConfiguration {
+    #[serde(default)]
+    return_immediately: bool,
+    #[serde(default)]
+    history_length: Option<i64>,
+    #[serde(default)]
+    task_push_notification_config: Option<Value>,
+}
+
+/// The longest a blocking `SendMessage` waits for the turn to settle; it then answers
+/// with the task still working.
+const BLOCKING_WAIT: Duration = baton_domain::service::MAX_WAIT;
+
+async fn send_message(state: &ApiState, who: &Principal, params: SendMessageParams) -> Outcome {
+    let config = params.configuration.unwrap_or_default();
+    if config.task_push_notification_config.is_some() {
+        return Err(RpcError::new(
+            RpcCode::PushNotificationNotSupported,
+            "push notifications are not offered yet by this server",
+        ));
+    }
+    let message = to_baton(&params.message).map_err(|refused| match refused {
+        PartsRefused::Invalid(why) => RpcError::invalid(why),
+        PartsRefused::Unsupported(why) => RpcError::new(RpcCode::ContentTypeNotSupported, why),
+    })?;
+    let submit = SubmitMessage {
+        agent_id: who.agent_id,
+        message,
+        metadata: params.metadata.unwrap_or_default(),
+        webhook: None,
+        on_busy: None,
+    };
+    // A message sent again (the same messageId) is the same request: it replays.
+    let key = idempotency_key(&params.message.message_id);
+    // A message continues its task; a context is one task, so a context id names it
+    // too.
+    let target = params
+        .message
+        .task_id
+        .as_deref()
+        .or(params.message.context_id.as_deref());
+    let claim = match target {
+        Some(raw) => {
+            let task = task_id(raw)?;
+            state.tasks.append_message(who, task, submit, key).await?
+        }
+        None => state.tasks.create_task(who, submit, key).await?,
+    };
+    let task = claim.accepted().task_id;
+    let wait = match config.return_immediately {
+        true => Duration::ZERO,
+        false => BLOCKING_WAIT,
+    };
+    let view = state.tasks.wait_task(who, task, wait).await?;
+    let history_length = length(config.history_length)?;
+    Ok(json!({"task": shown(state, who, &view, history_length).await?}))
+}
+
+/// The key a message's id makes for baton's idempotency, if it can be one (1–255
+/// visible ASCII characters once prefixed).
+fn idempotency_key(message_id: &str) -> Option<String> {
+    let key = format!("a2a-{message_id}");
+    (key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())).then_some(key)
+}
+
+fn task_id(raw: &str) -> Result<TaskId, RpcError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(TaskId)
+        .ok_or_else(|| RpcError::new(RpcCode::TaskNotFound, format!("no task {raw:?}")))
+}
+
+fn length(asked: Option<i64>) -> Result<Option<usize>, RpcError> {
+    match asked {
+        None => Ok(None),
+        Some(n) => usize::try_from(n)
+            .map(Some)
+            .map_err(|_| RpcError::invalid("historyLength must be 0 or more")),
+    }
+}
+
+/// The task as A2A shows it, with its history read whole (the artifact is built from
+/// the latest turn's messages).
+async fn shown(
+    state: &ApiState,
+    who: &Principal,
+    view: &TaskView,
+    history_length: Option<usize>,
+) -> Result<Value, RpcError> {
+    let history = whole_history(state, who, view.task.id).await?;
+    Ok(task_json(view, &history, history_length))
+}
+
+/// Every message of the task, oldest first.
+async fn whole_history(
+    state: &ApiState,
+    who: &Principal,
+    task: TaskId,
+) -> Result<Vec<Message>, RpcError> {
+    let mut messages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state
+            .tasks
+            .list_messages(who, task, PageRequest { limit: 100, after })
+            .await?
+            .page;
+        messages.extend(page.items);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(messages),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetTaskParams {
+    id: String,
+    #[serde(default)]
+    history_length: Option<i64>,
+}
+
+async fn get_task(state: &ApiState, who: &Principal, params: GetTaskParams) -> Outcome {
+    let view = state.tasks.get_task(who, task_id(&params.id)?).await?;
+    shown(state, who, &view, length(params.history_length)?).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CancelTaskParams {
+    id: String,
+}
+
+/// Cancels the task's running turn (or the one waiting for tool answers); a task
+/// already canceled answers the same, one that ended otherwise is not cancelable.
+async fn cancel_task(state: &ApiState, who: &Principal, params: CancelTaskParams) -> Outcome {
+    let view = state.tasks.cancel(who, task_id(&params.id)?).await?;
+    shown(state, who, &view, None).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListTasksParams {
+    #[serde(default)]
+    context_id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    page_size: Option<i64>,
+    #[serde(default)]
+    page_token: Option<String>,
+    #[serde(default)]
+    history_length: Option<i64>,
+    #[serde(default)]
+    include_artifacts: Option<bool>,
+}
+
+/// The agent's tasks, newest first, a page at a time (`pageToken` from the last
+/// page's `nextPageToken`); with `contextId`, that context's one task.
+async fn list_tasks(state: &ApiState, who: &Principal, params: ListTasksParams) -> Outcome {
+    let status = match params.status.as_deref() {
+        None | Some("") | Some("TASK_STATE_UNSPECIFIED") => None,
+        Some(asked) => Some(
+            TaskStatus::ALL
+                .iter()
+                .copied()
+                .find(|s| super::tasks::state(*s) == asked)
+                .ok_or_else(|| {
+                    RpcError::invalid(format!("status {asked:?}: no task has it here"))
+                })?,
+        ),
+    };
+    let limit = u32::try_from(params.page_size.unwrap_or(50).clamp(1, 100)).unwrap_or(50);
+    let history_length = length(params.history_length)?.unwrap_or(0);
+    let with_artifacts = params.include_artifacts.unwrap_or(false);
+    let (views, next) = match params.context_id.as_deref() {
+        Some(context) => {
+            let view = state.tasks.get_task(who, task_id(context)?).await?;
+            let kept = status.is_none_or(|s| view.status() == s);
+            (if kept { vec![view] } else { vec![] }, None)
+        }
+        None => {
+            let after =
+                match params.page_token.as_deref() {
+                    None | Some("") => None,
+                    Some(token) => Some(decode_cursor(token).ok_or_else(|| {
+                        RpcError::invalid("pageToken is not one this server gave")
+                    })?),
+                };
+            let page = state
+                .tasks
+                .list_tasks(who, status, PageRequest { limit, after })
+                .await?;
+            (page.items, page.next_after)
+        }
+    };
+    let mut tasks = Vec::with_capacity(views.len());
+    for view in &views {
+        let mut task = match history_length > 0 || with_artifacts {
+            true => shown(state, who, view, Some(history_length)).await?,
+            false => task_json(view, &[], Some(0)),
+        };
+        if !with_artifacts && let Some(object) = task.as_object_mut() {
+            object.remove("artifacts");
+        }
+        tasks.push(task);
+    }
+    Ok(json!({
+        "tasks": tasks,
+        "nextPageToken": next.map(encode_cursor).unwrap_or_default(),
+        "pageSize": limit,
+    }))
+}

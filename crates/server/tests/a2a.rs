@@ -1,0 +1,323 @@
+//! The A2A binding with a real third-party client: the `a2a-sdk` package's client
+//! (PyPI, pinned) holds a conversation with a baton agent — the Agent Card, messages
+//! answered blocking and at once, cancel (twice), `GetTask` with `historyLength`,
+//! the errors A2A names, `ListTasks` — on SQLite and on PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+mod common;
+
+use baton_test_support::TestDatabase;
+use common::{Server, agent_with, sqlite_db};
+use serde_json::{Value, json};
+
+fn conversation(db: &str) {
+    let (agent, key) = agent_with(db, r#"{"delay_ms": 1500}"#, &[]);
+    let server = Server::start(db, &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/conversation.py");
+    let output = std::process::Command::new(baton_test_support::python::python())
+        .arg(script)
+        .args([&server.base, &agent.to_string(), &key])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report_text = report.to_string();
+
+    // The card names the agent, its JSON-RPC interface and the bearer key.
+    let card = &report["card"];
+    assert_eq!(card["name"], "t", "{report_text}");
+    let interface = &card["supportedInterfaces"][0];
+    assert_eq!(interface["protocolBinding"], "JSONRPC", "{report_text}");
+    assert_eq!(interface["protocolVersion"], "1.0", "{report_text}");
+    assert_eq!(
+        interface["url"],
+        format!("{}/a2a/{agent}", server.base),
+        "{report_text}"
+    );
+    assert_eq!(
+        card["securitySchemes"]["agent_key"]["httpAuthSecurityScheme"]["scheme"], "Bearer",
+        "{report_text}"
+    );
+
+    // Answered when the turn ended: the reply is the task's artifact.
+    let first = &report["first"];
+    assert_eq!(first["state"], "TASK_STATE_COMPLETED", "{report_text}");
+    assert_eq!(first["context"], first["id"], "a task is its own context");
+    assert_eq!(first["artifact"], json!([["echo: hello there"]]));
+    assert_eq!(
+        first["history"],
+        json!([
+            ["ROLE_USER", ["hello there"]],
+            ["ROLE_AGENT", ["echo: hello there"]]
+        ])
+    );
+    // Answered at once, then cancelled; cancelling again answers the same.
+    assert_eq!(report["immediate"]["state"], "TASK_STATE_WORKING");
+    assert_eq!(report["immediate"]["id"], first["id"]);
+    assert_eq!(
+        report["cancel"],
+        json!({"state": "TASK_STATE_CANCELED", "again": "TASK_STATE_CANCELED"})
+    );
+    // historyLength 2: the last two messages (the cancelled turn's message; its
+    // partial reply, if it had streamed one by the cancel).
+    let got = &report["get"];
+    assert_eq!(got["state"], "TASK_STATE_CANCELED");
+    let history = got["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{report_text}");
+    assert!(
+        history
+            .iter()
+            .any(|m| m == &json!(["ROLE_USER", ["and again"]])),
+        "{report_text}"
+    );
+    // The third turn, to its end, without history; then not cancelable.
+    assert_eq!(
+        report["third"],
+        json!({"state": "TASK_STATE_COMPLETED", "artifact": [["echo: third"]], "history": 0})
+    );
+    assert_eq!(report["not_cancelable"], "TaskNotCancelableError");
+    assert_eq!(report["not_found"], "TaskNotFoundError");
+    // Newest first.
+    assert_eq!(report["list"], json!([report["second"], first["id"]]));
+}
+
+#[test]
+fn an_a2a_sdk_client_converses_with_a_baton_agent_on_sqlite() {
+    let (_dir, db) = sqlite_db();
+    conversation(&db);
+}
+
+#[test]
+fn an_a2a_sdk_client_converses_with_a_baton_agent_on_postgres() {
+    let db = TestDatabase::new();
+    conversation(db.url());
+}
+
+/// A JSON-RPC request to the agent's A2A endpoint; the HTTP status and the answer.
+fn call(
+    server: &Server,
+    agent: i64,
+    key: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let mut request = common::client()
+        .post(format!("{}/a2a/{agent}", server.base))
+        .bearer_auth(key)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body.to_owned()).send().unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
+fn rpc(server: &Server, agent: i64, key: &str, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let (status, answer) = call(server, agent, key, &[], &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], 7, "{answer}");
+    answer
+}
+
+fn error_code(answer: &Value) -> i64 {
+    answer["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error: {answer}"))
+}
+
+fn text_message(id: &str, text: &str) -> Value {
+    json!({"messageId": id, "role": "ROLE_USER", "parts": [{"text": text}]})
+}
+
+#[test]
+fn the_json_rpc_binding_answers_as_a2a_names_it() {
+    let (_dir, db) = sqlite_db();
+    let (agent, key) = agent_with(&db, r#"{"delay_ms": 2000}"#, &[]);
+    let (other, _) = agent_with(&db, "{}", &[]);
+    let server = Server::start(&db, &[]);
+
+    // What is not a request, in the protocol's words.
+    let (status, parse) = call(&server, agent, &key, &[], "{not json");
+    assert_eq!(
+        (status, error_code(&parse), &parse["id"]),
+        (200, -32700, &Value::Null)
+    );
+    let (status, invalid) = call(&server, agent, &key, &[], r#"{"id": 1, "method": 3}"#);
+    assert_eq!((status, error_code(&invalid)), (200, -32600));
+    assert_eq!(
+        error_code(&rpc(&server, agent, &key, "Nope", json!({}))),
+        -32601
+    );
+    let (_, version) = call(
+        &server,
+        agent,
+        &key,
+        &[("A2A-Version", "2.0")],
+        r#"{"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "1"}}"#,
+    );
+    assert_eq!(error_code(&version), -32009, "{version}");
+    // Not this key's agent, or no key: baton's own envelopes.
+    let (status, refused) = call(&server, other, &key, &[], "{}");
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (404, &json!("agent_not_found"))
+    );
+    let (status, _) = call(&server, agent, "bt_nope", &[], "{}");
+    assert_eq!(status, 401);
+
+    // What baton cannot take, before anything is stored.
+    let url_part =
+        json!({"message": {"messageId": "u-1", "parts": [{"url": "https://example.com/a.png"}]}});
+    assert_eq!(
+        error_code(&rpc(&server, agent, &key, "SendMessage", url_part)),
+        -32005
+    );
+    let from_agent =
+        json!({"message": {"messageId": "u-2", "role": "ROLE_AGENT", "parts": [{"text": "hi"}]}});
+    assert_eq!(
+        error_code(&rpc(&server, agent, &key, "SendMessage", from_agent)),
+        -32602
+    );
+    let push = json!({"message": text_message("u-3", "hi"), "configuration": {"taskPushNotificationConfig": {"url": "https://example.com/hook"}}});
+    assert_eq!(
+        error_code(&rpc(&server, agent, &key, "SendMessage", push)),
+        -32003
+    );
+    for (method, code) in [
+        ("SendStreamingMessage", -32004),
+        ("SubscribeToTask", -32004),
+        ("ListTaskPushNotificationConfigs", -32003),
+        ("GetExtendedAgentCard", -32007),
+    ] {
+        assert_eq!(
+            error_code(&rpc(&server, agent, &key, method, json!({}))),
+            code,
+            "{method}"
+        );
+    }
+
+    // A message's id is its idempotency key: sent again, it starts nothing.
+    let first = json!({"message": text_message("m-1", "hello"), "configuration": {"returnImmediately": true}});
+    let started = rpc(&server, agent, &key, "SendMessage", first.clone());
+    let task = started["result"]["task"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        started["result"]["task"]["status"]["state"],
+        "TASK_STATE_WORKING"
+    );
+    let again = rpc(&server, agent, &key, "SendMessage", first);
+    assert_eq!(again["result"]["task"]["id"], task.as_str());
+    let reused = json!({"message": text_message("m-1", "something else"), "configuration": {"returnImmediately": true}});
+    assert_eq!(
+        error_code(&rpc(&server, agent, &key, "SendMessage", reused)),
+        -32602
+    );
+    // While the turn runs, the agent's default (reject) refuses another message.
+    let busy =
+        json!({"message": {"messageId": "m-2", "taskId": task, "parts": [{"text": "more"}]}});
+    let refused = rpc(&server, agent, &key, "SendMessage", busy);
+    assert_eq!(error_code(&refused), -32004);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("on_busy"),
+        "{refused}"
+    );
+    // A context is its task: a message naming only the context continues it.
+    let done = rpc(&server, agent, &key, "GetTask", json!({"id": task}));
+    assert_eq!(
+        done["result"]["history"].as_array().unwrap().len(),
+        1,
+        "sent once: {done}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while rpc(&server, agent, &key, "GetTask", json!({"id": task}))["result"]["status"]["state"]
+        != "TASK_STATE_COMPLETED"
+    {
+        assert!(std::time::Instant::now() < deadline, "the turn did not end");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let continued = rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        json!({"message": {"messageId": "m-3", "contextId": task, "parts": [{"text": "in context"}]},
+               "configuration": {"returnImmediately": true, "historyLength": 1}}),
+    );
+    let continued = &continued["result"]["task"];
+    assert_eq!(continued["id"], task.as_str(), "{continued}");
+    assert_eq!(
+        continued["history"][0]["parts"][0]["text"], "in context",
+        "{continued}"
+    );
+}
+
+#[test]
+fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
+    let (_dir, db) = sqlite_db();
+    let model = common::tool_model();
+    let (agent, key) = common::tool_agent(&db, &model);
+    let mut command = common::baton(&db);
+    command.env("MODEL_KEY", "sk-end-to-end");
+    let server = Server::start_command(command, &[], std::process::Stdio::null());
+
+    let asked = rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        json!({"message": text_message("t-1", "weather in Oslo and Rome?")}),
+    );
+    let task = &asked["result"]["task"];
+    assert_eq!(
+        task["status"]["state"], "TASK_STATE_INPUT_REQUIRED",
+        "{asked}"
+    );
+    let calls = task["status"]["message"]["parts"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{asked}");
+    assert_eq!(calls[0]["metadata"]["baton_type"], "tool_request");
+    assert_eq!(calls[0]["data"]["name"], "get_weather");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let answer = |message_id: &str, call: &Value| {
+        json!({"message": {"messageId": message_id, "taskId": id, "parts": [{
+            "data": {"tool_call_id": call["data"]["tool_call_id"], "name": "get_weather", "content": {"celsius": 7}},
+            "metadata": {"baton_type": "tool_response"},
+        }]}})
+    };
+    let partial = rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        answer("t-2", &calls[0]),
+    );
+    assert_eq!(
+        partial["result"]["task"]["status"]["state"], "TASK_STATE_INPUT_REQUIRED",
+        "{partial}"
+    );
+    let done = rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        answer("t-3", &calls[1]),
+    );
+    let task = &done["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{done}");
+    let parts = task["artifacts"][0]["parts"].as_array().unwrap();
+    assert!(parts.iter().any(|p| p["text"] == "Hello, human."), "{done}");
+    assert!(
+        parts
+            .iter()
+            .any(|p| p["metadata"]["baton_type"] == "reasoning"),
+        "{done}"
+    );
+}

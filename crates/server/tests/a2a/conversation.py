@@ -1,0 +1,114 @@
+"""A conversation with a baton agent through the a2a-sdk client (PyPI, pinned by the
+tests), as any A2A client would hold it. Prints one JSON report on stdout; the Rust
+test (crates/server/tests/a2a.rs) checks it.
+
+    python conversation.py BASE_URL AGENT_ID KEY
+"""
+
+import asyncio
+import json
+import sys
+import uuid
+
+import httpx
+from a2a.client import ClientConfig, ClientFactory
+from a2a.client.errors import A2AClientError
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    TaskState,
+)
+from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError
+from google.protobuf import json_format
+
+
+def user(text, task_id=None):
+    message = Message(message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text=text)])
+    if task_id:
+        message.task_id = task_id
+    return message
+
+
+async def send(client, message, *, return_immediately=False, history_length=None):
+    request = SendMessageRequest(message=message)
+    request.configuration.return_immediately = return_immediately
+    if history_length is not None:
+        request.configuration.history_length = history_length
+    events = [event async for event in client.send_message(request)]
+    assert len(events) == 1 and events[0].HasField("task"), events
+    return events[0].task
+
+
+def state(task):
+    return TaskState.Name(task.status.state)
+
+
+def texts(parts):
+    return [p.text for p in parts if p.HasField("text")]
+
+
+async def main(base, agent, key):
+    report = {}
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=90)
+    factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False))
+    client = await factory.create_from_url(f"{base}/a2a/{agent}")
+    card = client._card
+    report["card"] = json_format.MessageToDict(card)
+
+    # A message, answered when its turn has ended (blocking).
+    first = await send(client, user("hello there"))
+    report["first"] = {
+        "state": state(first),
+        "id": first.id,
+        "context": first.context_id,
+        "artifact": [texts(a.parts) for a in first.artifacts],
+        "history": [(Role.Name(m.role), texts(m.parts)) for m in first.history],
+    }
+
+    # The next message of the same task, answered at once while it runs.
+    running = await send(client, user("and again", first.id), return_immediately=True)
+    report["immediate"] = {"state": state(running), "id": running.id}
+    # While it runs, it cannot be cancelled twice into anything else: cancel it.
+    cancelled = await client.cancel_task(CancelTaskRequest(id=first.id))
+    again = await client.cancel_task(CancelTaskRequest(id=first.id))
+    report["cancel"] = {"state": state(cancelled), "again": state(again)}
+
+    # GetTask with historyLength: the last messages only.
+    got = await client.get_task(GetTaskRequest(id=first.id, history_length=2))
+    report["get"] = {
+        "state": state(got),
+        "history": [(Role.Name(m.role), texts(m.parts)) for m in got.history],
+    }
+
+    # A third turn to completion, then cancelling it is refused: it has ended.
+    done = await send(client, user("third", first.id), history_length=0)
+    report["third"] = {"state": state(done), "artifact": [texts(a.parts) for a in done.artifacts], "history": len(done.history)}
+    try:
+        await client.cancel_task(CancelTaskRequest(id=first.id))
+        report["not_cancelable"] = None
+    except TaskNotCancelableError as err:
+        report["not_cancelable"] = type(err).__name__
+    try:
+        await client.get_task(GetTaskRequest(id="999999"))
+        report["not_found"] = None
+    except TaskNotFoundError as err:
+        report["not_found"] = type(err).__name__
+
+    # The agent's tasks, newest first.
+    second = await send(client, user("another task"))
+    listed = await client.list_tasks(ListTasksRequest(page_size=10))
+    report["list"] = [t.id for t in listed.tasks]
+    report["second"] = second.id
+
+    await client.close()
+    await http.aclose()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))
