@@ -5,4 +5,5 @@
 pub mod card;
 mod parts;
 pub mod rpc;
+mod stream;
 mod tasks;

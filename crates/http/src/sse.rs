@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
-use baton_domain::{EventKind, Principal, TaskEvent, TaskId, TaskService, TaskWatch};
+use baton_domain::{EventKind, Principal, SharedEvent, TaskEvent, TaskId, TaskService, TaskWatch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -157,11 +157,34 @@ fn reset_frame(after: i64, first_kept: i64) -> Bytes {
     ))
 }
 
+/// How a stream writes the task's events: baton's own frames, or another protocol's
+/// (the A2A binding's).
+pub trait Framer: Send + 'static {
+    /// The frames of one event (none for an event the protocol does not show), and
+    /// whether the stream ends after it.
+    fn frame(&mut self, event: &SharedEvent) -> (Vec<Bytes>, bool);
+}
+
+/// baton's own frames: each event as itself, framed once for all the task's streams.
+struct BatonFrames {
+    until_final: bool,
+}
+
+impl Framer for BatonFrames {
+    fn frame(&mut self, shared: &SharedEvent) -> (Vec<Bytes>, bool) {
+        let bytes = Bytes::from_owner(shared.wire(frame));
+        (
+            vec![bytes],
+            self.until_final && shared.event.kind.ends_turn(),
+        )
+    }
+}
+
 struct SseStream {
     tasks: TaskService,
     who: Principal,
     cursor: i64,
-    until_final: bool,
+    framer: Box<dyn Framer>,
     watch: TaskWatch,
     /// The process's shared ticker for this stream's heartbeat period.
     heartbeat: watch::Receiver<u64>,
@@ -232,12 +255,10 @@ impl SseStream {
             }
             if !page.events.is_empty() {
                 for shared in &page.events {
-                    // Framed once for all the task's streams.
-                    self.pending
-                        .push_back(Bytes::from_owner(shared.wire(frame)));
-                    let event = &shared.event;
-                    self.cursor = event.seq;
-                    if self.until_final && event.kind.ends_turn() {
+                    let (frames, ends) = self.framer.frame(shared);
+                    self.pending.extend(frames);
+                    self.cursor = shared.event.seq;
+                    if ends {
                         self.done = true;
                         break;
                     }
@@ -273,20 +294,65 @@ pub async fn stream(
     // Watch before the first read, so nothing written in between is missed.
     let watch = tasks.watch(task);
     check(&tasks, &who, task, after).await?;
+    let follow = Follow {
+        after,
+        watch,
+        first: Vec::new(),
+    };
+    Ok(follow_with(
+        tasks,
+        who,
+        follow,
+        Box::new(BatonFrames { until_final }),
+        options,
+        closing,
+    ))
+}
+
+/// What a stream follows: the log after `after` of the task `watch` watches (made
+/// before whatever the caller read, so nothing written since is missed), with `first`
+/// sent before the log.
+pub struct Follow {
+    pub after: i64,
+    pub watch: TaskWatch,
+    pub first: Vec<Bytes>,
+}
+
+impl std::fmt::Debug for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follow")
+            .field("task", &self.watch.task())
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Streams the task's log as `framer` writes it (the caller checked that `who` may
+/// read it).
+pub fn follow_with(
+    tasks: TaskService,
+    who: Principal,
+    follow: Follow,
+    framer: Box<dyn Framer>,
+    options: SseOptions,
+    closing: tokio_util::sync::CancellationToken,
+) -> HttpResponse {
     let heartbeat = heartbeats(options.heartbeat);
+    let mut pending = VecDeque::from([Bytes::from(format!(
+        "retry: {}\n\n",
+        options.retry.as_millis()
+    ))]);
+    pending.extend(follow.first);
     let state = SseStream {
         tasks,
         who,
-        cursor: after,
-        until_final,
-        watch,
+        cursor: follow.after,
+        framer,
+        watch: follow.watch,
         heartbeat,
         ticking: true,
         waiting: false,
-        pending: VecDeque::from([Bytes::from(format!(
-            "retry: {}\n\n",
-            options.retry.as_millis()
-        ))]),
+        pending,
         done: false,
         closing,
         _open: OpenStream::new(),
@@ -297,7 +363,7 @@ pub async fn stream(
             .await
             .map(|bytes| (Ok::<_, actix_web::Error>(bytes), state))
     });
-    Ok(answer().streaming(body))
+    answer().streaming(body)
 }
 
 /// Answers a `HEAD` of the stream: what a `GET` would be refused for is checked, and
@@ -322,6 +388,12 @@ async fn check(
 ) -> Result<(), ApiError> {
     tasks.events(who, task, after, 0).await?;
     Ok(())
+}
+
+/// A stream of just these frames (the whole answer is known already).
+pub fn frames_only(frames: Vec<Bytes>) -> HttpResponse {
+    let body = futures_util::stream::iter(frames.into_iter().map(Ok::<_, actix_web::Error>));
+    answer().streaming(body)
 }
 
 /// The stream's answer before its body, for `GET` and `HEAD` alike.

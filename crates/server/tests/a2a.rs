@@ -85,6 +85,68 @@ fn conversation(db: &str) {
     assert_eq!(report["not_found"], "TaskNotFoundError");
     // Newest first.
     assert_eq!(report["list"], json!([report["second"], first["id"]]));
+
+    // Streamed: the task, its turn's start, its text in artifact chunks (appended
+    // after the first, the last marked), its end.
+    let streamed = report["streamed"].as_array().unwrap();
+    assert_eq!(
+        streamed[0]["task"]["status"]["state"], "TASK_STATE_WORKING",
+        "{report_text}"
+    );
+    assert_eq!(
+        streamed[1]["statusUpdate"]["status"]["state"],
+        "TASK_STATE_WORKING"
+    );
+    let last = streamed.last().unwrap();
+    assert_eq!(
+        last["statusUpdate"]["status"]["state"], "TASK_STATE_COMPLETED",
+        "{report_text}"
+    );
+    let chunks: Vec<&Value> = streamed
+        .iter()
+        .filter_map(|e| e.get("artifactUpdate"))
+        .collect();
+    assert!(chunks.len() >= 3, "{report_text}");
+    assert_eq!(
+        chunks[0].get("append"),
+        None,
+        "the first chunk starts the artifact"
+    );
+    assert!(
+        chunks[1..].iter().all(|c| c["append"] == true),
+        "{report_text}"
+    );
+    assert_eq!(chunks.last().unwrap()["lastChunk"], true);
+    let text: String = chunks
+        .iter()
+        // The last chunk has no parts (protobuf's JSON then leaves the field out).
+        .flat_map(|c| c["artifact"]["parts"].as_array().into_iter().flatten())
+        .filter_map(|p| p["text"].as_str())
+        .collect();
+    assert_eq!(text, "echo: one two three four five six seven eight");
+    // Every update carries baton's event id, increasing.
+    let ids: Vec<i64> = streamed[1..]
+        .iter()
+        .map(|e| {
+            let update = e.get("artifactUpdate").or(e.get("statusUpdate")).unwrap();
+            // A protobuf Struct holds numbers as doubles.
+            update["metadata"]["baton"]["event_id"].as_f64().unwrap() as i64
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] <= w[1]), "{ids:?}");
+
+    // Cut mid-turn and resumed after the last event id seen: the text whole, once.
+    let resume = &report["resume"];
+    assert!(
+        resume["cut_after"].is_i64(),
+        "the stream was cut mid-turn: {report_text}"
+    );
+    assert_eq!(resume["final"], "TASK_STATE_COMPLETED", "{report_text}");
+    assert_eq!(
+        resume["text"],
+        "echo: alpha beta gamma delta epsilon zeta eta theta"
+    );
+    assert_eq!(resume["text"], resume["stored"]);
 }
 
 #[test]
@@ -191,8 +253,6 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
         -32003
     );
     for (method, code) in [
-        ("SendStreamingMessage", -32004),
-        ("SubscribeToTask", -32004),
         ("ListTaskPushNotificationConfigs", -32003),
         ("GetExtendedAgentCard", -32007),
     ] {

@@ -39,7 +39,7 @@ pub(crate) async fn card(
             "protocolBinding": "JSONRPC",
             "protocolVersion": "1.0",
         }],
-        "capabilities": {"streaming": false, "pushNotifications": false},
+        "capabilities": {"streaming": true, "pushNotifications": false},
         "securitySchemes": {
             "agent_key": {"httpAuthSecurityScheme": {
                 "scheme": "Bearer",

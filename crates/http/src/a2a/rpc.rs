@@ -5,17 +5,19 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use baton_domain::{
-    AgentId, Message, PageRequest, Principal, ServiceError, SubmitMessage, TaskId, TaskStatus,
-    TaskView,
+    AgentId, Claim, Message, PageRequest, Principal, ServiceError, SubmitMessage, TaskId,
+    TaskStatus, TaskView,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::parts::{InMessage, PartsRefused, to_baton};
+use super::stream::{A2aFrames, error_frame, result_frame};
 use super::tasks::task_json;
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::extract::{authenticate, decode_cursor, encode_cursor, json_bytes};
+use crate::sse::Follow;
 
 /// The header a client names the protocol version in; baton speaks 1.0.
 pub const VERSION_HEADER: &str = "A2A-Version";
@@ -104,10 +106,12 @@ type Outcome = Result<Value, RpcError>;
 #[utoipa::path(post, path = "/a2a/{agent_id}", tag = "a2a",
     operation_id = "a2a_json_rpc",
     summary = "A2A: the agent's JSON-RPC endpoint",
-    description = "The Agent2Agent (A2A 1.0) JSON-RPC binding of the agent (docs/a2a.md): `SendMessage`, `GetTask`, `ListTasks`, `CancelTask`, each a JSON-RPC 2.0 request, answered with its `result` or an `error` as A2A names them (HTTP 200 once the key is accepted). Its Agent Card is at `/a2a/{agent_id}/.well-known/agent-card.json`.",
-    params(("agent_id" = i64, Path, description = "The agent, the key's.", minimum = 1)),
+    description = "The Agent2Agent (A2A 1.0) JSON-RPC binding of the agent (docs/a2a.md): `SendMessage`, `GetTask`, `ListTasks`, `CancelTask`, each a JSON-RPC 2.0 request answered with its `result` or an `error` as A2A names them (HTTP 200 once the key is accepted); `SendStreamingMessage` and `SubscribeToTask` answered as Server-Sent Events, each event a JSON-RPC response carrying baton's event id (`id:`), and `SubscribeToTask` resuming after `Last-Event-ID`. Its Agent Card is at `/a2a/{agent_id}/.well-known/agent-card.json`.",
+    params(("agent_id" = i64, Path, description = "The agent, the key's.", minimum = 1),
+        ("Last-Event-ID" = Option<i64>, Header, description = "With `SubscribeToTask`: resume after this event (baton's extension).")),
     request_body(content = Object, description = "A JSON-RPC 2.0 request: `{jsonrpc: \"2.0\", id, method, params}`."),
-    responses((status = 200, description = "A JSON-RPC 2.0 response: `{jsonrpc, id, result}` or `{jsonrpc, id, error: {code, message}}` — a body that is no JSON-RPC request included (`-32700`, `-32600`).", body = Object)),
+    responses((status = 200, description = "A JSON-RPC 2.0 response: `{jsonrpc, id, result}` or `{jsonrpc, id, error: {code, message}}` — a body that is no JSON-RPC request included (`-32700`, `-32600`); for the streaming methods, an event stream of them.",
+        content((Object = "application/json"), (String = "text/event-stream")))),
     security(("agent_key" = [])))]
 pub(crate) async fn rpc(
     state: web::Data<ApiState>,
@@ -130,11 +134,120 @@ pub(crate) async fn rpc(
         }
     };
     let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let method = request.get("method").and_then(Value::as_str);
+    if let Some(method @ ("SendStreamingMessage" | "SubscribeToTask")) = method {
+        let params = request.get("params").cloned().unwrap_or(json!({}));
+        let streamed = match check_version(&req) {
+            Err(err) => Err(err),
+            Ok(()) => streaming(&state, &who, &req, &id, method, params).await,
+        };
+        return Ok(streamed.unwrap_or_else(|err| {
+            crate::sse::frames_only(vec![error_frame(&id, err.code as i32, &err.message)])
+        }));
+    }
     let outcome = match check_version(&req) {
         Err(err) => Err(err),
         Ok(()) => dispatch(&state, &who, &request).await,
     };
     Ok(answer(id, outcome))
+}
+
+/// `SendStreamingMessage` (the message, then its turn as it happens) and
+/// `SubscribeToTask` (the task from now, or after `Last-Event-ID`), as SSE. Both end
+/// when the turn they follow ends (or the task waits for tool answers).
+async fn streaming(
+    state: &ApiState,
+    who: &Principal,
+    req: &HttpRequest,
+    rpc_id: &Value,
+    method: &str,
+    params: Value,
+) -> Result<HttpResponse, RpcError> {
+    let (watch, after, first) = match method {
+        "SendStreamingMessage" => {
+            let params: SendMessageParams = read_params(params)?;
+            let claim = claim(state, who, &params).await?;
+            let accepted = claim.accepted();
+            let watch = state.tasks.watch(accepted.task_id);
+            // The task as the message left it; its output follows as events.
+            let view = state.tasks.get_task(who, accepted.task_id).await?;
+            let history = whole_history(state, who, accepted.task_id).await?;
+            let mut task = task_json(
+                &view,
+                &history,
+                length(params.configuration.and_then(|c| c.history_length))?,
+            );
+            task["artifacts"] = json!([]);
+            task["status"] =
+                json!({"state": "TASK_STATE_WORKING", "timestamp": accepted.accepted_at});
+            let first = vec![result_frame(rpc_id, None, json!({"task": task}))];
+            (watch, accepted.stream_after.unwrap_or(0), first)
+        }
+        _ => {
+            let params: SubscribeParams = read_params(params)?;
+            let task = task_id(&params.id)?;
+            let watch = state.tasks.watch(task);
+            let resume = match req.headers().get("last-event-id") {
+                None => None,
+                Some(value) => Some(
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.trim().parse::<i64>().ok())
+                        .filter(|id| *id >= 0)
+                        .ok_or_else(|| {
+                            RpcError::invalid("Last-Event-ID must be an event id (0 or more)")
+                        })?,
+                ),
+            };
+            let log = state
+                .tasks
+                .events(who, task, resume.unwrap_or(0), 0)
+                .await?;
+            let view = state.tasks.get_task(who, task).await?;
+            let running = view.status() == TaskStatus::Running;
+            match resume {
+                // Resumed: the events after the one last seen, and nothing else; a
+                // task already past its turn's end has nothing more to send.
+                Some(after) if running || after < log.last_seq => (watch, after, Vec::new()),
+                _ => {
+                    let history = whole_history(state, who, task).await?;
+                    let snapshot = result_frame(
+                        rpc_id,
+                        Some(log.last_seq),
+                        json!({"task": task_json(&view, &history, None)}),
+                    );
+                    if !running {
+                        return Ok(crate::sse::frames_only(vec![snapshot]));
+                    }
+                    (watch, log.last_seq, vec![snapshot])
+                }
+            }
+        }
+    };
+    let framer = A2aFrames {
+        rpc_id: rpc_id.clone(),
+        task: watch.task(),
+        started: None,
+    };
+    Ok(crate::sse::follow_with(
+        state.tasks.clone(),
+        *who,
+        Follow {
+            after,
+            watch,
+            first,
+        },
+        Box::new(framer),
+        state.sse,
+        state.shutdown.closing.clone(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscribeParams {
+    id: String,
 }
 
 /// The agent of the path must be the key's: another agent is not found, as in the
@@ -195,10 +308,6 @@ async fn dispatch(state: &ApiState, who: &Principal, request: &Value) -> Outcome
         "GetTask" => get_task(state, who, read_params(params)?).await,
         "ListTasks" => list_tasks(state, who, read_params(params)?).await,
         "CancelTask" => cancel_task(state, who, read_params(params)?).await,
-        "SendStreamingMessage" | "SubscribeToTask" => Err(RpcError::new(
-            RpcCode::UnsupportedOperation,
-            "streaming is not offered yet by this server (its Agent Card says so): use SendMessage and GetTask",
-        )),
         "CreateTaskPushNotificationConfig"
         | "GetTaskPushNotificationConfig"
         | "ListTaskPushNotificationConfigs"
@@ -249,8 +358,29 @@ struct SendConfiguration {
 const BLOCKING_WAIT: Duration = baton_domain::service::MAX_WAIT;
 
 async fn send_message(state: &ApiState, who: &Principal, params: SendMessageParams) -> Outcome {
+    let claim = claim(state, who, &params).await?;
     let config = params.configuration.unwrap_or_default();
-    if config.task_push_notification_config.is_some() {
+    let task = claim.accepted().task_id;
+    let wait = match config.return_immediately {
+        true => Duration::ZERO,
+        false => BLOCKING_WAIT,
+    };
+    let view = state.tasks.wait_task(who, task, wait).await?;
+    let history_length = length(config.history_length)?;
+    Ok(json!({"task": shown(state, who, &view, history_length).await?}))
+}
+
+/// The message sent: a new task, or the next message of its task.
+async fn claim(
+    state: &ApiState,
+    who: &Principal,
+    params: &SendMessageParams,
+) -> Result<Claim, RpcError> {
+    let pushed = params
+        .configuration
+        .as_ref()
+        .is_some_and(|c| c.task_push_notification_config.is_some());
+    if pushed {
         return Err(RpcError::new(
             RpcCode::PushNotificationNotSupported,
             "push notifications are not offered yet by this server",
@@ -263,7 +393,7 @@ async fn send_message(state: &ApiState, who: &Principal, params: SendMessagePara
     let submit = SubmitMessage {
         agent_id: who.agent_id,
         message,
-        metadata: params.metadata.unwrap_or_default(),
+        metadata: params.metadata.clone().unwrap_or_default(),
         webhook: None,
         on_busy: None,
     };
@@ -276,21 +406,13 @@ async fn send_message(state: &ApiState, who: &Principal, params: SendMessagePara
         .task_id
         .as_deref()
         .or(params.message.context_id.as_deref());
-    let claim = match target {
+    Ok(match target {
         Some(raw) => {
             let task = task_id(raw)?;
             state.tasks.append_message(who, task, submit, key).await?
         }
         None => state.tasks.create_task(who, submit, key).await?,
-    };
-    let task = claim.accepted().task_id;
-    let wait = match config.return_immediately {
-        true => Duration::ZERO,
-        false => BLOCKING_WAIT,
-    };
-    let view = state.tasks.wait_task(who, task, wait).await?;
-    let history_length = length(config.history_length)?;
-    Ok(json!({"task": shown(state, who, &view, history_length).await?}))
+    })
 }
 
 /// The key a message's id makes for baton's idempotency, if it can be one (1–255

@@ -9,9 +9,10 @@ import asyncio
 import json
 import sys
 import uuid
+from contextlib import aclosing
 
 import httpx
-from a2a.client import ClientConfig, ClientFactory
+from a2a.client import ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
@@ -21,6 +22,7 @@ from a2a.types.a2a_pb2 import (
     Part,
     Role,
     SendMessageRequest,
+    SubscribeToTaskRequest,
     TaskState,
 )
 from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError
@@ -105,6 +107,45 @@ async def main(base, agent, key):
     report["list"] = [t.id for t in listed.tasks]
     report["second"] = second.id
 
+    # Streaming: the reply as it is produced.
+    streaming = ClientFactory(ClientConfig(httpx_client=http, streaming=True))
+    streamer = await streaming.create_from_url(f"{base}/a2a/{agent}")
+    words = "one two three four five six seven eight"
+    report["streamed"] = [
+        json_format.MessageToDict(event)
+        async for event in streamer.send_message(SendMessageRequest(message=user(words)))
+    ]
+
+    # A stream cut mid-turn, resumed after the last event id it carried: nothing lost,
+    # nothing repeated.
+    resumed = await send(client, user("alpha beta gamma delta epsilon zeta eta theta"), return_immediately=True)
+    seen, last_id, cut_after = [], None, None
+    async with aclosing(streamer.subscribe(SubscribeToTaskRequest(id=resumed.id))) as events:
+        async for event in events:
+            if event.HasField("artifact_update"):
+                seen.extend(texts(event.artifact_update.artifact.parts))
+                last_id = int(json_format.MessageToDict(event.artifact_update.metadata)["baton"]["event_id"])
+                if len(seen) >= 2:
+                    cut_after = last_id
+                    break
+    context = ClientCallContext(service_parameters={"Last-Event-ID": str(last_id)})
+    final = None
+    async for event in streamer.subscribe(SubscribeToTaskRequest(id=resumed.id), context=context):
+        if event.HasField("artifact_update"):
+            event_id = int(json_format.MessageToDict(event.artifact_update.metadata)["baton"]["event_id"])
+            assert event_id > last_id, (event_id, last_id)
+            seen.extend(texts(event.artifact_update.artifact.parts))
+        if event.HasField("status_update"):
+            final = TaskState.Name(event.status_update.status.state)
+    whole = await client.get_task(GetTaskRequest(id=resumed.id, history_length=0))
+    report["resume"] = {
+        "cut_after": cut_after,
+        "text": "".join(seen),
+        "final": final,
+        "stored": "".join(sum((texts(a.parts) for a in whole.artifacts), [])),
+    }
+
+    await streamer.close()
     await client.close()
     await http.aclose()
     print(json.dumps(report))
