@@ -1,7 +1,8 @@
 //! The A2A binding with a real third-party client: the `a2a-sdk` package's client
 //! (PyPI, pinned) holds a conversation with a baton agent — the Agent Card, messages
 //! answered blocking and at once, cancel (twice), `GetTask` with `historyLength`,
-//! the errors A2A names, `ListTasks` — on SQLite and on PostgreSQL.
+//! the errors A2A names, `ListTasks`, a streamed reply, a stream cut and resumed by
+//! baton's event id (on another instance, on PostgreSQL) — on SQLite and PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,13 +16,18 @@ use baton_test_support::TestDatabase;
 use common::{Server, agent_with, sqlite_db};
 use serde_json::{Value, json};
 
-fn conversation(db: &str) {
+/// The conversation on a server of `db`; with `resume_elsewhere`, the cut stream is
+/// resumed on a second instance.
+fn conversation(db: &str, resume_elsewhere: bool) {
     let (agent, key) = agent_with(db, r#"{"delay_ms": 1500}"#, &[]);
     let server = Server::start(db, &[]);
+    let other = resume_elsewhere.then(|| Server::start(db, &[]));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/conversation.py");
+    let mut args = vec![server.base.clone(), agent.to_string(), key.clone()];
+    args.extend(other.as_ref().map(|other| other.base.clone()));
     let output = std::process::Command::new(baton_test_support::python::python())
         .arg(script)
-        .args([&server.base, &agent.to_string(), &key])
+        .args(&args)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -147,18 +153,26 @@ fn conversation(db: &str) {
         "echo: alpha beta gamma delta epsilon zeta eta theta"
     );
     assert_eq!(resume["text"], resume["stored"]);
+    let resumed_at = other.as_ref().unwrap_or(&server);
+    assert_eq!(
+        resume["resumed_at"],
+        format!("{}/a2a/{agent}", resumed_at.base),
+        "{report_text}"
+    );
 }
 
 #[test]
 fn an_a2a_sdk_client_converses_with_a_baton_agent_on_sqlite() {
     let (_dir, db) = sqlite_db();
-    conversation(&db);
+    conversation(&db, false);
 }
 
+/// On PostgreSQL the cut stream is resumed on another instance than the one the turn
+/// plays on.
 #[test]
-fn an_a2a_sdk_client_converses_with_a_baton_agent_on_postgres() {
+fn an_a2a_sdk_client_converses_with_a_baton_agent_on_two_postgres_instances() {
     let db = TestDatabase::new();
-    conversation(db.url());
+    conversation(db.url(), true);
 }
 
 /// A JSON-RPC request to the agent's A2A endpoint; the HTTP status and the answer.
@@ -320,6 +334,8 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
     );
 }
 
+/// The agent's tool calls, through the a2a-sdk client: input required, each answered
+/// with a marked data part; the last answer's turn completes.
 #[test]
 fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
     let (_dir, db) = sqlite_db();
@@ -328,56 +344,26 @@ fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
     let mut command = common::baton(&db);
     command.env("MODEL_KEY", "sk-end-to-end");
     let server = Server::start_command(command, &[], std::process::Stdio::null());
-
-    let asked = rpc(
-        &server,
-        agent,
-        &key,
-        "SendMessage",
-        json!({"message": text_message("t-1", "weather in Oslo and Rome?")}),
-    );
-    let task = &asked["result"]["task"];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/tools.py");
+    let output = std::process::Command::new(baton_test_support::python::python())
+        .arg(script)
+        .args([&server.base, &agent.to_string(), &key])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let calls = report["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{report}");
+    assert!(calls.iter().all(|c| c["name"] == "get_weather"), "{report}");
     assert_eq!(
-        task["status"]["state"], "TASK_STATE_INPUT_REQUIRED",
-        "{asked}"
+        report["states"],
+        json!([
+            "TASK_STATE_INPUT_REQUIRED",
+            "TASK_STATE_INPUT_REQUIRED",
+            "TASK_STATE_COMPLETED"
+        ]),
+        "{report}"
     );
-    let calls = task["status"]["message"]["parts"].as_array().unwrap();
-    assert_eq!(calls.len(), 2, "{asked}");
-    assert_eq!(calls[0]["metadata"]["baton_type"], "tool_request");
-    assert_eq!(calls[0]["data"]["name"], "get_weather");
-    let id = task["id"].as_str().unwrap().to_owned();
-    let answer = |message_id: &str, call: &Value| {
-        json!({"message": {"messageId": message_id, "taskId": id, "parts": [{
-            "data": {"tool_call_id": call["data"]["tool_call_id"], "name": "get_weather", "content": {"celsius": 7}},
-            "metadata": {"baton_type": "tool_response"},
-        }]}})
-    };
-    let partial = rpc(
-        &server,
-        agent,
-        &key,
-        "SendMessage",
-        answer("t-2", &calls[0]),
-    );
-    assert_eq!(
-        partial["result"]["task"]["status"]["state"], "TASK_STATE_INPUT_REQUIRED",
-        "{partial}"
-    );
-    let done = rpc(
-        &server,
-        agent,
-        &key,
-        "SendMessage",
-        answer("t-3", &calls[1]),
-    );
-    let task = &done["result"]["task"];
-    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{done}");
-    let parts = task["artifacts"][0]["parts"].as_array().unwrap();
-    assert!(parts.iter().any(|p| p["text"] == "Hello, human."), "{done}");
-    assert!(
-        parts
-            .iter()
-            .any(|p| p["metadata"]["baton_type"] == "reasoning"),
-        "{done}"
-    );
+    assert_eq!(report["texts"], json!(["Hello, human."]), "{report}");
 }

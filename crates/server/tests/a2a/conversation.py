@@ -2,7 +2,10 @@
 tests), as any A2A client would hold it. Prints one JSON report on stdout; the Rust
 test (crates/server/tests/a2a.rs) checks it.
 
-    python conversation.py BASE_URL AGENT_ID KEY
+    python conversation.py BASE_URL AGENT_ID KEY [RESUME_BASE_URL]
+
+With RESUME_BASE_URL (another instance on the same database), the cut stream is
+resumed there.
 """
 
 import asyncio
@@ -54,7 +57,7 @@ def texts(parts):
     return [p.text for p in parts if p.HasField("text")]
 
 
-async def main(base, agent, key):
+async def main(base, agent, key, resume_base=None):
     report = {}
     http = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=90)
     factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False))
@@ -129,8 +132,11 @@ async def main(base, agent, key):
                     cut_after = last_id
                     break
     context = ClientCallContext(service_parameters={"Last-Event-ID": str(last_id)})
+    resumer = streamer
+    if resume_base:
+        resumer = await streaming.create_from_url(f"{resume_base}/a2a/{agent}")
     final = None
-    async for event in streamer.subscribe(SubscribeToTaskRequest(id=resumed.id), context=context):
+    async for event in resumer.subscribe(SubscribeToTaskRequest(id=resumed.id), context=context):
         if event.HasField("artifact_update"):
             event_id = int(json_format.MessageToDict(event.artifact_update.metadata)["baton"]["event_id"])
             assert event_id > last_id, (event_id, last_id)
@@ -139,6 +145,7 @@ async def main(base, agent, key):
             final = TaskState.Name(event.status_update.status.state)
     whole = await client.get_task(GetTaskRequest(id=resumed.id, history_length=0))
     report["resume"] = {
+        "resumed_at": resumer._card.supported_interfaces[0].url,
         "cut_after": cut_after,
         "text": "".join(seen),
         "final": final,
@@ -152,4 +159,4 @@ async def main(base, agent, key):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))
