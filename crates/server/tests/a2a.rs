@@ -247,6 +247,25 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
     );
     let (status, _) = call(&server, agent, "bt_nope", &[], "{}");
     assert_eq!(status, 401);
+    // The card likewise: only the key's own agent's, and only with the key.
+    let card = |agent: i64, key: Option<&str>| {
+        let mut request = common::client().get(format!(
+            "{}/a2a/{agent}/.well-known/agent-card.json",
+            server.base
+        ));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    assert_eq!(
+        (
+            card(agent, Some(&key)),
+            card(other, Some(&key)),
+            card(agent, None)
+        ),
+        (200, 404, 401)
+    );
 
     // What baton cannot take, before anything is stored.
     let url_part =

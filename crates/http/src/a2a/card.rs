@@ -3,6 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use super::agent_of_path;
 use super::rpc::VERSION_HEADER;
 use crate::ApiState;
 use crate::error::ApiError;
@@ -20,14 +21,8 @@ pub(crate) async fn card(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&state, &req).await?;
+    agent_of_path(&req, &who)?;
     let agent = state.tasks.key_agent(&who).await?;
-    let asked = req
-        .match_info()
-        .get("agent_id")
-        .and_then(|raw| raw.parse::<i64>().ok());
-    if asked != Some(agent.id.0) {
-        return Err(ApiError::from(baton_domain::ServiceError::AgentNotFound));
-    }
     let info = req.connection_info();
     let url = format!("{}://{}/a2a/{}", info.scheme(), info.host(), agent.id);
     let card = json!({

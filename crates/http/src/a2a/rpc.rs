@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use baton_domain::{
-    AgentId, Claim, Message, PageRequest, Principal, ServiceError, SubmitMessage, TaskId,
-    TaskStatus, TaskView,
+    Claim, Message, PageRequest, Principal, ServiceError, SubmitMessage, TaskId, TaskStatus,
+    TaskView,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::agent_of_path;
 use super::parts::{InMessage, PartsRefused, to_baton};
 use super::stream::{A2aFrames, error_frame, result_frame};
 use super::tasks::task_json;
@@ -248,19 +249,6 @@ async fn streaming(
 #[serde(rename_all = "camelCase")]
 struct SubscribeParams {
     id: String,
-}
-
-/// The agent of the path must be the key's: another agent is not found, as in the
-/// rest of the API.
-fn agent_of_path(req: &HttpRequest, who: &Principal) -> Result<(), ApiError> {
-    let agent = req
-        .match_info()
-        .get("agent_id")
-        .and_then(|raw| raw.parse::<i64>().ok());
-    match agent {
-        Some(id) if AgentId(id) == who.agent_id => Ok(()),
-        _ => Err(ApiError::from(ServiceError::AgentNotFound)),
-    }
 }
 
 /// `A2A-Version`: absent or 1.x is spoken here; anything else is refused.
