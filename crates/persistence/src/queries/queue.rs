@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::claims::{LatestTurn, Started, latest_turn, start_turn};
 use super::events::insert_events;
 use super::idempotency::remember;
 use super::messages::{insert_message, store_attachments};
 use super::reads::owned_task;
+use super::turn_start::{LatestTurn, Started, latest_turn, start_turn};
 use super::{Conn, lock_task};
 use crate::error::from_diesel;
 use crate::models::*;

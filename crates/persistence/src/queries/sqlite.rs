@@ -33,6 +33,8 @@ mod queue;
 mod readiness;
 #[path = "reads.rs"]
 mod reads;
+#[path = "turn_start.rs"]
+mod turn_start;
 #[path = "turns.rs"]
 mod turns;
 #[path = "webhooks.rs"]
