@@ -351,6 +351,56 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
         continued["history"][0]["parts"][0]["text"], "in context",
         "{continued}"
     );
+
+    // ListTasks: by context, by status, a page at a time, artifacts only when asked.
+    let second = rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        json!({"message": text_message("m-4", "another"), "configuration": {"returnImmediately": true}}),
+    );
+    let second = second["result"]["task"]["id"].as_str().unwrap().to_owned();
+    let list = |params: Value| rpc(&server, agent, &key, "ListTasks", params)["result"].clone();
+    let ids = |listed: &Value| -> Vec<String> {
+        listed["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&list(json!({"contextId": task}))), [task.clone()]);
+    assert_eq!(ids(&list(json!({}))), [second.clone(), task.clone()]);
+    let first_page = list(json!({"pageSize": 1}));
+    assert_eq!(ids(&first_page), [second.clone()]);
+    let token = first_page["nextPageToken"].as_str().unwrap();
+    assert_eq!(
+        ids(&list(json!({"pageSize": 1, "pageToken": token}))),
+        [task.clone()]
+    );
+    assert_eq!(
+        ids(&list(json!({"status": "TASK_STATE_CANCELED"}))),
+        Vec::<String>::new()
+    );
+    let bare = list(json!({"contextId": task}));
+    assert!(bare["tasks"][0].get("artifacts").is_none(), "{bare}");
+    assert_eq!(bare["tasks"][0]["history"], json!([]), "{bare}");
+    let full = list(json!({"contextId": task, "includeArtifacts": true, "historyLength": 1}));
+    assert_eq!(
+        full["tasks"][0]["history"].as_array().unwrap().len(),
+        1,
+        "{full}"
+    );
+    assert!(full["tasks"][0]["artifacts"].is_array(), "{full}");
+    let refused = rpc(
+        &server,
+        agent,
+        &key,
+        "ListTasks",
+        json!({"pageToken": "nope"}),
+    );
+    assert_eq!(error_code(&refused), -32602);
 }
 
 /// The agent's tool calls, through the a2a-sdk client: input required, each answered
