@@ -370,14 +370,17 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
             .map(|t| t["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(ids(&list(json!({"contextId": task}))), [task.clone()]);
+    assert_eq!(
+        ids(&list(json!({"contextId": task}))),
+        std::slice::from_ref(&task)
+    );
     assert_eq!(ids(&list(json!({}))), [second.clone(), task.clone()]);
     let first_page = list(json!({"pageSize": 1}));
-    assert_eq!(ids(&first_page), [second.clone()]);
+    assert_eq!(ids(&first_page), std::slice::from_ref(&second));
     let token = first_page["nextPageToken"].as_str().unwrap();
     assert_eq!(
         ids(&list(json!({"pageSize": 1, "pageToken": token}))),
-        [task.clone()]
+        std::slice::from_ref(&task)
     );
     assert_eq!(
         ids(&list(json!({"status": "TASK_STATE_CANCELED"}))),
