@@ -11,7 +11,7 @@ use super::idempotency::{remember, replay};
 use super::messages::insert_message;
 use super::queue::enqueue;
 use super::reads::owned_task;
-use super::turn_start::{LatestTurn, latest_turn, running_turn, start_turn};
+use super::turn_start::{LatestTurn, latest_turn, record_start, running_turn, start_turn};
 use super::turns::finish_in;
 use super::{Conn, lock_active_turn, lock_agent};
 use crate::error::is_deadlock;
@@ -148,6 +148,10 @@ pub(crate) async fn append_and_claim(
                 if let Some(first) = replay(conn, append.agent_id, record, now).await? {
                     return Ok(Claim::Replayed(first));
                 }
+                // An interrupt ends the running turn: it takes the turn's row before
+                // the task's, in the order the turn's player does. (Other claims
+                // write no turn a player holds; a lock they may still meet in the
+                // other order is a deadlock the loop below runs again.)
                 if append.on_busy == OnBusy::Interrupt {
                     lock_active_turn(conn, task).await?;
                 }
@@ -173,13 +177,13 @@ pub(crate) async fn append_and_claim(
                     LatestTurn::Waiting(waiting) => {
                         let is_answer = tools::check_not_an_answer(&append.message).is_err();
                         match append.on_busy {
-                            // Only answers end the wait; anything else waits its turn.
-                            OnBusy::Enqueue | OnBusy::Steer if !is_answer => {
-                                let mode = match append.on_busy {
-                                    OnBusy::Steer => QueueMode::Steer,
-                                    _ => QueueMode::Enqueue,
-                                };
-                                return enqueue(conn, append, mode, None).await;
+                            // Only answers end the wait; anything else waits its turn
+                            // (no runner plays to take a steered message).
+                            OnBusy::Enqueue if !is_answer => {
+                                return enqueue(conn, append, QueueMode::Enqueue, None).await;
+                            }
+                            OnBusy::Steer if !is_answer => {
+                                return enqueue(conn, append, QueueMode::Steer, None).await;
                             }
                             OnBusy::Interrupt if !is_answer => {
                                 interrupt(conn, append, waiting).await?;
@@ -219,19 +223,15 @@ pub(crate) async fn append_and_claim(
                     append.now,
                 )
                 .await?;
-                // The task's new input, its change time and the turn's event: one
-                // statement.
-                let last: i64 = diesel::update(tasks::table.find(task))
-                    .set((
-                        tasks::input.eq(content_json(&started.input)?),
-                        tasks::updated_at.eq(now),
-                        tasks::last_seq.eq(tasks::last_seq + 1),
-                    ))
-                    .returning(tasks::last_seq)
-                    .by_sql()
-                    .get_result(conn)
-                    .await?;
-                insert_events(conn, task, last, vec![started.event], now, None).await?;
+                let (last, _) = record_start(
+                    conn,
+                    append.task_id,
+                    &started.input,
+                    started.event,
+                    now,
+                    false,
+                )
+                .await?;
                 let accepted = Accepted {
                     task_id: append.task_id,
                     agent_id: append.agent_id,

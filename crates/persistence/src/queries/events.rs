@@ -16,7 +16,9 @@ use crate::statement_cache::CacheBySql;
 /// Appends events to the task's log, handing out the next sequence numbers from
 /// `tasks.last_seq` (the row update also serializes concurrent writers), and
 /// announces the change (`ended`: the turn it ended, if it ended one). With
-/// `touched`, the task is marked updated at that time in the same statement.
+/// `touched`, the task is marked updated at that time in the same statement. Returns
+/// how many messages wait in the task's queue, read by the same statement (`None`
+/// when there was nothing to append).
 pub(super) async fn append_events(
     conn: &mut Conn,
     task: i64,
@@ -24,21 +26,22 @@ pub(super) async fn append_events(
     now: i64,
     ended: Option<TurnId>,
     touched: Option<i64>,
-) -> Result<(), TxError> {
+) -> Result<Option<i64>, TxError> {
     if drafts.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let count = drafts.len() as i64;
-    let last: i64 = diesel::update(tasks::table.find(task))
+    let (last, queued): (i64, i64) = diesel::update(tasks::table.find(task))
         .set((
             tasks::last_seq.eq(tasks::last_seq + count),
             tasks::updated_at.eq(coalesce(touched, tasks::updated_at)),
         ))
-        .returning(tasks::last_seq)
+        .returning((tasks::last_seq, tasks::queued))
         .by_sql()
         .get_result(conn)
         .await?;
-    insert_events(conn, task, last, drafts, now, ended).await
+    insert_events(conn, task, last, drafts, now, ended).await?;
+    Ok(Some(queued))
 }
 
 diesel::define_sql_function! {

@@ -12,7 +12,7 @@ use super::events::insert_events;
 use super::idempotency::remember;
 use super::messages::{insert_message, store_attachments};
 use super::reads::owned_task;
-use super::turn_start::{LatestTurn, Started, latest_turn, start_turn};
+use super::turn_start::{LatestTurn, Started, latest_turn, record_start, start_turn};
 use super::{Conn, lock_task};
 use crate::error::from_diesel;
 use crate::models::*;
@@ -46,9 +46,9 @@ pub(super) async fn enqueue(
         return Err(TxError::QueueFull(append.max_queued));
     }
     let content = store_attachments(conn, task, &append.message.content, append.now).await?;
-    let status = match steer_into {
-        Some(_) => STEERING,
-        None => QUEUED,
+    let (status, accepted_status) = match steer_into {
+        Some(_) => (STEERING, AcceptedStatus::Steering),
+        None => (QUEUED, AcceptedStatus::Queued),
     };
     let row = NewQueuedRow {
         task_id: task.0,
@@ -81,10 +81,7 @@ pub(super) async fn enqueue(
         turn_id: steer_into,
         accepted_at: append.now,
         metadata: append.metadata.clone(),
-        status: match steer_into {
-            Some(_) => AcceptedStatus::Steering,
-            None => AcceptedStatus::Queued,
-        },
+        status: accepted_status,
         stream_after: Some(last_seq),
         queued: Some(QueuedRef {
             id: QueuedMessageId(id),
@@ -187,20 +184,9 @@ async fn start_next_queued(
         .by_sql()
         .execute(conn)
         .await?;
-    let (last, agent): (i64, i64) = diesel::update(tasks::table.find(task.0))
-        .set((
-            tasks::input.eq(content_json(&input)?),
-            tasks::updated_at.eq(now),
-            tasks::last_seq.eq(tasks::last_seq + 1),
-            tasks::queued.eq(tasks::queued - 1),
-        ))
-        .returning((tasks::last_seq, tasks::agent_id))
-        .by_sql()
-        .get_result(conn)
-        .await?;
-    insert_events(conn, task.0, last, vec![event], now, None).await?;
+    let (_, agent) = record_start(conn, task, &input, event, now, true).await?;
     Ok(Some(StartedTurn {
-        agent_id: AgentId(agent),
+        agent_id: agent,
         task_id: task,
         turn_id: turn,
         attempt: 1,

@@ -8,11 +8,12 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 
+use super::events::insert_events;
 use super::messages::insert_message;
 use super::{Conn, lock_task};
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
-use crate::schema::turns;
+use crate::schema::{tasks, turns};
 use crate::statement_cache::CacheBySql;
 
 pub(super) async fn running_turn(
@@ -103,6 +104,33 @@ pub(super) async fn start_turn(
         message: input.id,
         input: input.content,
     })
+}
+
+/// Writes a turn just started on a task that has a log already: the task's new input,
+/// its change time (and, when a queued message started the turn, one message fewer
+/// waiting) in one statement, then the turn's event. Returns the event's `seq` and
+/// the task's agent.
+pub(super) async fn record_start(
+    conn: &mut Conn,
+    task: TaskId,
+    input: &Content,
+    event: EventDraft,
+    now: i64,
+    dequeued: bool,
+) -> Result<(i64, AgentId), TxError> {
+    let (last, agent): (i64, i64) = diesel::update(tasks::table.find(task.0))
+        .set((
+            tasks::input.eq(content_json(input)?),
+            tasks::updated_at.eq(now),
+            tasks::last_seq.eq(tasks::last_seq + 1),
+            tasks::queued.eq(tasks::queued - i64::from(dequeued)),
+        ))
+        .returning((tasks::last_seq, tasks::agent_id))
+        .by_sql()
+        .get_result(conn)
+        .await?;
+    insert_events(conn, task.0, last, vec![event], now, None).await?;
+    Ok((last, AgentId(agent)))
 }
 
 /// What the task's latest turn leaves a new message to do.

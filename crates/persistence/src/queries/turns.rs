@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::events::{append_events, insert_events};
+use super::events::append_events;
 use super::messages::{insert_message, message_event, open_text, save_text};
 use super::queue::hand_on;
 use super::webhooks::queue_delivery;
@@ -417,18 +417,8 @@ pub(super) async fn finish_in(
     let own_hook = endpoint(hook_url, hook_secrets);
     queue_delivery(conn, &ended, own_hook, &output, now).await?;
     // The ending event, and whether messages wait in the task's queue: one statement.
-    let count = drafts.len() as i64;
-    let (last, queued): (i64, i64) = diesel::update(tasks::table.find(task.0))
-        .set((
-            tasks::last_seq.eq(tasks::last_seq + count),
-            tasks::updated_at.eq(now),
-        ))
-        .returning((tasks::last_seq, tasks::queued))
-        .by_sql()
-        .get_result(conn)
-        .await?;
-    insert_events(conn, task.0, last, drafts, now, Some(turn)).await?;
-    let next = match queued {
+    let queued = append_events(conn, task.0, drafts, now, Some(turn), Some(now)).await?;
+    let next = match queued.unwrap_or(0) {
         0 => None,
         _ => {
             let idle = status != TurnStatus::RequiresAction;
