@@ -17,7 +17,8 @@ use crate::content::Content;
 use crate::error::{ServiceError, StoreError};
 use crate::model::{
     Agent, AgentId, Ended, ExpiredTurn, FinishTurn, Holder, Lease, LeaseGuard, Message, OutputOp,
-    RecordOutput, Role, TakeOver, TurnHistory, TurnId, TurnOutcome, TurnPolicy, TurnStatus, Usage,
+    RecordOutput, Role, TakeOver, TaskId, TurnHistory, TurnId, TurnOutcome, TurnPolicy, TurnStatus,
+    Usage,
 };
 use crate::ports::{AgentStore, Clock, TaskNotifier, TaskStore};
 use crate::runner::{RunnerRegistry, SinkItem, TurnInput, TurnSink};
@@ -475,8 +476,7 @@ impl TurnExecutor {
             if let Some(end) = inner.tasks.finish_turn(finish).await? {
                 telemetry::turn_ended(TurnStatus::Failed, "unanswered", None);
                 info!(%task_id, %turn_id, "ended a turn whose tool calls went unanswered");
-                inner.notifier.task_changed(task_id);
-                inner.play_next(end);
+                inner.ended_here(task_id, end);
                 ended += 1;
             }
         }
@@ -525,8 +525,10 @@ impl Inner {
         );
     }
 
-    /// Plays the turn a turn's end started from its task's queue, if it started one.
-    fn play_next(self: &Arc<Self>, ended: Ended) {
+    /// After this process ended a turn of `task`: tells the task's watchers, and plays
+    /// the turn the end started from the task's queue, if it started one.
+    fn ended_here(self: &Arc<Self>, task: TaskId, ended: Ended) {
+        self.notifier.task_changed(task);
         if let Some(next) = ended.next {
             info!(task_id = %next.task_id, turn_id = %next.turn_id, "starting the next queued message's turn");
             self.spawn(next);
@@ -610,8 +612,7 @@ impl Inner {
             if let Some(end) = ended {
                 telemetry::turn_ended(TurnStatus::Failed, "swept", None);
                 warn!(task_id = %turn.task_id, turn_id = %turn.turn_id, previous_owner = ?turn.owner, "ended an interrupted turn");
-                self.notifier.task_changed(turn.task_id);
-                self.play_next(end);
+                self.ended_here(turn.task_id, end);
                 failed += 1;
             }
         }
@@ -718,6 +719,7 @@ impl Inner {
             }
         };
         let status = outcome.status();
+        let now = self.clock.now();
         if let TurnOutcome::Failed(err) = &outcome {
             warn!(code = %err.code, message = %err.message, "turn failed");
         }
@@ -728,8 +730,8 @@ impl Inner {
             output,
             usage,
             guard: LeaseGuard::Holder(self.holder(turn)),
-            now: self.clock.now(),
-            next: self.next_lease(self.clock.now()),
+            now,
+            next: self.next_lease(now),
         };
         let ended = self
             .retrying("record the end of the turn", || {
@@ -740,8 +742,7 @@ impl Inner {
             Ok(Some(end)) => {
                 info!(%status, "turn ended");
                 telemetry::turn_ended(status, "played", Some(playing.elapsed()));
-                self.notifier.task_changed(turn.task_id);
-                self.play_next(end);
+                self.ended_here(turn.task_id, end);
             }
             Ok(None) => info!("turn had already ended; its output was discarded"),
             Err(err) => {
@@ -847,22 +848,7 @@ impl Inner {
                 },
                 _ = sleep_until_some(flush_at) => true,
                 Some(reply) = inbox_requests.recv() => {
-                    // Most turns have nothing steered into them: a read says so, and
-                    // the batch keeps coalescing.
-                    if !self.tasks.has_steered(turn.turn_id).await.unwrap_or(true) {
-                        let _ = reply.send(Vec::new());
-                        continue;
-                    }
-                    // What the runner pushed before asking comes first in the history.
-                    while let Ok(item) = items.try_recv() {
-                        batch.push(item);
-                    }
-                    flush_at = None;
-                    if let Err(played) = self.flush(turn, &mut batch).await {
-                        run.abort();
-                        return played;
-                    }
-                    match self.take_steered(turn).await {
+                    match self.answer_inbox(turn, &mut items, &mut batch, &mut flush_at).await {
                         Ok(delivered) => {
                             let _ = reply.send(delivered);
                         }
@@ -926,6 +912,28 @@ impl Inner {
             ),
         };
         Played::Ended(outcome, batch.usage, batch.take())
+    }
+
+    /// Answers the runner's request for the messages steered into its turn. Most turns
+    /// have none: a read says so, and the batch keeps coalescing. Otherwise what the
+    /// runner pushed before asking is recorded first (it comes first in the history),
+    /// then the messages are delivered. An error means the turn must stop.
+    async fn answer_inbox(
+        &self,
+        turn: StartedTurn,
+        items: &mut tokio::sync::mpsc::Receiver<SinkItem>,
+        batch: &mut Coalescer,
+        flush_at: &mut Option<tokio::time::Instant>,
+    ) -> Result<Vec<Message>, Played> {
+        if !self.tasks.has_steered(turn.turn_id).await.unwrap_or(true) {
+            return Ok(Vec::new());
+        }
+        while let Ok(item) = items.try_recv() {
+            batch.push(item);
+        }
+        *flush_at = None;
+        self.flush(turn, batch).await?;
+        self.take_steered(turn).await
     }
 
     /// Delivers the messages steered into the turn. An error means the turn must stop

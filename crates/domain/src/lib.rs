@@ -40,8 +40,8 @@ pub use ports::{
 };
 pub use runner::{RunnerError, RunnerRegistry, SinkClosed, TurnInput, TurnRunner, TurnSink};
 pub use service::{
-    AdminService, AgentChanges, CreatedKey, Principal, SubmitLimits, TaskService, TurnInboxRequest,
-    WebhookSettings,
+    AdminService, AgentChanges, AuthorizedAgent, CreatedKey, InboxTurn, Principal, SubmitLimits,
+    TaskService, WebhookSettings,
 };
 pub use webhook_sender::{SenderConfig, WebhookSender};
 pub use webhooks::{DestinationPolicy, WebhookEndpoint, WebhookTarget};

@@ -38,15 +38,17 @@ struct Prepared {
     webhook: Option<WebhookEndpoint>,
 }
 
-/// A request of an agent service for its turn's inbox, as received.
-#[derive(Debug, Clone, Copy)]
-pub struct TurnInboxRequest<'a> {
-    pub agent_id: AgentId,
+/// An agent whose service's request was checked by [`TaskService::authorize_inbox`]:
+/// only that check makes one, so a turn's inbox is opened for no one else.
+#[derive(Debug, Clone)]
+pub struct AuthorizedAgent(Agent);
+
+/// The turn an agent service asks the inbox of, at the attempt it plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxTurn {
     pub task_id: TaskId,
     pub turn_id: TurnId,
     pub attempt: u32,
-    pub headers: &'a [(String, String)],
-    pub body: &'a [u8],
 }
 
 /// What the services need to know about webhooks.
@@ -736,28 +738,26 @@ impl TaskService {
 
     /// The inbox of a turn whose agent service calls back (the `http` runner): the
     /// messages steered into the turn, delivered now (stored as part of the turn,
-    /// with `message_delivered` events). The request must be signed by the agent
-    /// (`headers` and `body` as received; the runner checks them). With none waiting,
-    /// waits up to `wait` (at most [`MAX_WAIT`]) for one. [`ServiceError::TurnEnded`]
-    /// once the turn no longer runs at `attempt`: the agent should stop.
+    /// with `message_delivered` events). With none waiting, waits up to `wait` (at
+    /// most [`MAX_WAIT`]) for one. [`ServiceError::TurnEnded`] once the turn no longer
+    /// runs at its attempt (or is not the agent's): the agent should stop.
     pub async fn turn_inbox(
         &self,
-        inbox: TurnInboxRequest<'_>,
+        agent: &AuthorizedAgent,
+        inbox: InboxTurn,
         wait: Duration,
     ) -> Result<Vec<Message>, ServiceError> {
-        let agent = self.authorize_inbox(&inbox).await?;
         let mut watch = self.hub.watch(inbox.task_id);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
-            let (tasks, now) = (self.tasks.clone(), self.executor.clock().now());
-            let (agent_id, task_id, turn_id, attempt) =
-                (agent.id, inbox.task_id, inbox.turn_id, inbox.attempt);
+            let (tasks, now, agent_id) =
+                (self.tasks.clone(), self.executor.clock().now(), agent.0.id);
             // A delivery is a write: it finishes even if the agent hangs up.
             let taken = self
                 .executor
                 .detached(async move {
                     Ok(tasks
-                        .take_steered(agent_id, task_id, turn_id, attempt, now)
+                        .take_steered(agent_id, inbox.task_id, inbox.turn_id, inbox.attempt, now)
                         .await?)
                 })
                 .await?
@@ -775,16 +775,18 @@ impl TaskService {
         }
     }
 
-    /// The agent of a turn inbox request, if the request is signed by it (its runner
-    /// checks the signature over the body as received).
+    /// The agent of a turn inbox request, if the request (`headers` and `body` as
+    /// received) is signed by it: its runner checks the signature.
     pub async fn authorize_inbox(
         &self,
-        inbox: &TurnInboxRequest<'_>,
-    ) -> Result<Agent, ServiceError> {
+        agent: AgentId,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<AuthorizedAgent, ServiceError> {
         let refused = |why: &str| ServiceError::InboxRefused(why.to_owned());
         let agent = self
             .agents
-            .get_agent(inbox.agent_id)
+            .get_agent(agent)
             .await?
             .ok_or_else(|| refused("no such agent"))?;
         let runner = self
@@ -793,9 +795,9 @@ impl TaskService {
             .get(&agent.runner.kind)
             .ok_or_else(|| refused("the agent's runner is not registered here"))?;
         runner
-            .authorize_inbox(&agent.runner.config, inbox.headers, inbox.body)
+            .authorize_inbox(&agent.runner.config, headers, body)
             .map_err(ServiceError::InboxRefused)?;
-        Ok(agent)
+        Ok(AuthorizedAgent(agent))
     }
 
     /// Starts watching a task for changes (see [`LocalNotifier::watch`]).

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use baton_domain::{AgentId, ServiceError, TaskId, TurnId, TurnInboxRequest};
+use baton_domain::{AgentId, InboxTurn, ServiceError, TaskId, TurnId};
 
 use crate::ApiState;
 use crate::dto::{InboxBody, InboxRequestBody};
@@ -52,25 +52,17 @@ pub(crate) async fn turn_inbox(
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
         .collect();
     // The signature is checked over the bytes as sent, before they are read.
-    let request = TurnInboxRequest {
-        agent_id: AgentId(agent),
+    let agent = state
+        .tasks
+        .authorize_inbox(AgentId(agent), &headers, &body)
+        .await?;
+    let asked: InboxRequestBody = parse_json_body(&body, &state)?;
+    let inbox = InboxTurn {
         task_id: TaskId(task),
         turn_id: TurnId(turn),
-        attempt: 0,
-        headers: &headers,
-        body: &body,
+        attempt: asked.attempt,
     };
-    state.tasks.authorize_inbox(&request).await?;
-    let asked: InboxRequestBody = parse_json_body(&body, &state)?;
-    let messages = state
-        .tasks
-        .turn_inbox(
-            TurnInboxRequest {
-                attempt: asked.attempt,
-                ..request
-            },
-            Duration::from_millis(asked.wait_ms),
-        )
-        .await?;
+    let wait = Duration::from_millis(asked.wait_ms);
+    let messages = state.tasks.turn_inbox(&agent, inbox, wait).await?;
     Ok(HttpResponse::Ok().json(InboxBody { messages }))
 }
