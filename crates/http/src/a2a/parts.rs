@@ -259,6 +259,39 @@ mod tests {
     }
 
     #[test]
+    fn baton_content_goes_out_as_parts_files_by_url_and_other_kinds_marked() {
+        let task = TaskId(7);
+        let text = Content::Text(TextContent {
+            format: Default::default(),
+            content: "see".to_owned(),
+            attachments: vec![Attachment {
+                filename: "a.csv".to_owned(),
+                media_type: "text/csv".to_owned(),
+                data: None,
+                file_id: Some(3),
+                size_bytes: Some(2),
+                sha256: None,
+            }],
+        });
+        assert_eq!(
+            parts_json(task, &text),
+            vec![
+                json!({"text": "see"}),
+                json!({"url": "/v1/chat/tasks/7/files/3", "filename": "a.csv", "mediaType": "text/csv"}),
+            ]
+        );
+        let data = Content::Data(DataContent {
+            data: json!({"a": 1}).as_object().unwrap().clone(),
+        });
+        assert_eq!(parts_json(task, &data), vec![json!({"data": {"a": 1}})]);
+        let reasoning: Content =
+            serde_json::from_value(json!({"type": "reasoning", "summary": ["think"]})).unwrap();
+        let parts = parts_json(task, &reasoning);
+        assert_eq!(parts[0]["metadata"][KIND_KEY], "reasoning");
+        assert_eq!(parts[0]["data"]["summary"], json!(["think"]));
+    }
+
+    #[test]
     fn what_baton_cannot_take_is_refused_saying_why() {
         for (parts, refused) in [
             (json!([]), "at least one part"),

@@ -5,11 +5,11 @@
 //! or repeated, on any instance (the extension A2A itself lacks).
 
 use actix_web::web::Bytes;
-use baton_domain::{Content, EventKind, SharedEvent, TaskId};
+use baton_domain::{Content, EventKind, SharedEvent, TaskId, TurnError, TurnStatus};
 use serde_json::{Value, json};
 
 use super::parts::{context_id, parts_json};
-use super::tasks::artifact_id;
+use super::tasks::{artifact_id, status_json};
 use crate::sse::Framer;
 
 /// A JSON-RPC result as one SSE event, with baton's event id when it has one.
@@ -43,11 +43,8 @@ impl A2aFrames {
         result_frame(&self.rpc_id, Some(seq), result)
     }
 
-    fn status(&self, seq: i64, state: &str, at: &Value, message: Option<Value>) -> Bytes {
-        let mut status = json!({"state": state, "timestamp": at});
-        if let Some(message) = message {
-            status["message"] = message;
-        }
+    /// A status update carrying `status` (built by [`status_json`]).
+    fn status(&self, seq: i64, status: Value) -> Bytes {
         self.frame_of(
             seq,
             json!({"statusUpdate": {
@@ -74,17 +71,6 @@ impl A2aFrames {
             }}),
         )
     }
-
-    /// An agent note for a status: the tool calls asked for, or why the turn failed.
-    fn note(&self, turn: i64, parts: Vec<Value>) -> Value {
-        json!({
-            "messageId": format!("status-{turn}"),
-            "contextId": context_id(self.task),
-            "taskId": self.task.0.to_string(),
-            "role": "ROLE_AGENT",
-            "parts": parts,
-        })
-    }
 }
 
 impl Framer for A2aFrames {
@@ -93,10 +79,11 @@ impl Framer for A2aFrames {
         let (seq, turn, data) = (event.seq, event.turn_id.0, &event.data);
         let at = json!(event.created_at);
         match event.kind {
-            EventKind::TurnStarted => (
-                vec![self.status(seq, "TASK_STATE_WORKING", &at, None)],
-                false,
-            ),
+            EventKind::TurnStarted => {
+                let working =
+                    status_json(self.task, event.turn_id, TurnStatus::Running, None, [], at);
+                (vec![self.status(seq, working)], false)
+            }
             EventKind::TextDelta => {
                 let delta = data["delta"].as_str().unwrap_or_default();
                 (
@@ -124,39 +111,29 @@ impl Framer for A2aFrames {
             | EventKind::Error
             | EventKind::Cancelled
             | EventKind::RequiresAction => {
-                let (state, message) = match event.kind {
-                    EventKind::Final => ("TASK_STATE_COMPLETED", None),
-                    EventKind::Cancelled => ("TASK_STATE_CANCELED", None),
-                    EventKind::Error => {
-                        let text = format!(
-                            "{}: {}",
-                            data["error"]["code"].as_str().unwrap_or("failed"),
-                            data["error"]["message"].as_str().unwrap_or_default()
-                        );
-                        (
-                            "TASK_STATE_FAILED",
-                            Some(self.note(turn, vec![json!({"text": text})])),
-                        )
-                    }
-                    _ => {
-                        let asked: Vec<Value> = data["output"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|m| {
-                                serde_json::from_value::<Content>(m["content"].clone()).ok()
-                            })
-                            .filter(|c| matches!(c, Content::ToolRequest(_)))
-                            .flat_map(|c| parts_json(self.task, &c))
-                            .collect();
-                        ("TASK_STATE_INPUT_REQUIRED", Some(self.note(turn, asked)))
-                    }
-                };
+                // The ending event's data: the turn's status, its error, its output.
+                let status =
+                    serde_json::from_value(data["status"].clone()).unwrap_or(TurnStatus::Failed);
+                let error: Option<TurnError> = serde_json::from_value(data["error"].clone()).ok();
+                let output: Vec<Content> = data["output"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| serde_json::from_value(m["content"].clone()).ok())
+                    .collect();
+                let ended = status_json(
+                    self.task,
+                    event.turn_id,
+                    status,
+                    error.as_ref(),
+                    &output,
+                    at,
+                );
                 let mut frames = Vec::new();
                 if self.started == Some(turn) {
                     frames.push(self.artifact(seq, turn, Vec::new(), true));
                 }
-                frames.push(self.status(seq, state, &at, message));
+                frames.push(self.status(seq, ended));
                 (frames, true)
             }
         }

@@ -1,7 +1,9 @@
 //! A baton task as an A2A task: its status from the latest turn, the latest turn's
 //! agent output as an artifact, the history as A2A messages.
 
-use baton_domain::{Message, Role, TaskStatus, TaskView, TurnStatus};
+use baton_domain::{
+    Content, Message, Role, TaskId, TaskStatus, TaskView, TurnError, TurnId, TurnStatus,
+};
 use serde_json::{Value, json};
 
 use super::parts::{context_id, message_json, parts_json};
@@ -25,28 +27,14 @@ pub fn task_json(view: &TaskView, history: &[Message], history_length: Option<us
         .iter()
         .filter(|m| m.turn_id == turn.id && m.role == Role::Assistant)
         .collect();
-    let mut status = json!({
-        "state": state(view.status()),
-        "timestamp": turn.ended_at.unwrap_or(turn.started_at),
-    });
-    // What the client must know to go on: the tool calls asked for, or why it failed.
-    match turn.status {
-        TurnStatus::RequiresAction => {
-            let asked: Vec<Value> = output
-                .iter()
-                .filter(|m| matches!(m.content, baton_domain::Content::ToolRequest(_)))
-                .flat_map(|m| parts_json(view.task.id, &m.content))
-                .collect();
-            status["message"] = agent_note(view, asked);
-        }
-        TurnStatus::Failed => {
-            if let Some(error) = &turn.error {
-                let text = format!("{}: {}", error.code, error.message);
-                status["message"] = agent_note(view, vec![json!({"text": text})]);
-            }
-        }
-        _ => {}
-    }
+    let status = status_json(
+        view.task.id,
+        turn.id,
+        turn.status,
+        turn.error.as_ref(),
+        output.iter().map(|m| &m.content),
+        json!(turn.ended_at.unwrap_or(turn.started_at)),
+    );
     let parts: Vec<Value> = output
         .iter()
         .flat_map(|m| parts_json(view.task.id, &m.content))
@@ -84,13 +72,41 @@ pub fn artifact_id(turn: i64) -> String {
     format!("turn-{turn}")
 }
 
-/// A status message from the agent (not stored in the task's history).
-fn agent_note(view: &TaskView, parts: Vec<Value>) -> Value {
-    json!({
-        "messageId": format!("status-{}", view.latest_turn.id),
-        "contextId": context_id(view.task.id),
-        "taskId": view.task.id.0.to_string(),
-        "role": "ROLE_AGENT",
-        "parts": parts,
-    })
+/// The A2A status of a task whose latest turn `turn` has `status`, at `at`, with
+/// what the client must know to go on as the agent's status message: the tool calls
+/// asked for (from the turn's `output`), or why the turn failed. The same for a task
+/// read whole and for a stream's status update.
+pub fn status_json<'a>(
+    task: TaskId,
+    turn: TurnId,
+    status: TurnStatus,
+    error: Option<&TurnError>,
+    output: impl IntoIterator<Item = &'a Content>,
+    at: Value,
+) -> Value {
+    let mut json = json!({"state": state(status.into()), "timestamp": at});
+    let note = match status {
+        TurnStatus::RequiresAction => Some(
+            output
+                .into_iter()
+                .filter(|c| matches!(c, Content::ToolRequest(_)))
+                .flat_map(|c| parts_json(task, c))
+                .collect(),
+        ),
+        TurnStatus::Failed => {
+            error.map(|e| vec![json!({"text": format!("{}: {}", e.code, e.message)})])
+        }
+        _ => None,
+    };
+    if let Some(parts) = note {
+        // A status message from the agent (not stored in the task's history).
+        json["message"] = json!({
+            "messageId": format!("status-{turn}"),
+            "contextId": context_id(task),
+            "taskId": task.0.to_string(),
+            "role": "ROLE_AGENT",
+            "parts": parts,
+        });
+    }
+    json
 }
