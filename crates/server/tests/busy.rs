@@ -430,3 +430,42 @@ fn a_message_steered_to_an_agent_that_cannot_take_one_is_queued() {
     let err: Value = response.json().unwrap();
     assert_eq!(err["error"]["code"], "message_not_queued", "{err}");
 }
+
+/// A server stopped with SIGTERM ends its turn (by the agent's `fail` policy) without
+/// starting the queued message's turn there; the next start's sweep starts it, and it
+/// plays to its end.
+#[test]
+fn a_queue_left_by_a_stopping_server_is_played_after_its_restart() {
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = agent_with(&db, r#"{"delay_ms": 60000}"#, &[]);
+    let mut server = server_with_admin(&db, &["--shutdown-grace-secs", "1"]);
+    let on = api(&server, &token);
+    let (task, first_turn) = start_task(&on, agent, "first");
+    let (status, queued) = on.post(
+        &format!("/v1/chat/tasks/{task}/messages"),
+        json!({"agent_id": agent, "message": {"content": "m0"}, "on_busy": "enqueue"}),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    set_runner_config(&server, agent, json!({}));
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    drop(server);
+
+    let restarted = server_with_admin(&db, &[]);
+    let on = api(&restarted, &token);
+    let view = drained(&on, task, Duration::from_secs(30));
+    assert_eq!(view["status"], "completed", "{view}");
+    let messages = history(&on, task);
+    let said: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|(role, text, _)| (role.as_str(), text.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [("user", "first"), ("user", "m0"), ("assistant", "echo: m0")]
+    );
+    assert!(messages[1].2 > first_turn);
+    let id = queued["queued_message_id"].as_i64().unwrap();
+    let (_, entry) = on.get(&format!("/v1/chat/tasks/{task}/queue/{id}"));
+    assert_eq!(entry["status"], "started", "{entry}");
+}

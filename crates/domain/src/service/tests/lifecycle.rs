@@ -876,3 +876,58 @@ async fn a_turn_that_asks_for_tools_ends_waiting_for_answers_until_its_deadline(
         }
     );
 }
+
+/// A runner that answers once `gate` opens.
+struct Gated {
+    gate: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl TurnRunner for Gated {
+    fn validate_config(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+    async fn run(&self, _: TurnInput, _: TurnSink) -> Result<(), RunnerError> {
+        self.gate.notified().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_ending_while_the_process_stops_starts_no_queued_turn_here() {
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tasks, mut ended) = playing_store(recorded);
+    let gate = Arc::new(Notify::new());
+    let service = service_with(
+        tasks,
+        agents_returning(agent_with(7, TurnPolicy::default())),
+        Arc::new(Gated { gate: gate.clone() }),
+        ExecutorConfig::default(),
+        crate::LocalNotifier::default(),
+    );
+    // Running as usual: a turn's end would start the task's next queued turn here.
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    gate.notify_one();
+    let end = next_end(&mut ended).await;
+    assert!(end.next.is_some(), "a lease for the next queued turn");
+
+    // Stopping: the turn still ends, and leaves the queue to a sweep.
+    service
+        .create_task(&WHO, submit(AGENT), None)
+        .await
+        .unwrap();
+    let executor = service.executor().clone();
+    let stopping = tokio::spawn(async move { executor.wait_idle(Duration::from_secs(5)).await });
+    eventually("the stop has begun", || !stopping.is_finished()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one();
+    let end = next_end(&mut ended).await;
+    assert_eq!(
+        end.next, None,
+        "no lease: nothing starts here while stopping"
+    );
+    assert_eq!(stopping.await.unwrap(), 0);
+}
