@@ -827,9 +827,14 @@ impl Inner {
         let timeout = agent.policy.turn_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
 
-        let (sink, mut items) = TurnSink::channel(SINK_CAPACITY);
-        let (inbox, mut inbox_requests) = tokio::sync::mpsc::channel(1);
-        let sink = sink.with_inbox(inbox);
+        let (mut sink, mut items) = TurnSink::channel(SINK_CAPACITY);
+        // An inbox only for a runner that takes messages mid-turn.
+        let mut inbox_requests = None;
+        if runner.takes_messages(&agent.runner.config) {
+            let (inbox, requests) = tokio::sync::mpsc::channel(1);
+            sink = sink.with_inbox(inbox);
+            inbox_requests = Some(requests);
+        }
         // The runner gets its own task so that a panic in it is caught as a JoinError
         // instead of taking the executor (and the turn's ending) down with it.
         let mut run = self
@@ -847,7 +852,7 @@ impl Inner {
                     None => false,
                 },
                 _ = sleep_until_some(flush_at) => true,
-                Some(reply) = inbox_requests.recv() => {
+                Some(reply) = recv_some(&mut inbox_requests) => {
                     match self.answer_inbox(turn, &mut items, &mut batch, &mut flush_at).await {
                         Ok(delivered) => {
                             let _ = reply.send(delivered);
@@ -1003,6 +1008,14 @@ impl Inner {
                 Vec::new(),
             )),
         }
+    }
+}
+
+/// The next value of `receiver`, or never when there is none.
+async fn recv_some<T>(receiver: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -125,7 +125,7 @@ impl Harness {
             tasks: MockTaskStore::new(),
             agents: clock_agents,
             notifier: MockTaskNotifier::new(),
-            runner: MockTurnRunner::new(),
+            runner: mock_runner(),
             limit: 8,
         }
     }
@@ -160,7 +160,7 @@ impl Harness {
     }
 
     fn build_with_hub(mut self, hub: crate::LocalNotifier) -> TaskService {
-        let runner = std::mem::replace(&mut self.runner, MockTurnRunner::new());
+        let runner = std::mem::replace(&mut self.runner, mock_runner());
         self.build_with_runner(Arc::new(runner), hub)
     }
 
@@ -475,7 +475,7 @@ async fn turn_that_ends_badly(runner: MockTurnRunner) -> FinishTurn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_error_fails_the_turn_with_its_code_so_the_task_leaves_running() {
-    let mut runner = MockTurnRunner::new();
+    let mut runner = mock_runner();
     runner
         .expect_run()
         .returning(|_, _| Err(RunnerError::new("model_unavailable", "upstream said 503")));
@@ -491,7 +491,7 @@ async fn runner_error_fails_the_turn_with_its_code_so_the_task_leaves_running() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_panic_fails_the_turn_so_the_task_leaves_running() {
-    let mut runner = MockTurnRunner::new();
+    let mut runner = mock_runner();
     runner.expect_run().returning(|_, _| panic!("runner bug"));
     let end = turn_that_ends_badly(runner).await;
     let TurnOutcome::Failed(error) = end.outcome else {
@@ -804,3 +804,10 @@ async fn ending_unfinished_turns_fails_this_executors_turns_as_their_holder() {
 
 mod lifecycle;
 mod streams;
+
+/// A runner mock that, like most runners, takes no messages mid-turn.
+fn mock_runner() -> MockTurnRunner {
+    let mut runner = MockTurnRunner::new();
+    runner.expect_takes_messages().return_const(false);
+    runner
+}

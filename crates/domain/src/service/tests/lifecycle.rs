@@ -327,7 +327,7 @@ async fn a_sweep_fails_or_retries_expired_turns_by_their_agents_policy() {
             }
             Ok(vec![ENDED; n])
         });
-    let mut runner = MockTurnRunner::new();
+    let mut runner = mock_runner();
     runner
         .expect_run()
         .withf(|input, _| input.turn_id == TurnId(102))
@@ -473,7 +473,7 @@ async fn a_sweep_pages_through_the_expired_turns_once() {
     let service = service_with(
         tasks,
         agents_returning(agent_with(1, TurnPolicy::default())),
-        Arc::new(MockTurnRunner::new()),
+        Arc::new(mock_runner()),
         ExecutorConfig::default(),
         crate::LocalNotifier::default(),
     );
@@ -596,7 +596,7 @@ fn slow_keyed_store(calls: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> MockTask
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_waits_for_the_first_request_then_gets_its_answer() {
     let (calls, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut runner = MockTurnRunner::new();
+    let mut runner = mock_runner();
     runner.expect_run().times(1).returning(|_, _| Ok(()));
     let service = service_with(
         slow_keyed_store(calls.clone(), peak.clone()),
@@ -636,7 +636,7 @@ async fn a_duplicate_waits_for_the_first_request_then_gets_its_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_of_a_request_still_in_progress_after_the_wait_is_key_in_use() {
     let (calls, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut runner = MockTurnRunner::new();
+    let mut runner = mock_runner();
     runner.expect_run().returning(|_, _| Ok(()));
     let service = service_with(
         slow_keyed_store(calls.clone(), peak),
@@ -726,7 +726,7 @@ async fn a_request_webhook_is_signed_with_its_secret_else_the_agents_else_the_se
         let service = service_with(
             tasks,
             agents_returning(hooked),
-            Arc::new(MockTurnRunner::new()),
+            Arc::new(mock_runner()),
             ExecutorConfig::default(),
             crate::LocalNotifier::default(),
         )
