@@ -4,6 +4,7 @@
 //! This crate names no web framework, database or HTTP client; adapters depend on it,
 //! never the reverse.
 
+pub mod a2a;
 pub mod agent_cache;
 pub mod content;
 mod detached;

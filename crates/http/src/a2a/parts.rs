@@ -1,15 +1,11 @@
-//! A2A messages and parts, and baton's content: what a client's parts become, and
-//! how baton's messages are shown (A2A's JSON form of its protobuf types: camelCase
-//! fields, enum values by name).
+//! A client's A2A messages and parts as baton's content (what baton sends back is
+//! `baton_domain::a2a`).
 
+use baton_domain::a2a::KIND_KEY;
 use baton_domain::content::{Attachment, DataContent, TextContent, ToolResponseContent};
-use baton_domain::{Content, Message, NewMessage, Role, TaskId};
+use baton_domain::{Content, NewMessage, Role};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
-
-/// Where a part says which baton content it stands for (`tool_request`,
-/// `tool_response`, `reasoning`), when a plain A2A part cannot say it.
-pub const KIND_KEY: &str = "baton_type";
+use serde_json::{Map, Value};
 
 /// A message as a client sends it.
 #[derive(Debug, Deserialize)]
@@ -167,57 +163,10 @@ fn data_content(
     }
 }
 
-/// A baton message as an A2A message of its task.
-pub fn message_json(message: &Message) -> Value {
-    let role = match message.role {
-        Role::User | Role::Tool => "ROLE_USER",
-        Role::Assistant | Role::System => "ROLE_AGENT",
-    };
-    let mut out = json!({
-        "messageId": message.id.0.to_string(),
-        "contextId": context_id(message.task_id),
-        "taskId": message.task_id.0.to_string(),
-        "role": role,
-        "parts": parts_json(message.task_id, &message.content),
-    });
-    if !message.metadata.is_empty() {
-        out["metadata"] = Value::Object(message.metadata.clone());
-    }
-    out
-}
-
-/// A task's context: each baton task is a conversation of its own, so its context id
-/// is its task id.
-pub fn context_id(task: TaskId) -> String {
-    task.0.to_string()
-}
-
-/// The parts of a baton content: text (attachments as `url` parts to their file),
-/// data, and the kinds A2A has no part for as data parts marked `baton_type`.
-pub fn parts_json(task: TaskId, content: &Content) -> Vec<Value> {
-    let marked = |kind: &str, data: Value| json!({"data": data, "metadata": {KIND_KEY: kind}});
-    match content {
-        Content::Text(text) => {
-            let mut parts = vec![json!({"text": text.content})];
-            parts.extend(text.attachments.iter().map(|a| {
-                let url = a
-                    .file_id
-                    .map(|id| format!("/v1/chat/tasks/{}/files/{id}", task.0))
-                    .unwrap_or_default();
-                json!({"url": url, "filename": a.filename, "mediaType": a.media_type})
-            }));
-            parts
-        }
-        Content::Data(data) => vec![json!({"data": data.data})],
-        Content::Reasoning(reasoning) => vec![marked("reasoning", json!(reasoning))],
-        Content::ToolRequest(request) => vec![marked("tool_request", json!(request))],
-        Content::ToolResponse(response) => vec![marked("tool_response", json!(response))],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn message(parts: Value) -> InMessage {
         serde_json::from_value(json!({"messageId": "m-1", "role": "ROLE_USER", "parts": parts}))
@@ -256,39 +205,6 @@ mod tests {
         .unwrap();
         assert_eq!(answer.role, Role::Tool);
         assert!(matches!(answer.content, Content::ToolResponse(r) if r.tool_call_id == "c1"));
-    }
-
-    #[test]
-    fn baton_content_goes_out_as_parts_files_by_url_and_other_kinds_marked() {
-        let task = TaskId(7);
-        let text = Content::Text(TextContent {
-            format: Default::default(),
-            content: "see".to_owned(),
-            attachments: vec![Attachment {
-                filename: "a.csv".to_owned(),
-                media_type: "text/csv".to_owned(),
-                data: None,
-                file_id: Some(3),
-                size_bytes: Some(2),
-                sha256: None,
-            }],
-        });
-        assert_eq!(
-            parts_json(task, &text),
-            vec![
-                json!({"text": "see"}),
-                json!({"url": "/v1/chat/tasks/7/files/3", "filename": "a.csv", "mediaType": "text/csv"}),
-            ]
-        );
-        let data = Content::Data(DataContent {
-            data: json!({"a": 1}).as_object().unwrap().clone(),
-        });
-        assert_eq!(parts_json(task, &data), vec![json!({"data": {"a": 1}})]);
-        let reasoning: Content =
-            serde_json::from_value(json!({"type": "reasoning", "summary": ["think"]})).unwrap();
-        let parts = parts_json(task, &reasoning);
-        assert_eq!(parts[0]["metadata"][KIND_KEY], "reasoning");
-        assert_eq!(parts[0]["data"]["summary"], json!(["think"]));
     }
 
     #[test]

@@ -513,7 +513,7 @@ async fn list_tasks(state: &ApiState, who: &Principal, params: ListTasksParams) 
             TaskStatus::ALL
                 .iter()
                 .copied()
-                .find(|s| super::tasks::state(*s) == asked)
+                .find(|s| baton_domain::a2a::state(*s) == asked)
                 .ok_or_else(|| {
                     RpcError::invalid(format!("status {asked:?}: no task has it here"))
                 })?,

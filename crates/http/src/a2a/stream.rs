@@ -8,9 +8,8 @@ use actix_web::web::Bytes;
 use baton_domain::{Content, EventKind, SharedEvent, TaskId, TurnError, TurnStatus};
 use serde_json::{Value, json};
 
-use super::parts::{context_id, parts_json};
-use super::tasks::{artifact_id, status_json};
 use crate::sse::Framer;
+use baton_domain::a2a::{artifact_id, context_id, parts_json, status_json};
 
 /// A JSON-RPC result as one SSE event, with baton's event id when it has one.
 pub fn result_frame(rpc_id: &Value, event_id: Option<i64>, result: Value) -> Bytes {
