@@ -112,6 +112,12 @@ pub enum ServiceError {
     /// As many messages as a task may queue already wait in it.
     #[error("the task's queue already holds {0} messages")]
     QueueFull(u32),
+    /// The task has no push config of this id.
+    #[error("push notification config not found")]
+    PushConfigNotFound,
+    /// The task has as many push configs as it may.
+    #[error("the task has {0} push notification configs already: delete one first")]
+    TooManyPushConfigs(usize),
     /// No such message in the task's queue.
     #[error("queued message not found")]
     QueuedMessageNotFound,

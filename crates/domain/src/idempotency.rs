@@ -181,6 +181,7 @@ mod tests {
 
     fn submit(text: &str, metadata: Value) -> SubmitMessage {
         SubmitMessage {
+            push: None,
             agent_id: AgentId(1),
             message: NewMessage {
                 role: Role::User,

@@ -18,6 +18,7 @@ pub mod model;
 pub mod notify;
 pub mod page;
 pub mod ports;
+pub mod push;
 pub mod runner;
 pub mod service;
 pub mod stream_tokens;

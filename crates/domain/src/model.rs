@@ -500,6 +500,8 @@ pub struct NewTask {
     pub webhook: Option<WebhookEndpoint>,
     /// At most this many running turns for the agent, this one included.
     pub max_running_per_agent: Option<u32>,
+    /// An A2A push config stored with the task, so its first turn's end is pushed.
+    pub push: Option<crate::push::NewPush>,
 }
 
 /// Everything needed to append a message and claim the task for its next turn.
@@ -514,6 +516,8 @@ pub struct NewAppend {
     pub idempotency: Option<IdempotencyRecord>,
     pub webhook: Option<WebhookEndpoint>,
     pub max_running_per_agent: Option<u32>,
+    /// An A2A push config stored (or replaced) with the message.
+    pub push: Option<crate::push::NewPush>,
     /// What to do if a turn of the task runs (`steer` only if its runner takes
     /// messages mid-turn: the service decides).
     pub on_busy: OnBusy,
@@ -740,6 +744,8 @@ pub struct SubmitMessage {
     pub webhook: Option<WebhookTarget>,
     /// What to do if the task is busy (else the agent's `policy.on_busy`).
     pub on_busy: Option<OnBusy>,
+    /// An A2A push config to store with the message, for the task's turns to come.
+    pub push: Option<crate::push::PushRequest>,
 }
 
 /// Where a turn's end is delivered, as a request or an agent names it.

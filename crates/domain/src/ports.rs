@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{ClaimError, StoreError};
 use crate::model::*;
 use crate::page::{History, Page, PageRequest};
+use crate::push::{PushConfig, PushPut};
 use crate::webhooks::{AttemptResult, DeliveryView, DueDelivery};
 
 /// Tasks, turns and messages.
@@ -261,6 +262,31 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Makes a delivery due again now, starting a new round of the retry schedule
     /// (an operator's redelivery). `false` if there is no such delivery.
     async fn redeliver(&self, delivery: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Stores an A2A push config for the agent's task, replacing the task's config of
+    /// the same id.
+    async fn put_push_config(
+        &self,
+        agent: AgentId,
+        config: PushConfig,
+    ) -> Result<PushPut, StoreError>;
+
+    /// The task's push configs, oldest first; `None` if the agent does not own the
+    /// task.
+    async fn list_push_configs(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<PushConfig>>, StoreError>;
+
+    /// Deletes a push config: `Some(true)` if it was there, `Some(false)` if not,
+    /// `None` if the agent does not own the task.
+    async fn delete_push_config(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        id: &str,
+    ) -> Result<Option<bool>, StoreError>;
 }
 
 /// Sends a signed delivery over the network.

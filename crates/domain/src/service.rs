@@ -17,6 +17,7 @@ use crate::model::*;
 use crate::notify::{LocalNotifier, TaskWatch};
 use crate::page::{History, Page, PageRequest};
 use crate::ports::{AgentStore, TaskNotifier, TaskStore, WebhookStore};
+use crate::push::{self, NewPush, PushConfig, PushPut, PushRequest};
 use crate::stream_tokens;
 use crate::validate;
 use crate::webhooks::{self, DeliveryView, DestinationPolicy, WebhookEndpoint, WebhookTarget};
@@ -36,6 +37,7 @@ struct Prepared {
     lease: Lease,
     idempotency: Option<IdempotencyRecord>,
     webhook: Option<WebhookEndpoint>,
+    push: Option<NewPush>,
 }
 
 /// An agent whose service's request was checked by [`TaskService::authorize_inbox`]:
@@ -194,6 +196,100 @@ impl TaskService {
         }))
     }
 
+    /// The secrets an A2A push of the agent's is signed with: its default webhook's,
+    /// else the server's; none, and pushes carry only what the client asked for.
+    async fn push_secrets(&self, agent: AgentId) -> Result<Vec<String>, ServiceError> {
+        let own = self
+            .agents
+            .get_agent(agent)
+            .await?
+            .and_then(|a| a.webhook)
+            .map(|w| w.secrets)
+            .unwrap_or_default();
+        Ok(match own.is_empty() {
+            true => self.webhooks.signing_secrets.clone(),
+            false => own,
+        })
+    }
+
+    fn outbox(&self) -> Result<&Arc<dyn WebhookStore>, ServiceError> {
+        self.deliveries.as_ref().ok_or_else(|| {
+            ServiceError::Unavailable("webhooks are not configured on this server".into())
+        })
+    }
+
+    /// Stores an A2A push config for the task (replacing its config of the same id);
+    /// each of the task's turns that ends from now on is pushed to it.
+    pub async fn set_push_config(
+        &self,
+        who: &Principal,
+        task: TaskId,
+        request: PushRequest,
+    ) -> Result<PushConfig, ServiceError> {
+        let mut errors = Vec::new();
+        push::check(&request, &self.webhooks.destinations, "", &mut errors);
+        if !errors.is_empty() {
+            return Err(ServiceError::Validation(errors));
+        }
+        let new = NewPush {
+            request,
+            secrets: self.push_secrets(who.agent_id).await?,
+        };
+        let config = new.for_task(task, self.executor.clock().now());
+        match self
+            .outbox()?
+            .put_push_config(who.agent_id, config.clone())
+            .await?
+        {
+            PushPut::Stored => Ok(config),
+            PushPut::TaskNotFound => Err(ServiceError::TaskNotFound),
+            PushPut::Full => Err(ServiceError::TooManyPushConfigs(
+                push::MAX_PUSH_CONFIGS_PER_TASK,
+            )),
+        }
+    }
+
+    /// The task's push configs, oldest first.
+    pub async fn push_configs(
+        &self,
+        who: &Principal,
+        task: TaskId,
+    ) -> Result<Vec<PushConfig>, ServiceError> {
+        self.outbox()?
+            .list_push_configs(who.agent_id, task)
+            .await?
+            .ok_or(ServiceError::TaskNotFound)
+    }
+
+    /// One of the task's push configs.
+    pub async fn push_config(
+        &self,
+        who: &Principal,
+        task: TaskId,
+        id: &str,
+    ) -> Result<PushConfig, ServiceError> {
+        self.push_configs(who, task)
+            .await?
+            .into_iter()
+            .find(|config| config.id == id)
+            .ok_or(ServiceError::PushConfigNotFound)
+    }
+
+    /// Deletes one of the task's push configs; deleting one that is not there is not
+    /// an error (the client's wish holds either way).
+    pub async fn delete_push_config(
+        &self,
+        who: &Principal,
+        task: TaskId,
+        id: &str,
+    ) -> Result<(), ServiceError> {
+        self.outbox()?
+            .delete_push_config(who.agent_id, task, id)
+            .await?
+            .map(|_| ())
+            .ok_or(ServiceError::TaskNotFound)
+    }
+
     /// Whether this instance can serve: its store is reachable and migrated.
     pub async fn check_ready(&self) -> Result<(), ServiceError> {
         Ok(self.tasks.check_ready().await?)
@@ -215,10 +311,7 @@ impl TaskService {
         who: &Principal,
         task_id: TaskId,
     ) -> Result<Vec<DeliveryView>, ServiceError> {
-        let store = self.deliveries.as_ref().ok_or_else(|| {
-            ServiceError::Unavailable("webhooks are not configured on this server".into())
-        })?;
-        store
+        self.outbox()?
             .list_deliveries(who.agent_id, task_id)
             .await?
             .ok_or(ServiceError::TaskNotFound)
@@ -309,6 +402,7 @@ impl TaskService {
     ) -> Result<Claim, ServiceError> {
         let ready = self.prepare(who, submit, key.as_deref(), None).await?;
         let new = NewTask {
+            push: ready.push,
             agent_id: who.agent_id,
             message: ready.message,
             metadata: ready.metadata,
@@ -338,6 +432,7 @@ impl TaskService {
             .prepare(who, submit, key.as_deref(), Some(task_id))
             .await?;
         let append = NewAppend {
+            push: ready.push,
             agent_id: who.agent_id,
             task_id,
             message: ready.message,
@@ -410,6 +505,13 @@ impl TaskService {
         };
         let idempotency = self.idempotency_record(key, operation, task, &submit, now);
         let webhook = self.resolve_webhook(who.agent_id, submit.webhook).await?;
+        let push = match submit.push {
+            Some(request) => Some(NewPush {
+                request,
+                secrets: self.push_secrets(who.agent_id).await?,
+            }),
+            None => None,
+        };
         Ok(Prepared {
             message: submit.message,
             metadata: submit.metadata,
@@ -417,6 +519,7 @@ impl TaskService {
             lease: self.executor.new_lease(now),
             idempotency,
             webhook,
+            push,
         })
     }
 
@@ -853,6 +956,9 @@ fn check_submission(
     }
     if let Some(webhook) = &submit.webhook {
         webhooks::check_target(webhook, destinations, "webhook", &mut errors);
+    }
+    if let Some(push) = &submit.push {
+        push::check(push, destinations, "push.", &mut errors);
     }
     let attachments = submit.message.content.attachments();
     let attached: usize = attachments

@@ -113,14 +113,18 @@ impl WebhookSender {
 
     async fn send(&self, delivery: DueDelivery) {
         let started_at = self.clock.now();
-        let headers = sign(
-            &delivery.webhook_id,
-            started_at.timestamp(),
-            delivery.payload.as_bytes(),
-            &delivery.endpoint.secrets,
-        );
         let mut all_headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        all_headers.extend(headers);
+        // An A2A push with neither an agent's nor the server's secret goes unsigned:
+        // its own token and `Authorization` are what its receiver checks.
+        if !delivery.endpoint.secrets.is_empty() {
+            all_headers.extend(sign(
+                &delivery.webhook_id,
+                started_at.timestamp(),
+                delivery.payload.as_bytes(),
+                &delivery.endpoint.secrets,
+            ));
+        }
+        all_headers.extend(delivery.headers.iter().cloned());
         let clock = Instant::now();
         let result = self
             .transport
@@ -198,6 +202,7 @@ mod tests {
                 secrets: vec![new_secret()],
             },
             payload: r#"{"type":"turn.completed"}"#.into(),
+            headers: Vec::new(),
             failed_in_round: failed,
         }
     }

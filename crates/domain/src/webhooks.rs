@@ -327,6 +327,9 @@ pub struct DueDelivery {
     pub webhook_id: String,
     pub endpoint: WebhookEndpoint,
     pub payload: String,
+    /// Headers of its own besides the signature's (an A2A push's token and
+    /// `Authorization`).
+    pub headers: Vec<(String, String)>,
     /// Failed attempts so far in this round (a redelivery starts a round).
     pub failed_in_round: u32,
 }

@@ -9,6 +9,7 @@ use crate::error::ApiError;
 
 pub mod card;
 mod parts;
+mod push;
 pub mod rpc;
 mod stream;
 mod tasks;

@@ -74,6 +74,7 @@ fn user_role() -> Role {
 impl SubmitBody {
     pub fn into_submit(self) -> baton_domain::SubmitMessage {
         baton_domain::SubmitMessage {
+            push: None,
             agent_id: baton_domain::AgentId(self.agent_id),
             message: NewMessage {
                 role: self.message.role,

@@ -346,6 +346,18 @@ impl From<ServiceError> for ApiError {
                         .unwrap_or_default()
                 ),
             ),
+            // Push configs are A2A's (answered by its binding); the envelope API has
+            // none, but says what they mean should one reach it.
+            ServiceError::PushConfigNotFound => ApiError::new(
+                ErrorCode::NotFound,
+                "This task has no push notification config with this id.",
+            ),
+            ServiceError::TooManyPushConfigs(limit) => ApiError::new(
+                ErrorCode::ValidationFailed,
+                format!(
+                    "The task has {limit} push notification configs already: delete one first."
+                ),
+            ),
             ServiceError::TurnEnded => ApiError::new(
                 ErrorCode::TurnEnded,
                 "The turn no longer runs at this attempt (it ended, or was taken over after its instance stopped): stop playing it.",

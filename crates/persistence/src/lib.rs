@@ -15,6 +15,7 @@ mod statement_cache;
 mod write_health;
 
 use async_trait::async_trait;
+use baton_domain::push::{PushConfig, PushPut};
 use baton_domain::webhooks::{AttemptResult, DeliveryView, DueDelivery};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
@@ -480,6 +481,41 @@ impl WebhookStore for SqlStore {
     async fn redeliver(&self, delivery: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
         on_conn!(self, writer, |conn, q| q::redeliver(conn, delivery, now)
             .await)
+    }
+
+    async fn put_push_config(
+        &self,
+        agent: AgentId,
+        config: PushConfig,
+    ) -> Result<PushPut, StoreError> {
+        on_conn!(self, writer, |conn, q| q::put_push_config(
+            conn, agent, &config
+        )
+        .await)
+    }
+
+    async fn list_push_configs(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+    ) -> Result<Option<Vec<PushConfig>>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_push_configs(
+            conn, agent, task
+        )
+        .await)
+    }
+
+    async fn delete_push_config(
+        &self,
+        agent: AgentId,
+        task: TaskId,
+        id: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        let id = id.to_owned();
+        on_conn!(self, writer, |conn, q| q::delete_push_config(
+            conn, agent, task, &id
+        )
+        .await)
     }
 }
 

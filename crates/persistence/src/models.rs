@@ -1,5 +1,6 @@
 //! Row types and their conversions to and from the domain's types.
 
+use baton_domain::push::{PushAuth, PushConfig};
 use baton_domain::webhooks::{AttemptView, DeliveryView, DueDelivery};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
@@ -262,6 +263,7 @@ pub(crate) struct DeliveryRow {
     pub round_start: i64,
     pub next_attempt_at: Option<i64>,
     pub created_at: i64,
+    pub headers: Option<String>,
 }
 
 impl DeliveryRow {
@@ -271,6 +273,11 @@ impl DeliveryRow {
             webhook_id: self.webhook_id,
             endpoint: WebhookEndpoint::from_columns(self.url, &self.secrets),
             payload: self.payload,
+            headers: match self.headers {
+                None => Vec::new(),
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|err| corrupt(format!("webhook_deliveries.headers: {err}")))?,
+            },
             failed_in_round: count(
                 "webhook_deliveries.attempts",
                 self.attempts - self.round_start,
@@ -307,6 +314,7 @@ pub(crate) struct NewDeliveryRow {
     pub status: &'static str,
     pub next_attempt_at: Option<i64>,
     pub created_at: i64,
+    pub headers: Option<String>,
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -575,4 +583,50 @@ pub(crate) struct NewQueuedRow {
     pub webhook_url: Option<String>,
     pub webhook_secrets: Option<String>,
     pub created_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = push_configs)]
+pub(crate) struct PushConfigRow {
+    pub task_id: i64,
+    pub config_id: String,
+    pub url: String,
+    pub token: Option<String>,
+    pub auth_scheme: Option<String>,
+    pub auth_credentials: Option<String>,
+    pub secrets: String,
+    pub created_at: i64,
+}
+
+impl PushConfigRow {
+    pub fn new(config: &PushConfig) -> Self {
+        PushConfigRow {
+            task_id: config.task_id.0,
+            config_id: config.id.clone(),
+            url: config.url.clone(),
+            token: config.token.clone(),
+            auth_scheme: config.authentication.as_ref().map(|a| a.scheme.clone()),
+            auth_credentials: config
+                .authentication
+                .as_ref()
+                .and_then(|a| a.credentials.clone()),
+            secrets: config.secrets.join(" "),
+            created_at: micros(config.created_at),
+        }
+    }
+
+    pub fn into_domain(self) -> Result<PushConfig, StoreError> {
+        Ok(PushConfig {
+            id: self.config_id,
+            task_id: TaskId(self.task_id),
+            url: self.url,
+            token: self.token,
+            authentication: self.auth_scheme.map(|scheme| PushAuth {
+                scheme,
+                credentials: self.auth_credentials,
+            }),
+            secrets: self.secrets.split_whitespace().map(str::to_owned).collect(),
+            created_at: from_micros(self.created_at)?,
+        })
+    }
 }

@@ -90,6 +90,20 @@ diesel::table! {
         next_attempt_at -> Nullable<BigInt>,
         claimed_until -> Nullable<BigInt>,
         created_at -> BigInt,
+        headers -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    push_configs (task_id, config_id) {
+        task_id -> BigInt,
+        config_id -> Text,
+        url -> Text,
+        token -> Nullable<Text>,
+        auth_scheme -> Nullable<Text>,
+        auth_credentials -> Nullable<Text>,
+        secrets -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -179,5 +193,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     webhook_deliveries,
     webhook_attempts,
-    queued_messages
+    queued_messages,
+    push_configs
 );

@@ -139,8 +139,12 @@ conformance!(
     fifty_concurrent_enqueues_are_stored_once_and_start_in_order,
     a_queued_messages_turn_keeps_its_requests_webhook,
     an_interrupt_racing_the_turns_own_end_never_deadlocks,
+    push_configs_are_bounded_per_task_and_pushed_at_each_turns_end,
 );
 
+#[path = "conformance/push.rs"]
+mod push;
+use push::*;
 #[path = "conformance/queue.rs"]
 mod queue;
 use queue::*;
@@ -223,6 +227,7 @@ async fn create(
 ) -> Result<Claim, ClaimError> {
     store
         .create_task(NewTask {
+            push: None,
             agent_id: agent,
             message: user(text),
             metadata: json!({"k": "v"}).as_object().cloned().unwrap(),
@@ -237,6 +242,7 @@ async fn create(
 
 fn append(agent: AgentId, task: TaskId, text: &str) -> NewAppend {
     NewAppend {
+        push: None,
         max_queued: 100,
         on_busy: OnBusy::Reject,
         agent_id: agent,
@@ -366,6 +372,7 @@ async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
     });
     let accepted = store
         .create_task(NewTask {
+            push: None,
             agent_id: a.id,
             message: NewMessage {
                 role: Role::User,
@@ -442,6 +449,7 @@ fn tool_request(id: &str) -> Content {
 
 fn tool_answer(agent: AgentId, task: TaskId, id: &str) -> NewAppend {
     NewAppend {
+        push: None,
         message: NewMessage {
             role: Role::Tool,
             content: Content::ToolResponse(content::ToolResponseContent {
@@ -1121,6 +1129,7 @@ async fn every_content_type_and_metadata_round_trip_unchanged(store: Arc<impl St
         json!({"unicode": "héllo ✓ 日本", "nested": {"list": [1, 2.5, null, true]}, "empty": {}});
     let accepted = store
         .create_task(NewTask {
+            push: None,
             agent_id: a.id,
             message: NewMessage {
                 role: Role::User,
@@ -2300,6 +2309,7 @@ async fn task_with_hook(
     started(
         store
             .create_task(NewTask {
+                push: None,
                 agent_id: agent,
                 message: user("hook me"),
                 metadata: json!({"trace": "t-9"}).as_object().cloned().unwrap(),
@@ -2598,6 +2608,7 @@ async fn the_running_turn_limit_per_agent_holds_under_concurrent_claims(store: A
     let a = agent(&*store, "limited").await;
     let other = agent(&*store, "other").await;
     let capped = |agent: AgentId, text: String| NewTask {
+        push: None,
         agent_id: agent,
         message: user(&text),
         metadata: Metadata::new(),

@@ -135,6 +135,7 @@ async fn a_failing_operation_rolls_back_alone_and_its_group_still_commits() {
         async move {
             store
                 .append_and_claim(NewAppend {
+                    push: None,
                     max_queued: 100,
                     on_busy: OnBusy::Reject,
                     agent_id: agent.id,

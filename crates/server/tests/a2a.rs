@@ -280,13 +280,18 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
         error_code(&rpc(&server, agent, &key, "SendMessage", from_agent)),
         -32602
     );
-    let push = json!({"message": text_message("u-3", "hi"), "configuration": {"taskPushNotificationConfig": {"url": "https://example.com/hook"}}});
-    assert_eq!(
-        error_code(&rpc(&server, agent, &key, "SendMessage", push)),
-        -32003
+    // A push config to an internal address is refused with its message.
+    let push = json!({"message": text_message("u-3", "hi"), "configuration": {"taskPushNotificationConfig": {"url": "https://127.0.0.1/hook"}}});
+    let refused = rpc(&server, agent, &key, "SendMessage", push);
+    assert_eq!(error_code(&refused), -32602);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("push.url")),
+        "{refused}"
     );
     for (method, code) in [
-        ("ListTaskPushNotificationConfigs", -32003),
+        ("ListTaskPushNotificationConfigs", -32602),
         ("GetExtendedAgentCard", -32007),
     ] {
         assert_eq!(
@@ -438,4 +443,116 @@ fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
         "{report}"
     );
     assert_eq!(report["texts"], json!(["Hello, human."]), "{report}");
+}
+
+/// The server's signing secret in the push tests: pushes carry its Standard Webhooks
+/// signature besides the client's token and `Authorization`.
+const SERVER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Push notifications through the a2a-sdk client on a server of `db` (with
+/// `elsewhere`, configs made on one instance and messages sent to another), over
+/// `binding`.
+fn push_notifications(db: &str, elsewhere: bool, binding: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[webhooks]\nsigning_secret = \"{SERVER_SECRET}\"\nallow_http = true\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 50\nretry_schedule_ms = [200, 400]\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (agent, key) = agent_with(db, "{}", &[]);
+    let server = Server::start(db, &["--config", &config]);
+    let other = elsewhere.then(|| Server::start(db, &["--config", &config]));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/push.py");
+    let other_base = other.as_ref().map(|o| o.base.clone()).unwrap_or_default();
+    let output = std::process::Command::new(baton_test_support::python::python())
+        .arg(script)
+        .args([&server.base, &agent.to_string(), &key, &other_base, binding])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let text = report.to_string();
+
+    assert_eq!(
+        report["card"]["capabilities"]["pushNotifications"], true,
+        "{text}"
+    );
+    // The config sent with the first message: its turn's end, as the SDK reads it,
+    // with the client's token and credentials.
+    let task = report["first_task"].as_str().unwrap();
+    assert_eq!(
+        report["first"],
+        json!([{
+            "task": task, "state": "TASK_STATE_COMPLETED", "text": ["echo: push me"],
+            "token": "tok-1", "authorization": "Bearer cred-1",
+        }]),
+        "{text}"
+    );
+    // Created on its own (named by the client), read back without credentials.
+    assert_eq!(
+        report["created"],
+        json!({"id": "second", "taskId": task, "url": report["created"]["url"], "token": "tok-2"}),
+        "{text}"
+    );
+    assert_eq!(report["got"], report["created"]);
+    // The first config is named by its task, as A2A's SDK names an unnamed one.
+    assert_eq!(report["listed"], json!([task, "second"]), "{text}");
+    // The next turn went to both, the flaky receiver's on the retry.
+    let second = &report["second_turn"];
+    assert_eq!(second["first"]["text"], json!(["echo: again"]), "{text}");
+    assert_eq!(second["flaky"][0]["text"], json!(["echo: again"]), "{text}");
+    assert_eq!(second["flaky"][0]["token"], "tok-2", "{text}");
+    assert_eq!(second["flaky"][0]["authorization"], Value::Null, "{text}");
+    // Deleted: nothing more for it.
+    assert_eq!(report["after_delete"], json!([task]), "{text}");
+    assert_eq!(report["flaky_total"], 1, "{text}");
+    assert_eq!(report["errors"]["unknown_config"], "TaskNotFoundError");
+    assert_eq!(report["errors"]["unknown_task"], "TaskNotFoundError");
+    assert!(
+        report["errors"]["bad_url"]
+            .as_str()
+            .is_some_and(|e| e.contains("url")),
+        "{text}"
+    );
+    // Every push is signed with the server's secret, as the reference verifier checks.
+    let received: Vec<baton_test_support::receiver::Received> = report["received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| baton_test_support::receiver::Received {
+            path: r["path"].as_str().unwrap().to_owned(),
+            headers: r["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.to_lowercase(), v.as_str().unwrap().to_owned()))
+                .collect(),
+            body: r["body"].as_str().unwrap().as_bytes().to_vec(),
+            at: std::time::Instant::now(),
+        })
+        .collect();
+    assert_eq!(received.len(), 4, "{text}");
+    assert_eq!(
+        baton_test_support::standard_webhooks::verify(SERVER_SECRET, &received),
+        Ok(4)
+    );
+}
+
+#[test]
+fn an_a2a_sdk_client_receives_push_notifications_on_sqlite() {
+    let (_dir, db) = sqlite_db();
+    push_notifications(&db, false, "JSONRPC");
+}
+
+/// Configs made on one instance, messages sent to the other: the pushes come from the
+/// shared outbox whichever instance sends them.
+#[test]
+fn an_a2a_sdk_client_receives_push_notifications_across_two_postgres_instances() {
+    let db = TestDatabase::new();
+    push_notifications(db.url(), true, "JSONRPC");
 }

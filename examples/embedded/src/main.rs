@@ -49,6 +49,7 @@ fn says(text: &str) -> SubmitMessage {
             .unwrap_or_default(),
         webhook: None,
         on_busy: None,
+        push: None,
     }
 }
 

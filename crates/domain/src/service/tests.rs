@@ -76,6 +76,7 @@ fn user_message(task_id: i64, turn_id: i64) -> Message {
 
 fn submit(agent_id: AgentId) -> SubmitMessage {
     SubmitMessage {
+        push: None,
         agent_id,
         message: NewMessage {
             role: Role::User,

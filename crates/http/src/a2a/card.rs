@@ -34,7 +34,7 @@ pub(crate) async fn card(
             "protocolBinding": "JSONRPC",
             "protocolVersion": "1.0",
         }],
-        "capabilities": {"streaming": true, "pushNotifications": false},
+        "capabilities": {"streaming": true, "pushNotifications": true},
         "securitySchemes": {
             "agent_key": {"httpAuthSecurityScheme": {
                 "scheme": "Bearer",

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::agent_of_path;
 use super::parts::{InMessage, PartsRefused, to_baton};
+use super::push::{self, InPushConfig};
 use super::stream::{A2aFrames, error_frame, result_frame};
 use super::tasks::task_json;
 use crate::ApiState;
@@ -55,7 +56,7 @@ impl RpcError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
         RpcError::new(RpcCode::InvalidParams, message)
     }
 }
@@ -65,13 +66,16 @@ impl From<ServiceError> for RpcError {
         let message = err.to_string();
         let code = match &err {
             ServiceError::TaskNotFound => RpcCode::TaskNotFound,
+            // As A2A's SDK answers a config it does not have.
+            ServiceError::PushConfigNotFound => RpcCode::TaskNotFound,
+            ServiceError::TooManyPushConfigs(_) => RpcCode::InvalidParams,
             ServiceError::TaskNotRunning(_) => RpcCode::TaskNotCancelable,
             ServiceError::Validation(errors) => {
                 let fields: Vec<String> = errors
                     .iter()
                     .map(|e| format!("{}: {}", e.field, e.reason))
                     .collect();
-                return RpcError::invalid(format!("invalid message: {}", fields.join("; ")));
+                return RpcError::invalid(format!("invalid params: {}", fields.join("; ")));
             }
             ServiceError::IdempotencyKeyReused => {
                 return RpcError::invalid(
@@ -102,12 +106,12 @@ impl From<ServiceError> for RpcError {
 }
 
 /// What the handler answers a request with.
-type Outcome = Result<Value, RpcError>;
+pub(super) type Outcome = Result<Value, RpcError>;
 
 #[utoipa::path(post, path = "/a2a/{agent_id}", tag = "a2a",
     operation_id = "a2a_json_rpc",
     summary = "A2A: the agent's JSON-RPC endpoint",
-    description = "The Agent2Agent (A2A 1.0) JSON-RPC binding of the agent (docs/a2a.md): `SendMessage`, `GetTask`, `ListTasks`, `CancelTask`, each a JSON-RPC 2.0 request answered with its `result` or an `error` as A2A names them (HTTP 200 once the key is accepted); `SendStreamingMessage` and `SubscribeToTask` answered as Server-Sent Events, each event a JSON-RPC response carrying baton's event id (`id:`), and `SubscribeToTask` resuming after `Last-Event-ID`. Its Agent Card is at `/a2a/{agent_id}/.well-known/agent-card.json`.",
+    description = "The Agent2Agent (A2A 1.0) JSON-RPC binding of the agent (docs/a2a.md): `SendMessage`, `GetTask`, `ListTasks`, `CancelTask` and the push notification config methods, each a JSON-RPC 2.0 request answered with its `result` or an `error` as A2A names them (HTTP 200 once the key is accepted); `SendStreamingMessage` and `SubscribeToTask` answered as Server-Sent Events, each event a JSON-RPC response carrying baton's event id (`id:`), and `SubscribeToTask` resuming after `Last-Event-ID`. Its Agent Card is at `/a2a/{agent_id}/.well-known/agent-card.json`.",
     params(("agent_id" = i64, Path, description = "The agent, the key's.", minimum = 1),
         ("Last-Event-ID" = Option<i64>, Header, description = "With `SubscribeToTask`: resume after this event (baton's extension).")),
     request_body(content = Object, description = "A JSON-RPC 2.0 request: `{jsonrpc: \"2.0\", id, method, params}`."),
@@ -296,13 +300,10 @@ async fn dispatch(state: &ApiState, who: &Principal, request: &Value) -> Outcome
         "GetTask" => get_task(state, who, read_params(params)?).await,
         "ListTasks" => list_tasks(state, who, read_params(params)?).await,
         "CancelTask" => cancel_task(state, who, read_params(params)?).await,
-        "CreateTaskPushNotificationConfig"
-        | "GetTaskPushNotificationConfig"
-        | "ListTaskPushNotificationConfigs"
-        | "DeleteTaskPushNotificationConfig" => Err(RpcError::new(
-            RpcCode::PushNotificationNotSupported,
-            "push notifications are not offered yet by this server (its Agent Card says so)",
-        )),
+        "CreateTaskPushNotificationConfig" => push::create(state, who, read_params(params)?).await,
+        "GetTaskPushNotificationConfig" => push::get(state, who, read_params(params)?).await,
+        "ListTaskPushNotificationConfigs" => push::list(state, who, read_params(params)?).await,
+        "DeleteTaskPushNotificationConfig" => push::delete(state, who, read_params(params)?).await,
         "GetExtendedAgentCard" => Err(RpcError::new(
             RpcCode::ExtendedAgentCardNotConfigured,
             "this agent has no extended Agent Card",
@@ -338,7 +339,7 @@ struct SendConfiguration {
     #[serde(default)]
     history_length: Option<i64>,
     #[serde(default)]
-    task_push_notification_config: Option<Value>,
+    task_push_notification_config: Option<InPushConfig>,
 }
 
 /// The longest a blocking `SendMessage` waits for the turn to settle; it then answers
@@ -364,16 +365,6 @@ async fn claim(
     who: &Principal,
     params: &SendMessageParams,
 ) -> Result<Claim, RpcError> {
-    let pushed = params
-        .configuration
-        .as_ref()
-        .is_some_and(|c| c.task_push_notification_config.is_some());
-    if pushed {
-        return Err(RpcError::new(
-            RpcCode::PushNotificationNotSupported,
-            "push notifications are not offered yet by this server",
-        ));
-    }
     let message = to_baton(&params.message).map_err(|refused| match refused {
         PartsRefused::Invalid(why) => RpcError::invalid(why),
         PartsRefused::Unsupported(why) => RpcError::new(RpcCode::ContentTypeNotSupported, why),
@@ -384,6 +375,12 @@ async fn claim(
         metadata: params.metadata.clone().unwrap_or_default(),
         webhook: None,
         on_busy: None,
+        // Stored with the message, so its turn's end is pushed however soon it comes.
+        push: params
+            .configuration
+            .as_ref()
+            .and_then(|c| c.task_push_notification_config.as_ref())
+            .map(InPushConfig::request),
     };
     // A message sent again (the same messageId) is the same request: it replays.
     let key = idempotency_key(&params.message.message_id);
@@ -410,7 +407,7 @@ fn idempotency_key(message_id: &str) -> Option<String> {
     (key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())).then_some(key)
 }
 
-fn task_id(raw: &str) -> Result<TaskId, RpcError> {
+pub(super) fn task_id(raw: &str) -> Result<TaskId, RpcError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)

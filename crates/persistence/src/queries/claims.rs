@@ -2,13 +2,16 @@
 //! turn's tool calls; while a turn runs, refused, queued, steered or interrupting as
 //! `on_busy` says; refused when the agent runs as many turns as it may.
 
+use baton_domain::push::{MAX_PUSH_CONFIGS_PER_TASK, NewPush, PushPut};
 use baton_domain::*;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::events::insert_events;
 use super::idempotency::{remember, replay};
 use super::messages::insert_message;
+use super::push::store_push_config;
 use super::queue::enqueue;
 use super::reads::owned_task;
 use super::turn_start::{LatestTurn, latest_turn, record_start, running_turn, start_turn};
@@ -78,6 +81,9 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
                     .get_result(conn)
                     .await?;
                 let task_id = TaskId(task);
+                if let Some(push) = &new.push {
+                    store_push(conn, push, task_id, new.now).await?;
+                }
                 let started = start_turn(
                     conn,
                     task_id,
@@ -154,6 +160,10 @@ pub(crate) async fn append_and_claim(
                 // other order is a deadlock the loop below runs again.)
                 if append.on_busy == OnBusy::Interrupt {
                     lock_active_turn(conn, task).await?;
+                }
+                // (It locks the task's row: after the turn's, for the same reason.)
+                if let Some(push) = &append.push {
+                    store_push(conn, push, append.task_id, append.now).await?;
                 }
                 let mut interrupted = None;
                 match latest_turn(conn, task).await? {
@@ -311,6 +321,25 @@ async fn interrupt(conn: &mut Conn, append: &NewAppend, turn: TurnId) -> Result<
         None => Err(TxError::Store(StoreError::internal(
             "the interrupted turn could not be ended",
         ))),
+    }
+}
+
+/// Stores a push config sent with the message, in the claim's transaction: the turn
+/// it starts is pushed when it ends, however soon.
+async fn store_push(
+    conn: &mut Conn,
+    push: &NewPush,
+    task: TaskId,
+    now: DateTime<Utc>,
+) -> Result<(), TxError> {
+    match store_push_config(conn, &push.for_task(task, now)).await? {
+        PushPut::Full => Err(TxError::Invalid(vec![FieldError::new(
+            "push",
+            format!(
+                "the task has {MAX_PUSH_CONFIGS_PER_TASK} push configs already: delete one first"
+            ),
+        )])),
+        _ => Ok(()),
     }
 }
 

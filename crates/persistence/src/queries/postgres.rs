@@ -32,6 +32,8 @@ mod idempotency;
 mod leases;
 #[path = "messages.rs"]
 mod messages;
+#[path = "push.rs"]
+mod push;
 #[path = "queue.rs"]
 mod queue;
 #[path = "readiness.rs"]
@@ -46,8 +48,8 @@ mod turns;
 mod webhooks;
 
 pub(crate) use self::{
-    agents::*, claims::*, events::*, idempotency::*, leases::*, queue::*, readiness::*, reads::*,
-    turns::*, webhooks::*,
+    agents::*, claims::*, events::*, idempotency::*, leases::*, push::*, queue::*, readiness::*,
+    reads::*, turns::*, webhooks::*,
 };
 
 /// Tells other instances to drop what they cached of an agent or a key.

@@ -27,6 +27,8 @@ mod idempotency;
 mod leases;
 #[path = "messages.rs"]
 mod messages;
+#[path = "push.rs"]
+mod push;
 #[path = "queue.rs"]
 mod queue;
 #[path = "readiness.rs"]
@@ -41,8 +43,8 @@ mod turns;
 mod webhooks;
 
 pub(crate) use self::{
-    agents::*, claims::*, events::*, idempotency::*, leases::*, queue::*, readiness::*, reads::*,
-    turns::*, webhooks::*,
+    agents::*, claims::*, events::*, idempotency::*, leases::*, push::*, queue::*, readiness::*,
+    reads::*, turns::*, webhooks::*,
 };
 
 /// An agent or a key changed (SQLite: this process's cache is told by the caller).

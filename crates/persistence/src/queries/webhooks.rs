@@ -9,16 +9,18 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::push::queue_pushes;
 use super::reads::owned_task;
 use super::{Conn, due_deliveries};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::TxError;
-use crate::schema::{agents, tasks, webhook_attempts, webhook_deliveries};
+use crate::schema::{agents, push_configs, tasks, webhook_attempts, webhook_deliveries};
 use crate::statement_cache::CacheBySql;
 
-/// Writes the delivery of a turn's end to the outbox, to the turn's own webhook
-/// (`own_hook`) or else its agent's default one, if there is either.
+/// Writes the deliveries of a turn's end to the outbox: to the turn's own webhook
+/// (`own_hook`) or else its agent's default one, if there is either, and a push to
+/// each of the task's A2A push configs.
 pub(super) async fn queue_delivery(
     conn: &mut Conn,
     ended: &Turn,
@@ -26,11 +28,16 @@ pub(super) async fn queue_delivery(
     output: &[Message],
     now: i64,
 ) -> Result<(), TxError> {
-    let (agent_id, task_metadata, agent_url, agent_secrets): (
+    // Whether the task has push configs comes with the row read anyway: a turn's end
+    // without any reads nothing more.
+    let has_pushes =
+        diesel::dsl::exists(push_configs::table.filter(push_configs::task_id.eq(tasks::id)));
+    let (agent_id, task_metadata, agent_url, agent_secrets, pushed): (
         i64,
         String,
         Option<String>,
         Option<String>,
+        bool,
     ) = tasks::table
         .inner_join(agents::table)
         .filter(tasks::id.eq(ended.task_id.0))
@@ -39,14 +46,22 @@ pub(super) async fn queue_delivery(
             tasks::metadata,
             agents::webhook_url,
             agents::webhook_secrets,
+            has_pushes,
         ))
         .first(conn)
         .await?;
-    let Some(endpoint) = own_hook.or(endpoint(agent_url, agent_secrets)) else {
+    let endpoint = own_hook.or(endpoint(agent_url, agent_secrets));
+    if endpoint.is_none() && !pushed {
         return Ok(());
-    };
+    }
     let task_metadata: Metadata = serde_json::from_str(&task_metadata)
         .map_err(|err| crate::error::corrupt(format!("tasks.metadata: {err}")))?;
+    if pushed {
+        queue_pushes(conn, ended, output, &task_metadata, now).await?;
+    }
+    let Some(endpoint) = endpoint else {
+        return Ok(());
+    };
     let payload = baton_domain::webhooks::payload(ended, agent_id, output, &task_metadata);
     let row = NewDeliveryRow {
         webhook_id: baton_domain::webhooks::new_delivery_id(),
@@ -59,6 +74,7 @@ pub(super) async fn queue_delivery(
         status: "pending",
         next_attempt_at: Some(now),
         created_at: now,
+        headers: None,
     };
     diesel::insert_into(webhook_deliveries::table)
         .values(&row)

@@ -29,6 +29,7 @@ pub fn lease() -> Lease {
 /// A new task for `agent` whose first message is `text`.
 pub fn new_task(agent: AgentId, text: &str) -> NewTask {
     NewTask {
+        push: None,
         agent_id: agent,
         message: NewMessage {
             role: Role::User,

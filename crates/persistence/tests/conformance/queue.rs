@@ -11,6 +11,7 @@ use super::{
 
 fn sent(agent: AgentId, task: TaskId, text: &str, on_busy: OnBusy) -> NewAppend {
     NewAppend {
+        push: None,
         on_busy,
         ..super::append(agent, task, text)
     }
@@ -482,6 +483,7 @@ pub(crate) async fn a_full_queue_refuses_and_stores_nothing(store: Arc<impl Stor
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "first").await;
     let small = |text: &str| NewAppend {
+        push: None,
         max_queued: 2,
         ..sent(a.id, t.task_id, text, OnBusy::Enqueue)
     };
@@ -492,6 +494,7 @@ pub(crate) async fn a_full_queue_refuses_and_stores_nothing(store: Arc<impl Stor
     assert!(matches!(full, ClaimError::QueueFull(2)), "{full:?}");
     let steer_full = store
         .append_and_claim(NewAppend {
+            push: None,
             on_busy: OnBusy::Steer,
             ..small("three")
         })
@@ -562,6 +565,7 @@ pub(crate) async fn a_queued_append_replays_its_first_answer(store: Arc<impl Sto
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "first").await;
     let keyed = || NewAppend {
+        push: None,
         idempotency: super::key("k-1", "h-1", 1000),
         ..sent(a.id, t.task_id, "second", OnBusy::Enqueue)
     };
@@ -644,6 +648,7 @@ pub(crate) async fn a_queued_messages_turn_keeps_its_requests_webhook(
     let a = agent(&*store, "a").await;
     let t = new_task(&*store, a.id, "first").await;
     let queued = NewAppend {
+        push: None,
         webhook: Some(super::hook("https://queued.example/hook")),
         ..sent(a.id, t.task_id, "second", OnBusy::Enqueue)
     };
