@@ -1,5 +1,5 @@
-//! The Agent2Agent (A2A 1.0) binding of baton's agents: an Agent Card per agent and
-//! the JSON-RPC binding (docs/a2a.md). An A2A task is a baton task; its context is
+//! The Agent2Agent (A2A 1.0) binding of baton's agents: an Agent Card per agent, the
+//! JSON-RPC binding and the HTTP+JSON binding (docs/a2a.md). An A2A task is a baton task; its context is
 //! the task itself; a message is an append, busy or not as the agent's `on_busy` says.
 
 use actix_web::HttpRequest;
@@ -10,7 +10,9 @@ use crate::error::ApiError;
 pub mod card;
 mod parts;
 mod push;
+pub mod rest;
 pub mod rpc;
+pub mod schema;
 mod stream;
 mod tasks;
 

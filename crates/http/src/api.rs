@@ -43,6 +43,10 @@ const JSON_BODY: &[ErrorCode] = &[
     UnsupportedMediaType,
     ValidationFailed,
 ];
+/// A route of A2A's HTTP+JSON binding: another agent's path is baton's `404`
+/// envelope; A2A's own errors (`400`, `404`, `500`) are A2A's REST error body, which
+/// the document adds beside the envelope (see `openapi`).
+const A2A_REST: &[ErrorCode] = &[AgentNotFound];
 /// A route that reads `?limit=&cursor=`.
 const PAGED: &[ErrorCode] = &[BadRequest, ValidationFailed];
 
@@ -111,6 +115,33 @@ api! {
     }
     "/a2a/{agent_id}" {
         post => a2a::rpc::rpc, errors: [KEYED, JSON_BODY, &[AgentNotFound]];
+    }
+    "/a2a/{agent_id}/message:send" {
+        post => a2a::rest::send_message, errors: [KEYED, JSON_BODY, A2A_REST];
+    }
+    "/a2a/{agent_id}/message:stream" {
+        post => a2a::rest::send_streaming_message, errors: [KEYED, JSON_BODY, A2A_REST];
+    }
+    // Before `/tasks/{task_id}`, whose `{task_id}` would take `5:cancel` whole.
+    "/a2a/{agent_id}/tasks/{task_id}:cancel" {
+        post => a2a::rest::cancel_task, errors: [KEYED, A2A_REST];
+    }
+    "/a2a/{agent_id}/tasks/{task_id}:subscribe" {
+        post => a2a::rest::subscribe_to_task, errors: [KEYED, A2A_REST];
+    }
+    "/a2a/{agent_id}/tasks" {
+        get => a2a::rest::list_tasks, errors: [KEYED, A2A_REST];
+    }
+    "/a2a/{agent_id}/tasks/{task_id}" {
+        get => a2a::rest::get_task, errors: [KEYED, A2A_REST];
+    }
+    "/a2a/{agent_id}/tasks/{task_id}/pushNotificationConfigs" {
+        post => a2a::rest::create_push_config, errors: [KEYED, JSON_BODY, A2A_REST];
+        get => a2a::rest::list_push_configs, errors: [KEYED, A2A_REST];
+    }
+    "/a2a/{agent_id}/tasks/{task_id}/pushNotificationConfigs/{config_id}" {
+        get => a2a::rest::get_push_config, errors: [KEYED, A2A_REST];
+        delete => a2a::rest::delete_push_config, errors: [KEYED, A2A_REST];
     }
     "/v1/agents/{agent_id}/tasks/{task_id}/turns/{turn_id}/inbox" {
         post => inbox::turn_inbox, errors: [JSON_BODY, &[Unauthorized, TurnEnded]];
@@ -202,6 +233,11 @@ pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse,
 }
 
 impl Route {
+    /// Whether this is a route of A2A's HTTP+JSON binding.
+    pub fn is_a2a_rest(&self) -> bool {
+        self.path.starts_with("/a2a/{agent_id}/") && !self.path.ends_with("agent-card.json")
+    }
+
     /// Every code this route can answer with, [`ANY_ROUTE`]'s included, each once.
     pub fn error_codes(&self) -> Vec<ErrorCode> {
         let mut codes: Vec<ErrorCode> = Vec::new();

@@ -17,6 +17,7 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::a2a::rest::A2aRestError;
 use crate::api::{ROUTES, Route};
 use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
 
@@ -54,6 +55,16 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::inbox::turn_inbox,
         crate::a2a::card::card,
         crate::a2a::rpc::rpc,
+        crate::a2a::rest::send_message,
+        crate::a2a::rest::send_streaming_message,
+        crate::a2a::rest::get_task,
+        crate::a2a::rest::list_tasks,
+        crate::a2a::rest::cancel_task,
+        crate::a2a::rest::subscribe_to_task,
+        crate::a2a::rest::create_push_config,
+        crate::a2a::rest::list_push_configs,
+        crate::a2a::rest::get_push_config,
+        crate::a2a::rest::delete_push_config,
         crate::admin::create_agent,
         crate::admin::list_agents,
         crate::admin::get_agent,
@@ -63,13 +74,13 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::admin::revoke_key,
         crate::admin::redeliver,
     ),
-    components(schemas(ErrorEnvelope)),
+    components(schemas(ErrorEnvelope, A2aRestError)),
     modifiers(&Security, &ErrorAnswers),
     tags(
         (name = "tasks", description = "Tasks, their messages and turns: what agents' clients use, with an agent's key."),
         (name = "admin", description = "Agents and their keys, with the operator's admin token. Disabled (404) unless the server has an admin token."),
         (name = "agents", description = "Called by agent services (the `http` runner) while they play a turn, signed with the agent's secret."),
-        (name = "a2a", description = "The Agent2Agent (A2A 1.0) binding of each agent: its Agent Card and its JSON-RPC endpoint (docs/a2a.md)."),
+        (name = "a2a", description = "The Agent2Agent (A2A 1.0) binding of each agent: its Agent Card, its JSON-RPC endpoint and its HTTP+JSON binding (docs/a2a.md)."),
         (name = "operations", description = "Probes, metrics and this document."),
     ),
 )]
@@ -175,13 +186,32 @@ fn add_errors(operation: &mut Operation, route: &Route) {
                 .build();
             (code.as_str(), example)
         });
+        let envelope = Ref::from_schema_name(<ErrorEnvelope as ToSchema>::name());
+        // A2A's HTTP+JSON binding answers its own errors as A2A writes them.
+        let a2a = route.is_a2a_rest() && A2A_REST_STATUSES.contains(&status);
+        let (schema, description) = match a2a {
+            false => (
+                utoipa::openapi::RefOr::Ref(envelope),
+                format!("An error envelope: {}.", listed.join(", ")),
+            ),
+            true => (
+                utoipa::openapi::RefOr::T(utoipa::openapi::Schema::AnyOf(
+                    utoipa::openapi::schema::AnyOfBuilder::new()
+                        .item(envelope)
+                        .item(Ref::from_schema_name(<A2aRestError as ToSchema>::name()))
+                        .build(),
+                )),
+                format!(
+                    "An error envelope ({}), or an A2A error (`google.rpc.Status` whose `ErrorInfo` names the reason).",
+                    listed.join(", ")
+                ),
+            ),
+        };
         let content = ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name(
-                <ErrorEnvelope as ToSchema>::name(),
-            )))
+            .schema(Some(schema))
             .examples_from_iter(examples);
         let mut response = ResponseBuilder::new()
-            .description(format!("An error envelope: {}.", listed.join(", ")))
+            .description(description)
             .content("application/json", content.build());
         if codes.iter().any(|c| c.says_when_to_retry()) {
             response = response.header(
@@ -207,6 +237,9 @@ fn add_errors(operation: &mut Operation, route: &Route) {
             .insert(status.to_string(), response.build().into());
     }
 }
+
+/// The statuses A2A's REST binding answers its errors with.
+const A2A_REST_STATUSES: [u16; 3] = [400, 404, 500];
 
 fn integer_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()

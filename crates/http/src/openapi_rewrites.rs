@@ -227,9 +227,52 @@ fn link_operations(json: &mut Value) {
             "/v1/chat/agent",
             "get",
             "200",
-            ["a2a_agent_card", "a2a_json_rpc"]
+            [
+                "a2a_agent_card",
+                "a2a_json_rpc",
+                "a2a_send_message",
+                "a2a_send_streaming_message",
+                "a2a_list_tasks",
+            ]
+            .iter()
+            .map(|op| (*op, json!({"agent_id": from_body("agent_id")})))
+            .collect(),
+        ),
+        AnswerLinks(
+            "/a2a/{agent_id}/message:send",
+            "post",
+            "200",
+            [
+                "a2a_get_task",
+                "a2a_cancel_task",
+                "a2a_subscribe_to_task",
+                "a2a_create_push_config",
+                "a2a_list_push_configs",
+            ]
+            .iter()
+            .map(|op| {
+                let task = json!({
+                    "agent_id": "$request.path.agent_id",
+                    "task_id": from_body("task/id"),
+                });
+                (*op, task)
+            })
+            .collect(),
+        ),
+        AnswerLinks(
+            "/a2a/{agent_id}/tasks/{task_id}/pushNotificationConfigs",
+            "post",
+            "200",
+            ["a2a_get_push_config", "a2a_delete_push_config"]
                 .iter()
-                .map(|op| (*op, json!({"agent_id": from_body("agent_id")})))
+                .map(|op| {
+                    let config = json!({
+                        "agent_id": "$request.path.agent_id",
+                        "task_id": "$request.path.task_id",
+                        "config_id": from_body("id"),
+                    });
+                    (*op, config)
+                })
                 .collect(),
         ),
         AnswerLinks(

@@ -16,15 +16,21 @@ use baton_test_support::TestDatabase;
 use common::{Server, agent_with, sqlite_db};
 use serde_json::{Value, json};
 
-/// The conversation on a server of `db`; with `resume_elsewhere`, the cut stream is
-/// resumed on a second instance.
-fn conversation(db: &str, resume_elsewhere: bool) {
+/// The conversation on a server of `db` over `binding` (`JSONRPC`, `HTTP+JSON`); with
+/// `resume_elsewhere`, the cut stream is resumed on a second instance.
+fn conversation(db: &str, resume_elsewhere: bool, binding: &str) {
     let (agent, key) = agent_with(db, r#"{"delay_ms": 1500}"#, &[]);
     let server = Server::start(db, &[]);
     let other = resume_elsewhere.then(|| Server::start(db, &[]));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/conversation.py");
-    let mut args = vec![server.base.clone(), agent.to_string(), key.clone()];
-    args.extend(other.as_ref().map(|other| other.base.clone()));
+    let other_base = other.as_ref().map(|o| o.base.clone()).unwrap_or_default();
+    let args = [
+        server.base.clone(),
+        agent.to_string(),
+        key.clone(),
+        other_base,
+        binding.to_owned(),
+    ];
     let output = std::process::Command::new(baton_test_support::python::python())
         .arg(script)
         .args(&args)
@@ -35,17 +41,30 @@ fn conversation(db: &str, resume_elsewhere: bool) {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let report_text = report.to_string();
 
-    // The card names the agent, its JSON-RPC interface and the bearer key.
+    // The card names the agent, its two interfaces and the bearer key.
     let card = &report["card"];
     assert_eq!(card["name"], "t", "{report_text}");
-    let interface = &card["supportedInterfaces"][0];
-    assert_eq!(interface["protocolBinding"], "JSONRPC", "{report_text}");
-    assert_eq!(interface["protocolVersion"], "1.0", "{report_text}");
+    let interfaces = card["supportedInterfaces"].as_array().unwrap();
+    let bindings: Vec<&Value> = interfaces.iter().map(|i| &i["protocolBinding"]).collect();
     assert_eq!(
-        interface["url"],
-        format!("{}/a2a/{agent}", server.base),
+        bindings,
+        [&json!("JSONRPC"), &json!("HTTP+JSON")],
         "{report_text}"
     );
+    for interface in interfaces {
+        assert_eq!(interface["protocolVersion"], "1.0", "{report_text}");
+        assert_eq!(
+            interface["url"],
+            format!("{}/a2a/{agent}", server.base),
+            "{report_text}"
+        );
+    }
+    // The client spoke the binding asked for.
+    let transport = match binding {
+        "HTTP+JSON" => "RestTransport",
+        _ => "JsonRpcTransport",
+    };
+    assert_eq!(report["resume"]["transport"], transport, "{report_text}");
     assert_eq!(
         card["securitySchemes"]["agent_key"]["httpAuthSecurityScheme"]["scheme"], "Bearer",
         "{report_text}"
@@ -164,7 +183,13 @@ fn conversation(db: &str, resume_elsewhere: bool) {
 #[test]
 fn an_a2a_sdk_client_converses_with_a_baton_agent_on_sqlite() {
     let (_dir, db) = sqlite_db();
-    conversation(&db, false);
+    conversation(&db, false, "JSONRPC");
+}
+
+#[test]
+fn an_a2a_sdk_client_converses_over_http_json_on_sqlite() {
+    let (_dir, db) = sqlite_db();
+    conversation(&db, false, "HTTP+JSON");
 }
 
 /// On PostgreSQL the cut stream is resumed on another instance than the one the turn
@@ -172,7 +197,13 @@ fn an_a2a_sdk_client_converses_with_a_baton_agent_on_sqlite() {
 #[test]
 fn an_a2a_sdk_client_converses_with_a_baton_agent_on_two_postgres_instances() {
     let db = TestDatabase::new();
-    conversation(db.url(), true);
+    conversation(db.url(), true, "JSONRPC");
+}
+
+#[test]
+fn an_a2a_sdk_client_converses_over_http_json_on_two_postgres_instances() {
+    let db = TestDatabase::new();
+    conversation(db.url(), true, "HTTP+JSON");
 }
 
 /// A JSON-RPC request to the agent's A2A endpoint; the HTTP status and the answer.
@@ -482,6 +513,11 @@ fn push_notifications(db: &str, elsewhere: bool, binding: &str) {
         report["card"]["capabilities"]["pushNotifications"], true,
         "{text}"
     );
+    let transport = match binding {
+        "HTTP+JSON" => "RestTransport",
+        _ => "JsonRpcTransport",
+    };
+    assert_eq!(report["transport"], transport, "{text}");
     // The config sent with the first message: its turn's end, as the SDK reads it,
     // with the client's token and credentials.
     let task = report["first_task"].as_str().unwrap();
@@ -547,6 +583,12 @@ fn push_notifications(db: &str, elsewhere: bool, binding: &str) {
 fn an_a2a_sdk_client_receives_push_notifications_on_sqlite() {
     let (_dir, db) = sqlite_db();
     push_notifications(&db, false, "JSONRPC");
+}
+
+#[test]
+fn an_a2a_sdk_client_manages_push_notifications_over_http_json_on_sqlite() {
+    let (_dir, db) = sqlite_db();
+    push_notifications(&db, false, "HTTP+JSON");
 }
 
 /// Configs made on one instance, messages sent to the other: the pushes come from the

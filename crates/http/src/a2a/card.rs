@@ -12,7 +12,7 @@ use crate::extract::authenticate;
 #[utoipa::path(get, path = "/a2a/{agent_id}/.well-known/agent-card.json", tag = "a2a",
     operation_id = "a2a_agent_card",
     summary = "A2A: the agent's Agent Card",
-    description = "The Agent Card of the key's agent (A2A 1.0, docs/a2a.md): its name, the JSON-RPC interface at `/a2a/{agent_id}`, the bearer agent key as its security scheme, its capabilities and its one skill. Read with the agent's key: an agent's existence is not shown to others.",
+    description = "The Agent Card of the key's agent (A2A 1.0, docs/a2a.md): its name, its JSON-RPC and HTTP+JSON interfaces at `/a2a/{agent_id}`, the bearer agent key as its security scheme, its capabilities and its one skill. Read with the agent's key: an agent's existence is not shown to others.",
     params(("agent_id" = i64, Path, description = "The agent, the key's.", minimum = 1)),
     responses((status = 200, description = "The Agent Card (A2A's JSON form).", body = Object)),
     security(("agent_key" = [])))]
@@ -29,11 +29,12 @@ pub(crate) async fn card(
         "name": agent.name,
         "description": format!("The baton agent {:?} ({} runner).", agent.name, agent.runner.kind),
         "version": env!("CARGO_PKG_VERSION"),
-        "supportedInterfaces": [{
-            "url": url,
-            "protocolBinding": "JSONRPC",
-            "protocolVersion": "1.0",
-        }],
+        // Both bindings under one URL: JSON-RPC requests to it, the HTTP+JSON
+        // binding's paths (`/message:send`, `/tasks/…`) below it.
+        "supportedInterfaces": [
+            {"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
+            {"url": url, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
+        ],
         "capabilities": {"streaming": true, "pushNotifications": true},
         "securitySchemes": {
             "agent_key": {"httpAuthSecurityScheme": {

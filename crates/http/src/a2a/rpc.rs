@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use super::agent_of_path;
 use super::parts::{InMessage, PartsRefused, to_baton};
 use super::push::{self, InPushConfig};
-use super::stream::{A2aFrames, error_frame, result_frame};
+use super::stream::{A2aFrames, Envelope, error_frame};
 use super::tasks::task_json;
 use crate::ApiState;
 use crate::error::ApiError;
@@ -116,7 +116,7 @@ pub(super) type Outcome = Result<Value, RpcError>;
         ("Last-Event-ID" = Option<i64>, Header, description = "With `SubscribeToTask`: resume after this event (baton's extension).")),
     request_body(content = Object, description = "A JSON-RPC 2.0 request: `{jsonrpc: \"2.0\", id, method, params}`."),
     responses((status = 200, description = "A JSON-RPC 2.0 response: `{jsonrpc, id, result}` or `{jsonrpc, id, error: {code, message}}` — a body that is no JSON-RPC request included (`-32700`, `-32600`); for the streaming methods, an event stream of them.",
-        content((Object = "application/json"), (String = "text/event-stream")))),
+        content((Object = "application/json"), (super::schema::A2aStreamEvent = "text/event-stream")))),
     security(("agent_key" = [])))]
 pub(crate) async fn rpc(
     state: web::Data<ApiState>,
@@ -144,7 +144,10 @@ pub(crate) async fn rpc(
         let params = request.get("params").cloned().unwrap_or(json!({}));
         let streamed = match check_version(&req) {
             Err(err) => Err(err),
-            Ok(()) => streaming(&state, &who, &req, &id, method, params).await,
+            Ok(()) => {
+                let envelope = Envelope::JsonRpc(id.clone());
+                streaming(&state, &who, &req, &envelope, method, params).await
+            }
         };
         return Ok(streamed.unwrap_or_else(|err| {
             crate::sse::frames_only(vec![error_frame(&id, err.code as i32, &err.message)])
@@ -160,11 +163,11 @@ pub(crate) async fn rpc(
 /// `SendStreamingMessage` (the message, then its turn as it happens) and
 /// `SubscribeToTask` (the task from now, or after `Last-Event-ID`), as SSE. Both end
 /// when the turn they follow ends (or the task waits for tool answers).
-async fn streaming(
+pub(super) async fn streaming(
     state: &ApiState,
     who: &Principal,
     req: &HttpRequest,
-    rpc_id: &Value,
+    envelope: &Envelope,
     method: &str,
     params: Value,
 ) -> Result<HttpResponse, RpcError> {
@@ -185,7 +188,7 @@ async fn streaming(
             task["artifacts"] = json!([]);
             task["status"] =
                 json!({"state": "TASK_STATE_WORKING", "timestamp": accepted.accepted_at});
-            let first = vec![result_frame(rpc_id, None, json!({"task": task}))];
+            let first = vec![envelope.result(None, json!({"task": task}))];
             (watch, accepted.stream_after.unwrap_or(0), first)
         }
         _ => {
@@ -217,8 +220,7 @@ async fn streaming(
                 Some(after) if running || after < log.last_seq => (watch, after, Vec::new()),
                 _ => {
                     let history = whole_history(state, who, task).await?;
-                    let snapshot = result_frame(
-                        rpc_id,
+                    let snapshot = envelope.result(
                         Some(log.last_seq),
                         json!({"task": task_json(&view, &history, None)}),
                     );
@@ -231,7 +233,7 @@ async fn streaming(
         }
     };
     let framer = A2aFrames {
-        rpc_id: rpc_id.clone(),
+        envelope: envelope.clone(),
         task: watch.task(),
         started: None,
     };
@@ -256,7 +258,7 @@ struct SubscribeParams {
 }
 
 /// `A2A-Version`: absent or 1.x is spoken here; anything else is refused.
-fn check_version(req: &HttpRequest) -> Result<(), RpcError> {
+pub(super) fn check_version(req: &HttpRequest) -> Result<(), RpcError> {
     let Some(asked) = req.headers().get(VERSION_HEADER) else {
         return Ok(());
     };
@@ -295,6 +297,16 @@ async fn dispatch(state: &ApiState, who: &Principal, request: &Value) -> Outcome
         ));
     };
     let params = request.get("params").cloned().unwrap_or(json!({}));
+    call(state, who, method, params).await
+}
+
+/// A (non-streaming) method with its params, as either binding names and reads it.
+pub(super) async fn call(
+    state: &ApiState,
+    who: &Principal,
+    method: &str,
+    params: Value,
+) -> Outcome {
     match method {
         "SendMessage" => send_message(state, who, read_params(params)?).await,
         "GetTask" => get_task(state, who, read_params(params)?).await,

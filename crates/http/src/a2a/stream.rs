@@ -11,13 +11,26 @@ use serde_json::{Value, json};
 use crate::sse::Framer;
 use baton_domain::a2a::{artifact_id, context_id, parts_json, status_json};
 
-/// A JSON-RPC result as one SSE event, with baton's event id when it has one.
-pub fn result_frame(rpc_id: &Value, event_id: Option<i64>, result: Value) -> Bytes {
-    let data = json!({"jsonrpc": "2.0", "id": rpc_id, "result": result});
-    Bytes::from(match event_id {
-        Some(id) => format!("id: {id}\ndata: {data}\n\n"),
-        None => format!("data: {data}\n\n"),
-    })
+/// How a binding wraps each stream response: the JSON-RPC binding in a JSON-RPC
+/// response to the request's id, the HTTP+JSON binding not at all.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    JsonRpc(Value),
+    Rest,
+}
+
+impl Envelope {
+    /// A result as one SSE event, with baton's event id when it has one.
+    pub fn result(&self, event_id: Option<i64>, result: Value) -> Bytes {
+        let data = match self {
+            Envelope::JsonRpc(id) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Envelope::Rest => result,
+        };
+        Bytes::from(match event_id {
+            Some(id) => format!("id: {id}\ndata: {data}\n\n"),
+            None => format!("data: {data}\n\n"),
+        })
+    }
 }
 
 /// A JSON-RPC error as the one event of a stream that could not start.
@@ -31,7 +44,7 @@ pub fn error_frame(rpc_id: &Value, code: i32, message: &str) -> Bytes {
 /// `lastChunk` at the end), whole agent messages as artifact updates, and its end as
 /// the final status update, after which the stream ends.
 pub struct A2aFrames {
-    pub rpc_id: Value,
+    pub envelope: Envelope,
     pub task: TaskId,
     /// The turn whose artifact has had a chunk on this stream.
     pub started: Option<i64>,
@@ -39,7 +52,7 @@ pub struct A2aFrames {
 
 impl A2aFrames {
     fn frame_of(&self, seq: i64, result: Value) -> Bytes {
-        result_frame(&self.rpc_id, Some(seq), result)
+        self.envelope.result(Some(seq), result)
     }
 
     /// A status update carrying `status` (built by [`status_json`]).

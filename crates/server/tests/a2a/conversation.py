@@ -2,10 +2,11 @@
 tests), as any A2A client would hold it. Prints one JSON report on stdout; the Rust
 test (crates/server/tests/a2a.rs) checks it.
 
-    python conversation.py BASE_URL AGENT_ID KEY [RESUME_BASE_URL]
+    python conversation.py BASE_URL AGENT_ID KEY [RESUME_BASE_URL] [BINDING]
 
 With RESUME_BASE_URL (another instance on the same database), the cut stream is
-resumed there.
+resumed there. BINDING is the protocol binding the client speaks: JSONRPC (the
+default) or HTTP+JSON.
 """
 
 import asyncio
@@ -57,10 +58,11 @@ def texts(parts):
     return [p.text for p in parts if p.HasField("text")]
 
 
-async def main(base, agent, key, resume_base=None):
-    report = {}
+async def main(base, agent, key, resume_base=None, binding="JSONRPC"):
+    report = {"binding": binding}
     http = httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=90)
-    factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False))
+    bindings = [binding]
+    factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False, supported_protocol_bindings=bindings))
     client = await factory.create_from_url(f"{base}/a2a/{agent}")
     card = client._card
     report["card"] = json_format.MessageToDict(card)
@@ -111,7 +113,7 @@ async def main(base, agent, key, resume_base=None):
     report["second"] = second.id
 
     # Streaming: the reply as it is produced.
-    streaming = ClientFactory(ClientConfig(httpx_client=http, streaming=True))
+    streaming = ClientFactory(ClientConfig(httpx_client=http, streaming=True, supported_protocol_bindings=bindings))
     streamer = await streaming.create_from_url(f"{base}/a2a/{agent}")
     words = "one two three four five six seven eight"
     report["streamed"] = [
@@ -146,6 +148,7 @@ async def main(base, agent, key, resume_base=None):
     whole = await client.get_task(GetTaskRequest(id=resumed.id, history_length=0))
     report["resume"] = {
         "resumed_at": resumer._card.supported_interfaces[0].url,
+        "transport": type(resumer._transport).__name__,
         "cut_after": cut_after,
         "text": "".join(seen),
         "final": final,
@@ -159,4 +162,6 @@ async def main(base, agent, key, resume_base=None):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    args = sys.argv[1:]
+    resume = args[3] if len(args) > 3 and args[3] else None
+    asyncio.run(main(args[0], args[1], args[2], resume, args[4] if len(args) > 4 else "JSONRPC"))

@@ -99,7 +99,7 @@ async def main(base, agent, key, other=None, binding="JSONRPC"):
     factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False, supported_protocol_bindings=[binding]))
     configs = await factory.create_from_url(f"{base}/a2a/{agent}")
     sender = await factory.create_from_url(f"{other or base}/a2a/{agent}")
-    report = {"card": json_format.MessageToDict(configs._card)}
+    report = {"card": json_format.MessageToDict(configs._card), "transport": type(configs._transport).__name__}
 
     # A config sent with the first message: that very turn's end is pushed.
     request = SendMessageRequest(message=user("push me"))
