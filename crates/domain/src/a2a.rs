@@ -3,7 +3,10 @@
 //! types: camelCase fields, enum values by name). An A2A task is a baton task, and
 //! its context is the task itself.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::error::FieldError;
 
 use crate::{
     Content, Message, Metadata, Role, TaskId, TaskStatus, Turn, TurnError, TurnId, TurnStatus,
@@ -172,6 +175,138 @@ pub fn status_json<'a>(
     json
 }
 
+/// What an agent's A2A Agent Card says of it beyond its name: a description and its
+/// skills (the agent's `card`, set by the operator). Without one, the card describes
+/// the agent by its runner and offers one `conversation` skill.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CardConfig {
+    /// Up to 2,000 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Up to 32, each id once.
+    #[serde(default)]
+    pub skills: Vec<Skill>,
+}
+
+/// One skill of an agent, as A2A's `AgentSkill` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Skill {
+    /// 1 to 64 characters of `A-Z a-z 0-9 _ . -`.
+    pub id: String,
+    /// 1 to 200 characters.
+    pub name: String,
+    /// 1 to 2,000 characters.
+    pub description: String,
+    /// Up to 16, each 1 to 64 characters.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Up to 16 example prompts, each up to 1,000 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
+}
+
+const MAX_SKILLS: usize = 32;
+const MAX_LIST: usize = 16;
+
+/// Checks a card's config, naming fields under `card.`.
+pub fn check_card(card: &CardConfig, errors: &mut Vec<FieldError>) {
+    let mut bounded = |field: String, text: &str, min: usize, max: usize| {
+        let chars = text.chars().count();
+        if chars < min || chars > max {
+            errors.push(FieldError::new(
+                field,
+                format!("must be {min} to {max} characters"),
+            ));
+        }
+    };
+    if let Some(description) = &card.description {
+        bounded("card.description".into(), description, 1, 2000);
+    }
+    for (n, skill) in card.skills.iter().enumerate() {
+        let at = format!("card.skills[{n}]");
+        bounded(format!("{at}.id"), &skill.id, 1, 64);
+        bounded(format!("{at}.name"), skill.name.trim(), 1, 200);
+        bounded(
+            format!("{at}.description"),
+            skill.description.trim(),
+            1,
+            2000,
+        );
+        for (t, tag) in skill.tags.iter().enumerate() {
+            bounded(format!("{at}.tags[{t}]"), tag, 1, 64);
+        }
+        for (e, example) in skill.examples.iter().enumerate() {
+            bounded(format!("{at}.examples[{e}]"), example, 1, 1000);
+        }
+    }
+    let id_chars = |id: &str| {
+        id.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    };
+    for (n, skill) in card.skills.iter().enumerate() {
+        if !id_chars(&skill.id) {
+            errors.push(FieldError::new(
+                format!("card.skills[{n}].id"),
+                "must be letters, digits, '_', '.' or '-'",
+            ));
+        }
+        if card.skills[..n].iter().any(|s| s.id == skill.id) {
+            errors.push(FieldError::new(
+                format!("card.skills[{n}].id"),
+                "is the id of an earlier skill",
+            ));
+        }
+        if skill.tags.len() > MAX_LIST || skill.examples.len() > MAX_LIST {
+            errors.push(FieldError::new(
+                format!("card.skills[{n}]"),
+                format!("must have at most {MAX_LIST} tags and {MAX_LIST} examples"),
+            ));
+        }
+    }
+    if card.skills.len() > MAX_SKILLS {
+        errors.push(FieldError::new(
+            "card.skills",
+            format!("must be at most {MAX_SKILLS}"),
+        ));
+    }
+}
+
+/// The card's description and skills for an agent named `name` whose turns `runner`
+/// plays, as its config says (or the defaults).
+pub fn card_parts(name: &str, runner: &str, card: Option<&CardConfig>) -> (String, Vec<Value>) {
+    let description = card
+        .and_then(|c| c.description.clone())
+        .unwrap_or_else(|| format!("The baton agent {name:?} ({runner} runner)."));
+    let skills: Vec<Value> = match card.map(|c| c.skills.as_slice()).unwrap_or_default() {
+        [] => vec![json!({
+            "id": "conversation",
+            "name": name,
+            "description": "Answers messages, one turn at a time, in a task that keeps the conversation.",
+            "tags": ["conversation"],
+        })],
+        skills => skills
+            .iter()
+            .map(|skill| {
+                let mut json = json!({
+                    "id": skill.id,
+                    "name": skill.name,
+                    "description": skill.description,
+                    "tags": skill.tags,
+                });
+                if !skill.examples.is_empty() {
+                    json["examples"] = json!(skill.examples);
+                }
+                json
+            })
+            .collect(),
+    };
+    (description, skills)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +343,56 @@ mod tests {
         let parts = parts_json(task, &reasoning);
         assert_eq!(parts[0]["metadata"][KIND_KEY], "reasoning");
         assert_eq!(parts[0]["data"]["summary"], json!(["think"]));
+    }
+}
+
+#[cfg(test)]
+mod card_tests {
+    use super::*;
+
+    fn skill(id: &str) -> Skill {
+        Skill {
+            id: id.to_owned(),
+            name: "Lookup".to_owned(),
+            description: "Looks things up.".to_owned(),
+            tags: vec!["search".to_owned()],
+            examples: Vec::new(),
+        }
+    }
+
+    fn refused(card: &CardConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        check_card(card, &mut errors);
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_cards_skills_are_the_configs_or_one_conversation() {
+        let (description, skills) = card_parts("bot", "echo", None);
+        assert_eq!(description, "The baton agent \"bot\" (echo runner).");
+        assert_eq!(skills.len(), 1);
+        assert_eq!(skills[0]["id"], "conversation");
+        let card = CardConfig {
+            description: Some("Finds answers.".to_owned()),
+            skills: vec![skill("lookup"), skill("summarize")],
+        };
+        assert!(refused(&card).is_empty());
+        let (description, skills) = card_parts("bot", "echo", Some(&card));
+        assert_eq!(description, "Finds answers.");
+        let ids: Vec<&Value> = skills.iter().map(|s| &s["id"]).collect();
+        assert_eq!(ids, [&json!("lookup"), &json!("summarize")]);
+        assert_eq!(skills[0]["tags"], json!(["search"]));
+    }
+
+    #[test]
+    fn a_card_with_bad_or_repeated_skills_is_refused_by_field() {
+        let card = CardConfig {
+            description: Some(String::new()),
+            skills: vec![skill("a b"), skill("x"), skill("x")],
+        };
+        assert_eq!(
+            refused(&card),
+            vec!["card.description", "card.skills[0].id", "card.skills[2].id"]
+        );
     }
 }

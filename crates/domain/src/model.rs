@@ -68,6 +68,8 @@ pub struct Agent {
     pub policy: TurnPolicy,
     /// Where this agent's turn ends are delivered when a request names no webhook.
     pub webhook: Option<WebhookEndpoint>,
+    /// What its A2A Agent Card says of it (else the defaults).
+    pub card: Option<crate::a2a::CardConfig>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -77,6 +79,7 @@ pub struct NewAgent {
     pub runner: RunnerSpec,
     pub policy: TurnPolicy,
     pub webhook: Option<WebhookEndpoint>,
+    pub card: Option<crate::a2a::CardConfig>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -88,6 +91,8 @@ pub struct AgentUpdate {
     pub policy: Option<TurnPolicy>,
     /// `Some(None)` removes the default webhook.
     pub webhook: Option<Option<WebhookEndpoint>>,
+    /// `Some(None)` removes the card's config (the defaults again).
+    pub card: Option<Option<crate::a2a::CardConfig>>,
 }
 
 /// How an agent's turns are bounded and what happens to one whose instance died.

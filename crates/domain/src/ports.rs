@@ -110,6 +110,17 @@ pub trait TaskStore: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<TaskView>, StoreError>;
 
+    /// The agent's tasks as A2A lists them: most recently updated first (ties: the
+    /// newest first), up to `limit + 1` (the one more says another page exists),
+    /// after `after` — the previous page's last task, by its `updated_at` and id.
+    async fn list_tasks_by_update(
+        &self,
+        agent: AgentId,
+        status: Option<TaskStatus>,
+        limit: u32,
+        after: Option<(DateTime<Utc>, TaskId)>,
+    ) -> Result<Vec<TaskView>, StoreError>;
+
     /// A task's messages, oldest first, with the task's last event id as of the same
     /// read; `None` if the agent does not own the task.
     async fn list_messages(

@@ -925,6 +925,25 @@ impl TaskService {
         Ok(self.tasks.list_tasks(who.agent_id, status, page).await?)
     }
 
+    /// A page of the agent's tasks, most recently updated first (A2A's order), after
+    /// the previous page's last task (its `updated_at` and id); and whether more
+    /// follow.
+    pub async fn list_tasks_by_update(
+        &self,
+        who: &Principal,
+        status: Option<TaskStatus>,
+        limit: u32,
+        after: Option<(chrono::DateTime<chrono::Utc>, TaskId)>,
+    ) -> Result<(Vec<TaskView>, bool), ServiceError> {
+        let mut views = self
+            .tasks
+            .list_tasks_by_update(who.agent_id, status, limit, after)
+            .await?;
+        let more = views.len() > limit as usize;
+        views.truncate(limit as usize);
+        Ok((views, more))
+    }
+
     pub async fn list_messages(
         &self,
         who: &Principal,
@@ -1013,6 +1032,8 @@ pub struct AgentChanges {
     pub runner: Option<RunnerSpec>,
     pub policy: Option<TurnPolicy>,
     pub webhook: Option<Option<WebhookTarget>>,
+    /// `Some(None)` removes the card's config.
+    pub card: Option<Option<crate::a2a::CardConfig>>,
 }
 
 /// A key as created: the token is in this value and nowhere else, ever.
@@ -1078,10 +1099,14 @@ impl AdminService {
         runner: RunnerSpec,
         policy: TurnPolicy,
         webhook: Option<WebhookTarget>,
+        card: Option<crate::a2a::CardConfig>,
     ) -> Result<Agent, ServiceError> {
         let mut errors = Vec::new();
         validate::agent_name(name, &mut errors);
         validate::turn_policy(&policy, &mut errors);
+        if let Some(card) = &card {
+            crate::a2a::check_card(card, &mut errors);
+        }
         if let Some(webhook) = &webhook {
             webhooks::check_target(webhook, &self.destinations, "webhook", &mut errors);
         }
@@ -1097,6 +1122,7 @@ impl AdminService {
                 url: target.url,
                 secrets: vec![target.secret.unwrap_or_else(webhooks::new_secret)],
             }),
+            card,
             created_at: self.executor.clock().now(),
         };
         Ok(self.agents.create_agent(new).await?)
@@ -1161,6 +1187,9 @@ impl AdminService {
         if let Some(policy) = &changes.policy {
             validate::turn_policy(policy, &mut errors);
         }
+        if let Some(Some(card)) = &changes.card {
+            crate::a2a::check_card(card, &mut errors);
+        }
         if let Some(runner) = &changes.runner {
             self.check_runner(runner, &mut errors);
         }
@@ -1188,6 +1217,7 @@ impl AdminService {
             runner: changes.runner,
             policy: changes.policy,
             webhook,
+            card: changes.card,
         };
         self.agents
             .update_agent(id, update)

@@ -4,6 +4,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use baton_domain::a2a::CardConfig;
 use baton_domain::{
     AdminService, Agent, AgentChanges, AgentId, ApiKey, OnBusy, OnInterrupt, RunnerSpec,
     TurnPolicy, WebhookTarget,
@@ -86,6 +87,8 @@ pub struct AgentBody {
     pub policy: TurnPolicy,
     /// The default webhook for the agent's turn ends (its secret is never shown again).
     pub webhook: Option<WebhookUrl>,
+    /// What its A2A Agent Card says of it; `null`: the defaults (docs/a2a.md).
+    pub card: Option<CardConfig>,
     pub created_at: DateTime<Utc>,
     /// Only when the server made the webhook's secret in this request: shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +108,7 @@ impl From<Agent> for AgentBody {
             runner: agent.runner,
             policy: agent.policy,
             webhook: agent.webhook.map(|w| WebhookUrl { url: w.url }),
+            card: agent.card,
             created_at: agent.created_at,
             webhook_secret: None,
         }
@@ -144,6 +148,9 @@ pub struct CreateAgentBody {
     /// The agent's default webhook; without a secret, one is made and shown once.
     #[serde(default)]
     pub webhook: Option<WebhookTarget>,
+    /// What its A2A Agent Card says of it: a description and skills.
+    #[serde(default)]
+    pub card: Option<CardConfig>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -157,6 +164,10 @@ pub struct UpdateAgentBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<WebhookTarget>)]
     pub webhook: Option<Option<WebhookTarget>>,
+    /// Absent: unchanged; `null`: removed (the card's defaults again).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CardConfig>)]
+    pub card: Option<Option<CardConfig>>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -208,6 +219,7 @@ pub(crate) async fn create_agent(
             body.runner,
             body.policy.over(TurnPolicy::default()),
             body.webhook,
+            body.card,
         )
         .await?;
     let secret = agent
@@ -272,6 +284,7 @@ pub(crate) async fn update_agent(
         None => None,
     };
     let changes = AgentChanges {
+        card: body.card,
         name: body.name,
         runner: body.runner,
         policy,

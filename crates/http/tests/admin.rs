@@ -128,6 +128,19 @@ async fn agents_are_created_listed_read_and_updated() {
     assert_eq!(updated["policy"]["on_busy"], "enqueue");
     assert_eq!(updated["webhook"], Value::Null);
     assert_eq!(updated["runner"], created["runner"]);
+    assert_eq!(updated["card"], Value::Null, "no card until one is set");
+
+    // The A2A card's config: set, kept by a change that does not name it, removed.
+    let card = json!({"description": "Finds things.", "skills": [
+        {"id": "find", "name": "Find", "description": "Finds a thing.", "tags": ["search"]}]});
+    let path = format!("/v1/admin/agents/{id}");
+    let (status, _, carded) = admin(&app, Method::PATCH, &path, Some(json!({"card": card}))).await;
+    assert_eq!(status, StatusCode::OK, "{carded}");
+    assert_eq!(carded["card"]["skills"][0]["id"], "find", "{carded}");
+    let (_, _, renamed) = admin(&app, Method::PATCH, &path, Some(json!({"name": "again"}))).await;
+    assert_eq!(renamed["card"], carded["card"]);
+    let (_, _, removed) = admin(&app, Method::PATCH, &path, Some(json!({"card": null}))).await;
+    assert_eq!(removed["card"], Value::Null, "{removed}");
 
     for (body, field) in [
         (
@@ -155,6 +168,11 @@ async fn agents_are_created_listed_read_and_updated() {
         (
             json!({"name": "x", "runner": {"kind": "echo"}, "policy": {"on_busy": "later"}}),
             "policy.on_busy",
+        ),
+        (
+            json!({"name": "x", "runner": {"kind": "echo"}, "card": {"skills": [
+                {"id": "a b", "name": "A", "description": "B"}]}}),
+            "card.skills[0].id",
         ),
     ] {
         let (status, headers, err) =

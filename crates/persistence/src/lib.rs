@@ -248,6 +248,19 @@ impl TaskStore for SqlStore {
         .await)
     }
 
+    async fn list_tasks_by_update(
+        &self,
+        agent: AgentId,
+        status: Option<TaskStatus>,
+        limit: u32,
+        after: Option<(DateTime<Utc>, TaskId)>,
+    ) -> Result<Vec<TaskView>, StoreError> {
+        on_conn!(self, readers, |conn, q| q::list_tasks_by_update(
+            conn, agent, status, limit, after
+        )
+        .await)
+    }
+
     async fn list_messages(
         &self,
         agent: AgentId,

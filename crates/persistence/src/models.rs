@@ -51,6 +51,7 @@ pub(crate) struct AgentRow {
     pub webhook_url: Option<String>,
     pub webhook_secrets: Option<String>,
     pub on_busy: String,
+    pub card: Option<String>,
 }
 
 impl AgentRow {
@@ -71,6 +72,10 @@ impl AgentRow {
                 on_busy: parse_enum("agents.on_busy", &self.on_busy)?,
             },
             webhook: endpoint(self.webhook_url, self.webhook_secrets),
+            card: self
+                .card
+                .map(|card| parse_json("agents.card", &card))
+                .transpose()?,
             created_at: from_micros(self.created_at)?,
         })
     }
@@ -99,6 +104,7 @@ pub(crate) struct NewAgentRow {
     pub webhook_url: Option<String>,
     pub webhook_secrets: Option<String>,
     pub on_busy: &'static str,
+    pub card: Option<String>,
 }
 
 impl NewAgentRow {
@@ -115,6 +121,7 @@ impl NewAgentRow {
             webhook_url: new.webhook.as_ref().map(|w| w.url.clone()),
             webhook_secrets: new.webhook.as_ref().map(WebhookEndpoint::secrets_column),
             on_busy: new.policy.on_busy.as_str(),
+            card: new.card.as_ref().map(json).transpose()?,
         })
     }
 }

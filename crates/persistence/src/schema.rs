@@ -14,6 +14,7 @@ diesel::table! {
         webhook_url -> Nullable<Text>,
         webhook_secrets -> Nullable<Text>,
         on_busy -> Text,
+        card -> Nullable<Text>,
     }
 }
 

@@ -140,6 +140,7 @@ conformance!(
     a_queued_messages_turn_keeps_its_requests_webhook,
     an_interrupt_racing_the_turns_own_end_never_deadlocks,
     push_configs_are_bounded_per_task_and_pushed_at_each_turns_end,
+    tasks_by_update_come_latest_change_first_ties_newest_first,
 );
 
 #[path = "conformance/push.rs"]
@@ -162,6 +163,7 @@ fn at(secs: i64) -> DateTime<Utc> {
 async fn agent(store: &impl Store, name: &str) -> Agent {
     store
         .create_agent(NewAgent {
+            card: None,
             name: name.into(),
             runner: RunnerSpec {
                 kind: "echo".into(),
@@ -963,6 +965,42 @@ async fn tasks_filtered_by_status_go_by_their_latest_turn(store: Arc<impl Store>
     )
     .await;
     assert_eq!(next, (vec![again.task_id], None));
+}
+
+/// A2A's order: the latest change first, tasks changed at one instant newest first;
+/// a page goes on after its last task's change and id.
+async fn tasks_by_update_come_latest_change_first_ties_newest_first(store: Arc<impl Store>) {
+    let a = agent(&*store, "a").await;
+    let other = agent(&*store, "other").await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        // All created at one instant.
+        tasks.push(new_task(&*store, a.id, &format!("t{i}")).await);
+        new_task(&*store, other.id, "noise").await;
+    }
+    let ids = |views: &[TaskView]| views.iter().map(|v| v.task.id).collect::<Vec<_>>();
+    let id = |n: usize| tasks[n].task_id;
+    let all = store.list_tasks_by_update(a.id, None, 10, None).await.unwrap();
+    assert_eq!(ids(&all), [id(3), id(2), id(1), id(0)]);
+    // The second task's turn ends later: it comes first.
+    assert!(finish(&*store, &tasks[1], TurnOutcome::Completed, vec![]).await);
+    let all = store.list_tasks_by_update(a.id, None, 10, None).await.unwrap();
+    assert_eq!(ids(&all), [id(1), id(3), id(2), id(0)]);
+    // Pages of two: the third row read says more follow; the next page starts after
+    // the last shown.
+    let first = store.list_tasks_by_update(a.id, None, 2, None).await.unwrap();
+    assert_eq!(ids(&first), [id(1), id(3), id(2)]);
+    let last = &first[1].task;
+    let rest = store
+        .list_tasks_by_update(a.id, None, 2, Some((last.updated_at, last.id)))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), [id(2), id(0)]);
+    let done = store
+        .list_tasks_by_update(a.id, Some(TaskStatus::Completed), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&done), [id(1)]);
 }
 
 async fn tasks_page_newest_first_with_exact_edges(store: Arc<impl Store>) {
@@ -2410,6 +2448,7 @@ async fn a_turns_end_is_queued_for_its_webhook_or_its_agents(
     // An agent's default webhook serves turns that name none; every kind of end.
     let with_default = store
         .create_agent(NewAgent {
+            card: None,
             name: "hooked".into(),
             runner: RunnerSpec {
                 kind: "echo".into(),
@@ -2704,6 +2743,7 @@ async fn agents_are_listed_updated_and_their_keys_listed_with_last_use(store: Ar
         .update_agent(
             second.id,
             AgentUpdate {
+                card: None,
                 name: Some("renamed".into()),
                 policy: Some(policy),
                 webhook: Some(Some(hook.clone())),
@@ -2727,6 +2767,7 @@ async fn agents_are_listed_updated_and_their_keys_listed_with_last_use(store: Ar
         .update_agent(
             second.id,
             AgentUpdate {
+                card: None,
                 webhook: Some(None),
                 ..AgentUpdate::default()
             },

@@ -109,6 +109,7 @@ mod tests {
         let now = Utc::now();
         TurnInput {
             agent: Agent {
+                card: None,
                 id: AgentId(1),
                 name: "e".into(),
                 runner: RunnerSpec {

@@ -21,6 +21,7 @@ fn at() -> chrono::DateTime<chrono::Utc> {
 
 fn input(config: Value, said: &str) -> TurnInput {
     let agent = Agent {
+        card: None,
         id: AgentId(1),
         name: "model".into(),
         runner: RunnerSpec {

@@ -133,6 +133,11 @@ enum AgentCommand {
         /// absent).
         #[arg(long, requires = "webhook_url")]
         webhook_secret: Option<String>,
+        /// What the agent's A2A Agent Card says of it, as JSON: `{"description": …,
+        /// "skills": [{"id", "name", "description", "tags", "examples"}]}`
+        /// (docs/a2a.md). Without it, one `conversation` skill.
+        #[arg(long)]
+        card: Option<String>,
     },
 }
 
@@ -299,9 +304,14 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
             on_busy,
             webhook_url,
             webhook_secret,
+            card,
         }) => {
             let config_json: serde_json::Value =
                 serde_json::from_str(&runner_config).context("--runner-config must be JSON")?;
+            let card: Option<baton_domain::a2a::CardConfig> = card
+                .map(|card| serde_json::from_str(&card))
+                .transpose()
+                .context("--card must be JSON: {\"description\", \"skills\": [{\"id\", \"name\", \"description\", \"tags\"}]}")?;
             let app = App::open(&config, &extra).await?;
             let spec = RunnerSpec {
                 kind: runner,
@@ -320,7 +330,7 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
             });
             let agent = app
                 .admin
-                .create_agent(&name, spec, policy, webhook)
+                .create_agent(&name, spec, policy, webhook, card)
                 .await
                 .map_err(cli_error)?;
             println!("{}", agent.id);
@@ -555,7 +565,7 @@ async fn print_demo(app: &App, address: &str) -> anyhow::Result<()> {
     };
     let agent = app
         .admin
-        .create_agent("demo", spec, TurnPolicy::default(), None)
+        .create_agent("demo", spec, TurnPolicy::default(), None, None)
         .await
         .map_err(cli_error)?;
     let key = app.admin.create_key(agent.id).await.map_err(cli_error)?;

@@ -440,6 +440,32 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
         json!({"pageToken": "nope"}),
     );
     assert_eq!(error_code(&refused), -32602);
+
+    // Most recently updated first, as A2A lists: a new turn of the older task puts it
+    // first, on every page.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while ids(&list(json!({"status": "TASK_STATE_COMPLETED"}))).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the turns did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        json!({"message": {"messageId": "m-5", "taskId": task, "parts": [{"text": "again"}]},
+               "configuration": {"returnImmediately": true}}),
+    );
+    assert_eq!(ids(&list(json!({}))), [task.clone(), second.clone()]);
+    let first_page = list(json!({"pageSize": 1}));
+    assert_eq!(ids(&first_page), std::slice::from_ref(&task));
+    let token = first_page["nextPageToken"].as_str().unwrap();
+    let last_page = list(json!({"pageSize": 1, "pageToken": token}));
+    assert_eq!(ids(&last_page), std::slice::from_ref(&second));
+    assert_eq!(last_page["nextPageToken"], "", "{last_page}");
 }
 
 /// The agent's tool calls, through the a2a-sdk client: input required, each answered
@@ -494,7 +520,11 @@ fn push_notifications(db: &str, elsewhere: bool, binding: &str) {
     )
     .unwrap();
     let config = config.display().to_string();
-    let (agent, key) = agent_with(db, "{}", &[]);
+    // Its card describes it and its skills, as the operator said.
+    let card = r#"{"description": "Pushes its answers.", "skills": [
+        {"id": "echo", "name": "Echo", "description": "Says it again.", "tags": ["test"], "examples": ["hello"]},
+        {"id": "push", "name": "Push", "description": "Tells you when done.", "tags": []}]}"#;
+    let (agent, key) = agent_with(db, "{}", &["--card", card]);
     let server = Server::start(db, &["--config", &config]);
     let other = elsewhere.then(|| Server::start(db, &["--config", &config]));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/push.py");
@@ -518,6 +548,16 @@ fn push_notifications(db: &str, elsewhere: bool, binding: &str) {
         _ => "JsonRpcTransport",
     };
     assert_eq!(report["transport"], transport, "{text}");
+    assert_eq!(
+        report["card"]["description"], "Pushes its answers.",
+        "{text}"
+    );
+    let skills = &report["card"]["skills"];
+    assert_eq!(
+        (&skills[0]["id"], &skills[0]["examples"], &skills[1]["name"]),
+        (&json!("echo"), &json!(["hello"]), &json!("Push")),
+        "{text}"
+    );
     // The config sent with the first message: its turn's end, as the SDK reads it,
     // with the client's token and credentials.
     let task = report["first_task"].as_str().unwrap();

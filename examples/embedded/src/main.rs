@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         config: json!({}),
     };
     let agent = admin
-        .create_agent("counter", spec, TurnPolicy::default(), None)
+        .create_agent("counter", spec, TurnPolicy::default(), None, None)
         .await?;
     let key = admin.create_key(agent.id).await?;
     let me = tasks.authenticate(&key.token).await?;

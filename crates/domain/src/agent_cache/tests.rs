@@ -30,6 +30,7 @@ fn key(revoked: bool) -> ApiKey {
 
 fn agent(name: &str) -> Agent {
     Agent {
+        card: None,
         id: AgentId(7),
         name: name.into(),
         runner: RunnerSpec {

@@ -27,6 +27,7 @@ fn at(secs: i64) -> chrono::DateTime<Utc> {
 
 fn agent() -> Agent {
     Agent {
+        card: None,
         id: AGENT,
         name: "a".into(),
         runner: RunnerSpec {

@@ -18,7 +18,7 @@ use super::stream::{A2aFrames, Envelope, error_frame};
 use super::tasks::task_json;
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::{authenticate, decode_cursor, encode_cursor, json_bytes};
+use crate::extract::{authenticate, json_bytes};
 use crate::sse::Follow;
 
 /// The header a client names the protocol version in; baton speaks 1.0.
@@ -354,6 +354,27 @@ struct SendConfiguration {
     task_push_notification_config: Option<InPushConfig>,
 }
 
+/// The page token after `last`: its update time (Unix microseconds) and id.
+fn page_token(last: &TaskView) -> String {
+    format!(
+        "{}.{}",
+        last.task.updated_at.timestamp_micros(),
+        last.task.id.0
+    )
+}
+
+fn read_page_token(token: &str) -> Result<(chrono::DateTime<chrono::Utc>, TaskId), RpcError> {
+    let refused = || RpcError::invalid("pageToken is not one this server gave");
+    let (micros, id) = token.split_once('.').ok_or_else(refused)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .ok_or_else(refused)?;
+    let id = id.parse::<i64>().map_err(|_| refused())?;
+    Ok((at, TaskId(id)))
+}
+
 /// The longest a blocking `SendMessage` waits for the turn to settle; it then answers
 /// with the task still working.
 const BLOCKING_WAIT: Duration = baton_domain::service::MAX_WAIT;
@@ -513,8 +534,9 @@ struct ListTasksParams {
     include_artifacts: Option<bool>,
 }
 
-/// The agent's tasks, newest first, a page at a time (`pageToken` from the last
-/// page's `nextPageToken`); with `contextId`, that context's one task.
+/// The agent's tasks, most recently updated first (A2A's order: by the status's
+/// time, ties by id), a page at a time (`pageToken` from the last page's
+/// `nextPageToken`); with `contextId`, that context's one task.
 async fn list_tasks(state: &ApiState, who: &Principal, params: ListTasksParams) -> Outcome {
     let status = match params.status.as_deref() {
         None | Some("") | Some("TASK_STATE_UNSPECIFIED") => None,
@@ -538,18 +560,19 @@ async fn list_tasks(state: &ApiState, who: &Principal, params: ListTasksParams) 
             (if kept { vec![view] } else { vec![] }, None)
         }
         None => {
-            let after =
-                match params.page_token.as_deref() {
-                    None | Some("") => None,
-                    Some(token) => Some(decode_cursor(token).ok_or_else(|| {
-                        RpcError::invalid("pageToken is not one this server gave")
-                    })?),
-                };
-            let page = state
+            let after = match params.page_token.as_deref() {
+                None | Some("") => None,
+                Some(token) => Some(read_page_token(token)?),
+            };
+            let (views, more) = state
                 .tasks
-                .list_tasks(who, status, PageRequest { limit, after })
+                .list_tasks_by_update(who, status, limit, after)
                 .await?;
-            (page.items, page.next_after)
+            let next = match more {
+                true => views.last().map(page_token),
+                false => None,
+            };
+            (views, next)
         }
     };
     let mut tasks = Vec::with_capacity(views.len());
@@ -565,7 +588,7 @@ async fn list_tasks(state: &ApiState, who: &Principal, params: ListTasksParams) 
     }
     Ok(json!({
         "tasks": tasks,
-        "nextPageToken": next.map(encode_cursor).unwrap_or_default(),
+        "nextPageToken": next.unwrap_or_default(),
         "pageSize": limit,
     }))
 }

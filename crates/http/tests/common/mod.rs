@@ -183,6 +183,7 @@ impl TestApp {
                 },
                 policy,
                 None,
+                None,
             )
             .await
             .unwrap();

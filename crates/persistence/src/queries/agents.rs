@@ -92,11 +92,15 @@ pub(crate) async fn update_agent(
         if let Some(webhook) = &update.webhook {
             agent.webhook = webhook.clone();
         }
+        if let Some(card) = &update.card {
+            agent.card = card.clone();
+        }
         let row = NewAgentRow::from_domain(&NewAgent {
             name: agent.name.clone(),
             runner: agent.runner.clone(),
             policy: agent.policy,
             webhook: agent.webhook.clone(),
+            card: agent.card.clone(),
             created_at: agent.created_at,
         })?;
         diesel::update(agents::table.find(id.0))
@@ -110,6 +114,7 @@ pub(crate) async fn update_agent(
                 agents::webhook_url.eq(&row.webhook_url),
                 agents::webhook_secrets.eq(&row.webhook_secrets),
                 agents::on_busy.eq(row.on_busy),
+                agents::card.eq(&row.card),
             ))
             .execute(conn)
             .await?;

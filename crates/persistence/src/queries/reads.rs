@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use baton_domain::*;
+use chrono::{DateTime, Utc};
 use diesel::dsl::{exists, max, not};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::Conn;
+use super::{Conn, Db};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::TxError;
@@ -153,6 +154,30 @@ pub(crate) async fn get_task(
 /// The agent's tasks, newest first. With `status`, a task is kept when its latest
 /// turn has that status: a turn of the task with the status and no later turn, both
 /// looked up per task by the turns' task index.
+/// The agent's tasks as a boxed query, with only those whose latest turn has
+/// `status` if given: what both listings order and page their own way.
+type TaskQuery =
+    tasks::BoxedQuery<'static, Db, diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<TaskRow, Db>>>;
+
+fn tasks_of(agent: AgentId, status: Option<TaskStatus>) -> TaskQuery {
+    let mut query = tasks::table
+        .filter(tasks::agent_id.eq(agent.0))
+        .select(TaskRow::as_select())
+        .into_boxed();
+    if let Some(status) = status {
+        let later_turns = diesel::alias!(turns as later_turns);
+        let later = later_turns
+            .filter(later_turns.field(turns::task_id).eq(tasks::id))
+            .filter(later_turns.field(turns::id).gt(turns::id));
+        let latest_with_status = turns::table
+            .filter(turns::task_id.eq(tasks::id))
+            .filter(turns::status.eq(status.as_str()))
+            .filter(not(exists(later)));
+        query = query.filter(exists(latest_with_status));
+    }
+    query
+}
+
 pub(crate) async fn list_tasks(
     conn: &mut Conn,
     agent: AgentId,
@@ -160,25 +185,11 @@ pub(crate) async fn list_tasks(
     page: PageRequest,
 ) -> Result<Page<TaskView>, StoreError> {
     async {
-        let mut query = tasks::table
-            .filter(tasks::agent_id.eq(agent.0))
-            .select(TaskRow::as_select())
+        let mut query = tasks_of(agent, status)
             .order(tasks::id.desc())
-            .limit(i64::from(page.limit) + 1)
-            .into_boxed();
+            .limit(i64::from(page.limit) + 1);
         if let Some(after) = page.after {
             query = query.filter(tasks::id.lt(after));
-        }
-        if let Some(status) = status {
-            let later_turns = diesel::alias!(turns as later_turns);
-            let later = later_turns
-                .filter(later_turns.field(turns::task_id).eq(tasks::id))
-                .filter(later_turns.field(turns::id).gt(turns::id));
-            let latest_with_status = turns::table
-                .filter(turns::task_id.eq(tasks::id))
-                .filter(turns::status.eq(status.as_str()))
-                .filter(not(exists(later)));
-            query = query.filter(exists(latest_with_status));
         }
         let rows = query.load(conn).await?;
         let views = task_views(conn, rows).await?;
@@ -186,6 +197,31 @@ pub(crate) async fn list_tasks(
     }
     .await
     .map_err(TxError::into_store)
+}
+
+/// Up to `limit + 1` of the agent's tasks, most recently updated first (ties: the
+/// newest first), after `after` (the last task of the previous page: its update time
+/// and id).
+pub(crate) async fn list_tasks_by_update(
+    conn: &mut Conn,
+    agent: AgentId,
+    status: Option<TaskStatus>,
+    limit: u32,
+    after: Option<(DateTime<Utc>, TaskId)>,
+) -> Result<Vec<TaskView>, StoreError> {
+    let mut query = tasks_of(agent, status)
+        .order((tasks::updated_at.desc(), tasks::id.desc()))
+        .limit(i64::from(limit) + 1);
+    if let Some((at, id)) = after {
+        let at = micros(at);
+        query = query.filter(
+            tasks::updated_at
+                .lt(at)
+                .or(tasks::updated_at.eq(at).and(tasks::id.lt(id.0))),
+        );
+    }
+    let rows = query.load(conn).await.map_err(from_diesel)?;
+    task_views(conn, rows).await
 }
 
 /// A page of the task's messages. Each row carries the task's `last_seq`, read by the

@@ -7,6 +7,7 @@ use serde_json::json;
 
 pub fn echo_agent(name: &str) -> NewAgent {
     NewAgent {
+        card: None,
         name: name.into(),
         runner: RunnerSpec {
             kind: "echo".into(),

@@ -56,6 +56,7 @@ fn stalling() -> (Arc<Stalling>, Arc<AtomicBool>, Arc<Notify>) {
 
 fn agent_with(id: i64, policy: TurnPolicy) -> Agent {
     Agent {
+        card: None,
         id: AgentId(id),
         policy,
         ..agent()
@@ -717,6 +718,7 @@ async fn a_request_webhook_is_signed_with_its_secret_else_the_agents_else_the_se
             Ok(Claim::Replayed(accepted(3, 30)))
         });
         let hooked = Agent {
+            card: None,
             webhook: agent_secret.map(|secret| WebhookEndpoint {
                 url: "https://agent.example/".into(),
                 secrets: vec![secret],

@@ -1,0 +1,2 @@
+DROP INDEX tasks_by_agent_update;
+ALTER TABLE agents DROP COLUMN card;
