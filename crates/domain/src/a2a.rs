@@ -41,7 +41,8 @@ pub fn context_id(task: TaskId) -> String {
     task.0.to_string()
 }
 
-/// The parts of a baton content: text (attachments as `url` parts to their file),
+/// The parts of a baton content: text (attachments as `url` parts: to their stored
+/// file, or the URL they were sent by),
 /// data, and the kinds A2A has no part for as data parts marked `baton_type`.
 pub fn parts_json(task: TaskId, content: &Content) -> Vec<Value> {
     let marked = |kind: &str, data: Value| json!({"data": data, "metadata": {KIND_KEY: kind}});
@@ -49,10 +50,10 @@ pub fn parts_json(task: TaskId, content: &Content) -> Vec<Value> {
         Content::Text(text) => {
             let mut parts = vec![json!({"text": text.content})];
             parts.extend(text.attachments.iter().map(|a| {
-                let url = a
+                let stored = a
                     .file_id
-                    .map(|id| format!("/v1/chat/tasks/{}/files/{id}", task.0))
-                    .unwrap_or_default();
+                    .map(|id| format!("/v1/chat/tasks/{}/files/{id}", task.0));
+                let url = a.url.clone().or(stored).unwrap_or_default();
                 json!({"url": url, "filename": a.filename, "mediaType": a.media_type})
             }));
             parts
@@ -322,6 +323,7 @@ mod tests {
                 filename: "a.csv".to_owned(),
                 media_type: "text/csv".to_owned(),
                 data: None,
+                url: None,
                 file_id: Some(3),
                 size_bytes: Some(2),
                 sha256: None,

@@ -40,7 +40,8 @@ pub struct TextContent {
 }
 
 /// A file on a text message: sent with `data` (base64), shown with `file_id`,
-/// `size_bytes` and `sha256` (the bytes at `GET /v1/chat/tasks/{task_id}/files/{file_id}`).
+/// `size_bytes` and `sha256` (the bytes at `GET /v1/chat/tasks/{task_id}/files/{file_id}`);
+/// or sent and shown by `url` alone, a reference baton keeps and never fetches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -51,6 +52,10 @@ pub struct Attachment {
     /// The file's bytes, base64: only when a client sends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Instead of `data`: where the file is (`https://…` or `http://…`). Kept as sent,
+    /// never fetched by baton; runners pass it on (docs/agents.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Only as the server shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<i64>,
@@ -76,6 +81,7 @@ impl Attachment {
             filename: self.filename.clone(),
             media_type: self.media_type.clone(),
             data: None,
+            url: None,
             file_id: Some(file_id),
             size_bytes: Some(bytes.len() as u64),
             sha256: Some(hex(&sha2::Sha256::digest(bytes))),

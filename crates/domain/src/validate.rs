@@ -81,11 +81,22 @@ pub fn attachment(i: usize, attachment: &Attachment, errors: &mut Vec<FieldError
             "file_id, size_bytes and sha256 are the server's to set: send filename, media_type and data",
         ));
     }
+    if let Some(url) = &attachment.url {
+        if attachment.data.is_some() {
+            errors.push(FieldError::new(
+                field("url"),
+                "send the file's data or its url, not both",
+            ));
+        } else if let Err(why) = reference_url(url) {
+            errors.push(FieldError::new(field("url"), why));
+        }
+        return 0;
+    }
     match (&attachment.data, attachment.decoded()) {
         (None, _) => {
             errors.push(FieldError::new(
                 field("data"),
-                "is required: the file's bytes, base64",
+                "is required: the file's bytes, base64 (or its url)",
             ));
             0
         }
@@ -95,6 +106,23 @@ pub fn attachment(i: usize, attachment: &Attachment, errors: &mut Vec<FieldError
         }
         (Some(_), Some(bytes)) => bytes.len(),
     }
+}
+
+/// Why a file's `url` cannot be kept, if it cannot: an absolute `http(s)` URL without
+/// credentials, at most 2,048 characters. (baton never fetches it, so where it points
+/// is the reader's concern.)
+fn reference_url(raw: &str) -> Result<(), &'static str> {
+    if raw.len() > 2048 {
+        return Err("must be at most 2048 characters");
+    }
+    let url = url::Url::parse(raw).map_err(|_| "must be an absolute URL")?;
+    if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+        return Err("must be an https:// (or http://) URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials");
+    }
+    Ok(())
 }
 
 /// Checks metadata (a request's or a message's), reported as `field`.

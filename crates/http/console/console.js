@@ -267,10 +267,13 @@ async function download(taskId, file) {
 function attachments(taskId, files) {
   if (!files?.length) return null;
   return h("ul", { class: "attachments", "aria-label": "Attachments" }, files.map((file) =>
-    h("li", {}, h("button", {
-      type: "button", class: "secondary",
-      onclick: () => download(taskId, file).catch((error) => announce(error.message)),
-    }, `Download ${file.filename} (${file.size_bytes} bytes)`))));
+    // A file sent by its URL is a link to it; a stored one is downloaded with the key.
+    h("li", {}, file.url
+      ? h("a", { href: file.url, rel: "noopener noreferrer", target: "_blank" }, `${file.filename} (link)`)
+      : h("button", {
+        type: "button", class: "secondary",
+        onclick: () => download(taskId, file).catch((error) => announce(error.message)),
+      }, `Download ${file.filename} (${file.size_bytes} bytes)`))));
 }
 
 function contentView(taskId, message) {

@@ -20,6 +20,23 @@ fn with_file(agent: i64, data: &str) -> Value {
     }}})
 }
 
+#[tokio::test]
+async fn a_file_sent_by_its_url_is_kept_by_reference() {
+    let app = small_limit_app().await;
+    let linked = json!({"filename": "chart.png", "media_type": "image/png",
+                        "url": "https://files.example/chart.png?v=2"});
+    let body = json!({"agent_id": app.agent, "message": {"content": {
+        "type": "text", "content": "see", "attachments": [linked]}}});
+    let (status, _, accepted) = app.post(&app.token, "/v1/chat/tasks", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let task = accepted["task_id"].as_i64().unwrap();
+    let view = app.settled(&app.token, task).await;
+    assert_eq!(
+        view["input"]["attachments"][0], linked,
+        "as sent: no file, no bytes"
+    );
+}
+
 async fn small_limit_app() -> TestApp {
     TestApp::with_limits(
         baton_http::DEFAULT_BODY_LIMIT,
@@ -138,6 +155,19 @@ async fn too_large_or_malformed_attachments_are_refused_and_nothing_is_stored() 
         (
             json!({"filename": "a.txt", "media_type": "text/plain", "data": "YQ==", "file_id": 1}),
             "file_id",
+        ),
+        // A file by reference: an http(s) URL, and not with its bytes as well.
+        (
+            json!({"filename": "a.png", "media_type": "image/png", "url": "javascript:alert(1)"}),
+            "url",
+        ),
+        (
+            json!({"filename": "a.png", "media_type": "image/png", "url": "https://user:pw@x.example/a.png"}),
+            "url",
+        ),
+        (
+            json!({"filename": "a.png", "media_type": "image/png", "url": "https://x.example/a.png", "data": "YQ=="}),
+            "url",
         ),
     ];
     for (attachment, field) in cases {

@@ -357,20 +357,37 @@ async fn append_while_running_is_busy_naming_the_turn_and_stores_nothing(store: 
     );
 }
 
+/// A file sent by reference.
+fn by_reference() -> content::Attachment {
+    content::Attachment {
+        filename: "chart.png".into(),
+        media_type: "image/png".into(),
+        data: None,
+        url: Some("https://files.example/chart.png".into()),
+        file_id: None,
+        size_bytes: None,
+        sha256: None,
+    }
+}
+
 async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
     let a = agent(&*store, "a").await;
     let other = agent(&*store, "b").await;
     let attached = Content::Text(content::TextContent {
         format: TextFormat::Plain,
         content: "see the file".into(),
-        attachments: vec![content::Attachment {
-            filename: "notes.txt".into(),
-            media_type: "text/plain".into(),
-            data: Some("aGVsbG8gZmlsZQ==".into()), // "hello file"
-            file_id: None,
-            size_bytes: None,
-            sha256: None,
-        }],
+        attachments: vec![
+            content::Attachment {
+                filename: "notes.txt".into(),
+                media_type: "text/plain".into(),
+                data: Some("aGVsbG8gZmlsZQ==".into()), // "hello file"
+                url: None,
+                file_id: None,
+                size_bytes: None,
+                sha256: None,
+            },
+            by_reference(),
+        ],
     });
     let accepted = store
         .create_task(NewTask {
@@ -407,6 +424,8 @@ async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
         .unwrap();
     assert_eq!(view.task.input.attachments()[0].file_id, Some(file_id));
     assert_eq!(view.task.input.attachments()[0].data, None);
+    // A file sent by its URL is kept as it was sent: no bytes, no file.
+    assert_eq!(stored[0].content.attachments()[1], by_reference());
 
     let file = store
         .get_file(a.id, accepted.task_id, file_id)
@@ -418,7 +437,7 @@ async fn attachments_are_kept_apart_and_shown_by_id(store: Arc<impl Store>) {
         (file.filename.as_str(), file.media_type.as_str()),
         ("notes.txt", "text/plain")
     );
-    // The turn is played with the file's bytes at hand.
+    // The turn is played with the stored file's bytes at hand (the other is a link).
     let loaded = store
         .load_turn_input(accepted.task_id, accepted.turn_id.unwrap())
         .await
@@ -980,15 +999,24 @@ async fn tasks_by_update_come_latest_change_first_ties_newest_first(store: Arc<i
     }
     let ids = |views: &[TaskView]| views.iter().map(|v| v.task.id).collect::<Vec<_>>();
     let id = |n: usize| tasks[n].task_id;
-    let all = store.list_tasks_by_update(a.id, None, 10, None).await.unwrap();
+    let all = store
+        .list_tasks_by_update(a.id, None, 10, None)
+        .await
+        .unwrap();
     assert_eq!(ids(&all), [id(3), id(2), id(1), id(0)]);
     // The second task's turn ends later: it comes first.
     assert!(finish(&*store, &tasks[1], TurnOutcome::Completed, vec![]).await);
-    let all = store.list_tasks_by_update(a.id, None, 10, None).await.unwrap();
+    let all = store
+        .list_tasks_by_update(a.id, None, 10, None)
+        .await
+        .unwrap();
     assert_eq!(ids(&all), [id(1), id(3), id(2), id(0)]);
     // Pages of two: the third row read says more follow; the next page starts after
     // the last shown.
-    let first = store.list_tasks_by_update(a.id, None, 2, None).await.unwrap();
+    let first = store
+        .list_tasks_by_update(a.id, None, 2, None)
+        .await
+        .unwrap();
     assert_eq!(ids(&first), [id(1), id(3), id(2)]);
     let last = &first[1].task;
     let rest = store

@@ -273,9 +273,9 @@ pub struct Attached<'a> {
 
 impl Attached<'_> {
     /// A text message's content: the text alone, or — with attachments — content
-    /// parts: the text, then each file as an image part (a data URL), as a text part
-    /// (text-like files in UTF-8), or, for any other file or one over the limit, a
-    /// line naming it.
+    /// parts: the text, then each file as an image part (a data URL, or the URL an
+    /// image was sent by), as a text part (text-like files in UTF-8), or, for any other
+    /// file or one over the limit, a line naming it (and its URL).
     fn content_of(&self, text: &TextContent) -> Value {
         if text.attachments.is_empty() {
             return json!(text.content);
@@ -287,8 +287,13 @@ impl Attached<'_> {
                 .and_then(|id| self.files.iter().find(|file| file.file_id == id))
                 .filter(|file| file.data.len() <= self.max_bytes);
             let media_type = attachment.media_type.to_ascii_lowercase();
+            let image = media_type.starts_with("image/");
             let part = match file {
-                Some(file) if media_type.starts_with("image/") => {
+                // An image sent by its URL goes to the model as that URL.
+                None if image && attachment.url.is_some() => {
+                    json!({"type": "image_url", "image_url": {"url": attachment.url}})
+                }
+                Some(file) if image => {
                     use base64::Engine;
                     let data = base64::engine::general_purpose::STANDARD.encode(&file.data);
                     json!({"type": "image_url",
@@ -321,12 +326,19 @@ fn text_like(media_type: &str) -> bool {
 
 /// A file the model is not sent, named so it knows one came.
 fn named(attachment: &Attachment) -> Value {
-    json!({"type": "text", "text": format!(
-        "[Attached file {} ({}, {} bytes): not sent to the model]",
-        attachment.filename,
-        attachment.media_type,
-        attachment.size_bytes.unwrap_or_default()
-    )})
+    let text = match &attachment.url {
+        Some(url) => format!(
+            "[Attached file {} ({}) at {url}: not sent to the model]",
+            attachment.filename, attachment.media_type
+        ),
+        None => format!(
+            "[Attached file {} ({}, {} bytes): not sent to the model]",
+            attachment.filename,
+            attachment.media_type,
+            attachment.size_bytes.unwrap_or_default()
+        ),
+    };
+    json!({"type": "text", "text": text})
 }
 
 /// The task's history as chat messages. Reasoning is the model's own and is not sent

@@ -441,7 +441,7 @@ fn attached(id: i64, filename: &str, media_type: &str, data: &[u8]) -> (Value, S
 }
 
 #[tokio::test]
-async fn attachments_reach_the_model_as_image_and_text_parts_or_by_name() {
+async fn attachments_reach_the_model_as_image_and_text_parts_by_url_or_by_name() {
     let server = Receiver::start(|_| Reply::Answer(text_answer(&["seen"])));
     let config = config(&server, json!({"max_attachment_bytes": 16}));
     let files = [
@@ -455,10 +455,16 @@ async fn attachments_reach_the_model_as_image_and_text_parts_or_by_name() {
         attached(3, "report.pdf", "application/pdf", b"%PDF-1.7"),
         attached(4, "large.png", "image/png", &[0u8; 17]),
     ];
+    // Two more sent by their URLs: an image goes as its URL, anything else by name.
+    let by_url = [
+        json!({"filename": "chart.png", "media_type": "image/png", "url": "https://files.example/chart.png"}),
+        json!({"filename": "deck.pdf", "media_type": "application/pdf", "url": "https://files.example/deck.pdf"}),
+    ];
     let mut turn = input(config.clone(), "Look");
+    let mut shown: Vec<Value> = files.iter().map(|(shown, _)| shown.clone()).collect();
+    shown.extend(by_url);
     turn.history[0].content = serde_json::from_value(json!({
-        "type": "text", "content": "Look",
-        "attachments": files.iter().map(|(shown, _)| shown.clone()).collect::<Vec<_>>(),
+        "type": "text", "content": "Look", "attachments": shown,
     }))
     .unwrap();
     turn.files = files.into_iter().map(|(_, file)| file).collect();
@@ -477,6 +483,8 @@ async fn attachments_reach_the_model_as_image_and_text_parts_or_by_name() {
             {"type": "text", "text": "Attached file notes.txt:\nja, vær så god"},
             {"type": "text", "text": "[Attached file report.pdf (application/pdf, 8 bytes): not sent to the model]"},
             {"type": "text", "text": "[Attached file large.png (image/png, 17 bytes): not sent to the model]"},
+            {"type": "image_url", "image_url": {"url": "https://files.example/chart.png"}},
+            {"type": "text", "text": "[Attached file deck.pdf (application/pdf) at https://files.example/deck.pdf: not sent to the model]"},
         ])
     );
 }

@@ -298,12 +298,23 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
         (200, 404, 401)
     );
 
-    // What baton cannot take, before anything is stored.
-    let url_part =
-        json!({"message": {"messageId": "u-1", "parts": [{"url": "https://example.com/a.png"}]}});
+    // What baton cannot take, before anything is stored: a client that accepts no
+    // output baton gives, a file by a URL that is not http(s).
+    let images_only = json!({"message": text_message("u-1", "hi"),
+        "configuration": {"acceptedOutputModes": ["image/png"]}});
     assert_eq!(
-        error_code(&rpc(&server, agent, &key, "SendMessage", url_part)),
+        error_code(&rpc(&server, agent, &key, "SendMessage", images_only)),
         -32005
+    );
+    let ftp = json!({"message": {"messageId": "u-1", "parts": [
+        {"text": "see"}, {"url": "ftp://example.com/a.png"}]}});
+    let refused = rpc(&server, agent, &key, "SendMessage", ftp);
+    assert_eq!(error_code(&refused), -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("attachments[0].url")),
+        "{refused}"
     );
     let from_agent =
         json!({"message": {"messageId": "u-2", "role": "ROLE_AGENT", "parts": [{"text": "hi"}]}});
@@ -466,6 +477,24 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
     let last_page = list(json!({"pageSize": 1, "pageToken": token}));
     assert_eq!(ids(&last_page), std::slice::from_ref(&second));
     assert_eq!(last_page["nextPageToken"], "", "{last_page}");
+
+    // A file by its URL is kept by reference and shown as the same url part.
+    let linked = rpc(
+        &server,
+        agent,
+        &key,
+        "SendMessage",
+        json!({"message": {"messageId": "u-2", "parts": [
+                {"text": "see"},
+                {"url": "https://files.example/a/chart.png", "mediaType": "image/png"}]},
+               "configuration": {"returnImmediately": true, "acceptedOutputModes": ["text/plain"]}}),
+    );
+    let linked = &linked["result"]["task"];
+    assert_eq!(
+        linked["history"][0]["parts"][1],
+        json!({"url": "https://files.example/a/chart.png", "filename": "chart.png", "mediaType": "image/png"}),
+        "{linked}"
+    );
 }
 
 /// The agent's tool calls, through the a2a-sdk client: input required, each answered

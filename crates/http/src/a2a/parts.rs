@@ -44,33 +44,20 @@ pub struct InPart {
     pub media_type: Option<String>,
 }
 
-/// Why a message's parts cannot be sent to a baton agent.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PartsRefused {
-    /// Malformed (a role other than the user's, no part, a part with none or two of
-    /// its kinds): invalid params.
-    Invalid(String),
-    /// Well formed, but not something baton takes (a `url` part): content type not
-    /// supported.
-    Unsupported(String),
-}
-
 /// The baton message a client's A2A message is: text parts (joined by blank lines)
-/// with `raw` parts as attachments; or one `data` part (a `tool_response` when its
-/// metadata says so, or when it answers a tool call by `tool_call_id`).
-pub fn to_baton(message: &InMessage) -> Result<NewMessage, PartsRefused> {
+/// with `raw` and `url` parts as attachments (by their bytes, or by reference); or one
+/// `data` part (a `tool_response` when its
+/// metadata says so, or when it answers a tool call by `tool_call_id`). A message that
+/// cannot be one is refused saying why (invalid params).
+pub fn to_baton(message: &InMessage) -> Result<NewMessage, String> {
     match message.role.as_deref() {
         None | Some("ROLE_USER") => {}
         Some(other) => {
-            return Err(PartsRefused::Invalid(format!(
-                "message.role must be ROLE_USER (got {other})"
-            )));
+            return Err(format!("message.role must be ROLE_USER (got {other})"));
         }
     }
     if message.parts.is_empty() {
-        return Err(PartsRefused::Invalid(
-            "message.parts must hold at least one part".to_owned(),
-        ));
+        return Err("message.parts must hold at least one part".to_owned());
     }
     let metadata = message.metadata.clone().unwrap_or_default();
     let mut texts = Vec::new();
@@ -84,9 +71,9 @@ pub fn to_baton(message: &InMessage) -> Result<NewMessage, PartsRefused> {
             part.data.is_some(),
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
-            return Err(PartsRefused::Invalid(format!(
+            return Err(format!(
                 "message.parts[{i}] must have exactly one of text, raw, url and data"
-            )));
+            ));
         }
         if let Some(text) = &part.text {
             texts.push(text.clone());
@@ -98,14 +85,34 @@ pub fn to_baton(message: &InMessage) -> Result<NewMessage, PartsRefused> {
                     .clone()
                     .unwrap_or_else(|| "application/octet-stream".to_owned()),
                 data: Some(raw.clone()),
+                url: None,
                 file_id: None,
                 size_bytes: None,
                 sha256: None,
             });
-        } else if part.url.is_some() {
-            return Err(PartsRefused::Unsupported(format!(
-                "message.parts[{i}] is a url part: send the file's bytes as a raw part"
-            )));
+        } else if let Some(url) = &part.url {
+            // A file by reference: kept as its URL (baton does not fetch it).
+            let named_by_url = url
+                .split(['?', '#'])
+                .next()
+                .and_then(|path| path.rsplit('/').next())
+                .filter(|name| !name.is_empty() && !name.contains(':'));
+            attachments.push(Attachment {
+                filename: part
+                    .filename
+                    .clone()
+                    .or(named_by_url.map(str::to_owned))
+                    .unwrap_or_else(|| format!("part-{i}")),
+                media_type: part
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                data: None,
+                url: Some(url.clone()),
+                file_id: None,
+                size_bytes: None,
+                sha256: None,
+            });
         } else if let Some(value) = &part.data {
             data.push((value, part.metadata.as_ref()));
         }
@@ -120,9 +127,10 @@ pub fn to_baton(message: &InMessage) -> Result<NewMessage, PartsRefused> {
             attachments,
         }),
         _ => {
-            return Err(PartsRefused::Invalid(
-                "message.parts must be text parts (with raw files), or one data part".to_owned(),
-            ));
+            return Err(
+                "message.parts must be text parts (with raw or url files), or one data part"
+                    .to_owned(),
+            );
         }
     };
     let role = match content {
@@ -138,18 +146,13 @@ pub fn to_baton(message: &InMessage) -> Result<NewMessage, PartsRefused> {
 
 /// A data part: a tool's answer when its metadata says `baton_type: tool_response`,
 /// else plain data.
-fn data_content(
-    value: &Value,
-    metadata: Option<&Map<String, Value>>,
-) -> Result<Content, PartsRefused> {
+fn data_content(value: &Value, metadata: Option<&Map<String, Value>>) -> Result<Content, String> {
     let kind = metadata
         .and_then(|m| m.get(KIND_KEY))
         .and_then(Value::as_str);
     if kind == Some("tool_response") {
         let answer: ToolResponseContent = serde_json::from_value(value.clone()).map_err(|err| {
-            PartsRefused::Invalid(format!(
-                "a tool_response data part needs tool_call_id, name and content: {err}"
-            ))
+            format!("a tool_response data part needs tool_call_id, name and content: {err}")
         })?;
         return Ok(Content::ToolResponse(answer));
     }
@@ -157,9 +160,7 @@ fn data_content(
         Value::Object(object) => Ok(Content::Data(DataContent {
             data: object.clone(),
         })),
-        _ => Err(PartsRefused::Invalid(
-            "a data part's data must be a JSON object".to_owned(),
-        )),
+        _ => Err("a data part's data must be a JSON object".to_owned()),
     }
 }
 
@@ -216,18 +217,32 @@ mod tests {
             (json!([{"text": "a"}, {"data": {}}]), "one data part"),
         ] {
             match to_baton(&message(parts)) {
-                Err(PartsRefused::Invalid(why)) => assert!(why.contains(refused), "{why}"),
+                Err(why) => assert!(why.contains(refused), "{why}"),
                 other => panic!("{other:?}"),
             }
         }
-        assert!(matches!(
-            to_baton(&message(json!([{"url": "https://x/y.png"}]))),
-            Err(PartsRefused::Unsupported(_))
-        ));
+        let by_url = to_baton(&message(json!([
+            {"text": "see"}, {"url": "https://files.example/a/y.png?v=2", "mediaType": "image/png"}
+        ])))
+        .unwrap();
+        let Content::Text(text) = by_url.content else {
+            panic!("text expected")
+        };
+        let file = &text.attachments[0];
+        assert_eq!(
+            (file.filename.as_str(), file.media_type.as_str()),
+            ("y.png", "image/png"),
+            "named by its URL's last segment"
+        );
+        assert_eq!(
+            file.url.as_deref(),
+            Some("https://files.example/a/y.png?v=2")
+        );
+        assert_eq!(file.data, None, "kept by reference, not fetched");
         let agent: InMessage = serde_json::from_value(
             json!({"messageId": "m", "role": "ROLE_AGENT", "parts": [{"text": "x"}]}),
         )
         .unwrap();
-        assert!(matches!(to_baton(&agent), Err(PartsRefused::Invalid(_))));
+        assert!(matches!(to_baton(&agent), Err(_)));
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::agent_of_path;
-use super::parts::{InMessage, PartsRefused, to_baton};
+use super::parts::{InMessage, to_baton};
 use super::push::{self, InPushConfig};
 use super::stream::{A2aFrames, Envelope, error_frame};
 use super::tasks::task_json;
@@ -352,6 +352,39 @@ struct SendConfiguration {
     history_length: Option<i64>,
     #[serde(default)]
     task_push_notification_config: Option<InPushConfig>,
+    #[serde(default)]
+    accepted_output_modes: Vec<String>,
+}
+
+/// What baton's agents answer with: text and JSON (files they attach are links).
+const OUTPUT_MODES: [&str; 2] = ["text/plain", "application/json"];
+
+/// A client that accepts none of [`OUTPUT_MODES`] (its `acceptedOutputModes`, when
+/// it names any) cannot be answered: A2A's content type not supported, before
+/// anything is stored.
+fn check_output_modes(config: Option<&SendConfiguration>) -> Result<(), RpcError> {
+    let accepted = config
+        .map(|c| c.accepted_output_modes.as_slice())
+        .unwrap_or_default();
+    let answerable = |mode: &String| {
+        let mode = mode
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        mode == "*/*" || mode == "text/*" || OUTPUT_MODES.contains(&mode.as_str())
+    };
+    match accepted.is_empty() || accepted.iter().any(answerable) {
+        true => Ok(()),
+        false => Err(RpcError::new(
+            RpcCode::ContentTypeNotSupported,
+            format!(
+                "acceptedOutputModes {accepted:?}: this agent answers with {}",
+                OUTPUT_MODES.join(" and ")
+            ),
+        )),
+    }
 }
 
 /// The page token after `last`: its update time (Unix microseconds) and id.
@@ -398,10 +431,8 @@ async fn claim(
     who: &Principal,
     params: &SendMessageParams,
 ) -> Result<Claim, RpcError> {
-    let message = to_baton(&params.message).map_err(|refused| match refused {
-        PartsRefused::Invalid(why) => RpcError::invalid(why),
-        PartsRefused::Unsupported(why) => RpcError::new(RpcCode::ContentTypeNotSupported, why),
-    })?;
+    check_output_modes(params.configuration.as_ref())?;
+    let message = to_baton(&params.message).map_err(RpcError::invalid)?;
     let submit = SubmitMessage {
         agent_id: who.agent_id,
         message,
