@@ -2,7 +2,9 @@
 //! (PyPI, pinned) holds a conversation with a baton agent — the Agent Card, messages
 //! answered blocking and at once, cancel (twice), `GetTask` with `historyLength`,
 //! the errors A2A names, `ListTasks`, a streamed reply, a stream cut and resumed by
-//! baton's event id (on another instance, on PostgreSQL) — on SQLite and PostgreSQL.
+//! baton's event id (on another instance, on PostgreSQL) — over both bindings
+//! (JSON-RPC, HTTP+JSON) on SQLite and PostgreSQL; answers tool calls; and manages
+//! push notification configs and receives the pushes (signed, retried).
 
 #![allow(
     clippy::unwrap_used,
@@ -499,12 +501,10 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
 
 /// The agent's tool calls, through the a2a-sdk client: input required, each answered
 /// with a marked data part; the last answer's turn completes.
-#[test]
-fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
-    let (_dir, db) = sqlite_db();
+fn tool_round_trip(db: &str) {
     let model = common::tool_model();
-    let (agent, key) = common::tool_agent(&db, &model);
-    let mut command = common::baton(&db);
+    let (agent, key) = common::tool_agent(db, &model);
+    let mut command = common::baton(db);
     command.env("MODEL_KEY", "sk-end-to-end");
     let server = Server::start_command(command, &[], std::process::Stdio::null());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/a2a/tools.py");
@@ -529,6 +529,18 @@ fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
         "{report}"
     );
     assert_eq!(report["texts"], json!(["Hello, human."]), "{report}");
+}
+
+#[test]
+fn tool_calls_are_input_required_and_answered_with_marked_data_parts() {
+    let (_dir, db) = sqlite_db();
+    tool_round_trip(&db);
+}
+
+#[test]
+fn tool_calls_are_answered_through_a2a_on_postgres() {
+    let db = TestDatabase::new();
+    tool_round_trip(db.url());
 }
 
 /// The server's signing secret in the push tests: pushes carry its Standard Webhooks
