@@ -3,13 +3,15 @@
 //! types: camelCase fields, enum values by name). An A2A task is a baton task, and
 //! its context is the task itself.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::content::Content;
 use crate::error::FieldError;
-
-use crate::{
-    Content, Message, Metadata, Role, TaskId, TaskStatus, Turn, TurnError, TurnId, TurnStatus,
+/// An agent's card config lives with the agent (`model`); it is named here too, where
+/// the rest of A2A is.
+pub use crate::model::{CardConfig, Skill};
+use crate::model::{
+    Message, Metadata, Role, TaskId, TaskStatus, Turn, TurnError, TurnId, TurnStatus,
 };
 
 /// Where a part says which baton content it stands for (`tool_request`,
@@ -174,40 +176,6 @@ pub fn status_json<'a>(
         });
     }
     json
-}
-
-/// What an agent's A2A Agent Card says of it beyond its name: a description and its
-/// skills (the agent's `card`, set by the operator). Without one, the card describes
-/// the agent by its runner and offers one `conversation` skill.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CardConfig {
-    /// Up to 2,000 characters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Up to 32, each id once.
-    #[serde(default)]
-    pub skills: Vec<Skill>,
-}
-
-/// One skill of an agent, as A2A's `AgentSkill` names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Skill {
-    /// 1 to 64 characters of `A-Z a-z 0-9 _ . -`.
-    pub id: String,
-    /// 1 to 200 characters.
-    pub name: String,
-    /// 1 to 2,000 characters.
-    pub description: String,
-    /// Up to 16, each 1 to 64 characters.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Up to 16 example prompts, each up to 1,000 characters.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub examples: Vec<String>,
 }
 
 const MAX_SKILLS: usize = 32;

@@ -69,7 +69,7 @@ pub struct Agent {
     /// Where this agent's turn ends are delivered when a request names no webhook.
     pub webhook: Option<WebhookEndpoint>,
     /// What its A2A Agent Card says of it (else the defaults).
-    pub card: Option<crate::a2a::CardConfig>,
+    pub card: Option<CardConfig>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -79,7 +79,7 @@ pub struct NewAgent {
     pub runner: RunnerSpec,
     pub policy: TurnPolicy,
     pub webhook: Option<WebhookEndpoint>,
-    pub card: Option<crate::a2a::CardConfig>,
+    pub card: Option<CardConfig>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -92,7 +92,7 @@ pub struct AgentUpdate {
     /// `Some(None)` removes the default webhook.
     pub webhook: Option<Option<WebhookEndpoint>>,
     /// `Some(None)` removes the card's config (the defaults again).
-    pub card: Option<Option<crate::a2a::CardConfig>>,
+    pub card: Option<Option<CardConfig>>,
 }
 
 /// How an agent's turns are bounded and what happens to one whose instance died.
@@ -506,7 +506,7 @@ pub struct NewTask {
     /// At most this many running turns for the agent, this one included.
     pub max_running_per_agent: Option<u32>,
     /// An A2A push config stored with the task, so its first turn's end is pushed.
-    pub push: Option<crate::push::NewPush>,
+    pub push: Option<NewPush>,
 }
 
 /// Everything needed to append a message and claim the task for its next turn.
@@ -522,7 +522,7 @@ pub struct NewAppend {
     pub webhook: Option<WebhookEndpoint>,
     pub max_running_per_agent: Option<u32>,
     /// An A2A push config stored (or replaced) with the message.
-    pub push: Option<crate::push::NewPush>,
+    pub push: Option<NewPush>,
     /// What to do if a turn of the task runs (`steer` only if its runner takes
     /// messages mid-turn: the service decides).
     pub on_busy: OnBusy,
@@ -750,7 +750,7 @@ pub struct SubmitMessage {
     /// What to do if the task is busy (else the agent's `policy.on_busy`).
     pub on_busy: Option<OnBusy>,
     /// An A2A push config to store with the message, for the task's turns to come.
-    pub push: Option<crate::push::PushRequest>,
+    pub push: Option<PushRequest>,
 }
 
 /// Where a turn's end is delivered, as a request or an agent names it.
@@ -802,4 +802,76 @@ impl WebhookEndpoint {
             secrets: secrets.split_whitespace().map(str::to_owned).collect(),
         }
     }
+}
+
+/// What an agent's A2A Agent Card says of it beyond its name: a description and its
+/// skills (the agent's `card`, set by the operator). Without one, the card describes
+/// the agent by its runner and offers one `conversation` skill.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CardConfig {
+    /// Up to 2,000 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Up to 32, each id once.
+    #[serde(default)]
+    pub skills: Vec<Skill>,
+}
+
+/// One skill of an agent, as A2A's `AgentSkill` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Skill {
+    /// 1 to 64 characters of `A-Z a-z 0-9 _ . -`.
+    pub id: String,
+    /// 1 to 200 characters.
+    pub name: String,
+    /// 1 to 2,000 characters.
+    pub description: String,
+    /// Up to 16, each 1 to 64 characters.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Up to 16 example prompts, each up to 1,000 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
+}
+
+/// `Authorization: <scheme> <credentials>` on each push.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushAuth {
+    pub scheme: String,
+    pub credentials: Option<String>,
+}
+
+impl std::fmt::Debug for PushAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushAuth")
+            .field("scheme", &self.scheme)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A push config as a client asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    /// The config's id; the task's id when not given (as A2A's SDK does).
+    pub id: Option<String>,
+    pub url: String,
+    pub token: Option<String>,
+    pub authentication: Option<PushAuth>,
+}
+
+/// A checked push request with the secrets its pushes are to be signed with, for a
+/// task that may not exist yet (a claim stores it with the task it creates).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPush {
+    pub request: PushRequest,
+    /// The agent's webhook secrets, else the server's; empty: not signed.
+    pub secrets: Vec<String>,
 }

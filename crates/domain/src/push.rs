@@ -7,6 +7,9 @@ use chrono::{DateTime, Utc};
 
 use crate::error::FieldError;
 use crate::model::TaskId;
+/// The push values a claim carries live with it (`model`); they are named here too,
+/// where the rest of push configs is.
+pub use crate::model::{NewPush, PushAuth, PushRequest};
 use crate::webhooks::DestinationPolicy;
 
 /// At most this many push configs per task.
@@ -31,13 +34,6 @@ pub struct PushConfig {
     pub created_at: DateTime<Utc>,
 }
 
-/// `Authorization: <scheme> <credentials>` on each push.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PushAuth {
-    pub scheme: String,
-    pub credentials: Option<String>,
-}
-
 impl std::fmt::Debug for PushConfig {
     // Tokens, credentials and secrets never reach a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,18 +47,6 @@ impl std::fmt::Debug for PushConfig {
                 &self.authentication.as_ref().map(|a| &a.scheme),
             )
             .field("secrets", &format!("<{} redacted>", self.secrets.len()))
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for PushAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushAuth")
-            .field("scheme", &self.scheme)
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|_| "<redacted>"),
-            )
             .finish()
     }
 }
@@ -97,16 +81,6 @@ pub enum PushPut {
     TaskNotFound,
     /// The task has [`MAX_PUSH_CONFIGS_PER_TASK`] configs, none of this id.
     Full,
-}
-
-/// A push config as a client asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushRequest {
-    /// The config's id; the task's id when not given (as A2A's SDK does).
-    pub id: Option<String>,
-    pub url: String,
-    pub token: Option<String>,
-    pub authentication: Option<PushAuth>,
 }
 
 /// Checks a push config request, naming fields under `prefix`: the URL as a webhook's
@@ -170,15 +144,6 @@ fn check_header_value(value: &str, field: &str, errors: &mut Vec<FieldError>) {
             "must be printable ASCII (it is sent as a header)",
         ));
     }
-}
-
-/// A checked push request with the secrets its pushes are to be signed with, for a
-/// task that may not exist yet (a claim stores it with the task it creates).
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewPush {
-    pub request: PushRequest,
-    /// The agent's webhook secrets, else the server's; empty: not signed.
-    pub secrets: Vec<String>,
 }
 
 impl NewPush {

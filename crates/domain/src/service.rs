@@ -169,20 +169,7 @@ impl TaskService {
         };
         let secrets = match target.secret {
             Some(secret) => vec![secret],
-            None => {
-                let agent_secrets = self
-                    .agents
-                    .get_agent(agent)
-                    .await?
-                    .and_then(|a| a.webhook)
-                    .map(|w| w.secrets)
-                    .unwrap_or_default();
-                if agent_secrets.is_empty() {
-                    self.webhooks.signing_secrets.clone()
-                } else {
-                    agent_secrets
-                }
-            }
+            None => self.default_secrets(agent).await?,
         };
         if secrets.is_empty() {
             return Err(ServiceError::invalid(
@@ -196,9 +183,10 @@ impl TaskService {
         }))
     }
 
-    /// The secrets an A2A push of the agent's is signed with: its default webhook's,
-    /// else the server's; none, and pushes carry only what the client asked for.
-    async fn push_secrets(&self, agent: AgentId) -> Result<Vec<String>, ServiceError> {
+    /// The secrets a delivery of the agent's that names none is signed with (a
+    /// request's webhook without a secret, an A2A push): its default webhook's, else
+    /// the server's; perhaps none.
+    async fn default_secrets(&self, agent: AgentId) -> Result<Vec<String>, ServiceError> {
         let own = self
             .agents
             .get_agent(agent)
@@ -233,7 +221,7 @@ impl TaskService {
         }
         let new = NewPush {
             request,
-            secrets: self.push_secrets(who.agent_id).await?,
+            secrets: self.default_secrets(who.agent_id).await?,
         };
         let config = new.for_task(task, self.executor.clock().now());
         match self
@@ -508,7 +496,7 @@ impl TaskService {
         let push = match submit.push {
             Some(request) => Some(NewPush {
                 request,
-                secrets: self.push_secrets(who.agent_id).await?,
+                secrets: self.default_secrets(who.agent_id).await?,
             }),
             None => None,
         };
@@ -1033,7 +1021,7 @@ pub struct AgentChanges {
     pub policy: Option<TurnPolicy>,
     pub webhook: Option<Option<WebhookTarget>>,
     /// `Some(None)` removes the card's config.
-    pub card: Option<Option<crate::a2a::CardConfig>>,
+    pub card: Option<Option<CardConfig>>,
 }
 
 /// A key as created: the token is in this value and nowhere else, ever.
@@ -1099,7 +1087,7 @@ impl AdminService {
         runner: RunnerSpec,
         policy: TurnPolicy,
         webhook: Option<WebhookTarget>,
-        card: Option<crate::a2a::CardConfig>,
+        card: Option<CardConfig>,
     ) -> Result<Agent, ServiceError> {
         let mut errors = Vec::new();
         validate::agent_name(name, &mut errors);

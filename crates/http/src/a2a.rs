@@ -12,6 +12,7 @@ mod parts;
 mod push;
 pub mod rest;
 pub mod rpc;
+mod rpc_error;
 pub mod schema;
 mod stream;
 mod tasks;

@@ -7,7 +7,7 @@ use baton_domain::push::{PushAuth, PushConfig, PushRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::rpc::{Outcome, RpcError, task_id};
+use super::rpc_error::{Outcome, RpcError, task_id};
 use crate::ApiState;
 
 /// A push config as a client sends it (A2A's `TaskPushNotificationConfig`).

@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::agent_of_path;
-use super::rpc::{RpcCode, RpcError, call, check_version, streaming};
+use super::rpc::{call, check_version, streaming};
+use super::rpc_error::{RpcCode, RpcError};
 use super::stream::Envelope;
 use crate::ApiState;
 use crate::error::ApiError;
@@ -54,11 +55,6 @@ impl RpcCode {
             ),
             TaskNotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "TASK_NOT_FOUND"),
             TaskNotCancelable => (bad, "FAILED_PRECONDITION", "TASK_NOT_CANCELABLE"),
-            PushNotificationNotSupported => (
-                bad,
-                "FAILED_PRECONDITION",
-                "PUSH_NOTIFICATION_NOT_SUPPORTED",
-            ),
             UnsupportedOperation => (bad, "FAILED_PRECONDITION", "UNSUPPORTED_OPERATION"),
             ContentTypeNotSupported => (bad, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"),
             ExtendedAgentCardNotConfigured => (
@@ -177,6 +173,11 @@ fn task_params(req: &HttpRequest) -> Result<Value, RpcError> {
     let mut params = Map::new();
     params.insert("id".to_owned(), path_param(req, "task_id").into());
     query_params(req, params)
+}
+
+/// `{"taskId", "id"}` of a push config's path.
+fn config_params(req: &HttpRequest) -> Value {
+    json!({"taskId": path_param(req, "task_id"), "id": path_param(req, "config_id")})
 }
 
 const PATH: &str = "The agent, the key's.";
@@ -345,9 +346,13 @@ pub(crate) async fn get_push_config(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let params =
-        json!({"taskId": path_param(&req, "task_id"), "id": path_param(&req, "config_id")});
-    answer(&state, &req, "GetTaskPushNotificationConfig", Ok(params)).await
+    answer(
+        &state,
+        &req,
+        "GetTaskPushNotificationConfig",
+        Ok(config_params(&req)),
+    )
+    .await
 }
 
 #[utoipa::path(delete, path = "/a2a/{agent_id}/tasks/{task_id}/pushNotificationConfigs/{config_id}", tag = "a2a",
@@ -363,7 +368,11 @@ pub(crate) async fn delete_push_config(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let params =
-        json!({"taskId": path_param(&req, "task_id"), "id": path_param(&req, "config_id")});
-    answer(&state, &req, "DeleteTaskPushNotificationConfig", Ok(params)).await
+    answer(
+        &state,
+        &req,
+        "DeleteTaskPushNotificationConfig",
+        Ok(config_params(&req)),
+    )
+    .await
 }

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use baton_domain::{
-    Claim, Message, PageRequest, Principal, ServiceError, SubmitMessage, TaskId, TaskStatus,
-    TaskView,
+    Claim, Message, PageRequest, Principal, SubmitMessage, TaskId, TaskStatus, TaskView,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -14,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::agent_of_path;
 use super::parts::{InMessage, to_baton};
 use super::push::{self, InPushConfig};
+use super::rpc_error::{Outcome, RpcCode, RpcError, task_id};
 use super::stream::{A2aFrames, Envelope, error_frame};
 use super::tasks::task_json;
 use crate::ApiState;
@@ -23,90 +23,6 @@ use crate::sse::Follow;
 
 /// The header a client names the protocol version in; baton speaks 1.0.
 pub const VERSION_HEADER: &str = "A2A-Version";
-
-/// The errors of the JSON-RPC binding, with their codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RpcCode {
-    Parse = -32700,
-    InvalidRequest = -32600,
-    MethodNotFound = -32601,
-    InvalidParams = -32602,
-    Internal = -32603,
-    TaskNotFound = -32001,
-    TaskNotCancelable = -32002,
-    PushNotificationNotSupported = -32003,
-    UnsupportedOperation = -32004,
-    ContentTypeNotSupported = -32005,
-    ExtendedAgentCardNotConfigured = -32007,
-    VersionNotSupported = -32009,
-}
-
-/// A JSON-RPC error answer.
-#[derive(Debug)]
-pub struct RpcError {
-    pub code: RpcCode,
-    pub message: String,
-}
-
-impl RpcError {
-    fn new(code: RpcCode, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub(super) fn invalid(message: impl Into<String>) -> Self {
-        RpcError::new(RpcCode::InvalidParams, message)
-    }
-}
-
-impl From<ServiceError> for RpcError {
-    fn from(err: ServiceError) -> Self {
-        let message = err.to_string();
-        let code = match &err {
-            ServiceError::TaskNotFound => RpcCode::TaskNotFound,
-            // As A2A's SDK answers a config it does not have.
-            ServiceError::PushConfigNotFound => RpcCode::TaskNotFound,
-            ServiceError::TooManyPushConfigs(_) => RpcCode::InvalidParams,
-            ServiceError::TaskNotRunning(_) => RpcCode::TaskNotCancelable,
-            ServiceError::Validation(errors) => {
-                let fields: Vec<String> = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.reason))
-                    .collect();
-                return RpcError::invalid(format!("invalid params: {}", fields.join("; ")));
-            }
-            ServiceError::IdempotencyKeyReused => {
-                return RpcError::invalid(
-                    "this messageId was sent before with another message: use a new messageId",
-                );
-            }
-            ServiceError::TooLarge(_) => RpcCode::InvalidParams,
-            ServiceError::TaskBusy(active) => {
-                return RpcError::new(
-                    RpcCode::UnsupportedOperation,
-                    format!(
-                        "the task is running turn {}: send the message when it has ended, or have the agent queue it (policy.on_busy)",
-                        active.turn_id
-                    ),
-                );
-            }
-            ServiceError::QueueFull(_)
-            | ServiceError::TooManyRunningTurns(_)
-            | ServiceError::IdempotencyKeyInUse => RpcCode::UnsupportedOperation,
-            _ => RpcCode::Internal,
-        };
-        let message = match code {
-            RpcCode::Internal => "internal error".to_owned(),
-            _ => message,
-        };
-        RpcError::new(code, message)
-    }
-}
-
-/// What the handler answers a request with.
-pub(super) type Outcome = Result<Value, RpcError>;
 
 #[utoipa::path(post, path = "/a2a/{agent_id}", tag = "a2a",
     operation_id = "a2a_json_rpc",
@@ -469,14 +385,6 @@ async fn claim(
 fn idempotency_key(message_id: &str) -> Option<String> {
     let key = format!("a2a-{message_id}");
     (key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())).then_some(key)
-}
-
-pub(super) fn task_id(raw: &str) -> Result<TaskId, RpcError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .map(TaskId)
-        .ok_or_else(|| RpcError::new(RpcCode::TaskNotFound, format!("no task {raw:?}")))
 }
 
 fn length(asked: Option<i64>) -> Result<Option<usize>, RpcError> {
