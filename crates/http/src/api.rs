@@ -128,6 +128,7 @@ api! {
     }
     "/a2a/{agent_id}/tasks/{task_id}:subscribe" {
         post => a2a::rest::subscribe_to_task, errors: [KEYED, A2A_REST];
+        get => a2a::rest::subscribe_to_task_get, errors: [KEYED, A2A_REST];
     }
     "/a2a/{agent_id}/tasks" {
         get => a2a::rest::list_tasks, errors: [KEYED, A2A_REST];

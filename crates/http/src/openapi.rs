@@ -61,6 +61,7 @@ use crate::error::{ApiError, ErrorCode, ErrorEnvelope};
         crate::a2a::rest::list_tasks,
         crate::a2a::rest::cancel_task,
         crate::a2a::rest::subscribe_to_task,
+        crate::a2a::rest::subscribe_to_task_get,
         crate::a2a::rest::create_push_config,
         crate::a2a::rest::list_push_configs,
         crate::a2a::rest::get_push_config,

@@ -246,6 +246,7 @@ fn link_operations(json: &mut Value) {
                 "a2a_get_task",
                 "a2a_cancel_task",
                 "a2a_subscribe_to_task",
+                "a2a_subscribe_to_task_get",
                 "a2a_create_push_config",
                 "a2a_list_push_configs",
             ]

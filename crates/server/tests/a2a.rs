@@ -497,6 +497,44 @@ fn the_json_rpc_binding_answers_as_a2a_names_it() {
         json!({"url": "https://files.example/a/chart.png", "filename": "chart.png", "mediaType": "image/png"}),
         "{linked}"
     );
+
+    // The HTTP+JSON binding's own answers: an ended task followed by GET is its
+    // snapshot and the end; no such task is A2A's REST error, reason and all.
+    let get = |path: &str| {
+        let response = common::client()
+            .get(format!("{}/a2a/{agent}{path}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, kind, response.text().unwrap())
+    };
+    let second_task = second.clone();
+    let (status, kind, body) = get(&format!("/tasks/{second_task}:subscribe"));
+    assert_eq!(
+        (status, kind.as_deref()),
+        (200, Some("text/event-stream")),
+        "{body}"
+    );
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(events[0]["task"]["id"], second_task.as_str(), "{body}");
+    let (status, _, body) = get("/tasks/999999");
+    assert_eq!(status, 404, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["status"], "NOT_FOUND", "{body}");
+    assert_eq!(
+        error["error"]["details"][0]["reason"], "TASK_NOT_FOUND",
+        "{body}"
+    );
 }
 
 /// The agent's tool calls, through the a2a-sdk client: input required, each answered

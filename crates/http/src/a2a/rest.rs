@@ -289,6 +289,22 @@ pub(crate) async fn subscribe_to_task(
     Ok(stream(&state, &req, &who, "SubscribeToTask", params).await)
 }
 
+#[utoipa::path(get, path = "/a2a/{agent_id}/tasks/{task_id}:subscribe", tag = "a2a",
+    operation_id = "a2a_subscribe_to_task_get",
+    summary = "A2A (HTTP+JSON): follow a task (GET)",
+    description = "`SubscribeToTask` as a `GET`, as A2A's SDK servers also take it: the same as the `POST`.",
+    params(("agent_id" = i64, Path, description = PATH, minimum = 1),
+        ("task_id" = i64, Path, description = TASK, minimum = 1),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event.")),
+    responses((status = 200, description = "An event stream of A2A `StreamResponse`s.", content_type = "text/event-stream", body = super::schema::A2aStreamEvent)),
+    security(("agent_key" = [])))]
+pub(crate) async fn subscribe_to_task_get(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    subscribe_to_task(state, req).await
+}
+
 #[utoipa::path(post, path = "/a2a/{agent_id}/tasks/{task_id}/pushNotificationConfigs", tag = "a2a",
     operation_id = "a2a_create_push_config",
     summary = "A2A (HTTP+JSON): add a push notification config",
