@@ -915,6 +915,10 @@ async fn a_turn_ending_while_the_process_stops_starts_no_queued_turn_here() {
     gate.notify_one();
     let end = next_end(&mut ended).await;
     assert!(end.next.is_some(), "a lease for the next queued turn");
+    // The store's mock answers every claim with the same turn id: the next claim
+    // would be refused as a turn already playing here until this one has left.
+    let executor = service.executor().clone();
+    eventually("the first turn has left", || executor.in_flight() == 0).await;
 
     // Stopping: the turn still ends, and leaves the queue to a sweep.
     service
