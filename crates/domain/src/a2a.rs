@@ -44,8 +44,8 @@ pub fn context_id(task: TaskId) -> String {
 }
 
 /// The parts of a baton content: text (attachments as `url` parts: to their stored
-/// file, or the URL they were sent by),
-/// data, and the kinds A2A has no part for as data parts marked `baton_type`.
+/// file, or the URL they were sent by), data, and the kinds A2A has no part for as
+/// data parts marked `baton_type`.
 pub fn parts_json(task: TaskId, content: &Content) -> Vec<Value> {
     let marked = |kind: &str, data: Value| json!({"data": data, "metadata": {KIND_KEY: kind}});
     match content {

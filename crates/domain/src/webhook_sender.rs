@@ -287,4 +287,39 @@ mod tests {
             "a redirect is not followed: a failure"
         );
     }
+
+    #[tokio::test]
+    async fn a_push_carries_its_own_headers_and_goes_unsigned_without_secrets() {
+        let unsigned = DueDelivery {
+            endpoint: WebhookEndpoint {
+                url: "https://client.example/push".into(),
+                secrets: Vec::new(),
+            },
+            headers: vec![
+                ("x-a2a-notification-token".into(), "tok".into()),
+                ("authorization".into(), "Bearer cred".into()),
+            ],
+            ..due(1, 0)
+        };
+        let mut store = MockWebhookStore::new();
+        store
+            .expect_claim_deliveries()
+            .returning(move |_, _, _| Ok(vec![unsigned.clone()]));
+        store.expect_record_attempt().returning(|_| Ok(true));
+        let (tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+        let mut transport = MockWebhookTransport::new();
+        transport.expect_post().returning(move |_, headers, _| {
+            tx.send(headers).unwrap();
+            Ok(200)
+        });
+        let schedule = RetrySchedule::default();
+        sender(store, transport, schedule).send_due().await.unwrap();
+        let headers = sent.try_recv().unwrap();
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type", "x-a2a-notification-token", "authorization"],
+            "no webhook-id, -timestamp or -signature without a secret"
+        );
+    }
 }

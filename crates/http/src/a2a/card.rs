@@ -3,11 +3,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::agent_of_path;
+use super::caller;
 use super::rpc::VERSION_HEADER;
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::authenticate;
 
 #[utoipa::path(get, path = "/a2a/{agent_id}/.well-known/agent-card.json", tag = "a2a",
     operation_id = "a2a_agent_card",
@@ -20,8 +19,7 @@ pub(crate) async fn card(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(&state, &req).await?;
-    agent_of_path(&req, &who)?;
+    let who = caller(&state, &req).await?;
     let agent = state.tasks.key_agent(&who).await?;
     let info = req.connection_info();
     let url = format!("{}://{}/a2a/{}", info.scheme(), info.host(), agent.id);

@@ -10,13 +10,13 @@ use baton_domain::Principal;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::agent_of_path;
+use super::caller;
 use super::rpc::{call, check_version, streaming};
 use super::rpc_error::{RpcCode, RpcError};
 use super::stream::Envelope;
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::{authenticate, json_body};
+use crate::extract::json_body;
 
 /// An A2A error as the HTTP+JSON binding answers it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -84,23 +84,8 @@ fn error_answer(err: RpcError) -> HttpResponse {
     })
 }
 
-/// The key's principal, when the path is its agent's (else baton's own envelope, as
-/// for every route).
-async fn caller(state: &ApiState, req: &HttpRequest) -> Result<Principal, ApiError> {
-    let who = authenticate(state, req).await?;
-    agent_of_path(req, &who)?;
-    Ok(who)
-}
-
-/// Runs `method` with `params` and answers its result as the body.
-fn answer_with(outcome: Result<Value, RpcError>) -> HttpResponse {
-    match outcome {
-        Ok(result) => HttpResponse::Ok().json(result),
-        Err(err) => error_answer(err),
-    }
-}
-
-/// Runs `method` for the caller with `params` (once the version is one spoken here).
+/// Runs `method` for the caller with `params` (once the version is one spoken here):
+/// its result as the body, or its error.
 async fn run(
     state: &ApiState,
     req: &HttpRequest,
@@ -112,7 +97,10 @@ async fn run(
         Ok(params) => call(state, who, method, params).await,
         Err(err) => Err(err),
     };
-    answer_with(outcome)
+    match outcome {
+        Ok(result) => HttpResponse::Ok().json(result),
+        Err(err) => error_answer(err),
+    }
 }
 
 /// Authenticates, then runs `method` with the params the request makes.

@@ -10,7 +10,7 @@ use baton_domain::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::agent_of_path;
+use super::caller;
 use super::parts::{InMessage, to_baton};
 use super::push::{self, InPushConfig};
 use super::rpc_error::{Outcome, RpcCode, RpcError, task_id};
@@ -18,7 +18,7 @@ use super::stream::{A2aFrames, Envelope, error_frame};
 use super::tasks::task_json;
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::{authenticate, json_bytes};
+use crate::extract::json_bytes;
 use crate::sse::Follow;
 
 /// The header a client names the protocol version in; baton speaks 1.0.
@@ -39,8 +39,7 @@ pub(crate) async fn rpc(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(&state, &req).await?;
-    agent_of_path(&req, &who)?;
+    let who = caller(&state, &req).await?;
     let body = json_bytes(&req, payload, &state).await?;
     let request: Value = match serde_json::from_slice(&body) {
         Ok(request) => request,
