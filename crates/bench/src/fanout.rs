@@ -12,7 +12,7 @@ use anyhow::bail;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::streams::{core_share, cpu_seconds, open, rss_kib};
+use crate::streams::{AtFinal, core_share, cpu_seconds, open, rss_kib};
 use crate::{Backend, Target, bench_database, echo_agent_and_key, ms, percentiles, start_server};
 
 /// Messages appended at once.
@@ -28,6 +28,7 @@ pub(crate) struct Fanout {
     pub(crate) idle: Duration,
     /// `GET` task requests made one after another while the streams are idle.
     pub(crate) gets: usize,
+    pub(crate) at_final: AtFinal,
 }
 
 pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Result<Value> {
@@ -65,7 +66,7 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
     let rss_before = rss_kib(watched_pid)?;
     // Every stream positioned at its task's end.
     let positions = (0..run.streams).map(|i| tasks_and_ends[i % tasks_and_ends.len()]);
-    let mut streams = open(&watched.base, &target.token, positions).await?;
+    let mut streams = open(&watched.base, &target.token, positions, run.at_final).await?;
     // Every stream has its `retry:` hint; let the server settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_with_streams = rss_kib(watched_pid)?;
@@ -90,8 +91,11 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
         appended?;
     }
     let mut late = Vec::with_capacity(run.streams);
+    let mut held = Vec::with_capacity(run.streams);
     while let Some(got) = streams.readers.join_next().await {
-        late.push(got??);
+        let (ms, stream) = got??;
+        late.push(ms);
+        held.extend(stream);
     }
     let all_seconds = appending.elapsed().as_secs_f64();
     // Whose CPU the fan-out took: if the load generator's share is near one core, the
@@ -102,6 +106,7 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
         "watched_server_s": used(watched_pid, cpu_before[1])?,
         "load_generator_s": used(std::process::id(), cpu_before[2])?,
     });
+    drop(held);
     drop(other_server);
     drop(turns_server);
     Ok(json!({
@@ -109,6 +114,7 @@ pub(crate) async fn fanout(baton: &str, cpu: usize, run: &Fanout) -> anyhow::Res
         "instances": if pg.is_some() { 2 } else { 1 },
         "streams": run.streams,
         "tasks": run.tasks,
+        "at_final": match run.at_final { AtFinal::HoldOpen => "hold-open", AtFinal::Close => "close" },
         "open_seconds": streams.open_seconds,
         "rss_before_kib": rss_before,
         "rss_with_streams_kib": rss_with_streams,

@@ -130,6 +130,10 @@ enum Cmd {
         /// `GET` task requests timed one after another while the streams are open.
         #[arg(long, default_value_t = 1000)]
         gets: usize,
+        /// Open the streams with `?until=final` and close each once its `final` is
+        /// read (by default they stay open past it, as a chat tab's stream does).
+        #[arg(long)]
+        close_at_final: bool,
     },
     /// Kill a PostgreSQL instance holding many running turns; time how long a
     /// surviving instance takes to end or take them over.
@@ -498,7 +502,13 @@ async fn idle_streams(target: &Target, pid: u32, count: usize) -> anyhow::Result
     let before = streams::rss_kib(pid)?;
     // Past every task's end: the streams stay idle.
     let positions = (0..count).map(|i| (ids[i % ids.len()], 1_000_000));
-    let open = streams::open(&target.base, &target.token, positions).await?;
+    let open = streams::open(
+        &target.base,
+        &target.token,
+        positions,
+        streams::AtFinal::Close,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_streams = streams::rss_kib(pid)?;
     drop(open);
@@ -661,6 +671,7 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
             tasks,
             idle_seconds,
             gets,
+            close_at_final,
         } => {
             let run = fanout::Fanout {
                 database,
@@ -668,6 +679,11 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
                 tasks,
                 idle: Duration::from_secs(idle_seconds),
                 gets,
+                at_final: if close_at_final {
+                    streams::AtFinal::Close
+                } else {
+                    streams::AtFinal::HoldOpen
+                },
             };
             let results = fanout::fanout(&baton, server_cpu, &run).await?;
             println!("{}", serde_json::to_string_pretty(&results)?);

@@ -18,10 +18,24 @@ const OPEN_WITHIN: Duration = Duration::from_secs(300);
 /// (it is part of the kernel's ABI, whatever the kernel's own tick).
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// What a stream's reader gives back: how late, in ms, its `final` arrived after the
+/// turn's end, and the stream itself if it is held open past `final`.
+pub(crate) type Received = (f64, Option<Box<dyn Send>>);
+
+/// How the streams end.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum AtFinal {
+    /// Held open past `final`, as a chat tab holds its stream across turns: the server
+    /// writes `final` and goes on with the next stream.
+    HoldOpen,
+    /// Opened with `?until=final` and closed by the client once `final` is read: each
+    /// `final` is followed by the connection's teardown on both sides.
+    Close,
+}
+
 /// Streams open on a server, each read until its `final` event.
 pub(crate) struct OpenStreams {
-    /// Each stream's reader: how late, in ms, its `final` arrived after the turn's end.
-    pub(crate) readers: tokio::task::JoinSet<anyhow::Result<f64>>,
+    pub(crate) readers: tokio::task::JoinSet<anyhow::Result<Received>>,
     pub(crate) open_seconds: f64,
 }
 
@@ -33,6 +47,7 @@ pub(crate) async fn open(
     base: &str,
     token: &str,
     positions: impl IntoIterator<Item = (i64, i64)>,
+    at_final: AtFinal,
 ) -> anyhow::Result<OpenStreams> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -42,9 +57,13 @@ pub(crate) async fn open(
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTING));
     let mut readers = tokio::task::JoinSet::new();
     for &(task, after) in &positions {
+        let until = match at_final {
+            AtFinal::HoldOpen => "",
+            AtFinal::Close => "&until=final",
+        };
         let request = http
             .get(format!(
-                "{base}/v1/chat/tasks/{task}/stream?after={after}&until=final"
+                "{base}/v1/chat/tasks/{task}/stream?after={after}{until}"
             ))
             .bearer_auth(token);
         let (opened, gate) = (opened_tx.clone(), gate.clone());
@@ -66,7 +85,12 @@ pub(crate) async fn open(
                         .context("final without created_at")?
                         .parse()?;
                     let late = Utc::now() - ended;
-                    return Ok(late.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+                    let late = late.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+                    let held: Option<Box<dyn Send>> = match at_final {
+                        AtFinal::HoldOpen => Some(Box::new(events)),
+                        AtFinal::Close => None,
+                    };
+                    return Ok((late, held));
                 }
             }
             bail!("stream of task {task} ended without final")

@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub tool_response_timeout_secs: Option<u64>,
     /// Whether `/console` serves the console (default on).
     pub console: Option<bool>,
+    /// How often an idle stream gets a comment that keeps proxies from cutting it.
+    pub stream_heartbeat_secs: Option<u64>,
     #[serde(default)]
     pub leases: LeasesFile,
     #[serde(default)]
@@ -170,6 +172,8 @@ pub struct Config {
     pub cors: baton_http::cors::CorsOptions,
     /// Whether `/console` serves the console.
     pub console: bool,
+    /// How often an idle stream gets a heartbeat comment.
+    pub stream_heartbeat: Duration,
 }
 
 /// Request and turn limits. Zero means "no limit" for the rate and the turns.
@@ -339,6 +343,7 @@ impl Config {
             admin_token: None,
             tool_response_timeout_secs: Some(self.tool_response_timeout.as_secs()),
             console: Some(self.console),
+            stream_heartbeat_secs: Some(self.stream_heartbeat.as_secs()),
             leases: LeasesFile {
                 ttl_ms: Some(ms(self.lease_ttl)),
                 sweep_interval_ms: Some(ms(self.sweep_interval)),
@@ -560,6 +565,10 @@ impl Config {
             webhooks,
             cors,
             console: file.console.unwrap_or(true),
+            stream_heartbeat: file.stream_heartbeat_secs.map_or(
+                baton_http::sse::SseOptions::default().heartbeat,
+                Duration::from_secs,
+            ),
             admin_token: file.admin_token.filter(|t| !t.is_empty()),
             limits: Limits {
                 requests_per_second_per_key: file.limits.requests_per_second_per_key.unwrap_or(0),
@@ -670,6 +679,10 @@ impl Config {
             config.body_limit
         );
         anyhow::ensure!(
+            (1..=600).contains(&config.stream_heartbeat.as_secs()),
+            "stream_heartbeat_secs must be from 1 to 600"
+        );
+        anyhow::ensure!(
             config.store.sqlite.readers >= 1,
             "sqlite.readers must be at least 1"
         );
@@ -700,6 +713,7 @@ mod tests {
             ("BATON_LISTEN".to_owned(), "127.0.0.1:7000".to_owned()),
             ("BATON_SQLITE_READERS".to_owned(), "7".to_owned()),
             ("BATON_WORKERS".to_owned(), "3".to_owned()),
+            ("BATON_STREAM_HEARTBEAT_SECS".to_owned(), "30".to_owned()),
             (
                 "BATON_WEBHOOKS_ALLOW_NETWORKS".to_owned(),
                 r#"["10.0.0.0/8"]"#.to_owned(),
@@ -717,6 +731,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.workers, 3, "a variable wins over the default");
+        assert_eq!(config.stream_heartbeat, Duration::from_secs(30));
         assert_eq!(
             config.store.sqlite.readers, 7,
             "section keys have variables too"
@@ -731,6 +746,16 @@ mod tests {
         let defaults = Config::resolve_with_env(&Overrides::default(), []).unwrap();
         assert_eq!(defaults.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(defaults.store.sqlite.synchronous, SqliteSync::Full);
+        assert_eq!(defaults.stream_heartbeat, Duration::from_secs(15));
+        for refused in ["0", "601"] {
+            let env = [("BATON_STREAM_HEARTBEAT_SECS".to_owned(), refused.to_owned())];
+            let err = Config::resolve_with_env(&Overrides::default(), env).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("stream_heartbeat_secs must be from 1 to 600"),
+                "{err:#}"
+            );
+        }
     }
 
     #[test]
@@ -823,7 +848,13 @@ mod tests {
                 "{printed}"
             );
         }
-        for key in ["readers", "ttl_ms", "retry_schedule_ms", "pool_size"] {
+        for key in [
+            "readers",
+            "ttl_ms",
+            "retry_schedule_ms",
+            "pool_size",
+            "stream_heartbeat_secs",
+        ] {
             assert!(printed.contains(key), "{key} missing: {printed}");
         }
         // Loaded back as a file, with the secrets given again as variables, it is the

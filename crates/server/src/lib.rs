@@ -486,7 +486,10 @@ async fn serve(config: Config, demo: bool, extra: &RunnerRegistry) -> anyhow::Re
         ApiState {
             tasks: app.tasks.clone(),
             body_limit: config.body_limit,
-            sse: baton_http::sse::SseOptions::default(),
+            sse: baton_http::sse::SseOptions {
+                heartbeat: config.stream_heartbeat,
+                ..baton_http::sse::SseOptions::default()
+            },
             shutdown: shutdown.clone(),
             metrics: Some(metrics),
             limits: baton_http::limits::RequestLimits {
