@@ -1,6 +1,7 @@
 //! Requests only raw TCP can send — a body that stalls, a head that never ends,
 //! malformed or oversized headers — against the real binary: each is answered with
-//! the API's envelope and a request id, like every other error.
+//! the API's envelope and a request id, like every other error. And what only raw
+//! TCP sees: a stream's heartbeat comments.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, agent_and_key, baton, sqlite_db};
+use common::{Api, Server, agent_and_key, baton, sqlite_db};
 
 /// Sends `head` (and what of the body it holds), then waits for the whole answer.
 fn send_and_read(base: &str, head: &str) -> (String, Duration) {
@@ -109,4 +110,61 @@ fn requests_the_framework_refuses_get_the_envelope_too() {
         "GET /v1/chat/tasks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_raw_envelope(&answer, "401", "unauthorized");
+}
+
+/// A stream's heartbeat comments are invisible to an SSE client: read the raw bytes.
+#[test]
+fn the_stream_heartbeat_comes_at_the_configured_period() {
+    let (_dir, db) = sqlite_db();
+    let (agent, token) = agent_and_key(&db, "{}");
+    let mut command = baton(&db);
+    command.env("BATON_STREAM_HEARTBEAT_SECS", "1");
+    let server = Server::start_command(command, &[], std::process::Stdio::null());
+    let api = Api {
+        http: common::client(),
+        base: &server.base,
+        token: &token,
+    };
+    let (_, created) = api.post(
+        "/v1/chat/tasks",
+        serde_json::json!({"agent_id": agent, "message": {"content": "hi"}}),
+    );
+    let task = created["task_id"].as_i64().unwrap();
+    api.settled(task);
+
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let opened = Instant::now();
+    write!(
+        stream,
+        "GET /v1/chat/tasks/{task}/stream?after=1000 HTTP/1.1\r\nHost: baton\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0_u8; 1024];
+    // Two heartbeats within 5 s: the default period (15 s) would send none.
+    while String::from_utf8_lossy(&raw)
+        .matches(": keep-alive")
+        .count()
+        < 2
+    {
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "no two heartbeats within 5 s: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("the stream ended: {}", String::from_utf8_lossy(&raw)),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(err) => panic!("{err}"),
+        }
+    }
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
 }
