@@ -150,6 +150,11 @@ impl LocalNotifier {
     pub fn watched_tasks(&self) -> usize {
         lock(&self.slots).len()
     }
+
+    /// The tasks watched right now.
+    pub fn watched_task_ids(&self) -> Vec<TaskId> {
+        lock(&self.slots).keys().copied().collect()
+    }
 }
 
 impl TaskNotifier for LocalNotifier {

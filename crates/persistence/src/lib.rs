@@ -3,6 +3,7 @@
 //! memory for embedders' tests: [`SqlStore::in_memory`]) or PostgreSQL (several
 //! instances).
 
+mod announce;
 mod backend;
 mod error;
 mod group_commit;
@@ -48,6 +49,8 @@ pub struct PoolUsage {
 /// The SQL storage adapter, on whichever database its URL names.
 pub struct SqlStore {
     db: Db,
+    /// Sends turn changes to other instances after they commit (PostgreSQL only).
+    announcer: Option<announce::Announcer>,
     /// Whether writes lately failed for want of space (readiness reports it).
     writes: write_health::WriteHealth,
 }
@@ -74,15 +77,18 @@ impl SqlStore {
         options: StoreOptions,
     ) -> Result<(SqlStore, Vec<String>), PersistenceError> {
         let applied = SqlStore::migrate(url).await?;
-        let db = match DatabaseUrl::parse(url)? {
-            DatabaseUrl::Sqlite(url) => Db::Sqlite(SqliteDb::open(&url, options.sqlite)?),
+        let (db, announcer) = match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Sqlite(url) => (Db::Sqlite(SqliteDb::open(&url, options.sqlite)?), None),
             DatabaseUrl::Postgres(url) => {
-                Db::Postgres(backend::open_postgres(&url, options.postgres).await?)
+                let pool = backend::open_postgres(&url, options.postgres).await?;
+                let announcer = announce::Announcer::spawn(pool.clone());
+                (Db::Postgres(pool), Some(announcer))
             }
         };
         Ok((
             SqlStore {
                 db,
+                announcer,
                 writes: write_health::WriteHealth::default(),
             },
             applied,
@@ -97,6 +103,7 @@ impl SqlStore {
     pub fn in_memory() -> Result<SqlStore, PersistenceError> {
         Ok(SqlStore {
             db: Db::Sqlite(SqliteDb::in_memory()?),
+            announcer: None,
             writes: write_health::WriteHealth::default(),
         })
     }
@@ -212,7 +219,7 @@ macro_rules! on_conn {
                 let mut object = pool.get().await.map_err(from_pool)?;
                 let $conn = &mut *object;
                 use crate::queries::postgres as $q;
-                $body
+                announce::collecting($store.announcer.as_ref(), async { $body }).await
             }
         };
         $store.writes.note($write, &result);

@@ -1,9 +1,18 @@
-//! Cross-instance wake-ups on PostgreSQL: writers `pg_notify` turn changes inside their
-//! transactions; each instance keeps one connection on `LISTEN` and feeds what arrives
-//! into its in-process hub, so a long-poll on one instance wakes when a turn ends on
-//! another. Changes of agents and keys travel the same way, on a channel of their own,
-//! so every instance's cache of them drops what changed.
+//! Cross-instance wake-ups on PostgreSQL: writers `pg_notify` turn changes once they
+//! commit (`crate::announce`); each instance keeps one connection on `LISTEN` and feeds
+//! what arrives into its in-process hub, so a long-poll on one instance wakes when a
+//! turn ends on another. Changes of agents and keys travel the same way, on a channel
+//! of their own, so every instance's cache of them drops what changed.
+//!
+//! A change whose announcement never left (its instance died between the commit and
+//! the announcement) is caught by a look, every [`RECHECK`], at the watched tasks'
+//! `last_seq`: every change writes an event, so a task whose count moved changed. A
+//! task announced since the last look is left for the next one (its watchers are
+//! reading it anyway), so a busy task is not woken twice per change; once its
+//! announcements stop, one look wakes it if its count moved since it was last woken
+//! by a look.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use baton_domain::{AgentId, AgentsChanged, LocalNotifier, TaskId, TaskNotifier, TurnId};
@@ -21,6 +30,9 @@ pub(crate) const CHANNEL: &str = "baton_turns";
 
 /// The channel changes of agents and keys are announced on.
 pub(crate) const AGENTS_CHANNEL: &str = "baton_agents";
+
+/// How often the relay looks at its watched tasks for changes it was not told of.
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -102,7 +114,20 @@ async fn listen(
     hub.resync();
     hub.agents_changed(&AgentsChanged::Unknown);
     let mut notifications = std::pin::pin!(conn.notifications_stream());
-    while let Some(notification) = notifications.next().await {
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut looks = Looks::default();
+    loop {
+        let notification = tokio::select! {
+            notification = notifications.next() => notification,
+            _ = recheck.tick() => {
+                look_for_unannounced(pool, hub, &mut looks).await;
+                continue;
+            }
+        };
+        let Some(notification) = notification else {
+            return Ok(());
+        };
         let notification = notification.map_err(|err| err.to_string())?;
         if notification.channel == AGENTS_CHANNEL {
             match decode_agents(&notification.payload) {
@@ -115,14 +140,76 @@ async fn listen(
             continue;
         }
         match decode(&notification.payload) {
-            Some((task, None)) => hub.task_changed(task),
-            Some((task, Some(turn))) => hub.turn_ended(task, turn),
+            Some((task, None)) => {
+                looks.announced.insert(task);
+                hub.task_changed(task)
+            }
+            Some((task, Some(turn))) => {
+                looks.announced.insert(task);
+                hub.turn_ended(task, turn)
+            }
             None => {
                 warn!(payload = %notification.payload, "ignoring a malformed turn notification")
             }
         }
     }
-    Ok(())
+}
+
+/// What the periodic look remembers between looks.
+#[derive(Debug, Default)]
+struct Looks {
+    /// Each watched task's `last_seq` when a look last settled it.
+    settled: HashMap<TaskId, i64>,
+    /// Tasks announced since the last look.
+    announced: HashSet<TaskId>,
+}
+
+/// Wakes the watchers of every watched task whose `last_seq` moved since a look last
+/// settled it (or that no look has settled yet: it may have changed since its watchers
+/// read it) and that was not announced since the last look.
+async fn look_for_unannounced(pool: &Pool<PgConn>, hub: &LocalNotifier, looks: &mut Looks) {
+    use diesel::{ExpressionMethods, QueryDsl};
+
+    use crate::schema::tasks;
+
+    let announced = std::mem::take(&mut looks.announced);
+    let watched: Vec<i64> = hub.watched_task_ids().into_iter().map(|t| t.0).collect();
+    if watched.is_empty() {
+        looks.settled.clear();
+        return;
+    }
+    let counts: Result<Vec<(i64, i64)>, String> = async {
+        let mut conn = pool.get().await.map_err(|err| err.to_string())?;
+        tasks::table
+            .filter(tasks::id.eq_any(watched))
+            .select((tasks::id, tasks::last_seq))
+            .load(&mut *conn)
+            .await
+            .map_err(|err| err.to_string())
+    }
+    .await;
+    let counts = match counts {
+        Ok(counts) => counts,
+        Err(err) => {
+            warn!(error = %err, "could not look at the watched tasks for unannounced changes");
+            // Looked at again next time, as if announced now.
+            looks.announced = announced;
+            return;
+        }
+    };
+    let mut settled = HashMap::with_capacity(counts.len());
+    for (id, last_seq) in counts {
+        let task = TaskId(id);
+        let before = looks.settled.get(&task).copied();
+        if before == Some(last_seq) || announced.contains(&task) {
+            // Unchanged, or its watchers are reading it: settle it as it was.
+            settled.extend(before.map(|seq| (task, seq)));
+        } else {
+            hub.task_changed(task);
+            settled.insert(task, last_seq);
+        }
+    }
+    looks.settled = settled;
 }
 
 #[cfg(test)]

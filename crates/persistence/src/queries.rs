@@ -7,11 +7,11 @@
 //! - on SQLite, a write operation's transaction is a savepoint in the writer's group
 //!   transaction (see `group_commit`); on PostgreSQL, it is a transaction;
 //! - how an operation's events are written and the task's change announced to other
-//!   instances (`write_events`; PostgreSQL: one multi-row `INSERT` and a `pg_notify`
-//!   inside the transaction, delivered only if it commits, pipelined in one round
-//!   trip; SQLite: a prepared single-row `INSERT` each, and one process, which
-//!   announces changes in-process); a change of an agent or a key likewise
-//!   (`announce_agents`);
+//!   instances (`write_events`; PostgreSQL: one multi-row `INSERT`, and a `pg_notify`
+//!   sent once the operation is over — `crate::announce`; SQLite: a prepared
+//!   single-row `INSERT` each, and one process, which announces changes in-process); a
+//!   change of an agent or a key (`announce_agents`: PostgreSQL notifies inside the
+//!   transaction);
 //! - row locks (PostgreSQL: `FOR UPDATE`, `SKIP LOCKED` for concurrent webhook senders;
 //!   SQLite's one writer is its own lock).
 //!

@@ -141,10 +141,8 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         now: Utc::now(),
     };
     assert!(writer.finish_turn(finish).await.unwrap().is_some());
-    assert!(
-        woken(&mut watch, Duration::from_secs(10)).await,
-        "the end of the turn reaches the other instance"
-    );
+    // Announcements leave after their operation: the claim's may arrive after the
+    // relay connected, so the end is recognised by the turn it names.
     let ended = tokio::time::timeout(Duration::from_secs(10), ended_turns.recv())
         .await
         .expect("the other instance is told which turn ended");
@@ -154,6 +152,10 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         "so its executor can stop playing it"
     );
     eprintln!("finish_turn call to relayed wake-up: {:?}", sent.elapsed());
+    assert!(
+        woken(&mut watch, Duration::from_secs(10)).await,
+        "the end of the turn reaches the other instance's waiters"
+    );
 
     // Another task's changes do not wake this waiter.
     writer
@@ -161,6 +163,118 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         .await
         .unwrap();
     assert!(!woken(&mut watch, Duration::from_millis(300)).await);
+    relay.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_turn_change_is_announced_once_committed() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use futures_util::StreamExt;
+
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let (_, accepted) = seed(&writer).await;
+    let mut listener = AsyncPgConnection::establish(db.url()).await.unwrap();
+    diesel::sql_query("LISTEN baton_turns")
+        .execute(&mut listener)
+        .await
+        .unwrap();
+    let turn = accepted.turn_id.unwrap();
+    let finish = FinishTurn {
+        next: None,
+        task_id: accepted.task_id,
+        turn_id: turn,
+        outcome: TurnOutcome::Completed,
+        output: vec![],
+        usage: None,
+        guard: LeaseGuard::Anyone,
+        now: Utc::now(),
+    };
+    assert!(writer.finish_turn(finish).await.unwrap().is_some());
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    let expected = format!("{}:{}", accepted.task_id, turn);
+    loop {
+        let notification = tokio::time::timeout(Duration::from_secs(10), notifications.next())
+            .await
+            .expect("the end of the turn is announced")
+            .unwrap()
+            .unwrap();
+        if notification.payload == expected {
+            break;
+        }
+        // The claim's announcement leaves after the claim, maybe after the LISTEN.
+        assert_eq!(
+            notification.payload,
+            accepted.task_id.to_string(),
+            "only the claim's announcement may come first"
+        );
+    }
+    let view = writer
+        .get_task(accepted.agent_id, accepted.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        view.status(),
+        TaskStatus::Completed,
+        "announced once committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_change_never_announced_still_reaches_another_instance() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let (reader, _) = SqlStore::open(db.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let (_, accepted) = seed(&writer).await;
+    let hub = LocalNotifier::new();
+    let mut watch = hub.watch(accepted.task_id);
+    let woken = async |watch: &mut TaskWatch, within: Duration| {
+        tokio::time::timeout(within, watch.changed()).await.is_ok()
+    };
+    let relay = reader.relay_changes(hub.clone()).unwrap();
+    assert!(
+        woken(&mut watch, Duration::from_secs(10)).await,
+        "a (re)connected relay wakes every waiter"
+    );
+    // The first look wakes a task no look has settled (it may have changed
+    // unannounced) — or, if the claim's announcement arrived after the relay connected,
+    // the look after it. Then the looks leave the unchanged task alone.
+    let mut wakes = 0;
+    while woken(&mut watch, Duration::from_millis(2500)).await {
+        wakes += 1;
+        assert!(wakes <= 3, "the looks keep waking an unchanged task");
+    }
+    assert!(wakes >= 1, "no look woke a task no look had settled");
+    // A change committed whose announcement never left (its instance died first).
+    let mut other = AsyncPgConnection::establish(db.url()).await.unwrap();
+    diesel::sql_query("UPDATE tasks SET last_seq = last_seq + 1 WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(accepted.task_id.0)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let since = Instant::now();
+    assert!(
+        woken(&mut watch, Duration::from_secs(10)).await,
+        "a look finds the change"
+    );
+    assert!(
+        since.elapsed() < Duration::from_secs(3),
+        "within a second or two: {:?}",
+        since.elapsed()
+    );
     relay.abort();
 }
 

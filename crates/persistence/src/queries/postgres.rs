@@ -1,8 +1,9 @@
 //! The queries on PostgreSQL: the files beside this one, with PostgreSQL's connection
 //! and what PostgreSQL does its own way. Several instances write at once, so rows are
 //! locked where two writers must take turns, and every change is announced to the
-//! other instances with `pg_notify` inside its transaction (delivered only if it
-//! commits).
+//! other instances with `pg_notify`: a turn's change once its operation is over (see
+//! `crate::announce`), a change of an agent or a key inside its transaction (delivered
+//! only if it commits).
 
 use baton_domain::{AgentId, AgentsChanged, TaskId, TurnId};
 use diesel::QueryResult;
@@ -107,9 +108,11 @@ async fn lock_active_turn(conn: &mut Conn, task: i64) -> QueryResult<()> {
 }
 
 /// Inserts an operation's events in one statement (in chunks that keep few statement
-/// shapes prepared) and tells other instances that the task changed, and which turn
-/// the change ended (so the instance playing it stops) — pipelined, one round trip.
-/// `pg_notify` in the transaction is delivered only if it commits.
+/// shapes prepared) and has other instances told that the task changed, and which
+/// turn the change ended (so the instance playing it stops): after the operation, by
+/// the store's announcer (`crate::announce`, which says why not inside the
+/// transaction); inside the transaction, pipelined with the inserts, where no
+/// operation collects announcements.
 async fn write_events(
     conn: &mut Conn,
     task: TaskId,
@@ -126,7 +129,9 @@ async fn write_events(
             .by_sql()
             .execute(&mut on)
     });
-    let payload = encode(task, ended);
+    let Err(payload) = crate::announce::defer(encode(task, ended)) else {
+        return try_join_all(inserts).await.map(drop);
+    };
     let mut on = shared;
     let notify = diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(CHANNEL)
