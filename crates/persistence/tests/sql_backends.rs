@@ -99,8 +99,8 @@ async fn postgres_fresh_database_is_migrated_at_open() {
     seed(&store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_task_changes_reach_the_hub_of_another_instance() {
+/// A throwaway PostgreSQL database and two instances' stores on it.
+async fn two_instances() -> (TestDatabase, SqlStore, SqlStore) {
     let db = tokio::task::spawn_blocking(TestDatabase::new)
         .await
         .unwrap();
@@ -110,6 +110,31 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
     let (reader, _) = SqlStore::open(db.url(), StoreOptions::default())
         .await
         .unwrap();
+    (db, writer, reader)
+}
+
+/// The accepted turn's end, completed without output.
+fn completed(accepted: &Accepted) -> FinishTurn {
+    FinishTurn {
+        next: None,
+        task_id: accepted.task_id,
+        turn_id: accepted.turn_id.unwrap(),
+        outcome: TurnOutcome::Completed,
+        output: vec![],
+        usage: None,
+        guard: LeaseGuard::Anyone,
+        now: Utc::now(),
+    }
+}
+
+/// Whether `watch` sees a change within `within`.
+async fn woken(watch: &mut TaskWatch, within: Duration) -> bool {
+    tokio::time::timeout(within, watch.changed()).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_task_changes_reach_the_hub_of_another_instance() {
+    let (_db, writer, reader) = two_instances().await;
     let (agent, accepted) = seed(&writer).await;
     let hub = LocalNotifier::new();
     let (ended_tx, mut ended_turns) = tokio::sync::mpsc::unbounded_channel();
@@ -117,10 +142,6 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
         let _ = ended_tx.send(turn);
     }));
     let mut watch = hub.watch(accepted.task_id);
-    let woken = async |watch: &mut TaskWatch, within: Duration| {
-        tokio::time::timeout(within, watch.changed()).await.is_ok()
-    };
-
     let relay = reader
         .relay_changes(hub.clone())
         .expect("PostgreSQL relays changes");
@@ -130,17 +151,13 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
     );
 
     let sent = Instant::now();
-    let finish = FinishTurn {
-        next: None,
-        task_id: accepted.task_id,
-        turn_id: accepted.turn_id.unwrap(),
-        outcome: TurnOutcome::Completed,
-        output: vec![],
-        usage: None,
-        guard: LeaseGuard::Anyone,
-        now: Utc::now(),
-    };
-    assert!(writer.finish_turn(finish).await.unwrap().is_some());
+    assert!(
+        writer
+            .finish_turn(completed(&accepted))
+            .await
+            .unwrap()
+            .is_some()
+    );
     // Announcements leave after their operation: the claim's may arrive after the
     // relay connected, so the end is recognised by the turn it names.
     let ended = tokio::time::timeout(Duration::from_secs(10), ended_turns.recv())
@@ -171,12 +188,7 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     use futures_util::StreamExt;
 
-    let db = tokio::task::spawn_blocking(TestDatabase::new)
-        .await
-        .unwrap();
-    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default())
-        .await
-        .unwrap();
+    let (db, writer, _) = two_instances().await;
     let (_, accepted) = seed(&writer).await;
     let mut listener = AsyncPgConnection::establish(db.url()).await.unwrap();
     diesel::sql_query("LISTEN baton_turns")
@@ -184,17 +196,13 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
         .await
         .unwrap();
     let turn = accepted.turn_id.unwrap();
-    let finish = FinishTurn {
-        next: None,
-        task_id: accepted.task_id,
-        turn_id: turn,
-        outcome: TurnOutcome::Completed,
-        output: vec![],
-        usage: None,
-        guard: LeaseGuard::Anyone,
-        now: Utc::now(),
-    };
-    assert!(writer.finish_turn(finish).await.unwrap().is_some());
+    assert!(
+        writer
+            .finish_turn(completed(&accepted))
+            .await
+            .unwrap()
+            .is_some()
+    );
     let mut notifications = std::pin::pin!(listener.notifications_stream());
     let expected = format!("{}:{}", accepted.task_id, turn);
     loop {
@@ -229,21 +237,10 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
 async fn postgres_a_change_never_announced_still_reaches_another_instance() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-    let db = tokio::task::spawn_blocking(TestDatabase::new)
-        .await
-        .unwrap();
-    let (writer, _) = SqlStore::open(db.url(), StoreOptions::default())
-        .await
-        .unwrap();
-    let (reader, _) = SqlStore::open(db.url(), StoreOptions::default())
-        .await
-        .unwrap();
+    let (db, writer, reader) = two_instances().await;
     let (_, accepted) = seed(&writer).await;
     let hub = LocalNotifier::new();
     let mut watch = hub.watch(accepted.task_id);
-    let woken = async |watch: &mut TaskWatch, within: Duration| {
-        tokio::time::timeout(within, watch.changed()).await.is_ok()
-    };
     let relay = reader.relay_changes(hub.clone()).unwrap();
     assert!(
         woken(&mut watch, Duration::from_secs(10)).await,
