@@ -13,6 +13,7 @@
 //! by a look.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use baton_domain::{AgentId, AgentsChanged, LocalNotifier, TaskId, TaskNotifier, TurnId};
@@ -114,20 +115,15 @@ async fn listen(
     hub.resync();
     hub.agents_changed(&AgentsChanged::Unknown);
     let mut notifications = std::pin::pin!(conn.notifications_stream());
-    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut looks = Looks::default();
-    loop {
-        let notification = tokio::select! {
-            notification = notifications.next() => notification,
-            _ = recheck.tick() => {
-                look_for_unannounced(pool, hub, &mut looks).await;
-                continue;
-            }
-        };
-        let Some(notification) = notification else {
-            return Ok(());
-        };
+    // The looks run beside the relay, so a look waiting for a pooled connection under
+    // load never holds up the notifications; they stop with this connection.
+    let announced = Announced::default();
+    let _looks = StopOnDrop(tokio::spawn(look_periodically(
+        pool.clone(),
+        hub.clone(),
+        announced.clone(),
+    )));
+    while let Some(notification) = notifications.next().await {
         let notification = notification.map_err(|err| err.to_string())?;
         if notification.channel == AGENTS_CHANNEL {
             match decode_agents(&notification.payload) {
@@ -141,11 +137,11 @@ async fn listen(
         }
         match decode(&notification.payload) {
             Some((task, None)) => {
-                looks.announced.insert(task);
+                announced.insert(task);
                 hub.task_changed(task)
             }
             Some((task, Some(turn))) => {
-                looks.announced.insert(task);
+                announced.insert(task);
                 hub.turn_ended(task, turn)
             }
             None => {
@@ -153,29 +149,71 @@ async fn listen(
             }
         }
     }
+    Ok(())
 }
 
-/// What the periodic look remembers between looks.
-#[derive(Debug, Default)]
-struct Looks {
-    /// Each watched task's `last_seq` when a look last settled it.
-    settled: HashMap<TaskId, i64>,
-    /// Tasks announced since the last look.
-    announced: HashSet<TaskId>,
+/// Tasks announced since the last look, shared by the relay and its looks.
+#[derive(Debug, Clone, Default)]
+struct Announced(Arc<Mutex<HashSet<TaskId>>>);
+
+impl Announced {
+    fn insert(&self, task: TaskId) {
+        self.lock().insert(task);
+    }
+
+    fn take(&self) -> HashSet<TaskId> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn restore(&self, tasks: HashSet<TaskId>) {
+        self.lock().extend(tasks);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashSet<TaskId>> {
+        // A set of ids stays consistent even if a holder panicked.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Aborts the task when dropped.
+struct StopOnDrop(JoinHandle<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Looks at the watched tasks every [`RECHECK`], until aborted.
+async fn look_periodically(pool: Pool<PgConn>, hub: LocalNotifier, announced: Announced) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settled = HashMap::new();
+    loop {
+        ticks.tick().await;
+        look_for_unannounced(&pool, &hub, &announced, &mut settled).await;
+    }
 }
 
 /// Wakes the watchers of every watched task whose `last_seq` moved since a look last
 /// settled it (or that no look has settled yet: it may have changed since its watchers
 /// read it) and that was not announced since the last look.
-async fn look_for_unannounced(pool: &Pool<PgConn>, hub: &LocalNotifier, looks: &mut Looks) {
+///
+/// `settled` holds each watched task's `last_seq` when a look last settled it.
+async fn look_for_unannounced(
+    pool: &Pool<PgConn>,
+    hub: &LocalNotifier,
+    announced: &Announced,
+    settled: &mut HashMap<TaskId, i64>,
+) {
     use diesel::{ExpressionMethods, QueryDsl};
 
     use crate::schema::tasks;
 
-    let announced = std::mem::take(&mut looks.announced);
+    let announced_now = announced.take();
     let watched: Vec<i64> = hub.watched_task_ids().into_iter().map(|t| t.0).collect();
     if watched.is_empty() {
-        looks.settled.clear();
+        settled.clear();
         return;
     }
     let counts: Result<Vec<(i64, i64)>, String> = async {
@@ -193,23 +231,23 @@ async fn look_for_unannounced(pool: &Pool<PgConn>, hub: &LocalNotifier, looks: &
         Err(err) => {
             warn!(error = %err, "could not look at the watched tasks for unannounced changes");
             // Looked at again next time, as if announced now.
-            looks.announced = announced;
+            announced.restore(announced_now);
             return;
         }
     };
-    let mut settled = HashMap::with_capacity(counts.len());
+    let mut now = HashMap::with_capacity(counts.len());
     for (id, last_seq) in counts {
         let task = TaskId(id);
-        let before = looks.settled.get(&task).copied();
-        if before == Some(last_seq) || announced.contains(&task) {
+        let before = settled.get(&task).copied();
+        if before == Some(last_seq) || announced_now.contains(&task) {
             // Unchanged, or its watchers are reading it: settle it as it was.
-            settled.extend(before.map(|seq| (task, seq)));
+            now.extend(before.map(|seq| (task, seq)));
         } else {
             hub.task_changed(task);
-            settled.insert(task, last_seq);
+            now.insert(task, last_seq);
         }
     }
-    looks.settled = settled;
+    *settled = now;
 }
 
 #[cfg(test)]
