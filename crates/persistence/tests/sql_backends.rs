@@ -183,18 +183,48 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
     relay.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_turn_change_is_announced_once_committed() {
+/// A connection listening to turn changes, as another instance's relay does.
+async fn listen_to_turns(url: &str) -> diesel_async::AsyncPgConnection {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    use futures_util::StreamExt;
-
-    let (db, writer, _) = two_instances().await;
-    let (_, accepted) = seed(&writer).await;
-    let mut listener = AsyncPgConnection::establish(db.url()).await.unwrap();
+    let mut listener = AsyncPgConnection::establish(url).await.unwrap();
     diesel::sql_query("LISTEN baton_turns")
         .execute(&mut listener)
         .await
         .unwrap();
+    listener
+}
+
+/// Reads `listener`'s notifications until one carries `expected`, failing after 10 s
+/// or on a payload that is not among `earlier` (announcements that may still arrive).
+async fn announced(
+    listener: &mut diesel_async::AsyncPgConnection,
+    expected: &str,
+    earlier: &[String],
+) {
+    use futures_util::StreamExt;
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    loop {
+        let notification = tokio::time::timeout(Duration::from_secs(10), notifications.next())
+            .await
+            .unwrap_or_else(|_| panic!("{expected} was not announced within 10 s"))
+            .unwrap()
+            .unwrap();
+        if notification.payload == expected {
+            return;
+        }
+        assert!(
+            earlier.contains(&notification.payload),
+            "unexpected announcement {}",
+            notification.payload
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_turn_change_is_announced_once_committed() {
+    let (db, writer, _) = two_instances().await;
+    let (agent, accepted) = seed(&writer).await;
+    let mut listener = listen_to_turns(db.url()).await;
     let turn = accepted.turn_id.unwrap();
     assert!(
         writer
@@ -203,24 +233,9 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
             .unwrap()
             .is_some()
     );
-    let mut notifications = std::pin::pin!(listener.notifications_stream());
-    let expected = format!("{}:{}", accepted.task_id, turn);
-    loop {
-        let notification = tokio::time::timeout(Duration::from_secs(10), notifications.next())
-            .await
-            .expect("the end of the turn is announced")
-            .unwrap()
-            .unwrap();
-        if notification.payload == expected {
-            break;
-        }
-        // The claim's announcement leaves after the claim, maybe after the LISTEN.
-        assert_eq!(
-            notification.payload,
-            accepted.task_id.to_string(),
-            "only the claim's announcement may come first"
-        );
-    }
+    // The claim's announcement leaves after the claim, maybe after the LISTEN.
+    let claim = accepted.task_id.to_string();
+    announced(&mut listener, &format!("{claim}:{turn}"), &[claim.clone()]).await;
     let view = writer
         .get_task(accepted.agent_id, accepted.task_id)
         .await
@@ -231,6 +246,33 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
         TaskStatus::Completed,
         "announced once committed"
     );
+
+    // The announcer's connection ends under it (a restart, an idle timeout): the
+    // next change is still announced, on a new connection.
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut admin = AsyncPgConnection::establish(db.url()).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Ended {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ended: i64,
+    }
+    let killed: Ended = diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+         WHERE query LIKE '%SET LOCAL synchronous_commit%' AND pid <> pg_backend_pid() \
+         AND datname = current_database()",
+    )
+    .get_result(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed.ended, 1, "the announcer's connection");
+    let Claim::Started(next) = writer
+        .create_task(new_task(agent.id, "again"))
+        .await
+        .unwrap()
+    else {
+        panic!("no idempotency key, no replay");
+    };
+    announced(&mut listener, &next.task_id.to_string(), &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
