@@ -235,7 +235,8 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
     );
     // The claim's announcement leaves after the claim, maybe after the LISTEN.
     let claim = accepted.task_id.to_string();
-    announced(&mut listener, &format!("{claim}:{turn}"), &[claim.clone()]).await;
+    let ended = format!("{claim}:{turn}");
+    announced(&mut listener, &ended, std::slice::from_ref(&claim)).await;
     let view = writer
         .get_task(accepted.agent_id, accepted.task_id)
         .await
