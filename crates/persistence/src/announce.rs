@@ -40,16 +40,11 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(100);
 /// payload back if no operation collects announcements here: the caller then
 /// announces inside its transaction.
 pub(crate) fn defer(payload: String) -> Result<(), String> {
-    let mut payload = Some(payload);
-    let _ = PENDING.try_with(|pending| {
-        if let Some(payload) = payload.take() {
-            pending.borrow_mut().push(payload);
-        }
-    });
-    match payload {
-        Some(payload) => Err(payload),
-        None => Ok(()),
+    if PENDING.try_with(|_| ()).is_err() {
+        return Err(payload);
     }
+    PENDING.with(|pending| pending.borrow_mut().push(payload));
+    Ok(())
 }
 
 /// Runs `operation`, then hands what it [`defer`]red to `announcer` — whether it

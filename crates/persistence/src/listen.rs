@@ -22,6 +22,7 @@ use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::deadpool::Pool;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use crate::backend::PgConn;
@@ -33,7 +34,7 @@ pub(crate) const CHANNEL: &str = "baton_turns";
 pub(crate) const AGENTS_CHANNEL: &str = "baton_agents";
 
 /// How often the relay looks at its watched tasks for changes it was not told of.
-pub(crate) const RECHECK: Duration = Duration::from_secs(1);
+const RECHECK: Duration = Duration::from_secs(1);
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -118,7 +119,7 @@ async fn listen(
     // The looks run beside the relay, so a look waiting for a pooled connection under
     // load never holds up the notifications; they stop with this connection.
     let announced = Announced::default();
-    let _looks = StopOnDrop(tokio::spawn(look_periodically(
+    let _looks = AbortOnDropHandle::new(tokio::spawn(look_periodically(
         pool.clone(),
         hub.clone(),
         announced.clone(),
@@ -136,13 +137,12 @@ async fn listen(
             continue;
         }
         match decode(&notification.payload) {
-            Some((task, None)) => {
+            Some((task, ended)) => {
                 announced.insert(task);
-                hub.task_changed(task)
-            }
-            Some((task, Some(turn))) => {
-                announced.insert(task);
-                hub.turn_ended(task, turn)
+                match ended {
+                    Some(turn) => hub.turn_ended(task, turn),
+                    None => hub.task_changed(task),
+                }
             }
             None => {
                 warn!(payload = %notification.payload, "ignoring a malformed turn notification")
@@ -172,15 +172,6 @@ impl Announced {
     fn lock(&self) -> MutexGuard<'_, HashSet<TaskId>> {
         // A set of ids stays consistent even if a holder panicked.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Aborts the task when dropped.
-struct StopOnDrop(JoinHandle<()>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
