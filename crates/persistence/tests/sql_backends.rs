@@ -113,9 +113,9 @@ async fn two_instances() -> (TestDatabase, SqlStore, SqlStore) {
     (db, writer, reader)
 }
 
-/// The accepted turn's end, completed without output.
-fn completed(accepted: &Accepted) -> FinishTurn {
-    FinishTurn {
+/// Ends the accepted turn, completed without output.
+async fn complete(store: &SqlStore, accepted: &Accepted) {
+    let finish = FinishTurn {
         next: None,
         task_id: accepted.task_id,
         turn_id: accepted.turn_id.unwrap(),
@@ -124,7 +124,11 @@ fn completed(accepted: &Accepted) -> FinishTurn {
         usage: None,
         guard: LeaseGuard::Anyone,
         now: Utc::now(),
-    }
+    };
+    assert!(
+        store.finish_turn(finish).await.unwrap().is_some(),
+        "the turn ends"
+    );
 }
 
 /// Whether `watch` sees a change within `within`.
@@ -151,13 +155,7 @@ async fn postgres_task_changes_reach_the_hub_of_another_instance() {
     );
 
     let sent = Instant::now();
-    assert!(
-        writer
-            .finish_turn(completed(&accepted))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    complete(&writer, &accepted).await;
     // Announcements leave after their operation: the claim's may arrive after the
     // relay connected, so the end is recognised by the turn it names.
     let ended = tokio::time::timeout(Duration::from_secs(10), ended_turns.recv())
@@ -226,13 +224,7 @@ async fn postgres_a_turn_change_is_announced_once_committed() {
     let (agent, accepted) = seed(&writer).await;
     let mut listener = listen_to_turns(db.url()).await;
     let turn = accepted.turn_id.unwrap();
-    assert!(
-        writer
-            .finish_turn(completed(&accepted))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    complete(&writer, &accepted).await;
     // The claim's announcement leaves after the claim, maybe after the LISTEN.
     let claim = accepted.task_id.to_string();
     let ended = format!("{claim}:{turn}");
