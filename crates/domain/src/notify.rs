@@ -185,6 +185,17 @@ impl TaskWatch {
         self.seen = *self.receiver.borrow_and_update();
     }
 
+    /// Takes every change announced so far as seen without waiting, and says whether
+    /// there was one this watch had not seen: a reader about to stop for good reads
+    /// the store once more if so, since a wake-up it took for another reason (a close)
+    /// left the announcement unconsumed.
+    pub fn catch_up(&mut self) -> bool {
+        let now = *self.receiver.borrow_and_update();
+        let moved = now != self.seen;
+        self.seen = now;
+        moved
+    }
+
     /// The task this watch follows.
     pub fn task(&self) -> TaskId {
         self.task

@@ -267,8 +267,13 @@ impl SseStream {
             }
             // The server is stopping and the log is read to its end: a last comment,
             // then the end. The client reconnects (to another instance) with its
-            // Last-Event-ID.
+            // Last-Event-ID. A change announced before the close that this stream has
+            // not read yet (it woke to the close) is read first: a turn ended by the
+            // stop reaches its streams.
             if self.closing.is_cancelled() {
+                if self.watch.catch_up() {
+                    continue;
+                }
                 self.pending.push_back(Bytes::from_static(
                     b": server shutting down; reconnect with Last-Event-ID\n\n",
                 ));

@@ -500,3 +500,74 @@ async fn limits_answer_with_their_own_codes_and_store_nothing() {
         "only the accepted task exists"
     );
 }
+
+/// A change announced just before the server closes its streams reaches them: a stream
+/// woken by both at once reads the log to its end before its last comment, whichever
+/// wake-up it takes first. Several streams, each woken by both at the same instant, so
+/// a stream that trusted its earlier read would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_announced_as_the_server_closes_reaches_every_stream_before_it_ends() {
+    use baton_domain::ports::TaskNotifier;
+    use baton_domain::{FinishTurn, LeaseGuard, TaskId, TaskStore, TurnOutcome};
+
+    const STREAMS: usize = 8;
+    let app = TestApp::start().await;
+    let (agent, token) = app.agent_with_key(json!({"delay_ms": 60_000})).await;
+    let mut open = Vec::new();
+    for i in 0..STREAMS {
+        let task = app.create_task(&token, agent, &format!("long {i}")).await;
+        let mut stream = app
+            .http
+            .get(app.url(&format!("/v1/chat/tasks/{task}/stream")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        // The stream has read the log (its turn's start) and waits for a change.
+        let mut text = String::new();
+        while !text.contains("event: turn_started") {
+            let chunk = stream.chunk().await.unwrap().expect("the stream is open");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        open.push((task, stream, text));
+    }
+    // Each turn ends in the store, unannounced; then every change is announced and the
+    // streams are closed without a pause between, so each stream wakes to both.
+    for (task, _, _) in &open {
+        let (_, view) = app.get(&token, &format!("/v1/chat/tasks/{task}")).await;
+        let turn = view["latest_turn"]["turn_id"].as_i64().unwrap();
+        let finish = FinishTurn {
+            task_id: TaskId(*task),
+            turn_id: baton_domain::TurnId(turn),
+            outcome: TurnOutcome::Cancelled,
+            output: Vec::new(),
+            usage: None,
+            guard: LeaseGuard::Anyone,
+            now: chrono::Utc::now(),
+            next: None,
+        };
+        assert!(app.store.finish_turn(finish).await.unwrap().is_some());
+    }
+    for (task, _, _) in &open {
+        app.hub.task_changed(TaskId(*task));
+    }
+    app.shutdown.closing.cancel();
+
+    for (task, stream, mut text) in open {
+        let rest = tokio::time::timeout(Duration::from_secs(5), stream.text())
+            .await
+            .expect("the stream ends once the server closes")
+            .unwrap();
+        text.push_str(&rest);
+        assert!(
+            text.contains("event: cancelled"),
+            "task {task}: the end announced before the close is sent: {text}"
+        );
+        assert!(
+            text.trim_end()
+                .ends_with(": server shutting down; reconnect with Last-Event-ID"),
+            "{text}"
+        );
+    }
+}
