@@ -479,6 +479,20 @@ impl NewMessageRow {
             metadata: json(parts.metadata)?,
         })
     }
+
+    /// The row as it is stored under `id`.
+    pub fn stored(&self, id: i64) -> MessageRow {
+        MessageRow {
+            id,
+            task_id: self.task_id,
+            turn_id: self.turn_id,
+            role: self.role.to_owned(),
+            content: self.content.clone(),
+            streaming_status: self.streaming_status.map(str::to_owned),
+            created_at: self.created_at,
+            metadata: self.metadata.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Queryable, Selectable)]

@@ -77,6 +77,24 @@ impl TxError {
 }
 
 // The query files are modules of both: deliberately, see above.
+/// A transaction's body: an async closure on the connection whose future is `Send`.
+/// This is the shape `diesel_async::AsyncConnection::transaction` takes, named here
+/// (diesel-async does not export its own name for it) so that each backend's
+/// `transaction` can ask for it.
+pub(crate) trait TxBody<C, R>:
+    AsyncFnOnce(C) -> R + FnOnce(C) -> <Self as TxBody<C, R>>::Fut
+{
+    type Fut: Future<Output = R> + Send;
+}
+
+impl<F, C, Fut, R> TxBody<C, R> for F
+where
+    F: AsyncFnOnce(C) -> R + FnOnce(C) -> Fut,
+    Fut: Future<Output = R> + Send,
+{
+    type Fut = Fut;
+}
+
 #[allow(clippy::duplicate_mod)]
 pub(crate) mod postgres;
 #[allow(clippy::duplicate_mod)]

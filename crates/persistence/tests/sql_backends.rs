@@ -382,3 +382,175 @@ async fn postgres_pooled_connections_the_server_ended_are_replaced_before_use() 
         assert!(matches!(view, Ok(Some(_))), "{view:?}");
     }
 }
+
+/// The task's events, with the ids that differ from task to task taken out.
+async fn events_without_ids(store: &SqlStore, agent: AgentId, task: TaskId) -> Vec<String> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, field) in map.iter_mut() {
+                    match key.as_str() {
+                        "task_id" | "turn_id" | "message_id" => *field = serde_json::Value::Null,
+                        _ => strip(field),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let page = store
+        .list_events(agent, task, 0, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    page.events
+        .into_iter()
+        .map(|mut event| {
+            strip(&mut event.data);
+            format!("{} {} {}", event.seq, event.kind.as_str(), event.data)
+        })
+        .collect()
+}
+
+/// A plain task (nothing to read before writing) is written in one round trip on
+/// PostgreSQL, by other code than a task that has to read first: both are stored
+/// alike, and a plain one whose write fails leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_plain_task_is_stored_as_one_that_reads_first_and_all_or_nothing() {
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let mut options = StoreOptions::default();
+    // One connection: a write that failed must leave it fit for the next.
+    options.postgres.pool_size = 1;
+    let (store, _) = SqlStore::open(db.url(), options).await.unwrap();
+    let agent = store.create_agent(echo_agent("a")).await.unwrap();
+    let plain = new_task(agent.id, "same");
+    let capped = NewTask {
+        // A cap on running turns is read before the write.
+        max_running_per_agent: Some(100),
+        ..plain.clone()
+    };
+    let mut accepted = Vec::new();
+    for new in [plain.clone(), capped] {
+        let Claim::Started(started) = store.create_task(new).await.unwrap() else {
+            panic!("no idempotency key, no replay");
+        };
+        accepted.push(started);
+    }
+    let (first, second) = (&accepted[0], &accepted[1]);
+    assert_ne!(first.task_id, second.task_id);
+    assert_eq!(
+        events_without_ids(&store, agent.id, first.task_id).await,
+        events_without_ids(&store, agent.id, second.task_id).await
+    );
+    let views = [first, second].map(|a| store.get_task(agent.id, a.task_id));
+    let [one, two] = views;
+    let (one, two) = (one.await.unwrap().unwrap(), two.await.unwrap().unwrap());
+    assert_eq!(one.task.input, two.task.input);
+    assert_eq!(one.latest_turn.status, TurnStatus::Running);
+    assert_eq!(one.latest_turn.id, first.turn_id.unwrap());
+    assert_eq!(
+        (one.task.created_at, one.latest_turn.started_at),
+        (two.task.created_at, two.latest_turn.started_at)
+    );
+
+    let rows = "SELECT (SELECT count(*) FROM tasks) || ' ' || (SELECT count(*) FROM turns) \
+                || ' ' || (SELECT count(*) FROM messages) || ' ' || (SELECT count(*) FROM events)";
+    let before = db.query(rows).unwrap();
+    let unknown = new_task(AgentId(agent.id.0 + 1000), "nobody's");
+    assert!(
+        store.create_task(unknown).await.is_err(),
+        "no such agent: the task's row is refused"
+    );
+    assert_eq!(db.query(rows).unwrap(), before, "nothing of it was kept");
+    // The last of its statements refused: the rows before it are not kept either.
+    db.query("ALTER TABLE events ADD CONSTRAINT refused CHECK (data NOT LIKE '%refused%')")
+        .unwrap();
+    assert!(
+        store
+            .create_task(new_task(agent.id, "refused"))
+            .await
+            .is_err(),
+        "its event is refused"
+    );
+    assert_eq!(db.query(rows).unwrap(), before, "nothing of it was kept");
+    let Claim::Started(after) = store.create_task(plain).await.unwrap() else {
+        panic!("no replay");
+    };
+    assert!(
+        store
+            .get_task(agent.id, after.task_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// A write whose caller is dropped while it waits inside its transaction (here on a
+/// row another session holds) keeps nothing, and its connection is not handed out
+/// again with the transaction open: `BEGIN` went out ahead of the first statement,
+/// so the store, not diesel-async, told the pool a transaction was open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_dropped_midway_keeps_nothing_and_leaves_no_open_transaction() {
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let mut options = StoreOptions::default();
+    options.postgres.pool_size = 1;
+    let (store, _) = SqlStore::open(db.url(), options).await.unwrap();
+    let (agent, accepted) = seed(&store).await;
+    let task = accepted.task_id.0;
+    // Another session holds the task's row for a while: the turn's end updates its
+    // turn, then waits for the task's row.
+    let db = std::sync::Arc::new(db);
+    let holder = std::thread::spawn({
+        let db = db.clone();
+        move || {
+            db.query(&format!(
+                "BEGIN; SELECT id FROM tasks WHERE id = {task} FOR UPDATE; \
+                 SELECT pg_sleep(1.5); COMMIT;"
+            ))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finish = FinishTurn {
+        next: None,
+        task_id: accepted.task_id,
+        turn_id: accepted.turn_id.unwrap(),
+        outcome: TurnOutcome::Completed,
+        output: vec![],
+        usage: None,
+        guard: LeaseGuard::Anyone,
+        now: Utc::now(),
+    };
+    let waited = tokio::time::timeout(Duration::from_millis(400), store.finish_turn(finish)).await;
+    assert!(
+        waited.is_err(),
+        "the end waits for the held row, and is dropped"
+    );
+    holder.join().unwrap().unwrap();
+    let view = store
+        .get_task(agent.id, accepted.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        view.latest_turn.status,
+        TurnStatus::Running,
+        "the dropped end kept nothing, and this read is outside its transaction"
+    );
+    let open = db
+        .query(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .unwrap();
+    assert_eq!(
+        open.trim(),
+        "0",
+        "no connection was left inside a transaction"
+    );
+    complete(&store, &accepted).await;
+}

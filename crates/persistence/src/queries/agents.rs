@@ -3,7 +3,7 @@
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::{Conn, announce_agents};
 use crate::error::from_diesel;
@@ -71,7 +71,7 @@ pub(crate) async fn update_agent(
     id: AgentId,
     update: &AgentUpdate,
 ) -> Result<Option<Agent>, StoreError> {
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let found: Option<AgentRow> = agents::table
             .find(id.0)
             .select(AgentRow::as_select())

@@ -6,7 +6,7 @@ use baton_domain::push::{MAX_PUSH_CONFIGS_PER_TASK, NewPush, PushPut};
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::events::insert_events;
 use super::idempotency::{remember, replay};
@@ -55,70 +55,80 @@ pub(super) fn contended() -> ClaimError {
     ))
 }
 
-pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim, ClaimError> {
+/// The row of a task about to be created.
+pub(super) fn task_row(new: &NewTask) -> Result<NewTaskRow, StoreError> {
     let now = micros(new.now);
-    let task_row = NewTaskRow {
+    Ok(NewTaskRow {
         agent_id: new.agent_id.0,
         metadata: metadata_json(&new.metadata)?,
         input: content_json(&new.message.content)?,
         created_at: now,
         updated_at: now,
-        // The `turn_started` event below is the first of its log.
+        // Its turn's `turn_started` event is the first of its log.
         last_seq: 1,
-    };
+    })
+}
+
+/// The answer to the creation of task `task_id`, whose first turn is `turn`.
+pub(super) fn task_accepted(new: &NewTask, task_id: TaskId, turn: TurnId) -> Accepted {
+    Accepted {
+        task_id,
+        agent_id: new.agent_id,
+        turn_id: Some(turn),
+        accepted_at: new.now,
+        metadata: new.metadata.clone(),
+        status: AcceptedStatus::Running,
+        // A new task's log starts with its turn.
+        stream_after: Some(0),
+        queued: None,
+        interrupted: None,
+    }
+}
+
+pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim, ClaimError> {
+    let now = micros(new.now);
+    let task_row = task_row(new)?;
     let record = new.idempotency.as_ref();
     for _ in 0..CLAIM_TRIES {
-        let result = conn
-            .transaction(async |conn| {
-                if let Some(first) = replay(conn, new.agent_id, record, now).await? {
-                    return Ok(Claim::Replayed(first));
-                }
-                check_capacity(conn, new.agent_id, new.max_running_per_agent).await?;
-                let task: i64 = diesel::insert_into(tasks::table)
-                    .values(&task_row)
-                    .returning(tasks::id)
-                    .by_sql()
-                    .get_result(conn)
-                    .await?;
-                let task_id = TaskId(task);
-                if let Some(push) = &new.push {
-                    store_push(conn, push, task_id, new.now).await?;
-                }
-                let started = start_turn(
-                    conn,
-                    task_id,
-                    &new.message,
-                    &new.metadata,
-                    &new.lease,
-                    new.webhook.as_ref(),
-                    new.now,
-                )
+        let result = super::transaction(conn, async |conn| {
+            if let Some(first) = replay(conn, new.agent_id, record, now).await? {
+                return Ok(Claim::Replayed(first));
+            }
+            check_capacity(conn, new.agent_id, new.max_running_per_agent).await?;
+            let task: i64 = diesel::insert_into(tasks::table)
+                .values(&task_row)
+                .returning(tasks::id)
+                .by_sql()
+                .get_result(conn)
                 .await?;
-                if started.input != new.message.content {
-                    diesel::update(tasks::table.find(task))
-                        .set(tasks::input.eq(content_json(&started.input)?))
-                        .by_sql()
-                        .execute(conn)
-                        .await?;
-                }
-                // The task was inserted with `last_seq` 1: its log starts with this.
-                insert_events(conn, task, 1, vec![started.event], now, None).await?;
-                let accepted = Accepted {
-                    task_id,
-                    agent_id: new.agent_id,
-                    turn_id: Some(started.turn),
-                    accepted_at: new.now,
-                    metadata: new.metadata.clone(),
-                    status: AcceptedStatus::Running,
-                    // A new task's log starts with its turn.
-                    stream_after: Some(0),
-                    queued: None,
-                    interrupted: None,
-                };
-                remember(conn, record, &accepted).await?;
-                Ok::<_, TxError>(Claim::Started(accepted))
-            })
-            .await;
+            let task_id = TaskId(task);
+            if let Some(push) = &new.push {
+                store_push(conn, push, task_id, new.now).await?;
+            }
+            let started = start_turn(
+                conn,
+                task_id,
+                &new.message,
+                &new.metadata,
+                &new.lease,
+                new.webhook.as_ref(),
+                new.now,
+            )
+            .await?;
+            if started.input != new.message.content {
+                diesel::update(tasks::table.find(task))
+                    .set(tasks::input.eq(content_json(&started.input)?))
+                    .by_sql()
+                    .execute(conn)
+                    .await?;
+            }
+            // The task was inserted with `last_seq` 1: its log starts with this.
+            insert_events(conn, task, 1, vec![started.event], now, None).await?;
+            let accepted = task_accepted(new, task_id, started.turn);
+            remember(conn, record, &accepted).await?;
+            Ok::<_, TxError>(Claim::Started(accepted))
+        })
+        .await;
         match result {
             Ok(claim) => return Ok(claim),
             Err(TxError::KeyReused) => return Err(ClaimError::IdempotencyKeyReused),
@@ -143,120 +153,118 @@ pub(crate) async fn append_and_claim(
     // answered by naming the winner; if the winner already ended, the task is
     // idle again and the claim is simply retried.
     for _ in 0..CLAIM_TRIES {
-        let result = conn
-            .transaction(async |conn| {
-                if owned_task(conn, append.agent_id, append.task_id)
-                    .await?
-                    .is_none()
-                {
-                    return Err(TxError::NotFound);
-                }
-                if let Some(first) = replay(conn, append.agent_id, record, now).await? {
-                    return Ok(Claim::Replayed(first));
-                }
-                // An interrupt ends the running turn: it takes the turn's row before
-                // the task's, in the order the turn's player does. (Other claims
-                // write no turn a player holds; a lock they may still meet in the
-                // other order is a deadlock the loop below runs again.)
-                if append.on_busy == OnBusy::Interrupt {
-                    lock_active_turn(conn, task).await?;
-                }
-                // (It locks the task's row: after the turn's, for the same reason.)
-                if let Some(push) = &append.push {
-                    store_push(conn, push, append.task_id, append.now).await?;
-                }
-                let mut interrupted = None;
-                match latest_turn(conn, task).await? {
-                    LatestTurn::Running(active) => {
-                        tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
-                        match append.on_busy {
-                            OnBusy::Reject => return Err(TxError::Busy(Some(active))),
-                            OnBusy::Enqueue => {
-                                return enqueue(conn, append, QueueMode::Enqueue, None).await;
-                            }
-                            OnBusy::Steer => {
-                                let into = Some(active.turn_id);
-                                return enqueue(conn, append, QueueMode::Steer, into).await;
-                            }
-                            OnBusy::Interrupt => {
-                                interrupt(conn, append, active.turn_id).await?;
-                                interrupted = Some(active.turn_id);
-                            }
+        let result = super::transaction(conn, async |conn| {
+            if owned_task(conn, append.agent_id, append.task_id)
+                .await?
+                .is_none()
+            {
+                return Err(TxError::NotFound);
+            }
+            if let Some(first) = replay(conn, append.agent_id, record, now).await? {
+                return Ok(Claim::Replayed(first));
+            }
+            // An interrupt ends the running turn: it takes the turn's row before
+            // the task's, in the order the turn's player does. (Other claims
+            // write no turn a player holds; a lock they may still meet in the
+            // other order is a deadlock the loop below runs again.)
+            if append.on_busy == OnBusy::Interrupt {
+                lock_active_turn(conn, task).await?;
+            }
+            // (It locks the task's row: after the turn's, for the same reason.)
+            if let Some(push) = &append.push {
+                store_push(conn, push, append.task_id, append.now).await?;
+            }
+            let mut interrupted = None;
+            match latest_turn(conn, task).await? {
+                LatestTurn::Running(active) => {
+                    tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
+                    match append.on_busy {
+                        OnBusy::Reject => return Err(TxError::Busy(Some(active))),
+                        OnBusy::Enqueue => {
+                            return enqueue(conn, append, QueueMode::Enqueue, None).await;
+                        }
+                        OnBusy::Steer => {
+                            let into = Some(active.turn_id);
+                            return enqueue(conn, append, QueueMode::Steer, into).await;
+                        }
+                        OnBusy::Interrupt => {
+                            interrupt(conn, append, active.turn_id).await?;
+                            interrupted = Some(active.turn_id);
                         }
                     }
-                    LatestTurn::Waiting(waiting) => {
-                        let is_answer = tools::check_not_an_answer(&append.message).is_err();
-                        match append.on_busy {
-                            // Only answers end the wait; anything else waits its turn
-                            // (no runner plays to take a steered message).
-                            OnBusy::Enqueue if !is_answer => {
-                                return enqueue(conn, append, QueueMode::Enqueue, None).await;
+                }
+                LatestTurn::Waiting(waiting) => {
+                    let is_answer = tools::check_not_an_answer(&append.message).is_err();
+                    match append.on_busy {
+                        // Only answers end the wait; anything else waits its turn
+                        // (no runner plays to take a steered message).
+                        OnBusy::Enqueue if !is_answer => {
+                            return enqueue(conn, append, QueueMode::Enqueue, None).await;
+                        }
+                        OnBusy::Steer if !is_answer => {
+                            return enqueue(conn, append, QueueMode::Steer, None).await;
+                        }
+                        OnBusy::Interrupt if !is_answer => {
+                            interrupt(conn, append, waiting).await?;
+                            interrupted = Some(waiting);
+                        }
+                        _ => {
+                            let (requested, answered) = tool_calls_of(conn, waiting).await?;
+                            let answer =
+                                tools::check_answer(&requested, &answered, &append.message)
+                                    .map_err(TxError::Invalid)?;
+                            if answer == tools::Answer::Partial {
+                                return answer_waiting_turn(conn, append, waiting, record).await;
                             }
-                            OnBusy::Steer if !is_answer => {
-                                return enqueue(conn, append, QueueMode::Steer, None).await;
-                            }
-                            OnBusy::Interrupt if !is_answer => {
-                                interrupt(conn, append, waiting).await?;
-                                interrupted = Some(waiting);
-                            }
-                            _ => {
-                                let (requested, answered) = tool_calls_of(conn, waiting).await?;
-                                let answer =
-                                    tools::check_answer(&requested, &answered, &append.message)
-                                        .map_err(TxError::Invalid)?;
-                                if answer == tools::Answer::Partial {
-                                    return answer_waiting_turn(conn, append, waiting, record)
-                                        .await;
-                                }
-                                // The last answer: the waiting turn is done, the next
-                                // starts.
-                                diesel::update(turns::table.find(waiting.0))
-                                    .set(turns::status.eq(TurnStatus::Completed.as_str()))
-                                    .by_sql()
-                                    .execute(conn)
-                                    .await?;
-                            }
+                            // The last answer: the waiting turn is done, the next
+                            // starts.
+                            diesel::update(turns::table.find(waiting.0))
+                                .set(turns::status.eq(TurnStatus::Completed.as_str()))
+                                .by_sql()
+                                .execute(conn)
+                                .await?;
                         }
                     }
-                    LatestTurn::Ended => {
-                        tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
-                    }
                 }
-                check_capacity(conn, append.agent_id, append.max_running_per_agent).await?;
-                let started = start_turn(
-                    conn,
-                    append.task_id,
-                    &append.message,
-                    &append.metadata,
-                    &append.lease,
-                    append.webhook.as_ref(),
-                    append.now,
-                )
-                .await?;
-                let (last, _) = record_start(
-                    conn,
-                    append.task_id,
-                    &started.input,
-                    started.event,
-                    now,
-                    false,
-                )
-                .await?;
-                let accepted = Accepted {
-                    task_id: append.task_id,
-                    agent_id: append.agent_id,
-                    turn_id: Some(started.turn),
-                    accepted_at: append.now,
-                    metadata: append.metadata.clone(),
-                    status: AcceptedStatus::Running,
-                    stream_after: Some(last - 1),
-                    queued: None,
-                    interrupted,
-                };
-                remember(conn, record, &accepted).await?;
-                Ok(Claim::Started(accepted))
-            })
-            .await;
+                LatestTurn::Ended => {
+                    tools::check_not_an_answer(&append.message).map_err(TxError::Invalid)?;
+                }
+            }
+            check_capacity(conn, append.agent_id, append.max_running_per_agent).await?;
+            let started = start_turn(
+                conn,
+                append.task_id,
+                &append.message,
+                &append.metadata,
+                &append.lease,
+                append.webhook.as_ref(),
+                append.now,
+            )
+            .await?;
+            let (last, _) = record_start(
+                conn,
+                append.task_id,
+                &started.input,
+                started.event,
+                now,
+                false,
+            )
+            .await?;
+            let accepted = Accepted {
+                task_id: append.task_id,
+                agent_id: append.agent_id,
+                turn_id: Some(started.turn),
+                accepted_at: append.now,
+                metadata: append.metadata.clone(),
+                status: AcceptedStatus::Running,
+                stream_after: Some(last - 1),
+                queued: None,
+                interrupted,
+            };
+            remember(conn, record, &accepted).await?;
+            Ok(Claim::Started(accepted))
+        })
+        .await;
         let busy = match result {
             Ok(claim) => return Ok(claim),
             Err(TxError::NotFound) => return Err(ClaimError::TaskNotFound),

@@ -59,8 +59,20 @@ pub(super) async fn insert_events(
     now: i64,
     ended: Option<TurnId>,
 ) -> Result<(), TxError> {
+    let rows = event_rows(task, last, drafts, now)?;
+    write_events(conn, TaskId(task), &rows, ended).await?;
+    Ok(())
+}
+
+/// The rows of events that take the `seq`s up to `last`.
+pub(super) fn event_rows(
+    task: i64,
+    last: i64,
+    drafts: Vec<EventDraft>,
+    now: i64,
+) -> Result<Vec<NewEventRow>, StoreError> {
     let count = drafts.len() as i64;
-    let rows = (last - count + 1..)
+    (last - count + 1..)
         .zip(drafts)
         .map(|(seq, draft)| {
             Ok(NewEventRow {
@@ -72,9 +84,7 @@ pub(super) async fn insert_events(
                 created_at: now,
             })
         })
-        .collect::<Result<Vec<_>, TxError>>()?;
-    write_events(conn, TaskId(task), &rows, ended).await?;
-    Ok(())
+        .collect()
 }
 
 pub(crate) async fn list_events(

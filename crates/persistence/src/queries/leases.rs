@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::Conn;
 use super::events::append_events;
@@ -27,7 +27,7 @@ pub(crate) async fn renew_leases(
     for (turn, attempt) in turns {
         by_attempt.entry(*attempt).or_default().push(turn.0);
     }
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let mut renewed = Vec::new();
         for (attempt, ids) in &by_attempt {
             let these: Vec<i64> = diesel::update(
@@ -149,7 +149,7 @@ pub(crate) async fn take_over_turns(
     let now = micros(take.now);
     // Set-based, so a sweep of many orphans costs a few statements, not a
     // transaction per turn.
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let taken: Vec<TurnRow> = diesel::update(
             turns::table.filter(
                 turns::id

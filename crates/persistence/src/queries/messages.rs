@@ -39,6 +39,14 @@ pub(super) async fn insert_message(
     Ok(stored.into_domain()?)
 }
 
+/// Whether `content` brings attachment bytes to keep in `files`.
+pub(super) fn keeps_files(content: &Content) -> bool {
+    match content {
+        Content::Text(text) => text.attachments.iter().any(|a| a.data.is_some()),
+        _ => false,
+    }
+}
+
 /// Keeps the bytes of the attachments sent with `content` in `files`; returns the
 /// content as it is stored and shown: each attachment by its file id.
 pub(super) async fn store_attachments(
@@ -50,7 +58,7 @@ pub(super) async fn store_attachments(
     let Content::Text(text) = content else {
         return Ok(content.clone());
     };
-    if text.attachments.iter().all(|a| a.data.is_none()) {
+    if !keeps_files(content) {
         return Ok(content.clone());
     }
     let mut stored = text.clone();

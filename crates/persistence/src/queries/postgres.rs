@@ -5,16 +5,27 @@
 //! `crate::announce`), a change of an agent or a key inside its transaction (delivered
 //! only if it commits).
 
-use baton_domain::{AgentId, AgentsChanged, TaskId, TurnId};
+use baton_domain::{
+    AgentId, AgentsChanged, Claim, ClaimError, NewTask, StoreError, TaskId, TurnHistory, TurnId,
+};
 use diesel::QueryResult;
+use diesel::connection::TransactionDepthChange;
 use diesel::prelude::*;
-use diesel::sql_types::Text;
-use diesel_async::RunQueryDsl;
-use futures_util::future::{try_join, try_join_all};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{
+    AnsiTransactionManager, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
+};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, join_all, try_join, try_join_all};
 
+use crate::error::from_diesel;
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
-use crate::models::NewEventRow;
-use crate::schema::{agents as agents_table, events as events_table, tasks};
+use crate::models::{MessageParts, NewEventRow, NewMessageRow, micros};
+use crate::queries::TxBody;
+use crate::schema::{
+    agents as agents_table, events as events_table, messages as messages_table, tasks,
+    turns as turns_table,
+};
 use crate::statement_cache::CacheBySql;
 
 pub(crate) use crate::backend::PgConn as Conn;
@@ -150,4 +161,182 @@ async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Ve
         .skip_locked()
         .load(conn)
         .await
+}
+
+/// Creates a task as `claims::create_task` does. A plain one (no idempotency key, no
+/// cap on the agent's running turns, no push config, no attachment bytes to keep:
+/// nothing to read before writing) takes two round trips instead of six: its ids are
+/// drawn from the sequences, then its four rows are written in one trip
+/// ([`in_one_trip`]).
+pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim, ClaimError> {
+    let plain = new.idempotency.is_none()
+        && new.max_running_per_agent.is_none()
+        && new.push.is_none()
+        && !messages::keeps_files(&new.message.content);
+    if !plain {
+        return claims::create_task(conn, new).await;
+    }
+    let (task, turn, message): (i64, i64, i64) =
+        diesel::select(diesel::dsl::sql::<(BigInt, BigInt, BigInt)>(
+            "nextval('tasks_id_seq'), nextval('turns_id_seq'), nextval('messages_id_seq')",
+        ))
+        .by_sql()
+        .get_result(conn)
+        .await
+        .map_err(from_diesel)?;
+    let (task_id, turn_id) = (TaskId(task), TurnId(turn));
+    let task_row = claims::task_row(new)?;
+    let turn_row = turn_start::turn_row(
+        task_id,
+        &new.metadata,
+        &new.lease,
+        new.webhook.as_ref(),
+        new.now,
+    )?;
+    let message_row = NewMessageRow::new(
+        task_id,
+        turn_id,
+        MessageParts::of(&new.message),
+        None,
+        new.now,
+    )?;
+    let input = message_row.stored(message).into_domain()?;
+    let started = turn_start::started(task_id, turn_id, &new.metadata, input, new.now);
+    let events = events::event_rows(task, 1, vec![started.event], micros(new.now))?;
+    let notify = crate::announce::defer(encode(task_id, None)).err();
+    in_one_trip(conn, |shared| {
+        let mut on = shared;
+        let mut trip = vec![
+            diesel::insert_into(tasks::table)
+                .values((tasks::id.eq(task), &task_row))
+                .by_sql()
+                .execute(&mut on),
+            diesel::insert_into(turns_table::table)
+                .values((turns_table::id.eq(turn), &turn_row))
+                .by_sql()
+                .execute(&mut on),
+            diesel::insert_into(messages_table::table)
+                .values((messages_table::id.eq(message), &message_row))
+                .by_sql()
+                .execute(&mut on),
+            diesel::insert_into(events_table::table)
+                .values(&events)
+                .by_sql()
+                .execute(&mut on),
+        ];
+        if let Some(payload) = &notify {
+            trip.push(
+                diesel::sql_query("SELECT pg_notify($1, $2)")
+                    .bind::<Text, _>(CHANNEL)
+                    .bind::<Text, _>(payload)
+                    .execute(&mut on),
+            );
+        }
+        trip
+    })
+    .await
+    .map_err(from_diesel)?;
+    Ok(Claim::Started(claims::task_accepted(new, task_id, turn_id)))
+}
+
+/// Runs `statements` as one transaction in one round trip: `BEGIN`, the statements
+/// and `COMMIT` are all sent before any answer is read, and PostgreSQL runs them in
+/// that order. Each statement must be a single query future on the shared connection
+/// (so it is sent when first polled, after those before it: an unprepared one is
+/// prepared first, holding the connection's statement cache, which the ones after it
+/// wait for in turn). A failed statement fails the ones after it and `COMMIT` then
+/// rolls back, so the first error is returned and nothing is kept. Until every
+/// answer is in, the connection counts as inside a transaction: a caller dropped
+/// midway leaves it to be discarded by the pool, never reused in an unknown state.
+async fn in_one_trip<F>(conn: &mut Conn, statements: F) -> QueryResult<()>
+where
+    F: FnOnce(&Conn) -> Vec<BoxFuture<'_, QueryResult<usize>>>,
+{
+    transaction_depth(conn, TransactionDepthChange::IncreaseDepth)?;
+    let answers = {
+        let shared: &Conn = conn;
+        let mut trip = vec![run(shared, "BEGIN")];
+        trip.extend(statements(shared));
+        trip.push(run(shared, "COMMIT"));
+        join_all(trip).await
+    };
+    // Every statement was answered, `COMMIT` too: the transaction is over.
+    transaction_depth(conn, TransactionDepthChange::DecreaseDepth)?;
+    answers
+        .into_iter()
+        .find_map(Result::err)
+        .map_or(Ok(()), Err)
+}
+
+/// A statement without parameters or rows, prepared once per connection.
+fn run<'c>(conn: &'c Conn, sql: &'static str) -> BoxFuture<'c, QueryResult<usize>> {
+    let mut on = conn;
+    diesel::sql_query(sql).by_sql().execute(&mut on)
+}
+
+/// Tells the connection's transaction manager a transaction began or ended outside it.
+fn transaction_depth(conn: &mut Conn, change: TransactionDepthChange) -> QueryResult<()> {
+    <AnsiTransactionManager as TransactionManager<Conn>>::transaction_manager_status_mut(conn)
+        .transaction_state()?
+        .change_transaction_depth(change)
+}
+
+/// The task with the turn's request metadata and the history, read in one round trip
+/// (the history even if the turn is not found), then, if any message has attachments,
+/// the files' bytes (see `turns::turn_input`).
+pub(crate) async fn load_turn_input(
+    conn: &mut Conn,
+    task: TaskId,
+    turn: TurnId,
+) -> Result<Option<TurnHistory>, StoreError> {
+    let read = {
+        let (mut on, mut also): (&Conn, &Conn) = (conn, conn);
+        let row = turns::turn_task(task, turn).first(&mut on);
+        let rows = turns::task_history(task).load(&mut also);
+        try_join(async { row.await.optional() }, rows).await
+    };
+    let (row, rows) = read.map_err(from_diesel)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    turns::turn_input(conn, task, row, rows).await
+}
+
+/// Runs `body` in a transaction whose `BEGIN` travels with the body's first statement:
+/// it is written to the connection at once and its answer is read with that
+/// statement's, saving the round trip diesel-async's `transaction` waits for `BEGIN`
+/// alone. Commits or rolls back as diesel-async does.
+async fn transaction<R, E, F>(conn: &mut Conn, body: F) -> Result<R, E>
+where
+    for<'r> F: TxBody<&'r mut Conn, Result<R, E>> + Send,
+    E: From<diesel::result::Error> + Send,
+    R: Send,
+{
+    begin_ahead(conn)?;
+    match body(&mut *conn).await {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn).await?;
+            Ok(value)
+        }
+        Err(err) => match AnsiTransactionManager::rollback_transaction(conn).await {
+            // The body's error says more than a rollback on a broken connection.
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(err),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
+}
+
+/// Writes `BEGIN` to the connection without waiting for its answer, and tells the
+/// transaction manager a transaction is open (so that a caller dropped before the
+/// end leaves the connection to be discarded by the pool). The connection reads the
+/// answer whether or not anyone waits for it; `BEGIN` itself cannot fail where the
+/// statement after it would not.
+fn begin_ahead(conn: &mut Conn) -> QueryResult<()> {
+    // First polled, the request is queued on the connection, in order before any
+    // statement sent after it; the answer is still to come, so this is `None`.
+    let sent = SimpleAsyncConnection::batch_execute(&mut &*conn, "BEGIN").now_or_never();
+    if let Some(Err(err)) = sent {
+        return Err(err);
+    }
+    transaction_depth(conn, TransactionDepthChange::IncreaseDepth)
 }

@@ -5,7 +5,7 @@ use baton_domain::push::{MAX_PUSH_CONFIGS_PER_TASK, PushConfig, PushPut};
 use baton_domain::*;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::reads::owned_task;
 use super::{Conn, lock_task};
@@ -55,7 +55,7 @@ pub(crate) async fn put_push_config(
     agent: AgentId,
     config: &PushConfig,
 ) -> Result<PushPut, StoreError> {
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         if owned_task(conn, agent, config.task_id).await?.is_none() {
             return Ok(PushPut::TaskNotFound);
         }
@@ -86,7 +86,7 @@ pub(crate) async fn delete_push_config(
     task: TaskId,
     id: &str,
 ) -> Result<Option<bool>, StoreError> {
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         if owned_task(conn, agent, task).await?.is_none() {
             return Ok(None);
         }

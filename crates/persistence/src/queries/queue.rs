@@ -6,7 +6,7 @@
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::events::insert_events;
 use super::idempotency::remember;
@@ -201,7 +201,7 @@ pub(crate) async fn take_steered(
     attempt: u32,
     at: DateTime<Utc>,
 ) -> Result<Option<Vec<Message>>, StoreError> {
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         // The task before its queue's rows, as the claims and the turn's end take them.
         lock_task(conn, task.0).await?;
         let playing: Option<i64> = turns::table
@@ -379,7 +379,7 @@ pub(crate) async fn cancel_queued(
     id: QueuedMessageId,
     at: DateTime<Utc>,
 ) -> Result<QueueCancel, StoreError> {
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         if owned_task(conn, agent, task).await?.is_none() {
             return Ok(QueueCancel::NotFound);
         }
@@ -441,17 +441,16 @@ pub(crate) async fn start_stalled_queues(
         .map_err(from_diesel)?;
     let mut started = Vec::new();
     for task in stalled {
-        let next = conn
-            .transaction(async |conn| {
-                // Looked at again under the task's lock: a claim may have started a
-                // turn meanwhile.
-                match latest_turn(conn, task).await? {
-                    LatestTurn::Ended => start_next_queued(conn, TaskId(task), lease, at).await,
-                    LatestTurn::Running(_) | LatestTurn::Waiting(_) => Ok(None),
-                }
-            })
-            .await
-            .map_err(TxError::into_store)?;
+        let next = super::transaction(conn, async |conn| {
+            // Looked at again under the task's lock: a claim may have started a
+            // turn meanwhile.
+            match latest_turn(conn, task).await? {
+                LatestTurn::Ended => start_next_queued(conn, TaskId(task), lease, at).await,
+                LatestTurn::Running(_) | LatestTurn::Waiting(_) => Ok(None),
+            }
+        })
+        .await
+        .map_err(TxError::into_store)?;
         started.extend(next);
     }
     Ok(started)

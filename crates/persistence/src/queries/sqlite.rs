@@ -3,11 +3,14 @@
 //! `group_commit`), so its group transaction is the only lock a write needs, and one
 //! process serves the database, so changes are announced in-process, not here.
 
-use baton_domain::{AgentId, AgentsChanged, TaskId, TurnId};
+use baton_domain::{AgentId, AgentsChanged, StoreError, TaskId, TurnHistory, TurnId};
 use diesel::QueryResult;
-use diesel_async::RunQueryDsl;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use crate::error::from_diesel;
 use crate::models::NewEventRow;
+use crate::queries::TxBody;
 use crate::schema::events as events_table;
 use crate::statement_cache::CacheBySql;
 
@@ -92,4 +95,33 @@ async fn write_events(
 /// The deliveries due at `now` (one writer: nothing else claims them meanwhile).
 async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Vec<i64>> {
     webhooks::due(now, i64::from(limit)).load(conn).await
+}
+
+/// The task with the turn's request metadata, then the history and, if any message
+/// has attachments, the files' bytes (see `turns::turn_input`).
+pub(crate) async fn load_turn_input(
+    conn: &mut Conn,
+    task: TaskId,
+    turn: TurnId,
+) -> Result<Option<TurnHistory>, StoreError> {
+    let row = turns::turn_task(task, turn).first(conn).await.optional();
+    let Some(row) = row.map_err(from_diesel)? else {
+        return Ok(None);
+    };
+    let rows = turns::task_history(task)
+        .load(conn)
+        .await
+        .map_err(from_diesel)?;
+    turns::turn_input(conn, task, row, rows).await
+}
+
+/// Runs `body` in a transaction: a savepoint of the writer's group transaction (see
+/// `group_commit`).
+async fn transaction<R, E, F>(conn: &mut Conn, body: F) -> Result<R, E>
+where
+    for<'r> F: TxBody<&'r mut Conn, Result<R, E>> + Send,
+    E: From<diesel::result::Error> + Send,
+    R: Send,
+{
+    conn.transaction(body).await
 }

@@ -57,18 +57,8 @@ pub(super) async fn start_turn(
     webhook: Option<&WebhookEndpoint>,
     at: DateTime<Utc>,
 ) -> Result<Started, TxError> {
-    let row = NewTurnRow {
-        task_id: task.0,
-        status: RUNNING,
-        metadata: metadata_json(metadata)?,
-        started_at: micros(at),
-        lease_owner: lease.owner.clone(),
-        lease_expires_at: micros(lease.expires_at),
-        webhook_url: webhook.map(|w| w.url.clone()),
-        webhook_secrets: webhook.map(WebhookEndpoint::secrets_column),
-    };
     let turn: i64 = diesel::insert_into(turns::table)
-        .values(&row)
+        .values(&turn_row(task, metadata, lease, webhook, at)?)
         .returning(turns::id)
         .by_sql()
         .get_result(conn)
@@ -81,6 +71,37 @@ pub(super) async fn start_turn(
         })?;
     let turn = TurnId(turn);
     let input = insert_message(conn, task, turn, MessageParts::of(message), None, at).await?;
+    Ok(started(task, turn, metadata, input, at))
+}
+
+/// The row of a turn that starts now, running under `lease`.
+pub(super) fn turn_row(
+    task: TaskId,
+    metadata: &Metadata,
+    lease: &Lease,
+    webhook: Option<&WebhookEndpoint>,
+    at: DateTime<Utc>,
+) -> Result<NewTurnRow, StoreError> {
+    Ok(NewTurnRow {
+        task_id: task.0,
+        status: RUNNING,
+        metadata: metadata_json(metadata)?,
+        started_at: micros(at),
+        lease_owner: lease.owner.clone(),
+        lease_expires_at: micros(lease.expires_at),
+        webhook_url: webhook.map(|w| w.url.clone()),
+        webhook_secrets: webhook.map(WebhookEndpoint::secrets_column),
+    })
+}
+
+/// The turn `turn` just started with the message `input`, and its `turn_started` event.
+pub(super) fn started(
+    task: TaskId,
+    turn: TurnId,
+    metadata: &Metadata,
+    input: Message,
+    at: DateTime<Utc>,
+) -> Started {
     let started = Turn {
         id: turn,
         task_id: task,
@@ -98,12 +119,12 @@ pub(super) async fn start_turn(
         kind: EventKind::TurnStarted,
         data: baton_domain::events::turn_started(&started, &input),
     };
-    Ok(Started {
+    Started {
         turn,
         event: draft,
         message: input.id,
         input: input.content,
-    })
+    }
 }
 
 /// Writes a turn just started on a task that has a log already: the task's new input,

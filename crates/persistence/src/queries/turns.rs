@@ -3,7 +3,7 @@
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::events::append_events;
 use super::messages::{insert_message, message_event, open_text, save_text};
@@ -78,7 +78,7 @@ pub(crate) async fn record_output(
     output: &RecordOutput,
 ) -> Result<bool, StoreError> {
     let (task, turn, at) = (output.task_id, output.turn_id, output.now);
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let batch = i64::from(output.batch);
         // One statement on the usual path: this play's turn, and a batch it
         // has not recorded yet.
@@ -235,30 +235,37 @@ async fn keep_streamed(
     Ok(())
 }
 
-/// The task with the turn's request metadata (one statement), then the history and,
-/// if any message has attachments, the files' bytes.
-pub(crate) async fn load_turn_input(
+/// The task with the turn's request metadata.
+#[diesel::dsl::auto_type]
+pub(super) fn turn_task(task: TaskId, turn: TurnId) -> _ {
+    let (task, turn): (i64, i64) = (task.0, turn.0);
+    let row: diesel::dsl::AsSelect<TaskRow, Db> = TaskRow::as_select();
+    tasks::table
+        .inner_join(turns::table)
+        .filter(tasks::id.eq(task).and(turns::id.eq(turn)))
+        .select((row, turns::metadata))
+}
+
+/// The task's messages, in order.
+#[diesel::dsl::auto_type]
+pub(super) fn task_history(task: TaskId) -> _ {
+    let task: i64 = task.0;
+    let row: diesel::dsl::AsSelect<MessageRow, Db> = MessageRow::as_select();
+    messages::table
+        .filter(messages::task_id.eq(task))
+        .order(messages::id.asc())
+        .select(row)
+}
+
+/// The input of a turn from its task's row and history: with the files' bytes, if
+/// any message has attachments.
+pub(super) async fn turn_input(
     conn: &mut Conn,
     task: TaskId,
-    turn: TurnId,
+    (row, metadata): (TaskRow, String),
+    rows: Vec<MessageRow>,
 ) -> Result<Option<TurnHistory>, StoreError> {
     async {
-        let row: Option<(TaskRow, String)> = tasks::table
-            .inner_join(turns::table)
-            .filter(tasks::id.eq(task.0).and(turns::id.eq(turn.0)))
-            .select((TaskRow::as_select(), turns::metadata))
-            .first(conn)
-            .await
-            .optional()?;
-        let Some((row, metadata)) = row else {
-            return Ok(None);
-        };
-        let rows: Vec<MessageRow> = messages::table
-            .filter(messages::task_id.eq(task.0))
-            .order(messages::id.asc())
-            .select(MessageRow::as_select())
-            .load(conn)
-            .await?;
         let history = rows
             .into_iter()
             .map(MessageRow::into_domain)
@@ -303,7 +310,7 @@ pub(crate) async fn finish_turn(
     conn: &mut Conn,
     finish: &FinishTurn,
 ) -> Result<Option<Ended>, StoreError> {
-    conn.transaction(async |conn| finish_in(conn, finish).await)
+    super::transaction(conn, async |conn| finish_in(conn, finish).await)
         .await
         .map_err(TxError::into_store)
 }
@@ -312,7 +319,7 @@ pub(crate) async fn finish_turns(
     conn: &mut Conn,
     finishes: &[FinishTurn],
 ) -> Result<Vec<Option<Ended>>, StoreError> {
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let mut ended = Vec::with_capacity(finishes.len());
         for finish in finishes {
             ended.push(finish_in(conn, finish).await?);

@@ -7,7 +7,7 @@ use baton_domain::webhooks::{AttemptResult, DeliveryView, DueDelivery, NextStep,
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::push::queue_pushes;
 use super::reads::owned_task;
@@ -107,7 +107,7 @@ pub(crate) async fn claim_deliveries(
     if anything_due.is_none() {
         return Ok(Vec::new());
     }
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let due = due_deliveries(conn, now, limit).await?;
         if due.is_empty() {
             return Ok(Vec::new());
@@ -138,7 +138,7 @@ pub(crate) async fn record_attempt(
         NextStep::RetryAt(at) => ("pending", Some(micros(at))),
         NextStep::GiveUp => ("failed", None),
     };
-    conn.transaction(async |conn| {
+    super::transaction(conn, async |conn| {
         let number: Option<i64> = diesel::update(
             webhook_deliveries::table.filter(
                 webhook_deliveries::id
