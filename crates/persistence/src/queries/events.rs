@@ -2,16 +2,14 @@
 
 use baton_domain::*;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::RunQueryDsl;
 
 use super::reads::owned_task;
-use super::{Conn, write_events};
+use super::{Conn, append_to_log, write_events};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::TxError;
-use crate::schema::{events, tasks};
-use crate::statement_cache::CacheBySql;
+use crate::schema::events;
 
 /// Appends events to the task's log, handing out the next sequence numbers from
 /// `tasks.last_seq` (the row update also serializes concurrent writers), and
@@ -30,23 +28,8 @@ pub(super) async fn append_events(
     if drafts.is_empty() {
         return Ok(None);
     }
-    let count = drafts.len() as i64;
-    let (last, queued): (i64, i64) = diesel::update(tasks::table.find(task))
-        .set((
-            tasks::last_seq.eq(tasks::last_seq + count),
-            tasks::updated_at.eq(coalesce(touched, tasks::updated_at)),
-        ))
-        .returning((tasks::last_seq, tasks::queued))
-        .by_sql()
-        .get_result(conn)
-        .await?;
-    insert_events(conn, task, last, drafts, now, ended).await?;
+    let queued = append_to_log(conn, task, drafts, now, ended, touched).await?;
     Ok(Some(queued))
-}
-
-diesel::define_sql_function! {
-    /// Its first argument unless that is null, else its second.
-    fn coalesce(value: Nullable<BigInt>, otherwise: BigInt) -> BigInt;
 }
 
 /// Inserts the events that take the `seq`s up to `last`, and announces the change:
@@ -80,11 +63,16 @@ pub(super) fn event_rows(
                 seq,
                 turn_id: draft.turn_id.0,
                 kind: draft.kind.as_str(),
-                data: serde_json::to_string(&draft.data).map_err(StoreError::internal)?,
+                data: event_data(&draft)?,
                 created_at: now,
             })
         })
         .collect()
+}
+
+/// An event's JSON as the log keeps it.
+pub(super) fn event_data(draft: &EventDraft) -> Result<String, StoreError> {
+    serde_json::to_string(&draft.data).map_err(StoreError::internal)
 }
 
 pub(crate) async fn list_events(

@@ -11,7 +11,7 @@ use baton_domain::{
 use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel_async::{
     AnsiTransactionManager, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
 };
@@ -20,8 +20,8 @@ use futures_util::future::{BoxFuture, join_all, try_join, try_join_all};
 
 use crate::error::from_diesel;
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
-use crate::models::{MessageParts, NewEventRow, NewMessageRow, micros};
-use crate::queries::TxBody;
+use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, micros};
+use crate::queries::{TxBody, TxError};
 use crate::schema::{
     agents as agents_table, events as events_table, messages as messages_table, tasks,
     turns as turns_table,
@@ -339,4 +339,69 @@ fn begin_ahead(conn: &mut Conn) -> QueryResult<()> {
         return Err(err);
     }
     transaction_depth(conn, TransactionDepthChange::IncreaseDepth)
+}
+
+/// Hands out the next `seq`s of the task's log from `tasks.last_seq` (the row update
+/// also serializes concurrent writers; with `touched`, the task is marked updated
+/// then) and inserts the events with them, in one statement; the change is announced
+/// as `write_events` does. Returns how many messages wait in the task's queue.
+async fn append_to_log(
+    conn: &mut Conn,
+    task: i64,
+    drafts: Vec<EventDraft>,
+    now: i64,
+    ended: Option<TurnId>,
+    touched: Option<i64>,
+) -> Result<i64, TxError> {
+    let turns: Vec<i64> = drafts.iter().map(|draft| draft.turn_id.0).collect();
+    let kinds: Vec<&str> = drafts.iter().map(|draft| draft.kind.as_str()).collect();
+    let data = drafts
+        .iter()
+        .map(events::event_data)
+        .collect::<Result<Vec<_>, _>>()?;
+    let shared: &Conn = conn;
+    let mut on = shared;
+    let append = diesel::sql_query(APPEND_TO_LOG)
+        .bind::<BigInt, _>(task)
+        .bind::<Array<BigInt>, _>(&turns)
+        .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Text>, _>(&data)
+        .bind::<Nullable<BigInt>, _>(touched)
+        .bind::<BigInt, _>(now)
+        .by_sql()
+        .get_result::<Appended>(&mut on);
+    let Err(payload) = crate::announce::defer(encode(TaskId(task), ended)) else {
+        return Ok(append.await?.queued);
+    };
+    let mut on = shared;
+    let notify = diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(CHANNEL)
+        .bind::<Text, _>(&payload)
+        .execute(&mut on);
+    let (appended, _) = try_join(append, notify).await?;
+    Ok(appended.queued)
+}
+
+/// See [`append_to_log`]: `$1` the task, `$2`..`$4` the events' turns, kinds and JSON,
+/// `$5` when the task was touched (if it was), `$6` now. The insert runs though
+/// nothing reads it (PostgreSQL runs every data-modifying `WITH`).
+const APPEND_TO_LOG: &str = "\
+    WITH task AS ( \
+        UPDATE tasks \
+        SET last_seq = last_seq + cardinality($2), updated_at = coalesce($5, updated_at) \
+        WHERE id = $1 \
+        RETURNING last_seq, queued \
+    ), logged AS ( \
+        INSERT INTO events (task_id, seq, turn_id, kind, data, created_at) \
+        SELECT $1, task.last_seq - cardinality($2) + event.n, event.turn_id, event.kind, \
+               event.data, $6 \
+        FROM task, unnest($2, $3, $4) WITH ORDINALITY AS event (turn_id, kind, data, n) \
+    ) \
+    SELECT queued FROM task";
+
+/// What [`APPEND_TO_LOG`] answers.
+#[derive(QueryableByName)]
+struct Appended {
+    #[diesel(sql_type = BigInt)]
+    queued: i64,
 }

@@ -6,12 +6,14 @@
 use baton_domain::{AgentId, AgentsChanged, StoreError, TaskId, TurnHistory, TurnId};
 use diesel::QueryResult;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use crate::error::from_diesel;
-use crate::models::NewEventRow;
-use crate::queries::TxBody;
+use crate::models::{EventDraft, NewEventRow};
+use crate::queries::{TxBody, TxError};
 use crate::schema::events as events_table;
+use crate::schema::tasks;
 use crate::statement_cache::CacheBySql;
 
 pub(crate) use crate::backend::SqliteConn as Conn;
@@ -124,4 +126,35 @@ where
     R: Send,
 {
     conn.transaction(body).await
+}
+
+/// Hands out the next `seq`s of the task's log from `tasks.last_seq` (the row update
+/// also serializes concurrent writers; with `touched`, the task is marked updated
+/// then), and inserts the events with them. Returns how many messages wait in the
+/// task's queue, read by the same update.
+async fn append_to_log(
+    conn: &mut Conn,
+    task: i64,
+    drafts: Vec<EventDraft>,
+    now: i64,
+    ended: Option<TurnId>,
+    touched: Option<i64>,
+) -> Result<i64, TxError> {
+    let count = drafts.len() as i64;
+    let (last, queued): (i64, i64) = diesel::update(tasks::table.find(task))
+        .set((
+            tasks::last_seq.eq(tasks::last_seq + count),
+            tasks::updated_at.eq(coalesce(touched, tasks::updated_at)),
+        ))
+        .returning((tasks::last_seq, tasks::queued))
+        .by_sql()
+        .get_result(conn)
+        .await?;
+    events::insert_events(conn, task, last, drafts, now, ended).await?;
+    Ok(queued)
+}
+
+diesel::define_sql_function! {
+    /// Its first argument unless that is null, else its second.
+    fn coalesce(value: Nullable<BigInt>, otherwise: BigInt) -> BigInt;
 }
