@@ -9,6 +9,7 @@ mod error;
 mod group_commit;
 mod listen;
 mod models;
+mod one_statement;
 mod queries;
 mod schema;
 mod sqlite;

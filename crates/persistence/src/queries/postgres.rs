@@ -16,11 +16,12 @@ use diesel_async::{
     AnsiTransactionManager, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
 };
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, join_all, try_join, try_join_all};
+use futures_util::future::{try_join, try_join_all};
 
 use crate::error::from_diesel;
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
 use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, micros};
+use crate::one_statement::OneStatement;
 use crate::queries::{TxBody, TxError};
 use crate::schema::{
     agents as agents_table, events as events_table, messages as messages_table, tasks,
@@ -165,9 +166,9 @@ async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Ve
 
 /// Creates a task as `claims::create_task` does. A plain one (no idempotency key, no
 /// cap on the agent's running turns, no push config, no attachment bytes to keep:
-/// nothing to read before writing) takes two round trips instead of six: its ids are
-/// drawn from the sequences, then its four rows are written in one trip
-/// ([`in_one_trip`]).
+/// nothing to read before writing) takes two statements instead of seven (`BEGIN`,
+/// four inserts, `COMMIT`): its ids are drawn from the sequences, then its four rows
+/// are written by one statement ([`OneStatement`]), which is its own transaction.
 pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim, ClaimError> {
     let plain = new.idempotency.is_none()
         && new.max_running_per_agent.is_none()
@@ -204,74 +205,37 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
     let started = turn_start::started(task_id, turn_id, &new.metadata, input, new.now);
     let events = events::event_rows(task, 1, vec![started.event], micros(new.now))?;
     let notify = crate::announce::defer(encode(task_id, None)).err();
-    in_one_trip(conn, |shared| {
-        let mut on = shared;
-        let mut trip = vec![
+    let mut write = OneStatement::new()
+        .then(
             diesel::insert_into(tasks::table)
                 .values((tasks::id.eq(task), &task_row))
-                .by_sql()
-                .execute(&mut on),
+                .by_sql(),
+        )
+        .then(
             diesel::insert_into(turns_table::table)
                 .values((turns_table::id.eq(turn), &turn_row))
-                .by_sql()
-                .execute(&mut on),
+                .by_sql(),
+        )
+        .then(
             diesel::insert_into(messages_table::table)
                 .values((messages_table::id.eq(message), &message_row))
-                .by_sql()
-                .execute(&mut on),
+                .by_sql(),
+        )
+        .then(
             diesel::insert_into(events_table::table)
                 .values(&events)
-                .by_sql()
-                .execute(&mut on),
-        ];
-        if let Some(payload) = &notify {
-            trip.push(
-                diesel::sql_query("SELECT pg_notify($1, $2)")
-                    .bind::<Text, _>(CHANNEL)
-                    .bind::<Text, _>(payload)
-                    .execute(&mut on),
-            );
-        }
-        trip
-    })
-    .await
-    .map_err(from_diesel)?;
+                .by_sql(),
+        );
+    if let Some(payload) = &notify {
+        write = write.then(
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<Text, _>(CHANNEL)
+                .bind::<Text, _>(payload)
+                .by_sql(),
+        );
+    }
+    write.execute(conn).await.map_err(from_diesel)?;
     Ok(Claim::Started(claims::task_accepted(new, task_id, turn_id)))
-}
-
-/// Runs `statements` as one transaction in one round trip: `BEGIN`, the statements
-/// and `COMMIT` are all sent before any answer is read, and PostgreSQL runs them in
-/// that order. Each statement must be a single query future on the shared connection
-/// (so it is sent when first polled, after those before it: an unprepared one is
-/// prepared first, holding the connection's statement cache, which the ones after it
-/// wait for in turn). A failed statement fails the ones after it and `COMMIT` then
-/// rolls back, so the first error is returned and nothing is kept. Until every
-/// answer is in, the connection counts as inside a transaction: a caller dropped
-/// midway leaves it to be discarded by the pool, never reused in an unknown state.
-async fn in_one_trip<F>(conn: &mut Conn, statements: F) -> QueryResult<()>
-where
-    F: FnOnce(&Conn) -> Vec<BoxFuture<'_, QueryResult<usize>>>,
-{
-    transaction_depth(conn, TransactionDepthChange::IncreaseDepth)?;
-    let answers = {
-        let shared: &Conn = conn;
-        let mut trip = vec![run(shared, "BEGIN")];
-        trip.extend(statements(shared));
-        trip.push(run(shared, "COMMIT"));
-        join_all(trip).await
-    };
-    // Every statement was answered, `COMMIT` too: the transaction is over.
-    transaction_depth(conn, TransactionDepthChange::DecreaseDepth)?;
-    answers
-        .into_iter()
-        .find_map(Result::err)
-        .map_or(Ok(()), Err)
-}
-
-/// A statement without parameters or rows, prepared once per connection.
-fn run<'c>(conn: &'c Conn, sql: &'static str) -> BoxFuture<'c, QueryResult<usize>> {
-    let mut on = conn;
-    diesel::sql_query(sql).by_sql().execute(&mut on)
 }
 
 /// Tells the connection's transaction manager a transaction began or ended outside it.
