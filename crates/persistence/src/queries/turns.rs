@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use super::events::append_events;
 use super::messages::{insert_message, message_event, open_text, save_text};
 use super::queue::hand_on;
-use super::webhooks::queue_delivery;
+use super::webhooks::{Recipients, queue_delivery, recipients};
 use super::{Conn, Db};
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
@@ -370,12 +370,13 @@ pub(super) async fn finish_in(
                 turns::webhook_url,
                 turns::webhook_secrets,
                 turns::output_batches,
+                recipients(),
             ))
             .by_sql()
-            .get_result::<(TurnRow, Option<String>, Option<String>, i64)>(conn)
+            .get_result::<(TurnRow, Option<String>, Option<String>, i64, Recipients)>(conn)
             .await
             .optional()?;
-    let Some((ended, hook_url, hook_secrets, batches)) = ended else {
+    let Some((ended, hook_url, hook_secrets, batches, recipients)) = ended else {
         return Ok(None);
     };
     // A running turn's play that recorded no batch has no output stored yet: all
@@ -422,7 +423,7 @@ pub(super) async fn finish_in(
         data,
     });
     let own_hook = endpoint(hook_url, hook_secrets);
-    queue_delivery(conn, &ended, own_hook, &output, now).await?;
+    queue_delivery(conn, &ended, own_hook, recipients, &output, now).await?;
     // The ending event, and whether messages wait in the task's queue: one statement.
     let queued = append_events(conn, task.0, drafts, now, Some(turn), Some(now)).await?;
     let next = match queued.unwrap_or(0) {

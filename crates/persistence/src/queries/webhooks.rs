@@ -7,6 +7,7 @@ use baton_domain::webhooks::{AttemptResult, DeliveryView, DueDelivery, NextStep,
 use baton_domain::*;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
 use super::push::queue_pushes;
@@ -15,8 +16,43 @@ use super::{Conn, due_deliveries};
 use crate::error::from_diesel;
 use crate::models::*;
 use crate::queries::TxError;
-use crate::schema::{agents, push_configs, tasks, webhook_attempts, webhook_deliveries};
+use crate::schema::{webhook_attempts, webhook_deliveries};
 use crate::statement_cache::CacheBySql;
+
+/// What a turn's end is delivered with, read by the statement that ends the turn (so
+/// a turn's end without deliveries reads nothing more): its task's agent and
+/// metadata, the agent's default webhook, and whether the task has A2A push configs.
+pub(super) fn recipients() -> diesel::expression::SqlLiteral<RecipientsSql> {
+    // Written out: a subselect Diesel builds names its columns unqualified inside an
+    // SQLite `RETURNING`, where `id` and `task_id` are then ambiguous.
+    diesel::dsl::sql(
+        "(SELECT t.agent_id FROM tasks t WHERE t.id = turns.task_id), \
+         (SELECT t.metadata FROM tasks t WHERE t.id = turns.task_id), \
+         (SELECT a.webhook_url FROM tasks t JOIN agents a ON a.id = t.agent_id \
+          WHERE t.id = turns.task_id), \
+         (SELECT a.webhook_secrets FROM tasks t JOIN agents a ON a.id = t.agent_id \
+          WHERE t.id = turns.task_id), \
+         EXISTS (SELECT 1 FROM push_configs p WHERE p.task_id = turns.task_id)",
+    )
+}
+
+/// The SQL types of what [`recipients`] reads.
+type RecipientsSql = (
+    Nullable<BigInt>,
+    Nullable<Text>,
+    Nullable<Text>,
+    Nullable<Text>,
+    Bool,
+);
+
+/// What [`recipients`] reads.
+pub(super) type Recipients = (
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
 
 /// Writes the deliveries of a turn's end to the outbox: to the turn's own webhook
 /// (`own_hook`) or else its agent's default one, if there is either, and a push to
@@ -25,31 +61,14 @@ pub(super) async fn queue_delivery(
     conn: &mut Conn,
     ended: &Turn,
     own_hook: Option<WebhookEndpoint>,
+    recipients: Recipients,
     output: &[Message],
     now: i64,
 ) -> Result<(), TxError> {
-    // Whether the task has push configs comes with the row read anyway: a turn's end
-    // without any reads nothing more.
-    let has_pushes =
-        diesel::dsl::exists(push_configs::table.filter(push_configs::task_id.eq(tasks::id)));
-    let (agent_id, task_metadata, agent_url, agent_secrets, pushed): (
-        i64,
-        String,
-        Option<String>,
-        Option<String>,
-        bool,
-    ) = tasks::table
-        .inner_join(agents::table)
-        .filter(tasks::id.eq(ended.task_id.0))
-        .select((
-            tasks::agent_id,
-            tasks::metadata,
-            agents::webhook_url,
-            agents::webhook_secrets,
-            has_pushes,
-        ))
-        .first(conn)
-        .await?;
+    let (agent_id, task_metadata, agent_url, agent_secrets, pushed) = recipients;
+    let (Some(agent_id), Some(task_metadata)) = (agent_id, task_metadata) else {
+        return Err(crate::error::corrupt("a turn without its task".to_owned()).into());
+    };
     let endpoint = own_hook.or(endpoint(agent_url, agent_secrets));
     if endpoint.is_none() && !pushed {
         return Ok(());
