@@ -22,6 +22,19 @@ fn message(agent: i64, text: &str) -> Value {
     json!({"agent_id": agent, "message": {"role": "user", "content": text}})
 }
 
+/// The task's event stream, opened.
+async fn open_stream(app: &TestApp, token: &str, task: i64) -> reqwest::Response {
+    let stream = app
+        .http
+        .get(app.url(&format!("/v1/chat/tasks/{task}/stream")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    stream
+}
+
 /// Waits until the task's first agent message has some streamed text.
 async fn until_partial_text(app: &TestApp, token: &str, task: i64) -> String {
     for _ in 0..500 {
@@ -325,14 +338,7 @@ async fn a_stopping_server_refuses_new_requests_then_closes_streams_and_long_pol
     let app = TestApp::start().await;
     let (agent, token) = app.agent_with_key(json!({"delay_ms": 60_000})).await;
     let task = app.create_task(&token, agent, "long").await;
-    let stream = app
-        .http
-        .get(app.url(&format!("/v1/chat/tasks/{task}/stream")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), StatusCode::OK);
+    let stream = open_stream(&app, &token, task).await;
     let long_poll = {
         let (http, url, token) = (
             app.http.clone(),
@@ -516,14 +522,7 @@ async fn a_change_announced_as_the_server_closes_reaches_every_stream_before_it_
     let mut open = Vec::new();
     for i in 0..STREAMS {
         let task = app.create_task(&token, agent, &format!("long {i}")).await;
-        let mut stream = app
-            .http
-            .get(app.url(&format!("/v1/chat/tasks/{task}/stream")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(stream.status(), StatusCode::OK);
+        let mut stream = open_stream(&app, &token, task).await;
         // The stream has read the log (its turn's start) and waits for a change.
         let mut text = String::new();
         while !text.contains("event: turn_started") {

@@ -383,6 +383,18 @@ async fn postgres_pooled_connections_the_server_ended_are_replaced_before_use() 
     }
 }
 
+/// A throwaway PostgreSQL database and a store on it with one pooled connection, so
+/// every operation reuses the connection the one before left.
+async fn one_connection() -> (TestDatabase, SqlStore) {
+    let db = tokio::task::spawn_blocking(TestDatabase::new)
+        .await
+        .unwrap();
+    let mut options = StoreOptions::default();
+    options.postgres.pool_size = 1;
+    let (store, _) = SqlStore::open(db.url(), options).await.unwrap();
+    (db, store)
+}
+
 /// The task's events, with the ids that differ from task to task taken out.
 async fn events_without_ids(store: &SqlStore, agent: AgentId, task: TaskId) -> Vec<String> {
     fn strip(value: &mut serde_json::Value) {
@@ -418,13 +430,8 @@ async fn events_without_ids(store: &SqlStore, agent: AgentId, task: TaskId) -> V
 /// alike, and a plain one whose write fails leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_plain_task_is_stored_as_one_that_reads_first_and_all_or_nothing() {
-    let db = tokio::task::spawn_blocking(TestDatabase::new)
-        .await
-        .unwrap();
-    let mut options = StoreOptions::default();
     // One connection: a write that failed must leave it fit for the next.
-    options.postgres.pool_size = 1;
-    let (store, _) = SqlStore::open(db.url(), options).await.unwrap();
+    let (db, store) = one_connection().await;
     let agent = store.create_agent(echo_agent("a")).await.unwrap();
     let plain = new_task(agent.id, "same");
     let capped = NewTask {
@@ -494,12 +501,7 @@ async fn postgres_a_plain_task_is_stored_as_one_that_reads_first_and_all_or_noth
 /// so the store, not diesel-async, told the pool a transaction was open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_write_dropped_midway_keeps_nothing_and_leaves_no_open_transaction() {
-    let db = tokio::task::spawn_blocking(TestDatabase::new)
-        .await
-        .unwrap();
-    let mut options = StoreOptions::default();
-    options.postgres.pool_size = 1;
-    let (store, _) = SqlStore::open(db.url(), options).await.unwrap();
+    let (db, store) = one_connection().await;
     let (agent, accepted) = seed(&store).await;
     let task = accepted.task_id.0;
     // Another session holds the task's row for a while: the turn's end updates its
