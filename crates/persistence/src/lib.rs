@@ -6,6 +6,7 @@
 mod announce;
 mod backend;
 mod error;
+mod fresh_inputs;
 mod group_commit;
 mod listen;
 mod models;
@@ -54,6 +55,8 @@ pub struct SqlStore {
     announcer: Option<announce::Announcer>,
     /// Whether writes lately failed for want of space (readiness reports it).
     writes: write_health::WriteHealth,
+    /// Inputs of turns just started on new tasks, until their play reads them.
+    fresh: fresh_inputs::FreshInputs,
 }
 
 enum Db {
@@ -91,6 +94,7 @@ impl SqlStore {
                 db,
                 announcer,
                 writes: write_health::WriteHealth::default(),
+                fresh: fresh_inputs::FreshInputs::default(),
             },
             applied,
         ))
@@ -106,6 +110,7 @@ impl SqlStore {
             db: Db::Sqlite(SqliteDb::in_memory()?),
             announcer: None,
             writes: write_health::WriteHealth::default(),
+            fresh: fresh_inputs::FreshInputs::default(),
         })
     }
 
@@ -231,7 +236,13 @@ macro_rules! on_conn {
 #[async_trait]
 impl TaskStore for SqlStore {
     async fn create_task(&self, new: NewTask) -> Result<Claim, ClaimError> {
-        on_conn!(self, writer, |conn, q| q::create_task(conn, &new).await)
+        let (claim, input) = on_conn!(self, writer, |conn, q| q::create_task(conn, &new).await)?;
+        if let (Claim::Started(accepted), Some(input)) = (&claim, input)
+            && let Some(turn) = accepted.turn_id
+        {
+            self.fresh.keep(turn, input);
+        }
+        Ok(claim)
     }
 
     async fn append_and_claim(&self, append: NewAppend) -> Result<Claim, ClaimError> {
@@ -286,6 +297,11 @@ impl TaskStore for SqlStore {
         task: TaskId,
         turn: TurnId,
     ) -> Result<Option<TurnHistory>, StoreError> {
+        if let Some(input) = self.fresh.take(turn)
+            && input.task.id == task
+        {
+            return Ok(Some(input));
+        }
         on_conn!(self, readers, |conn, q| q::load_turn_input(
             conn, task, turn
         )

@@ -448,6 +448,13 @@ async fn postgres_a_plain_task_is_stored_as_one_that_reads_first_and_all_or_noth
     }
     let (first, second) = (&accepted[0], &accepted[1]);
     assert_ne!(first.task_id, second.task_id);
+    // The plain task's turn input, kept from its claim for its play, is what a read
+    // of it finds (the first load takes the kept one, the second reads).
+    let turn = first.turn_id.unwrap();
+    let kept = store.load_turn_input(first.task_id, turn).await.unwrap();
+    let read = store.load_turn_input(first.task_id, turn).await.unwrap();
+    assert!(kept.is_some());
+    assert_eq!(kept, read);
     assert_eq!(
         events_without_ids(&store, agent.id, first.task_id).await,
         events_without_ids(&store, agent.id, second.task_id).await

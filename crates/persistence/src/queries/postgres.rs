@@ -20,7 +20,7 @@ use futures_util::future::{try_join, try_join_all};
 
 use crate::error::from_diesel;
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
-use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, micros};
+use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, TaskRow, micros};
 use crate::one_statement::OneStatement;
 use crate::queries::{TxBody, TxError};
 use crate::schema::{
@@ -169,13 +169,19 @@ async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Ve
 /// nothing to read before writing) takes two statements instead of seven (`BEGIN`,
 /// four inserts, `COMMIT`): its ids are drawn from the sequences, then its four rows
 /// are written by one statement ([`OneStatement`]), which is its own transaction.
-pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim, ClaimError> {
+///
+/// Returns with the claim the new turn's input, as a read of it would find it, to be
+/// kept until the turn plays (`crate::fresh_inputs`) — unless it is large.
+pub(crate) async fn create_task(
+    conn: &mut Conn,
+    new: &NewTask,
+) -> Result<(Claim, Option<TurnHistory>), ClaimError> {
     let plain = new.idempotency.is_none()
         && new.max_running_per_agent.is_none()
         && new.push.is_none()
         && !messages::keeps_files(&new.message.content);
     if !plain {
-        return claims::create_task(conn, new).await;
+        return Ok((claims::create_task(conn, new).await?, None));
     }
     let (task, turn, message): (i64, i64, i64) =
         diesel::select(diesel::dsl::sql::<(BigInt, BigInt, BigInt)>(
@@ -202,6 +208,24 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
         new.now,
     )?;
     let input = message_row.stored(message).into_domain()?;
+    let turn_input = match message_row.content.len() <= KEPT_INPUT_BYTES {
+        true => Some(TurnHistory {
+            task: TaskRow {
+                id: task,
+                agent_id: task_row.agent_id,
+                metadata: task_row.metadata.clone(),
+                input: task_row.input.clone(),
+                created_at: task_row.created_at,
+                updated_at: task_row.updated_at,
+                queued: 0,
+            }
+            .into_domain()?,
+            metadata: new.metadata.clone(),
+            history: vec![input.clone()],
+            files: Vec::new(),
+        }),
+        false => None,
+    };
     let started = turn_start::started(task_id, turn_id, &new.metadata, input, new.now);
     let events = events::event_rows(task, 1, vec![started.event], micros(new.now))?;
     let notify = crate::announce::defer(encode(task_id, None)).err();
@@ -235,8 +259,13 @@ pub(crate) async fn create_task(conn: &mut Conn, new: &NewTask) -> Result<Claim,
         );
     }
     write.execute(conn).await.map_err(from_diesel)?;
-    Ok(Claim::Started(claims::task_accepted(new, task_id, turn_id)))
+    let accepted = claims::task_accepted(new, task_id, turn_id);
+    Ok((Claim::Started(accepted), turn_input))
 }
+
+/// The largest message a new task's kept input may hold (its JSON's bytes): a larger one
+/// is read back when its turn plays, so what is kept stays small.
+const KEPT_INPUT_BYTES: usize = 16 * 1024;
 
 /// Tells the connection's transaction manager a transaction began or ended outside it.
 fn transaction_depth(conn: &mut Conn, change: TransactionDepthChange) -> QueryResult<()> {

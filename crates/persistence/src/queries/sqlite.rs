@@ -3,7 +3,9 @@
 //! `group_commit`), so its group transaction is the only lock a write needs, and one
 //! process serves the database, so changes are announced in-process, not here.
 
-use baton_domain::{AgentId, AgentsChanged, StoreError, TaskId, TurnHistory, TurnId};
+use baton_domain::{
+    AgentId, AgentsChanged, Claim, ClaimError, NewTask, StoreError, TaskId, TurnHistory, TurnId,
+};
 use diesel::QueryResult;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable};
@@ -157,4 +159,13 @@ async fn append_to_log(
 diesel::define_sql_function! {
     /// Its first argument unless that is null, else its second.
     fn coalesce(value: Nullable<BigInt>, otherwise: BigInt) -> BigInt;
+}
+
+/// Creates a task (`claims::create_task`); its turn's input is read back when it plays
+/// (in-process on SQLite, so nothing is kept for it).
+pub(crate) async fn create_task(
+    conn: &mut Conn,
+    new: &NewTask,
+) -> Result<(Claim, Option<TurnHistory>), ClaimError> {
+    Ok((claims::create_task(conn, new).await?, None))
 }
