@@ -593,6 +593,10 @@ function taskView(taskId, signal) {
     const item = messageItem(message);
     const old = rendered.get(message.message_id);
     if (old) {
+      // A tool call still waiting for its answer keeps the form being typed into.
+      const typing = old.querySelector("form.tool-form");
+      const fresh = item.querySelector("form.tool-form");
+      if (typing && fresh) fresh.replaceWith(typing);
       old.replaceWith(item);
     } else {
       const later = [...rendered.keys()].filter((id) => id > message.message_id).sort((a, b) => a - b)[0];

@@ -167,6 +167,10 @@ fn drive(db: &str) {
 
     // Tools: a form per call, both answered, the model's reply with its reasoning.
     assert_eq!(seen["toolForms"], 2, "{report}");
+    assert_eq!(
+        seen["keptTyping"], "18 degrees",
+        "an answer typed into one tool form survives the page's update after another: {report}"
+    );
     assert_eq!(seen["toolResults"], 2, "{report}");
     assert_eq!(seen["toolMessagesShown"], 0, "{report}");
     assert_eq!(seen["toolReply"], "Hello, human.", "{report}");

@@ -197,12 +197,16 @@ try {
   await page.getByRole("form", { name: /Answer get_weather \(call_abc\)/ }).waitFor();
   seen.toolForms = await page.locator("form.tool-form").count();
   if (shots) await page.screenshot({ path: `${shots}/tool-call.png`, fullPage: true });
+  // The second answer is typed first: the page updates after the first is sent, and
+  // what was typed into the other form must survive it.
+  const second = page.getByRole("form", { name: /call_def/ });
+  await second.getByLabel(/Result of get_weather/).fill("18 degrees");
   const first = page.getByRole("form", { name: /call_abc/ });
   await first.getByLabel(/Result of get_weather/).fill('{"celsius": 4}');
   await first.getByRole("button", { name: "Send the result" }).click();
   await page.waitForFunction(() => document.querySelectorAll("form.tool-form").length === 1);
-  const second = page.getByRole("form", { name: /call_def/ });
-  await second.getByLabel(/Result of get_weather/).fill("18 degrees");
+  await page.locator(".message.tool", { hasText: "celsius" }).first().waitFor({ state: "attached" });
+  seen.keptTyping = await second.getByLabel(/Result of get_weather/).inputValue();
   await second.getByRole("button", { name: "Send the result" }).click();
   await waitStatus("completed");
   seen.toolReply = await assistantText();
