@@ -197,6 +197,21 @@ pub(crate) struct NewTaskRow {
     pub last_seq: i64,
 }
 
+impl NewTaskRow {
+    /// The row as it is stored under `id`, its queue empty.
+    pub fn stored(&self, id: i64) -> TaskRow {
+        TaskRow {
+            id,
+            agent_id: self.agent_id,
+            metadata: self.metadata.clone(),
+            input: self.input.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            queued: 0,
+        }
+    }
+}
+
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = turns)]
 pub(crate) struct TurnRow {

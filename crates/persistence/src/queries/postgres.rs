@@ -16,11 +16,11 @@ use diesel_async::{
     AnsiTransactionManager, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
 };
 use futures_util::FutureExt;
-use futures_util::future::{try_join, try_join_all};
+use futures_util::future::{BoxFuture, try_join, try_join_all};
 
 use crate::error::from_diesel;
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
-use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, TaskRow, micros};
+use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, micros};
 use crate::one_statement::OneStatement;
 use crate::queries::{TxBody, TxError};
 use crate::schema::{
@@ -67,16 +67,40 @@ pub(crate) use self::{
 
 /// Tells other instances to drop what they cached of an agent or a key.
 async fn announce_agents(conn: &mut Conn, change: &AgentsChanged) -> QueryResult<()> {
-    notify(conn, AGENTS_CHANNEL, encode_agents(change)).await
+    pg_notify(conn, AGENTS_CHANNEL, encode_agents(change)).await
 }
 
-async fn notify(conn: &mut Conn, channel: &str, payload: String) -> QueryResult<()> {
+/// `pg_notify` on `channel`, sent on the shared connection (so it can be pipelined
+/// with the statements beside it).
+fn pg_notify<'c>(
+    conn: &'c Conn,
+    channel: &'static str,
+    payload: String,
+) -> BoxFuture<'c, QueryResult<()>> {
+    let mut on = conn;
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)
         .bind::<Text, _>(payload)
-        .execute(conn)
-        .await
-        .map(drop)
+        .execute(&mut on)
+        .map(|sent| sent.map(drop))
+        .boxed()
+}
+
+/// Has other instances told that the task changed, and which turn the change ended
+/// (so the instance playing it stops): after the operation, by the store's announcer
+/// (`crate::announce`, which says why not inside the transaction); where no operation
+/// collects announcements, by a `pg_notify` sent now — pipelined with the statements
+/// beside it, and inside the caller's transaction if it has one (delivered only if it
+/// commits).
+fn announce_change(
+    conn: &Conn,
+    task: TaskId,
+    ended: Option<TurnId>,
+) -> BoxFuture<'_, QueryResult<()>> {
+    match crate::announce::defer(encode(task, ended)) {
+        Ok(()) => futures_util::future::ready(Ok(())).boxed(),
+        Err(payload) => pg_notify(conn, CHANNEL, payload),
+    }
 }
 
 /// Locks the agent's row, so concurrent claims for one agent take turns and cannot
@@ -120,11 +144,7 @@ async fn lock_active_turn(conn: &mut Conn, task: i64) -> QueryResult<()> {
 }
 
 /// Inserts an operation's events in one statement (in chunks that keep few statement
-/// shapes prepared) and has other instances told that the task changed, and which
-/// turn the change ended (so the instance playing it stops): after the operation, by
-/// the store's announcer (`crate::announce`, which says why not inside the
-/// transaction); inside the transaction, pipelined with the inserts, where no
-/// operation collects announcements.
+/// shapes prepared) and has the change announced ([`announce_change`]).
 async fn write_events(
     conn: &mut Conn,
     task: TaskId,
@@ -141,15 +161,9 @@ async fn write_events(
             .by_sql()
             .execute(&mut on)
     });
-    let Err(payload) = crate::announce::defer(encode(task, ended)) else {
-        return try_join_all(inserts).await.map(drop);
-    };
-    let mut on = shared;
-    let notify = diesel::sql_query("SELECT pg_notify($1, $2)")
-        .bind::<Text, _>(CHANNEL)
-        .bind::<Text, _>(&payload)
-        .execute(&mut on);
-    try_join(try_join_all(inserts), notify).await.map(drop)
+    try_join(try_join_all(inserts), announce_change(shared, task, ended))
+        .await
+        .map(drop)
 }
 
 /// Rows per `INSERT` of events.
@@ -210,16 +224,7 @@ pub(crate) async fn create_task(
     let input = message_row.stored(message).into_domain()?;
     let turn_input = match message_row.content.len() <= KEPT_INPUT_BYTES {
         true => Some(TurnHistory {
-            task: TaskRow {
-                id: task,
-                agent_id: task_row.agent_id,
-                metadata: task_row.metadata.clone(),
-                input: task_row.input.clone(),
-                created_at: task_row.created_at,
-                updated_at: task_row.updated_at,
-                queued: 0,
-            }
-            .into_domain()?,
+            task: task_row.stored(task).into_domain()?,
             metadata: new.metadata.clone(),
             history: vec![input.clone()],
             files: Vec::new(),
@@ -228,8 +233,7 @@ pub(crate) async fn create_task(
     };
     let started = turn_start::started(task_id, turn_id, &new.metadata, input, new.now);
     let events = events::event_rows(task, 1, vec![started.event], micros(new.now))?;
-    let notify = crate::announce::defer(encode(task_id, None)).err();
-    let mut write = OneStatement::new()
+    OneStatement::new()
         .then(
             diesel::insert_into(tasks::table)
                 .values((tasks::id.eq(task), &task_row))
@@ -249,16 +253,14 @@ pub(crate) async fn create_task(
             diesel::insert_into(events_table::table)
                 .values(&events)
                 .by_sql(),
-        );
-    if let Some(payload) = &notify {
-        write = write.then(
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<Text, _>(CHANNEL)
-                .bind::<Text, _>(payload)
-                .by_sql(),
-        );
-    }
-    write.execute(conn).await.map_err(from_diesel)?;
+        )
+        .execute(conn)
+        .await
+        .map_err(from_diesel)?;
+    // After the statement, which committed.
+    announce_change(conn, task_id, None)
+        .await
+        .map_err(from_diesel)?;
     let accepted = claims::task_accepted(new, task_id, turn_id);
     Ok((Claim::Started(accepted), turn_input))
 }
@@ -337,7 +339,7 @@ fn begin_ahead(conn: &mut Conn) -> QueryResult<()> {
 /// Hands out the next `seq`s of the task's log from `tasks.last_seq` (the row update
 /// also serializes concurrent writers; with `touched`, the task is marked updated
 /// then) and inserts the events with them, in one statement; the change is announced
-/// as `write_events` does. Returns how many messages wait in the task's queue.
+/// ([`announce_change`]). Returns how many messages wait in the task's queue.
 async fn append_to_log(
     conn: &mut Conn,
     task: i64,
@@ -363,15 +365,7 @@ async fn append_to_log(
         .bind::<BigInt, _>(now)
         .by_sql()
         .get_result::<Appended>(&mut on);
-    let Err(payload) = crate::announce::defer(encode(TaskId(task), ended)) else {
-        return Ok(append.await?.queued);
-    };
-    let mut on = shared;
-    let notify = diesel::sql_query("SELECT pg_notify($1, $2)")
-        .bind::<Text, _>(CHANNEL)
-        .bind::<Text, _>(&payload)
-        .execute(&mut on);
-    let (appended, _) = try_join(append, notify).await?;
+    let (appended, ()) = try_join(append, announce_change(shared, TaskId(task), ended)).await?;
     Ok(appended.queued)
 }
 
