@@ -159,6 +159,17 @@ struct Report {
     latency_ms: Percentiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_text_delta_ms: Option<Percentiles>,
+    /// `accept` only: how long until every accepted turn had also ended, counted from
+    /// the start — the rate the server keeps up when its turns run behind the `202`s
+    /// (`per_second` alone can be a burst that leaves a backlog of running turns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settled: Option<Settled>,
+}
+
+#[derive(Debug, Serialize)]
+struct Settled {
+    seconds: f64,
+    per_second: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -241,6 +252,26 @@ impl Target {
             .map(drop)
     }
 
+    /// How many turns the server has ended so far (its `/metrics`), or `None` where it
+    /// has no such metric (the bare server).
+    async fn turns_ended(&self) -> anyhow::Result<Option<u64>> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let text = response.text().await?;
+        let counts: Vec<f64> = text
+            .lines()
+            .filter(|line| line.starts_with("baton_turns_ended_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        Ok((!counts.is_empty()).then(|| counts.iter().sum::<f64>() as u64))
+    }
+
     async fn wait_done(&self, task: i64) -> anyhow::Result<()> {
         let view: Value = self
             .http
@@ -302,6 +333,10 @@ async fn run(
     turns: usize,
 ) -> anyhow::Result<Report> {
     let next = Arc::new(AtomicUsize::new(0));
+    let ended_before = match scenario {
+        Scenario::Accept => target.turns_ended().await?,
+        _ => None,
+    };
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
@@ -357,6 +392,24 @@ async fn run(
         accepted.extend(a);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let settled = match ended_before {
+        Some(before) => {
+            let all = before + accepted.len() as u64;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while target.turns_ended().await?.unwrap_or(all) < all {
+                if Instant::now() > deadline {
+                    bail!("accepted turns still running two minutes after the last 202");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            Some(Settled {
+                seconds,
+                per_second: accepted.len() as f64 / seconds,
+            })
+        }
+        None => None,
+    };
     // Accepted turns still run after the timed part: let them finish, untimed, so
     // they do not weigh on the next measurement.
     for task in accepted {
@@ -370,6 +423,7 @@ async fn run(
         per_second: latencies.len() as f64 / seconds,
         latency_ms: percentiles(latencies),
         first_text_delta_ms: (!first_deltas.is_empty()).then(|| percentiles(first_deltas)),
+        settled,
     })
 }
 
