@@ -18,6 +18,8 @@ pub const STREAMS_OPEN: &str = "baton_sse_streams_open";
 pub const DB_CONNECTIONS: &str = "baton_db_pool_connections";
 pub const SQLITE_WRITE_GROUPS: &str = "baton_sqlite_write_groups_total";
 pub const SQLITE_WRITE_OPERATIONS: &str = "baton_sqlite_write_operations_total";
+pub const POSTGRES_WRITE_BATCHES: &str = "baton_postgres_write_batches_total";
+pub const POSTGRES_BATCHED_WRITES: &str = "baton_postgres_batched_writes_total";
 pub const WEBHOOK_ATTEMPTS: &str = "baton_webhook_attempts_total";
 
 /// Registers every metric's help text (once, at start-up).
@@ -60,6 +62,14 @@ pub fn describe() {
     describe_counter!(
         SQLITE_WRITE_OPERATIONS,
         "Write operations SQLite's writer ran; divided by the groups, the mean group size"
+    );
+    describe_counter!(
+        POSTGRES_WRITE_BATCHES,
+        "Batches of one kind of write (new tasks, turns' ends) PostgreSQL was sent, a write alone counting as one"
+    );
+    describe_counter!(
+        POSTGRES_BATCHED_WRITES,
+        "Writes in those batches; divided by the batches, the mean batch size"
     );
     describe_counter!(
         WEBHOOK_ATTEMPTS,

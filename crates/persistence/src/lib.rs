@@ -5,6 +5,7 @@
 
 mod announce;
 mod backend;
+mod batches;
 mod error;
 mod fresh_inputs;
 mod group_commit;
@@ -24,6 +25,7 @@ use baton_domain::*;
 use chrono::{DateTime, Utc};
 
 pub use backend::{PgOptions, ServingLock, SqliteOptions, SqliteSync};
+pub use batches::BatchStats;
 pub use error::PersistenceError;
 pub use group_commit::WriterStats;
 
@@ -61,7 +63,13 @@ pub struct SqlStore {
 
 enum Db {
     Sqlite(SqliteDb),
-    Postgres(Pool<PgConn>),
+    Postgres(Pool<PgConn>, PgBatches),
+}
+
+/// PostgreSQL's writes that concurrent callers send together (see `batches`).
+struct PgBatches {
+    new_tasks: batches::Batcher<batches::NewTasks>,
+    turn_ends: batches::Batcher<batches::TurnEnds>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -86,7 +94,11 @@ impl SqlStore {
             DatabaseUrl::Postgres(url) => {
                 let pool = backend::open_postgres(&url, options.postgres).await?;
                 let announcer = announce::Announcer::spawn(pool.clone());
-                (Db::Postgres(pool), Some(announcer))
+                let batches = PgBatches {
+                    new_tasks: batches::Batcher::spawn(pool.clone(), Some(announcer.clone())),
+                    turn_ends: batches::Batcher::spawn(pool.clone(), Some(announcer.clone())),
+                };
+                (Db::Postgres(pool, batches), Some(announcer))
             }
         };
         Ok((
@@ -138,7 +150,7 @@ impl SqlStore {
     pub fn backend(&self) -> &'static str {
         match self.db {
             Db::Sqlite(_) => "sqlite",
-            Db::Postgres(_) => "postgres",
+            Db::Postgres(..) => "postgres",
         }
     }
 
@@ -174,7 +186,7 @@ impl SqlStore {
                 })
                 .into_iter()
                 .collect(),
-            Db::Postgres(pool) => vec![usage("postgres", pool)],
+            Db::Postgres(pool, _) => vec![usage("postgres", pool)],
         }
     }
 
@@ -183,7 +195,20 @@ impl SqlStore {
     pub fn writer_stats(&self) -> Option<WriterStats> {
         match &self.db {
             Db::Sqlite(sqlite) => Some(sqlite.writer_stats()),
-            Db::Postgres(_) => None,
+            Db::Postgres(..) => None,
+        }
+    }
+
+    /// What PostgreSQL's batches have done so far, per kind of write (`new_tasks`,
+    /// `turn_ends`): batches written and the writes in them (their ratio is the mean
+    /// batch size). Empty on SQLite.
+    pub fn batch_stats(&self) -> Vec<(&'static str, BatchStats)> {
+        match &self.db {
+            Db::Sqlite(_) => Vec::new(),
+            Db::Postgres(_, batches) => vec![
+                ("new_tasks", batches.new_tasks.stats()),
+                ("turn_ends", batches.turn_ends.stats()),
+            ],
         }
     }
 
@@ -192,7 +217,7 @@ impl SqlStore {
     pub fn relay_changes(&self, hub: LocalNotifier) -> Option<tokio::task::JoinHandle<()>> {
         match &self.db {
             Db::Sqlite(_) => None,
-            Db::Postgres(pool) => Some(listen::spawn_relay(pool.clone(), hub)),
+            Db::Postgres(pool, _) => Some(listen::spawn_relay(pool.clone(), hub)),
         }
     }
 }
@@ -221,7 +246,7 @@ macro_rules! on_conn {
                     .await
             }
             // One pool: PostgreSQL has no single-writer rule.
-            Db::Postgres(pool) => {
+            Db::Postgres(pool, _) => {
                 let mut object = pool.get().await.map_err(from_pool)?;
                 let $conn = &mut *object;
                 use crate::queries::postgres as $q;
@@ -236,7 +261,14 @@ macro_rules! on_conn {
 #[async_trait]
 impl TaskStore for SqlStore {
     async fn create_task(&self, new: NewTask) -> Result<Claim, ClaimError> {
-        let (claim, input) = on_conn!(self, writer, |conn, q| q::create_task(conn, &new).await)?;
+        let (claim, input) = match &self.db {
+            Db::Postgres(_, batches) if queries::postgres::is_plain(&new) => {
+                let created = batches.new_tasks.write(new).await;
+                self.writes.note(true, &created);
+                created
+            }
+            _ => on_conn!(self, writer, |conn, q| q::create_task(conn, &new).await),
+        }?;
         if let (Claim::Started(accepted), Some(input)) = (&claim, input)
             && let Some(turn) = accepted.turn_id
         {
@@ -332,7 +364,14 @@ impl TaskStore for SqlStore {
     }
 
     async fn finish_turn(&self, finish: FinishTurn) -> Result<Option<Ended>, StoreError> {
-        on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await)
+        match &self.db {
+            Db::Postgres(_, batches) => {
+                let ended = batches.turn_ends.write(finish).await;
+                self.writes.note(true, &ended);
+                ended
+            }
+            Db::Sqlite(_) => on_conn!(self, writer, |conn, q| q::finish_turn(conn, &finish).await),
+        }
     }
 
     async fn finish_turns(

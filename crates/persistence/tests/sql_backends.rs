@@ -502,6 +502,217 @@ async fn postgres_a_plain_task_is_stored_as_one_that_reads_first_and_all_or_noth
     );
 }
 
+/// Holds `rows` (a `SELECT … FOR UPDATE`) in another session for `seconds`, from
+/// about 300 ms after the call; joined to learn the session ended well.
+fn hold_rows(
+    db: &std::sync::Arc<TestDatabase>,
+    rows: String,
+    seconds: f64,
+) -> std::thread::JoinHandle<Result<String, String>> {
+    let db = db.clone();
+    let holder = std::thread::spawn(move || {
+        db.query(&format!(
+            "BEGIN; {rows} FOR UPDATE; SELECT pg_sleep({seconds}); COMMIT;"
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    holder
+}
+
+/// The store's batch counts of one kind of write.
+fn batch_stats(store: &SqlStore, kind: &str) -> baton_persistence::BatchStats {
+    store
+        .batch_stats()
+        .into_iter()
+        .find(|(name, _)| *name == kind)
+        .map(|(_, stats)| stats)
+        .unwrap()
+}
+
+/// New plain tasks sent while others are being written go to PostgreSQL together,
+/// in fewer batches than tasks; a batch in which one task is refused (its agent does
+/// not exist) keeps nothing, and each of its tasks is then written alone: the others
+/// are stored whole, the refused one fails as it would alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_new_tasks_sent_together_are_written_in_batches_and_a_refused_one_fails_alone() {
+    let (db, store, _) = two_instances().await;
+    let store = std::sync::Arc::new(store);
+    let agent = store.create_agent(echo_agent("a")).await.unwrap();
+    let db = std::sync::Arc::new(db);
+    let before = batch_stats(&store, "new_tasks");
+    // While the agent's row is held, a new task of it waits (its foreign key check),
+    // and so does every batch in flight: what is sent meanwhile queues.
+    let holder = hold_rows(
+        &db,
+        format!("SELECT id FROM agents WHERE id = {}", agent.id.0),
+        1.0,
+    );
+    let mut sent = Vec::new();
+    for number in 0..120_i64 {
+        let owner = match number % 40 {
+            7 => AgentId(agent.id.0 + 1000),
+            _ => agent.id,
+        };
+        let store = store.clone();
+        let new = new_task(owner, &format!("task {number}"));
+        sent.push((
+            owner,
+            tokio::spawn(async move { store.create_task(new).await }),
+        ));
+        if number < 3 {
+            // The first ones alone, each taking a batch in flight.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut stored = Vec::new();
+    for (owner, created) in sent {
+        match created.await.unwrap() {
+            Ok(Claim::Started(accepted)) => {
+                assert_eq!(owner, agent.id, "only the known agent's tasks are stored");
+                stored.push(accepted);
+            }
+            Ok(other) => panic!("a plain task is started, not {other:?}"),
+            Err(err) => assert_ne!(owner, agent.id, "a known agent's task failed: {err}"),
+        }
+    }
+    holder.join().unwrap().unwrap();
+    assert_eq!(stored.len(), 117, "all but the three refused ones");
+    let counts = db
+        .query(
+            "SELECT (SELECT count(*) FROM tasks) || ' ' || (SELECT count(*) FROM turns) \
+             || ' ' || (SELECT count(*) FROM messages) || ' ' || (SELECT count(*) FROM events)",
+        )
+        .unwrap();
+    assert_eq!(
+        counts.trim(),
+        "117 117 117 117",
+        "each stored task whole, nothing else"
+    );
+    for accepted in stored.iter().step_by(13) {
+        let view = store
+            .get_task(agent.id, accepted.task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.latest_turn.id, accepted.turn_id.unwrap());
+        let input = store
+            .load_turn_input(accepted.task_id, accepted.turn_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(input.history.len(), 1);
+        assert_eq!(input.task.input, view.task.input, "its input, and only its");
+    }
+    let after = batch_stats(&store, "new_tasks");
+    let (batches, writes) = (after.batches - before.batches, after.writes - before.writes);
+    assert_eq!(writes, 120);
+    assert!(
+        batches <= 6,
+        "three alone, the rest together (at most 64 a batch): {batches} batches"
+    );
+}
+
+/// Turns' ends sent while others are being written go to PostgreSQL together, in one
+/// transaction; a batch in which one end is refused keeps nothing, and each end is
+/// then written alone: the others end their turns, the refused one fails alone, and
+/// an end whose turn already ended is told so, as alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_turn_ends_sent_together_are_written_in_batches_and_a_refused_one_fails_alone() {
+    let (db, store, _) = two_instances().await;
+    let store = std::sync::Arc::new(store);
+    let agent = store.create_agent(echo_agent("a")).await.unwrap();
+    let mut turns = Vec::new();
+    for number in 0..100 {
+        let Claim::Started(accepted) = store
+            .create_task(new_task(agent.id, &format!("task {number}")))
+            .await
+            .unwrap()
+        else {
+            panic!("no replay");
+        };
+        turns.push(accepted);
+    }
+    // Ended already: its end in a batch finds nothing to end.
+    complete(&store, &turns[50]).await;
+    db.query("ALTER TABLE messages ADD CONSTRAINT refused CHECK (content NOT LIKE '%refused%')")
+        .unwrap();
+    let db = std::sync::Arc::new(db);
+    let before = batch_stats(&store, "turn_ends");
+    // The first three tasks' rows held: their ends wait, each in a batch in flight.
+    let held: Vec<String> = turns[..3].iter().map(|a| a.task_id.0.to_string()).collect();
+    let holder = hold_rows(
+        &db,
+        format!("SELECT id FROM tasks WHERE id IN ({})", held.join(",")),
+        1.0,
+    );
+    let mut sent = Vec::new();
+    for (number, accepted) in turns.iter().enumerate() {
+        let text = match number {
+            70 => "refused".to_owned(),
+            _ => format!("answer {number}"),
+        };
+        let finish = FinishTurn {
+            next: None,
+            task_id: accepted.task_id,
+            turn_id: accepted.turn_id.unwrap(),
+            outcome: TurnOutcome::Completed,
+            output: vec![OutputOp::Message(Content::text(text))],
+            usage: None,
+            guard: LeaseGuard::Anyone,
+            now: Utc::now(),
+        };
+        let store = store.clone();
+        sent.push(tokio::spawn(async move { store.finish_turn(finish).await }));
+        if number < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut answers = Vec::new();
+    for finish in sent {
+        answers.push(finish.await.unwrap());
+    }
+    holder.join().unwrap().unwrap();
+    for (number, (answer, accepted)) in answers.iter().zip(&turns).enumerate() {
+        let view = store
+            .get_task(agent.id, accepted.task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        match number {
+            50 => assert!(matches!(answer, Ok(None)), "already ended: {answer:?}"),
+            70 => {
+                assert!(answer.is_err(), "its message is refused");
+                assert_eq!(view.latest_turn.status, TurnStatus::Running, "nothing kept");
+            }
+            _ => {
+                assert!(matches!(answer, Ok(Some(_))), "{number}: {answer:?}");
+                assert_eq!(view.latest_turn.status, TurnStatus::Completed);
+                let history = store
+                    .list_messages(
+                        agent.id,
+                        accepted.task_id,
+                        PageRequest {
+                            limit: 10,
+                            after: None,
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let last = history.page.items.last().unwrap();
+                assert_eq!(last.content, Content::text(format!("answer {number}")));
+            }
+        }
+    }
+    let after = batch_stats(&store, "turn_ends");
+    let (batches, writes) = (after.batches - before.batches, after.writes - before.writes);
+    assert_eq!(writes, 100);
+    assert!(
+        batches <= 6,
+        "three alone, the rest together (at most 64 a batch): {batches} batches"
+    );
+}
+
 /// A write whose caller is dropped while it waits inside its transaction (here on a
 /// row another session holds) keeps nothing, and its connection is not handed out
 /// again with the transaction open: `BEGIN` went out ahead of the first statement,
@@ -534,7 +745,10 @@ async fn postgres_a_write_dropped_midway_keeps_nothing_and_leaves_no_open_transa
         guard: LeaseGuard::Anyone,
         now: Utc::now(),
     };
-    let waited = tokio::time::timeout(Duration::from_millis(400), store.finish_turn(finish)).await;
+    // `finish_turns` runs in its caller's transaction (`finish_turn` is sent to a batch,
+    // which is written whether or not its caller still waits).
+    let waited =
+        tokio::time::timeout(Duration::from_millis(400), store.finish_turns(vec![finish])).await;
     assert!(
         waited.is_err(),
         "the end waits for the held row, and is dropped"

@@ -380,7 +380,8 @@ pub async fn run(extra: RunnerRegistry) -> anyhow::Result<()> {
 }
 
 /// Installs the Prometheus recorder and returns what renders `/metrics`: the recorded
-/// metrics plus the database pools' use and SQLite's writer counts, read at each scrape.
+/// metrics plus the database pools' use, SQLite's writer counts and PostgreSQL's batch
+/// counts, read at each scrape.
 fn metrics_renderer(store: Arc<SqlStore>) -> anyhow::Result<baton_http::MetricsRenderer> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     const SECONDS: &[f64] = &[
@@ -406,6 +407,12 @@ fn metrics_renderer(store: Arc<SqlStore>) -> anyhow::Result<baton_http::MetricsR
         if let Some(writer) = store.writer_stats() {
             metrics::counter!(telemetry::SQLITE_WRITE_GROUPS).absolute(writer.groups);
             metrics::counter!(telemetry::SQLITE_WRITE_OPERATIONS).absolute(writer.operations);
+        }
+        for (kind, batches) in store.batch_stats() {
+            metrics::counter!(telemetry::POSTGRES_WRITE_BATCHES, "kind" => kind)
+                .absolute(batches.batches);
+            metrics::counter!(telemetry::POSTGRES_BATCHED_WRITES, "kind" => kind)
+                .absolute(batches.writes);
         }
         prometheus.render()
     })))

@@ -6,7 +6,8 @@
 //! only if it commits).
 
 use baton_domain::{
-    AgentId, AgentsChanged, Claim, ClaimError, NewTask, StoreError, TaskId, TurnHistory, TurnId,
+    AgentId, AgentsChanged, Claim, ClaimError, Ended, FinishTurn, NewTask, StoreError, TaskId,
+    TurnHistory, TurnId,
 };
 use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
@@ -20,7 +21,9 @@ use futures_util::future::{BoxFuture, try_join, try_join_all};
 
 use crate::error::from_diesel;
 use crate::listen::{AGENTS_CHANNEL, CHANNEL, encode, encode_agents};
-use crate::models::{EventDraft, MessageParts, NewEventRow, NewMessageRow, micros};
+use crate::models::{
+    EventDraft, MessageParts, NewEventRow, NewMessageRow, NewTaskRow, NewTurnRow, micros,
+};
 use crate::one_statement::OneStatement;
 use crate::queries::{TxBody, TxError};
 use crate::schema::{
@@ -178,11 +181,18 @@ async fn due_deliveries(conn: &mut Conn, now: i64, limit: u32) -> QueryResult<Ve
         .await
 }
 
-/// Creates a task as `claims::create_task` does. A plain one (no idempotency key, no
-/// cap on the agent's running turns, no push config, no attachment bytes to keep:
-/// nothing to read before writing) takes two statements instead of seven (`BEGIN`,
-/// four inserts, `COMMIT`): its ids are drawn from the sequences, then its four rows
-/// are written by one statement ([`OneStatement`]), which is its own transaction.
+/// Whether a new task is plain: no idempotency key, no cap on the agent's running
+/// turns, no push config, no attachment bytes to keep — nothing to read before
+/// writing, so its rows can be written at once ([`create_plain_tasks`]).
+pub(crate) fn is_plain(new: &NewTask) -> bool {
+    new.idempotency.is_none()
+        && new.max_running_per_agent.is_none()
+        && new.push.is_none()
+        && !messages::keeps_files(&new.message.content)
+}
+
+/// Creates a task as `claims::create_task` does; a plain one ([`is_plain`]) as
+/// [`create_plain_tasks`] does, in two statements instead of seven.
 ///
 /// Returns with the claim the new turn's input, as a read of it would find it, to be
 /// kept until the turn plays (`crate::fresh_inputs`) — unless it is large.
@@ -190,21 +200,152 @@ pub(crate) async fn create_task(
     conn: &mut Conn,
     new: &NewTask,
 ) -> Result<(Claim, Option<TurnHistory>), ClaimError> {
-    let plain = new.idempotency.is_none()
-        && new.max_running_per_agent.is_none()
-        && new.push.is_none()
-        && !messages::keeps_files(&new.message.content);
-    if !plain {
+    if !is_plain(new) {
         return Ok((claims::create_task(conn, new).await?, None));
     }
-    let (task, turn, message): (i64, i64, i64) =
-        diesel::select(diesel::dsl::sql::<(BigInt, BigInt, BigInt)>(
-            "nextval('tasks_id_seq'), nextval('turns_id_seq'), nextval('messages_id_seq')",
-        ))
-        .by_sql()
-        .get_result(conn)
+    let mut created = create_plain_tasks(conn, std::slice::from_ref(new))
         .await
-        .map_err(from_diesel)?;
+        .map_err(|failed| failed.error)?;
+    created
+        .pop()
+        .ok_or_else(|| StoreError::internal("a task created and not returned").into())
+}
+
+/// Why writes sent together failed, and whether anything of them may have been kept.
+#[derive(Debug)]
+pub(crate) struct Failed<E> {
+    pub error: E,
+    /// The database answered the failure, so none of the writes was kept (their
+    /// transaction rolled back): each may be tried alone. Otherwise the connection
+    /// failed and whether the last statement committed is unknown.
+    pub rolled_back: bool,
+}
+
+impl<E: From<StoreError>> Failed<E> {
+    fn of(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let rolled_back = !matches!(
+            err,
+            Error::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+                _
+            ) | Error::BrokenTransactionManager
+        );
+        Failed {
+            error: E::from(from_diesel(err)),
+            rolled_back,
+        }
+    }
+
+    /// A failure that kept nothing: before anything was sent, or one that rolled the
+    /// transaction back.
+    fn kept_nothing(error: E) -> Self {
+        Failed {
+            error,
+            rolled_back: true,
+        }
+    }
+}
+
+/// Creates plain tasks ([`is_plain`]), each as `claims::create_task` would, in two
+/// statements for all of them: their ids are drawn from the sequences, then their rows
+/// — a task, its first turn, its message and the turn's first event each — are written
+/// by one statement ([`OneStatement`]), which is its own transaction: all are kept or
+/// none.
+pub(crate) async fn create_plain_tasks(
+    conn: &mut Conn,
+    news: &[NewTask],
+) -> Result<Vec<(Claim, Option<TurnHistory>)>, Failed<ClaimError>> {
+    let count = i64::try_from(news.len()).map_err(|_| {
+        Failed::kept_nothing(StoreError::internal("too many tasks for one statement").into())
+    })?;
+    let ids: Vec<(i64, i64, i64)> = diesel::sql_query(
+        "SELECT nextval('tasks_id_seq') AS task, nextval('turns_id_seq') AS turn, \
+         nextval('messages_id_seq') AS message FROM generate_series(1, $1)",
+    )
+    .bind::<BigInt, _>(count)
+    .by_sql()
+    .load::<NewIds>(conn)
+    .await
+    .map_err(Failed::of)?
+    .into_iter()
+    .map(|ids| (ids.task, ids.turn, ids.message))
+    .collect();
+    if ids.len() != news.len() {
+        return Err(Failed::kept_nothing(
+            StoreError::internal("fewer ids drawn than tasks").into(),
+        ));
+    }
+    let mut task_rows = Vec::with_capacity(news.len());
+    let mut turn_rows = Vec::with_capacity(news.len());
+    let mut message_rows = Vec::with_capacity(news.len());
+    let mut event_rows = Vec::with_capacity(news.len());
+    let mut created = Vec::with_capacity(news.len());
+    for (new, &(task, turn, message)) in news.iter().zip(&ids) {
+        let rows =
+            plain_rows(new, task, turn, message).map_err(|err| Failed::kept_nothing(err.into()))?;
+        task_rows.push((tasks::id.eq(task), rows.task));
+        turn_rows.push((turns_table::id.eq(turn), rows.turn));
+        message_rows.push((messages_table::id.eq(message), rows.message));
+        event_rows.extend(rows.events);
+        created.push((rows.claim, rows.input));
+    }
+    OneStatement::new()
+        .then(diesel::insert_into(tasks::table).values(task_rows).by_sql())
+        .then(
+            diesel::insert_into(turns_table::table)
+                .values(turn_rows)
+                .by_sql(),
+        )
+        .then(
+            diesel::insert_into(messages_table::table)
+                .values(message_rows)
+                .by_sql(),
+        )
+        .then(
+            diesel::insert_into(events_table::table)
+                .values(&event_rows)
+                .by_sql(),
+        )
+        .execute(conn)
+        .await
+        .map_err(Failed::of)?;
+    // After the statement, which committed.
+    for (claim, _) in &created {
+        if let Claim::Started(accepted) = claim {
+            announce_change(conn, accepted.task_id, None)
+                .await
+                .map_err(|err| Failed {
+                    rolled_back: false,
+                    ..Failed::of(err)
+                })?;
+        }
+    }
+    Ok(created)
+}
+
+/// The ids [`create_plain_tasks`] draws for one task.
+#[derive(QueryableByName)]
+struct NewIds {
+    #[diesel(sql_type = BigInt)]
+    task: i64,
+    #[diesel(sql_type = BigInt)]
+    turn: i64,
+    #[diesel(sql_type = BigInt)]
+    message: i64,
+}
+
+/// A plain new task's rows, its claim, and its turn's input (unless large).
+struct PlainRows {
+    task: NewTaskRow,
+    turn: NewTurnRow,
+    message: NewMessageRow,
+    events: Vec<NewEventRow>,
+    claim: Claim,
+    input: Option<TurnHistory>,
+}
+
+fn plain_rows(new: &NewTask, task: i64, turn: i64, message: i64) -> Result<PlainRows, StoreError> {
     let (task_id, turn_id) = (TaskId(task), TurnId(turn));
     let task_row = claims::task_row(new)?;
     let turn_row = turn_start::turn_row(
@@ -222,7 +363,8 @@ pub(crate) async fn create_task(
         new.now,
     )?;
     let input = message_row.stored(message).into_domain()?;
-    let turn_input = match message_row.content.len() <= KEPT_INPUT_BYTES {
+    let kept_bytes = message_row.content.len() + task_row.input.len() + 2 * task_row.metadata.len();
+    let turn_input = match kept_bytes <= KEPT_INPUT_BYTES {
         true => Some(TurnHistory {
             task: task_row.stored(task).into_domain()?,
             metadata: new.metadata.clone(),
@@ -233,41 +375,51 @@ pub(crate) async fn create_task(
     };
     let started = turn_start::started(task_id, turn_id, &new.metadata, input, new.now);
     let events = events::event_rows(task, 1, vec![started.event], micros(new.now))?;
-    OneStatement::new()
-        .then(
-            diesel::insert_into(tasks::table)
-                .values((tasks::id.eq(task), &task_row))
-                .by_sql(),
-        )
-        .then(
-            diesel::insert_into(turns_table::table)
-                .values((turns_table::id.eq(turn), &turn_row))
-                .by_sql(),
-        )
-        .then(
-            diesel::insert_into(messages_table::table)
-                .values((messages_table::id.eq(message), &message_row))
-                .by_sql(),
-        )
-        .then(
-            diesel::insert_into(events_table::table)
-                .values(&events)
-                .by_sql(),
-        )
-        .execute(conn)
-        .await
-        .map_err(from_diesel)?;
-    // After the statement, which committed.
-    announce_change(conn, task_id, None)
-        .await
-        .map_err(from_diesel)?;
-    let accepted = claims::task_accepted(new, task_id, turn_id);
-    Ok((Claim::Started(accepted), turn_input))
+    Ok(PlainRows {
+        task: task_row,
+        turn: turn_row,
+        message: message_row,
+        events,
+        claim: Claim::Started(claims::task_accepted(new, task_id, turn_id)),
+        input: turn_input,
+    })
 }
 
-/// The largest message a new task's kept input may hold (its JSON's bytes): a larger one
-/// is read back when its turn plays, so what is kept stays small.
-const KEPT_INPUT_BYTES: usize = 16 * 1024;
+/// Ends turns as `turns::finish_turn` ends each, in one transaction: all or none.
+/// They are ended in the order of their tasks' ids, so that two such transactions
+/// (on two instances) lock their rows in the same order. Answers in `finishes`' order.
+pub(crate) async fn finish_turns_together(
+    conn: &mut Conn,
+    finishes: &[FinishTurn],
+) -> Result<Vec<Option<Ended>>, Failed<StoreError>> {
+    let mut order: Vec<usize> = (0..finishes.len()).collect();
+    order.sort_by_key(|&at| finishes.get(at).map(|finish| finish.task_id));
+    let ended = transaction(conn, async |conn| {
+        let mut ended: Vec<Option<Option<Ended>>> = finishes.iter().map(|_| None).collect();
+        for &at in &order {
+            if let (Some(finish), Some(slot)) = (finishes.get(at), ended.get_mut(at)) {
+                *slot = Some(turns::finish_in(conn, finish).await?);
+            }
+        }
+        Ok::<_, TxError>(ended)
+    })
+    .await;
+    match ended {
+        Ok(ended) => ended
+            .into_iter()
+            .map(|ended| {
+                ended.ok_or_else(|| Failed::kept_nothing(StoreError::internal("a turn not ended")))
+            })
+            .collect(),
+        Err(TxError::Db(err)) => Err(Failed::of(err)),
+        Err(other) => Err(Failed::kept_nothing(other.into_store())),
+    }
+}
+
+/// The most a new task's kept input may hold (its message, the task's copy of it and
+/// the metadata, as JSON): a larger one is read back when its turn plays, so what
+/// `crate::fresh_inputs` keeps stays small.
+const KEPT_INPUT_BYTES: usize = 8 * 1024;
 
 /// Tells the connection's transaction manager a transaction began or ended outside it.
 fn transaction_depth(conn: &mut Conn, change: TransactionDepthChange) -> QueryResult<()> {
