@@ -75,10 +75,7 @@ impl Kind for NewTasks {
         q::create_task(conn, input).boxed()
     }
 
-    fn together<'c>(
-        conn: &'c mut PgConn,
-        inputs: &'c [NewTask],
-    ) -> BoxFuture<'c, Together<Self>> {
+    fn together<'c>(conn: &'c mut PgConn, inputs: &'c [NewTask]) -> BoxFuture<'c, Together<Self>> {
         q::create_plain_tasks(conn, inputs).boxed()
     }
 }

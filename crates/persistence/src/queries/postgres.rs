@@ -386,8 +386,10 @@ fn plain_rows(new: &NewTask, task: i64, turn: i64, message: i64) -> Result<Plain
 }
 
 /// Ends turns as `turns::finish_turn` ends each, in one transaction: all or none.
-/// They are ended in the order of their tasks' ids, so that two such transactions
-/// (on two instances) lock their rows in the same order. Answers in `finishes`' order.
+/// Their turns' `UPDATE`s are sent together (one round trip for all), then each end is
+/// completed in turn, in the order of their tasks' ids, so that two such transactions
+/// (on two instances) lock their tasks' rows in the same order. Answers in
+/// `finishes`' order.
 pub(crate) async fn finish_turns_together(
     conn: &mut Conn,
     finishes: &[FinishTurn],
@@ -395,10 +397,25 @@ pub(crate) async fn finish_turns_together(
     let mut order: Vec<usize> = (0..finishes.len()).collect();
     order.sort_by_key(|&at| finishes.get(at).map(|finish| finish.task_id));
     let ended = transaction(conn, async |conn| {
+        let endings = order
+            .iter()
+            .filter_map(|&at| finishes.get(at).map(|finish| (at, finish)))
+            .map(|(at, finish)| Ok::<_, TxError>((at, finish, turns::Ending::of(finish)?)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = {
+            let shared: &Conn = conn;
+            try_join_all(endings.iter().map(|(_, _, ending)| {
+                let mut on = shared;
+                let row = ending.update().get_result::<turns::EndedRow>(&mut on);
+                async { row.await.optional() }
+            }))
+            .await?
+        };
         let mut ended: Vec<Option<Option<Ended>>> = finishes.iter().map(|_| None).collect();
-        for &at in &order {
-            if let (Some(finish), Some(slot)) = (finishes.get(at), ended.get_mut(at)) {
-                *slot = Some(turns::finish_in(conn, finish).await?);
+        for ((at, finish, _), row) in endings.iter().zip(rows) {
+            let end = turns::finish_ended(conn, finish, row).await?;
+            if let Some(slot) = ended.get_mut(*at) {
+                *slot = Some(end);
             }
         }
         Ok::<_, TxError>(ended)

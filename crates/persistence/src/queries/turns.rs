@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use super::events::append_events;
 use super::messages::{insert_message, message_event, open_text, save_text};
 use super::queue::hand_on;
-use super::webhooks::{Recipients, queue_delivery, recipients};
+use super::webhooks::{Recipients, RecipientsSql, queue_delivery, recipients};
 use super::{Conn, Db};
 use crate::models::*;
 use crate::queries::{REQUIRES_ACTION, RUNNING, TxError};
@@ -336,46 +336,99 @@ pub(super) async fn finish_in(
     conn: &mut Conn,
     finish: &FinishTurn,
 ) -> Result<Option<Ended>, TxError> {
+    let ending = Ending::of(finish)?;
+    let ended = ending.update().get_result(conn).await.optional()?;
+    finish_ended(conn, finish, ended).await
+}
+
+/// What a turn's end writes on the turn's row.
+pub(super) struct Ending<'a> {
+    finish: &'a FinishTurn,
+    status: TurnStatus,
+    usage: Option<String>,
+}
+
+/// What the `UPDATE` that ends a turn returns: the turn, its own webhook's URL and
+/// secrets, how many output batches its play recorded, and who else the end is
+/// delivered to.
+pub(super) type EndedRow = (TurnRow, Option<String>, Option<String>, i64, Recipients);
+
+type EndedSql = (
+    diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<TurnRow, Db>>,
+    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+    diesel::sql_types::BigInt,
+    RecipientsSql,
+);
+
+impl<'a> Ending<'a> {
+    pub(super) fn of(finish: &'a FinishTurn) -> Result<Self, TxError> {
+        Ok(Ending {
+            finish,
+            status: finish.outcome.status(),
+            usage: finish.usage.as_ref().map(crate::models::json).transpose()?,
+        })
+    }
+
+    /// The `UPDATE` that ends the turn: only a running (or, for a cancel or a timeout,
+    /// a waiting) turn can end, and only as its guard allows — late output for an
+    /// ended turn is dropped, a lost lease cannot end a turn. No row when it may not.
+    pub(super) fn update(
+        &self,
+    ) -> impl diesel::query_builder::Query<SqlType = EndedSql>
+    + diesel::query_builder::QueryFragment<Db>
+    + diesel::query_builder::QueryId
+    + Send
+    + '_ {
+        let finish = self.finish;
+        let (code, message) = match &finish.outcome {
+            TurnOutcome::Failed(err) => (Some(err.code.as_str()), Some(err.message.as_str())),
+            TurnOutcome::Completed
+            | TurnOutcome::Cancelled
+            | TurnOutcome::RequiresAction { .. } => (None, None),
+        };
+        let respond_by = match &finish.outcome {
+            TurnOutcome::RequiresAction { respond_by } => Some(micros(*respond_by)),
+            _ => None,
+        };
+        diesel::update(
+            turns::table.filter(
+                turns::id
+                    .eq(finish.turn_id.0)
+                    .and(guard_filter(&finish.guard)),
+            ),
+        )
+        .set((
+            turns::status.eq(self.status.as_str()),
+            turns::error_code.eq(code),
+            turns::error_message.eq(message),
+            turns::ended_at.eq(micros(finish.now)),
+            turns::lease_owner.eq(None::<String>),
+            turns::lease_expires_at.eq(None::<i64>),
+            turns::usage.eq(self.usage.as_deref()),
+            turns::respond_by.eq(respond_by),
+        ))
+        .returning((
+            TurnRow::as_returning(),
+            turns::webhook_url,
+            turns::webhook_secrets,
+            turns::output_batches,
+            recipients(),
+        ))
+        .by_sql()
+    }
+}
+
+/// The rest of a turn's end, after [`Ending::update`] answered `ended`: its output
+/// stored, its delivery queued, its events logged, the task's queue handed on.
+pub(super) async fn finish_ended(
+    conn: &mut Conn,
+    finish: &FinishTurn,
+    ended: Option<EndedRow>,
+) -> Result<Option<Ended>, TxError> {
     let now = micros(finish.now);
     let status = finish.outcome.status();
-    let (code, message) = match &finish.outcome {
-        TurnOutcome::Failed(err) => (Some(err.code.as_str()), Some(err.message.as_str())),
-        TurnOutcome::Completed | TurnOutcome::Cancelled | TurnOutcome::RequiresAction { .. } => {
-            (None, None)
-        }
-    };
     let (task, turn) = (finish.task_id, finish.turn_id);
-    let usage = finish.usage.as_ref().map(crate::models::json).transpose()?;
-    let respond_by = match &finish.outcome {
-        TurnOutcome::RequiresAction { respond_by } => Some(micros(*respond_by)),
-        _ => None,
-    };
-    // Only a running (or, for a cancel or a timeout, a waiting) turn can
-    // end, and only as its guard allows: late output for an ended turn is
-    // dropped, a lost lease cannot end a turn.
-    let ended =
-        diesel::update(turns::table.filter(turns::id.eq(turn.0).and(guard_filter(&finish.guard))))
-            .set((
-                turns::status.eq(status.as_str()),
-                turns::error_code.eq(code),
-                turns::error_message.eq(message),
-                turns::ended_at.eq(now),
-                turns::lease_owner.eq(None::<String>),
-                turns::lease_expires_at.eq(None::<i64>),
-                turns::usage.eq(usage.as_deref()),
-                turns::respond_by.eq(respond_by),
-            ))
-            .returning((
-                TurnRow::as_returning(),
-                turns::webhook_url,
-                turns::webhook_secrets,
-                turns::output_batches,
-                recipients(),
-            ))
-            .by_sql()
-            .get_result::<(TurnRow, Option<String>, Option<String>, i64, Recipients)>(conn)
-            .await
-            .optional()?;
     let Some((ended, hook_url, hook_secrets, batches, recipients)) = ended else {
         return Ok(None);
     };

@@ -37,7 +37,7 @@ pub(super) fn recipients() -> diesel::expression::SqlLiteral<RecipientsSql> {
 }
 
 /// The SQL types of what [`recipients`] reads.
-type RecipientsSql = (
+pub(super) type RecipientsSql = (
     Nullable<BigInt>,
     Nullable<Text>,
     Nullable<Text>,
