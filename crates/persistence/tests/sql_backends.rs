@@ -529,6 +529,21 @@ fn batch_stats(store: &SqlStore, kind: &str) -> baton_persistence::BatchStats {
         .unwrap()
 }
 
+/// Checks that `writes` writes of `kind` were sent since `before`: the first three
+/// alone (each waiting on a held row, a batch in flight each), the rest together, at
+/// most 64 a batch.
+fn assert_batched(
+    store: &SqlStore,
+    kind: &str,
+    before: baton_persistence::BatchStats,
+    writes: u64,
+) {
+    let after = batch_stats(store, kind);
+    assert_eq!(after.writes - before.writes, writes);
+    let batches = after.batches - before.batches;
+    assert!(batches <= 6, "{kind}: {batches} batches");
+}
+
 /// New plain tasks sent while others are being written go to PostgreSQL together,
 /// in fewer batches than tasks; a batch in which one task is refused (its agent does
 /// not exist) keeps nothing, and each of its tasks is then written alone: the others
@@ -603,13 +618,7 @@ async fn postgres_new_tasks_sent_together_are_written_in_batches_and_a_refused_o
         assert_eq!(input.history.len(), 1);
         assert_eq!(input.task.input, view.task.input, "its input, and only its");
     }
-    let after = batch_stats(&store, "new_tasks");
-    let (batches, writes) = (after.batches - before.batches, after.writes - before.writes);
-    assert_eq!(writes, 120);
-    assert!(
-        batches <= 6,
-        "three alone, the rest together (at most 64 a batch): {batches} batches"
-    );
+    assert_batched(&store, "new_tasks", before, 120);
 }
 
 /// Turns' ends sent while others are being written go to PostgreSQL together, in one
@@ -704,13 +713,7 @@ async fn postgres_turn_ends_sent_together_are_written_in_batches_and_a_refused_o
             }
         }
     }
-    let after = batch_stats(&store, "turn_ends");
-    let (batches, writes) = (after.batches - before.batches, after.writes - before.writes);
-    assert_eq!(writes, 100);
-    assert!(
-        batches <= 6,
-        "three alone, the rest together (at most 64 a batch): {batches} batches"
-    );
+    assert_batched(&store, "turn_ends", before, 100);
 }
 
 /// A write whose caller is dropped while it waits inside its transaction (here on a
