@@ -3,16 +3,16 @@
 //! (up to [`MAX_BATCH`]) and writes them at once: new tasks in one statement, turns'
 //! ends in one transaction. A statement's and a transaction's fixed costs (a round trip
 //! each, the executor's start and end, a commit and its WAL flush) are then paid once
-//! per batch, not once per write: an instance's throughput is bounded by PostgreSQL's
-//! work per row, not per statement.
+//! per batch, not once per write.
 //!
-//! It never waits for more work: a write sent while none is being written goes alone
-//! at once; writes sent meanwhile wait for it and go together next. Each caller is
-//! answered after its batch committed. A batch the database refused (one write of it
-//! failing, say a new task's unknown agent, or a deadlock) kept nothing, and each of
-//! its writes is tried again alone, so one write's failure is its own. A batch whose
-//! connection failed may or may not have committed: each of its callers gets the
-//! error, as a write of its own would have.
+//! It never waits for more work: a write sent while fewer than [`IN_FLIGHT`] batches
+//! are being written goes at once (alone, if nothing else is queued); writes sent
+//! while that many are being written wait for one of them and go together. Each
+//! caller is answered after its batch committed. A batch the database refused (one
+//! write of it failing, say a new task's unknown agent, or a deadlock) kept nothing,
+//! and each of its writes is tried again alone, so one write's failure is its own. A
+//! batch whose connection failed may or may not have committed: each of its callers
+//! gets the error, as a write of its own would have.
 
 use std::fmt::Display;
 use std::panic::AssertUnwindSafe;
@@ -219,7 +219,8 @@ async fn write<K: Kind>(conn: &mut PgConn, jobs: Vec<Job<K>>) {
                 return;
             }
             Err(failed) if failed.rolled_back => {
-                debug!(error = %failed.error, writes = inputs.len(), "a batch kept nothing; each write goes alone");
+                let writes = inputs.len();
+                debug!(error = %failed.error, writes, "a batch kept nothing: each write goes alone");
             }
             Err(failed) => {
                 let why = failed.error.to_string();
