@@ -131,7 +131,7 @@ pub(crate) struct Batcher<K: Kind> {
 
 impl<K: Kind> Batcher<K> {
     /// Starts the batcher's task on the current runtime.
-    pub(crate) fn spawn(pool: Pool<PgConn>, announcer: Option<Announcer>) -> Self {
+    pub(crate) fn spawn(pool: Pool<PgConn>, announcer: Announcer) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
         tokio::spawn(run::<K>(pool, announcer, receiver, counts.clone()));
@@ -159,7 +159,7 @@ impl<K: Kind> Batcher<K> {
 
 async fn run<K: Kind>(
     pool: Pool<PgConn>,
-    announcer: Option<Announcer>,
+    announcer: Announcer,
     mut receiver: mpsc::UnboundedReceiver<Job<K>>,
     counts: Arc<Counts>,
 ) {
@@ -195,7 +195,7 @@ async fn run<K: Kind>(
                     return;
                 }
             };
-            let written = announce::collecting(announcer.as_ref(), write::<K>(&mut object, jobs));
+            let written = announce::collecting(Some(&announcer), write::<K>(&mut object, jobs));
             // A panic drops the batch's answers (its callers get an error), not the
             // task that serves every later batch.
             if AssertUnwindSafe(written).catch_unwind().await.is_err() {

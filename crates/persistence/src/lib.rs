@@ -95,8 +95,8 @@ impl SqlStore {
                 let pool = backend::open_postgres(&url, options.postgres).await?;
                 let announcer = announce::Announcer::spawn(pool.clone());
                 let batches = PgBatches {
-                    new_tasks: batches::Batcher::spawn(pool.clone(), Some(announcer.clone())),
-                    turn_ends: batches::Batcher::spawn(pool.clone(), Some(announcer.clone())),
+                    new_tasks: batches::Batcher::spawn(pool.clone(), announcer.clone()),
+                    turn_ends: batches::Batcher::spawn(pool.clone(), announcer.clone()),
                 };
                 (Db::Postgres(pool, batches), Some(announcer))
             }

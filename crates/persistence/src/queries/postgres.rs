@@ -256,9 +256,8 @@ pub(crate) async fn create_plain_tasks(
     conn: &mut Conn,
     news: &[NewTask],
 ) -> Result<Vec<(Claim, Option<TurnHistory>)>, Failed<ClaimError>> {
-    let count = i64::try_from(news.len()).map_err(|_| {
-        Failed::kept_nothing(StoreError::internal("too many tasks for one statement").into())
-    })?;
+    // At most a batch's worth (`crate::batches`).
+    let count = news.len() as i64;
     let ids: Vec<(i64, i64, i64)> = diesel::sql_query(
         "SELECT nextval('tasks_id_seq') AS task, nextval('turns_id_seq') AS turn, \
          nextval('messages_id_seq') AS message FROM generate_series(1, $1)",
@@ -385,6 +384,17 @@ fn plain_rows(new: &NewTask, task: i64, turn: i64, message: i64) -> Result<Plain
     })
 }
 
+/// Ends turns as `turns::finish_turn` ends each, in one transaction: all or none (see
+/// [`finish_turns_together`]).
+pub(crate) async fn finish_turns(
+    conn: &mut Conn,
+    finishes: &[FinishTurn],
+) -> Result<Vec<Option<Ended>>, StoreError> {
+    finish_turns_together(conn, finishes)
+        .await
+        .map_err(|failed| failed.error)
+}
+
 /// Ends turns as `turns::finish_turn` ends each, in one transaction: all or none.
 /// Their turns' `UPDATE`s are sent together (one round trip for all), then each end is
 /// completed in turn, in the order of their tasks' ids, so that two such transactions
@@ -394,40 +404,34 @@ pub(crate) async fn finish_turns_together(
     conn: &mut Conn,
     finishes: &[FinishTurn],
 ) -> Result<Vec<Option<Ended>>, Failed<StoreError>> {
-    let mut order: Vec<usize> = (0..finishes.len()).collect();
-    order.sort_by_key(|&at| finishes.get(at).map(|finish| finish.task_id));
+    let mut order: Vec<(usize, &FinishTurn)> = finishes.iter().enumerate().collect();
+    order.sort_by_key(|(_, finish)| finish.task_id);
     let ended = transaction(conn, async |conn| {
         let endings = order
             .iter()
-            .filter_map(|&at| finishes.get(at).map(|finish| (at, finish)))
-            .map(|(at, finish)| Ok::<_, TxError>((at, finish, turns::Ending::of(finish)?)))
+            .map(|(_, finish)| turns::Ending::of(finish))
             .collect::<Result<Vec<_>, _>>()?;
         let rows = {
             let shared: &Conn = conn;
-            try_join_all(endings.iter().map(|(_, _, ending)| {
+            try_join_all(endings.iter().map(|ending| {
                 let mut on = shared;
                 let row = ending.update().get_result::<turns::EndedRow>(&mut on);
                 async { row.await.optional() }
             }))
             .await?
         };
-        let mut ended: Vec<Option<Option<Ended>>> = finishes.iter().map(|_| None).collect();
-        for ((at, finish, _), row) in endings.iter().zip(rows) {
-            let end = turns::finish_ended(conn, finish, row).await?;
-            if let Some(slot) = ended.get_mut(*at) {
-                *slot = Some(end);
-            }
+        let mut ended = Vec::with_capacity(order.len());
+        for (&(at, finish), row) in order.iter().zip(rows) {
+            ended.push((at, turns::finish_ended(conn, finish, row).await?));
         }
         Ok::<_, TxError>(ended)
     })
     .await;
     match ended {
-        Ok(ended) => ended
-            .into_iter()
-            .map(|ended| {
-                ended.ok_or_else(|| Failed::kept_nothing(StoreError::internal("a turn not ended")))
-            })
-            .collect(),
+        Ok(mut ended) => {
+            ended.sort_by_key(|(at, _)| *at);
+            Ok(ended.into_iter().map(|(_, ended)| ended).collect())
+        }
         Err(TxError::Db(err)) => Err(Failed::of(err)),
         Err(other) => Err(Failed::kept_nothing(other.into_store())),
     }

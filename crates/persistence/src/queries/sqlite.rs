@@ -4,7 +4,8 @@
 //! process serves the database, so changes are announced in-process, not here.
 
 use baton_domain::{
-    AgentId, AgentsChanged, Claim, ClaimError, NewTask, StoreError, TaskId, TurnHistory, TurnId,
+    AgentId, AgentsChanged, Claim, ClaimError, Ended, FinishTurn, NewTask, StoreError, TaskId,
+    TurnHistory, TurnId,
 };
 use diesel::QueryResult;
 use diesel::prelude::*;
@@ -159,6 +160,22 @@ async fn append_to_log(
 diesel::define_sql_function! {
     /// Its first argument unless that is null, else its second.
     fn coalesce(value: Nullable<BigInt>, otherwise: BigInt) -> BigInt;
+}
+
+/// Ends turns as `turns::finish_turn` ends each, in one transaction: all or none.
+pub(crate) async fn finish_turns(
+    conn: &mut Conn,
+    finishes: &[FinishTurn],
+) -> Result<Vec<Option<Ended>>, StoreError> {
+    transaction(conn, async |conn| {
+        let mut ended = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            ended.push(turns::finish_in(conn, finish).await?);
+        }
+        Ok::<_, TxError>(ended)
+    })
+    .await
+    .map_err(TxError::into_store)
 }
 
 /// Creates a task (`claims::create_task`); its turn's input is read back when it plays

@@ -315,21 +315,6 @@ pub(crate) async fn finish_turn(
         .map_err(TxError::into_store)
 }
 
-pub(crate) async fn finish_turns(
-    conn: &mut Conn,
-    finishes: &[FinishTurn],
-) -> Result<Vec<Option<Ended>>, StoreError> {
-    super::transaction(conn, async |conn| {
-        let mut ended = Vec::with_capacity(finishes.len());
-        for finish in finishes {
-            ended.push(finish_in(conn, finish).await?);
-        }
-        Ok::<_, TxError>(ended)
-    })
-    .await
-    .map_err(TxError::into_store)
-}
-
 /// Ends a turn inside the caller's write transaction (see
 /// `TaskStore::finish_turn`).
 pub(super) async fn finish_in(
@@ -344,7 +329,7 @@ pub(super) async fn finish_in(
 /// What a turn's end writes on the turn's row.
 pub(super) struct Ending<'a> {
     finish: &'a FinishTurn,
-    status: TurnStatus,
+    /// The turn's usage as JSON.
     usage: Option<String>,
 }
 
@@ -365,7 +350,6 @@ impl<'a> Ending<'a> {
     pub(super) fn of(finish: &'a FinishTurn) -> Result<Self, TxError> {
         Ok(Ending {
             finish,
-            status: finish.outcome.status(),
             usage: finish.usage.as_ref().map(crate::models::json).transpose()?,
         })
     }
@@ -399,7 +383,7 @@ impl<'a> Ending<'a> {
             ),
         )
         .set((
-            turns::status.eq(self.status.as_str()),
+            turns::status.eq(finish.outcome.status().as_str()),
             turns::error_code.eq(code),
             turns::error_message.eq(message),
             turns::ended_at.eq(micros(finish.now)),
