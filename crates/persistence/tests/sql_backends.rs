@@ -113,20 +113,28 @@ async fn two_instances() -> (TestDatabase, SqlStore, SqlStore) {
     (db, writer, reader)
 }
 
-/// Ends the accepted turn, completed without output.
-async fn complete(store: &SqlStore, accepted: &Accepted) {
-    let finish = FinishTurn {
+/// The end of the accepted turn, completed with `output`, whoever holds its lease.
+fn completed(accepted: &Accepted, output: Vec<OutputOp>) -> FinishTurn {
+    FinishTurn {
         next: None,
         task_id: accepted.task_id,
         turn_id: accepted.turn_id.unwrap(),
         outcome: TurnOutcome::Completed,
-        output: vec![],
+        output,
         usage: None,
         guard: LeaseGuard::Anyone,
         now: Utc::now(),
-    };
+    }
+}
+
+/// Ends the accepted turn, completed without output.
+async fn complete(store: &SqlStore, accepted: &Accepted) {
     assert!(
-        store.finish_turn(finish).await.unwrap().is_some(),
+        store
+            .finish_turn(completed(accepted, vec![]))
+            .await
+            .unwrap()
+            .is_some(),
         "the turn ends"
     );
 }
@@ -660,16 +668,7 @@ async fn postgres_turn_ends_sent_together_are_written_in_batches_and_a_refused_o
             70 => "refused".to_owned(),
             _ => format!("answer {number}"),
         };
-        let finish = FinishTurn {
-            next: None,
-            task_id: accepted.task_id,
-            turn_id: accepted.turn_id.unwrap(),
-            outcome: TurnOutcome::Completed,
-            output: vec![OutputOp::Message(Content::text(text))],
-            usage: None,
-            guard: LeaseGuard::Anyone,
-            now: Utc::now(),
-        };
+        let finish = completed(accepted, vec![OutputOp::Message(Content::text(text))]);
         let store = store.clone();
         sent.push(tokio::spawn(async move { store.finish_turn(finish).await }));
         if number < 3 {
@@ -716,6 +715,34 @@ async fn postgres_turn_ends_sent_together_are_written_in_batches_and_a_refused_o
     assert_batched(&store, "turn_ends", before, 100);
 }
 
+/// A turn's end sent to a batch is written whether or not its caller still waits: one
+/// dropped while its batch waits on a held row ends its turn once the row is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batched_turn_end_is_written_though_its_caller_stopped_waiting() {
+    let (db, store, _) = two_instances().await;
+    let (agent, accepted) = seed(&store).await;
+    let db = std::sync::Arc::new(db);
+    let task = accepted.task_id.0;
+    let holder = hold_rows(&db, format!("SELECT id FROM tasks WHERE id = {task}"), 1.0);
+    let finish = completed(&accepted, vec![]);
+    let waited = tokio::time::timeout(Duration::from_millis(300), store.finish_turn(finish)).await;
+    assert!(waited.is_err(), "the end waits for the held row");
+    holder.join().unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = store
+            .get_task(agent.id, accepted.task_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if view.latest_turn.status == TurnStatus::Completed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the turn never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A write whose caller is dropped while it waits inside its transaction (here on a
 /// row another session holds) keeps nothing, and its connection is not handed out
 /// again with the transaction open: `BEGIN` went out ahead of the first statement,
@@ -728,26 +755,8 @@ async fn postgres_a_write_dropped_midway_keeps_nothing_and_leaves_no_open_transa
     // Another session holds the task's row for a while: the turn's end updates its
     // turn, then waits for the task's row.
     let db = std::sync::Arc::new(db);
-    let holder = std::thread::spawn({
-        let db = db.clone();
-        move || {
-            db.query(&format!(
-                "BEGIN; SELECT id FROM tasks WHERE id = {task} FOR UPDATE; \
-                 SELECT pg_sleep(1.5); COMMIT;"
-            ))
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let finish = FinishTurn {
-        next: None,
-        task_id: accepted.task_id,
-        turn_id: accepted.turn_id.unwrap(),
-        outcome: TurnOutcome::Completed,
-        output: vec![],
-        usage: None,
-        guard: LeaseGuard::Anyone,
-        now: Utc::now(),
-    };
+    let holder = hold_rows(&db, format!("SELECT id FROM tasks WHERE id = {task}"), 1.5);
+    let finish = completed(&accepted, vec![]);
     // `finish_turns` runs in its caller's transaction (`finish_turn` is sent to a batch,
     // which is written whether or not its caller still waits).
     let waited =
