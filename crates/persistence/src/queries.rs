@@ -76,7 +76,6 @@ impl TxError {
     }
 }
 
-// The query files are modules of both: deliberately, see above.
 /// A transaction's body: an async closure on the connection whose future is `Send`.
 /// This is the shape `diesel_async::AsyncConnection::transaction` takes, named here
 /// (diesel-async does not export its own name for it) so that each backend's
@@ -95,6 +94,7 @@ where
     type Fut = Fut;
 }
 
+// The query files are modules of both: deliberately, see above.
 #[allow(clippy::duplicate_mod)]
 pub(crate) mod postgres;
 #[allow(clippy::duplicate_mod)]

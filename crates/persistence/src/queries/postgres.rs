@@ -565,3 +565,31 @@ struct Appended {
     #[diesel(sql_type = BigInt)]
     queued: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::*;
+
+    fn failed(err: Error) -> bool {
+        Failed::<StoreError>::of(err).rolled_back
+    }
+
+    #[test]
+    fn a_batch_is_written_again_alone_only_when_the_database_answered_its_failure() {
+        let answered = |kind| Error::DatabaseError(kind, Box::new("refused".to_owned()));
+        assert!(failed(answered(DatabaseErrorKind::ForeignKeyViolation)));
+        assert!(failed(answered(DatabaseErrorKind::CheckViolation)));
+        assert!(
+            failed(answered(DatabaseErrorKind::Unknown)),
+            "a deadlock, say"
+        );
+        assert!(
+            !failed(answered(DatabaseErrorKind::UnableToSendCommand)),
+            "no answer: it may have committed"
+        );
+        assert!(!failed(answered(DatabaseErrorKind::ClosedConnection)));
+        assert!(!failed(Error::BrokenTransactionManager));
+    }
+}
